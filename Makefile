@@ -1,0 +1,34 @@
+# The two set-up commands: `make demo` and `make test`. Both work on a fresh machine.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.mmrank-installed
+EXTRAS  := encoders,redis,serve,test
+
+.PHONY: demo test install bench clean
+
+$(VPY):
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+
+# torch first, pinned: the CPU build that lies on local disk. A range that admits a newer torch
+# would pull a CUDA build of several GB.
+$(STAMP): $(VPY) pyproject.toml
+	$(VPY) -m pip install -q torch==2.13.0
+	$(VPY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/mmrank demo --out runs/demo --size small
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VPY) -m pytest -q -p no:cacheprovider --timeout 900
+
+bench: $(STAMP)
+	$(VPY) -m pip install -q -e ".[bench]"
+	for b in benchmarks/*.py; do HF_HUB_OFFLINE=1 $(VPY) $$b || exit 1; done
+
+clean:
+	rm -rf runs/ .pytest_cache build
