@@ -110,7 +110,7 @@ def test_cli_prints_one_line_and_exits_2(tmp_path: Path, case: str) -> None:
              "string": _items(price=["1", "x", "2", "3", "4"]),
              "image": _items(image=[_jpeg(), _jpeg(), b"garbage", _jpeg(), _jpeg()])}[case]
     path = _write(tmp_path, table)
-    res = _cli("market", "validate", str(path))
+    res = _cli("data", "validate", str(path))
     assert res.returncode == 2, res.stderr
     lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in res.stderr
@@ -125,3 +125,17 @@ def test_cli_market_generate_rejects_bad_flags(tmp_path: Path) -> None:
     cfg.write_text("n_items: lots\n")
     res = _cli("market", "generate", "--out", str(tmp_path / "r"), "--config", str(cfg))
     assert res.returncode == 2 and "'n_items'" in res.stderr
+
+
+def test_data_build_rebuilds_derived_tables_from_events(tiny_run: Path) -> None:
+    import json
+
+    data = tiny_run / "data"
+    before = {n: pq.read_table(data / f"{n}.parquet") for n in ("pairs", "ctr_samples", "lists")}
+    for n in before:
+        (data / f"{n}.parquet").unlink()
+    split = json.loads((data / "manifest.json").read_text())["split_ts"]
+    res = _cli("data", "build", "--run", str(tiny_run), "--split-ts", str(split))
+    assert res.returncode == 0, res.stderr
+    for n, table in before.items():
+        assert pq.read_table(data / f"{n}.parquet").equals(table)

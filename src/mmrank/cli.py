@@ -17,7 +17,9 @@ from mmrank.errors import MMRankError
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="mmrank: multimodal item representations for e-commerce ranking.")
 market_app = typer.Typer(no_args_is_help=True, help="The synthetic market (the embedded default data).")
+data_app = typer.Typer(no_args_is_help=True, help="Bring your own data: validate tables, build derived ones.")
 app.add_typer(market_app, name="market")
+app.add_typer(data_app, name="data")
 
 
 @market_app.command("generate")
@@ -43,7 +45,7 @@ def market_generate(
     typer.echo(f"wrote {out}/data: {manifest['counts']} oracle_auc={manifest['oracle_auc']:.4f}")
 
 
-@market_app.command("validate")
+@data_app.command("validate")
 def market_validate(path: Path = typer.Argument(..., help="an items or events Parquet file"),
                     kind: str = typer.Option("items", help="items | events"),
                     items: Optional[Path] = typer.Option(None, help="items file (for events)")) -> None:
@@ -60,6 +62,17 @@ def market_validate(path: Path = typer.Argument(..., help="an items or events Pa
         typer.echo(f"{path}: {n} events OK")
     else:
         raise MMRankError(f"--kind: expected items or events, got {kind!r}")
+
+
+@data_app.command("build")
+def data_build(run: Path = typer.Option(..., "--run", help="run directory with data/items.parquet and data/events.parquet"),
+               split_ts: int = typer.Option(..., help="train/test boundary (seconds): earlier is train"),
+               history_len: int = typer.Option(50, help="at most L clicks per behaviour sequence")) -> None:
+    """Validate a team's items and events, then build pairs, CTR samples and lists beside them."""
+    from mmrank.data.samples import build_derived
+
+    counts = build_derived(run, split_ts, history_len)
+    typer.echo(f"wrote {run}/data: {counts}")
 
 
 @app.command("demo")
