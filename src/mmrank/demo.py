@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from mmrank.data.market import generate_market, market_config
+from mmrank.report.html import write_html_report
 
 # Pipeline order: representations are pre-trained, stored, then used by the ranking models.
 STAGES = [
@@ -62,6 +63,7 @@ def run_demo(out: str | Path, size: str = "small", seed: int = 0) -> dict[str, A
     report.mkdir(parents=True, exist_ok=True)
     (report / "results.json").write_text(json.dumps(results, indent=2, default=float))
     (report / "results.md").write_text(render_markdown(results))
+    write_html_report(results, report, _flat)
     console.print(f"wrote {report / 'results.md'} and results.json in {results['seconds']} s")
     return results
 

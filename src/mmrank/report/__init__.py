@@ -1,0 +1,1 @@
+"""Reports: tables, plots (plots.py) and the HTML page (html.py)."""
