@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.mmrank-installed
-EXTRAS  := encoders,redis,serve,test
+EXTRAS  := encoders,redis,serve,ray,test
 
 .PHONY: demo test install bench clean
 

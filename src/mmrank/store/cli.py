@@ -1,0 +1,86 @@
+"""`mmrank embed` and `mmrank search`: thin shells over :func:`embed_catalog` and :class:`ItemStore`.
+
+The lead's ``mmrank.cli`` registers these two functions as top-level commands.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mmrank.errors import MMRankError
+
+
+def embed(
+    run: Path = typer.Option(..., "--run", help="run directory: reads R/data/items.parquet and "
+                             "R/encoder/, writes R/embeddings/"),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="items per encoder batch"),
+    ray_workers: int = typer.Option(0, "--ray-workers", min=0,
+                                    help="encode on a local Ray instance with N workers (the ray extra)"),
+    backend: Optional[str] = typer.Option(None, "--backend", help="local (default) | redis"),
+    redis_url: Optional[str] = typer.Option(None, "--redis-url", help="redis://host:port/db"),
+    namespace: Optional[str] = typer.Option(None, "--namespace", help="Redis key prefix"),
+    exact_below: int = typer.Option(50_000, "--exact-below",
+                                    help="exact (flat) ANN index below this many items, HNSW above"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="torch threads (1 is fastest on a loaded machine)"),
+) -> None:
+    """Encode the whole catalog into R/embeddings/ (resumable), build the ANN index, switch to it."""
+    from mmrank.store.ann import AnnConfig
+    from mmrank.store.ingest import embed_catalog
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+    if backend is not None and backend not in ("local", "redis"):
+        raise MMRankError(f"--backend: expected local or redis, got {backend!r}")
+    stats = embed_catalog(run, batch_size=batch_size, ray_workers=ray_workers,
+                          ann=AnnConfig(exact_below=exact_below), backend=backend, url=redis_url,
+                          namespace=namespace)
+    idx = stats["index"]
+    typer.echo(f"{run}/embeddings: version {stats['version']}, {stats['items']} items "
+               f"({stats['encoded']} encoded now, {stats['already_present']} already there) in "
+               f"{stats['encode_seconds']} s; index {idx['kind']} recall@10={idx.get('recall_at_10')}")
+
+
+def search(
+    run: Path = typer.Option(..., "--run", help="run directory with R/embeddings/"),
+    text: Optional[str] = typer.Option(None, "--text", help="a text query"),
+    image: Optional[Path] = typer.Option(None, "--image", help="an image file (JPEG/PNG) as query"),
+    item: Optional[int] = typer.Option(None, "--item", help="an item id: its nearest items"),
+    k: int = typer.Option(10, "--k", min=1, help="number of results"),
+    as_json: bool = typer.Option(False, "--json", help="print the results as one JSON document"),
+) -> None:
+    """Top-k items by text, image or item id: one line per result (item id, score, title)."""
+    from mmrank.store.ingest import ItemStore
+
+    given = [name for name, v in (("--text", text), ("--image", image), ("--item", item))
+             if v is not None]
+    if len(given) != 1:
+        raise MMRankError(f"give exactly one of --text, --image, --item (got {len(given)}: "
+                          f"{' '.join(given) or 'none'})")
+    store = ItemStore.open(run)
+    try:
+        if text is not None:
+            hits, query = store.search_text(text, k), {"text": text}
+        elif image is not None:
+            try:
+                data = image.read_bytes()
+            except OSError as err:
+                raise MMRankError(f"{image}: cannot read ({err.strerror})") from None
+            hits, query = store.search_image(data, k), {"image": str(image)}
+        else:
+            hits, query = store.search_item(int(item), k), {"item": int(item)}
+    finally:
+        store.close()
+    if as_json:
+        typer.echo(jsonlib.dumps({"query": query, "version": store.table.version, "k": k,
+                                  "results": hits}))
+    else:
+        for h in hits:
+            typer.echo(f"{h['item_id']}\t{h['score']:.4f}\t{h['title']}")
