@@ -1,0 +1,101 @@
+"""Encode once, cache on disk: frozen-backbone features under ``R/features/<encoder>_<S>px_t<k>/``.
+
+Each cached table is ``<tag>.npy`` (float32; float16 for un-pooled activation maps) next to
+``<tag>.json`` holding the row count and a SHA-256 of the row keys (item ids, query strings, image
+refs) plus a source fingerprint; a mismatch re-encodes. Loading never unpickles (``allow_pickle=False``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def cache_key(name: str, modality: str, image_size: int | None, trainable_blocks: int) -> str:
+    """Directory name for an encoder's features: its name, input size and trainable-block count."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+    size_part = f"_{image_size}px" if modality == "image" and image_size else ""
+    return f"{slug}{size_part}_t{trainable_blocks}"
+
+
+def _digest(keys: Sequence[str], fingerprint: str) -> str:
+    h = hashlib.sha256(fingerprint.encode())
+    for k in keys:
+        h.update(k.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def encode(encoder: Any, preprocess: Callable[[list[Any]], Any], n: int,
+           inputs: Callable[[int, int], list[Any]], batch_size: int = 128,
+           progress: str | None = None) -> np.ndarray:
+    """Run ``encoder.frozen`` over rows ``0..n`` in batches; ``inputs(a, z)`` gives raw rows ``a..z``.
+
+    Returns ``(n, ...)`` float32 features (the frozen part's output).
+    """
+    chunks: list[np.ndarray] = []
+    starts = range(0, n, batch_size)
+    if progress and n > batch_size:
+        from rich.progress import track
+
+        starts = track(starts, description=progress, total=len(starts), transient=True)
+    for a in starts:
+        z = min(a + batch_size, n)
+        chunks.append(encoder.frozen(preprocess(inputs(a, z))).float().numpy())
+    if not chunks:
+        shape = (0, encoder.dim)
+        return np.zeros(shape, np.float32)
+    return np.concatenate(chunks)
+
+
+def cached_features(build: Callable[[], tuple[Any, Callable[[list[Any]], Any]]], key: str,
+                    keys: Sequence[str], inputs: Callable[[int, int], list[Any]],
+                    cache_dir: Path | None, tag: str, fingerprint: str = "",
+                    batch_size: int = 128) -> np.ndarray:
+    """Features of ``len(keys)`` rows, read from ``cache_dir/<key>/<tag>.npy`` when still valid.
+
+    Args:
+        build: returns ``(encoder, preprocess)``; called only when the cache misses.
+        key: :func:`cache_key` of the encoder.
+        keys: one string per row identifying its content (an item id, a query text, an image ref).
+        inputs: ``inputs(a, z)`` -> the raw inputs of rows ``a..z`` (bytes, PIL images or strings).
+        cache_dir: ``R/features`` (None: no cache).
+        tag: table name, e.g. ``items_image``.
+        fingerprint: anything else the content depends on (the source file's size and mtime).
+
+    Returns:
+        ``(len(keys), ...)`` float32: the encoder's frozen-part output per row.
+    """
+    digest = _digest(keys, fingerprint)
+    d = Path(cache_dir) / key if cache_dir is not None else None
+    if d is not None:
+        npy, meta = d / f"{tag}.npy", d / f"{tag}.json"
+        if npy.exists() and meta.exists():
+            info = json.loads(meta.read_text())
+            if info.get("digest") == digest and info.get("n") == len(keys):
+                return np.load(npy, allow_pickle=False).astype(np.float32, copy=False)
+    encoder, preprocess = build()
+    feats = encode(encoder, preprocess, len(keys), inputs, batch_size,
+                   progress=f"encoding {tag} ({encoder.name})")
+    # Activation maps are stored in float16; return exactly what a later cache hit will return.
+    store = feats.astype(np.float16) if feats.ndim > 2 else feats
+    feats = store.astype(np.float32, copy=False)
+    if d is not None:
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f".{tag}.{os.getpid()}.npy"
+        np.save(tmp, store, allow_pickle=False)
+        os.replace(tmp, npy)
+        tmp_meta = d / f".{tag}.{os.getpid()}.json"
+        tmp_meta.write_text(json.dumps({"n": len(keys), "digest": digest, "encoder": encoder.name,
+                                        "shape": list(store.shape), "dtype": str(store.dtype)}))
+        os.replace(tmp_meta, meta)
+    return feats

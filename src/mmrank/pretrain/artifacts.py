@@ -1,0 +1,179 @@
+"""``R/encoder/``: weights (safetensors), config (JSON + YAML), version id; and the loader serving uses.
+
+Files:
+
+* ``weights.safetensors``: the towers' heads (and a fine-tuned backbone tail or a from-scratch CNN);
+* ``config.json`` / ``config.yaml``: encoder names, image size, dims, the stage config;
+* ``version.txt``: the encoder version id, SHA-256 of the config JSON and the weights file (16 hex);
+* ``metrics.json``: Acc@1 / Acc@5 per query modality (and per nested dimension).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from mmrank.errors import MMRankError
+
+FORMAT = 1
+WEIGHTS, CONFIG, VERSION, METRICS = "weights.safetensors", "config.json", "version.txt", "metrics.json"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def version_of(config_json: str, weights_file: Path) -> str:
+    """The encoder version id: SHA-256 over the config JSON and the weights bytes, 16 hex digits."""
+    h = hashlib.sha256(config_json.encode())
+    h.update(Path(weights_file).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def save_encoder(out: Path, model: torch.nn.Module, config: dict[str, Any],
+                 metrics: dict[str, Any] | None = None,
+                 extra_tensors: dict[str, torch.Tensor] | None = None) -> str:
+    """Write the encoder directory ``out`` (replaced whole, atomically); returns the version id."""
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    tensors = {f"model.{k}": v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    for k, v in (extra_tensors or {}).items():
+        tensors[k] = v.detach().contiguous().clone()
+    # safetensors needs at least one tensor to write a meaningful file; keep a marker for head-less
+    # encoders (off-the-shelf).
+    tensors.setdefault("format", torch.tensor([FORMAT]))
+    save_file(tensors, str(tmp / WEIGHTS), metadata={"format": str(FORMAT)})
+    cfg = {"format": FORMAT, **config}
+    cfg_json = json.dumps(cfg, sort_keys=True, indent=1)
+    (tmp / CONFIG).write_text(cfg_json)
+    (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=True))
+    version = version_of(cfg_json, tmp / WEIGHTS)
+    (tmp / VERSION).write_text(version + "\n")
+    if metrics is not None:
+        (tmp / METRICS).write_text(json.dumps({**metrics, "version": version}, indent=1))
+    if out.exists():
+        old = out.with_name(f".{out.name}.{os.getpid()}.old.{time.time_ns()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out)
+    return version
+
+
+class ItemEncoder:
+    """A trained encoder, ready to embed items and queries one at a time or in batches.
+
+    Attributes:
+        version: the encoder version id (``R/encoder/version.txt``).
+        dim: the vector size.
+        name: ``<variant>:<image encoder>+<text encoder>``.
+    """
+
+    def __init__(self, model: torch.nn.Module, config: dict[str, Any], version: str,
+                 image: tuple[Any, Any], text: tuple[Any, Any]) -> None:
+        self.model = model.eval()
+        self.config = config
+        self.version = version
+        self.dim = int(config["dim"])
+        self.name = f"{config['variant']}:{config['image_encoder']}+{config['text_encoder']}"
+        self._img_enc, self._img_pre = image
+        self._txt_enc, self._txt_pre = text
+        self._img_enc.eval()
+        self._txt_enc.eval()
+
+    def _img_h(self, images: list[Any]) -> torch.Tensor:
+        return self._img_enc.frozen(self._img_pre(list(images)))
+
+    def _txt_h(self, texts: list[str]) -> torch.Tensor:
+        return self._txt_enc.frozen(self._txt_pre(list(texts)))
+
+    @staticmethod
+    def _out(x: torch.Tensor) -> np.ndarray:
+        return np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)
+
+    @torch.inference_mode()
+    def encode_items(self, titles: list[str], images: list[Any], batch_size: int = 64) -> np.ndarray:
+        """Item tower: titles + photos (JPEG/PNG bytes or PIL images) -> ``(N, dim)`` unit vectors."""
+        if len(titles) != len(images):
+            raise MMRankError(f"encode_items: {len(titles)} titles but {len(images)} images")
+        out = [self.model.item(self._img_h(images[a:a + batch_size]),
+                               self._txt_h(titles[a:a + batch_size]))
+               for a in range(0, len(titles), batch_size)]
+        return self._out(torch.cat(out)) if out else np.zeros((0, self.dim), np.float32)
+
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        """Text-query tower: ``(N, dim)`` unit vectors."""
+        out = [self.model.text_query(self._txt_h(texts[a:a + batch_size]))
+               for a in range(0, len(texts), batch_size)]
+        return self._out(torch.cat(out)) if out else np.zeros((0, self.dim), np.float32)
+
+    @torch.inference_mode()
+    def encode_images(self, images: list[Any], batch_size: int = 64) -> np.ndarray:
+        """Image-query tower: photos (bytes or PIL) -> ``(N, dim)`` unit vectors."""
+        out = [self.model.image_query(self._img_h(images[a:a + batch_size]))
+               for a in range(0, len(images), batch_size)]
+        return self._out(torch.cat(out)) if out else np.zeros((0, self.dim), np.float32)
+
+
+def build_model(config: dict[str, Any], image_tail: torch.nn.Module | None) -> torch.nn.Module:
+    """The (untrained) model a config describes."""
+    from mmrank.pretrain.model import OffTheShelf, SCLModel
+
+    if config["kind"] == "off-the-shelf":
+        return OffTheShelf(config["d_image"], config["d_text"])
+    return SCLModel(config["d_image"], config["d_text"], config["dim"], config["hidden"], image_tail)
+
+
+def load_item_encoder(run_dir: str | Path, subdir: str = "encoder") -> ItemEncoder:
+    """Load ``run_dir/encoder`` (or ``run_dir/<subdir>``); MMRankError naming what is missing."""
+    from mmrank import encoders
+
+    d = Path(run_dir) / subdir
+    for f in (CONFIG, WEIGHTS, VERSION):
+        if not (d / f).exists():
+            raise MMRankError(f"{d / f}: missing; train an encoder first "
+                              f"(`mmrank pretrain --run {run_dir}`)")
+    cfg_json = (d / CONFIG).read_text()
+    cfg = json.loads(cfg_json)
+    if cfg.get("format") != FORMAT:
+        raise MMRankError(f"{d / CONFIG}: unknown encoder format {cfg.get('format')!r}")
+    version = (d / VERSION).read_text().strip()
+    if version_of(cfg_json, d / WEIGHTS) != version:
+        raise MMRankError(f"{d}: version.txt does not match config.json + weights (edited by hand?)")
+    img_kw: dict[str, Any] = {"image_size": cfg["image_size"], "trainable_blocks": cfg["trainable_blocks"]}
+    image = encoders.create_tower(cfg["image_encoder"], "image", **img_kw)
+    text = encoders.create_tower(cfg["text_encoder"], "text")
+    with safe_open(str(d / WEIGHTS), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    backbone = {k[len("image_backbone."):]: v for k, v in tensors.items()
+                if k.startswith("image_backbone.")}
+    if backbone:
+        missing, unexpected = image[0].load_state_dict(backbone, strict=False)
+        if unexpected:
+            raise MMRankError(f"{d / WEIGHTS}: unexpected image backbone keys {unexpected[:3]}")
+    model = build_model(cfg, image[0].tail)
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise MMRankError(f"{d / WEIGHTS}: weights do not match config (missing {missing[:3]}, "
+                          f"unexpected {unexpected[:3]})")
+    return ItemEncoder(model, cfg, version, image, text)

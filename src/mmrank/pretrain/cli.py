@@ -1,0 +1,97 @@
+"""`mmrank pretrain --run R [--variant V]` and `mmrank pretrain compare --run R`.
+
+Under torchrun (gloo on the CPU)::
+
+    torchrun --standalone --nproc_per_node=2 -m mmrank.cli -- pretrain --run R
+
+(the ``--`` ends torchrun's options; without it torchrun reads ``--run`` as ``--run-path``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from mmrank.errors import MMRankError
+
+app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
+                  help="Semantic-aware contrastive pre-training (SCL) and its Table 2 comparison.")
+
+
+def _config(config: Optional[Path], **flags: Any):
+    from mmrank.config import build, load_yaml
+    from mmrank.pretrain.config import PretrainConfig
+
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if config is not None:
+        return load_yaml(PretrainConfig, config, flags)
+    return build(PretrainConfig, flags, "flags")
+
+
+_RUN = typer.Option(None, "--run", help="run directory (reads R/data, writes R/encoder)")
+_CONFIG = typer.Option(None, "--config", help="a YAML PretrainConfig; flags override it")
+_IMG = typer.Option(None, "--image-encoder", help="e.g. efficientnet-lite0, cnn-small, hf-clip:DIR")
+_TXT = typer.Option(None, "--text-encoder", help="e.g. minilm, hash-bow, hf-clip:DIR")
+_SIZE = typer.Option(None, "--image-size", help="image input side (default: the photos' size)")
+_BLOCKS = typer.Option(None, "--trainable-blocks", help="fine-tune the last N image blocks")
+_EPOCHS = typer.Option(None, "--epochs")
+_BATCH = typer.Option(None, "--batch-size", help="global batch")
+_QUEUE = typer.Option(None, "--queue-size", help="MoCo negatives K (paper: 196800)")
+_STEPS = typer.Option(None, "--max-steps")
+_CKPT = typer.Option(None, "--checkpoint-every", help="steps between checkpoints")
+_RESUME = typer.Option(None, "--resume/--no-resume", help="resume from the last checkpoint")
+_SEED = typer.Option(None, "--seed")
+
+
+@app.callback()
+def pretrain_cmd(
+    ctx: typer.Context,
+    run: Optional[Path] = _RUN,
+    variant: Optional[str] = typer.Option(None, "--variant",
+                                          help="off-the-shelf | clip-e | scl | scl-no-triplet | "
+                                               "scl-no-triplet-no-moco (default scl)"),
+    config: Optional[Path] = _CONFIG,
+    image_encoder: Optional[str] = _IMG, text_encoder: Optional[str] = _TXT,
+    image_size: Optional[int] = _SIZE, trainable_blocks: Optional[int] = _BLOCKS,
+    epochs: Optional[int] = _EPOCHS, batch_size: Optional[int] = _BATCH,
+    queue_size: Optional[int] = _QUEUE, max_steps: Optional[int] = _STEPS,
+    checkpoint_every: Optional[int] = _CKPT, resume: Optional[bool] = _RESUME,
+    seed: Optional[int] = _SEED,
+) -> None:
+    """Train one variant on R's pairs; write R/encoder/ (weights, config, version, metrics.json)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if run is None:
+        raise MMRankError("mmrank pretrain: --run R is required")
+    from mmrank.pretrain.stage import pretrain
+
+    cfg = _config(config, variant=variant, image_encoder=image_encoder, text_encoder=text_encoder,
+                  image_size=image_size, trainable_blocks=trainable_blocks, epochs=epochs,
+                  batch_size=batch_size, queue_size=queue_size, max_steps=max_steps,
+                  checkpoint_every=checkpoint_every, resume=resume, seed=seed)
+    pretrain(run, cfg)
+
+
+@app.command("compare")
+def compare_cmd(
+    run: Path = typer.Option(..., "--run", help="run directory"),
+    config: Optional[Path] = _CONFIG,
+    image_encoder: Optional[str] = _IMG, text_encoder: Optional[str] = _TXT,
+    image_size: Optional[int] = _SIZE, trainable_blocks: Optional[int] = _BLOCKS,
+    epochs: Optional[int] = _EPOCHS, batch_size: Optional[int] = _BATCH,
+    queue_size: Optional[int] = _QUEUE, max_steps: Optional[int] = _STEPS,
+    seed: Optional[int] = _SEED,
+) -> None:
+    """Table 2: off-the-shelf, clip-e, scl, scl-no-triplet, scl-no-triplet-no-moco ->
+    R/pretrain/compare.json + compare.md (and the SCL encoder as R/encoder/)."""
+    from mmrank.pretrain.stage import compare
+
+    cfg = _config(config, image_encoder=image_encoder, text_encoder=text_encoder,
+                  image_size=image_size, trainable_blocks=trainable_blocks, epochs=epochs,
+                  batch_size=batch_size, queue_size=queue_size, max_steps=max_steps, seed=seed)
+    compare(run, cfg)
+    md = run / "pretrain" / "compare.md"
+    if md.exists():
+        typer.echo(md.read_text())

@@ -1,0 +1,215 @@
+"""Pre-training data from the logs (Sec. 3.2, Table 1): <query, purchased item> pairs + hard negatives.
+
+Reads ``R/data/items.parquet`` and ``R/data/pairs.parquet`` (schema ``PAIRS``), renders image queries
+(``aug:<item_id>:<seed>`` references) and turns everything into cached frozen-backbone features.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmrank.encoders.cache import cache_key, cached_features
+from mmrank.errors import DataError
+
+TEXT, IMAGE = 0, 1
+
+
+@dataclass
+class Catalog:
+    """Items: ids (N,), titles, image bytes (row order of the items file)."""
+
+    item_ids: np.ndarray
+    titles: list[str]
+    images: list[bytes]
+    path: Path
+
+    def rows_of(self, ids: np.ndarray, file: str, column: str) -> np.ndarray:
+        """Row of each id; a DataError naming ``file``, the row and ``column`` for an unknown id."""
+        order = np.argsort(self.item_ids, kind="stable")
+        sorted_ids = self.item_ids[order]
+        pos = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
+        bad = sorted_ids[pos] != ids
+        if bad.any():
+            r = int(np.flatnonzero(bad)[0])
+            raise DataError(f"unknown item_id {int(ids[r])} (not in {self.path.name})", file=file,
+                            row=r, column=column)
+        return order[pos]
+
+
+def read_catalog(run: Path) -> Catalog:
+    """``R/data/items.parquet``: ids, titles and image bytes (``image`` or ``image_path``)."""
+    from mmrank.data.io import read_table
+
+    path = Path(run) / "data" / "items.parquet"
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        raise DataError("no such file (run `mmrank market generate --out R` first)", file=str(path))
+    names = pq.read_schema(path).names
+    cols = ["item_id", "title"] + [c for c in ("image", "image_path") if c in names]
+    t = read_table(path, "items", columns=cols)
+    ids = t.column("item_id").to_numpy()
+    titles = t.column("title").to_pylist()
+    imgs = t.column("image").to_pylist() if "image" in names else [None] * len(ids)
+    img_paths = t.column("image_path").to_pylist() if "image_path" in names else [None] * len(ids)
+    images: list[bytes] = []
+    for i, (b, p) in enumerate(zip(imgs, img_paths)):
+        if b is None:
+            if p is None:
+                raise DataError("no image", file=str(path), row=i, column="image")
+            try:
+                b = (path.parent / p).read_bytes()
+            except OSError as err:
+                raise DataError(f"cannot read image ({err})", file=str(path), row=i,
+                                column="image_path") from None
+        images.append(b)
+    return Catalog(ids.astype(np.int64), titles, images, path)
+
+
+@dataclass
+class PairTable:
+    """Pairs as arrays (P rows): modality, query text or image ref, positive/negative item rows."""
+
+    modality: np.ndarray        # (P,) int8: TEXT | IMAGE
+    query_text: list[str | None]
+    query_image: list[str | None]
+    pos: np.ndarray             # (P,) item row
+    neg: np.ndarray             # (P,) item row of one hard negative, -1 if none
+    test: np.ndarray            # (P,) bool
+    ts: np.ndarray              # (P,)
+
+
+def read_pairs(run: Path, catalog: Catalog, seed: int = 0) -> PairTable:
+    """``R/data/pairs.parquet`` -> :class:`PairTable`; one hard negative drawn per pair (seeded)."""
+    from mmrank.data.io import read_table
+
+    path = Path(run) / "data" / "pairs.parquet"
+    if not path.exists():
+        raise DataError("no such file (the market writes it: `mmrank market generate`)",
+                        file=str(path))
+    t = read_table(path, "pairs")
+    f = str(path)
+    mod_s = t.column("query_modality").to_pylist()
+    qt, qi = t.column("query_text").to_pylist(), t.column("query_image").to_pylist()
+    modality = np.empty(len(mod_s), np.int8)
+    for r, (m, a, b) in enumerate(zip(mod_s, qt, qi)):
+        if m == "text":
+            if not a:
+                raise DataError("text query without query_text", file=f, row=r, column="query_text")
+            modality[r] = TEXT
+        elif m == "image":
+            if not b:
+                raise DataError("image query without query_image", file=f, row=r,
+                                column="query_image")
+            modality[r] = IMAGE
+        else:
+            raise DataError(f"expected 'text' or 'image', got {m!r}", file=f, row=r,
+                            column="query_modality")
+    split = t.column("split").to_pylist()
+    for r, s in enumerate(split):
+        if s not in ("train", "test"):
+            raise DataError(f"expected 'train' or 'test', got {s!r}", file=f, row=r, column="split")
+    pos = catalog.rows_of(t.column("pos_item_id").to_numpy().astype(np.int64), f, "pos_item_id")
+    negs = t.column("hard_neg_item_ids").combine_chunks()
+    offsets = negs.offsets.to_numpy()
+    flat = negs.flatten().to_numpy().astype(np.int64)
+    flat_rows = catalog.rows_of(flat, f, "hard_neg_item_ids") if len(flat) else flat
+    counts = np.diff(offsets)
+    rng = np.random.default_rng(seed)
+    pick = offsets[:-1] + (rng.random(len(counts)) * np.maximum(counts, 1)).astype(np.int64)
+    neg = np.full(len(counts), -1, np.int64)
+    has = counts > 0
+    neg[has] = flat_rows[pick[has]]
+    return PairTable(modality, qt, qi, pos.astype(np.int64), neg,
+                     np.asarray([s == "test" for s in split]), t.column("ts").to_numpy())
+
+
+@dataclass
+class Features:
+    """Cached backbone features: items' images and titles, and the queries (deduplicated)."""
+
+    item_img: torch.Tensor      # (N, ...) image frozen-part output
+    item_txt: torch.Tensor      # (N, d_text)
+    text_q: torch.Tensor        # (Nt, d_text) one row per distinct query text
+    image_q: torch.Tensor       # (Ni, ...) one row per distinct image ref
+    qrow: np.ndarray            # (P,) row of each pair's query in text_q or image_q
+
+
+def native_image_size(catalog: Catalog) -> int:
+    """The photos' larger side (64 for the synthetic market, 80 for the real catalog's 60x80)."""
+    from PIL import Image
+    import io
+
+    w, h = Image.open(io.BytesIO(catalog.images[0])).size
+    return int(max(w, h))
+
+
+def build_features(run: Path, catalog: Catalog, pairs: PairTable, image_encoder: str,
+                   text_encoder: str, image_size: int, trainable_blocks: int,
+                   cache: bool = True) -> Features:
+    """Encode (or read from ``R/features/``) every input the trainer and the evaluation need."""
+    from mmrank import encoders
+    from mmrank.data.render import parse_query_image_ref, render_query_image
+
+    cache_dir = Path(run) / "features" if cache else None
+    st = os.stat(catalog.path)
+    fp = f"{catalog.path.name}:{st.st_size}:{st.st_mtime_ns}"
+    built: dict[str, tuple] = {}
+
+    def build_img() -> tuple:
+        if "img" not in built:
+            built["img"] = encoders.create_tower(image_encoder, "image", image_size=image_size,
+                                                 trainable_blocks=trainable_blocks)
+        return built["img"]
+
+    def build_txt() -> tuple:
+        if "txt" not in built:
+            built["txt"] = encoders.create_tower(text_encoder, "text")
+        return built["txt"]
+
+    ikey = cache_key(image_encoder, "image", image_size, trainable_blocks)
+    tkey = cache_key(text_encoder, "text", None, 0)
+    item_keys = [str(int(i)) for i in catalog.item_ids]
+    item_img = cached_features(build_img, ikey, item_keys,
+                               lambda a, z: catalog.images[a:z], cache_dir, "items_image", fp)
+    item_txt = cached_features(build_txt, tkey, [f"{k}\t{t}" for k, t in zip(item_keys, catalog.titles)],
+                               lambda a, z: catalog.titles[a:z], cache_dir, "items_title", fp)
+
+    qrow = np.zeros(len(pairs.modality), np.int64)
+    texts: dict[str, int] = {}
+    refs: dict[str, int] = {}
+    for r, m in enumerate(pairs.modality):
+        if m == TEXT:
+            qrow[r] = texts.setdefault(pairs.query_text[r], len(texts))
+        else:
+            qrow[r] = refs.setdefault(pairs.query_image[r], len(refs))
+    text_list, ref_list = list(texts), list(refs)
+    id_to_row = {int(i): r for r, i in enumerate(catalog.item_ids)}
+
+    def render(a: int, z: int) -> list:
+        out = []
+        for j in range(a, z):
+            ref = ref_list[j]
+            try:
+                src = id_to_row[parse_query_image_ref(ref)[0]]
+            except (ValueError, KeyError):
+                raise DataError(f"query image {ref!r}: not 'aug:<item_id>:<seed>' of a known item",
+                                file=str(Path(run) / "data" / "pairs.parquet"),
+                                column="query_image") from None
+            out.append(render_query_image(ref, catalog.images[src]))
+        return out
+
+    text_q = cached_features(build_txt, tkey, text_list, lambda a, z: text_list[a:z], cache_dir,
+                             "queries_text", fp)
+    image_q = cached_features(build_img, ikey, ref_list, render, cache_dir, "queries_image", fp)
+    as_t = torch.from_numpy
+    d_img_shape = item_img.shape[1:]
+    if len(ref_list) == 0:
+        image_q = np.zeros((0, *d_img_shape), np.float32)
+    return Features(as_t(np.ascontiguousarray(item_img)), as_t(np.ascontiguousarray(item_txt)),
+                    as_t(np.ascontiguousarray(text_q)), as_t(np.ascontiguousarray(image_q)), qrow)

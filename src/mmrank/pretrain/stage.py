@@ -1,0 +1,224 @@
+"""The stage functions behind `mmrank pretrain`: one variant, the Table 2 comparison, the demo step."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmrank.config import save_yaml
+from mmrank.errors import ConfigError
+from mmrank.pretrain.artifacts import save_encoder
+from mmrank.pretrain.config import VARIANTS, PretrainConfig
+from mmrank.pretrain.data import build_features, native_image_size, read_catalog, read_pairs
+from mmrank.pretrain.distributed import DistEnv
+from mmrank.pretrain.evaluate import evaluate
+from mmrank.pretrain.model import OffTheShelf
+from mmrank.pretrain.train import train
+
+OFF_THE_SHELF = {"image_encoder": "efficientnet-lite0", "text_encoder": "minilm"}
+
+
+def _say(env: DistEnv, msg: str) -> None:
+    if env.main:
+        print(msg, flush=True)
+
+
+class _Prepared:
+    """Catalog, pairs and cached features for one (image encoder, text encoder, size) triple."""
+
+    def __init__(self, run: Path, cfg: PretrainConfig, env: DistEnv) -> None:
+        self.catalog = read_catalog(run)
+        self.pairs = read_pairs(run, self.catalog, cfg.seed)
+        from mmrank.encoders import native_input_size
+
+        self.image_size = (cfg.image_size or native_input_size(cfg.image_encoder)
+                           or native_image_size(self.catalog))
+        self.image_tail = None
+        if env.main:  # rank 0 encodes and caches; the others then read the cache
+            self.feats = self._features(run, cfg)
+        env.barrier()
+        if not env.main:
+            self.feats = self._features(run, cfg)
+        if cfg.trainable_blocks:
+            from mmrank import encoders
+
+            enc, _ = encoders.create_tower(cfg.image_encoder, "image", image_size=self.image_size,
+                                           trainable_blocks=cfg.trainable_blocks)
+            self.image_encoder = enc
+            self.image_tail = enc.tail
+
+    def _features(self, run: Path, cfg: PretrainConfig):
+        return build_features(run, self.catalog, self.pairs, cfg.image_encoder, cfg.text_encoder,
+                              self.image_size, cfg.trainable_blocks)
+
+
+def _encoder_config(cfg: PretrainConfig, prep: _Prepared, model: torch.nn.Module) -> dict[str, Any]:
+    off = isinstance(model, OffTheShelf)
+    d_image = model.d_image if off else int(model.g_img.proj.in_features)
+    return {
+        "kind": "off-the-shelf" if off else "scl-towers",
+        "variant": cfg.variant, "image_encoder": cfg.image_encoder, "text_encoder": cfg.text_encoder,
+        "image_size": prep.image_size, "trainable_blocks": cfg.trainable_blocks,
+        "dim": int(model.dim), "hidden": cfg.hidden, "d_image": d_image,
+        "d_text": int(prep.feats.item_txt.shape[1]),
+        "nested_dims": [] if off else list(cfg.nested_dims),
+        "pretrain_config": cfg.model_dump(mode="json"),
+    }
+
+
+def run_variant(run: Path, cfg: PretrainConfig, out: Path, prep: _Prepared | None = None,
+                env: DistEnv | None = None) -> dict[str, Any]:
+    """Train (unless off-the-shelf) and evaluate one variant; rank 0 writes ``out`` (an encoder dir).
+
+    Returns the metrics (``acc@1``/``acc@5`` per modality, nested dims, timings, version).
+    """
+    env = env or DistEnv.from_env()
+    run = Path(run)
+    if cfg.variant == "off-the-shelf" and cfg.trainable_blocks:
+        raise ConfigError("off-the-shelf uses frozen backbones: trainable_blocks must be 0")
+    prep = prep or _Prepared(run, cfg, env)
+    t0 = time.time()
+    if cfg.variant == "off-the-shelf":
+        model: torch.nn.Module = OffTheShelf(int(np.prod(prep.feats.item_img.shape[1:])),
+                                             int(prep.feats.item_txt.shape[1]))
+    else:
+        # each variant fine-tunes its own copy of the pristine backbone tail
+        tail = copy.deepcopy(prep.image_tail) if prep.image_tail is not None else None
+        model = train(cfg, prep.feats, prep.pairs, prep.catalog.item_ids, env,
+                      ckpt_dir=run / "pretrain" / "ckpt" / cfg.variant, image_tail=tail,
+                      log=lambda m: _say(env, m))
+    train_s = time.time() - t0
+    metrics: dict[str, Any] = {}
+    if env.main:
+        metrics = evaluate(model, prep.feats, prep.pairs,
+                           [] if isinstance(model, OffTheShelf) else cfg.nested_dims)
+        metrics.update(variant=cfg.variant, train_seconds=round(train_s, 2),
+                       image_size=prep.image_size, world_size=env.world)
+        own: dict[str, torch.Tensor] = {}
+        if prep.image_tail is not None:
+            own = prep.image_encoder.own_state()
+        elif cfg.image_encoder == "cnn-small":  # seeded random frozen weights: ship them anyway
+            from mmrank.encoders.image import CnnSmall
+
+            own = CnnSmall(prep.image_size, 0, seed=0).own_state()
+        extra = {f"image_backbone.{k}": v for k, v in own.items()}
+        version = save_encoder(out, model, _encoder_config(cfg, prep, model), metrics, extra)
+        metrics["version"] = version
+        _say(env, f"{cfg.variant}: acc@1 image={_fmt(metrics['acc@1']['image'])} "
+                  f"text={_fmt(metrics['acc@1']['text'])}  acc@5 image="
+                  f"{_fmt(metrics['acc@5']['image'])} text={_fmt(metrics['acc@5']['text'])} -> {out}")
+    env.barrier()
+    return metrics
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def pretrain(run: str | Path, cfg: PretrainConfig | None = None) -> dict[str, Any]:
+    """`mmrank pretrain --run R`: one variant -> ``R/encoder/`` (+ ``metrics.json``)."""
+    run = Path(run)
+    cfg = cfg or PretrainConfig()
+    env = DistEnv.from_env()
+    metrics = run_variant(run, cfg, run / "encoder", env=env)
+    if env.main:
+        save_yaml(cfg, run / "config.yaml", section="pretrain")
+    return metrics
+
+
+def compare(run: str | Path, cfg: PretrainConfig | None = None,
+            variants: tuple[str, ...] = VARIANTS) -> dict[str, Any]:
+    """`mmrank pretrain compare --run R`: Table 2 on R's market.
+
+    Every variant's encoder goes to ``R/pretrain/<variant>/``; ``R/pretrain/compare.json`` maps each
+    variant (and nothing else) to ``{"acc@1": {"image", "text"}, "acc@5": {...}}``;
+    ``compare_detail.json`` adds nested dims, timings and the config; ``compare.md`` is the table.
+    The SCL encoder is also installed as ``R/encoder/`` (the one later stages use). ``off-the-shelf`` is always EfficientNet-Lite0 +
+    MiniLM with no training.
+    """
+    run = Path(run)
+    base = cfg or PretrainConfig()
+    env = DistEnv.from_env()
+    results: dict[str, Any] = {}
+    prepared: dict[tuple, _Prepared] = {}
+    for v in variants:
+        if v not in VARIANTS:
+            raise ConfigError(f"unknown variant {v!r}; expected one of {', '.join(VARIANTS)}")
+        upd: dict[str, Any] = {"variant": v}
+        if v == "off-the-shelf":
+            upd.update(OFF_THE_SHELF, trainable_blocks=0)
+        c = base.model_copy(update=upd)
+        key = (c.image_encoder, c.text_encoder, c.image_size, c.trainable_blocks)
+        if key not in prepared:
+            prepared[key] = _Prepared(run, c, env)
+        results[v] = run_variant(run, c, run / "pretrain" / v, prepared[key], env)
+    if env.main:
+        table = {v: {"acc@1": r["acc@1"], "acc@5": r["acc@5"]} for v, r in results.items()}
+        detail = {"variants": results, "config": base.model_dump(mode="json"),
+                  "note": "Acc@N of Eq. 6: D = the test pairs of one query modality, S = the set "
+                          "of their positives; behaviour is simulated"}
+        out = run / "pretrain"
+        out.mkdir(parents=True, exist_ok=True)
+        for name, payload in (("compare.json", table), ("compare_detail.json", detail)):
+            tmp = out / f".{name}.{os.getpid()}"
+            tmp.write_text(json.dumps(payload, indent=1))
+            os.replace(tmp, out / name)
+        (out / "compare.md").write_text(markdown_table(table))
+        if "scl" in results:
+            dst, tmpd = run / "encoder", run / f".encoder.{os.getpid()}.tmp"
+            shutil.copytree(run / "pretrain" / "scl", tmpd, dirs_exist_ok=True)
+            if dst.exists():
+                shutil.rmtree(dst)
+            os.replace(tmpd, dst)
+        save_yaml(base, run / "config.yaml", section="pretrain")
+    return results
+
+
+def markdown_table(table: dict[str, Any]) -> str:
+    """Table 2 as markdown: one row per variant, Acc@1/Acc@5 for image and text queries."""
+    lines = ["| variant | Acc@1 image | Acc@1 text | Acc@5 image | Acc@5 text |",
+             "|---|---:|---:|---:|---:|"]
+    for v, r in table.items():
+        lines.append(f"| {v} | {_fmt(r['acc@1']['image'])} | {_fmt(r['acc@1']['text'])} | "
+                     f"{_fmt(r['acc@5']['image'])} | {_fmt(r['acc@5']['text'])} |")
+    return "\n".join(lines) + "\n"
+
+
+# Sized for the demo's budget (about 3 minutes at "small" on 2 idle cores, features included).
+DEMO = {
+    "tiny": dict(epochs=3, batch_size=256, queue_size=4096, hidden=256, nested_dims=[64, 256],
+                 lr=2e-3),
+    "small": dict(epochs=3, batch_size=256, queue_size=4096, hidden=256, nested_dims=[64, 256],
+                  lr=2e-3),
+    "default": dict(epochs=6, batch_size=512, queue_size=16384, hidden=256, lr=2e-3),
+}
+
+
+def demo_stage(run: Path, size: str) -> dict[str, Any]:
+    """The demo's pre-training step: Table 2 on the run's market (frozen cached features).
+
+    Returns ``{"acc@1": {variant: {"image", "text"}}, "acc@5": {...}, "encoder_version",
+    "markdown", "seconds", ...}``. The SCL encoder is installed as ``run/encoder/``.
+    """
+    if size not in DEMO:
+        raise ConfigError(f"size: expected one of {', '.join(DEMO)}, got {size!r}")
+    t0 = time.time()
+    res = compare(run, PretrainConfig(**DEMO[size]))
+    return {
+        "acc@1": {v: r["acc@1"] for v, r in res.items()},
+        "acc@5": {v: r["acc@5"] for v, r in res.items()},
+        "encoder_version": res["scl"]["version"],
+        "image_size": res["scl"]["image_size"],
+        "encoders": "efficientnet-lite0 + minilm (frozen, cached features) + trained heads",
+        "markdown": markdown_table({v: {"acc@1": r["acc@1"], "acc@5": r["acc@5"]}
+                                    for v, r in res.items()}),
+        "seconds": round(time.time() - t0, 1),
+    }

@@ -1,0 +1,230 @@
+"""The SCL trainer (Sec. 3.3): InfoNCE over in-batch keys (gathered across ranks) + a MoCo queue,
+triplet loss on hard negatives, nested dimensions. Runs unchanged under ``torchrun`` (gloo).
+
+Determinism: batch ``s`` of epoch ``e`` is fixed by ``(seed, e)``, the torch RNG is re-seeded from
+``(seed, step)`` each step, so a run resumed from a checkpoint replays the same batches, and a
+2-rank run sees the same global batches as a 1-rank run (each rank takes its slice).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmrank.errors import ConfigError, MMRankError
+from mmrank.pretrain.checkpoint import FILE, load_checkpoint, save_checkpoint
+from mmrank.pretrain.config import PretrainConfig
+from mmrank.pretrain.data import IMAGE, TEXT, Features, PairTable
+from mmrank.pretrain.distributed import DistEnv
+from mmrank.pretrain.losses import InfoNCELoss, MomentumQueue, TripletLoss, momentum_update
+from mmrank.pretrain.model import SCLModel
+
+
+class Objective(nn.Module):
+    """The variant's loss terms: query->item InfoNCE (+queue), item->query InfoNCE, triplet."""
+
+    def __init__(self, cfg: PretrainConfig) -> None:
+        super().__init__()
+        use = cfg.uses()
+        nd = cfg.nested_dims
+        self.q2i = InfoNCELoss(cfg.temperature, nested_dims=nd, name="contrastive_loss")
+        self.i2q = (InfoNCELoss(cfg.temperature, nested_dims=nd, name="contrastive_loss_item")
+                    if cfg.symmetric else None)
+        self.triplet = TripletLoss(cfg.margin, cfg.triplet_weight, nd) if use["triplet"] else None
+
+
+def config_digest(cfg: PretrainConfig) -> str:
+    """Hash of everything that shapes the trajectory (not the checkpoint cadence or resume flag)."""
+    d = cfg.model_dump(mode="json", exclude={"checkpoint_every", "resume"})
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def lr_at(cfg: PretrainConfig, step: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of ``lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def _check(cfg: PretrainConfig, env: DistEnv) -> None:
+    if any(d > cfg.dim for d in cfg.nested_dims):
+        raise ConfigError(f"nested_dims {cfg.nested_dims}: every prefix must be <= dim {cfg.dim}")
+    if cfg.batch_size % env.world:
+        raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {env.world} ranks")
+
+
+def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.ndarray,
+          env: DistEnv | None = None, ckpt_dir: Path | None = None,
+          image_tail: nn.Module | None = None,
+          log: Callable[[str], None] = print) -> SCLModel:
+    """Train one variant (not ``off-the-shelf``) and return the online model.
+
+    Args:
+        cfg: the stage config (``variant`` picks the loss terms).
+        feats: cached backbone features (see :func:`mmrank.pretrain.data.build_features`).
+        pairs: the pair table (train rows are used; CLIP-E uses the items themselves).
+        item_ids: (N,) item ids by row, for masking duplicates among the negatives.
+        env: the process group (default: from torchrun's environment).
+        ckpt_dir: where to checkpoint and resume from (None: no checkpoints).
+        image_tail: the fine-tuned end of the image backbone (``trainable_blocks > 0``).
+    """
+    env = env or DistEnv.from_env()
+    _check(cfg, env)
+    use = cfg.uses()
+    if not use["train"]:
+        raise ConfigError("the off-the-shelf variant has nothing to train")
+    torch.manual_seed(cfg.seed)
+    d_img = image_tail_dim(image_tail, feats)
+    model = SCLModel(d_img, feats.item_txt.shape[1], cfg.dim, cfg.hidden, image_tail)
+    objective = Objective(cfg)
+    momentum = copy.deepcopy(model) if use["moco"] else None
+    queue = MomentumQueue(cfg.dim, cfg.queue_size) if use["moco"] else None
+    if momentum is not None:
+        for p in momentum.parameters():
+            p.requires_grad_(False)
+    params = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    modules: dict[str, nn.Module] = {"model": model, "objective": objective}
+    if momentum is not None and queue is not None:
+        modules.update(momentum=momentum, queue=queue)
+
+    rows = (np.arange(len(item_ids)) if use["queries"] is False
+            else np.flatnonzero(~pairs.test))
+    batch = min(cfg.batch_size, len(rows) - len(rows) % env.world)
+    if batch < 2 * env.world:
+        raise ConfigError(f"only {len(rows)} training rows: too few for a batch")
+    per_rank = batch // env.world
+    steps_per_epoch = len(rows) // batch
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    # the checkpoint belongs to this config *and* this data (a regenerated market starts afresh)
+    data_fp = hashlib.sha256(np.ascontiguousarray(pairs.pos).tobytes()
+                             + np.ascontiguousarray(item_ids).tobytes()).hexdigest()[:8]
+    digest = f"{config_digest(cfg)}-{data_fp}"
+
+    step = 0
+    if ckpt_dir is not None and cfg.resume and (Path(ckpt_dir) / FILE).exists():
+        from safetensors import safe_open
+
+        with safe_open(str(Path(ckpt_dir) / FILE), framework="pt") as f:
+            same = (f.metadata() or {}).get("config") == digest
+        if same:
+            step, _ = load_checkpoint(Path(ckpt_dir), modules, opt)
+            log(f"resumed {cfg.variant} from {ckpt_dir} at step {step}/{total}")
+        elif env.main:
+            log(f"ignoring checkpoint in {ckpt_dir}: it was made with another config")
+    ids_t = torch.from_numpy(np.asarray(item_ids, np.int64))
+    every = cfg.checkpoint_every or steps_per_epoch
+
+    def queries(r: np.ndarray) -> torch.Tensor:
+        """Query vectors of pair rows ``r``, in order: ``(b, D)``."""
+        mod = pairs.modality[r]
+        t_idx, i_idx = np.flatnonzero(mod == TEXT), np.flatnonzero(mod == IMAGE)
+        parts = []
+        if len(t_idx):
+            parts.append(model.text_query(feats.text_q[feats.qrow[r[t_idx]]]))
+        if len(i_idx):
+            parts.append(model.image_query(feats.image_q[feats.qrow[r[i_idx]]]))
+        inv = np.argsort(np.concatenate([t_idx, i_idx]), kind="stable")
+        return torch.cat(parts)[torch.from_numpy(inv)]
+
+    model.train()
+    t0, seen = time.time(), 0
+    progress = None
+    if env.main and total - step > 0:
+        from rich.progress import Progress
+
+        progress = Progress(transient=True)
+        progress.start()
+        task = progress.add_task(f"pretrain {cfg.variant}", total=total, completed=step)
+    try:
+        while step < total:
+            epoch, j = divmod(step, steps_per_epoch)
+            perm = np.random.default_rng([cfg.seed, epoch]).permutation(len(rows))
+            glob = rows[perm[j * batch:(j + 1) * batch]]
+            local = glob[env.rank * per_rank:(env.rank + 1) * per_rank]
+            torch.manual_seed(cfg.seed * 1_000_003 + step)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, step, total)
+            offset = env.rank * per_rank
+            pos_index = torch.arange(per_rank) + offset
+            if use["queries"]:
+                item_rows = pairs.pos[local]
+                q = queries(local)
+                k = model.item(feats.item_img[item_rows], feats.item_txt[item_rows])
+            else:  # CLIP-E: an item's image against its own title
+                item_rows = local
+                q = model.image_query(feats.item_img[item_rows])
+                k = model.text_query(feats.item_txt[item_rows])
+            ids = ids_t[item_rows]
+            k_all, ids_all = env.gather_with_grad(k), env.gather(ids)
+            terms = objective.q2i(q, k_all, pos_index,
+                                  queue=queue.keys if queue is not None else None,
+                                  q_ids=ids, k_ids=ids_all,
+                                  queue_ids=queue.ids if queue is not None else None,
+                                  queue_valid=queue.valid if queue is not None else None)
+            if objective.i2q is not None:
+                terms.update(objective.i2q(k, env.gather_with_grad(q), pos_index, q_ids=ids,
+                                           k_ids=ids_all))
+            if objective.triplet is not None:
+                neg = pairs.neg[local]
+                valid = torch.from_numpy(neg >= 0)
+                nr = np.where(neg >= 0, neg, item_rows)
+                kn = model.item(feats.item_img[nr], feats.item_txt[nr])
+                terms.update(objective.triplet(q, k, kn, valid))
+            loss = sum(terms.values())
+            if not torch.isfinite(loss):
+                raise MMRankError(f"pretrain {cfg.variant}: loss is {float(loss)} at step {step} "
+                                  f"({', '.join(f'{k}={float(v):.3g}' for k, v in terms.items())})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            env.average_gradients(params)
+            opt.step()
+            if momentum is not None and queue is not None:
+                momentum_update(model, momentum, cfg.momentum)
+                with torch.no_grad():
+                    momentum.train()
+                    km = momentum.item(feats.item_img[item_rows], feats.item_txt[item_rows])
+                    queue.enqueue(env.gather(km), ids_all)
+            step += 1
+            seen += batch
+            if progress is not None:
+                progress.update(task, completed=step,
+                                description=f"pretrain {cfg.variant} loss={float(loss.detach()):.3f}")
+            if ckpt_dir is not None and (step % every == 0 or step == total):
+                if env.main:
+                    save_checkpoint(Path(ckpt_dir), modules, opt, step,
+                                    {"config": digest, "variant": cfg.variant})
+                env.barrier()
+    finally:
+        if progress is not None:
+            progress.stop()
+    if env.main and seen:
+        dt = time.time() - t0
+        log(f"pretrain {cfg.variant}: {step} steps, {seen / max(dt, 1e-9):.0f} pairs/s, "
+            f"tau={objective.q2i.temperature:.4f}")
+    model.eval()
+    return model
+
+
+def image_tail_dim(image_tail: nn.Module | None, feats: Features) -> int:
+    """Image feature size after the (optional) tail."""
+    if image_tail is None:
+        return int(feats.item_img.shape[1])
+    with torch.no_grad():
+        was = image_tail.training
+        image_tail.eval()
+        d = int(image_tail(feats.item_img[:1]).shape[1])
+        image_tail.train(was)
+    return d
