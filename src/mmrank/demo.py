@@ -87,10 +87,12 @@ def render_markdown(results: dict[str, Any]) -> str:
     titles = {"market": "Synthetic market"} | {n: t for n, _, t in STAGES}
     for name, res in results["stages"].items():
         lines += [f"## {titles.get(name, name)}", ""]
-        if "markdown" in res:
+        rows = _flat(res)
+        if "markdown" in res:  # the table says the nested figures; list only the scalars beside it
             lines += [res["markdown"].rstrip(), ""]
+            rows = [(k, v) for k, v in rows if not isinstance(res.get(k), dict) and "." not in k]
         lines += ["| key | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in _flat(res)]
+        lines += [f"| {k} | {v} |" for k, v in rows]
         lines.append("")
     lines.append(f"Total: {results['seconds']} s.")
     return "\n".join(lines) + "\n"
