@@ -1,0 +1,247 @@
+"""Training and inference throughput of mmrank's ID DIN against DeepCTR-Torch's DIN, on the same rows
+in the same run; and the step time SimTier adds to the ID model (computed in the model vs read from
+the data pipeline, the measurement behind ``CtrConfig.simtier_in``).
+
+Setup (issue 4): 1M synthetic rows, history L = 50 (lengths uniform in [1, 50] unless --full-history),
+embedding dim 16, batch 1024, attention MLP [80, 40], MLP [200, 80], Adam, 2 threads. Both models get
+the same features (user, item, category; history of items and categories), the same activation
+(PReLU) and no L2 term. DeepCTR-Torch runs through its own ``fit``/``predict``.
+
+    .venv/bin/python benchmarks/ctr_throughput.py [--rows 1000000] [--full-history] [--skip-deepctr]
+
+Needs the ``bench`` extra (deepctr-torch==0.3.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from mmrank.ctr.data import FeatureSpace, load_samples
+from mmrank.ctr.layers import ItemVectors, SimTier
+from mmrank.ctr.models import CtrConfig, CtrModel, ModelSizes
+import torch.nn.functional as F
+
+from mmrank.ctr.data import iter_batches
+from mmrank.ctr.trainer import TrainConfig, _optimizer, predict
+from mmrank.data.schemas import CTR_SAMPLES
+
+L, EMB, BATCH = 50, 16, 1024
+
+
+def make_rows(n: int, n_items: int, n_users: int, n_cats: int, full: bool, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    pop = 1.0 / np.arange(1, n_items + 1) ** 0.8
+    pop /= pop.sum()
+    item_cat = rng.integers(1, n_cats + 1, n_items + 1)
+    lens = np.full(n, L) if full else rng.integers(1, L + 1, n)
+    item = rng.choice(n_items, n, p=pop) + 1
+    hist = np.zeros((n, L), np.int64)
+    valid = np.arange(L)[None, :] < lens[:, None]
+    hist[valid] = rng.choice(n_items, int(lens.sum()), p=pop) + 1
+    return {"user": rng.integers(1, n_users + 1, n), "item": item, "cat": item_cat[item],
+            "hist_item": hist, "hist_cat": np.where(valid, item_cat[hist], 0), "len": lens,
+            "label": (rng.random(n) < 0.15).astype(np.float32), "n_items": n_items, "n_users": n_users,
+            "n_cats": n_cats}
+
+
+def to_encoded(rows: dict):
+    """The same rows as mmrank's EncodedSamples (via a CTR_SAMPLES table, ids already dense)."""
+    n = len(rows["item"])
+    valid = np.arange(L)[None, :] < rows["len"][:, None]
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(rows["len"], out=offsets[1:])
+
+    def lst(v, t):
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(v, t))
+
+    hist = rows["hist_item"][valid]
+    table = pa.table({
+        "ts": pa.array(np.arange(n, dtype=np.int64)), "user_id": pa.array(rows["user"].astype(np.int64)),
+        "item_id": pa.array(rows["item"].astype(np.int64)), "request_id": pa.array(np.arange(n, dtype=np.int64)),
+        "position": pa.array(np.zeros(n, np.int16)), "region": pa.array(np.zeros(n, np.int16)),
+        "category_id": pa.array((rows["cat"] - 1).astype(np.int32)), "label": pa.array(rows["label"].astype(np.int8)),
+        "hist_item_ids": lst(hist.astype(np.int64), pa.int64()),
+        "hist_category_ids": lst((rows["hist_cat"][valid] - 1).astype(np.int32), pa.int32()),
+        "hist_ts": lst(np.zeros(len(hist), np.int64), pa.int64()),
+        "split": pa.array(np.full(n, "train")),
+    }, schema=CTR_SAMPLES)
+    import tempfile
+
+    from mmrank.data.io import write_table
+
+    with tempfile.TemporaryDirectory() as d:
+        data = load_samples(write_table(table, f"{d}/s.parquet"))
+    ids = np.arange(1, rows["n_items"] + 1)
+    space = FeatureSpace.fit(data, ids)
+    return data, space, space.encode(data)
+
+
+class MmrankRunner:
+    """mmrank's model + the trainer's optimisers, stepped one batch at a time (to interleave)."""
+
+    def __init__(self, enc, space, cfg: CtrConfig, vectors=None) -> None:
+        torch.manual_seed(0)
+        sizes = ModelSizes(len(space.items), len(space.users), space.n_categories, space.n_regions,
+                           vec_dim=0 if vectors is None else vectors.dim)
+        self.enc, self.model = enc, CtrModel(cfg, sizes, vectors)
+        self.opt = _optimizer(self.model, TrainConfig(batch_size=BATCH))
+        self.train_s = self.infer_s = 0.0
+
+    def train_rows(self, rows: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        self.model.train()
+        for batch in iter_batches(self.enc, rows, BATCH, shuffle=True):
+            loss = F.binary_cross_entropy_with_logits(self.model(batch)["logit"], batch["label"])
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+        self.train_s += time.perf_counter() - t0
+
+    def predict_rows(self, rows: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        predict(self.model, self.enc, rows, batch_size=BATCH)
+        self.infer_s += time.perf_counter() - t0
+
+
+class DeepCtrRunner:
+    """DeepCTR-Torch's DIN through its own fit/predict, on chunks of the same rows."""
+
+    def __init__(self, rows: dict, act: str) -> None:
+        from deepctr_torch.inputs import SparseFeat, VarLenSparseFeat
+        from deepctr_torch.models import DIN
+
+        n_items, n_cats = rows["n_items"], rows["n_cats"]
+        fc = [SparseFeat("user", rows["n_users"] + 1, embedding_dim=EMB),
+              SparseFeat("item_id", n_items + 1, embedding_dim=EMB),
+              SparseFeat("cate_id", n_cats + 1, embedding_dim=EMB),
+              VarLenSparseFeat(SparseFeat("hist_item_id", n_items + 1, embedding_dim=EMB,
+                                          embedding_name="item_id"), maxlen=L, length_name="seq_length"),
+              VarLenSparseFeat(SparseFeat("hist_cate_id", n_cats + 1, embedding_dim=EMB,
+                                          embedding_name="cate_id"), maxlen=L, length_name="seq_length")]
+        self.x = {"user": rows["user"], "item_id": rows["item"], "cate_id": rows["cat"],
+                  "hist_item_id": rows["hist_item"], "hist_cate_id": rows["hist_cat"],
+                  "seq_length": rows["len"]}
+        self.y = rows["label"]
+        torch.manual_seed(0)
+        self.model = DIN(fc, ["item_id", "cate_id"], dnn_hidden_units=(200, 80), att_hidden_size=(80, 40),
+                         att_activation=act, dnn_activation=act, l2_reg_embedding=0.0, device="cpu", seed=0)
+        self.model.compile("adam", "binary_crossentropy")
+        self.train_s = self.infer_s = 0.0
+
+    def _x(self, rows: np.ndarray) -> dict:
+        return {k: v[rows] for k, v in self.x.items()}
+
+    def train_rows(self, rows: np.ndarray) -> None:
+        x, y = self._x(rows), self.y[rows]
+        t0 = time.perf_counter()
+        self.model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=True)
+        self.train_s += time.perf_counter() - t0
+
+    def predict_rows(self, rows: np.ndarray) -> None:
+        x = self._x(rows)
+        t0 = time.perf_counter()
+        self.model.predict(x, batch_size=BATCH)
+        self.infer_s += time.perf_counter() - t0
+
+
+def interleave(runners: dict, n: int, chunks: int) -> None:
+    """Train (then predict) every runner on the same chunks, taking turns chunk by chunk, so that a
+    change of machine load over time hits all of them alike."""
+    parts = np.array_split(np.arange(n), chunks)
+    for part in parts:
+        for r in runners.values():
+            r.train_rows(part)
+    for part in parts:
+        for r in runners.values():
+            r.predict_rows(part)
+
+
+def simtier_step_times(enc, space, n_rows: int, dim: int, n_tiers: int = 20, chunks: int = 10) -> dict:
+    """Seconds per training step: ID model; + SimTier in the model; + SimTier read from the pipeline
+    (counts precomputed once for every row; that one-off cost is reported too)."""
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(len(space.vec_items), dim)).astype(np.float32)
+    table /= np.linalg.norm(table, axis=1, keepdims=True)
+    table[:2] = 0
+    vectors = ItemVectors(torch.from_numpy(table))
+    base = dict(emb_dim=EMB, att_hidden=[80, 40], mlp_hidden=[200, 80], use_position=False, n_tiers=n_tiers)
+    t0 = time.perf_counter()
+    enc.extra["simtier"] = precompute_simtier(enc, vectors, n_tiers)
+    pre = (time.perf_counter() - t0) / len(enc) * 1e6
+    runners = {"id": MmrankRunner(enc, space, CtrConfig(**base)),
+               "simtier_in_model": MmrankRunner(enc, space, CtrConfig(strategy="simtier", **base), vectors),
+               "simtier_in_pipeline": MmrankRunner(
+                   enc, space, CtrConfig(strategy="simtier", simtier_in="pipeline", **base), vectors)}
+    n = min(n_rows, len(enc))
+    interleave(runners, n, chunks)
+    enc.extra.pop("simtier")
+    steps = (n + BATCH - 1) // BATCH
+    out = {k: r.train_s / steps for k, r in runners.items()}
+    out["pipeline_precompute_s_per_1M_rows"] = pre
+    return out
+
+
+def precompute_simtier(enc, vectors: ItemVectors, n_tiers: int, chunk: int = 65_536) -> np.ndarray:
+    """SimTier counts of every row (the data-pipeline placement), with the same layer as the model."""
+    layer = SimTier(n_tiers)
+    off = enc.raw.hist_offsets
+    res = np.zeros((len(enc), n_tiers), np.float32)
+    with torch.no_grad():
+        for s in range(0, len(enc), chunk):
+            e = min(s + chunk, len(enc))
+            lens = np.diff(off[s:e + 1])
+            rows = torch.from_numpy(np.repeat(np.arange(e - s), lens))
+            hist = vectors(torch.from_numpy(enc.hist_item_v[off[s]:off[e]].astype(np.int64)))
+            target = vectors(torch.from_numpy(enc.item_v[s:e].astype(np.int64)))
+            res[s:e] = layer.forward_packed(target, hist, rows).numpy()
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument("--users", type=int, default=200_000)
+    ap.add_argument("--cats", type=int, default=800)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--act", default="prelu", help="activation of both models (DeepCTR's default is Dice)")
+    ap.add_argument("--full-history", action="store_true", help="every history has L = 50 clicks")
+    ap.add_argument("--skip-deepctr", action="store_true")
+    ap.add_argument("--chunks", type=int, default=10, help="turns the models take (interleaved timing)")
+    ap.add_argument("--simtier-rows", type=int, default=200_000)
+    ap.add_argument("--vec-dim", type=int, default=128)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = make_rows(args.rows, args.items, args.users, args.cats, args.full_history)
+    data, space, enc = to_encoded(rows)
+    print(f"rows {args.rows:,}  mean history length {rows['len'].mean():.1f}  threads {args.threads}  "
+          f"activation {args.act}")
+    cfg = CtrConfig(emb_dim=EMB, att_hidden=[80, 40], mlp_hidden=[200, 80], act=args.act, use_position=False)
+    runners = {"mmrank": MmrankRunner(enc, space, cfg)}
+    if not args.skip_deepctr:
+        runners["deepctr"] = DeepCtrRunner(rows, args.act)
+    interleave(runners, len(enc), args.chunks)
+    n = len(enc)
+    mm_tr, mm_inf = n / runners["mmrank"].train_s, n / runners["mmrank"].infer_s
+    print(f"mmrank DIN        train {mm_tr:10,.0f} samples/s   inference {mm_inf:10,.0f} samples/s")
+    if not args.skip_deepctr:
+        dc_tr, dc_inf = n / runners["deepctr"].train_s, n / runners["deepctr"].infer_s
+        print(f"DeepCTR-Torch DIN train {dc_tr:10,.0f} samples/s   inference {dc_inf:10,.0f} samples/s")
+        print(f"ratio mmrank / DeepCTR-Torch: train {mm_tr / dc_tr:.2f}x   inference {mm_inf / dc_inf:.2f}x "
+              f"(target: train >= 2x)")
+    st = simtier_step_times(enc, space, args.simtier_rows, args.vec_dim)
+    print(f"step time (batch {BATCH}, {args.vec_dim}-d representations): id {st['id'] * 1e3:.1f} ms, "
+          f"+SimTier in model {st['simtier_in_model'] * 1e3:.1f} ms "
+          f"({100 * (st['simtier_in_model'] / st['id'] - 1):+.1f}%), "
+          f"+SimTier from pipeline {st['simtier_in_pipeline'] * 1e3:.1f} ms "
+          f"({100 * (st['simtier_in_pipeline'] / st['id'] - 1):+.1f}%); pipeline precompute "
+          f"{st['pipeline_precompute_s_per_1M_rows']:.1f} s per 1M rows (target: SimTier <= +10%)")
+
+
+if __name__ == "__main__":
+    main()

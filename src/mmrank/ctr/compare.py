@@ -1,0 +1,164 @@
+"""The Table 3 analogue: every strategy over several seeds, the frequency-group and new-item breakdowns
+(Figure 6b), and the MAKE epochs curve (Figure 6c); written to ``R/ctr/compare.json``, a markdown
+table ``R/ctr/compare.md`` and PNG plots under ``R/report/plots/``.
+
+MAKE is pre-trained once per seed and shared by ``make`` and ``simtier+make``; the epochs curve
+pre-trains one MAKE (seed 0) for ``max(curve)`` epochs and snapshots it at each E of the curve.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from mmrank.ctr.models import STRATEGIES, CtrConfig
+from mmrank.ctr.run import (N_GROUPS, RunData, _nan_to_none, evaluate, fit_strategy, load_run, new_make,
+                            save_model)
+from mmrank.ctr.trainer import TrainConfig, predict, pretrain_make
+
+console = Console(stderr=True)
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    a = np.asarray([v for v in values if v is not None and not np.isnan(v)], np.float64)
+    if len(a) == 0:
+        return {"mean": float("nan"), "std": float("nan")}
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0}
+
+
+def _aggregate(runs: list[dict]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: _mean_std([r[k] for r in runs]) for k in ("auc", "gauc", "logloss")}
+    out["groups"] = [{"group": g + 1, "n": runs[0]["groups"][g]["n"],
+                      "auc": _mean_std([r["groups"][g]["auc"] for r in runs])["mean"],
+                      "gauc": _mean_std([r["groups"][g]["gauc"] for r in runs])["mean"]}
+                     for g in range(N_GROUPS)]
+    out["new_items"] = {"n": runs[0]["new_items"]["n"],
+                        "auc": _mean_std([r["new_items"]["auc"] for r in runs])["mean"],
+                        "gauc": _mean_std([r["new_items"]["gauc"] for r in runs])["mean"]}
+    out["seeds"] = [{k: r[k] for k in ("seed", "auc", "gauc", "logloss", "train_seconds")} for r in runs]
+    return out
+
+
+def _rel(v: float, base: float) -> float:
+    return float((v - base) / abs(base)) if base else float("nan")
+
+
+def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = STRATEGIES, make_epochs: int = 4,
+            curve: tuple[int, ...] = (0, 1, 2, 4, 8), cfg: CtrConfig | None = None,
+            train_cfg: TrainConfig | None = None, data: RunData | None = None, plots: bool = True,
+            progress: bool = True, max_train_rows: int | None = None) -> dict:
+    """Train every strategy for ``seeds`` seeds, evaluate on the test split, write the comparison.
+
+    ``max_train_rows`` trains on the latest rows of the training split only (the demo's budget)."""
+    run = Path(run)
+    t0 = time.perf_counter()
+    cfg = cfg or CtrConfig()
+    tcfg = train_cfg or TrainConfig()
+    data = data or load_run(run, with_vectors=any(s != "id" for s in strategies))
+    data.limit_train(max_train_rows)
+    per: dict[str, list[dict]] = {s: [] for s in strategies}
+    curve_res: dict[int, list[dict]] = {}
+    needs_make = any(s in ("make", "simtier+make") for s in strategies)
+    for seed in range(seeds):
+        snapshots: dict[int, Any] = {}
+        if needs_make or (seed == 0 and curve):
+            make = new_make(data, cfg, seed)
+            stops = set([make_epochs] + (list(curve) if seed == 0 else []))
+            snapshots = {e: copy.deepcopy(make) for e in stops if e == 0}
+            top = max(stops)
+            if top > 0:
+                pretrain_make(make, data.enc, data.train_rows(), epochs=top, cfg=tcfg.model_copy(update={"seed": seed}),
+                              progress=progress,
+                              on_epoch_end=lambda e, m=make: snapshots.__setitem__(e, copy.deepcopy(m))
+                              if e in stops else None)
+        for s in strategies:
+            mk = copy.deepcopy(snapshots[make_epochs]) if s in ("make", "simtier+make") else None
+            model, info = fit_strategy(data, s, seed=seed, make_epochs=make_epochs, make=mk, cfg=cfg,
+                                       train_cfg=tcfg, progress=progress)
+            m = evaluate(data, predict(model, data.enc))
+            m.update({"seed": seed, "train_seconds": info["train"]["seconds"]})
+            per[s].append(m)
+            console.print(f"[ctr] seed {seed} {s:13s} auc {m['auc']:.4f} gauc {m['gauc']:.4f} "
+                          f"logloss {m['logloss']:.4f} ({info['train']['seconds']:.0f}s)")
+            if seed == 0:
+                save_model(model, data.space, run / "ctr" / s, train_cfg=tcfg,
+                           extra={"make_epochs": info["make_epochs"], "representations": data.vec_source})
+                (run / "ctr" / s / "metrics.json").write_text(json.dumps(_nan_to_none(m), indent=2))
+            if seed == 0 and s == "make" and make_epochs in curve:
+                curve_res[make_epochs] = [m]
+        if seed == 0:
+            for e in curve:
+                if e in curve_res:
+                    continue
+                model, info = fit_strategy(data, "make", seed=0, make_epochs=e,
+                                           make=copy.deepcopy(snapshots[e]), cfg=cfg, train_cfg=tcfg,
+                                           progress=progress)
+                m = evaluate(data, predict(model, data.enc))
+                curve_res[e] = [m]
+                console.print(f"[ctr] MAKE E={e}: auc {m['auc']:.4f} gauc {m['gauc']:.4f}")
+    result: dict[str, Any] = {"oracle_auc": data.manifest.get("oracle_auc"),
+                              "oracle_auc_test": data.manifest.get("oracle_auc_test"),
+                              "seeds": seeds, "make_epochs": make_epochs,
+                              "representations": data.vec_source,
+                              "n_train": int(len(data.train_rows())),
+                              "n_test": int((~data.samples.is_train).sum())}
+    for s in strategies:
+        result[s] = _aggregate(per[s])
+    if "id" in strategies:
+        base = result["id"]
+        for s in strategies:
+            r = result[s]
+            r["relative"] = {
+                "auc": _rel(r["auc"]["mean"], base["auc"]["mean"]),
+                "gauc": _rel(r["gauc"]["mean"], base["gauc"]["mean"]),
+                "logloss": _rel(r["logloss"]["mean"], base["logloss"]["mean"]),
+                "groups_auc": [_rel(g["auc"], b["auc"]) for g, b in zip(r["groups"], base["groups"])],
+                "groups_gauc": [_rel(g["gauc"], b["gauc"]) for g, b in zip(r["groups"], base["groups"])],
+                "new_items_auc": _rel(r["new_items"]["auc"], base["new_items"]["auc"]),
+                "new_items_gauc": _rel(r["new_items"]["gauc"], base["new_items"]["gauc"]),
+            }
+    if curve_res:
+        result["make_epochs_curve"] = [{"epochs": e, "auc": curve_res[e][0]["auc"],
+                                        "gauc": curve_res[e][0]["gauc"],
+                                        "logloss": curve_res[e][0]["logloss"]} for e in sorted(curve_res)]
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    out = run / "ctr"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(_nan_to_none(result), indent=2))
+    (out / "compare.md").write_text(markdown_table(result, strategies))
+    if plots:
+        from mmrank.report.plots import plot_ctr_compare
+
+        result["plots"] = [str(p) for p in plot_ctr_compare(result, strategies, run / "report" / "plots")]
+        (out / "compare.json").write_text(json.dumps(_nan_to_none(result), indent=2))
+    return result
+
+
+def markdown_table(result: dict, strategies: tuple[str, ...] = STRATEGIES) -> str:
+    """Table 3 analogue in markdown (mean ± std over seeds, relative change against ``id``)."""
+    lines = [f"CTR strategies ({result['seeds']} seed(s); oracle AUC {result.get('oracle_auc') or float('nan'):.4f}; "
+             f"representations: {result.get('representations')})", "",
+             "| strategy | AUC | GAUC | LogLoss | ΔAUC | ΔGAUC | ΔGAUC group 1 | ΔGAUC group 8 | ΔGAUC new |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in strategies:
+        r = result[s]
+        rel = r.get("relative", {})
+
+        def pct(x: Any) -> str:
+            return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:+.2f}%"
+
+        g = rel.get("groups_gauc", [None] * N_GROUPS)
+        lines.append(f"| {s} | {r['auc']['mean']:.4f} ± {r['auc']['std']:.4f} | {r['gauc']['mean']:.4f} ± "
+                     f"{r['gauc']['std']:.4f} | {r['logloss']['mean']:.4f} ± {r['logloss']['std']:.4f} | "
+                     f"{pct(rel.get('auc'))} | {pct(rel.get('gauc'))} | {pct(g[0])} | {pct(g[-1])} | "
+                     f"{pct(rel.get('new_items_gauc'))} |")
+    if "make_epochs_curve" in result:
+        lines += ["", "MAKE pre-training epochs (Figure 6c): "
+                  + ", ".join(f"E={c['epochs']}: GAUC {c['gauc']:.4f}" for c in result["make_epochs_curve"])]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,241 @@
+"""Reusable CTR layers (FuxiCTR style: layers here, models assemble them in :mod:`mmrank.ctr.models`).
+
+Every layer takes its sizes explicitly and documents its shapes. Behaviour sequences are handled in
+*packed* form where it pays: only the ``nnz`` valid (unpadded) history positions are computed, with
+``rows (nnz,)`` saying which sample each belongs to. :func:`pack` turns ``(B, L, ...)`` + mask into
+that form.
+
+Example::
+
+    >>> import torch
+    >>> att = TargetAttention(dim=8, hidden=(16, 8))
+    >>> q, k = torch.randn(4, 8), torch.randn(4, 5, 8)
+    >>> mask = torch.ones(4, 5, dtype=torch.bool)
+    >>> att(q, k, mask).shape
+    torch.Size([4, 8])
+    >>> SimTier(n_tiers=10)(torch.randn(4, 8), k, mask).shape
+    torch.Size([4, 10])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def activation(name: str, dim: int | None = None) -> nn.Module:
+    """``relu`` | ``prelu`` | ``sigmoid`` | ``tanh`` -> a module."""
+    name = name.lower()
+    if name == "relu":
+        return nn.ReLU()
+    if name == "prelu":
+        return nn.PReLU()
+    if name == "sigmoid":
+        return nn.Sigmoid()
+    if name == "tanh":
+        return nn.Tanh()
+    raise ValueError(f"unknown activation {name!r}; expected relu, prelu, sigmoid or tanh")
+
+
+def pack(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """mask (B, L) bool -> (flat index (nnz,) into B*L, rows (nnz,))."""
+    idx = mask.reshape(-1).nonzero().squeeze(1)
+    return idx, torch.div(idx, mask.shape[1], rounding_mode="floor")
+
+
+class MLP(nn.Module):
+    """Linear -> activation stack, optionally ending in a linear output layer.
+
+    Args:
+        in_dim: input width.
+        hidden: widths of the hidden layers (each followed by ``act``).
+        out_dim: width of a final linear layer (no activation), or ``None`` for none.
+        act: activation name (see :func:`activation`).
+        dropout: dropout after each hidden activation.
+
+    ``forward(x (B, in_dim)) -> (B, out_dim or hidden[-1])``; ``forward_hidden`` also returns every
+    hidden layer's output ``[(B, h) for h in hidden]`` (MAKE's intermediate outputs).
+
+    Example::
+
+        >>> MLP(10, [8, 4], out_dim=1)(torch.randn(3, 10)).shape
+        torch.Size([3, 1])
+    """
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int | None = 1, act: str = "relu",
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList()
+        self.acts = nn.ModuleList()
+        d = in_dim
+        for h in hidden:
+            self.layers.append(nn.Linear(d, h))
+            self.acts.append(activation(act, h))
+            d = h
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.out = nn.Linear(d, out_dim) if out_dim is not None else None
+        self.out_dim = out_dim if out_dim is not None else d
+
+    def forward_hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        hidden = []
+        for lin, act in zip(self.layers, self.acts):
+            x = self.dropout(act(lin(x)))
+            hidden.append(x)
+        if self.out is not None:
+            x = self.out(x)
+        return x, hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_hidden(x)[0]
+
+
+class TargetAttention(nn.Module):
+    """DIN target attention: local activation unit + weighted sum pooling (Zhou et al., KDD'18).
+
+    ``a_i = MLP([q, k_i, q - k_i, q * k_i])``, ``out = sum_i mask_i * a_i * k_i`` (no softmax, as in DIN).
+    The first layer on the 4-way concatenation is computed as ``W_q q + W_k k_i + W_p (q * k_i)``:
+    the same function class as one ``Linear(4D, h1)`` (``[A B C E] . [q, k, q-k, q*k] = (A+C) q +
+    (B-C) k + E (q*k)``), with the query term computed once per sample instead of once per history
+    position, and only the valid positions evaluated.
+
+    Args:
+        dim: width D of query and keys.
+        hidden: widths of the attention MLP, e.g. ``(80, 40)``.
+        act: activation of the attention MLP.
+        pool: ``"sum"`` (DIN) or ``"mean"`` (the weighted sum divided by the number of valid positions,
+            which keeps the output's scale independent of the history length; used over unit-norm
+            representations).
+
+    ``forward(query (B, D), keys (B, L, D), mask (B, L)) -> (B, D)``;
+    ``forward_packed(query (B, D), keys (nnz, D), rows (nnz,)) -> ((B, D), scores (nnz,))``.
+    """
+
+    def __init__(self, dim: int, hidden: Sequence[int] = (80, 40), act: str = "prelu",
+                 pool: str = "sum") -> None:
+        super().__init__()
+        if not hidden:
+            raise ValueError("TargetAttention needs at least one hidden layer")
+        if pool not in ("sum", "mean"):
+            raise ValueError(f"pool: expected 'sum' or 'mean', got {pool!r}")
+        self.pool = pool
+        h1 = hidden[0]
+        self.dim = dim
+        self.q_proj = nn.Linear(dim, h1)
+        self.kp_proj = nn.Linear(2 * dim, h1, bias=False)  # [W_k W_p] on [k, q * k], one matmul
+        self.act = activation(act, h1)
+        self.score = MLP(h1, list(hidden[1:]), out_dim=1, act=act)
+
+    def forward_packed(self, query: torch.Tensor, keys: torch.Tensor,
+                       rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q_rows = query[rows]
+        h = self.kp_proj(torch.cat([keys, q_rows * keys], dim=-1)).add_(self.q_proj(query)[rows])
+        scores = self.score(self.act(h)).squeeze(-1)
+        pooled = query.new_zeros(query.shape[0], keys.shape[1])
+        pooled = pooled.index_add(0, rows, scores.unsqueeze(-1) * keys)
+        if self.pool == "mean":
+            pooled = pooled / _counts(rows, query.shape[0]).unsqueeze(-1)
+        return pooled, scores
+
+    def forward_dense(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+                      idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``query (B, D), keys (B, L, D), mask (B, L)`` -> ``(B, D), scores (B, L)``: the MLP runs on the
+        valid positions only (``idx`` from :func:`pack`), the pooling is one batched matmul."""
+        b, length, d = keys.shape
+        if idx is None:
+            idx, rows = pack(mask)
+        else:
+            rows = torch.div(idx, length, rounding_mode="floor")
+        k = keys.reshape(b * length, d)[idx]
+        h = self.kp_proj(torch.cat([k, query[rows] * k], dim=-1)).add_(self.q_proj(query)[rows])
+        s = self.score(self.act(h)).squeeze(-1)
+        scores = s.new_zeros(b * length).index_put((idx,), s).view(b, length)
+        pooled = torch.bmm(scores.unsqueeze(1), keys).squeeze(1)
+        if self.pool == "mean":
+            pooled = pooled / mask.sum(1, keepdim=True).clamp(min=1).to(pooled.dtype)
+        return pooled, scores
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.forward_dense(query, keys, mask)[0]
+
+
+def _counts(rows: torch.Tensor, batch: int) -> torch.Tensor:
+    return torch.bincount(rows, minlength=batch).clamp_(min=1).to(torch.float32)
+
+
+class SimScore(nn.Module):
+    """SimScore: the similarity ``s_i = v_i . v_c`` of each history item to the target (Table 3).
+
+    ``forward(target (B, D), hist (B, L, D), mask (B, L)) -> (B, L)`` (0 at padding);
+    ``forward_packed(target (B, D), hist (nnz, D), rows (nnz,)) -> (nnz,)``.
+    """
+
+    def forward_packed(self, target: torch.Tensor, hist: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return (target.index_select(0, rows) * hist).sum(-1)
+
+    def forward(self, target: torch.Tensor, hist: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bd,bld->bl", target, hist) * mask
+
+
+class SimTier(nn.Module):
+    """SimTier (Eq. 2 and Algorithm 1): ``s_i = v_i . v_c``, counted in N equal tiers over [-1, 1].
+
+    Tier ``t`` holds ``-1 + 2t/N <= s < -1 + 2(t+1)/N`` (s = 1 falls in the last tier; scores outside
+    [-1, 1] are clamped). Padding positions are not counted. No parameters.
+
+    Args:
+        n_tiers: N.
+
+    ``forward(target (B, D), hist (B, L, D), mask (B, L)) -> (B, N)`` float counts;
+    ``forward_packed(target (B, D), hist (nnz, D), rows (nnz,)) -> (B, N)``.
+    """
+
+    def __init__(self, n_tiers: int = 20) -> None:
+        super().__init__()
+        if n_tiers < 1:
+            raise ValueError(f"n_tiers must be >= 1, got {n_tiers}")
+        self.n_tiers = n_tiers
+
+    def tiers(self, s: torch.Tensor) -> torch.Tensor:
+        """Similarity -> tier index in [0, N)."""
+        t = torch.floor((s.clamp(-1.0, 1.0) + 1.0) * (self.n_tiers / 2.0)).long()
+        return t.clamp_(0, self.n_tiers - 1)
+
+    def counts_from_scores(self, s: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
+        """Packed scores (nnz,) of rows (nnz,) -> (batch, N) counts."""
+        flat = rows * self.n_tiers + self.tiers(s)
+        counts = s.new_zeros(batch * self.n_tiers).index_add_(0, flat, torch.ones_like(s))
+        return counts.view(batch, self.n_tiers)
+
+    def forward_packed(self, target: torch.Tensor, hist: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        s = (target.index_select(0, rows) * hist).sum(-1)
+        return self.counts_from_scores(s, rows, target.shape[0])
+
+    def forward(self, target: torch.Tensor, hist: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        s = torch.einsum("bd,bld->bl", target, hist)                    # Eq. 2, (B, L)
+        onehot = torch.nn.functional.one_hot(self.tiers(s), self.n_tiers).to(s.dtype)  # (B, L, N)
+        return (onehot * mask.unsqueeze(-1).to(s.dtype)).sum(1)         # Algorithm 1, (B, N)
+
+
+class ItemVectors(nn.Module):
+    """A frozen table of pre-trained item representations, row 0 and 1 zero (padding / unknown).
+
+    Not saved with a model's weights: representations belong to the embedding table of the run
+    (stamped with its encoder version) and are re-attached at load time.
+
+    ``forward(index (...)) -> (..., D)`` float32.
+    """
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        if table.dim() != 2:
+            raise ValueError(f"item vectors must be (V, D), got {tuple(table.shape)}")
+        self.register_buffer("table", table.detach().float().contiguous(), persistent=False)
+
+    @property
+    def dim(self) -> int:
+        return int(self.table.shape[1])
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        return self.table[index]

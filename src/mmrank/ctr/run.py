@@ -1,0 +1,324 @@
+"""The CTR stage on a run directory: read samples and representations, train a strategy, evaluate,
+save/load, predict, and the Table 3 comparison.
+
+Layout written (``R`` the run)::
+
+    R/ctr/<strategy>/model.safetensors   weights (MAKE's too; never the representations)
+    R/ctr/<strategy>/vocab.safetensors   the ID vocabularies the model was trained with
+    R/ctr/<strategy>/config.json         CtrConfig, TrainConfig, sizes, MAKE epochs, representation source
+    R/ctr/<strategy>/metrics.json        auc, gauc, logloss, groups (8, lowest frequency first), new_items
+
+Example::
+
+    >>> from mmrank.ctr.run import train_strategy
+    >>> metrics = train_strategy(Path("runs/demo"), "simtier")        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file as load_np, save_file as save_np
+from safetensors.torch import load_file as load_torch, save_file as save_torch
+
+from mmrank.ctr.data import EncodedSamples, FeatureSpace, CtrSamples, load_samples
+from mmrank.ctr.layers import ItemVectors
+from mmrank.ctr.models import STRATEGIES, CtrConfig, CtrModel, MakeModule, ModelSizes
+from mmrank.ctr.trainer import TrainConfig, predict, pretrain_make, train
+from mmrank.errors import ConfigError, DataError, MMRankError
+
+N_GROUPS = 8
+
+
+# ---------------------------------------------------------------------------------------------------
+# Representations
+
+def _normalise(v: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(v, axis=1, keepdims=True)
+    return (v / np.where(n > 0, n, 1.0)).astype(np.float32)
+
+
+def item_vectors(run: Path, item_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """Frozen item representations of the run: ``(ids (N,) int64, vectors (N, D) float32, source)``.
+
+    From the embedding table ``R/embeddings`` when it exists (ids missing there get zero rows), else
+    from the pre-trained encoder ``R/encoder`` over the items' titles and images. Rows are L2-normalised
+    so that SimTier's dot products lie in [-1, 1] (Eq. 2). ``item_ids`` defaults to every item of
+    ``R/data/items.parquet`` (or every id of the table).
+    """
+    run = Path(run)
+    items_path = run / "data" / "items.parquet"
+    if (run / "embeddings").exists():
+        from mmrank.store import EmbeddingTable
+
+        table = EmbeddingTable.open(run / "embeddings")
+        if item_ids is None:
+            if items_path.exists():
+                from mmrank.data.io import read_table
+
+                item_ids = read_table(items_path, "items", columns=["item_id"]).column("item_id").to_numpy()
+                item_ids = np.union1d(item_ids, table.ids())
+            else:
+                item_ids = table.ids()
+        ids = np.unique(np.asarray(item_ids, np.int64))
+        return ids, _normalise(table.get(ids, missing="zero")), f"embeddings:{table.version}"
+    if (run / "encoder").exists():
+        from mmrank.data.io import read_table
+        from mmrank.pretrain import load_item_encoder
+
+        enc = load_item_encoder(run)
+        cols = ["item_id", "title", "image"]
+        t = read_table(items_path, "items", columns=cols)
+        ids = t.column("item_id").to_numpy().astype(np.int64)
+        keep = np.ones(len(ids), bool) if item_ids is None else np.isin(ids, item_ids)
+        sel = np.flatnonzero(keep)
+        titles = [t.column("title")[int(i)].as_py() for i in sel]
+        images = [t.column("image")[int(i)].as_py() for i in sel]
+        vecs = np.asarray(enc.encode_items(titles, images), np.float32)
+        order = np.argsort(ids[sel])
+        version = getattr(enc, "version", "encoder")
+        return ids[sel][order], _normalise(vecs[order]), f"encoder:{version}"
+    raise MMRankError(f"{run}: no item representations: neither {run}/embeddings (run `mmrank embed`) "
+                      f"nor {run}/encoder (run `mmrank pretrain`) exists")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data of a run
+
+@dataclass
+class RunData:
+    """Samples of a run, encoded, with everything evaluation needs."""
+
+    samples: CtrSamples
+    space: FeatureSpace
+    enc: EncodedSamples
+    vectors: torch.Tensor | None      # (V, D) rows indexed by enc.item_v
+    vec_source: str
+    item_created_at: tuple[np.ndarray, np.ndarray] | None  # (sorted ids, created_at)
+    manifest: dict
+    train_idx: np.ndarray | None = None  # training rows used (default: the whole training split)
+
+    def train_rows(self) -> np.ndarray:
+        return self.enc.train_rows() if self.train_idx is None else self.train_idx
+
+    def limit_train(self, max_rows: int | None) -> None:
+        """Train on the latest ``max_rows`` rows of the training split only (None: all)."""
+        rows = self.enc.train_rows()
+        if max_rows is not None and len(rows) > max_rows:
+            order = np.argsort(self.samples.ts[rows], kind="stable")
+            rows = np.sort(rows[order[-max_rows:]])
+        self.train_idx = rows
+
+    def sizes(self) -> ModelSizes:
+        return ModelSizes(n_items=len(self.space.items), n_users=len(self.space.users),
+                          n_categories=self.space.n_categories, n_regions=self.space.n_regions,
+                          vec_dim=0 if self.vectors is None else int(self.vectors.shape[1]))
+
+
+def vector_table(space: FeatureSpace, ids: np.ndarray, vecs: np.ndarray) -> torch.Tensor:
+    """Rows of ``space.vec_items`` (0 = padding, 1 = unknown, zero vectors) from ``(ids, vecs)``."""
+    table = np.zeros((len(space.vec_items), vecs.shape[1]), np.float32)
+    table[space.vec_items.lookup(ids)] = vecs
+    table[:2] = 0.0
+    return torch.from_numpy(table)
+
+
+def load_run(run: Path, *, with_vectors: bool = True, samples_path: Path | None = None,
+             space: FeatureSpace | None = None) -> RunData:
+    """Read ``R/data/ctr_samples.parquet`` (or ``samples_path``) and the run's representations."""
+    run = Path(run)
+    path = samples_path or run / "data" / "ctr_samples.parquet"
+    samples = load_samples(path, require_split=samples_path is None)
+    ids = vecs = None
+    source = ""
+    if with_vectors:
+        ids, vecs, source = item_vectors(run)
+    if space is None:
+        space = FeatureSpace.fit(samples, ids)
+    elif ids is not None:
+        space.vec_items = FeatureSpace.fit(samples, ids).vec_items
+    enc = space.encode(samples)
+    table = vector_table(space, ids, vecs) if ids is not None else None
+    manifest = {}
+    mpath = run / "data" / "manifest.json"
+    if mpath.exists():
+        manifest = json.loads(mpath.read_text())
+    created = None
+    items_path = run / "data" / "items.parquet"
+    if items_path.exists():
+        from mmrank.data.io import read_table
+
+        t = read_table(items_path, "items", columns=["item_id", "created_at"])
+        iid = t.column("item_id").to_numpy().astype(np.int64)
+        order = np.argsort(iid)
+        created = (iid[order], t.column("created_at").to_numpy().astype(np.int64)[order])
+    return RunData(samples, space, enc, table, source, created, manifest)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation
+
+def _nan_to_none(x: Any) -> Any:
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    return x
+
+
+def evaluate(data: RunData, probs: np.ndarray, rows: np.ndarray | None = None) -> dict:
+    """AUC, GAUC (by user), LogLoss; the same per item-frequency group (8, by training frequency,
+    lowest first, Figure 6b) and on new items (created after the manifest's ``new_item_ts``)."""
+    from mmrank.eval import auc, frequency_groups, gauc, logloss, metrics_by_group, new_item_mask
+
+    s = data.samples
+    rows = data.enc.test_rows() if rows is None else rows
+    y, users, items = s.label[rows].astype(np.int64), s.user_id[rows], s.item_id[rows]
+    out: dict[str, Any] = {"n": int(len(rows)), "auc": auc(y, probs), "gauc": gauc(y, probs, users),
+                           "logloss": logloss(y, probs)}
+    groups = frequency_groups(s.item_id[data.train_rows()], items, N_GROUPS)
+    out["groups"] = [{k: r[k] for k in ("group", "n", "auc", "gauc")}
+                     for r in metrics_by_group(y, probs, users, groups, N_GROUPS)]
+    new_ts = data.manifest.get("new_item_ts")
+    if new_ts is not None and data.item_created_at is not None:
+        ids, created = data.item_created_at
+        pos = np.clip(np.searchsorted(ids, items), 0, len(ids) - 1)
+        is_new = new_item_mask(np.where(ids[pos] == items, created[pos], -1), new_ts)
+        rowsum = metrics_by_group(y, probs, users, is_new.astype(np.int64), 2)[1]
+        out["new_items"] = {"n": rowsum["n"], "auc": rowsum["auc"], "gauc": rowsum["gauc"]}
+    else:
+        out["new_items"] = {"n": 0, "auc": float("nan"), "gauc": float("nan")}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Train, save, load
+
+def build_model(data: RunData, cfg: CtrConfig, make: MakeModule | None = None,
+                freeze_make: bool = False) -> CtrModel:
+    if cfg.uses_vectors and data.vectors is None:
+        raise ConfigError(f"strategy {cfg.strategy!r} needs item representations; none were loaded")
+    vecs = ItemVectors(data.vectors) if data.vectors is not None and cfg.uses_vectors else None
+    if make is not None and vecs is not None:
+        make.vectors = vecs
+    return CtrModel(cfg, data.sizes(), vecs, make=make, freeze_make=freeze_make)
+
+
+def new_make(data: RunData, cfg: CtrConfig, seed: int) -> MakeModule:
+    torch.manual_seed(seed + 104729)
+    return MakeModule(ItemVectors(data.vectors), cfg.make)
+
+
+def fit_strategy(data: RunData, strategy: str, *, seed: int = 0, make_epochs: int = 4,
+                 make: MakeModule | None = None, cfg: CtrConfig | None = None,
+                 train_cfg: TrainConfig | None = None, progress: bool = True) -> tuple[CtrModel, dict]:
+    """Train one strategy (pre-training MAKE first when needed, unless ``make`` is given pre-trained).
+
+    Returns ``(model, info)``; ``info`` holds training losses and times.
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    cfg = (cfg or CtrConfig()).model_copy(update={"strategy": strategy})
+    cfg = CtrConfig.model_validate(cfg.model_dump())
+    tcfg = (train_cfg or TrainConfig()).model_copy(update={"seed": seed})
+    info: dict[str, Any] = {"make_epochs": make_epochs if cfg.uses_make else None}
+    if cfg.uses_make and make is None:
+        make = new_make(data, cfg, seed)
+        if make_epochs > 0:
+            info["make_pretrain"] = pretrain_make(make, data.enc, data.train_rows(), epochs=make_epochs, cfg=tcfg,
+                                                  progress=progress)
+    torch.manual_seed(seed)
+    model = build_model(data, cfg, make=make, freeze_make=cfg.uses_make and make_epochs > 0)
+    info["train"] = train(model, data.enc, data.train_rows(), id_epochs=1, cfg=tcfg, progress=progress)
+    return model, info
+
+
+def save_model(model: CtrModel, space: FeatureSpace, out: Path, *, train_cfg: TrainConfig,
+               extra: dict | None = None) -> None:
+    """Write weights, vocabularies and config (safetensors + JSON) to ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_torch(state, str(out / "model.safetensors"))
+    arrays = {k: v for k, v in space.to_arrays().items() if k != "vocab.vec_items"}
+    save_np(arrays, str(out / "vocab.safetensors"))
+    conf = {"model": model.cfg.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json"),
+            "sizes": model.sizes.to_dict(), "make_frozen": model.freeze_make}
+    conf.update(extra or {})
+    (out / "config.json").write_text(json.dumps(conf, indent=2))
+
+
+def load_model(run: Path, strategy: str) -> tuple[CtrModel, FeatureSpace, dict]:
+    """Load ``R/ctr/<strategy>`` with the run's current representations re-attached."""
+    d = Path(run) / "ctr" / strategy
+    if not (d / "model.safetensors").exists():
+        raise MMRankError(f"{d}: no trained model (run `mmrank ctr train --run {run} --strategy {strategy}`)")
+    conf = json.loads((d / "config.json").read_text())
+    cfg = CtrConfig.model_validate(conf["model"])
+    sizes = ModelSizes(**conf["sizes"])
+    space = FeatureSpace.from_arrays(load_np(str(d / "vocab.safetensors")))
+    vecs = None
+    if cfg.uses_vectors:
+        ids, v, _ = item_vectors(run)
+        if v.shape[1] != sizes.vec_dim:
+            raise ConfigError(f"{d}: trained on {sizes.vec_dim}-d representations, the run now has "
+                              f"{v.shape[1]}-d ones (another encoder version?)")
+        space.vec_items = FeatureSpace.fit(_empty_samples(), ids).vec_items
+        vecs = vector_table(space, ids, v)
+    model = CtrModel(cfg, sizes, vecs, freeze_make=bool(conf.get("make_frozen")))
+    model.load_state_dict(load_torch(str(d / "model.safetensors")), strict=True)
+    return model, space, conf
+
+
+def _empty_samples() -> CtrSamples:
+    z = np.zeros(0, np.int64)
+    return CtrSamples(z, z, z, z, z.astype(np.int16), z.astype(np.int16), z.astype(np.int32),
+                      z.astype(np.int8), z.astype(bool), np.zeros(1, np.int64), z, z.astype(np.int32))
+
+
+def train_strategy(run: Path, strategy: str, *, seed: int = 0, make_epochs: int = 4,
+                   cfg: CtrConfig | None = None, train_cfg: TrainConfig | None = None,
+                   data: RunData | None = None, progress: bool = True) -> dict:
+    """Train ``strategy`` on the run, evaluate on the test split, write ``R/ctr/<strategy>/``."""
+    run = Path(run)
+    cfg = cfg or CtrConfig()
+    data = data or load_run(run, with_vectors=strategy != "id")
+    tcfg = train_cfg or TrainConfig()
+    model, info = fit_strategy(data, strategy, seed=seed, make_epochs=make_epochs, cfg=cfg,
+                               train_cfg=tcfg, progress=progress)
+    probs = predict(model, data.enc)
+    metrics = evaluate(data, probs)
+    metrics.update({"strategy": strategy, "seed": seed, "oracle_auc": data.manifest.get("oracle_auc"),
+                    "train_seconds": info["train"]["seconds"],
+                    "make_pretrain_seconds": info.get("make_pretrain", {}).get("seconds")})
+    out = run / "ctr" / strategy
+    save_model(model, data.space, out, train_cfg=tcfg.model_copy(update={"seed": seed}),
+               extra={"make_epochs": info["make_epochs"], "representations": data.vec_source})
+    (out / "metrics.json").write_text(json.dumps(_nan_to_none(metrics), indent=2))
+    return metrics
+
+
+def predict_file(run: Path, strategy: str, samples: Path, out: Path) -> int:
+    """Score a CTR_SAMPLES file (``split`` may be anything) with ``R/ctr/<strategy>``; write Parquet
+    ``request_id, item_id, position, score``. Returns the number of rows."""
+    import pyarrow as pa
+
+    from mmrank.data.io import write_table
+
+    model, space, _ = load_model(run, strategy)
+    data = load_samples(samples, require_split=False)
+    # load_model re-attached the run's current representations: items created after training (out
+    # of the ID vocabulary) still get theirs, as the real-time embedding table intends (Sec. 5)
+    enc = space.encode(data)
+    probs = predict(model, enc, np.arange(len(data)), progress=True)
+    table = pa.table({"request_id": pa.array(data.request_id), "item_id": pa.array(data.item_id),
+                      "position": pa.array(data.position), "score": pa.array(probs.astype(np.float64))})
+    write_table(table, out)
+    return len(data)

@@ -1,0 +1,169 @@
+"""Layers of mmrank.ctr: SimTier (Eq. 2, Algorithm 1), SimScore, DIN target attention, MLP, MAKE."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mmrank.ctr.layers import MLP, ItemVectors, SimScore, SimTier, TargetAttention, pack
+from mmrank.ctr.models import CtrConfig, CtrModel, MakeConfig, MakeModule, ModelSizes
+
+torch.set_num_threads(1)
+
+
+def slow_simtier(target: np.ndarray, hist: np.ndarray, mask: np.ndarray, n: int) -> np.ndarray:
+    """The obvious loop: for every valid history item, find its tier over [-1, 1] and count."""
+    out = np.zeros((target.shape[0], n))
+    edges = np.linspace(-1.0, 1.0, n + 1)
+    for b in range(target.shape[0]):
+        for i in range(hist.shape[1]):
+            if not mask[b, i]:
+                continue
+            s = float(np.clip(np.dot(target[b], hist[b, i]), -1.0, 1.0))
+            t = n - 1 if s >= 1.0 else int(np.searchsorted(edges, s, side="right") - 1)
+            out[b, t] += 1
+    return out
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(b=st.integers(1, 6), length=st.integers(1, 9), d=st.integers(1, 8), n=st.integers(1, 25),
+       seed=st.integers(0, 10_000))
+def test_simtier_matches_slow_reference_dense_and_packed(b, length, d, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    target = unit(torch.randn(b, d, generator=g, dtype=torch.float64))
+    hist = unit(torch.randn(b, length, d, generator=g, dtype=torch.float64))
+    mask = torch.rand(b, length, generator=g) < 0.7
+    layer = SimTier(n)
+    ref = slow_simtier(target.numpy(), hist.numpy(), mask.numpy(), n)
+    dense = layer(target, hist, mask)
+    idx, rows = pack(mask)
+    packed = layer.forward_packed(target, hist.reshape(-1, d)[idx], rows)
+    assert dense.shape == (b, n)
+    np.testing.assert_allclose(dense.numpy(), ref)
+    np.testing.assert_allclose(packed.numpy(), ref)
+    np.testing.assert_allclose(dense.sum(1).numpy(), mask.sum(1).numpy())
+
+
+def test_simtier_tier_boundaries_and_padding():
+    layer = SimTier(4)  # tiers [-1,-.5) [-.5,0) [0,.5) [.5,1]
+    s = torch.tensor([-1.0, -0.5, -1e-6, 0.0, 0.49, 0.5, 1.0, 1.5, -3.0])
+    assert layer.tiers(s).tolist() == [0, 1, 1, 2, 2, 3, 3, 3, 0]
+    target = torch.tensor([[1.0, 0.0]])
+    hist = torch.tensor([[[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [123.0, 5.0]]])
+    mask = torch.tensor([[True, True, True, False]])
+    assert layer(target, hist, mask).tolist() == [[1.0, 0.0, 1.0, 1.0]]
+    # changing what sits in a padded slot changes nothing
+    hist2 = hist.clone()
+    hist2[0, 3] = torch.tensor([-7.0, 1.0])
+    assert torch.equal(layer(target, hist, mask), layer(target, hist2, mask))
+
+
+def test_simscore_is_dot_product_zero_at_padding():
+    target = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    hist = torch.tensor([[[0.5, 0.5], [1.0, 0.0]], [[0.0, -1.0], [9.0, 9.0]]])
+    mask = torch.tensor([[True, True], [True, False]])
+    assert SimScore()(target, hist, mask).tolist() == [[0.5, 1.0], [-1.0, 0.0]]
+
+
+def test_target_attention_equals_din_linear_on_concatenation():
+    """The decomposed first layer is exactly Linear(4D) over [q, k, q-k, q*k] (DIN's unit)."""
+    torch.manual_seed(0)
+    d, h = 5, 7
+    att = TargetAttention(d, (h, 3), act="relu").double()
+    q, k = torch.randn(3, d, dtype=torch.float64), torch.randn(3, 4, d, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]], dtype=torch.bool)
+    # an equivalent concatenation layer: [A B C E] with A + C = Wq, B - C = Wk, E = Wp
+    c = torch.randn(h, d, dtype=torch.float64)
+    wk, wp = att.kp_proj.weight[:, :d], att.kp_proj.weight[:, d:]
+    w = torch.cat([att.q_proj.weight - c, wk + c, c, wp], dim=1)
+    qe = q.unsqueeze(1).expand_as(k)
+    x = torch.cat([qe, k, qe - k, qe * k], dim=-1)
+    hidden = torch.relu(x @ w.T + att.q_proj.bias)
+    scores = att.score(hidden).squeeze(-1) * mask
+    expected = (scores.unsqueeze(-1) * k).sum(1)
+    got = att(q, k, mask)
+    np.testing.assert_allclose(got.detach().numpy(), expected.detach().numpy(), atol=1e-10)
+    assert torch.all(got[2] == 0)  # empty history -> zero interest
+
+
+@settings(max_examples=20, deadline=None)
+@given(b=st.integers(1, 5), length=st.integers(1, 7), seed=st.integers(0, 1000))
+def test_target_attention_ignores_padding(b, length, seed):
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    att = TargetAttention(4, (6, 3))
+    q, k = torch.randn(b, 4, generator=g), torch.randn(b, length, 4, generator=g)
+    mask = torch.rand(b, length, generator=g) < 0.6
+    k2 = torch.where(mask.unsqueeze(-1), k, torch.randn(b, length, 4, generator=g) * 100)
+    torch.testing.assert_close(att(q, k, mask), att(q, k2, mask))
+    mean = TargetAttention(4, (6, 3), pool="mean")
+    mean.load_state_dict(att.state_dict())
+    n = mask.sum(1, keepdim=True).clamp(min=1)
+    torch.testing.assert_close(mean(q, k, mask), att(q, k, mask) / n)
+
+
+def test_mlp_hidden_outputs():
+    mlp = MLP(6, [5, 4, 3], out_dim=1)
+    y, hidden = mlp.forward_hidden(torch.randn(2, 6))
+    assert y.shape == (2, 1) and [h.shape[1] for h in hidden] == [5, 4, 3]
+    assert MLP(6, [5], out_dim=None)(torch.randn(2, 6)).shape == (2, 5)
+    with pytest.raises(ValueError, match="activation"):
+        MLP(3, [2], act="swishy")
+
+
+def _batch() -> dict[str, torch.Tensor]:
+    return {"item": torch.tensor([2, 3, 1]), "user": torch.tensor([2, 3, 1]),
+            "category": torch.tensor([1, 2, 3]), "region": torch.tensor([1, 2, 1]),
+            "position": torch.tensor([1, 2, 3]),
+            "hist_item": torch.tensor([[2, 4, 0], [5, 0, 0], [0, 0, 0]]),
+            "hist_category": torch.tensor([[1, 2, 0], [3, 0, 0], [0, 0, 0]]),
+            "mask": torch.tensor([[True, True, False], [True, False, False], [False, False, False]]),
+            "item_v": torch.tensor([2, 3, 6]), "hist_item_v": torch.tensor([[2, 4, 0], [5, 0, 0], [0, 0, 0]]),
+            "label": torch.tensor([1.0, 0.0, 1.0])}
+
+
+@pytest.mark.parametrize("strategy", ["id", "vector", "simscore", "simtier", "make", "simtier+make"])
+def test_every_strategy_forward_and_backward(strategy):
+    torch.manual_seed(0)
+    sizes = ModelSizes(n_items=8, n_users=5, n_categories=5, n_regions=3, vec_dim=6)
+    vecs = unit(torch.randn(8, 6))
+    model = CtrModel(CtrConfig(strategy=strategy, n_tiers=5, make=MakeConfig(proj_dim=4)), sizes, vecs)
+    out = model(_batch())
+    assert out["logit"].shape == (3,)
+    assert torch.isfinite(out["logit"]).all()
+    out["logit"].sum().backward()
+    assert model.item_emb.weight.grad is not None
+    if strategy in ("make", "simtier+make"):
+        assert "make" in out["aux_logits"]  # E = 0: joint, with MAKE's own loss (Eq. 5)
+
+
+def test_frozen_make_gets_no_gradient_and_id_strategy_needs_no_vectors():
+    torch.manual_seed(0)
+    sizes = ModelSizes(n_items=8, n_users=5, n_categories=5, n_regions=3, vec_dim=6)
+    vecs = ItemVectors(unit(torch.randn(8, 6)))
+    make = MakeModule(vecs, MakeConfig(proj_dim=4, knowledge="full"))
+    before = {k: v.clone() for k, v in make.state_dict().items()}
+    model = CtrModel(CtrConfig(strategy="make"), sizes, vecs, make=make, freeze_make=True)
+    out = model(_batch())
+    assert out["aux_logits"] == {}
+    out["logit"].sum().backward()
+    assert all(p.grad is None for p in make.parameters())
+    assert all(torch.equal(before[k], v) for k, v in make.state_dict().items())
+    compact = MakeModule(vecs, MakeConfig(proj_dim=4, knowledge="compact"))
+    assert compact.knowledge_dim == 32 + 1 and make.knowledge_dim == 2 * 4 + 128 + 64 + 32 + 1
+    b = _batch()
+    assert compact.forward_batch(b)["knowledge"].shape == (3, 33)
+    with pytest.raises(ValueError, match="four layers"):
+        MakeModule(vecs, MakeConfig(mlp_hidden=[8, 4]))
+    with pytest.raises(ValueError, match="needs item representations"):
+        CtrModel(CtrConfig(strategy="simtier"), sizes)
+    b = _batch()
+    del b["item_v"], b["hist_item_v"]
+    assert CtrModel(CtrConfig(strategy="id"), sizes)(b)["logit"].shape == (3,)
