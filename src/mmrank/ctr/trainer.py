@@ -118,10 +118,7 @@ def train(model: CtrModel, data: EncodedSamples, rows: np.ndarray | None = None,
                 loss = F.binary_cross_entropy_with_logits(out["logit"], batch["label"])
                 for aux in out["aux_logits"].values():
                     loss = loss + cfg.aux_weight * F.binary_cross_entropy_with_logits(aux, batch["label"])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(batch["label"])
+                total += _step(opt, loss) * len(batch["label"])
                 n += len(batch["label"])
                 bar.advance(task)
             losses.append(total / max(n, 1))
@@ -130,6 +127,14 @@ def train(model: CtrModel, data: EncodedSamples, rows: np.ndarray | None = None,
                 on_epoch_end(epoch + 1)
     secs = time.perf_counter() - t0
     return {"loss": losses, "seconds": secs, "samples_per_s": seen / max(secs, 1e-9)}
+
+
+def _step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """One optimiser step on ``loss``; returns its value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
 
 
 def pretrain_make(module: MakeModule, data: EncodedSamples, rows: np.ndarray | None = None, *,
@@ -161,10 +166,7 @@ def pretrain_make(module: MakeModule, data: EncodedSamples, rows: np.ndarray | N
             for batch in iter_batches(data, rows, cfg.batch_size, shuffle=True, seed=cfg.seed + 1000 + epoch):
                 loss = F.binary_cross_entropy_with_logits(module.forward_batch(batch)["logit"],
                                                           batch["label"])   # Eq. 5
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(batch["label"])
+                total += _step(opt, loss) * len(batch["label"])
                 n += len(batch["label"])
                 bar.advance(task)
             losses.append(total / max(n, 1))
