@@ -127,11 +127,18 @@ class TargetAttention(nn.Module):
         self.act = activation(act, h1)
         self.score = MLP(h1, list(hidden[1:]), out_dim=1, act=act)
 
+    def _scores(self, query: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Activation-unit scores ``(nnz,)`` of packed keys ``(nnz, D)`` against their rows' query.
+
+        Gathers use ``index_select`` (its backward is a fast ``index_add``; indexing with ``[]`` would
+        backpropagate through an accumulating ``index_put``, several times slower on a CPU)."""
+        q_rows = query.index_select(0, rows)
+        h = self.kp_proj(torch.cat([keys, q_rows * keys], dim=-1)) + self.q_proj(query).index_select(0, rows)
+        return self.score(self.act(h)).squeeze(-1)
+
     def forward_packed(self, query: torch.Tensor, keys: torch.Tensor,
                        rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        q_rows = query[rows]
-        h = self.kp_proj(torch.cat([keys, q_rows * keys], dim=-1)).add_(self.q_proj(query)[rows])
-        scores = self.score(self.act(h)).squeeze(-1)
+        scores = self._scores(query, keys, rows)
         pooled = query.new_zeros(query.shape[0], keys.shape[1])
         pooled = pooled.index_add(0, rows, scores.unsqueeze(-1) * keys)
         if self.pool == "mean":
@@ -147,10 +154,8 @@ class TargetAttention(nn.Module):
             idx, rows = pack(mask)
         else:
             rows = torch.div(idx, length, rounding_mode="floor")
-        k = keys.reshape(b * length, d)[idx]
-        h = self.kp_proj(torch.cat([k, query[rows] * k], dim=-1)).add_(self.q_proj(query)[rows])
-        s = self.score(self.act(h)).squeeze(-1)
-        scores = s.new_zeros(b * length).index_put((idx,), s).view(b, length)
+        s = self._scores(query, keys.reshape(b * length, d).index_select(0, idx), rows)
+        scores = s.new_zeros(b * length).index_add(0, idx, s).view(b, length)
         pooled = torch.bmm(scores.unsqueeze(1), keys).squeeze(1)
         if self.pool == "mean":
             pooled = pooled / mask.sum(1, keepdim=True).clamp(min=1).to(pooled.dtype)
@@ -158,6 +163,13 @@ class TargetAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.forward_dense(query, keys, mask)[0]
+
+
+def packed_similarity(target: torch.Tensor, hist: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``s_i = v_i . v_c`` (Eq. 2) at packed positions: ``target (B, D), hist (nnz, D), rows (nnz,) ->
+    (nnz,)``. One batched (1 x D) @ (D x 1) product: on a CPU about 1.5x faster than multiply-and-sum,
+    and 2.5x faster than an einsum over the padded ``(B, L, D)`` (measured at B=1024, L=50, D=128)."""
+    return torch.bmm(hist.unsqueeze(1), target.index_select(0, rows).unsqueeze(2)).view(-1)
 
 
 def _counts(rows: torch.Tensor, batch: int) -> torch.Tensor:
@@ -172,7 +184,7 @@ class SimScore(nn.Module):
     """
 
     def forward_packed(self, target: torch.Tensor, hist: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return (target.index_select(0, rows) * hist).sum(-1)
+        return packed_similarity(target, hist, rows)
 
     def forward(self, target: torch.Tensor, hist: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return torch.einsum("bd,bld->bl", target, hist) * mask
@@ -209,8 +221,7 @@ class SimTier(nn.Module):
         return counts.view(batch, self.n_tiers)
 
     def forward_packed(self, target: torch.Tensor, hist: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        s = (target.index_select(0, rows) * hist).sum(-1)
-        return self.counts_from_scores(s, rows, target.shape[0])
+        return self.counts_from_scores(packed_similarity(target, hist, rows), rows, target.shape[0])
 
     def forward(self, target: torch.Tensor, hist: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         s = torch.einsum("bd,bld->bl", target, hist)                    # Eq. 2, (B, L)
@@ -238,4 +249,4 @@ class ItemVectors(nn.Module):
         return int(self.table.shape[1])
 
     def forward(self, index: torch.Tensor) -> torch.Tensor:
-        return self.table[index]
+        return self.table.index_select(0, index.reshape(-1)).view(*index.shape, self.table.shape[1])

@@ -43,7 +43,7 @@ from torch import nn
 
 from mmrank.config import StrictModel
 from mmrank.ctr.data import MAX_LEN, MAX_POSITION
-from mmrank.ctr.layers import MLP, ItemVectors, SimScore, SimTier, TargetAttention, pack
+from mmrank.ctr.layers import MLP, ItemVectors, SimScore, SimTier, TargetAttention, pack, packed_similarity
 
 STRATEGIES = ("id", "vector", "simscore", "simtier", "make", "simtier+make")
 Strategy = Literal["id", "vector", "simscore", "simtier", "make", "simtier+make"]
@@ -74,7 +74,7 @@ class CtrConfig(StrictModel):
     act: str = "prelu"
     use_user: bool = True
     sparse_embeddings: bool = Field(True, description="item and user tables get sparse gradients "
-                                                      "(updated by lazy SparseAdam, rows in the batch only)")
+                                                      "(updated by LazyAdam, rows in the batch only)")
     use_position: bool = Field(True, description="position embedding (train and eval on logged "
                                                  "positions; at serving, pass the slot to score)")
     max_len: int = Field(MAX_LEN, ge=1)
@@ -115,12 +115,16 @@ class ModelSizes:
         return asdict(self)
 
 
-def lookup_vectors(vectors: ItemVectors, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Target ``(B, D)`` and history ``(B, L, D)`` representations of a batch (zero at padding)."""
+def lookup_vectors(vectors: ItemVectors, batch: dict[str, torch.Tensor],
+                   idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target ``(B, D)`` and history representations of a batch: ``(B, L, D)`` (zero at padding), or
+    packed ``(nnz, D)`` at the valid positions ``idx`` (from :func:`mmrank.ctr.layers.pack`)."""
     if "item_v" not in batch or "hist_item_v" not in batch:
         raise KeyError("this strategy needs representations: the batch has no 'item_v'/'hist_item_v' "
                        "(encode the samples with a FeatureSpace that has vec_items)")
-    return vectors(batch["item_v"]), vectors(batch["hist_item_v"])
+    if idx is None:
+        return vectors(batch["item_v"]), vectors(batch["hist_item_v"])
+    return vectors(batch["item_v"]), vectors(batch["hist_item_v"].reshape(-1).index_select(0, idx))
 
 
 class MakeModule(nn.Module):
@@ -154,18 +158,24 @@ class MakeModule(nn.Module):
         self.knowledge_dim = (2 * p + sum(cfg.mlp_hidden) + 1 if cfg.knowledge == "full"
                               else cfg.mlp_hidden[-1] + 1)
 
-    def forward(self, target: torch.Tensor, hist: torch.Tensor, mask: torch.Tensor,
-                idx: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward_packed(self, target: torch.Tensor, hist: torch.Tensor,
+                       rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``target (B, D)``, packed history ``hist (nnz, D)`` of samples ``rows (nnz,)``."""
         q = self.proj(target)
-        pooled, _ = self.attention.forward_dense(q, self.proj(hist), mask, idx)
+        pooled, _ = self.attention.forward_packed(q, self.proj(hist), rows)
         v_make = torch.cat([pooled, q], dim=-1)                      # Eq. 3, (B, 2P)
         logit, hidden = self.mlp.forward_hidden(v_make)              # Eq. 4
         parts = [v_make, *hidden, logit] if self.cfg.knowledge == "full" else [hidden[-1], logit]
         return {"logit": logit.squeeze(-1), "v_make": v_make, "knowledge": torch.cat(parts, dim=-1)}
 
+    def forward(self, target: torch.Tensor, hist: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        idx, rows = pack(mask)
+        return self.forward_packed(target, hist.reshape(-1, hist.shape[-1]).index_select(0, idx), rows)
+
     def forward_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        v_c, v_h = lookup_vectors(self.vectors, batch)
-        return self(v_c, v_h, batch["mask"])
+        idx, rows = pack(batch["mask"])
+        v_c, v_h = lookup_vectors(self.vectors, batch, idx)
+        return self.forward_packed(v_c, v_h, rows)
 
 
 class CtrModel(nn.Module):
@@ -250,24 +260,29 @@ class CtrModel(nn.Module):
         return out
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | dict[str, torch.Tensor]]:
+        """History features are computed at the valid positions only (packed, see :func:`pack`)."""
         cfg = self.cfg
-        mask = batch["mask"]
-        idx, rows = pack(mask)
+        idx, rows = pack(batch["mask"])                                # (nnz,), (nnz,)
+        b = batch["item"].shape[0]
+
+        def packed(name: str) -> torch.Tensor:
+            return batch[name].reshape(-1).index_select(0, idx)
+
         q = torch.cat([self.item_emb(batch["item"]), self.cat_emb(batch["category"])], dim=-1)  # (B, 2E)
-        k = torch.cat([self.item_emb(batch["hist_item"]), self.cat_emb(batch["hist_category"])], dim=-1)
-        v_c = v_h = None
+        k = torch.cat([self.item_emb(packed("hist_item")), self.cat_emb(packed("hist_category"))], dim=-1)
+        v_c = v_h = None                                               # (B, D), (nnz, D)
         if self.vectors is not None and not (cfg.strategy == "simtier" and cfg.simtier_in == "pipeline"):
-            v_c, v_h = lookup_vectors(self.vectors, batch)               # (B, D), (B, L, D)
+            v_c, v_h = lookup_vectors(self.vectors, batch, idx)
         if self.vec_proj is not None:                                  # Vector
             q = torch.cat([q, self.vec_proj(v_c)], dim=-1)
             k = torch.cat([k, self.vec_proj(v_h)], dim=-1)
         sim = None
         if self.simscore is not None or (self.simtier is not None and cfg.simtier_in == "model"):
-            sim = torch.einsum("bd,bld->bl", v_c, v_h)                 # Eq. 2, (B, L)
+            sim = packed_similarity(v_c, v_h, rows)                    # Eq. 2, (nnz,)
         if self.simscore is not None:                                  # SimScore
-            q = torch.cat([q, q.new_ones(q.shape[0], 1)], dim=-1)
-            k = torch.cat([k, (sim * mask).unsqueeze(-1)], dim=-1)
-        pooled, _ = self.attention.forward_dense(q, k, mask, idx)      # DIN, (B, Dq)
+            q = torch.cat([q, q.new_ones(b, 1)], dim=-1)
+            k = torch.cat([k, sim.unsqueeze(-1)], dim=-1)
+        pooled, _ = self.attention.forward_packed(q, k, rows)          # DIN, (B, Dq)
         parts = [q, pooled, self.region_emb(batch["region"])]
         if self.user_emb is not None:
             parts.append(self.user_emb(batch["user"]))
@@ -277,16 +292,16 @@ class CtrModel(nn.Module):
             if cfg.simtier_in == "pipeline":
                 counts = batch["simtier"]
             else:
-                counts = self.simtier.counts_from_scores(sim.reshape(-1)[idx], rows, q.shape[0])
+                counts = self.simtier.counts_from_scores(sim, rows, b)
             parts.append(counts / cfg.max_len)
         aux: dict[str, torch.Tensor] = {}
         if self.make is not None:                                      # MAKE knowledge utilisation
             if self.freeze_make:
                 with torch.no_grad():
                     self.make.eval()
-                    out = self.make(v_c, v_h, mask, idx)
+                    out = self.make.forward_packed(v_c, v_h, rows)
             else:
-                out = self.make(v_c, v_h, mask, idx)
+                out = self.make.forward_packed(v_c, v_h, rows)
                 aux["make"] = out["logit"]                             # Eq. 5 as an auxiliary loss
             parts.append(self.knowledge_norm(out["knowledge"]))
         logit = self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)

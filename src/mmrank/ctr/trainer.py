@@ -31,6 +31,7 @@ from torch import nn
 from mmrank.config import StrictModel
 from mmrank.ctr.data import EncodedSamples, iter_batches
 from mmrank.ctr.models import CtrModel, MakeModule
+from mmrank.ctr.optim import LazyAdam
 from mmrank.errors import ConfigError
 
 
@@ -55,7 +56,7 @@ def _has_embedding(module: nn.Module) -> bool:
 
 
 class _Optimizers:
-    """Adam for dense parameters, SparseAdam (lazy Adam) for embeddings with sparse gradients."""
+    """Adam for dense parameters, :class:`~mmrank.ctr.optim.LazyAdam` for embeddings with sparse gradients."""
 
     def __init__(self, opts: list[torch.optim.Optimizer]) -> None:
         self.opts = opts
@@ -82,7 +83,7 @@ def _optimizer(model: CtrModel, cfg: TrainConfig) -> _Optimizers:
         opts.append(torch.optim.Adam(dense, lr=cfg.lr, fused=True))
     sparse = [p for p in params if id(p) in sparse_ids]
     if sparse:
-        opts.append(torch.optim.SparseAdam(sparse, lr=id_lr))
+        opts.append(LazyAdam(sparse, lr=id_lr))
     return _Optimizers(opts)
 
 
