@@ -9,27 +9,114 @@ Peers measured in the same run:
 * ``no queue``: the same SCL step without MoCo (``scl-no-triplet-no-moco`` + the triplet term off);
 * ``K=1``: MoCo with a one-slot queue (the momentum encoder's cost, no negatives).
 
+The queue starts full (:class:`FullQueue`, random unit keys and item ids): the steady state after
+K / B steps. A short run from an empty queue would otherwise hold only ``steps * B`` keys, and a
+loss that skips empty slots would look as fast at K=196,800 as at 4k.
+
 Queue share of a step = (t_K - t_1) / t_K; momentum-encoder share = (t_1 - t_none) / t_K.
+
+Old-vs-new peer, same run: at each K the trainer is also timed with :class:`DenseInfoNCE`, the
+previous plain formulation of the same loss (every step and nested dim: re-normalise the queue's
+prefix, dense (B, K) masks, ``masked_fill``, concatenate [in-batch, queue] logits, cross-entropy),
+patched in for ``InfoNCELoss``; ``speed-up`` = t_dense / t_K. Skip it with ``--no-reference``.
 
 Usage::
 
-    python benchmarks/pretrain_throughput.py [--steps 30] [--threads 2]
+    python benchmarks/pretrain_throughput.py [--steps 30] [--threads 2] [--no-reference]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+import mmrank.pretrain.train as train_module
 from mmrank.pretrain.config import PretrainConfig
 from mmrank.pretrain.data import Features, PairTable
 from mmrank.pretrain.distributed import DistEnv
+from mmrank.pretrain.losses import InfoNCELoss, MomentumQueue, nested_normalize
 from mmrank.pretrain.train import train
 
 SIZES = (4096, 16384, 65536, 196_800)
+
+
+class DenseInfoNCE(InfoNCELoss):
+    """The plain formulation (the code before the fast queue path), for the same-run comparison."""
+
+    def forward(self, q, k, pos_index=None, queue=None, q_ids=None, k_ids=None, queue_ids=None,
+                queue_valid=None):
+        if isinstance(queue, MomentumQueue):
+            queue, queue_ids, queue_valid = queue.keys, queue.ids, queue.valid
+        b = q.shape[0]
+        if pos_index is None:
+            pos_index = torch.arange(b)
+        mask_k = None
+        if q_ids is not None and k_ids is not None:
+            mask_k = q_ids[:, None] == k_ids[None, :]
+            mask_k[torch.arange(b), pos_index] = False
+        mask_queue = None
+        if queue is not None:
+            if queue_valid is not None:
+                mask_queue = ~queue_valid[None, :].expand(b, -1)
+            if q_ids is not None and queue_ids is not None:
+                same = q_ids[:, None] == queue_ids[None, :]
+                mask_queue = same if mask_queue is None else (mask_queue | same)
+
+        def one(q, k, queue):
+            scale = self.logit_scale.clamp(max=self.max_log_scale).exp()
+            logits = (q @ k.t()) * scale
+            if mask_k is not None:
+                logits = logits.masked_fill(mask_k, float("-inf"))
+            if queue is not None and queue.shape[0]:
+                lq = (q @ queue.t()) * scale
+                if mask_queue is not None:
+                    lq = lq.masked_fill(mask_queue, float("-inf"))
+                logits = torch.cat([logits, lq], dim=1)
+            return F.cross_entropy(logits, pos_index)
+
+        if not self.nested_dims:
+            return {self.name: one(q, k, queue)}
+        w = 1.0 / len(self.nested_dims)
+        return {f"{self.name}@{d}": w * one(nested_normalize(q, d), nested_normalize(k, d),
+                                             nested_normalize(queue, d) if queue is not None else None)
+                for d in self.nested_dims}
+
+
+class FullQueue(MomentumQueue):
+    """A :class:`MomentumQueue` whose K slots are already filled (random unit keys, ids 1..20,000)."""
+
+    def __init__(self, dim: int, size: int) -> None:
+        super().__init__(dim, size)
+        g = torch.Generator().manual_seed(size)
+        self.enqueue(F.normalize(torch.randn(size, dim, generator=g), dim=-1),
+                     torch.randint(1, 20_001, (size,), generator=g))
+
+
+@contextlib.contextmanager
+def full_queue():
+    """Run the trainer with :class:`FullQueue` in place of ``MomentumQueue``."""
+    saved = train_module.MomentumQueue
+    train_module.MomentumQueue = FullQueue
+    try:
+        yield
+    finally:
+        train_module.MomentumQueue = saved
+
+
+@contextlib.contextmanager
+def dense_loss():
+    """Run the trainer with :class:`DenseInfoNCE` in place of ``InfoNCELoss``."""
+    saved = train_module.InfoNCELoss
+    train_module.InfoNCELoss = DenseInfoNCE
+    try:
+        yield
+    finally:
+        train_module.InfoNCELoss = saved
 
 
 def synthetic(n_items: int = 20_000, n_pairs: int = 40_000, seed: int = 0) -> tuple:
@@ -65,8 +152,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--no-reference", action="store_true",
+                    help="skip timing the dense (previous) loss formulation beside the new one")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    with full_queue():
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     data = synthetic()
     base = PretrainConfig(batch_size=args.batch_size, epochs=1000, warmup_steps=0)
     t_none = step_seconds(base.model_copy(update={"variant": "scl-no-triplet-no-moco"}), data,
@@ -76,15 +170,21 @@ def main() -> None:
     b = args.batch_size
     print(f"batch {b}, dim 256, nested 64/128/256, {args.threads} threads, {args.steps} timed steps")
     print(f"{'queue K':>10} {'pairs/s':>10} {'ms/step':>9} {'vs no queue':>12} "
-          f"{'queue share':>12} {'momentum share':>15}")
+          f"{'queue share':>12} {'momentum share':>15} {'dense pairs/s':>14} {'speed-up':>9}")
     print(f"{'none':>10} {b / t_none:10.0f} {1000 * t_none:9.1f} {1.0:12.2f} {'-':>12} {'-':>15}")
     print(f"{1:>10} {b / t_one:10.0f} {1000 * t_one:9.1f} {t_none / t_one:12.2f} {'-':>12} "
           f"{(t_one - t_none) / t_one:15.1%}")
     for k in SIZES:
-        t_k = step_seconds(base.model_copy(update={"variant": "scl-no-triplet", "queue_size": k}),
-                           data, args.steps)
+        cfg = base.model_copy(update={"variant": "scl-no-triplet", "queue_size": k})
+        t_k = step_seconds(cfg, data, args.steps)
+        ref = "-"
+        if not args.no_reference:
+            with dense_loss():
+                t_dense = step_seconds(cfg, data, args.steps)
+            ref = f"{b / t_dense:14.0f} {t_dense / t_k:8.2f}x"
         print(f"{k:>10} {b / t_k:10.0f} {1000 * t_k:9.1f} {t_none / t_k:12.2f} "
-              f"{max(0.0, t_k - t_one) / t_k:12.1%} {max(0.0, t_one - t_none) / t_k:15.1%}")
+              f"{max(0.0, t_k - t_one) / t_k:12.1%} {max(0.0, t_one - t_none) / t_k:15.1%} {ref:>24}",
+              flush=True)
 
 
 if __name__ == "__main__":

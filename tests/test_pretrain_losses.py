@@ -136,3 +136,189 @@ def test_infonce_finite_nonnegative_any_shape(b, d, k, seed):
     queue = _unit(k, d, seed=seed + 2) if k else None
     v = InfoNCELoss()(q, keys, queue=queue)["contrastive_loss"]
     assert torch.isfinite(v) and v.item() >= -1e-6
+
+
+# --- the fast queue path (cached prefixes, sorted ids, chunked log-sum-exp) against a dense reference
+
+
+def _dense_reference(loss, q, k, pos_index, queue, q_ids, k_ids, queue_ids, queue_valid):
+    """Eq. 1 the plain way: explicit prefix normalisation, dense (B, M + K) masks, one concatenation,
+    F.cross_entropy (scale before mask)."""
+    scale = loss.logit_scale.clamp(max=loss.max_log_scale).exp()
+    b = q.shape[0]
+    mask_k = q_ids[:, None] == k_ids[None, :]
+    mask_k[torch.arange(b), pos_index] = False
+    mask_q = ~queue_valid[None, :].expand(b, -1) | (q_ids[:, None] == queue_ids[None, :])
+    mask = torch.cat([mask_k, mask_q], dim=1)
+    out = {}
+    for d in loss.nested_dims or (None,):
+        if d is None:
+            qd, kd, ud = q, k, queue
+        else:
+            qd, kd, ud = (F.normalize(t[:, :d], dim=-1) for t in (q, k, queue))
+        logits = torch.cat([qd @ kd.t(), qd @ ud.t()], dim=1) * scale
+        logits = logits.masked_fill(mask, float("-inf"))
+        name = loss.name if d is None else f"{loss.name}@{d}"
+        out[name] = F.cross_entropy(logits, pos_index) / (len(loss.nested_dims) or 1)
+    return out
+
+
+def _grads(fn, loss, q, k, queue=None):
+    q, k = q.clone().requires_grad_(), k.clone().requires_grad_()
+    loss.logit_scale.grad = None
+    terms = fn(q, k)
+    sum(terms.values()).backward()
+    values = {n: v.item() for n, v in terms.items()}
+    return values, q.grad, k.grad, loss.logit_scale.grad.clone()
+
+
+def _assert_same(got, want):
+    assert sorted(got[0]) == sorted(want[0])
+    for n in want[0]:
+        assert got[0][n] == pytest.approx(want[0][n], rel=1e-5, abs=1e-5), n
+    for a, b in zip(got[1:], want[1:]):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("nested", [(4, 8, 16), ()])
+@pytest.mark.parametrize("filled", [37, 50, 130])  # partly filled, full, wrapped around
+def test_queue_fast_path_matches_dense_reference(nested, filled):
+    b, m, dim, size = 12, 16, 16, 50
+    g = torch.Generator().manual_seed(filled + len(nested))
+    q = _unit(b, dim, seed=filled)
+    k = _unit(m, dim, seed=filled + 1)
+    ids_pool = torch.randint(0, 9, (b,), generator=g)                # repeated ids
+    q_ids = ids_pool
+    k_ids = torch.cat([ids_pool, torch.randint(0, 9, (m - b,), generator=g)])
+    pos_index = torch.randperm(m, generator=g)[:b]
+    k_ids[pos_index] = q_ids                                         # the positive has the query's id
+    queue = MomentumQueue(dim, size)
+    for start in range(0, filled, 13):                               # several enqueues (incremental cache)
+        n = min(13, filled - start)
+        queue.enqueue(_unit(n, dim, seed=100 + start), torch.randint(0, 9, (n,), generator=g))
+        queue.view(nested or (None,))
+    loss = InfoNCELoss(init_temperature=0.05, nested_dims=nested)
+    loss.chunk = 7                                                   # many chunks, a ragged tail
+    args = dict(q_ids=q_ids, k_ids=k_ids)
+    want = _grads(lambda qq, kk: _dense_reference(loss, qq, kk, pos_index, queue.keys, q_ids, k_ids,
+                                                   queue.ids, queue.valid), loss, q, k)
+    fast = _grads(lambda qq, kk: loss(qq, kk, pos_index, queue=queue, **args), loss, q, k)
+    _assert_same(fast, want)
+    again = _grads(lambda qq, kk: loss(qq, kk, pos_index, queue=queue, **args), loss, q, k)
+    _assert_same(again, want)                                        # reused workspace
+    plain = _grads(lambda qq, kk: loss(qq, kk, pos_index, queue=queue.keys, queue_ids=queue.ids,
+                                        queue_valid=queue.valid, **args), loss, q, k)
+    _assert_same(plain, want)                                        # a plain tensor queue
+    loss.chunk = 4096                                                # one chunk
+    _assert_same(_grads(lambda qq, kk: loss(qq, kk, pos_index, queue=queue, **args), loss, q, k), want)
+
+
+def test_queue_fast_path_wholly_masked_rows_and_scattered_slots():
+    """A query whose every queue key has its id (chunk by chunk and overall), and valid slots that
+    are not a prefix (a plain tensor queue): same values and finite equal gradients."""
+    b, dim = 4, 8
+    q, k = _unit(b, dim, seed=5), _unit(b, dim, seed=6)
+    ids = torch.tensor([3, 3, 4, 5])
+    queue = _unit(9, dim, seed=7)
+    queue_ids = torch.tensor([3, 3, 3, 3, 4, 3, 3, 3, 9])
+    valid = torch.tensor([True, True, True, True, False, True, True, False, True])
+    loss = InfoNCELoss(init_temperature=0.1, nested_dims=(4, 8))
+    loss.chunk = 2
+    want = _grads(lambda qq, kk: _dense_reference(loss, qq, kk, torch.arange(b), queue, ids, ids,
+                                                   queue_ids, valid), loss, q, k)
+    got = _grads(lambda qq, kk: loss(qq, kk, queue=queue, q_ids=ids, k_ids=ids, queue_ids=queue_ids,
+                                     queue_valid=valid), loss, q, k)
+    _assert_same(got, want)
+    only3 = torch.full((9,), 3)                                      # rows 0, 1: all queue keys masked
+    all_valid = torch.ones(9, dtype=torch.bool)
+    want = _grads(lambda qq, kk: _dense_reference(loss, qq, kk, torch.arange(b), queue, ids, ids,
+                                                   only3, all_valid), loss, q, k)
+    got = _grads(lambda qq, kk: loss(qq, kk, queue=queue, q_ids=ids, k_ids=ids, queue_ids=only3,
+                                     queue_valid=all_valid), loss, q, k)
+    _assert_same(got, want)
+
+
+def test_queue_tensor_with_grad_gets_the_reference_gradient():
+    q, k = _unit(5, 8, seed=1), _unit(5, 8, seed=2)
+    ids = torch.tensor([1, 2, 2, 3, 4])
+    queue_ids = torch.tensor([2, 7, 1, 1, 9, 8])
+    grads = []
+    for fast in (True, False):
+        u = _unit(6, 8, seed=3).requires_grad_()
+        loss = InfoNCELoss(nested_dims=(4, 8))
+        loss.chunk = 4
+        valid = torch.ones(6, dtype=torch.bool)
+        terms = (loss(q, k, queue=u, q_ids=ids, k_ids=ids, queue_ids=queue_ids, queue_valid=valid)
+                 if fast else _dense_reference(loss, q, k, torch.arange(5), u, ids, ids, queue_ids,
+                                               valid))
+        sum(terms.values()).backward()
+        grads.append(u.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+def test_queue_cache_follows_enqueue_load_and_inplace_edits():
+    queue = MomentumQueue(dim=6, size=10)
+    queue.enqueue(_unit(4, 6, seed=1), torch.tensor([4, 1, 3, 1]))
+    v = queue.view((2, None))
+    assert v.keys[2].shape == (4, 2) and v.keys[None].shape == (4, 6)
+    assert v.sorted_ids.tolist() == [1, 1, 3, 4] and queue.ids[v.order].tolist() == [1, 1, 3, 4]
+    for _ in range(3):                                               # wraps around: only new rows redone
+        queue.enqueue(_unit(4, 6, seed=2), torch.tensor([9, 8, 7, 6]))
+    v = queue.view((2, 4))
+    for d in (2, 4):
+        torch.testing.assert_close(v.keys[d], F.normalize(queue.keys[:, :d], dim=-1))
+    assert v.sorted_ids.tolist() == sorted(queue.ids.tolist())
+    other = MomentumQueue(dim=6, size=10)
+    other.enqueue(_unit(10, 6, seed=3), torch.arange(10))
+    queue.load_state_dict(other.state_dict())                        # e.g. a resumed checkpoint
+    torch.testing.assert_close(queue.view((2,)).keys[2], F.normalize(other.keys[:, :2], dim=-1))
+    assert queue.view((2,)).sorted_ids.tolist() == list(range(10))
+    queue.keys.mul_(-1)                                              # an in-place edit
+    torch.testing.assert_close(queue.view((2,)).keys[2], F.normalize(-other.keys[:, :2], dim=-1))
+    assert "_prefixes" not in "".join(queue.state_dict())           # caches are not state
+    with pytest.raises(ValueError, match="MomentumQueue"):
+        InfoNCELoss()(_unit(2, 6), _unit(2, 6), queue=queue, queue_valid=queue.valid)
+
+
+def test_two_forwards_before_backward_and_retained_graph_reuse():
+    """The reused workspace never gives a wrong gradient: two pending graphs each keep their own
+    buffer; a retained graph whose buffer was reused fails loudly on a second backward."""
+    queue = MomentumQueue(dim=8, size=64)
+    queue.enqueue(_unit(64, 8, seed=4), torch.arange(64))
+    loss = InfoNCELoss(nested_dims=(8,))
+    loss.chunk = 16
+    q1, q2, k = _unit(4, 8, seed=1), _unit(4, 8, seed=2), _unit(4, 8, seed=3)
+    ref = []
+    for qq in (q1, q2):
+        x = qq.clone().requires_grad_()
+        sum(loss(x, k, queue=queue).values()).backward()
+        ref.append(x.grad)
+    x1, x2 = q1.clone().requires_grad_(), q2.clone().requires_grad_()
+    l1, l2 = sum(loss(x1, k, queue=queue).values()), sum(loss(x2, k, queue=queue).values())
+    (l1 + l2).backward()
+    torch.testing.assert_close(x1.grad, ref[0])
+    torch.testing.assert_close(x2.grad, ref[1])
+    x1 = q1.clone().requires_grad_()
+    l1 = sum(loss(x1, k, queue=queue).values())
+    l1.backward(retain_graph=True)
+    sum(loss(q2.clone().requires_grad_(), k, queue=queue).values())  # reuses the buffer
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        l1.backward()
+
+
+def test_enqueue_between_forward_and_backward_fails_loudly_and_copies_start_empty():
+    import copy
+
+    queue = MomentumQueue(dim=8, size=32)
+    queue.enqueue(_unit(32, 8, seed=1), torch.arange(32))
+    loss = InfoNCELoss(nested_dims=(4, 8))
+    q = _unit(4, 8, seed=2).requires_grad_()
+    total = sum(loss(q, _unit(4, 8, seed=3), queue=queue).values())
+    queue.enqueue(_unit(4, 8, seed=4), torch.arange(4))              # overwrites cached keys in use
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        total.backward()
+    twin = copy.deepcopy(loss)
+    assert all(w.buf is None for w in twin._workspaces.values())
+    assert twin(q, _unit(4, 8, seed=3), queue=queue)["contrastive_loss@8"].item() == pytest.approx(
+        loss(q, _unit(4, 8, seed=3), queue=queue)["contrastive_loss@8"].item())

@@ -18,6 +18,9 @@ Example::
     >>> terms = InfoNCELoss()(q, k, queue=queue.keys, queue_valid=queue.valid)
     >>> sorted(terms)
     ['contrastive_loss']
+    >>> queue.enqueue(k, torch.arange(4))  # in training, pass the queue itself (cached prefixes)
+    >>> sorted(InfoNCELoss(nested_dims=(4, 8))(q, k, queue=queue, q_ids=torch.arange(4)))
+    ['contrastive_loss@4', 'contrastive_loss@8']
 """
 
 from __future__ import annotations
@@ -105,6 +108,12 @@ class _Workspace:
         self.buf: torch.Tensor | None = None
         self.owner: weakref.ref | None = None   # the autograd context holding ``buf``
 
+    def __getstate__(self) -> dict:             # a copy of the loss starts with an empty workspace
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
     def take(self, numel: int, like: torch.Tensor, ctx) -> torch.Tensor:
         holder = self.owner() if self.owner is not None else None
         if holder is not None and not getattr(holder, "released", False):
@@ -127,7 +136,7 @@ class _QueueLogSumExp(torch.autograd.Function):
     ``E_c = exp(s - m_c)`` for the backward, which is one batched matmul:
     ``grad x_i = g_i * sum_c exp(m_ci - lse_i) (E_c @ y_c)_i`` (no ``(B, n)`` elementwise pass).
     Masked pairs ``(rows, cols)`` have ``E`` exactly 0; a row with every key masked gives ``-inf``
-    and a zero gradient. The queue ``y`` gets no gradient.
+    and a zero gradient.
     """
 
     @staticmethod
@@ -160,29 +169,34 @@ class _QueueLogSumExp(torch.autograd.Function):
         top = torch.where(z_all > 0, m_all, float("-inf")).amax(dim=0)  # (B,)
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
         lse = top + (z_all * torch.exp(m_all - top)).sum(dim=0).log()
-        ctx.save_for_backward(y, flat, m_all, z_all, lse)
+        ctx.save_for_backward(x, y, flat, m_all, z_all, lse)
         ctx.chunk = chunk
         return lse
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g: torch.Tensor):
-        y, flat, m_all, z_all, lse = ctx.saved_tensors
+        x, y, flat, m_all, z_all, lse = ctx.saved_tensors
         chunk = ctx.chunk
-        n, b = y.shape[0], g.shape[0]
+        n, b, d = y.shape[0], x.shape[0], x.shape[1]
         # softmax of chunk c = E_c * coef_c: (nc, B); 0 where every key of the chunk is masked
         coef = torch.where(z_all > 0, g * torch.exp(m_all - lse), torch.zeros_like(z_all))
-        full = n // chunk
-        gx = y.new_zeros(b, y.shape[1])
-        if full:
-            e = flat[:full * chunk * b].view(full, b, chunk)
-            part = torch.bmm(e, y[:full * chunk].view(full, chunk, -1))  # (nc, B, d)
-            gx += (part * coef[:full, :, None]).sum(dim=0)
-        if n > full * chunk:
-            e = flat[full * chunk * b:].view(b, n - full * chunk)
-            gx += (e @ y[full * chunk:]) * coef[full][:, None]
+        full, tail = n // chunk, n - (n // chunk) * chunk
+        e_full = flat[:full * chunk * b].view(full, b, chunk)
+        e_tail = flat[full * chunk * b:].view(b, tail)
+        gx = gy = None
+        if ctx.needs_input_grad[0]:
+            gx = x.new_zeros(b, d)
+            if full:
+                part = torch.bmm(e_full, y[:full * chunk].reshape(full, chunk, d))  # (nc, B, d)
+                gx += (part * coef[:full, :, None]).sum(dim=0)
+            if tail:
+                gx += (e_tail @ y[full * chunk:]) * coef[full][:, None]
+        if ctx.needs_input_grad[1]:                                      # a queue that wants grad
+            gy = torch.cat([torch.bmm(e_full.transpose(1, 2), coef[:full, :, None] * x).reshape(-1, d),
+                            e_tail.t() @ (coef[full][:, None] * x) if tail else y.new_zeros(0, d)])
         ctx.released = True                                              # the workspace is free
-        return gx, None, None, None, None, None
+        return gx, gy, None, None, None, None
 
 
 class InfoNCELoss(nn.Module):
@@ -195,13 +209,16 @@ class InfoNCELoss(nn.Module):
         nested_dims: Matryoshka prefix sizes; the loss is the mean over prefixes, one term each
             (``contrastive_loss@64``, ...). Empty: one term ``contrastive_loss`` on the full vectors.
         name: the key of the returned term(s).
+        chunk: queue keys per block of the queue term (a ``(B, chunk)`` block should fit in cache);
+            any value gives the same loss.
 
     ``forward(q, k, pos_index=None, queue=None, q_ids=None, k_ids=None, queue_ids=None,
     queue_valid=None)``:
 
     * ``q`` (B, D) queries; ``k`` (M, D) in-batch keys (M >= B, e.g. all ranks' keys);
     * ``pos_index`` (B,) the column of each query's positive in ``k`` (default ``arange(B)``);
-    * ``queue`` (K, D) extra negatives (no gradient), ``queue_valid`` (K,) bool for filled slots;
+    * ``queue`` (K, D) extra negatives (normally no gradient), ``queue_valid`` (K,) bool for filled
+      slots;
       or ``queue`` a :class:`MomentumQueue` (its ids and filled slots are used, and its normalised
       prefixes and sorted ids are cached between enqueues: the fast path for training);
     * ``q_ids`` (B,), ``k_ids`` (M,), ``queue_ids`` (K,): item ids; a key with the positive's id
@@ -216,14 +233,17 @@ class InfoNCELoss(nn.Module):
     """
 
     def __init__(self, init_temperature: float = 0.07, learnable: bool = True, max_scale: float = 100.0,
-                 nested_dims: Sequence[int] = (), name: str = "contrastive_loss") -> None:
+                 nested_dims: Sequence[int] = (), name: str = "contrastive_loss",
+                 chunk: int = 4096) -> None:
         super().__init__()
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
         scale = torch.tensor(math.log(1.0 / init_temperature))
         self.logit_scale = nn.Parameter(scale, requires_grad=learnable)
         self.max_log_scale = math.log(max_scale)
         self.nested_dims = tuple(int(d) for d in nested_dims)
         self.name = name
-        self.chunk = 4096                                 # queue keys per cache-sized block
+        self.chunk = int(chunk)
         self._workspaces: dict[int | None, _Workspace] = {}
 
     def _workspace(self, d: int | None) -> _Workspace:
@@ -331,10 +351,13 @@ class MomentumQueue(nn.Module):
 
     Pass the queue itself to :class:`InfoNCELoss` (``queue=the_queue``): :meth:`view` keeps the
     normalised nested prefixes of the keys (updated for the enqueued rows only) and the sorted ids
-    between enqueues, so a step does not redo that O(K D) work for every nested dim. The caches are
-    not state (not in ``state_dict``); any change to the buffers made other than by :meth:`enqueue`
+    between enqueues, so a step does not redo that O(K D) work for every nested dim (memory: one
+    (K, d) tensor per nested dim, 352 MB at K=196,800 with 64/128/256). The caches are not state
+    (not in ``state_dict``); any change to the buffers made other than by :meth:`enqueue`
     (``load_state_dict``, ``.to()``, in-place edits) is detected by their version counters and the
-    caches are rebuilt.
+    caches are rebuilt. Enqueue after the backward of a loss that used the queue (as MoCo's trainer
+    here does): the loss keeps the cached keys for its backward, and autograd refuses (an in-place
+    modification error) a backward after they were overwritten.
 
     Example::
 

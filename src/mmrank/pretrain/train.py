@@ -169,11 +169,8 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
                 k = model.text_query(feats.item_txt[item_rows])
             ids = ids_t[item_rows]
             k_all, ids_all = env.gather_with_grad(k), env.gather(ids)
-            terms = objective.q2i(q, k_all, pos_index,
-                                  queue=queue.keys if queue is not None else None,
-                                  q_ids=ids, k_ids=ids_all,
-                                  queue_ids=queue.ids if queue is not None else None,
-                                  queue_valid=queue.valid if queue is not None else None)
+            # the queue itself (not its tensors): its normalised prefixes and sorted ids are cached
+            terms = objective.q2i(q, k_all, pos_index, queue=queue, q_ids=ids, k_ids=ids_all)
             if objective.i2q is not None:
                 terms.update(objective.i2q(k, env.gather_with_grad(q), pos_index, q_ids=ids,
                                            k_ids=ids_all))
