@@ -141,9 +141,9 @@ def test_infonce_finite_nonnegative_any_shape(b, d, k, seed):
 # --- the fast queue path (cached prefixes, sorted ids, chunked log-sum-exp) against a dense reference
 
 
-def _dense_reference(loss, q, k, pos_index, queue, q_ids, k_ids, queue_ids, queue_valid):
+def _dense_reference(loss, q, k, pos_index, queue, q_ids, k_ids, queue_ids, queue_valid, log_q=None):
     """Eq. 1 the plain way: explicit prefix normalisation, dense (B, M + K) masks, one concatenation,
-    F.cross_entropy (scale before mask)."""
+    F.cross_entropy (scale before mask); with ``log_q``, every key's logit minus its id's log_q."""
     scale = loss.logit_scale.clamp(max=loss.max_log_scale).exp()
     b = q.shape[0]
     mask_k = q_ids[:, None] == k_ids[None, :]
@@ -157,6 +157,8 @@ def _dense_reference(loss, q, k, pos_index, queue, q_ids, k_ids, queue_ids, queu
         else:
             qd, kd, ud = (F.normalize(t[:, :d], dim=-1) for t in (q, k, queue))
         logits = torch.cat([qd @ kd.t(), qd @ ud.t()], dim=1) * scale
+        if log_q is not None:
+            logits = logits - log_q[torch.cat([k_ids, queue_ids.clamp(min=0)])][None, :]
         logits = logits.masked_fill(mask, float("-inf"))
         name = loss.name if d is None else f"{loss.name}@{d}"
         out[name] = F.cross_entropy(logits, pos_index) / (len(loss.nested_dims) or 1)
@@ -322,3 +324,32 @@ def test_enqueue_between_forward_and_backward_fails_loudly_and_copies_start_empt
     assert all(w.buf is None for w in twin._workspaces.values())
     assert twin(q, _unit(4, 8, seed=3), queue=queue)["contrastive_loss@8"].item() == pytest.approx(
         loss(q, _unit(4, 8, seed=3), queue=queue)["contrastive_loss@8"].item())
+
+
+@pytest.mark.parametrize("nested", [(4, 16), ()])
+def test_logq_correction_matches_dense_reference_and_favours_popular_items(nested):
+    b, m, dim, size = 10, 14, 16, 40
+    g = torch.Generator().manual_seed(3)
+    q, k = _unit(b, dim, seed=5), _unit(m, dim, seed=6)
+    k_ids = torch.randint(0, 9, (m,), generator=g)
+    pos_index = torch.arange(b)
+    q_ids = k_ids[:b]
+    queue = MomentumQueue(dim, size)
+    queue.enqueue(_unit(29, dim, seed=7), torch.randint(0, 9, (29,), generator=g))  # partly filled
+    log_q = torch.log_softmax(torch.randn(9, generator=g) * 2, 0)
+    loss = InfoNCELoss(init_temperature=0.05, nested_dims=nested)
+    loss.chunk = 6
+    want = _grads(lambda qq, kk: _dense_reference(loss, qq, kk, pos_index, queue.keys, q_ids, k_ids,
+                                                   queue.ids, queue.valid, log_q), loss, q, k)
+    fast = _grads(lambda qq, kk: loss(qq, kk, pos_index, queue=queue, q_ids=q_ids, k_ids=k_ids,
+                                      log_q=log_q), loss, q, k)
+    _assert_same(fast, want)
+    plain = _grads(lambda qq, kk: loss(qq, kk, pos_index, queue=queue.keys, queue_ids=queue.ids,
+                                       queue_valid=queue.valid, q_ids=q_ids, k_ids=k_ids, log_q=log_q),
+                   loss, q, k)
+    _assert_same(plain, want)
+    # the correction changes the loss (a popular negative is penalised less)
+    none = _grads(lambda qq, kk: loss(qq, kk, pos_index, queue=queue, q_ids=q_ids, k_ids=k_ids), loss, q, k)
+    assert abs(sum(none[0].values()) - sum(fast[0].values())) > 1e-3
+    with pytest.raises(ValueError, match="needs q_ids"):
+        loss(q, k, log_q=log_q)

@@ -37,6 +37,9 @@ class PretrainConfig(StrictModel):
     margin: float = Field(0.2, ge=0)
     triplet_weight: float = Field(1.0, ge=0)
     symmetric: bool = Field(True, description="add the item->query in-batch InfoNCE term")
+    logq_correction: bool = Field(True, description="subtract each negative's log purchase frequency "
+                                  "from its logit (Yi et al. RecSys'19) so the query->item softmax keeps "
+                                  "the popularity prior that Acc@N over purchases rewards (SCL variants)")
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0: each epoch)")
     resume: bool = Field(True, description="resume from R/pretrain/ckpt/<variant>/ when present")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (tests)")

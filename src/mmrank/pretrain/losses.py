@@ -127,7 +127,8 @@ class _Workspace:
 
 
 class _QueueLogSumExp(torch.autograd.Function):
-    """``lse_i = log sum_j exp(x_i . y_j)`` over the unmasked ``j``: ``x`` (B, d), ``y`` (n, d) -> (B,).
+    """``lse_i = log sum_j exp(x_i . y_j + bias_j)`` over the unmasked ``j``: ``x`` (B, d), ``y`` (n, d),
+    ``bias`` (n,) or None (no gradient) -> (B,).
 
     The queue's share of Eq. 1's denominator, without materialising masks or a concatenation. The
     forward walks the queue in column chunks of ``chunk`` keys: each chunk's logits ``s = x @ y_c^T``
@@ -141,7 +142,7 @@ class _QueueLogSumExp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-                workspace: _Workspace | None, chunk: int) -> torch.Tensor:
+                workspace: _Workspace | None, chunk: int, bias: torch.Tensor | None = None) -> torch.Tensor:
         b, n = x.shape[0], y.shape[0]
         nc = -(-n // chunk)
         flat = (workspace.take(b * n, x, ctx) if workspace is not None else x.new_empty(b * n))
@@ -156,6 +157,8 @@ class _QueueLogSumExp(torch.autograd.Function):
             c0 = c * chunk
             w = min(chunk, n - c0)
             s = torch.mm(x, y[c0:c0 + w].t(), out=flat[c0 * b:(c0 + w) * b].view(b, w))
+            if bias is not None:                                         # per-key offset (logQ)
+                s.add_(bias[c0:c0 + w])
             m = m_all[c]
             lo, hi = bounds[c], bounds[c + 1]
             if lo < hi:
@@ -196,7 +199,7 @@ class _QueueLogSumExp(torch.autograd.Function):
             gy = torch.cat([torch.bmm(e_full.transpose(1, 2), coef[:full, :, None] * x).reshape(-1, d),
                             e_tail.t() @ (coef[full][:, None] * x) if tail else y.new_zeros(0, d)])
         ctx.released = True                                              # the workspace is free
-        return gx, gy, None, None, None, None
+        return gx, gy, None, None, None, None, None
 
 
 class InfoNCELoss(nn.Module):
@@ -223,6 +226,12 @@ class InfoNCELoss(nn.Module):
       prefixes and sorted ids are cached between enqueues: the fast path for training);
     * ``q_ids`` (B,), ``k_ids`` (M,), ``queue_ids`` (K,): item ids; a key with the positive's id
       other than the positive itself is masked out (the same item bought twice is no negative).
+    * ``log_q`` (N,): the log-probability of each item id being drawn as a positive (its share of
+      the training pairs); needs the ids. Every key's logit ``q.k / tau`` becomes ``q.k / tau -
+      log_q[id]`` (sampling-bias correction, Yi et al., RecSys'19): in-batch and queue negatives are
+      drawn by purchase frequency, so uncorrected, Eq. 1 learns ``p(item | query) / p(item)`` and
+      pushes popular items away from every query; corrected, it learns ``p(item | query)``, which
+      is what Acc@N over purchases rewards.
 
     All vectors are expected L2-normalised (prefixes are re-normalised here).
 
@@ -256,10 +265,13 @@ class InfoNCELoss(nn.Module):
     def _one(self, q: torch.Tensor, k: torch.Tensor, pos_index: torch.Tensor,
              mask_k: torch.Tensor | None, queue: torch.Tensor | None,
              masked: tuple[torch.Tensor, torch.Tensor],
-             workspace: _Workspace | None = None) -> torch.Tensor:
+             workspace: _Workspace | None = None, k_bias: torch.Tensor | None = None,
+             queue_bias: torch.Tensor | None = None) -> torch.Tensor:
         scale = self.logit_scale.clamp(max=self.max_log_scale).exp()
         # Scale before masking: a masked -inf times the scale would give a NaN gradient of tau.
         logits = (q @ k.t()) * scale                                     # (B, M)
+        if k_bias is not None:
+            logits = logits + k_bias[None, :]
         if mask_k is not None:
             logits = logits.masked_fill(mask_k, float("-inf"))
         if queue is None or not queue.shape[0]:
@@ -267,7 +279,7 @@ class InfoNCELoss(nn.Module):
         # The queue's logits are scaled through q (B, d), never as a (B, K) product; masked
         # queue logits are -inf inside _QueueLogSumExp and never multiplied by the scale.
         lse_queue = _QueueLogSumExp.apply(q * scale, queue, *masked, workspace,
-                                          self.chunk)                   # (B,)
+                                          self.chunk, queue_bias)       # (B,)
         lse = torch.logaddexp(torch.logsumexp(logits, dim=1), lse_queue)
         positive = logits.gather(1, pos_index[:, None]).squeeze(1)
         return (lse - positive).mean()
@@ -275,8 +287,11 @@ class InfoNCELoss(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, pos_index: torch.Tensor | None = None,
                 queue: torch.Tensor | MomentumQueue | None = None, q_ids: torch.Tensor | None = None,
                 k_ids: torch.Tensor | None = None, queue_ids: torch.Tensor | None = None,
-                queue_valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                queue_valid: torch.Tensor | None = None,
+                log_q: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         b = q.shape[0]
+        if log_q is not None and (q_ids is None or k_ids is None):
+            raise ValueError("InfoNCELoss: log_q (the logQ correction) needs q_ids and k_ids")
         if pos_index is None:
             pos_index = torch.arange(b, device=q.device)
         mask_k = None
@@ -296,16 +311,25 @@ class InfoNCELoss(nn.Module):
         masked = (none, none)
         if view is not None and view.sorted_ids is not None and q_ids is not None:
             masked = same_id_pairs(q_ids, view.sorted_ids, view.order)
+        k_bias = queue_bias = None
+        if log_q is not None:
+            k_bias = -log_q[k_ids]                                       # (M,)
+            if view is not None:
+                if view.sorted_ids is None:
+                    raise ValueError("InfoNCELoss: log_q with a queue needs the queue's item ids")
+                slot_ids = torch.empty_like(view.sorted_ids).index_copy_(0, view.order, view.sorted_ids)
+                queue_bias = -log_q[slot_ids]                            # (n,) filled slots
         if not self.nested_dims:
             qu = view.keys[None] if view is not None else None
-            return {self.name: self._one(q, k, pos_index, mask_k, qu, masked, self._workspace(None))}
+            return {self.name: self._one(q, k, pos_index, mask_k, qu, masked, self._workspace(None),
+                                         k_bias, queue_bias)}
         w = 1.0 / len(self.nested_dims)
         out = {}
         for d in self.nested_dims:
             qd, kd = nested_normalize(q, d), nested_normalize(k, d)
             qu = view.keys[d] if view is not None else None
             out[f"{self.name}@{d}"] = w * self._one(qd, kd, pos_index, mask_k, qu, masked,
-                                                    self._workspace(d))
+                                                    self._workspace(d), k_bias, queue_bias)
         return out
 
 

@@ -73,7 +73,7 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
         cfg: the stage config (``variant`` picks the loss terms).
         feats: cached backbone features (see :func:`mmrank.pretrain.data.build_features`).
         pairs: the pair table (train rows are used; CLIP-E uses the items themselves).
-        item_ids: (N,) item ids by row, for masking duplicates among the negatives.
+        item_ids: (N,) item ids by catalog row (inside, items are named by row: masks, queue, log_q).
         env: the process group (default: from torchrun's environment).
         ckpt_dir: where to checkpoint and resume from (None: no checkpoints).
         image_tail: the fine-tuned end of the image backbone (``trainable_blocks > 0``).
@@ -124,7 +124,11 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
             log(f"resumed {cfg.variant} from {ckpt_dir} at step {step}/{total}")
         elif env.main:
             log(f"ignoring checkpoint in {ckpt_dir}: it was made with another config")
-    ids_t = torch.from_numpy(np.asarray(item_ids, np.int64))
+    log_q = None
+    if cfg.logq_correction and use["queries"]:
+        # how often each item (by row) is drawn as a positive, add-one smoothed (training pairs only)
+        counts = np.bincount(pairs.pos[rows], minlength=len(item_ids)).astype(np.float64) + 1.0
+        log_q = torch.from_numpy(np.log(counts / counts.sum())).float()
     every = cfg.checkpoint_every or steps_per_epoch
 
     def queries(r: np.ndarray) -> torch.Tensor:
@@ -167,10 +171,11 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
                 item_rows = local
                 q = model.image_query(feats.item_img[item_rows])
                 k = model.text_query(feats.item_txt[item_rows])
-            ids = ids_t[item_rows]
+            # items are named by catalog row (one row per item id): masks, queue and log_q use rows
+            ids = torch.as_tensor(np.asarray(item_rows), dtype=torch.long)
             k_all, ids_all = env.gather_with_grad(k), env.gather(ids)
             # the queue itself (not its tensors): its normalised prefixes and sorted ids are cached
-            terms = objective.q2i(q, k_all, pos_index, queue=queue, q_ids=ids, k_ids=ids_all)
+            terms = objective.q2i(q, k_all, pos_index, queue=queue, q_ids=ids, k_ids=ids_all, log_q=log_q)
             if objective.i2q is not None:
                 terms.update(objective.i2q(k, env.gather_with_grad(q), pos_index, q_ids=ids,
                                            k_ids=ids_all))
