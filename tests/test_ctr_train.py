@@ -154,3 +154,23 @@ def test_compare_train_and_predict_end_to_end(tmp_path):
     assert abs(evaluate(data, s)["auc"] - metrics["auc"]) < 1e-9
     r = CliRunner().invoke(app, ["ctr", "train", "--run", str(run), "--strategy", "nope"])
     assert r.exit_code != 0
+
+
+@pytest.mark.parametrize("mode", ["freeze", "finetune"])
+def test_pretrained_make_is_frozen_or_finetuned_with_the_id_model(tmp_path, mode):
+    import copy
+
+    from mmrank.ctr.run import fit_strategy, load_run, new_make
+
+    data = load_run(_make_run(tmp_path, n_rows=3000))
+    cfg = CtrConfig.model_validate({**SMALL.model_dump(), "max_len": 20,
+                                    "make": {**SMALL.make.model_dump(), "after_pretrain": mode}})
+    make = new_make(data, cfg, seed=0)
+    tc = TrainConfig(batch_size=256)
+    pretrain_make(make, data.enc, data.train_rows(), epochs=1, cfg=tc, progress=False)
+    before = copy.deepcopy(make.state_dict())
+    model, _ = fit_strategy(data, "make", make_epochs=1, make=make, cfg=cfg, train_cfg=tc, progress=False)
+    after = model.make.state_dict()
+    moved = any(not torch.equal(before[k], after[k]) for k in before)
+    assert model.freeze_make == (mode == "freeze")
+    assert moved == (mode == "finetune")

@@ -144,8 +144,9 @@ def markdown_table(result: dict, strategies: tuple[str, ...] = STRATEGIES) -> st
     """Table 3 analogue in markdown (mean ± std over seeds, relative change against ``id``)."""
     lines = [f"CTR strategies ({result['seeds']} seed(s); oracle AUC {result.get('oracle_auc') or float('nan'):.4f}; "
              f"representations: {result.get('representations')})", "",
-             "| strategy | AUC | GAUC | LogLoss | ΔAUC | ΔGAUC | ΔGAUC group 1 | ΔGAUC group 8 | ΔGAUC new |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| strategy | AUC | GAUC | LogLoss | ΔAUC | ΔGAUC | ΔAUC group 1 | ΔAUC group 8 | ΔAUC new "
+             "| ΔGAUC group 1 | ΔGAUC group 8 | ΔGAUC new |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in strategies:
         r = result[s]
         rel = r.get("relative", {})
@@ -154,9 +155,11 @@ def markdown_table(result: dict, strategies: tuple[str, ...] = STRATEGIES) -> st
             return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:+.2f}%"
 
         g = rel.get("groups_gauc", [None] * N_GROUPS)
+        a = rel.get("groups_auc", [None] * N_GROUPS)
         lines.append(f"| {s} | {r['auc']['mean']:.4f} ± {r['auc']['std']:.4f} | {r['gauc']['mean']:.4f} ± "
                      f"{r['gauc']['std']:.4f} | {r['logloss']['mean']:.4f} ± {r['logloss']['std']:.4f} | "
-                     f"{pct(rel.get('auc'))} | {pct(rel.get('gauc'))} | {pct(g[0])} | {pct(g[-1])} | "
+                     f"{pct(rel.get('auc'))} | {pct(rel.get('gauc'))} | {pct(a[0])} | {pct(a[-1])} | "
+                     f"{pct(rel.get('new_items_auc'))} | {pct(g[0])} | {pct(g[-1])} | "
                      f"{pct(rel.get('new_items_gauc'))} |")
     if "make_epochs_curve" in result:
         lines += ["", "MAKE pre-training epochs (Figure 6c): "

@@ -236,7 +236,8 @@ def fit_strategy(data: RunData, strategy: str, *, seed: int = 0, make_epochs: in
             info["make_pretrain"] = pretrain_make(make, data.enc, data.train_rows(), epochs=make_epochs, cfg=tcfg,
                                                   progress=progress)
     torch.manual_seed(seed)
-    model = build_model(data, cfg, make=make, freeze_make=cfg.uses_make and make_epochs > 0)
+    freeze = cfg.uses_make and make_epochs > 0 and cfg.make.after_pretrain == "freeze"
+    model = build_model(data, cfg, make=make, freeze_make=freeze)
     info["train"] = train(model, data.enc, data.train_rows(), id_epochs=1, cfg=tcfg, progress=progress)
     return model, info
 
