@@ -174,3 +174,30 @@ def test_pretrained_make_is_frozen_or_finetuned_with_the_id_model(tmp_path, mode
     moved = any(not torch.equal(before[k], after[k]) for k in before)
     assert model.freeze_make == (mode == "freeze")
     assert moved == (mode == "finetune")
+
+
+@pytest.mark.parametrize("max_len", [20, 5])
+def test_simtier_pipeline_counts_equal_the_models(planted, max_len):
+    """SimTier precomputed in the data pipeline == computed in the forward pass (same truncation to
+    the last max_len clicks), and the model gives the same logits either way."""
+    from mmrank.ctr.data import make_batch, simtier_features
+
+    data, enc, sizes, vecs = planted
+    counts = simtier_features(enc, vecs, n_tiers=10, max_len=max_len, chunk=1000)  # several chunks
+    rows = np.arange(0, len(enc), 7)
+    batch = make_batch(enc, rows, max_len)
+    table = ItemVectors(vecs)
+    from mmrank.ctr.layers import SimTier
+
+    dense = SimTier(10)(table(batch["item_v"]), table(batch["hist_item_v"]), batch["mask"])
+    np.testing.assert_array_equal(counts[rows], dense.numpy())
+    assert counts[rows].sum(1).tolist() == batch["mask"].sum(1).tolist()
+    cfg = CtrConfig.model_validate({**_cfg("simtier").model_dump(), "max_len": max_len,
+                                    "simtier_in": "pipeline"})
+    torch.manual_seed(0)
+    model = CtrModel(cfg, sizes, vecs).eval()
+    with torch.no_grad():
+        in_model = model(batch)["logit"]
+        batch["simtier"] = torch.from_numpy(counts[rows])
+        piped = model(batch)["logit"]
+    torch.testing.assert_close(piped, in_model)

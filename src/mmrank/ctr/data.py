@@ -304,6 +304,43 @@ def make_batch(enc: EncodedSamples, rows: np.ndarray, max_len: int = MAX_LEN) ->
     return b
 
 
+def simtier_features(enc: EncodedSamples, vectors: torch.Tensor, n_tiers: int, max_len: int = MAX_LEN,
+                     chunk: int = 16_384) -> np.ndarray:
+    """SimTier counts (Eq. 2, Algorithm 1) of every row, once: the data-pipeline placement of SimTier
+    (``CtrConfig.simtier_in = "pipeline"``). The representations are frozen, so the counts are a pure
+    function of a row's target and its last ``max_len`` history items; batches then carry them as
+    ``batch["simtier"]``. Computed with the model's own layer, so both placements give the same counts.
+
+    Args:
+        enc: encoded samples with representation indices (``item_v``, ``hist_item_v``).
+        vectors: ``(V, D)`` representation table indexed by ``item_v`` (rows 0 and 1 zero).
+        n_tiers: SimTier's N.
+
+    Returns ``(len(enc), n_tiers)`` counts, uint8 (int32 when ``max_len`` > 255).
+    """
+    from mmrank.ctr.layers import SimTier, packed_similarity
+
+    if enc.item_v is None or enc.hist_item_v is None:
+        raise ValueError("simtier_features: the samples carry no representation indices (encode them "
+                         "with a FeatureSpace that has vec_items)")
+    layer = SimTier(n_tiers)
+    table = vectors.detach().float()
+    off = enc.raw.hist_offsets
+    out = np.zeros((len(enc), n_tiers), np.uint8 if max_len < 256 else np.int32)
+    with torch.no_grad():
+        for s in range(0, len(enc), chunk):
+            rows = np.arange(s, min(s + chunk, len(enc)))
+            ends = off[rows + 1]
+            lens = np.minimum(ends - off[rows], max_len)                # the last max_len, as pad_rows
+            pos = np.arange(int(lens.sum())) + np.repeat(ends - lens - (np.cumsum(lens) - lens), lens)
+            row_t = torch.from_numpy(np.repeat(np.arange(len(rows)), lens))
+            hist = table.index_select(0, torch.from_numpy(enc.hist_item_v[pos].astype(np.int64)))
+            target = table.index_select(0, torch.from_numpy(enc.item_v[rows].astype(np.int64)))
+            counts = layer.counts_from_scores(packed_similarity(target, hist, row_t), row_t, len(rows))
+            out[rows] = counts.numpy().astype(out.dtype)
+    return out
+
+
 def iter_batches(enc: EncodedSamples, rows: np.ndarray, batch_size: int, shuffle: bool = False,
                  seed: int = 0, max_len: int = MAX_LEN) -> Iterator[dict[str, torch.Tensor]]:
     """Mini-batches over ``rows`` (in order, or shuffled with ``seed``)."""

@@ -82,11 +82,15 @@ class CtrConfig(StrictModel):
                                                  "positions; at serving, pass the slot to score)")
     max_len: int = Field(MAX_LEN, ge=1)
     n_tiers: int = Field(20, ge=1, description="SimTier's N")
-    # Measured (benchmarks/ctr_throughput.py): in the model SimTier costs about as much per step as
-    # the ID model's own noise; the pipeline placement saves little per step but needs a pass over
-    # every row first and goes stale when the embedding table changes. Default: in the model.
+    # Measured (benchmarks/ctr_throughput.py, 1M rows, batch 1024, 128-d, 2 threads): in the model
+    # SimTier adds 12.9% to the ID model's step (44.2 -> 49.9 ms: a gather of every history item's
+    # vector); read from the pipeline it adds 1.6%, after a one-off 11.7 s per 1M rows that every
+    # epoch, seed and strategy over the same rows then reuses. Default: pipeline. A batch without
+    # precomputed counts (e.g. new data at predict time) gets them computed in the model: the same
+    # counts either way (tested).
     simtier_in: Literal["model", "pipeline"] = Field(
-        "model", description="compute SimTier in the forward pass, or read precomputed batch['simtier']")
+        "pipeline", description="compute SimTier in the forward pass, or read batch['simtier'] precomputed "
+                                "by mmrank.ctr.data.simtier_features (falls back to the model when absent)")
     vector_dim: int = Field(16, ge=1, description="Vector: width the representation is mapped to")
     make: MakeConfig = Field(default_factory=MakeConfig)
 
@@ -273,14 +277,17 @@ class CtrModel(nn.Module):
 
         q = torch.cat([self.item_emb(batch["item"]), self.cat_emb(batch["category"])], dim=-1)  # (B, 2E)
         k = torch.cat([self.item_emb(packed("hist_item")), self.cat_emb(packed("hist_category"))], dim=-1)
+        counts = None                                                  # SimTier from the pipeline
+        if self.simtier is not None and cfg.simtier_in == "pipeline" and "simtier" in batch:
+            counts = batch["simtier"].to(q.dtype)
         v_c = v_h = None                                               # (B, D), (nnz, D)
-        if self.vectors is not None and not (cfg.strategy == "simtier" and cfg.simtier_in == "pipeline"):
+        if self.vectors is not None and not (cfg.strategy == "simtier" and counts is not None):
             v_c, v_h = lookup_vectors(self.vectors, batch, idx)
         if self.vec_proj is not None:                                  # Vector
             q = torch.cat([q, self.vec_proj(v_c)], dim=-1)
             k = torch.cat([k, self.vec_proj(v_h)], dim=-1)
         sim = None
-        if self.simscore is not None or (self.simtier is not None and cfg.simtier_in == "model"):
+        if self.simscore is not None or (self.simtier is not None and counts is None):
             sim = packed_similarity(v_c, v_h, rows)                    # Eq. 2, (nnz,)
         if self.simscore is not None:                                  # SimScore
             q = torch.cat([q, q.new_ones(b, 1)], dim=-1)
@@ -292,9 +299,7 @@ class CtrModel(nn.Module):
         if self.pos_emb is not None:
             parts.append(self.pos_emb(batch["position"]))
         if self.simtier is not None:                                   # SimTier (Algorithm 1)
-            if cfg.simtier_in == "pipeline":
-                counts = batch["simtier"]
-            else:
+            if counts is None:
                 counts = self.simtier.counts_from_scores(sim, rows, b)
             parts.append(counts / cfg.max_len)
         aux: dict[str, torch.Tensor] = {}

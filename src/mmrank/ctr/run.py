@@ -27,7 +27,7 @@ import torch
 from safetensors.numpy import load_file as load_np, save_file as save_np
 from safetensors.torch import load_file as load_torch, save_file as save_torch
 
-from mmrank.ctr.data import EncodedSamples, FeatureSpace, CtrSamples, load_samples
+from mmrank.ctr.data import EncodedSamples, FeatureSpace, CtrSamples, load_samples, simtier_features
 from mmrank.ctr.layers import ItemVectors
 from mmrank.ctr.models import STRATEGIES, CtrConfig, CtrModel, MakeModule, ModelSizes
 from mmrank.ctr.trainer import TrainConfig, predict, pretrain_make, train
@@ -217,6 +217,17 @@ def new_make(data: RunData, cfg: CtrConfig, seed: int) -> MakeModule:
     return MakeModule(ItemVectors(data.vectors), cfg.make)
 
 
+def ensure_simtier(data: RunData, cfg: CtrConfig) -> None:
+    """Precompute SimTier counts for every row once (``data.enc.extra["simtier"]``), unless present
+    with the same N; every later strategy, seed and epoch over these rows reuses them."""
+    have = data.enc.extra.get("simtier")
+    if have is not None and have.shape[1] == cfg.n_tiers:
+        return
+    if data.vectors is None:
+        raise ConfigError("SimTier needs item representations; none were loaded")
+    data.enc.extra["simtier"] = simtier_features(data.enc, data.vectors, cfg.n_tiers, cfg.max_len)
+
+
 def fit_strategy(data: RunData, strategy: str, *, seed: int = 0, make_epochs: int = 4,
                  make: MakeModule | None = None, cfg: CtrConfig | None = None,
                  train_cfg: TrainConfig | None = None, progress: bool = True) -> tuple[CtrModel, dict]:
@@ -235,6 +246,8 @@ def fit_strategy(data: RunData, strategy: str, *, seed: int = 0, make_epochs: in
         if make_epochs > 0:
             info["make_pretrain"] = pretrain_make(make, data.enc, data.train_rows(), epochs=make_epochs, cfg=tcfg,
                                                   progress=progress)
+    if cfg.uses_simtier and cfg.simtier_in == "pipeline":
+        ensure_simtier(data, cfg)
     torch.manual_seed(seed)
     freeze = cfg.uses_make and make_epochs > 0 and cfg.make.after_pretrain == "freeze"
     model = build_model(data, cfg, make=make, freeze_make=freeze)
