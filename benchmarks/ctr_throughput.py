@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from mmrank.ctr.data import FeatureSpace, iter_batches, load_samples, simtier_features
 from mmrank.ctr.layers import ItemVectors
 from mmrank.ctr.models import CtrConfig, CtrModel, ModelSizes
-from mmrank.ctr.trainer import TrainConfig, _optimizer, predict
+from mmrank.ctr.trainer import TrainConfig, _optimizer, _step, predict
 from mmrank.data.schemas import CTR_SAMPLES
 
 L, EMB, BATCH = 50, 16, 1024
@@ -94,10 +94,7 @@ class MmrankRunner:
         t0 = time.perf_counter()
         self.model.train()
         for batch in iter_batches(self.enc, rows, BATCH, shuffle=True):
-            loss = F.binary_cross_entropy_with_logits(self.model(batch)["logit"], batch["label"])
-            self.opt.zero_grad()
-            loss.backward()
-            self.opt.step()
+            _step(self.opt, F.binary_cross_entropy_with_logits(self.model(batch)["logit"], batch["label"]))
         self.train_s += time.perf_counter() - t0
 
     def predict_rows(self, rows: np.ndarray) -> None:

@@ -161,6 +161,11 @@ class Vocab:
                                 return_counts=True)
         return cls(ids[counts >= min_count])
 
+    @classmethod
+    def of(cls, ids: np.ndarray) -> Vocab:
+        """Every id given (e.g. the items that have a representation)."""
+        return cls(np.unique(np.asarray(ids, np.int64)))
+
     def __len__(self) -> int:
         return len(self.ids) + 2
 
@@ -196,7 +201,7 @@ class FeatureSpace:
         users = Vocab.fit(data.user_id[tr], min_count=min_count)
         n_cat = int(max(data.category_id.max(initial=0), data.hist_category_id.max(initial=0))) + 2
         n_reg = int(data.region.max(initial=0)) + 2
-        vec = Vocab(np.unique(np.asarray(vec_item_ids, np.int64))) if vec_item_ids is not None else None
+        vec = Vocab.of(vec_item_ids) if vec_item_ids is not None else None
         return cls(items=items, users=users, n_categories=max(n_cat, 2), n_regions=max(n_reg, 2),
                    vec_items=vec)
 
@@ -318,7 +323,7 @@ def simtier_features(enc: EncodedSamples, vectors: torch.Tensor, n_tiers: int, m
 
     Returns ``(len(enc), n_tiers)`` counts, uint8 (int32 when ``max_len`` > 255).
     """
-    from mmrank.ctr.layers import SimTier, packed_similarity
+    from mmrank.ctr.layers import SimTier
 
     if enc.item_v is None or enc.hist_item_v is None:
         raise ValueError("simtier_features: the samples carry no representation indices (encode them "
@@ -332,12 +337,11 @@ def simtier_features(enc: EncodedSamples, vectors: torch.Tensor, n_tiers: int, m
             rows = np.arange(s, min(s + chunk, len(enc)))
             ends = off[rows + 1]
             lens = np.minimum(ends - off[rows], max_len)                # the last max_len, as pad_rows
-            pos = np.arange(int(lens.sum())) + np.repeat(ends - lens - (np.cumsum(lens) - lens), lens)
+            pos = _ranges(ends - lens, lens)
             row_t = torch.from_numpy(np.repeat(np.arange(len(rows)), lens))
             hist = table.index_select(0, torch.from_numpy(enc.hist_item_v[pos].astype(np.int64)))
             target = table.index_select(0, torch.from_numpy(enc.item_v[rows].astype(np.int64)))
-            counts = layer.counts_from_scores(packed_similarity(target, hist, row_t), row_t, len(rows))
-            out[rows] = counts.numpy().astype(out.dtype)
+            out[rows] = layer.forward_packed(target, hist, row_t).numpy().astype(out.dtype)
     return out
 
 

@@ -127,39 +127,27 @@ class TargetAttention(nn.Module):
         self.act = activation(act, h1)
         self.score = MLP(h1, list(hidden[1:]), out_dim=1, act=act)
 
-    def _scores(self, query: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Activation-unit scores ``(nnz,)`` of packed keys ``(nnz, D)`` against their rows' query.
-
-        Gathers use ``index_select`` (its backward is a fast ``index_add``; indexing with ``[]`` would
-        backpropagate through an accumulating ``index_put``, several times slower on a CPU)."""
-        q_rows = query.index_select(0, rows)
-        h = self.kp_proj(torch.cat([keys, q_rows * keys], dim=-1)) + self.q_proj(query).index_select(0, rows)
-        return self.score(self.act(h)).squeeze(-1)
-
     def forward_packed(self, query: torch.Tensor, keys: torch.Tensor,
                        rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = self._scores(query, keys, rows)
+        # Gathers use index_select: its backward is a fast index_add; indexing with [] would
+        # backpropagate through an accumulating index_put, several times slower on a CPU.
+        q_rows = query.index_select(0, rows)
+        h = self.kp_proj(torch.cat([keys, q_rows * keys], dim=-1)) + self.q_proj(query).index_select(0, rows)
+        scores = self.score(self.act(h)).squeeze(-1)                       # (nnz,)
         pooled = query.new_zeros(query.shape[0], keys.shape[1])
         pooled = pooled.index_add(0, rows, scores.unsqueeze(-1) * keys)
         if self.pool == "mean":
             pooled = pooled / _counts(rows, query.shape[0]).unsqueeze(-1)
         return pooled, scores
 
-    def forward_dense(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
-                      idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``query (B, D), keys (B, L, D), mask (B, L)`` -> ``(B, D), scores (B, L)``: the MLP runs on the
-        valid positions only (``idx`` from :func:`pack`), the pooling is one batched matmul."""
+    def forward_dense(self, query: torch.Tensor, keys: torch.Tensor,
+                      mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``query (B, D), keys (B, L, D), mask (B, L)`` -> ``(B, D), scores (B, L)`` (0 at padding):
+        :meth:`forward_packed` on the valid positions."""
         b, length, d = keys.shape
-        if idx is None:
-            idx, rows = pack(mask)
-        else:
-            rows = torch.div(idx, length, rounding_mode="floor")
-        s = self._scores(query, keys.reshape(b * length, d).index_select(0, idx), rows)
-        scores = s.new_zeros(b * length).index_add(0, idx, s).view(b, length)
-        pooled = torch.bmm(scores.unsqueeze(1), keys).squeeze(1)
-        if self.pool == "mean":
-            pooled = pooled / mask.sum(1, keepdim=True).clamp(min=1).to(pooled.dtype)
-        return pooled, scores
+        idx, rows = pack(mask)
+        pooled, s = self.forward_packed(query, keys.reshape(b * length, d).index_select(0, idx), rows)
+        return pooled, s.new_zeros(b * length).index_add(0, idx, s).view(b, length)
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.forward_dense(query, keys, mask)[0]

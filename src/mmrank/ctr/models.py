@@ -125,14 +125,12 @@ class ModelSizes:
 
 
 def lookup_vectors(vectors: ItemVectors, batch: dict[str, torch.Tensor],
-                   idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Target ``(B, D)`` and history representations of a batch: ``(B, L, D)`` (zero at padding), or
-    packed ``(nnz, D)`` at the valid positions ``idx`` (from :func:`mmrank.ctr.layers.pack`)."""
+                   idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target ``(B, D)`` and packed history ``(nnz, D)`` representations of a batch, at the valid
+    positions ``idx`` (from :func:`mmrank.ctr.layers.pack`)."""
     if "item_v" not in batch or "hist_item_v" not in batch:
         raise KeyError("this strategy needs representations: the batch has no 'item_v'/'hist_item_v' "
                        "(encode the samples with a FeatureSpace that has vec_items)")
-    if idx is None:
-        return vectors(batch["item_v"]), vectors(batch["hist_item_v"])
     return vectors(batch["item_v"]), vectors(batch["hist_item_v"].reshape(-1).index_select(0, idx))
 
 
@@ -260,13 +258,6 @@ class CtrModel(nn.Module):
         """Parameters of ID embeddings: trained for one epoch only (the one-epoch rule)."""
         return [p for name in self.ID_MODULES if getattr(self, name) is not None
                 for p in getattr(self, name).parameters()]
-
-    def multimodal_parameters(self) -> list[nn.Parameter]:
-        """Parameters that only see representations (MAKE, the Vector projection)."""
-        out = list(self.make.parameters()) if self.make is not None else []
-        if self.vec_proj is not None:
-            out += list(self.vec_proj.parameters())
-        return out
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | dict[str, torch.Tensor]]:
         """History features are computed at the valid positions only (packed, see :func:`pack`)."""

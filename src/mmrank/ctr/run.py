@@ -27,7 +27,7 @@ import torch
 from safetensors.numpy import load_file as load_np, save_file as save_np
 from safetensors.torch import load_file as load_torch, save_file as save_torch
 
-from mmrank.ctr.data import EncodedSamples, FeatureSpace, CtrSamples, load_samples, simtier_features
+from mmrank.ctr.data import CtrSamples, EncodedSamples, FeatureSpace, Vocab, load_samples, simtier_features
 from mmrank.ctr.layers import ItemVectors
 from mmrank.ctr.models import STRATEGIES, CtrConfig, CtrModel, MakeModule, ModelSizes
 from mmrank.ctr.trainer import TrainConfig, predict, pretrain_make, train
@@ -142,7 +142,7 @@ def load_run(run: Path, *, with_vectors: bool = True, samples_path: Path | None 
     if space is None:
         space = FeatureSpace.fit(samples, ids)
     elif ids is not None:
-        space.vec_items = FeatureSpace.fit(samples, ids).vec_items
+        space.vec_items = Vocab.of(ids)
     enc = space.encode(samples)
     table = vector_table(space, ids, vecs) if ids is not None else None
     manifest = {}
@@ -284,17 +284,11 @@ def load_model(run: Path, strategy: str) -> tuple[CtrModel, FeatureSpace, dict]:
         if v.shape[1] != sizes.vec_dim:
             raise ConfigError(f"{d}: trained on {sizes.vec_dim}-d representations, the run now has "
                               f"{v.shape[1]}-d ones (another encoder version?)")
-        space.vec_items = FeatureSpace.fit(_empty_samples(), ids).vec_items
+        space.vec_items = Vocab.of(ids)
         vecs = vector_table(space, ids, v)
     model = CtrModel(cfg, sizes, vecs, freeze_make=bool(conf.get("make_frozen")))
     model.load_state_dict(load_torch(str(d / "model.safetensors")), strict=True)
     return model, space, conf
-
-
-def _empty_samples() -> CtrSamples:
-    z = np.zeros(0, np.int64)
-    return CtrSamples(z, z, z, z, z.astype(np.int16), z.astype(np.int16), z.astype(np.int32),
-                      z.astype(np.int8), z.astype(bool), np.zeros(1, np.int64), z, z.astype(np.int32))
 
 
 def train_strategy(run: Path, strategy: str, *, seed: int = 0, make_epochs: int = 4,

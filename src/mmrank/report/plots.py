@@ -23,6 +23,13 @@ def _f(x: Any) -> float:
     return float("nan") if x is None else float(x)
 
 
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_ctr_compare(result: dict, strategies: tuple[str, ...], out_dir: Path) -> list[Path]:
     """Write ``ctr_strategies.png``, ``ctr_frequency_groups.png`` and ``ctr_make_epochs.png``."""
     out_dir = Path(out_dir)
@@ -41,11 +48,7 @@ def plot_ctr_compare(result: dict, strategies: tuple[str, ...], out_dir: Path) -
         if key == "auc" and result.get("oracle_auc_test") is not None:
             ax.axhline(_f(result["oracle_auc_test"]), color="grey", ls="--", lw=1, label="oracle (test)")
             ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    p = out_dir / "ctr_strategies.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(_save(fig, out_dir / "ctr_strategies.png"))
 
     if "id" in strategies:
         fig, ax = plt.subplots(figsize=(7, 3.8))
@@ -62,11 +65,7 @@ def plot_ctr_compare(result: dict, strategies: tuple[str, ...], out_dir: Path) -
         ax.set_ylabel("GAUC change vs id (%)")
         ax.set_title("Relative GAUC by item-frequency group (G1 rarest) and new items (Fig. 6b)")
         ax.legend(fontsize=7, ncol=3)
-        fig.tight_layout()
-        p = out_dir / "ctr_frequency_groups.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(_save(fig, out_dir / "ctr_frequency_groups.png"))
 
     if result.get("make_epochs_curve"):
         c = result["make_epochs_curve"]
@@ -78,9 +77,5 @@ def plot_ctr_compare(result: dict, strategies: tuple[str, ...], out_dir: Path) -
         ax.set_ylabel("GAUC")
         ax.set_title("MAKE epochs (Fig. 6c)")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        p = out_dir / "ctr_make_epochs.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(_save(fig, out_dir / "ctr_make_epochs.png"))
     return paths
