@@ -25,7 +25,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from PIL import Image
 
-from mmrank.data.schemas import EVENT_TYPES, ITEMS_OPTIONAL, TABLES
+from mmrank.data.schemas import EVENT_TYPES, EVENTS_OPTIONAL, ITEMS_OPTIONAL, TABLES
 from mmrank.errors import DataError
 
 BATCH_ROWS = 65_536
@@ -101,7 +101,7 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema, path: Path, offset: int) 
 def check_columns(names: list[str], kind: str, path: Path) -> None:
     """Raise on the first column of ``kind``'s schema that ``names`` lacks."""
     schema = TABLES[kind]
-    optional = ITEMS_OPTIONAL if kind == "items" else ()
+    optional = {"items": ITEMS_OPTIONAL, "events": EVENTS_OPTIONAL}.get(kind, ())
     for field in schema:
         if field.name not in names and field.name not in optional:
             raise DataError(f"missing column (expected {field.type})", file=str(path), row=0,

@@ -11,13 +11,18 @@ Tables:
   further attribute columns (``article_type``, ``colour``, ...) are free.
 * ``EVENTS``: one row per event of a shown list: ``impression`` for every shown item, and ``click``,
   ``cart``, ``purchase`` for what the user did with it. The request's query is either text
-  (``query_text``) or a reference to a query image (``query_image``).
+  (``query_text``) or an opaque id of a query photo (``query_image``, a key of ``QUERY_IMAGES``);
+  display (query-free) requests have neither. ``surface`` (optional, ``display`` | ``search``) says
+  where the list was shown; a log without it is all ``search``.
+* ``QUERY_IMAGES``: the photos users searched with, by opaque id (the id never names an item).
 * ``PAIRS``: <query, purchased item> pairs for contrastive pre-training, with hard negatives (clicked but
   not bought in the same request).
 * ``CTR_SAMPLES``: one row per impression with the user's point-in-time behaviour sequence: at most L
   clicks strictly before ``ts``, most recent last.
-* ``LISTS``: one row per request for re-ranking: candidates in shown order with price, sales (purchases
-  of the item strictly before ``ts``) and labels.
+* ``LISTS``: one row per search request for re-ranking: every retrieved candidate in the logged
+  production order (``positions`` -1 for a candidate retrieved but not shown), with its production
+  score, price, category, sales (purchases of the item strictly before ``ts``) and labels (0 where not
+  shown), and the user's point-in-time behaviour (last L clicks strictly before ``ts``, any surface).
 """
 
 from __future__ import annotations
@@ -48,6 +53,15 @@ EVENTS = pa.schema([
     pa.field("query_text", pa.string()),
     pa.field("query_image", pa.string()),
     pa.field("region", pa.int16(), nullable=False),
+    pa.field("surface", pa.string()),  # optional: "display" | "search" (absent: all "search")
+])
+# Columns an events file may leave out.
+EVENTS_OPTIONAL = ("query_text", "query_image", "surface")
+SURFACES = ("display", "search")
+
+QUERY_IMAGES = pa.schema([
+    pa.field("query_image", pa.string(), nullable=False),  # opaque id, as in EVENTS.query_image
+    pa.field("image", pa.binary(), nullable=False),        # JPEG bytes
 ])
 
 USERS = pa.schema([
@@ -89,17 +103,24 @@ LISTS = pa.schema([
     pa.field("region", pa.int16(), nullable=False),
     pa.field("query_text", pa.string()),
     pa.field("query_image", pa.string()),
+    # Candidates, in the logged production order (descending prod_scores); C of them per request.
     pa.field("item_ids", pa.list_(pa.int64()), nullable=False),
-    pa.field("positions", pa.list_(pa.int16()), nullable=False),
+    pa.field("positions", pa.list_(pa.int16()), nullable=False),    # shown slot, -1 = not shown
+    pa.field("prod_scores", pa.list_(pa.float32()), nullable=False),
     pa.field("prices", pa.list_(pa.float64()), nullable=False),
-    pa.field("sales", pa.list_(pa.int64()), nullable=False),
+    pa.field("sales", pa.list_(pa.int64()), nullable=False),         # purchases strictly before ts
+    pa.field("category_ids", pa.list_(pa.int32()), nullable=False),  # as CTR_SAMPLES.category_id
     pa.field("clicks", pa.list_(pa.int8()), nullable=False),
     pa.field("carts", pa.list_(pa.int8()), nullable=False),
     pa.field("purchases", pa.list_(pa.int8()), nullable=False),
+    # The user's last L clicks strictly before ts (any surface), most recent last.
+    pa.field("hist_item_ids", pa.list_(pa.int64()), nullable=False),
+    pa.field("hist_category_ids", pa.list_(pa.int32()), nullable=False),
+    pa.field("hist_ts", pa.list_(pa.int64()), nullable=False),
     pa.field("split", pa.string(), nullable=False),
 ])
 
 TABLES: dict[str, pa.Schema] = {
     "items": ITEMS, "events": EVENTS, "users": USERS, "pairs": PAIRS,
-    "ctr_samples": CTR_SAMPLES, "lists": LISTS,
+    "ctr_samples": CTR_SAMPLES, "lists": LISTS, "query_images": QUERY_IMAGES,
 }
