@@ -13,7 +13,9 @@ strategies of Sheng et al. (CIKM'24, Sec. 4 and Table 3) over frozen pre-trained
   an auxiliary term).
 * ``simtier+make``: both.
 
-``forward(batch)`` returns ``{"logit": (B,), "aux_logits": {name: (B,)}}``.
+Each model is a composition of named blocks (:mod:`mmrank.models.blocks`, created by name by
+:func:`mmrank.models.create`). ``forward(batch)`` returns ``{"logits": {"click": (B,)}, "logit": (B,),
+"aux_logits": {name: (B,)}}``; ``loss(out, batch)`` one named term per label.
 
 Example::
 
@@ -43,7 +45,9 @@ from torch import nn
 
 from mmrank.config import StrictModel
 from mmrank.ctr.data import MAX_LEN, MAX_POSITION
-from mmrank.ctr.layers import MLP, ItemVectors, SimScore, SimTier, TargetAttention, pack, packed_similarity
+from mmrank.ctr.layers import MLP, ItemVectors, TargetAttention, pack, packed_similarity
+from mmrank.models.blocks import (IdFeatures, InterestEncoder, MakeKnowledge, MultiTaskLoss, SimScoreFeature,
+                                  SimTierFeature, TaskHeads, VectorFeature)
 
 STRATEGIES = ("id", "vector", "simscore", "simtier", "make", "simtier+make")
 Strategy = Literal["id", "vector", "simscore", "simtier", "make", "simtier+make"]
@@ -186,7 +190,20 @@ class MakeModule(nn.Module):
 
 
 class CtrModel(nn.Module):
-    """The ID baseline (DIN) and the multimodal strategies, chosen by ``cfg.strategy``.
+    """The ID baseline (DIN) and the multimodal strategies, chosen by ``cfg.strategy``, composed of named
+    blocks (:mod:`mmrank.models.blocks`):
+
+    ========================  ====================================================================
+    block                     strategies
+    ========================  ====================================================================
+    ``ids`` IdFeatures        all: item + category (target, history), region, user, position
+    ``vector`` VectorFeature  vector: joins the target and every history key
+    ``simscore``              simscore: the target-history similarity joins every history key
+    ``interest``              all: DIN target attention over the history
+    ``simtier``               simtier, simtier+make: tier counts / L join the head's input
+    ``knowledge``             make, simtier+make: MakeKnowledge (a MakeModule's knowledge)
+    ``head`` TaskHeads        all: one tower, ``{"click": logit}``
+    ========================  ====================================================================
 
     Args:
         cfg: :class:`CtrConfig`.
@@ -197,67 +214,90 @@ class CtrModel(nn.Module):
             when ``None`` (E = 0, joint training).
         freeze_make: keep MAKE's parameters fixed (after pre-training, E > 0).
 
-    ``forward(batch)`` with the tensors of :func:`mmrank.ctr.data.make_batch` -> ``{"logit": (B,),
-    "aux_logits": {...}}``.
+    ``forward(batch)`` with the tensors of :func:`mmrank.ctr.data.make_batch` -> ``{"logits": {"click":
+    (B,)}, "logit": (B,) (the click logit), "aux_logits": {"make": (B,)} when MAKE trains jointly}``;
+    :meth:`loss` gives one named term per label. Weights saved before the blocks (top-level
+    ``item_emb``, ``attention``, ``mlp``, ...) load unchanged (their keys are mapped).
     """
 
-    ID_MODULES = ("item_emb", "cat_emb", "user_emb", "region_emb", "pos_emb")
+    ID_MODULES = IdFeatures.MODULES
+    TASK = "click"
+    # state-dict keys of the model before it was composed of blocks -> today's
+    _LEGACY_KEYS = {**{f"{m}.": f"ids.{m}." for m in IdFeatures.MODULES},
+                    "vec_proj.": "vector.proj.", "attention.": "interest.attention.",
+                    "make.": "knowledge.module.", "knowledge_norm.": "knowledge.norm.",
+                    "mlp.": "head.towers.click."}
 
     def __init__(self, cfg: CtrConfig, sizes: ModelSizes, vectors: torch.Tensor | ItemVectors | None = None,
                  make: MakeModule | None = None, freeze_make: bool = False) -> None:
         super().__init__()
         self.cfg, self.sizes = cfg, sizes
         e = cfg.emb_dim
-        sparse = cfg.sparse_embeddings
-        self.item_emb = nn.Embedding(sizes.n_items, e, padding_idx=0, sparse=sparse)
-        self.cat_emb = nn.Embedding(sizes.n_categories, e, padding_idx=0)
-        self.region_emb = nn.Embedding(sizes.n_regions, e)
-        self.user_emb = nn.Embedding(sizes.n_users, e, sparse=sparse) if cfg.use_user else None
-        self.pos_emb = nn.Embedding(sizes.n_positions, e) if cfg.use_position else None
-        for emb in (self.item_emb, self.cat_emb, self.region_emb, self.user_emb, self.pos_emb):
-            if emb is not None:
-                nn.init.normal_(emb.weight, std=0.01)
+        self.ids = IdFeatures(sizes.n_items, sizes.n_categories, sizes.n_regions, sizes.n_users, e,
+                              n_positions=sizes.n_positions, use_user=cfg.use_user,
+                              use_position=cfg.use_position, sparse=cfg.sparse_embeddings)
         self.vectors: ItemVectors | None = None
         if cfg.uses_vectors:
             if vectors is None:
                 raise ValueError(f"strategy {cfg.strategy!r} needs item representations (vectors=)")
             self.vectors = vectors if isinstance(vectors, ItemVectors) else ItemVectors(vectors)
         q_dim = 2 * e
-        self.vec_proj = None
-        if cfg.strategy == "vector":
-            self.vec_proj = nn.Linear(self.vectors.dim, cfg.vector_dim)
-            q_dim += cfg.vector_dim
-        self.simscore = SimScore() if cfg.strategy == "simscore" else None
+        self.vector = VectorFeature(self.vectors.dim, cfg.vector_dim) if cfg.strategy == "vector" else None
+        if self.vector is not None:
+            q_dim += self.vector.out_dim
+        self.simscore = SimScoreFeature() if cfg.strategy == "simscore" else None
         if self.simscore is not None:
-            q_dim += 1
-        self.attention = TargetAttention(q_dim, cfg.att_hidden, cfg.act)
-        mlp_in = 2 * q_dim + e + (e if cfg.use_user else 0) + (e if cfg.use_position else 0)
-        self.simtier = SimTier(cfg.n_tiers) if cfg.uses_simtier else None
+            q_dim += self.simscore.out_dim
+        self.interest = InterestEncoder(q_dim, cfg.att_hidden, cfg.act)
+        head_in = 2 * q_dim + self.ids.context_dim
+        self.simtier = SimTierFeature(cfg.n_tiers, cfg.max_len) if cfg.uses_simtier else None
         if self.simtier is not None:
-            mlp_in += cfg.n_tiers
-        self.make: MakeModule | None = None
-        self.freeze_make = False
+            head_in += self.simtier.out_dim
+        self.knowledge: MakeKnowledge | None = None
         if cfg.uses_make:
-            self.make = make if make is not None else MakeModule(self.vectors, cfg.make)
-            self.make.vectors = self.vectors
-            mlp_in += self.make.knowledge_dim
-            # per-feature standardisation of MAKE's knowledge (its scale is set by pre-training)
-            self.knowledge_norm = nn.BatchNorm1d(self.make.knowledge_dim)
-            self.set_make_frozen(freeze_make)
-        self.mlp = MLP(mlp_in, cfg.mlp_hidden, out_dim=1, act=cfg.act)
+            module = make if make is not None else MakeModule(self.vectors, cfg.make)
+            module.vectors = self.vectors
+            self.knowledge = MakeKnowledge(module, frozen=freeze_make)
+            head_in += self.knowledge.out_dim
+        self.head = TaskHeads(head_in, [self.TASK], cfg.mlp_hidden, act=cfg.act)
+        self._register_load_state_dict_pre_hook(self._map_legacy_keys)
+
+    @classmethod
+    def _map_legacy_keys(cls, state_dict, prefix, *args) -> None:  # noqa: ANN001
+        for key in list(state_dict):
+            rest = key[len(prefix):] if key.startswith(prefix) else None
+            if rest is None:
+                continue
+            for old, new in cls._LEGACY_KEYS.items():
+                if rest.startswith(old):
+                    state_dict[prefix + new + rest[len(old):]] = state_dict.pop(key)
+                    break
+
+    # Names the pre-block model exposed.
+    @property
+    def make(self) -> MakeModule | None:
+        return None if self.knowledge is None else self.knowledge.module
+
+    @property
+    def freeze_make(self) -> bool:
+        return self.knowledge is not None and self.knowledge.frozen
+
+    @property
+    def item_emb(self) -> nn.Embedding:
+        return self.ids.item_emb
+
+    @property
+    def mlp(self) -> MLP:
+        return self.head.towers[self.TASK]
 
     def set_make_frozen(self, frozen: bool) -> None:
         """Fix MAKE's parameters (pre-trained, E > 0) or train them with the model (E = 0)."""
-        if self.make is None:
-            return
-        self.freeze_make = frozen
-        for p in self.make.parameters():
-            p.requires_grad_(not frozen)
+        if self.knowledge is not None:
+            self.knowledge.set_frozen(frozen)
 
     def id_parameters(self) -> list[nn.Parameter]:
         """Parameters of ID embeddings: trained for one epoch only (the one-epoch rule)."""
-        return [p for name in self.ID_MODULES if getattr(self, name) is not None
-                for p in getattr(self, name).parameters()]
+        return self.ids.id_parameters()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | dict[str, torch.Tensor]]:
         """History features are computed at the valid positions only (packed, see :func:`pack`)."""
@@ -268,42 +308,38 @@ class CtrModel(nn.Module):
         def packed(name: str) -> torch.Tensor:
             return batch[name].reshape(-1).index_select(0, idx)
 
-        q = torch.cat([self.item_emb(batch["item"]), self.cat_emb(batch["category"])], dim=-1)  # (B, 2E)
-        k = torch.cat([self.item_emb(packed("hist_item")), self.cat_emb(packed("hist_category"))], dim=-1)
+        q = self.ids.target(batch["item"], batch["category"])                     # (B, 2E)
+        k = self.ids.target(packed("hist_item"), packed("hist_category"))         # (nnz, 2E)
         counts = None                                                  # SimTier from the pipeline
         if self.simtier is not None and cfg.simtier_in == "pipeline" and "simtier" in batch:
             counts = batch["simtier"].to(q.dtype)
         v_c = v_h = None                                               # (B, D), (nnz, D)
         if self.vectors is not None and not (cfg.strategy == "simtier" and counts is not None):
             v_c, v_h = lookup_vectors(self.vectors, batch, idx)
-        if self.vec_proj is not None:                                  # Vector
-            q = torch.cat([q, self.vec_proj(v_c)], dim=-1)
-            k = torch.cat([k, self.vec_proj(v_h)], dim=-1)
+        if self.vector is not None:                                    # Vector
+            q = torch.cat([q, self.vector(v_c)], dim=-1)
+            k = torch.cat([k, self.vector(v_h)], dim=-1)
         sim = None
         if self.simscore is not None or (self.simtier is not None and counts is None):
             sim = packed_similarity(v_c, v_h, rows)                    # Eq. 2, (nnz,)
         if self.simscore is not None:                                  # SimScore
-            q = torch.cat([q, q.new_ones(b, 1)], dim=-1)
-            k = torch.cat([k, sim.unsqueeze(-1)], dim=-1)
-        pooled, _ = self.attention.forward_packed(q, k, rows)          # DIN, (B, Dq)
-        parts = [q, pooled, self.region_emb(batch["region"])]
-        if self.user_emb is not None:
-            parts.append(self.user_emb(batch["user"]))
-        if self.pos_emb is not None:
-            parts.append(self.pos_emb(batch["position"]))
+            q, k = self.simscore(q, k, sim)
+        pooled = self.interest(q, k, rows)                             # DIN, (B, Dq)
+        parts = [q, pooled, *self.ids.context(batch["region"], batch.get("user"), batch.get("position"))]
         if self.simtier is not None:                                   # SimTier (Algorithm 1)
-            if counts is None:
-                counts = self.simtier.counts_from_scores(sim, rows, b)
-            parts.append(counts / cfg.max_len)
+            parts.append(self.simtier(sim, rows, b, counts))
         aux: dict[str, torch.Tensor] = {}
-        if self.make is not None:                                      # MAKE knowledge utilisation
-            if self.freeze_make:
-                with torch.no_grad():
-                    self.make.eval()
-                    out = self.make.forward_packed(v_c, v_h, rows)
-            else:
-                out = self.make.forward_packed(v_c, v_h, rows)
-                aux["make"] = out["logit"]                             # Eq. 5 as an auxiliary loss
-            parts.append(self.knowledge_norm(out["knowledge"]))
-        logit = self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
-        return {"logit": logit, "aux_logits": aux}
+        if self.knowledge is not None:                                 # MAKE knowledge utilisation
+            knowledge, make_logit = self.knowledge(v_c, v_h, rows)
+            if make_logit is not None:
+                aux["make"] = make_logit                               # Eq. 5 as an auxiliary loss
+            parts.append(knowledge)
+        logits = self.head(torch.cat(parts, dim=-1))
+        return {"logit": logits[self.TASK], "logits": logits, "aux_logits": aux}
+
+    def loss(self, out: dict, batch: dict[str, torch.Tensor], aux_weight: float = 1.0) -> dict[str, torch.Tensor]:
+        """One named term per label: ``click`` (and ``make``, MAKE's Eq. 5 on the click, when MAKE trains
+        with the model), plus ``total``."""
+        weights = {self.TASK: 1.0, **{name: aux_weight for name in out["aux_logits"]}}
+        logits = {**out["logits"], **out["aux_logits"]}
+        return MultiTaskLoss(weights)(logits, {name: batch["label"] for name in weights})

@@ -1,0 +1,65 @@
+"""Model blocks behind one registry: a name -> a block (as :mod:`mmrank.encoders` does for encoders).
+
+CTR strategies (:class:`mmrank.ctr.models.CtrModel`) and re-rankers (:mod:`mmrank.rerank`) are
+compositions of these blocks; heads return ``{task: logit}`` and :class:`MultiTaskLoss` takes one named
+term per label.
+
+Example::
+
+    >>> from mmrank.models import create, list_blocks
+    >>> "cafu" in list_blocks()
+    True
+    >>> fusion = create("cafu", modalities=["image", "text"], dim=8, context_dim=4)
+    >>> type(fusion).__name__
+    'CAFU'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# mmrank.ctr (whose models are built from these blocks) is imported first so that importing
+# mmrank.models alone never meets a half-initialised mmrank.ctr.
+import mmrank.ctr.layers  # noqa: F401
+from mmrank.errors import ConfigError
+from mmrank.models import blocks as _b
+
+# name -> (class, one-line description)
+_REGISTRY: dict[str, tuple[type, str]] = {
+    "id_features": (_b.IdFeatures, "ID embeddings: item, category, region, user, position"),
+    "interest": (_b.InterestEncoder, "DIN target attention over a (packed) behaviour sequence"),
+    "vector": (_b.VectorFeature, "Vector: a representation through a linear map"),
+    "simscore": (_b.SimScoreFeature, "SimScore: target-history similarity joins each history key"),
+    "simtier": (_b.SimTierFeature, "SimTier: similarity counts in N tiers (Eq. 2, Algorithm 1)"),
+    "make_knowledge": (_b.MakeKnowledge, "MAKE's knowledge (Sec. 4.3), standardised, frozen or trained"),
+    "concat": (_b.ConcatFusion, "fusion by concatenation of modality features"),
+    "cafu": (_b.CAFU, "ARMMT's context-aware fusion unit"),
+    "transformer": (_b.TransformerListEncoder, "transformer encoder over a list (PRM)"),
+    "mpsa": (_b.MultiPerspectiveSelfAttention, "ARMMT's multi-perspective self-attention over a list"),
+    "region_mask": (_b.RegionMask, "SEQ+MD's feature-generated mask over shared and regional parameters"),
+    "heads": (_b.TaskHeads, "independent towers, {task: logit}"),
+    "seq_heads": (_b.SequentialHeads, "SEQ(+MD): click -> cart -> purchase towers, {task: logit}"),
+    "mmoe": (_b.MMoEHeads, "MMoE: shared experts, per-task gates and towers, {task: logit}"),
+    "esmm": (_b.ESMMHeads, "ESMM: chained probabilities over the entire space, {task: logit}"),
+    "multitask_loss": (_b.MultiTaskLoss, "one named BCE term per label"),
+}
+
+
+def list_blocks() -> list[str]:
+    """The registered block names."""
+    return sorted(_REGISTRY)
+
+
+def describe_blocks() -> dict[str, str]:
+    """Name -> one-line description."""
+    return {k: v[1] for k, v in sorted(_REGISTRY.items())}
+
+
+def create(name: str, **kw: Any) -> Any:
+    """Build block ``name`` with its keyword arguments."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown block {name!r}; known: {', '.join(list_blocks())}")
+    return _REGISTRY[name][0](**kw)
+
+
+__all__ = ["create", "list_blocks", "describe_blocks"]
