@@ -1,0 +1,72 @@
+"""The re-ranking stage on a run directory: train one model, save and load it.
+
+Layout written (``R`` the run)::
+
+    R/rerank/<model>/model.safetensors   weights (never the frozen representations)
+    R/rerank/<model>/vocab.safetensors   the ID vocabularies the model was trained with
+    R/rerank/<model>/config.json         ListModelConfig, RerankTrainConfig, sizes, representation source
+    R/rerank/<model>/metrics.json        the metrics of :func:`mmrank.rerank.compare.evaluate_orders` (1 seed)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.numpy import load_file as load_np, save_file as save_np
+from safetensors.torch import load_file as load_torch, save_file as save_torch
+
+from mmrank.errors import ConfigError, MMRankError
+from mmrank.rerank.data import ListSpace
+from mmrank.rerank.models import ListModel, ListModelConfig
+from mmrank.rerank.trainer import RerankData, RerankTrainConfig, build_model, fit, load_data
+
+
+def save_model(model: ListModel, data: RerankData, out: Path, train_cfg: RerankTrainConfig,
+               extra: dict | None = None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    save_torch({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    save_np(data.space.to_arrays(), str(out / "vocab.safetensors"))
+    conf = {"model": model.cfg.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json"),
+            "representations": data.feats.source if data.feats is not None else None, **(extra or {})}
+    (out / "config.json").write_text(json.dumps(conf, indent=2))
+
+
+def load_model(run: Path, name: str, data: RerankData | None = None) -> tuple[ListModel, RerankData]:
+    """Load ``R/rerank/<name>`` with the run's current representations re-attached."""
+    d = Path(run) / "rerank" / name
+    if not (d / "model.safetensors").exists():
+        raise MMRankError(f"{d}: no trained model (run `mmrank rerank train --run {run} --model {name}`)")
+    conf = json.loads((d / "config.json").read_text())
+    cfg = ListModelConfig.model_validate(conf["model"])
+    data = data or load_data(run, with_features=cfg.backbone == "armmt")
+    if data.feats is not None and conf.get("representations") not in (None, data.feats.source):
+        raise ConfigError(f"{d}: trained on {conf['representations']}, the run now has {data.feats.source}")
+    data.space = ListSpace.from_arrays(load_np(str(d / "vocab.safetensors")))
+    model = build_model(data, cfg)
+    model.load_state_dict(load_torch(str(d / "model.safetensors")), strict=True)
+    return model.eval(), data
+
+
+def train_model(run: str | Path, name: str, *, seed: int = 0, train_cfg: RerankTrainConfig | None = None,
+                encoder: Any | None = None, progress: bool = True) -> dict:
+    """Train model ``name`` on the run's training lists, evaluate on the test lists, write
+    ``R/rerank/<name>/``; returns the metrics."""
+    from mmrank.rerank.compare import _clean, evaluator_for, model_result
+
+    run = Path(run)
+    data = load_data(run, encoder=encoder)
+    tcfg = train_cfg or RerankTrainConfig()
+    model, info = fit(data, name, seed=seed, train_cfg=tcfg, progress=progress)
+    evaluator, status = evaluator_for(run)
+    metrics = model_result(model, data, data.lists.test_rows(), evaluator)
+    metrics.update({"model": name, "seed": seed, "evaluator": status, "train_seconds": info["seconds"],
+                    "train_loss": info["loss"], "test_requests": int(len(data.lists.test_rows()))})
+    out = run / "rerank" / name
+    save_model(model, data, out, tcfg, {"seed": seed})
+    (out / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2))
+    return metrics
+
+
+__all__ = ["load_model", "save_model", "train_model"]

@@ -1,0 +1,159 @@
+"""Training and scoring of re-rankers on a run's lists.
+
+Training reads the **shown** candidates of training requests (the only ones with labels), as lists in
+their shown order; the loss is :class:`mmrank.models.blocks.MultiTaskLoss` (one named term per label).
+Scoring works on the shown candidates (the logged-label metrics) or on every retrieved candidate
+(the order the evaluator is asked about).
+
+Example::
+
+    >>> data = load_data(Path("runs/demo"))                     # doctest: +SKIP
+    >>> model, info = fit(data, "armmt", seed=0)                  # doctest: +SKIP
+    >>> cand, scores = predict(model, data, data.lists.test_rows(), "all")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from mmrank.config import StrictModel
+from mmrank.rerank.data import ListSpace, Lists, candidate_index, load_lists, make_batch
+from mmrank.rerank.features import ModalFeatures, load_features
+from mmrank.rerank.models import ListModel, ListModelConfig, model_config
+
+
+class RerankTrainConfig(StrictModel):
+    """Optimisation settings (Adam)."""
+
+    epochs: int = Field(1, ge=1, description="passes over the training lists (ID embeddings see each once at 1)")
+    batch_size: int = Field(64, ge=1, description="lists per step")
+    lr: float = Field(2e-3, gt=0)
+    seed: int = 0
+    max_train_lists: int | None = Field(None, ge=1, description="train on the latest N training lists only")
+
+
+@dataclass
+class RerankData:
+    """Lists of a run, their vocabularies and frozen representations."""
+
+    run: Path
+    lists: Lists
+    space: ListSpace
+    feats: ModalFeatures | None
+    manifest: dict = field(default_factory=dict)
+
+    def train_rows(self, max_lists: int | None = None) -> np.ndarray:
+        rows = self.lists.train_rows()
+        if max_lists is not None and len(rows) > max_lists:
+            order = np.argsort(self.lists.ts[rows], kind="stable")
+            rows = np.sort(rows[order[-max_lists:]])
+        return rows
+
+
+def load_data(run: str | Path, *, encoder: Any | None = None, with_features: bool = True,
+              lists_path: Path | None = None) -> RerankData:
+    """Read ``R/data/lists.parquet`` (and the per-modality representations, see :mod:`.features`)."""
+    run = Path(run)
+    lists = load_lists(lists_path or run / "data" / "lists.parquet")
+    feats = load_features(run, lists, encoder) if with_features else None
+    space = ListSpace.fit(lists, feats.item_ids if feats is not None else None)
+    mpath = run / "data" / "manifest.json"
+    manifest = json.loads(mpath.read_text()) if mpath.exists() else {}
+    return RerankData(run, lists, space, feats, manifest)
+
+
+def batch_for(data: RerankData, rows: np.ndarray, which: str = "shown",
+              cand: list[np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+    """:func:`make_batch` plus the requests' query vectors (``query_vec``)."""
+    batch = make_batch(data.lists, data.space, rows, which, cand=cand)
+    if data.feats is not None:
+        batch["query_vec"] = data.feats.queries.index_select(0, torch.as_tensor(np.asarray(rows, np.int64)))
+    return batch
+
+
+def build_model(data: RerankData, cfg: ListModelConfig) -> ListModel:
+    tables = data.feats.tables if data.feats is not None else None
+    return ListModel(cfg, n_items=len(data.space.items), n_users=len(data.space.users),
+                     n_categories=data.space.n_categories, n_regions=max(data.space.n_regions, 1),
+                     tables=tables, query_dim=data.feats.dim if data.feats is not None else 0)
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), disable=not enabled, transient=True)
+
+
+def train(model: ListModel, data: RerankData, rows: np.ndarray, cfg: RerankTrainConfig | None = None,
+          progress: bool = True, label: str = "") -> dict:
+    """Train ``model`` on the shown candidates of requests ``rows``; returns losses per term and time."""
+    cfg = cfg or RerankTrainConfig()
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    rows = np.asarray(rows)
+    rows = rows[np.diff(data.lists.offsets)[rows] > 0]
+    shown_any = np.array([(data.lists.position[data.lists.candidates(int(r))] >= 0).any() for r in rows], bool)
+    rows = rows[shown_any]
+    n_batches = (len(rows) + cfg.batch_size - 1) // cfg.batch_size
+    t0, history = time.perf_counter(), []
+    model.train()
+    with _progress(progress) as bar:
+        for epoch in range(cfg.epochs):
+            task = bar.add_task(f"train {label} epoch {epoch + 1}/{cfg.epochs}", total=n_batches)
+            order = rng.permutation(rows)
+            sums: dict[str, float] = {}
+            for a in range(0, len(order), cfg.batch_size):
+                batch = batch_for(data, order[a:a + cfg.batch_size], "shown")
+                out = model(batch)
+                mask = ~batch["pad"].reshape(-1)
+                terms = model.loss({t: v.reshape(-1) for t, v in out.items()},
+                                   {t: batch[t].reshape(-1) for t in model.cfg.tasks}, mask)
+                opt.zero_grad(set_to_none=True)
+                terms["total"].backward()
+                opt.step()
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                bar.advance(task)
+            history.append({k: v / max(n_batches, 1) for k, v in sums.items()})
+    secs = time.perf_counter() - t0
+    return {"loss": history, "seconds": secs, "lists": int(len(rows)), "lists_per_s": len(rows) * cfg.epochs / max(secs, 1e-9)}
+
+
+@torch.no_grad()
+def predict(model: ListModel, data: RerankData, rows: np.ndarray, which: str = "shown",
+            batch_size: int = 256) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]]]:
+    """Scores of the candidates of each request in ``rows``: ``(candidates, {task: scores})``, the
+    candidates as flat indices into ``data.lists`` (``shown`` or ``all``), the scores logits per head
+    plus ``"rank"`` (the ranking head)."""
+    model.eval()
+    cands = candidate_index(data.lists, np.asarray(rows), which)
+    scores: dict[str, list[np.ndarray]] = {t: [] for t in [*model.cfg.tasks, "rank"]}
+    for a in range(0, len(rows), batch_size):
+        sub = np.asarray(rows[a:a + batch_size])
+        cand = cands[a:a + batch_size]
+        out = model(batch_for(data, sub, which, cand=cand))
+        out["rank"] = model.rank_scores(out)
+        for t, v in out.items():
+            v = v.double().numpy()
+            scores[t] += [v[k, :len(c)] for k, c in enumerate(cand)]
+    return cands, scores
+
+
+def fit(data: RerankData, name: str, *, seed: int = 0, train_cfg: RerankTrainConfig | None = None,
+        cfg: ListModelConfig | None = None, progress: bool = True) -> tuple[ListModel, dict]:
+    """Build model ``name`` (:data:`mmrank.rerank.models.MODELS`) and train it with ``seed``."""
+    cfg = cfg or model_config(name)
+    tcfg = (train_cfg or RerankTrainConfig()).model_copy(update={"seed": seed})
+    torch.manual_seed(seed)
+    model = build_model(data, cfg)
+    info = train(model, data, data.train_rows(tcfg.max_train_lists), tcfg, progress=progress, label=name)
+    return model, info
