@@ -88,6 +88,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out"),
 _STAGE_APPS = {
     "pretrain": "mmrank.pretrain.cli",
     "ctr": "mmrank.ctr.cli",
+    "rerank": "mmrank.rerank.cli",
 }
 _STAGE_COMMANDS = {
     "embed": ("mmrank.store.cli", "embed"),

@@ -203,9 +203,11 @@ def acceptance(res: dict[str, Any], smallest_region: str | None) -> dict[str, An
 
 def compare(run: str | Path, *, seeds: int = 3, models: list[str] | None = None,
             train_cfg: RerankTrainConfig | None = None, encoder: Any | None = None, progress: bool = True,
-            max_test_lists: int | None = None, data: RerankData | None = None, plots: bool = True) -> dict[str, Any]:
+            max_test_lists: int | None = None, data: RerankData | None = None, plots: bool = True,
+            evaluator: Any | None = None) -> dict[str, Any]:
     """Train and evaluate ``models`` (default: all, with the ablations) for ``seeds`` seeds; write
-    ``R/rerank/compare.json``, ``compare.md`` and plots. Returns what compare.json holds."""
+    ``R/rerank/compare.json``, ``compare.md`` and plots. Returns what compare.json holds. ``evaluator``
+    overrides the run's (anything with ``expected(request_ids, orders)``)."""
     run = Path(run)
     models = list(models or DEFAULT_MODELS)
     unknown = [m for m in models if m != "logged" and m not in MODELS]
@@ -215,7 +217,10 @@ def compare(run: str | Path, *, seeds: int = 3, models: list[str] | None = None,
         raise ConfigError(f"--seeds: must be >= 1, got {seeds}")
     t0 = time.perf_counter()
     data = data or load_data(run, encoder=encoder)
-    evaluator, ev_status = evaluator_for(run)
+    if evaluator is None:
+        evaluator, ev_status = evaluator_for(run)
+    else:
+        ev_status = f"present ({type(evaluator).__name__})"
     rows = data.lists.test_rows()
     if max_test_lists is not None and len(rows) > max_test_lists:
         rows = rows[:max_test_lists]

@@ -7,7 +7,10 @@ cached under ``R/rerank/features/<version>/``.
 * Queries: a text query through the text tower, a photo query (``R/data/query_images.parquet``, by
   opaque id) through the image tower. Every vector lives in the encoder's shared space.
 
-The encoder is the run's (``R/encoder``, the one that filled ``R/embeddings``); any object with
+The encoder is the run's (``R/encoder``, the one that filled ``R/embeddings``), unless
+``R/rerank/encoder.json`` says ``{"encoder": "tiny", "dim": D}`` (the small deterministic
+:class:`~mmrank.store.tiny_encoder.TinyItemEncoder`, for examples and tests without a pre-trained
+encoder); in Python, any object with
 ``version``, ``encode_text`` and ``encode_images`` works (tests pass a
 :class:`mmrank.store.tiny_encoder.TinyItemEncoder`). Caches are safetensors (never pickles).
 
@@ -156,6 +159,15 @@ def _query_features(run: Path, lists: Lists, encoder: Any, cache: Path | None) -
 def load_features(run: str | Path, lists: Lists, encoder: Any | None = None, cache: bool = True) -> ModalFeatures:
     """Per-modality item vectors and one query vector per request (see the module doc)."""
     run = Path(run)
+    choice = run / "rerank" / "encoder.json"
+    if encoder is None and choice.exists():
+        spec = json.loads(choice.read_text())
+        if spec.get("encoder") != "tiny":
+            raise MMRankError(f"{choice}: 'encoder' must be 'tiny' (or remove the file to use {run}/encoder), "
+                              f"got {spec.get('encoder')!r}")
+        from mmrank.store.tiny_encoder import TinyItemEncoder
+
+        encoder = TinyItemEncoder(dim=int(spec.get("dim", 32)), seed=int(spec.get("seed", 0)))
     if encoder is None:
         try:
             from mmrank.pretrain import load_item_encoder

@@ -11,6 +11,7 @@ the request's ``ts``. Deterministic for a seed.
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,43 @@ def _jpeg(rgb: tuple[int, int, int], noise: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
+
+
+TRUTH = "tiny_lists_truth.json"
+P_BUY = 0.6
+
+
+def _click_logit(match: np.ndarray, exam: np.ndarray) -> np.ndarray:
+    return -1.2 + 2.2 * match + np.log(exam)
+
+
+def _p_cart(region: int, cheap: np.ndarray) -> np.ndarray:
+    return np.where(region == 1, np.where(cheap, 0.15, 0.6), np.where(cheap, 0.6, 0.15))
+
+
+class TinyEvaluator:
+    """The counterfactual evaluator of the tiny run (the interface of :class:`mmrank.data.truth.Evaluator`):
+    the planted probabilities of a request's candidates when shown in a given order."""
+
+    def __init__(self, run: str | Path) -> None:
+        t = json.loads((Path(run) / TRUTH).read_text())
+        self.t = t
+        self.row = {int(r): i for i, r in enumerate(t["request_ids"])}
+        self.item_row = {int(i): k for k, i in enumerate(t["item_ids"])}
+        self.colour, self.price = np.array(t["colour"]), np.array(t["price"])
+
+    def expected(self, request_ids, orders) -> dict[str, np.ndarray]:
+        out = {k: np.zeros(len(orders)) for k in ("clicks", "carts", "purchases", "gmv")}
+        for j, (rid, order) in enumerate(zip(request_ids, orders)):
+            i = self.row[int(rid)]
+            k = np.array([self.item_row[int(x)] for x in order[: self.t["n_shown"][i]]], np.int64)
+            exam = 1.0 / (1.0 + np.arange(len(k)))
+            p_click = 1 / (1 + np.exp(-_click_logit(self.colour[k] == self.t["want"][i], exam)))
+            p_cart = p_click * _p_cart(self.t["region"][i], self.price[k] < self.t["median_price"])
+            p_buy = p_cart * P_BUY
+            out["clicks"][j], out["carts"][j], out["purchases"][j] = p_click.sum(), p_cart.sum(), p_buy.sum()
+            out["gmv"][j] = float((p_buy * self.price[k]).sum())
+        return out
 
 
 def write_tiny_lists(run: str | Path, *, n_items: int = 120, n_users: int = 60, n_requests: int = 300,
@@ -54,6 +92,7 @@ def write_tiny_lists(run: str | Path, *, n_items: int = 120, n_users: int = 60, 
     clicks_by_user: dict[int, list[tuple[int, int, int]]] = {u: [] for u in range(n_users)}
     sales = np.zeros(n_items, np.int64)
     split_ts = int(n_requests * 0.75) * 10
+    truth: dict[str, list] = {"want": [], "n_shown": []}
     for r in range(n_requests):
         ts = 10 * r + 5
         u = int(rng.integers(n_users))
@@ -75,13 +114,15 @@ def write_tiny_lists(run: str | Path, *, n_items: int = 120, n_users: int = 60, 
         pos = np.where(np.arange(n_candidates) < n_shown, np.arange(n_candidates), -1)
         region = int(user_region[u])
         exam = 1.0 / (1.0 + np.arange(n_candidates))
-        logit_click = -1.2 + 2.2 * match[cand] + np.log(exam)
+        logit_click = _click_logit(match[cand], exam)
         click = (rng.random(n_candidates) < 1 / (1 + np.exp(-logit_click))) & (pos >= 0)
         cheap = price[cand] < np.median(price)
-        p_cart = np.where(region == 1, np.where(cheap, 0.15, 0.6), np.where(cheap, 0.6, 0.15))
+        p_cart = _p_cart(region, cheap)
         cart = click & (rng.random(n_candidates) < p_cart)
-        purchase = cart & (rng.random(n_candidates) < 0.6)
+        purchase = cart & (rng.random(n_candidates) < P_BUY)
         hist = [h for h in clicks_by_user[u] if h[2] < ts][-10:]
+        truth["want"].append(want)
+        truth["n_shown"].append(n_shown)
         rows["request_id"].append(r)
         rows["ts"].append(ts)
         rows["user_id"].append(u)
@@ -105,6 +146,10 @@ def write_tiny_lists(run: str | Path, *, n_items: int = 120, n_users: int = 60, 
             clicks_by_user[u].append((int(cand[k]), int(typ[cand[k]]), ts))
         sales[cand[purchase]] += 1
     write_table(pa.table(rows, schema=LISTS), run / "data" / "lists.parquet")
+    # the planted behaviour, for TinyEvaluator (kept outside R/data and R/truth)
+    (run / TRUTH).write_text(json.dumps({**truth, "item_ids": item_ids.tolist(), "colour": colour.tolist(),
+                                         "price": price.tolist(), "median_price": float(np.median(price)),
+                                         "request_ids": rows["request_id"], "region": rows["region"]}))
     write_table(pa.table({"query_image": qimg_ids, "image": qimg_bytes}, schema=QUERY_IMAGES),
                 run / "data" / "query_images.parquet")
     return run
