@@ -121,3 +121,27 @@ def test_cli_train_and_compare(run, tmp_path):
     assert "| dnn |" in res.output
     res = runner.invoke(app, ["rerank", "train", "--run", str(run), "--model", "nope"])
     assert res.exit_code != 0 and "--model" in str(res.exception or res.output)
+
+
+def test_beam_search_orders_are_permutations_and_width_one_is_the_generators_choice(run):
+    from mmrank.rerank.beam import beam_orders
+    from mmrank.rerank.trainer import fit, predict
+
+    data = load_data(run, encoder=TinyItemEncoder(dim=8))
+    model, _ = fit(data, "armmt", train_cfg=RerankTrainConfig(batch_size=32), progress=False)
+    rows = data.lists.test_rows()[:12]
+    all_c = candidate_index(data.lists, rows, "all")
+    orders = beam_orders(model, data, rows, width=3)
+    for o, c in zip(orders, all_c):
+        assert sorted(o.tolist()) == sorted(c.tolist())
+    greedy = beam_orders(model, data, rows, width=1, extra=0)
+    _, scores = predict(model, data, rows, "all")
+    for o, c, g in zip(greedy, all_c, scores["rank"]):
+        n = int((data.lists.position[c] >= 0).sum())
+        assert set(o[:n].tolist()) == set(c[np.argsort(-g, kind="stable")[:n]].tolist())
+    out = compare(run, seeds=1, models=["logged", "armmt"], encoder=TinyItemEncoder(dim=8), progress=False,
+                  evaluator=TinyEvaluator(run), beam=2, max_test_lists=20, plots=False,
+                  train_cfg=RerankTrainConfig(batch_size=32))
+    assert out["armmt+beam"]["expected_purchases"]["mean"] is not None
+    assert out["armmt+beam"]["auc"] == out["armmt"]["auc"]          # logged-label metrics: the same model
+    assert "every re-ranker beats logged on expected purchases" in out["meta"]["acceptance"]

@@ -56,6 +56,7 @@ def compare_cmd(
     batch_size: int = typer.Option(64, min=1),
     max_train_lists: Optional[int] = typer.Option(None, help="the latest N training lists only"),
     max_test_lists: Optional[int] = typer.Option(None, help="the first N test lists only"),
+    beam: int = typer.Option(0, help="> 0: add armmt+beam, the generator-evaluator mode with this beam width"),
     threads: Optional[int] = typer.Option(None),
 ) -> None:
     """Train every model over SEEDS seeds; write RUN/rerank/compare.json, compare.md and plots."""
@@ -67,5 +68,5 @@ def compare_cmd(
         torch.set_num_threads(threads)
     names = [m.strip() for m in models.split(",") if m.strip()] or None
     compare(run, seeds=seeds, models=names, train_cfg=_train_cfg(epochs, batch_size, max_train_lists),
-            max_test_lists=max_test_lists)
+            max_test_lists=max_test_lists, beam=beam)
     typer.echo((run / "rerank" / "compare.md").read_text())

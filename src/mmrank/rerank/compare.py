@@ -128,6 +128,16 @@ def model_result(model, data: RerankData, rows: np.ndarray, evaluator: Any | Non
     return evaluate_orders(data, rows, (cands, task_scores, scores["rank"]), orders, evaluator)
 
 
+def beam_result(model, data: RerankData, rows: np.ndarray, evaluator: Any, width: int) -> dict[str, Any]:
+    """:func:`model_result` with the evaluator shown the generator-evaluator (beam search) orders."""
+    from mmrank.rerank.beam import beam_orders
+
+    cands, scores = predict(model, data, rows, "shown")
+    task_scores = {t: scores[t] if t in scores else scores["rank"] for t in TASKS}
+    orders = [data.lists.item_id[o] for o in beam_orders(model, data, rows, width=width)]
+    return evaluate_orders(data, rows, (cands, task_scores, scores["rank"]), orders, evaluator)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Aggregation over seeds
 
@@ -204,10 +214,12 @@ def acceptance(res: dict[str, Any], smallest_region: str | None) -> dict[str, An
 def compare(run: str | Path, *, seeds: int = 3, models: list[str] | None = None,
             train_cfg: RerankTrainConfig | None = None, encoder: Any | None = None, progress: bool = True,
             max_test_lists: int | None = None, data: RerankData | None = None, plots: bool = True,
-            evaluator: Any | None = None) -> dict[str, Any]:
+            evaluator: Any | None = None, beam: int = 0) -> dict[str, Any]:
     """Train and evaluate ``models`` (default: all, with the ablations) for ``seeds`` seeds; write
     ``R/rerank/compare.json``, ``compare.md`` and plots. Returns what compare.json holds. ``evaluator``
-    overrides the run's (anything with ``expected(request_ids, orders)``)."""
+    overrides the run's (anything with ``expected(request_ids, orders)``). ``beam > 0`` adds
+    ``armmt+beam``: each seed's ARMMT as generator and evaluator (:func:`mmrank.rerank.beam.beam_orders`,
+    beam width ``beam``); it changes the order the evaluator sees, not the logged-label metrics."""
     run = Path(run)
     models = list(models or DEFAULT_MODELS)
     unknown = [m for m in models if m != "logged" and m not in MODELS]
@@ -233,11 +245,17 @@ def compare(run: str | Path, *, seeds: int = 3, models: list[str] | None = None,
             per_seed_all[name] = [r]
             res[name] = aggregate([r] * seeds)
             continue
-        per_seed, secs = [], []
+        per_seed, secs, beamed = [], [], []
         for seed in range(seeds):
             model, info = fit(data, name, seed=seed, train_cfg=tcfg, progress=progress)
             per_seed.append(model_result(model, data, rows, evaluator))
             secs.append(info["seconds"])
+            if beam and name == "armmt" and evaluator is not None:
+                beamed.append(beam_result(model, data, rows, evaluator, beam))
+        if beamed:
+            per_seed_all["armmt+beam"] = beamed
+            res["armmt+beam"] = aggregate(beamed)
+            models = [*models, "armmt+beam"] if "armmt+beam" not in models else models
         per_seed_all[name] = per_seed
         res[name] = aggregate(per_seed)
         res[name]["train_seconds"] = float(np.mean(secs))
