@@ -71,7 +71,7 @@ class TinyEvaluator:
 
 
 def write_tiny_lists(run: str | Path, *, n_items: int = 120, n_users: int = 60, n_requests: int = 300,
-                     n_candidates: int = 16, n_shown: int = 8, n_regions: int = 3, prod_match: float = 0.5, seed: int = 0) -> Path:
+                     n_candidates: int = 16, n_shown: int = 8, n_regions: int = 3, prod_match: float = 0.5, hist_len: int = 10, seed: int = 0) -> Path:
     """Write the tiny run into ``run``; returns ``run``. ``prod_match``: how much the production score
     knows of the query-colour match (0: nothing)."""
     run = Path(run)
@@ -120,7 +120,7 @@ def write_tiny_lists(run: str | Path, *, n_items: int = 120, n_users: int = 60, 
         p_cart = _p_cart(region, cheap)
         cart = click & (rng.random(n_candidates) < p_cart)
         purchase = cart & (rng.random(n_candidates) < P_BUY)
-        hist = [h for h in clicks_by_user[u] if h[2] < ts][-10:]
+        hist = [h for h in clicks_by_user[u] if h[2] < ts][-hist_len:]
         truth["want"].append(want)
         truth["n_shown"].append(n_shown)
         rows["request_id"].append(r)

@@ -1,0 +1,103 @@
+"""Latency of re-ranking one 50-candidate search list on one thread: ARMMT against the pointwise DNN,
+measured in the same run (issue 10's goal: ARMMT within 3x the DNN, and under 5 ms at p99).
+
+One request = its candidates' features gathered into tensors (:func:`mmrank.rerank.data.make_batch`,
+history of up to 50 clicks), the model's forward pass, and the order (argsort of the ranking head).
+Untrained weights (latency does not depend on their values). Reported: p50 / p99 / mean in ms for the
+whole request and for the forward pass alone, and ARMMT / DNN ratios.
+
+    .venv/bin/python benchmarks/rerank_latency.py [--run R] [--reps 2000] [--dim 256]
+
+Without ``--run``: a hand-made run (:func:`mmrank.testing.lists.write_tiny_lists`, 50 candidates, 15
+shown, up to 50 history clicks) with a ``--dim``-wide deterministic encoder. With ``--run``: the run's
+lists and encoder (``R/encoder``), requests with the most candidates first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmrank.rerank.models import model_config
+from mmrank.rerank.trainer import batch_for, build_model, load_data
+
+
+def _time(fn, reps: int, warmup: int = 50) -> np.ndarray:
+    for _ in range(warmup):
+        fn()
+    out = np.empty(reps)
+    for i in range(reps):
+        t = time.perf_counter()
+        fn()
+        out[i] = (time.perf_counter() - t) * 1e3
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", type=Path, default=None)
+    ap.add_argument("--reps", type=int, default=2000)
+    ap.add_argument("--dim", type=int, default=256, help="representation width (hand-made run only)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    tmp = None
+    if args.run is None:
+        from mmrank.store.tiny_encoder import TinyItemEncoder
+        from mmrank.testing.lists import write_tiny_lists
+
+        tmp = tempfile.TemporaryDirectory()
+        run = write_tiny_lists(Path(tmp.name), n_items=3000, n_users=50, n_requests=1500, n_candidates=50,
+                               n_shown=15, hist_len=50, seed=0)
+        data = load_data(run, encoder=TinyItemEncoder(dim=args.dim))
+    else:
+        data = load_data(args.run)
+    sizes = np.diff(data.lists.offsets)
+    hl = np.diff(data.lists.hist_offsets)
+    pick = np.lexsort((-hl, -sizes))[:64]          # the longest lists, longest histories first
+    print(f"requests timed: {len(pick)} (candidates {sizes[pick].min()}-{sizes[pick].max()}, "
+          f"history {hl[pick].min()}-{hl[pick].max()}), representation dim {data.feats.dim}, "
+          f"torch threads {torch.get_num_threads()}, {args.reps} reps")
+    res = {}
+    for name in ("dnn", "armmt"):
+        torch.manual_seed(0)
+        model = build_model(data, model_config(name)).eval()
+        batches = [batch_for(data, np.array([r]), "all") for r in pick]
+        i = {"k": 0}
+
+        @torch.inference_mode()
+        def request() -> None:
+            r = pick[i["k"] % len(pick)]
+            i["k"] += 1
+            b = batch_for(data, np.array([r]), "all")
+            np.argsort(-model.rank_scores(model(b))[0].numpy(), kind="stable")
+
+        @torch.inference_mode()
+        def forward() -> None:
+            b = batches[i["k"] % len(batches)]
+            i["k"] += 1
+            model(b)
+
+        res[name] = {"request": _time(request, args.reps), "forward": _time(forward, args.reps)}
+    print(f"{'':8} {'':8} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
+    for name, r in res.items():
+        for part, t in r.items():
+            print(f"{name:8} {part:8} {np.percentile(t, 50):8.3f} {np.percentile(t, 99):8.3f} {t.mean():8.3f}")
+    for part in ("request", "forward"):
+        a, d = res["armmt"][part], res["dnn"][part]
+        print(f"ARMMT / DNN ({part}): p50 {np.percentile(a, 50) / np.percentile(d, 50):.2f}x, "
+              f"p99 {np.percentile(a, 99) / np.percentile(d, 99):.2f}x")
+    p99 = np.percentile(res["armmt"]["request"], 99)
+    ratio = p99 / np.percentile(res["dnn"]["request"], 99)
+    print(f"goal (ARMMT p99 < 5 ms and within 3x the DNN): {'met' if p99 < 5 and ratio <= 3 else 'not met'} "
+          f"(p99 {p99:.2f} ms, {ratio:.2f}x)")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
