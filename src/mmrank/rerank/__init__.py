@@ -35,6 +35,12 @@ def demo_stage(run: Path, size: str) -> dict:
 
     if size not in DEMO:
         raise ConfigError(f"size: expected one of {', '.join(DEMO)}, got {size!r}")
+    lists = Path(run) / "data" / "lists.parquet"
+    import pyarrow.parquet as pq
+
+    if not lists.exists() or "item_ids" not in pq.read_schema(lists).names:
+        return {"skipped": f"{lists} has no search-surface candidate lists (a market from before the LISTS schema "
+                           "of issue 9); re-generate the market"}
     torch.set_num_threads(min(2, torch.get_num_threads()))
     cfg = DEMO[size]
     r = compare(Path(run), seeds=1, models=cfg["models"], progress=False,

@@ -78,6 +78,34 @@ def _encode_batches(fn, inputs: list[Any], batch: int, label: str) -> np.ndarray
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+def _is_run_encoder(encoder: Any) -> bool:
+    """A :class:`mmrank.pretrain.artifacts.ItemEncoder` (its frozen backbone features are cached)."""
+    return all(hasattr(encoder, a) for a in ("model", "config", "_img_enc", "_img_pre", "_txt_enc", "_txt_pre"))
+
+
+@torch.inference_mode()
+def _heads(fn, h: np.ndarray, batch: int = 512) -> np.ndarray:
+    return np.concatenate([fn(torch.from_numpy(h[a:a + batch])).float().numpy() for a in range(0, len(h), batch)])
+
+
+def _frozen_cached(run: Path, encoder: Any, modality: str, keys: list[str], inputs, tag: str) -> np.ndarray:
+    """Frozen backbone features through ``R/features/`` (shared with pre-training: the same key and
+    fingerprint, so the catalog's are usually there already)."""
+    from mmrank.encoders.cache import cache_key, cached_features
+
+    cfg = encoder.config
+    if modality == "image":
+        key = cache_key(cfg["image_encoder"], "image", cfg["image_size"], cfg["trainable_blocks"])
+        build = lambda: (encoder._img_enc, encoder._img_pre)  # noqa: E731
+    else:
+        key = cache_key(cfg["text_encoder"], "text", None, 0)
+        build = lambda: (encoder._txt_enc, encoder._txt_pre)  # noqa: E731
+    path = run / "data" / "items.parquet"
+    st = path.stat()
+    fp = f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
+    return cached_features(build, key, keys, inputs, run / "features", tag, fp)
+
+
 def _item_features(run: Path, encoder: Any, cache: Path | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     from mmrank.store.ingest import _catalog_batches
 
@@ -98,8 +126,16 @@ def _item_features(run: Path, encoder: Any, cache: Path | None) -> tuple[np.ndar
         titles += bt
         images += bi
     ids = np.concatenate(ids).astype(np.int64)
-    text = _norm(_encode_batches(encoder.encode_text, titles, 256, "encoding item titles"))
-    image = _norm(_encode_batches(encoder.encode_images, images, 64, "encoding item photos"))
+    if _is_run_encoder(encoder):   # the towers on the backbone features pre-training cached
+        keys = [str(int(i)) for i in ids]
+        h_img = _frozen_cached(run, encoder, "image", keys, lambda a, z: images[a:z], "items_image")
+        h_txt = _frozen_cached(run, encoder, "text", [f"{k}\t{t}" for k, t in zip(keys, titles)],
+                               lambda a, z: titles[a:z], "items_title")
+        image = _norm(_heads(encoder.model.image_query, h_img))
+        text = _norm(_heads(encoder.model.text_query, h_txt))
+    else:
+        text = _norm(_encode_batches(encoder.encode_text, titles, 256, "encoding item titles"))
+        image = _norm(_encode_batches(encoder.encode_images, images, 64, "encoding item photos"))
     order = np.argsort(ids, kind="stable")
     out = {"item_ids": ids[order], "image": image[order], "text": text[order]}
     if f is not None:
