@@ -343,8 +343,10 @@ class RegionMask(nn.Module):
         y = self.shared(x)
         if not self.enabled:
             return y
-        r = torch.bmm(x.unsqueeze(1), self.regional_w.index_select(0, region)).squeeze(1)
-        r = r + self.regional_b.index_select(0, region)
+        # every region's map on every row (R is small), then each row's own: cheaper than gathering
+        # an (in, out) matrix per row
+        every = torch.einsum("ni,rio->nro", x, self.regional_w) + self.regional_b        # (N, R, out)
+        r = every.gather(1, region.view(-1, 1, 1).expand(-1, 1, every.shape[-1])).squeeze(1)
         m = self.mask(x, region)
         return m * y + (1 - m) * r
 
