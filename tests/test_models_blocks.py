@@ -97,6 +97,9 @@ def test_block_ctr_model_equals_pre_refactor_model(strategy, frozen_make):
     assert set(terms) == expect
     ref = torch.nn.functional.binary_cross_entropy_with_logits(out["logit"], batch["label"])
     torch.testing.assert_close(terms["click"], ref)
+    for name, aux in out["aux_logits"].items():   # the trainer's loss before the refactor
+        ref = ref + 0.5 * torch.nn.functional.binary_cross_entropy_with_logits(aux, batch["label"])
+    torch.testing.assert_close(terms["total"], ref, rtol=0, atol=0)
 
 
 def test_registry_creates_blocks_by_name_and_rejects_unknown():

@@ -116,9 +116,7 @@ def train(model: CtrModel, data: EncodedSamples, rows: np.ndarray | None = None,
             for batch in iter_batches(data, rows, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch,
                                       max_len=model.cfg.max_len):
                 out = model(batch)
-                loss = F.binary_cross_entropy_with_logits(out["logit"], batch["label"])
-                for aux in out["aux_logits"].values():
-                    loss = loss + cfg.aux_weight * F.binary_cross_entropy_with_logits(aux, batch["label"])
+                loss = model.loss(out, batch, cfg.aux_weight)["total"]   # click (+ MAKE's Eq. 5 when joint)
                 total += _step(opt, loss) * len(batch["label"])
                 n += len(batch["label"])
                 bar.advance(task)
