@@ -132,3 +132,14 @@ def test_features_are_the_encoders_and_cached(tiny):
     again = load_features(tiny, lists, enc)
     assert _Counting.calls == 0                              # served from R/rerank/features/<version>/
     assert torch.equal(again.queries, f.queries)
+
+
+def test_ranges_with_empty_runs_first_and_between():
+    """``_ranges`` (CSR gathers of histories, shared with mmrank.ctr.data) when a run is empty, the first
+    one included: a history-less first row used to shift every index of the batch."""
+    from mmrank.ctr.data import _ranges
+
+    starts, lengths = np.array([5, 10, 0, 20, 7]), np.array([0, 2, 0, 3, 1])
+    expect = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths)])
+    np.testing.assert_array_equal(_ranges(starts, lengths), expect)
+    np.testing.assert_array_equal(_ranges(np.array([3]), np.array([0])), np.zeros(0))

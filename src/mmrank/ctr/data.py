@@ -139,9 +139,9 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         return np.zeros(0, np.int64)
     ends = np.cumsum(lengths)
     out = np.ones(total, np.int64)
-    out[0] = starts[0]
     nz = lengths > 0
     s, e = starts[nz], ends[nz]
+    out[0] = s[0]  # the first non-empty run (starts[0] is wrong when the first length is 0)
     # at the start of each run after the first, jump from the previous run's last value to its start
     prev_last = s[:-1] + (lengths[nz][:-1] - 1)
     out[e[:-1]] = s[1:] - prev_last
