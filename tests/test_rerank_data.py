@@ -97,6 +97,12 @@ def test_batch_pads_lists_and_relative_features_are_per_list(tiny):
     rel = b["num"][..., 1]                                  # log price relative to the list's mean
     torch.testing.assert_close((rel * ~b["pad"]).sum(1), torch.zeros(3, dtype=rel.dtype), atol=1e-5, rtol=0)
     s = make_batch(lists, space, rows, "shown")
+    # a candidate's features do not depend on which of the request's candidates are batched with it
+    for k, r in enumerate(rows):
+        every = candidate_index(lists, np.array([r]), "all")[0]
+        shown = candidate_index(lists, np.array([r]), "shown")[0]
+        at = [int(np.flatnonzero(every == i)[0]) for i in shown]
+        torch.testing.assert_close(s["num"][k, :len(shown)], b["num"][k, at])
     for k, r in enumerate(rows):
         idx = candidate_index(lists, np.array([r]), "shown")[0]
         assert s["purchase"][k, :len(idx)].tolist() == lists.purchase[idx].astype(float).tolist()

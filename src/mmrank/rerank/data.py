@@ -33,7 +33,7 @@ from mmrank.errors import DataError
 
 MAX_HIST = 50
 TASKS = ("click", "cart", "purchase")
-# numeric candidate features (computed over the candidates of the batch's list)
+# numeric candidate features (relative to every retrieved candidate of the request)
 NUMERIC = ("log_price", "rel_log_price", "log_sales", "rel_log_sales", "prod_score_z")
 PRICE_FEATURES = (0, 1)
 SALES_FEATURES = (2, 3)
@@ -229,15 +229,23 @@ def candidate_index(lists: Lists, rows: np.ndarray, which: str) -> list[np.ndarr
     return out
 
 
-def _numeric(lists: Lists, cand: list[np.ndarray]) -> list[np.ndarray]:
+def _numeric(lists: Lists, rows: np.ndarray, cand: list[np.ndarray]) -> list[np.ndarray]:
+    """Numeric features of the candidates ``cand[k]`` of request ``rows[k]``; the list statistics
+    (mean log price and sales, production-score mean and std) are those of **every** retrieved
+    candidate of the request, whichever subset is batched (the shown ones in training, all of them or a
+    generator's partial list at re-ranking), so a candidate's features do not depend on that choice."""
     feats = []
-    for idx in cand:
+    for r, idx in zip(rows, cand):
+        every = np.arange(lists.offsets[r], lists.offsets[r + 1])
+        lp_all = np.log1p(np.maximum(lists.price[every], 0.0))
+        ls_all = np.log1p(np.maximum(lists.sales[every], 0).astype(np.float64))
+        ps_all = lists.prod_score[every].astype(np.float64)
+        sd = ps_all.std() if len(every) else 0.0
         lp = np.log1p(np.maximum(lists.price[idx], 0.0))
         ls = np.log1p(np.maximum(lists.sales[idx], 0).astype(np.float64))
         ps = lists.prod_score[idx].astype(np.float64)
-        sd = ps.std()
-        feats.append(np.stack([lp / 5.0, lp - lp.mean(), ls / 5.0, ls - ls.mean(),
-                               (ps - ps.mean()) / (sd if sd > 0 else 1.0)], axis=1))
+        feats.append(np.stack([lp / 5.0, lp - lp_all.mean(), ls / 5.0, ls - ls_all.mean(),
+                               (ps - ps_all.mean()) / (sd if sd > 0 else 1.0)], axis=1))
     return feats
 
 
@@ -258,7 +266,7 @@ def make_batch(lists: Lists, space: ListSpace, rows: np.ndarray, which: str = "s
     pad = flat < 0
     f0 = np.where(pad, 0, flat)
     num = np.zeros((b, c, len(NUMERIC)), np.float32)
-    for k, x in enumerate(_numeric(lists, cand)):
+    for k, x in enumerate(_numeric(lists, rows, cand)):
         num[k, :len(x)] = x
     item = np.where(pad, 0, space.items.lookup(lists.item_id[f0]))
     vitem = np.where(pad, 0, space.vec_items.lookup(lists.item_id[f0]))
