@@ -30,7 +30,7 @@ def _check_block(block):
     assert set(block["auc"]) == set(TASKS)
     for t in TASKS:
         assert set(block["auc"][t]) == STAT
-    for m in ("ndcg@10", "gmv@10", "expected_purchases", "expected_gmv"):
+    for m in ("ndcg@10", "gmv@10", "expected_purchases", "expected_gmv", "expected_purchases_all", "expected_gmv_all"):
         assert set(block[m]) == STAT
 
 
@@ -67,8 +67,23 @@ def test_logged_metrics_equal_direct_computations(run):
     ev = TinyEvaluator(run).expected(data.lists.request_id[rows],
                                      [data.lists.item_id[c] for c in candidate_index(data.lists, rows, "all")])
     assert res["expected_purchases"] == pytest.approx(ev["purchases"].mean())
+    assert res["expected_purchases_all"] == pytest.approx(ev["purchases"].mean())
     reg = data.lists.region[rows]
     assert res["regions"]["1"]["expected_gmv"] == pytest.approx(ev["gmv"][reg == 1].mean())
+
+
+def test_shown_scope_reorders_only_the_logged_list(run):
+    from mmrank.rerank.compare import shown_first_orders
+
+    data = load_data(run, encoder=TinyItemEncoder(dim=8))
+    rows = data.lists.test_rows()[:10]
+    shown = candidate_index(data.lists, rows, "shown")
+    rng = np.random.default_rng(0)
+    orders = shown_first_orders(data, rows, shown, [rng.random(len(c)) for c in shown])
+    for o, c, r in zip(orders, shown, rows):
+        assert set(o[:len(c)].tolist()) == set(data.lists.item_id[c].tolist())
+        every = data.lists.item_id[data.lists.offsets[r]:data.lists.offsets[r + 1]]
+        assert sorted(o.tolist()) == sorted(every.tolist())
 
 
 def test_orders_are_permutations_and_the_true_order_beats_logged(run):
@@ -85,7 +100,7 @@ def test_orders_are_permutations_and_the_true_order_beats_logged(run):
         orders = [data.lists.item_id[c[np.argsort(-s, kind="stable")]] for c, s in zip(all_c, order_scores)]
         for o, c in zip(orders, all_c):
             assert sorted(o.tolist()) == sorted(data.lists.item_id[c].tolist())
-        return evaluate_orders(data, rows, (shown, scores, scores["purchase"]), orders, ev)["expected_purchases"]
+        return evaluate_orders(data, rows, (shown, scores, scores["purchase"]), orders, ev)["expected_purchases_all"]
 
     rid = data.lists.request_id[rows]
     truth = []
@@ -144,4 +159,6 @@ def test_beam_search_orders_are_permutations_and_width_one_is_the_generators_cho
                   train_cfg=RerankTrainConfig(batch_size=32))
     assert out["armmt+beam"]["expected_purchases"]["mean"] is not None
     assert out["armmt+beam"]["auc"] == out["armmt"]["auc"]          # logged-label metrics: the same model
-    assert "every re-ranker beats logged on expected purchases" in out["meta"]["acceptance"]
+    assert out["armmt+beam"]["expected_purchases_all"]["mean"] is not None
+    assert out["armmt+beam"]["expected_purchases"] == out["armmt"]["expected_purchases"]   # same shown order
+    assert any(k.startswith("every re-ranker beats logged") for k in out["meta"]["acceptance"])

@@ -8,9 +8,15 @@ Per model and seed, on the test requests:
   ranking head, e.g. ARMMT's CVR for cart), NDCG@10 with gains purchase 4 > cart 2 > click 1 (the
   highest event of a candidate; mean over requests with any event), GMV@10 (price x purchase over the
   model's top 10 of the shown, mean per request);
-* from the evaluator (:class:`mmrank.data.truth.Evaluator`, reading ``R/truth/``): every retrieved
-  candidate ordered by the model's ranking head (the first ``n_shown`` of the order are shown), the
-  expected purchases and GMV per request (mean over requests). Without ``R/truth/`` (or without
+* from the evaluator (:class:`mmrank.data.truth.Evaluator`, reading ``R/truth/``), the expected purchases
+  and GMV per request (mean over requests) when the model's order is shown (its first ``n_shown``):
+
+  - ``expected_purchases`` / ``expected_gmv``: the re-ranker re-orders the list the production stage
+    handed it, i.e. the ``n_shown`` candidates of the logged list (the usual scope of a re-ranker:
+    PRM and ARMMT re-rank the ranker's top-N);
+  - ``expected_purchases_all`` / ``expected_gmv_all``: the re-ranker chooses among **every** retrieved
+    candidate (about 50). Labels exist only for shown candidates, so this asks the model about
+    candidates unlike any it was trained on (selection bias); reported as it comes out. Without ``R/truth/`` (or without
   :mod:`mmrank.data.truth`) these are reported absent (``mean``/``std`` null) and ``meta.evaluator`` says why.
 
 Each figure is the mean and std over seeds (std with ddof=1; ``logged`` is deterministic, std 0),
@@ -36,7 +42,7 @@ from mmrank.rerank.trainer import RerankData, RerankTrainConfig, fit, load_data,
 MAIN_MODELS = ("dnn", "armmt", "armmt-concat", "prm", "mmoe", "esmm", "seqmd")
 DEFAULT_MODELS = ("logged", *MAIN_MODELS, "seqmd-plain", *[a for a in ABLATIONS if a != "armmt-concat"])
 GAINS = {"click": 1.0, "cart": 2.0, "purchase": 4.0}
-METRICS = ("ndcg@10", "gmv@10", "expected_purchases", "expected_gmv")
+METRICS = ("ndcg@10", "gmv@10", "expected_purchases", "expected_gmv", "expected_purchases_all", "expected_gmv_all")
 K = 10
 
 
@@ -65,7 +71,7 @@ def _relevance(data: RerankData, idx: np.ndarray) -> np.ndarray:
 
 
 def _group_metrics(data: RerankData, sel: np.ndarray, cands: list[np.ndarray], task_scores: dict[str, list],
-                   rank: list[np.ndarray], expected: dict[str, np.ndarray] | None) -> dict[str, Any]:
+                   rank: list[np.ndarray], expected: dict[str, np.ndarray | None]) -> dict[str, Any]:
     """Metrics over the requests at positions ``sel`` of ``cands``/``rank``."""
     lists = data.lists
     out: dict[str, Any] = {"n_requests": int(len(sel)), "auc": {}}
@@ -89,20 +95,42 @@ def _group_metrics(data: RerankData, sel: np.ndarray, cands: list[np.ndarray], t
     any_rel = rel.max(axis=1) > 0 if len(sel) else np.zeros(0, bool)
     out["ndcg@10"] = ndcg_at_k(rel[any_rel], sc[any_rel], K, mask[any_rel]) if any_rel.any() else float("nan")
     out["gmv@10"] = float(gmv.mean()) if len(sel) else float("nan")
-    for key, name in (("expected_purchases", "purchases"), ("expected_gmv", "gmv")):
-        out[key] = float(np.mean(expected[name][sel])) if expected is not None and len(sel) else None
+    for key in METRICS[2:]:
+        v = expected.get(key)
+        out[key] = float(np.mean(v[sel])) if v is not None and len(sel) else None
+    return out
+
+
+def shown_first_orders(data: RerankData, rows: np.ndarray, cands: list[np.ndarray],
+                       rank: list[np.ndarray]) -> list[np.ndarray]:
+    """Item-id orders that show the logged list's candidates re-ordered by ``rank`` (scores of the
+    shown candidates ``cands``), then the other candidates in the logged order."""
+    out = []
+    for r, c, s in zip(rows, cands, rank):
+        every = np.arange(data.lists.offsets[r], data.lists.offsets[r + 1])
+        rest = every[data.lists.position[every] < 0]
+        out.append(data.lists.item_id[np.concatenate([c[np.argsort(-s, kind="stable")], rest])])
     return out
 
 
 def evaluate_orders(data: RerankData, rows: np.ndarray, shown: tuple[list, dict, list],
-                    orders: list[np.ndarray] | None, evaluator: Any | None) -> dict[str, Any]:
+                    orders: list[np.ndarray] | None, evaluator: Any | None,
+                    orders_shown: list[np.ndarray] | None = None) -> dict[str, Any]:
     """All metrics of one model and seed: ``shown = (candidates, {task: scores}, ranking scores)`` on the
-    shown candidates; ``orders`` one item-id array per request (every candidate) for the evaluator."""
+    shown candidates; for the evaluator, ``orders`` one item-id array per request choosing among every
+    candidate (``*_all``) and ``orders_shown`` re-ordering the logged list (default: by the ranking
+    scores of ``shown``)."""
     cands, task_scores, rank = shown
-    expected = None
-    if evaluator is not None and orders is not None:
-        res = evaluator.expected(data.lists.request_id[rows], orders)
-        expected = {k: np.asarray(res[k], np.float64) for k in ("purchases", "gmv")}
+    expected: dict[str, np.ndarray | None] = {}
+    if evaluator is not None:
+        rid = data.lists.request_id[rows]
+        res = evaluator.expected(rid, orders_shown or shown_first_orders(data, rows, cands, rank))
+        expected["expected_purchases"] = np.asarray(res["purchases"], np.float64)
+        expected["expected_gmv"] = np.asarray(res["gmv"], np.float64)
+        if orders is not None:
+            res = evaluator.expected(rid, orders)
+            expected["expected_purchases_all"] = np.asarray(res["purchases"], np.float64)
+            expected["expected_gmv_all"] = np.asarray(res["gmv"], np.float64)
     regions = data.lists.region[rows]
     out = _group_metrics(data, np.arange(len(rows)), cands, task_scores, rank, expected)
     out["regions"] = {str(int(r)): _group_metrics(data, np.flatnonzero(regions == r), cands, task_scores, rank, expected)
@@ -115,7 +143,7 @@ def logged_result(data: RerankData, rows: np.ndarray, evaluator: Any | None) -> 
     cands = candidate_index(data.lists, rows, "shown")
     rank = [-data.lists.position[c].astype(np.float64) for c in cands]
     orders = [data.lists.item_id[c] for c in candidate_index(data.lists, rows, "all")]
-    return evaluate_orders(data, rows, (cands, {t: rank for t in TASKS}, rank), orders, evaluator)
+    return evaluate_orders(data, rows, (cands, {t: rank for t in TASKS}, rank), orders, evaluator, orders)
 
 
 def model_result(model, data: RerankData, rows: np.ndarray, evaluator: Any | None) -> dict[str, Any]:
@@ -199,12 +227,13 @@ def acceptance(res: dict[str, Any], smallest_region: str | None) -> dict[str, An
             checks["region mask helps most in the smallest region (purchase AUC gain)"] = {
                 "holds": max(gains, key=gains.get) == smallest_region, "gain_by_region": gains,
                 "smallest_region": smallest_region}
-    logged = _m(res.get("logged", {}).get("expected_purchases"))
-    if logged is not None:
-        checks["every re-ranker beats logged on expected purchases"] = {
-            m: {"holds": _m(r.get("expected_purchases")) > logged, "value": _m(r.get("expected_purchases")),
-                "logged": logged}
-            for m, r in res.items() if m != "logged" and _m(r.get("expected_purchases")) is not None}
+    for key, scope in (("expected_purchases", "re-ordering the logged list"),
+                       ("expected_purchases_all", "choosing among every candidate")):
+        logged = _m(res.get("logged", {}).get(key))
+        if logged is not None:
+            checks[f"every re-ranker beats logged on expected purchases ({scope})"] = {
+                m: {"holds": _m(r.get(key)) > logged, "value": _m(r.get(key)), "logged": logged}
+                for m, r in res.items() if m != "logged" and _m(r.get(key)) is not None}
     return checks
 
 
@@ -308,16 +337,20 @@ def markdown(out: dict[str, Any]) -> str:
     models = [m for m in meta["models"] if m in out]
     lines = [f"Re-ranking on `{meta['run']}` (behaviour **simulated**), {meta['seeds']} seed(s), "
              f"{meta['test_requests']} test requests; evaluator: {meta['evaluator']}.", "",
-             "| model | AUC click | AUC cart | AUC purchase | NDCG@10 | GMV@10 | E[purchases] | E[GMV] |",
-             "|---|---|---|---|---|---|---|---|"]
+             "E[...]: the evaluator's expected purchases / GMV per request when the model re-orders the logged "
+             "list; E[...] all: when it chooses among every retrieved candidate.", "",
+             "| model | AUC click | AUC cart | AUC purchase | NDCG@10 | GMV@10 | E[purchases] | E[GMV] "
+             "| E[purchases] all | E[GMV] all |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for m in models:
         r = out[m]
         lines.append(f"| {m} | {_fmt(r['auc']['click'])} | {_fmt(r['auc']['cart'])} | {_fmt(r['auc']['purchase'])} | "
                      f"{_fmt(r['ndcg@10'])} | {_fmt(r['gmv@10'], 2)} | {_fmt(r['expected_purchases'])} | "
-                     f"{_fmt(r['expected_gmv'], 2)} |")
+                     f"{_fmt(r['expected_gmv'], 2)} | {_fmt(r['expected_purchases_all'])} | "
+                     f"{_fmt(r['expected_gmv_all'], 2)} |")
     regions = list(out[models[0]]["regions"]) if models else []
     if regions:
-        lines += ["", "Per region (requests: " + ", ".join(f"{r}: {meta['region_requests'].get(r)}" for r in regions)
+        lines += ["", "Per region (all requests of the region: " + ", ".join(f"{r}: {meta['region_requests'].get(r)}" for r in regions)
                   + "): purchase AUC / E[GMV]", "",
                   "| model | " + " | ".join(f"region {r}" for r in regions) + " |",
                   "|---|" + "---|" * len(regions)]
@@ -330,8 +363,9 @@ def markdown(out: dict[str, Any]) -> str:
         if v is None:
             lines.append(f"- {k}: not measurable (a figure is missing)")
         elif "holds" in v:
+            figs = {a: b for a, b in v.items() if isinstance(b, float)} or v.get("gain_by_region", {})
             lines.append(f"- {k}: **{'holds' if v['holds'] else 'does not hold'}** "
-                         f"({', '.join(f'{a}={b:.4f}' for a, b in v.items() if isinstance(b, float))})")
+                         f"({', '.join(f'{a}={b:.4f}' for a, b in figs.items())})")
         else:
             bad = [m for m, x in v.items() if not x["holds"]]
             lines.append(f"- {k}: **{'holds' if not bad else 'does not hold for ' + ', '.join(bad)}**")
