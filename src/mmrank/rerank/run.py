@@ -53,9 +53,10 @@ def train_model(run: str | Path, name: str, *, seed: int = 0, train_cfg: RerankT
                 encoder: Any | None = None, progress: bool = True) -> dict:
     """Train model ``name`` on the run's training lists, evaluate on the test lists, write
     ``R/rerank/<name>/``; returns the metrics."""
-    from mmrank.rerank.compare import _clean, evaluator_for, model_result
+    from mmrank.rerank.compare import _clean, _one_thread_if_loaded, evaluator_for, model_result
 
     run = Path(run)
+    _one_thread_if_loaded()
     data = load_data(run, encoder=encoder)
     tcfg = train_cfg or RerankTrainConfig()
     model, info = fit(data, name, seed=seed, train_cfg=tcfg, progress=progress)
