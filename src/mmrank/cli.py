@@ -67,11 +67,12 @@ def market_validate(path: Path = typer.Argument(..., help="an items or events Pa
 @data_app.command("build")
 def data_build(run: Path = typer.Option(..., "--run", help="run directory with data/items.parquet and data/events.parquet"),
                split_ts: int = typer.Option(..., help="train/test boundary (seconds): earlier is train"),
-               history_len: int = typer.Option(50, help="at most L clicks per behaviour sequence")) -> None:
+               history_len: int = typer.Option(50, help="at most L clicks per behaviour sequence"),
+               start_ts: int = typer.Option(0, help="earlier events feed histories and sales only")) -> None:
     """Validate a team's items and events, then build pairs, CTR samples and lists beside them."""
     from mmrank.data.samples import build_derived
 
-    counts = build_derived(run, split_ts, history_len)
+    counts = build_derived(run, split_ts, history_len, start_ts)
     typer.echo(f"wrote {run}/data: {counts}")
 
 

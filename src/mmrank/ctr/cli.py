@@ -57,17 +57,26 @@ def compare_cmd(
     curve: str = typer.Option("0,1,2,4,8", help="MAKE epochs curve (Figure 6c), comma-separated; '' for none"),
     strategies: str = typer.Option(",".join(("id", "vector", "simscore", "simtier", "make", "simtier+make"))),
     threads: Optional[int] = typer.Option(None),
+    epochs_curve: int = typer.Option(0, min=0, help="Figure 3: ID vs multimodal test AUC over N epochs"),
+    knowledge: Optional[str] = typer.Option(None, help="MAKE knowledge: compact | full (Sec. 4.3)"),
 ) -> None:
     """Train every strategy over SEEDS seeds; write RUN/ctr/compare.json, compare.md and plots."""
     from mmrank.ctr.compare import compare
-    from mmrank.ctr.models import STRATEGIES
+    from mmrank.ctr.models import STRATEGIES, CtrConfig
 
     strats = tuple(s.strip() for s in strategies.split(",") if s.strip())
     for s in strats:
         if s not in STRATEGIES:
             raise ConfigError(f"--strategies: unknown strategy {s!r}; expected {', '.join(STRATEGIES)}")
     _threads(threads)
-    compare(run, seeds=seeds, make_epochs=make_epochs, curve=_ints(curve, "--curve"), strategies=strats)
+    cfg = CtrConfig()
+    if knowledge is not None:
+        if knowledge not in ("compact", "full"):
+            raise ConfigError(f"--knowledge: expected compact or full, got {knowledge!r}")
+        cfg = CtrConfig.model_validate({**cfg.model_dump(), "make": {**cfg.make.model_dump(),
+                                                                     "knowledge": knowledge}})
+    compare(run, seeds=seeds, make_epochs=make_epochs, curve=_ints(curve, "--curve"), strategies=strats,
+            cfg=cfg, epochs_curve=epochs_curve)
     typer.echo((run / "ctr" / "compare.md").read_text())
 
 
