@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mmrank.ctr.layers import ItemVectors
-from mmrank.ctr.models import STRATEGIES, CtrConfig, CtrModel, MakeConfig, MakeModule, ModelSizes
+from mmrank.ctr.models import STRATEGIES, CtrConfig, MakeConfig, ModelSizes
 from mmrank.errors import ConfigError
 from mmrank.models import create, describe_blocks, list_blocks
 from mmrank.models.blocks import (CAFU, ESMMHeads, MMoEHeads, MultiPerspectiveSelfAttention, MultiTaskLoss,
