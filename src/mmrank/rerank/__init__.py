@@ -16,8 +16,7 @@ __all__ = ["demo_stage"]
 
 # The demo's settings per size (1 seed).
 DEMO = {"tiny": dict(models=["logged", "dnn", "armmt", "armmt-concat", "seqmd", "mmoe"], max_train_lists=None),
-        "small": dict(models=["logged", "dnn", "armmt", "armmt-concat", "prm", "mmoe", "esmm", "seqmd"],
-                      max_train_lists=20_000),
+        "small": dict(models=["logged", "dnn", "armmt", "armmt-concat", "mmoe", "seqmd"], max_train_lists=20_000),
         "default": dict(models=None, max_train_lists=60_000)}
 
 
