@@ -5,7 +5,7 @@ Per model and seed, on the test requests:
 
 * from logged labels, on the **shown** candidates (the only ones with labels) scored as the list the
   user saw: AUC per task (click, cart, purchase; a model without a head for a task is scored with its
-  ranking head, e.g. ARMMT's CVR for cart), NDCG@10 with gains purchase 4 > cart 2 > click 1 (the
+  ranking head, e.g. ARMMT's CVR for cart, and so is a head whose loss weight is 0), NDCG@10 with gains purchase 4 > cart 2 > click 1 (the
   highest event of a candidate; mean over requests with any event), GMV@10 (price x purchase over the
   model's top 10 of the shown, mean per request);
 * from the evaluator (:class:`mmrank.data.truth.Evaluator`, reading ``R/truth/``), the expected purchases
@@ -146,9 +146,16 @@ def logged_result(data: RerankData, rows: np.ndarray, evaluator: Any | None) -> 
     return evaluate_orders(data, rows, (cands, {t: rank for t in TASKS}, rank), orders, evaluator, orders)
 
 
+def _task_scores(model, scores: dict[str, list]) -> dict[str, list]:
+    """Each task's AUC reads its own head when the loss trained it (weight > 0), else the ranking head
+    (ARMMT has no cart head; with lambda = 0 its click head is untrained)."""
+    w = model.cfg.loss_weights
+    return {t: scores[t] if t in scores and w.get(t, 0.0) > 0 else scores["rank"] for t in TASKS}
+
+
 def model_result(model, data: RerankData, rows: np.ndarray, evaluator: Any | None) -> dict[str, Any]:
     cands, scores = predict(model, data, rows, "shown")
-    task_scores = {t: scores[t] if t in scores else scores["rank"] for t in TASKS}
+    task_scores = _task_scores(model, scores)
     orders = None
     if evaluator is not None:
         all_c, all_s = predict(model, data, rows, "all")
@@ -161,7 +168,7 @@ def beam_result(model, data: RerankData, rows: np.ndarray, evaluator: Any, width
     from mmrank.rerank.beam import beam_orders
 
     cands, scores = predict(model, data, rows, "shown")
-    task_scores = {t: scores[t] if t in scores else scores["rank"] for t in TASKS}
+    task_scores = _task_scores(model, scores)
     orders = [data.lists.item_id[o] for o in beam_orders(model, data, rows, width=width)]
     return evaluate_orders(data, rows, (cands, task_scores, scores["rank"]), orders, evaluator)
 
