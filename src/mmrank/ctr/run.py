@@ -69,12 +69,11 @@ def item_vectors(run: Path, item_ids: np.ndarray | None = None) -> tuple[np.ndar
         ids = np.unique(np.asarray(item_ids, np.int64))
         return ids, _normalise(table.get(ids, missing="zero")), f"embeddings:{table.version}"
     if (run / "encoder").exists():
-        from mmrank.data.io import read_table
+        from mmrank.data.io import read_items
         from mmrank.pretrain import load_item_encoder
 
         enc = load_item_encoder(run)
-        cols = ["item_id", "title", "image"]
-        t = read_table(items_path, "items", columns=cols)
+        t = read_items(items_path, ["item_id", "title"])
         ids = t.column("item_id").to_numpy().astype(np.int64)
         keep = np.ones(len(ids), bool) if item_ids is None else np.isin(ids, item_ids)
         sel = np.flatnonzero(keep)
