@@ -431,11 +431,20 @@ def _lists_from_interactions(ev: dict[str, np.ndarray], item_ids: np.ndarray, cr
     avail = np.maximum(np.searchsorted(c_sorted, r_ts, side="right"), 1)
     pick = (rng.random((n_req, k)) * avail[:, None]).astype(np.int64)
     neg = item_ids[c_order][pick]
-    clash = neg == item[anchor][:, None]
-    if clash.any():  # draw once more; what still clashes is left out of the list
+
+    def clashes() -> np.ndarray:  # the clicked item itself, or an item already earlier in the list
+        bad = neg == item[anchor][:, None]
+        for j in range(1, k):
+            bad[:, j] |= (neg[:, :j] == neg[:, j:j + 1]).any(axis=1)
+        return bad
+
+    clash = clashes()
+    for _ in range(3):  # draw again; what still clashes (a catalog too small) is left out of the list
+        if not clash.any():
+            break
         re = (rng.random(clash.sum()) * np.repeat(avail, clash.sum(axis=1))).astype(np.int64)
         neg[clash] = item_ids[c_order][re]
-        clash = neg == item[anchor][:, None]
+        clash = clashes()
     # events: impression + click of the interacted item at its slot, its later labels, sampled impressions
     r_user = user[anchor]
     parts: dict[str, list[np.ndarray]] = {c: [] for c in ("ts", "user_id", "item_id", "request_id",
