@@ -269,6 +269,8 @@ def from_mapping(spec: dict[str, Any], *, items: Path | None, events: Path, imag
     if it_raw is not None:
         f = str(items)
         t = it_raw
+        if images is None and (Path(items).parent / "images").is_dir():
+            images = Path(items).parent / "images"  # as mmrank.data.io.read_items looks for them
         out: dict[str, Any] = {"item_id": pa.array(item_map.map(raw_item_ids))}
         ids_str = [str(v).strip() if v is not None else None for v in raw_item_ids]
         for i, v in enumerate(ids_str):
