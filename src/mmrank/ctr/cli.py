@@ -72,6 +72,7 @@ def train_cmd(
     if strategy is not None and strategy not in STRATEGIES:
         raise ConfigError(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
     s = _settings(config, strategy=strategy, seed=seed, make_epochs=make_epochs, threads=threads)
+    s = s.model_copy(update={"model": s.model.model_copy(update={"strategy": s.strategy})})
     _threads(s.threads)
     _notes(run)
     m = train_strategy(run, s.strategy, seed=s.seed, make_epochs=s.make_epochs, cfg=s.model,
