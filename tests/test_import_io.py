@@ -112,3 +112,29 @@ def test_stages_read_a_mixed_catalog(tmp_path: Path) -> None:
     ids2, vecs2, source2 = item_vectors(run)
     assert source2.startswith("embeddings:") and np.array_equal(ids, ids2)
     np.testing.assert_allclose(vecs, vecs2, atol=1e-4)  # the table holds what the encoder gives
+
+
+def test_queries_become_pairs_and_query_images(tmp_path: Path) -> None:
+    """A log with search queries (text, or a photo by opaque id) keeps them: query -> purchase pairs,
+    and the photos in query_images.parquet."""
+    from mmrank.data.importer import import_data
+
+    items, _ = _items(tmp_path / "src", n=6)
+    (tmp_path / "q").mkdir()
+    (tmp_path / "q" / "qa7.jpg").write_bytes(_jpeg((1, 2, 3)))
+    rows = ["ts,user_id,item_id,event,request_id,position,query_text,query_image"]
+    for r in range(8):
+        q = ("", "qa7") if r % 2 else (f"shoe {r}", "")
+        for pos in range(3):
+            rows.append(f"{100 * r},{r % 3},{10 + (r + pos) % 6},impression,{r},{pos},{q[0]},{q[1]}")
+        rows.append(f"{100 * r},{r % 3},{10 + r % 6},click,{r},0,{q[0]},{q[1]}")
+        rows.append(f"{100 * r + 5},{r % 3},{10 + r % 6},purchase,{r},0,{q[0]},{q[1]}")
+    (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
+    s = import_data(tmp_path / "run", items=items, events=tmp_path / "log.csv", queries=tmp_path / "q")
+    assert "pairs" not in s["substitutes"] and "impressions" not in s["substitutes"]
+    pairs = pq.read_table(tmp_path / "run" / "data" / "pairs.parquet")
+    assert pairs.num_rows == 8
+    assert sorted(pairs.column("query_modality").to_pylist()) == ["image"] * 4 + ["text"] * 4
+    assert set(pairs.column("query_image").drop_null().to_pylist()) == {"qa7"}
+    q = pq.read_table(tmp_path / "run" / "data" / "query_images.parquet")
+    assert q.column("query_image").to_pylist() == ["qa7"]
