@@ -3,8 +3,8 @@ Table 2 comparison (`mmrank pretrain compare`).
 
 For the test pairs of each query modality (S = their positives, as in Eq. 6):
 
-* image queries: the share whose purchased item is the photographed item itself (a user photo of
-  item X, ``query_image = "aug:X:seed"``). A retriever that always puts the photographed item first —
+* image queries: the share whose purchased item is the photographed item itself (which item a photo
+  shows is known only to the market's truth, ``R/truth/requests.parquet``). A retriever that always puts the photographed item first —
   what an off-the-shelf image encoder approximates — cannot score above this share, plus whatever it
   guesses right among the other purchases;
 * popularity only: rank S by training purchases, the same list for every query;
@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+import pyarrow.parquet as pq
+
 from mmrank.data.io import read_table
-from mmrank.data.render import parse_query_image_ref
 
 
 def main() -> None:
@@ -29,7 +30,11 @@ def main() -> None:
     ap.add_argument("--run", type=Path, required=True)
     args = ap.parse_args()
     t = read_table(args.run / "data" / "pairs.parquet", "pairs",
-                   columns=["query_modality", "query_text", "query_image", "pos_item_id", "split"]).to_pydict()
+                   columns=["request_id", "query_modality", "query_text", "query_image", "pos_item_id",
+                            "split"]).to_pydict()
+    # Evaluation code may read the truth: which item each photo query shows.
+    shown_item = pq.read_table(args.run / "truth" / "requests.parquet",
+                               columns=["target_item_id"]).column("target_item_id").to_numpy()
     mod = np.asarray(t["query_modality"])
     test = np.asarray(t["split"]) == "test"
     pos = np.asarray(t["pos_item_id"], np.int64)
@@ -46,7 +51,7 @@ def main() -> None:
         line = (f"{m:5s} queries: {len(rows):6d} test pairs, |S| = {len(s_items)}; popularity-only Acc@1 "
                 f"{np.mean(pos[rows] == top):.4f}")
         if m == "image":
-            shot = np.array([parse_query_image_ref(t["query_image"][i])[0] for i in rows])
+            shot = shown_item[np.asarray(t["request_id"], np.int64)[rows]]
             line += f"; purchased item = photographed item: {np.mean(shot == pos[rows]):.4f}"
         else:
             q = np.asarray(t["query_text"], dtype=object)[rows]

@@ -119,7 +119,7 @@ def test_compare_train_and_predict_end_to_end(tmp_path):
 
     run = _make_run(tmp_path)
     res = compare(run, seeds=2, make_epochs=1, curve=(0, 1), cfg=SMALL, progress=False,
-                  train_cfg=TrainConfig(batch_size=512))
+                  train_cfg=TrainConfig(batch_size=512), epochs_curve=2)
     saved = json.loads((run / "ctr" / "compare.json").read_text())
     assert saved["oracle_auc"] == 0.9
     for s in ("id", "vector", "simscore", "simtier", "make", "simtier+make"):
@@ -129,6 +129,13 @@ def test_compare_train_and_predict_end_to_end(tmp_path):
         assert set(saved[s]["new_items"]) >= {"auc", "gauc"} and saved[s]["new_items"]["n"] > 0
         assert (run / "ctr" / s / "model.safetensors").exists()
     assert [c["epochs"] for c in saved["make_epochs_curve"]] == [0, 1]
+    # Figure 3: both models scored after each epoch; Figure 6b: LogLoss per group as well
+    assert [c["epochs"] for c in saved["epochs_curve"]] == [1, 2]
+    assert all(0.5 < c["id_auc"] < 1 and 0.4 < c["multimodal_auc"] < 1 for c in saved["epochs_curve"])
+    assert saved["id"]["groups"][0]["logloss"] > 0
+    assert len(saved["simtier"]["relative"]["groups_logloss"]) == 8
+    assert (run / "report" / "plots" / "ctr_epochs.png").exists()
+    assert "Figure 3" in (run / "ctr" / "compare.md").read_text()
     assert (run / "report" / "plots" / "ctr_strategies.png").exists()
     assert res["id"]["relative"]["gauc"] == 0.0
 

@@ -93,7 +93,7 @@ def test_events_with_unknown_item_or_event(tmp_path: Path) -> None:
     ev = pa.table({"ts": [1, 2, 3], "user_id": [1, 1, 2], "item_id": [10, 99, 12],
                    "request_id": [0, 0, 1], "position": [0, 1, 0],
                    "event": ["impression", "impression", "click"], "query_text": ["a", "a", None],
-                   "query_image": [None, None, "aug:10:1"], "region": [0, 0, 1]})
+                   "query_image": [None, None, "qi-0a1b2c3d"], "region": [0, 0, 1]})
     with pytest.raises(DataError, match=r"row 1, column 'item_id': unknown item_id 99"):
         validate_events(_write(tmp_path, ev, "events.parquet"), ids)
     ev2 = ev.set_column(2, "item_id", pa.array([10, 11, 12])).set_column(
@@ -134,8 +134,9 @@ def test_data_build_rebuilds_derived_tables_from_events(tiny_run: Path) -> None:
     before = {n: pq.read_table(data / f"{n}.parquet") for n in ("pairs", "ctr_samples", "lists")}
     for n in before:
         (data / f"{n}.parquet").unlink()
-    split = json.loads((data / "manifest.json").read_text())["split_ts"]
-    res = _cli("data", "build", "--run", str(tiny_run), "--split-ts", str(split))
+    man = json.loads((data / "manifest.json").read_text())
+    res = _cli("data", "build", "--run", str(tiny_run), "--split-ts", str(man["split_ts"]),
+               "--start-ts", str(man["start_ts"]))
     assert res.returncode == 0, res.stderr
     for n, table in before.items():
         assert pq.read_table(data / f"{n}.parquet").equals(table)

@@ -46,13 +46,18 @@ def test_cli_pretrain_writes_encoder_and_loader_matches(market):
     for n in ("acc@1", "acc@5"):
         assert set(metrics[n]) == {"image", "text"}
         assert all(0.0 <= metrics[n][m] <= 1.0 for m in ("image", "text"))
-    assert metrics["acc@5"]["text"] >= metrics["acc@1"]["text"]
+    # evaluated on exactly the test pairs of each modality
+    import pyarrow.parquet as pq
+
+    pairs_t = pq.read_table(market / "data" / "pairs.parquet", columns=["query_modality", "split"]).to_pydict()
+    for m in ("image", "text"):
+        want = sum(q == m and s == "test" for q, s in zip(pairs_t["query_modality"], pairs_t["split"]))
+        assert metrics["n_test"][m] == want > 0
     assert set(metrics["nested"]) == {"64", "128"}
 
     enc = load_item_encoder(market)
     assert enc.version == (enc_dir / "version.txt").read_text().strip() and len(enc.version) == 16
     assert enc.dim == 256 and "scl" in enc.name
-    import pyarrow.parquet as pq
 
     items = pq.read_table(market / "data" / "items.parquet", columns=["title", "image"]).slice(0, 5)
     titles, images = items.column("title").to_pylist(), items.column("image").to_pylist()
@@ -122,16 +127,20 @@ def test_compare_writes_exactly_the_variants(tmp_path):
     run = make_market(tmp_path / "run", seed=1)
     cfg = PretrainConfig(**{**FAST, "epochs": 2})
     # off-the-shelf is EfficientNet-Lite0 + MiniLM by definition; keep this test to the others
-    res = compare(run, cfg, variants=("clip-e", "scl", "scl-no-triplet", "scl-no-triplet-no-moco"))
+    chosen = ("popularity", "clip-e", "scl", "scl-no-triplet", "scl-no-triplet-no-moco", "scl-no-logq")
+    res = compare(run, cfg, variants=chosen)
     table = json.loads((run / "pretrain" / "compare.json").read_text())
-    assert list(table) == list(res) == ["clip-e", "scl", "scl-no-triplet", "scl-no-triplet-no-moco"]
+    assert list(table) == list(res) == list(chosen)
     for v in table.values():
         assert set(v) == {"acc@1", "acc@5"}
         assert all(isinstance(v[k][m], float) for k in v for m in ("image", "text"))
     md = (run / "pretrain" / "compare.md").read_text()
-    assert md.count("\n") == 2 + 4 and "| scl |" in md
+    assert md.count("\n") == 2 + len(chosen) and "| scl |" in md and "| popularity |" in md
     assert (run / "encoder" / "version.txt").read_text().strip() == res["scl"]["version"]
-    assert set(VARIANTS) >= set(table)
+    assert set(VARIANTS) | {"popularity"} >= set(table)
+    # scl and scl-no-logq differ only in the correction, and it changes the trained encoder
+    detail = json.loads((run / "pretrain" / "compare_detail.json").read_text())["variants"]
+    assert detail["scl"]["version"] != detail["scl-no-logq"]["version"]
 
 
 def _latent_pairs(seed: int = 0, n_items: int = 1000, n_pairs: int = 2400):
@@ -183,7 +192,7 @@ def test_pretrain_with_hf_clip_towers(market, tmp_path):
     d = _tiny_clip(tmp_path / "clip")
     run = tmp_path / "run"
     (run / "data").mkdir(parents=True)
-    for f in ("items.parquet", "pairs.parquet"):
+    for f in ("items.parquet", "pairs.parquet", "query_images.parquet"):
         (run / "data" / f).write_bytes((market / "data" / f).read_bytes())
     cfg = PretrainConfig(**{**FAST, "image_encoder": f"hf-clip:{d}", "text_encoder": f"hf-clip:{d}",
                             "epochs": 1})

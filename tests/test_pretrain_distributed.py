@@ -34,7 +34,7 @@ def _metrics(run: Path) -> dict:
 
 def _copy_market(src: Path, dst: Path) -> Path:
     (dst / "data").mkdir(parents=True)
-    for f in ("items.parquet", "pairs.parquet"):
+    for f in ("items.parquet", "pairs.parquet", "query_images.parquet"):
         shutil.copy2(src / "data" / f, dst / "data" / f)
     return dst
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import numpy as np
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -348,8 +349,19 @@ def test_logq_correction_matches_dense_reference_and_favours_popular_items(neste
                                        queue_valid=queue.valid, q_ids=q_ids, k_ids=k_ids, log_q=log_q),
                    loss, q, k)
     _assert_same(plain, want)
-    # the correction changes the loss (a popular negative is penalised less)
-    none = _grads(lambda qq, kk: loss(qq, kk, pos_index, queue=queue, q_ids=q_ids, k_ids=k_ids), loss, q, k)
-    assert abs(sum(none[0].values()) - sum(fast[0].values())) > 1e-3
+    # Direction: the more popular a negative, the less it is penalised (its logit is lowered by
+    # log q), so raising one negative item's log q lowers the loss and the push away from it.
+    # Item 8 is only ever a negative (an extra in-batch key and a queue key).
+    q4, k5 = _unit(4, dim, seed=8), _unit(5, dim, seed=9)
+    ids4, ids5 = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 3, 8])
+    q8 = MomentumQueue(dim, 4)
+    q8.enqueue(_unit(2, dim, seed=10), torch.tensor([8, 8]))
+    flat = torch.full((9,), -float(np.log(9)))
+    bumped = flat.clone()
+    bumped[8] += 2.0
+    with torch.no_grad():
+        base = sum(loss(q4, k5, torch.arange(4), queue=q8, q_ids=ids4, k_ids=ids5, log_q=flat).values())
+        more = sum(loss(q4, k5, torch.arange(4), queue=q8, q_ids=ids4, k_ids=ids5, log_q=bumped).values())
+    assert float(more) < float(base) - 1e-3
     with pytest.raises(ValueError, match="needs q_ids"):
         loss(q, k, log_q=log_q)

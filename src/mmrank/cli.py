@@ -91,15 +91,17 @@ def market_validate(path: Path = typer.Argument(..., help="an items or events Pa
 def data_build(run: Path = typer.Option(..., "--run", help="run directory with data/items.parquet and data/events.parquet"),
                split_ts: Optional[int] = typer.Option(None, help="train/test boundary (seconds): earlier is train"),
                history_len: Optional[int] = typer.Option(None, help="at most L clicks per behaviour sequence (default 50)"),
+               start_ts: Optional[int] = typer.Option(None, help="earlier events feed histories and sales only "
+                                                      "(default 0)"),
                config: Optional[Path] = _CONFIG) -> None:
     """Validate a team's items and events, then build pairs, CTR samples and lists beside them."""
     from mmrank.config import record, stage_config
     from mmrank.data.samples import build_derived
 
-    cfg = stage_config("data", config, {"split_ts": split_ts, "history_len": history_len})
+    cfg = stage_config("data", config, {"split_ts": split_ts, "history_len": history_len, "start_ts": start_ts})
     if cfg.split_ts is None:
         raise MMRankError("data build: give --split-ts (or data.split_ts in --config)")
-    counts = build_derived(run, cfg.split_ts, cfg.history_len)
+    counts = build_derived(run, cfg.split_ts, cfg.history_len, cfg.start_ts)
     record(run, "data", cfg)
     typer.echo(f"wrote {run}/data: {counts}")
 

@@ -92,6 +92,10 @@ def compare_cmd(
     strategies: Optional[str] = typer.Option(None, help="comma-separated (default all six)"),
     max_train_rows: Optional[int] = typer.Option(None, help="train on the latest N training rows only"),
     threads: Optional[int] = typer.Option(None),
+    epochs_curve: Optional[int] = typer.Option(None, min=0, help="Figure 3: ID vs multimodal test AUC over N "
+                                               "epochs (default 0: none)"),
+    knowledge: Optional[str] = typer.Option(None, help="MAKE knowledge: compact | full (Sec. 4.3; "
+                                            "ctr.model.make.knowledge)"),
     config: Optional[Path] = _CONFIG,
 ) -> None:
     """Train every strategy over SEEDS seeds; write RUN/ctr/compare.json, compare.md and plots."""
@@ -105,12 +109,17 @@ def compare_cmd(
         for x in strats:
             if x not in STRATEGIES:
                 raise ConfigError(f"--strategies: unknown strategy {x!r}; expected {', '.join(STRATEGIES)}")
+    if knowledge is not None and knowledge not in ("compact", "full"):
+        raise ConfigError(f"--knowledge: expected compact or full, got {knowledge!r}")
     s = _settings(config, seeds=seeds, make_epochs=make_epochs, curve=_ints(curve, "--curve"),
-                  strategies=strats, max_train_rows=max_train_rows, threads=threads)
+                  strategies=strats, max_train_rows=max_train_rows, threads=threads,
+                  epochs_curve=epochs_curve,
+                  model={"make": {"knowledge": knowledge}} if knowledge is not None else None)
     _threads(s.threads)
     _notes(run)
     compare(run, seeds=s.seeds, make_epochs=s.make_epochs, curve=tuple(s.curve),
-            strategies=tuple(s.strategies), cfg=s.model, train_cfg=s.train, max_train_rows=s.max_train_rows)
+            strategies=tuple(s.strategies), cfg=s.model, train_cfg=s.train, max_train_rows=s.max_train_rows,
+            epochs_curve=s.epochs_curve)
     record(run, "ctr", s)
     typer.echo((run / "ctr" / "compare.md").read_text())
 

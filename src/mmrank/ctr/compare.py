@@ -18,9 +18,10 @@ import numpy as np
 from rich.console import Console
 
 from mmrank.ctr.models import STRATEGIES, CtrConfig
-from mmrank.ctr.run import (N_GROUPS, RunData, _nan_to_none, evaluate, fit_strategy, load_run, new_make,
-                            save_model)
+from mmrank.ctr.run import (N_GROUPS, RunData, _nan_to_none, build_model, evaluate, fit_strategy, load_run,
+                            new_make, save_model)
 from mmrank.ctr.trainer import TrainConfig, predict, pretrain_make
+from mmrank.ctr.trainer import train as trainer_train
 
 console = Console(stderr=True)
 
@@ -35,8 +36,8 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 def _aggregate(runs: list[dict]) -> dict[str, Any]:
     out: dict[str, Any] = {k: _mean_std([r[k] for r in runs]) for k in ("auc", "gauc", "logloss")}
     out["groups"] = [{"group": g + 1, "n": runs[0]["groups"][g]["n"],
-                      "auc": _mean_std([r["groups"][g]["auc"] for r in runs])["mean"],
-                      "gauc": _mean_std([r["groups"][g]["gauc"] for r in runs])["mean"]}
+                      **{k: _mean_std([r["groups"][g][k] for r in runs])["mean"]
+                         for k in ("auc", "gauc", "logloss")}}
                      for g in range(N_GROUPS)]
     out["new_items"] = {"n": runs[0]["new_items"]["n"],
                         "auc": _mean_std([r["new_items"]["auc"] for r in runs])["mean"],
@@ -52,10 +53,12 @@ def _rel(v: float, base: float) -> float:
 def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = STRATEGIES, make_epochs: int = 4,
             curve: tuple[int, ...] = (0, 1, 2, 4, 8), cfg: CtrConfig | None = None,
             train_cfg: TrainConfig | None = None, data: RunData | None = None, plots: bool = True,
-            progress: bool = True, max_train_rows: int | None = None) -> dict:
+            progress: bool = True, max_train_rows: int | None = None, epochs_curve: int = 0) -> dict:
     """Train every strategy for ``seeds`` seeds, evaluate on the test split, write the comparison.
 
-    ``max_train_rows`` trains on the latest rows of the training split only (the demo's budget)."""
+    ``max_train_rows`` trains on the latest rows of the training split only (the demo's budget).
+    ``epochs_curve`` > 0 adds Figure 3: test AUC of the ID model and of the multimodal MAKE module
+    alone after each of that many epochs (seed 0; the ID model is let past the one-epoch rule here)."""
     run = Path(run)
     t0 = time.perf_counter()
     cfg = cfg or CtrConfig()
@@ -120,6 +123,8 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = STRATEGI
                 "logloss": _rel(r["logloss"]["mean"], base["logloss"]["mean"]),
                 "groups_auc": [_rel(g["auc"], b["auc"]) for g, b in zip(r["groups"], base["groups"])],
                 "groups_gauc": [_rel(g["gauc"], b["gauc"]) for g, b in zip(r["groups"], base["groups"])],
+                "groups_logloss": [_rel(g["logloss"], b["logloss"])
+                                   for g, b in zip(r["groups"], base["groups"])],
                 "new_items_auc": _rel(r["new_items"]["auc"], base["new_items"]["auc"]),
                 "new_items_gauc": _rel(r["new_items"]["gauc"], base["new_items"]["gauc"]),
             }
@@ -127,6 +132,8 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = STRATEGI
         result["make_epochs_curve"] = [{"epochs": e, "auc": curve_res[e][0]["auc"],
                                         "gauc": curve_res[e][0]["gauc"],
                                         "logloss": curve_res[e][0]["logloss"]} for e in sorted(curve_res)]
+    if epochs_curve > 0:
+        result["epochs_curve"] = id_vs_multimodal_epochs(data, cfg, tcfg, epochs_curve, progress)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     out = run / "ctr"
     out.mkdir(parents=True, exist_ok=True)
@@ -161,7 +168,45 @@ def markdown_table(result: dict, strategies: tuple[str, ...] = STRATEGIES) -> st
                      f"{pct(rel.get('auc'))} | {pct(rel.get('gauc'))} | {pct(a[0])} | {pct(a[-1])} | "
                      f"{pct(rel.get('new_items_auc'))} | {pct(g[0])} | {pct(g[-1])} | "
                      f"{pct(rel.get('new_items_gauc'))} |")
+    if "id" in strategies:
+        lines += ["", "LogLoss change vs id by item-frequency group, G1 rarest (Figure 6b; negative is better):",
+                  "", "| strategy | " + " | ".join(f"G{g}" for g in range(1, N_GROUPS + 1)) + " |",
+                  "|---|" + "---:|" * N_GROUPS]
+        for s in strategies:
+            if s == "id":
+                continue
+            vals = result[s].get("relative", {}).get("groups_logloss", [None] * N_GROUPS)
+            lines.append(f"| {s} | " + " | ".join(
+                "—" if v is None or np.isnan(v) else f"{100 * v:+.2f}%" for v in vals) + " |")
     if "make_epochs_curve" in result:
         lines += ["", "MAKE pre-training epochs (Figure 6c): "
                   + ", ".join(f"E={c['epochs']}: GAUC {c['gauc']:.4f}" for c in result["make_epochs_curve"])]
+    if "epochs_curve" in result:
+        lines += ["", "Test AUC over training epochs (Figure 3; seed 0): "
+                  + ", ".join(f"E={c['epochs']}: id {c['id_auc']:.4f} / multimodal {c['multimodal_auc']:.4f}"
+                              for c in result["epochs_curve"])]
     return "\n".join(lines) + "\n"
+
+
+def id_vs_multimodal_epochs(data: RunData, cfg: CtrConfig, tcfg: TrainConfig, epochs: int,
+                            progress: bool = True) -> list[dict]:
+    """Figure 3: test AUC after each epoch of the ID model (past the one-epoch rule) and of the
+    multimodal model (the MAKE module alone: representations only, no ID parameter)."""
+    rows: dict[int, dict] = {e: {"epochs": e} for e in range(1, epochs + 1)}
+    model = build_model(data, CtrConfig.model_validate({**cfg.model_dump(), "strategy": "id"}))
+    trainer_train(model, data.enc, data.train_rows(), id_epochs=epochs, allow_id_multi_epoch=True,
+                  cfg=tcfg, progress=progress,
+                  on_epoch_end=lambda e: rows[e].__setitem__("id_auc", auc_of(data, predict(model, data.enc))))
+    make = new_make(data, cfg, tcfg.seed)
+    pretrain_make(make, data.enc, data.train_rows(), epochs=epochs, cfg=tcfg, progress=progress,
+                  on_epoch_end=lambda e: rows[e].__setitem__("multimodal_auc",
+                                                             auc_of(data, predict(make, data.enc))))
+    for e, r in rows.items():
+        console.print(f"[ctr] epoch {e}: id auc {r['id_auc']:.4f}  multimodal auc {r['multimodal_auc']:.4f}")
+    return list(rows.values())
+
+
+def auc_of(data: RunData, probs: np.ndarray) -> float:
+    from mmrank.eval import auc
+
+    return float(auc(data.samples.label[data.enc.test_rows()].astype(np.int64), probs))

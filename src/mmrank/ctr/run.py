@@ -184,8 +184,8 @@ def evaluate(data: RunData, probs: np.ndarray, rows: np.ndarray | None = None) -
     out: dict[str, Any] = {"n": int(len(rows)), "auc": auc(y, probs), "gauc": gauc(y, probs, users),
                            "logloss": logloss(y, probs)}
     groups = frequency_groups(s.item_id[data.train_rows()], items, N_GROUPS)
-    out["groups"] = [{k: r[k] for k in ("group", "n", "auc", "gauc")}
-                     for r in metrics_by_group(y, probs, users, groups, N_GROUPS)]
+    out["groups"] = [{k: r[k] for k in ("group", "n", "auc", "gauc", "logloss")}
+                     for r in metrics_by_group(y, probs, users, groups, N_GROUPS, with_logloss=True)]
     new_ts = data.manifest.get("new_item_ts")
     if new_ts is not None and data.item_created_at is not None:
         ids, created = data.item_created_at

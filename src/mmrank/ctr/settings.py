@@ -22,6 +22,8 @@ class CtrStageConfig(StrictModel):
     make_epochs: int = Field(4, ge=0, description="MAKE pre-training epochs E (0 = joint training)")
     curve: list[int] = Field(default_factory=lambda: [0, 1, 2, 4, 8],
                              description="`ctr compare`: MAKE epochs curve (Figure 6c); [] for none")
+    epochs_curve: int = Field(0, ge=0, description="`ctr compare`: Figure 3, ID vs multimodal test AUC over "
+                              "N epochs (0: not drawn)")
     max_train_rows: int | None = Field(None, ge=1, description="train on the latest N training rows only")
     threads: int | None = Field(None, ge=1, description="torch threads")
     model: CtrConfig = Field(default_factory=CtrConfig, description="architecture (CtrConfig; MAKE in "

@@ -701,7 +701,7 @@ def import_source(run: str | Path, src: Source, cfg: DataConfig | None = None, *
         write_table(user_tbl, data / "users.parquet")
         if src.query_images is not None:
             write_table(src.query_images, data / "query_images.parquet")
-        derived = build_derived(tmp, split_ts, cfg.history_len)
+        derived = build_derived(tmp, split_ts, cfg.history_len, cfg.start_ts)
         if pairs_kind == "item-to-item":
             pairs = item_to_item_pairs(events, items, split_ts)
             write_table(pairs, data / "pairs.parquet")

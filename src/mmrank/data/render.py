@@ -1,8 +1,11 @@
 """Procedural product photos and titles for the synthetic market, and "user photos" for image queries.
 
-A photo shows an item's latent attributes: the article type as a silhouette, the colour as its fill, the
-pattern drawn inside it, the style as an accent; plus per-item jitter (size, offset, hue) and noise.
-A title says the same in words, with synonyms, brand words and noise.
+A photo shows an item's attributes and its continuous content latent (:class:`Look`): the article type
+as a silhouette whose length and width vary, the colour as its fill, shifted in lightness, saturation
+and hue, the pattern drawn inside it at a varying density, a contrasting trim band of varying depth,
+the style as an accent; plus per-item jitter and noise. A title says the coarse attributes in words,
+with synonyms, brand words and noise, and names the latent only where it is extreme ("dark", "long",
+"oversized", "contrast trim"), as shop titles do.
 """
 
 from __future__ import annotations
@@ -68,22 +71,66 @@ NOISE_WORDS = ["new", "2024", "slim fit", "regular fit", "for men", "for women",
                "cotton", "limited", "bestseller", "soft"]
 
 
+LATENT_NAMES = ("lightness", "saturation", "hue_shift", "length", "width", "trim")
+
+
+class Look:
+    """The continuous content latent of one synthetic item, each value in [-1, 1].
+
+    ``lightness`` mixes the fill toward white (+) or black (-); ``saturation`` toward vivid (+) or grey
+    (-); ``hue_shift`` rotates the hue by up to 30 degrees; ``length`` and ``width`` stretch the
+    silhouette; ``trim`` sets the depth of a contrasting band at the hem (none at -1).
+    """
+
+    __slots__ = LATENT_NAMES
+
+    def __init__(self, values: np.ndarray | tuple[float, ...] | None = None) -> None:
+        v = np.zeros(len(LATENT_NAMES)) if values is None else np.asarray(values, dtype=np.float64)
+        for name, x in zip(LATENT_NAMES, v):
+            setattr(self, name, float(np.clip(x, -1.0, 1.0)))
+
+
+def shaded_colour(colour: str, look: Look) -> tuple[int, int, int]:
+    """The fill colour of ``colour`` after the look's lightness, saturation and hue shift."""
+    import colorsys
+
+    r, g, b = (c / 255.0 for c in COLOURS[colour])
+    h, lum, sat = colorsys.rgb_to_hls(r, g, b)
+    h = (h + look.hue_shift * 30.0 / 360.0) % 1.0
+    sat = float(np.clip(sat * (1.0 + 0.6 * look.saturation), 0.0, 1.0))
+    lum = lum + (0.85 - lum) * look.lightness if look.lightness > 0 else lum * (1 + 0.75 * look.lightness)
+    r, g, b = colorsys.hls_to_rgb(h, float(np.clip(lum, 0.0, 1.0)), sat)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+LATENT_WORDS: dict[str, tuple[list[str], list[str]]] = {  # (words for -1 end, words for +1 end)
+    "lightness": (["dark", "deep"], ["light", "pale", "pastel"]),
+    "saturation": (["muted", "washed"], ["bright", "vivid"]),
+    "length": (["cropped", "short"], ["long", "maxi"]),
+    "width": (["slim", "fitted"], ["oversized", "loose", "wide"]),
+    "trim": ([], ["contrast trim", "colour-block"]),
+}
+
+
 def _rng_for(*keys: int) -> np.random.Generator:
     return np.random.default_rng([int(k) & 0xFFFFFFFF for k in keys])
 
 
 def render_item_image(type_name: str, colour: str, pattern: str, style: str, seed: int,
-                      size: int = 64) -> bytes:
+                      size: int = 64, look: Look | None = None) -> bytes:
     """Draw one product photo as JPEG bytes. Deterministic in its arguments."""
+    look = look or Look()
     rng = _rng_for(seed, 0xC0FFEE)
     s = size * 2  # draw at 2x, then downsample (anti-aliasing)
     bg = int(rng.integers(225, 250))
     img = Image.new("RGB", (s, s), (bg, bg, bg))
-    scale = rng.uniform(0.8, 1.0)
-    dx, dy = rng.uniform(-0.08, 0.08, size=2)
-    poly = [((x - .5) * scale + .5 + dx, (y - .5) * scale + .5 + dy) for x, y in ARTICLE_TYPES[type_name]]
+    scale = rng.uniform(0.85, 0.95)
+    sx = scale * (1.0 + 0.25 * look.width)   # width: slim .. oversized
+    sy = scale * (1.0 + 0.3 * look.length)  # length: cropped .. long
+    dx, dy = rng.uniform(-0.04, 0.04, size=2)
+    poly = [((x - .5) * sx + .5 + dx, (y - .5) * sy + .5 + dy) for x, y in ARTICLE_TYPES[type_name]]
     poly_px = [(x * s, y * s) for x, y in poly]
-    base = np.array(COLOURS[colour], dtype=np.float64) + rng.normal(0, 12, size=3)
+    base = np.array(shaded_colour(colour, look), dtype=np.float64) + rng.normal(0, 5, size=3)
     fill = tuple(int(v) for v in np.clip(base, 0, 255))
     mask = Image.new("L", (s, s), 0)
     ImageDraw.Draw(mask).polygon(poly_px, fill=255)
@@ -102,11 +149,14 @@ def render_item_image(type_name: str, colour: str, pattern: str, style: str, see
         for v in range(0, s, step):
             draw.rectangle([v, 0, v + 2, s], fill=alt)
             draw.rectangle([0, v, s, v + 2], fill=alt)
-    img.paste(body, (0, 0), mask)
-    top = ImageDraw.Draw(img)
     xs = [p[0] for p in poly_px]
     ys = [p[1] for p in poly_px]
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    depth = (look.trim + 1.0) / 2.0 * 0.45  # trim: a contrasting band over the lowest 0-45% of the body
+    if depth > 0.02:
+        draw.rectangle([0, y1 - depth * (y1 - y0), s, s], fill=alt)
+    img.paste(body, (0, 0), mask)
+    top = ImageDraw.Draw(img)
     if style == "formal":  # a thin dark outline
         top.line(poly_px + [poly_px[0]], fill=(20, 20, 30), width=3)
     elif style == "sport":  # a bright diagonal band
@@ -124,18 +174,32 @@ def render_item_image(type_name: str, colour: str, pattern: str, style: str, see
 
 
 def make_title(type_name: str, colour: str, pattern: str, style: str, brand: str,
-               rng: np.random.Generator) -> str:
-    """A product title from the attributes: synonyms, brand words, optional words and noise."""
+               rng: np.random.Generator, look: Look | None = None) -> str:
+    """A product title from the attributes: synonyms, brand words, optional words and noise.
+
+    The look is named only where a value is extreme (|x| > 0.5), and then with probability 0.7.
+    """
     def pick(words: list[str]) -> str:
         return words[int(rng.integers(len(words)))]
 
+    look = look or Look()
+    fit = []
+    for name, (low, high) in LATENT_WORDS.items():
+        x = getattr(look, name)
+        words = high if x > 0.5 else low if x < -0.5 else []
+        if words and rng.random() < 0.7:
+            fit.append(pick(words))
     parts = [brand]
     if rng.random() < 0.75:
         parts.append(pick(STYLE_WORDS[style]))
+    parts += [w for w in fit if w not in ("long", "maxi", "cropped", "short", "slim", "fitted",
+                                          "oversized", "loose", "wide")]
     parts.append(pick(COLOUR_WORDS[colour]))
     pat = pick(PATTERN_WORDS[pattern])
     if pat and (pattern != "solid" or rng.random() < 0.3):
         parts.append(pat)
+    parts += [w for w in fit if w in ("long", "maxi", "cropped", "short", "slim", "fitted",
+                                      "oversized", "loose", "wide")]
     parts.append(pick(TYPE_WORDS[type_name]))
     if rng.random() < 0.5:
         parts.append(pick(NOISE_WORDS))
@@ -143,26 +207,20 @@ def make_title(type_name: str, colour: str, pattern: str, style: str, brand: str
     return title[0].upper() + title[1:]
 
 
-def query_image_ref(item_id: int, seed: int) -> str:
-    """The reference stored in ``events.query_image`` for a user's photo of ``item_id``."""
-    return f"aug:{int(item_id)}:{int(seed)}"
+def query_image_id(seed: int, request: int) -> str:
+    """The opaque id stored in ``events.query_image`` for the photo of request ``request``.
 
-
-def parse_query_image_ref(ref: str) -> tuple[int, int]:
-    """``"aug:<item_id>:<seed>"`` -> (item_id, seed); ValueError naming the reference otherwise."""
-    parts = ref.split(":")
-    if len(parts) != 3 or parts[0] != "aug":
-        raise ValueError(f"not a query image reference: {ref!r} (expected 'aug:<item_id>:<seed>')")
-    return int(parts[1]), int(parts[2])
-
-
-def render_query_image(ref: str, item_image: bytes) -> Image.Image:
-    """A photo of the item "taken by the user": crop, shift, colour change and blur of its photo.
-
-    Deterministic in ``ref`` (``"aug:<item_id>:<seed>"``); ``item_image`` is the source item's photo.
+    A hash of the market seed and the request number: it names no item.
     """
-    item_id, seed = parse_query_image_ref(ref)
-    rng = _rng_for(item_id, seed, 0xA06)
+    return f"qi-{zlib.crc32(f'{int(seed)}/{int(request)}'.encode()):08x}{int(request):x}"
+
+
+def render_query_image(item_image: bytes, seed: int) -> Image.Image:
+    """A photo of an item "taken by the user": crop, shift, colour change and blur of its photo.
+
+    Deterministic in ``seed``; ``item_image`` is the photographed item's shop photo.
+    """
+    rng = _rng_for(seed, 0xA06)
     img = Image.open(io.BytesIO(item_image)).convert("RGB")
     w, h = img.size
     frac = rng.uniform(0.75, 0.95)

@@ -15,6 +15,8 @@ Tables:
   display (query-free) requests have neither. ``surface`` (optional, ``display`` | ``search``) says
   where the list was shown; a log without it is all ``search``.
 * ``QUERY_IMAGES``: the photos users searched with, by opaque id (the id never names an item).
+* ``CANDIDATES``: optional, the candidate set each search request retrieved, in the production order,
+  with the production score: what lets a re-ranker see items that were retrieved but not shown.
 * ``PAIRS``: <query, purchased item> pairs for contrastive pre-training, with hard negatives (clicked but
   not bought in the same request).
 * ``CTR_SAMPLES``: one row per impression with the user's point-in-time behaviour sequence: at most L
@@ -62,6 +64,13 @@ SURFACES = ("display", "search")
 QUERY_IMAGES = pa.schema([
     pa.field("query_image", pa.string(), nullable=False),  # opaque id, as in EVENTS.query_image
     pa.field("image", pa.binary(), nullable=False),        # JPEG bytes
+])
+
+# The logged candidate set of each search request, in the production order (shown or not).
+CANDIDATES = pa.schema([
+    pa.field("request_id", pa.int64(), nullable=False),
+    pa.field("item_id", pa.int64(), nullable=False),
+    pa.field("prod_score", pa.float32(), nullable=False),
 ])
 
 USERS = pa.schema([
@@ -123,4 +132,5 @@ LISTS = pa.schema([
 TABLES: dict[str, pa.Schema] = {
     "items": ITEMS, "events": EVENTS, "users": USERS, "pairs": PAIRS,
     "ctr_samples": CTR_SAMPLES, "lists": LISTS, "query_images": QUERY_IMAGES,
+    "candidates": CANDIDATES,
 }

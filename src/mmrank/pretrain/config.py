@@ -8,9 +8,12 @@ from pydantic import Field
 
 from mmrank.config import StrictModel
 
-# The paper's Table 2 rows, in its order.
-VARIANTS = ("off-the-shelf", "clip-e", "scl", "scl-no-triplet", "scl-no-triplet-no-moco")
-Variant = Literal["off-the-shelf", "clip-e", "scl", "scl-no-triplet", "scl-no-triplet-no-moco"]
+# The paper's Table 2 rows, in its order, then SCL without the logQ correction.
+VARIANTS = ("off-the-shelf", "clip-e", "scl", "scl-no-triplet", "scl-no-triplet-no-moco", "scl-no-logq")
+Variant = Literal["off-the-shelf", "clip-e", "scl", "scl-no-triplet", "scl-no-triplet-no-moco",
+                  "scl-no-logq"]
+# Reference rows of the comparison that train nothing.
+REFERENCES = ("popularity",)
 
 
 class PretrainConfig(StrictModel):
@@ -34,6 +37,10 @@ class PretrainConfig(StrictModel):
     temperature: float = Field(0.07, gt=0, description="initial tau of Eq. 1 (learnable)")
     queue_size: int = Field(8192, ge=1, le=1_000_000, description="MoCo negatives K (paper: 196,800)")
     momentum: float = Field(0.99, ge=0, lt=1)
+    key_path: Literal["online", "momentum"] = Field(
+        "online", description="where the query->item InfoNCE's item keys come from: the online item "
+        "tower (gradients flow into it) or the momentum encoder, as in MoCo (the queue always holds "
+        "momentum keys)")
     margin: float = Field(0.2, ge=0)
     triplet_weight: float = Field(1.0, ge=0)
     symmetric: bool = Field(True, description="add the item->query in-batch InfoNCE term")
@@ -49,4 +56,6 @@ class PretrainConfig(StrictModel):
         """Which parts of SCL this variant trains with."""
         v = self.variant
         return {"train": v != "off-the-shelf", "queries": v.startswith("scl"),
-                "moco": v in ("scl", "scl-no-triplet"), "triplet": v == "scl"}
+                "moco": v in ("scl", "scl-no-triplet", "scl-no-logq"),
+                "triplet": v in ("scl", "scl-no-logq"),
+                "logq": self.logq_correction and v != "scl-no-logq"}

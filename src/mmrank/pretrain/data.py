@@ -1,7 +1,8 @@
 """Pre-training data from the logs (Sec. 3.2, Table 1): <query, purchased item> pairs + hard negatives.
 
-Reads ``R/data/items.parquet`` and ``R/data/pairs.parquet`` (schema ``PAIRS``), renders image queries
-(``aug:<item_id>:<seed>`` references) and turns everything into cached frozen-backbone features.
+Reads ``R/data/items.parquet``, ``R/data/pairs.parquet`` (schema ``PAIRS``) and the query photos of
+``R/data/query_images.parquet`` (by opaque id), and turns everything into cached frozen-backbone
+features.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from mmrank.encoders.cache import cache_key, cached_features
@@ -113,6 +115,25 @@ def read_pairs(run: Path, catalog: Catalog, seed: int = 0) -> PairTable:
                      np.asarray([s == "test" for s in split]), t.column("ts").to_numpy())
 
 
+def read_query_images(run: Path, wanted: set[str]) -> dict[str, bytes]:
+    """The photos of ``wanted`` query ids from ``R/data/query_images.parquet``; names a missing one."""
+    import pyarrow.compute as pc
+
+    from mmrank.data.io import read_table
+
+    if not wanted:
+        return {}
+    path = Path(run) / "data" / "query_images.parquet"
+    t = read_table(path, "query_images")
+    t = t.filter(pc.is_in(t.column("query_image"), value_set=pa.array(sorted(wanted), pa.string())))
+    photos = dict(zip(t.column("query_image").to_pylist(), t.column("image").to_pylist()))
+    missing = sorted(wanted - photos.keys())
+    if missing:
+        raise DataError(f"query image {missing[0]!r} (named in pairs.parquet) has no photo",
+                        file=str(path), column="query_image")
+    return photos
+
+
 @dataclass
 class Features:
     """Cached backbone features: items' images and titles, and the queries (deduplicated)."""
@@ -138,7 +159,6 @@ def build_features(run: Path, catalog: Catalog, pairs: PairTable, image_encoder:
                    cache: bool = True) -> Features:
     """Encode (or read from ``R/features/``) every input the trainer and the evaluation need."""
     from mmrank import encoders
-    from mmrank.data.render import parse_query_image_ref, render_query_image
 
     cache_dir = Path(run) / "features" if cache else None
     st = os.stat(catalog.path)
@@ -173,20 +193,10 @@ def build_features(run: Path, catalog: Catalog, pairs: PairTable, image_encoder:
         else:
             qrow[r] = refs.setdefault(pairs.query_image[r], len(refs))
     text_list, ref_list = list(texts), list(refs)
-    id_to_row = {int(i): r for r, i in enumerate(catalog.item_ids)}
+    photos = read_query_images(run, set(ref_list))
 
     def render(a: int, z: int) -> list:
-        out = []
-        for j in range(a, z):
-            ref = ref_list[j]
-            try:
-                src = id_to_row[parse_query_image_ref(ref)[0]]
-            except (ValueError, KeyError):
-                raise DataError(f"query image {ref!r}: not 'aug:<item_id>:<seed>' of a known item",
-                                file=str(Path(run) / "data" / "pairs.parquet"),
-                                column="query_image") from None
-            out.append(render_query_image(ref, catalog.images[src]))
-        return out
+        return [photos[ref] for ref in ref_list[a:z]]
 
     text_q = cached_features(build_txt, tkey, text_list, lambda a, z: text_list[a:z], cache_dir,
                              "queries_text", fp)

@@ -75,3 +75,24 @@ def evaluate(model: torch.nn.Module, feats: Features, pairs: PairTable,
         out["nested"] = nested
     model.train(was)
     return out
+
+
+def popularity(pairs: PairTable, ns: Sequence[int] = (1, 5)) -> dict:
+    """Acc@N of the popularity-only reference: every query ranks S by training purchases.
+
+    The same list for every query (ties broken by catalog row), scored like :func:`evaluate`.
+    """
+    out: dict = {f"acc@{n}": {} for n in ns}
+    out["n_test"] = {}
+    train_counts = np.bincount(pairs.pos[~pairs.test], minlength=int(pairs.pos.max(initial=0)) + 1)
+    for name, m in MODALITIES:
+        rows = np.flatnonzero(pairs.test & (pairs.modality == m))
+        out["n_test"][name] = int(len(rows))
+        s_items = np.unique(pairs.pos[rows])
+        ranked = s_items[np.argsort(-train_counts[s_items], kind="stable")]
+        rank_of = np.zeros(len(train_counts), np.int64)
+        rank_of[ranked] = np.arange(len(ranked))
+        pos_rank = rank_of[pairs.pos[rows]]
+        for n in ns:
+            out[f"acc@{n}"][name] = float(np.mean(pos_rank < n)) if len(rows) else None
+    return out

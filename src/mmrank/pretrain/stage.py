@@ -16,10 +16,10 @@ import torch
 from mmrank.config import save_yaml
 from mmrank.errors import ConfigError
 from mmrank.pretrain.artifacts import save_encoder
-from mmrank.pretrain.config import VARIANTS, PretrainConfig
+from mmrank.pretrain.config import REFERENCES, VARIANTS, PretrainConfig
 from mmrank.pretrain.data import build_features, native_image_size, read_catalog, read_pairs
 from mmrank.pretrain.distributed import DistEnv
-from mmrank.pretrain.evaluate import evaluate
+from mmrank.pretrain.evaluate import evaluate, popularity
 from mmrank.pretrain.model import OffTheShelf
 from mmrank.pretrain.train import train
 
@@ -135,14 +135,15 @@ def pretrain(run: str | Path, cfg: PretrainConfig | None = None) -> dict[str, An
 
 
 def compare(run: str | Path, cfg: PretrainConfig | None = None,
-            variants: tuple[str, ...] = VARIANTS) -> dict[str, Any]:
+            variants: tuple[str, ...] = REFERENCES + VARIANTS) -> dict[str, Any]:
     """`mmrank pretrain compare --run R`: Table 2 on R's market.
 
     Every variant's encoder goes to ``R/pretrain/<variant>/``; ``R/pretrain/compare.json`` maps each
     variant (and nothing else) to ``{"acc@1": {"image", "text"}, "acc@5": {...}}``;
     ``compare_detail.json`` adds nested dims, timings and the config; ``compare.md`` is the table.
-    The SCL encoder is also installed as ``R/encoder/`` (the one later stages use). ``off-the-shelf`` is always EfficientNet-Lite0 +
-    MiniLM with no training.
+    The SCL encoder is also installed as ``R/encoder/`` (the one later stages use). ``off-the-shelf``
+    is always EfficientNet-Lite0 + MiniLM with no training; ``popularity`` ranks every query's
+    candidates by training purchases (a reference row, no encoder).
     """
     run = Path(run)
     base = cfg or PretrainConfig()
@@ -150,8 +151,15 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
     results: dict[str, Any] = {}
     prepared: dict[tuple, _Prepared] = {}
     for v in variants:
-        if v not in VARIANTS:
-            raise ConfigError(f"unknown variant {v!r}; expected one of {', '.join(VARIANTS)}")
+        if v not in VARIANTS + REFERENCES:
+            raise ConfigError(f"unknown variant {v!r}; expected one of "
+                              f"{', '.join(VARIANTS + REFERENCES)}")
+        if v == "popularity":  # a reference that trains nothing: S ranked by training purchases
+            if env.main:
+                catalog = read_catalog(run)
+                results[v] = popularity(read_pairs(run, catalog, base.seed))
+                results[v]["variant"] = v
+            continue
         upd: dict[str, Any] = {"variant": v}
         if v == "off-the-shelf":
             upd.update(OFF_THE_SHELF, trainable_blocks=0)
@@ -216,6 +224,7 @@ def demo_stage(run: Path, size: str) -> dict[str, Any]:
         "acc@1": {v: r["acc@1"] for v, r in res.items()},
         "acc@5": {v: r["acc@5"] for v, r in res.items()},
         "encoder_version": res["scl"]["version"],
+        "key_path": PretrainConfig(**DEMO[size]).key_path,
         "image_size": res["scl"]["image_size"],
         "encoders": "efficientnet-lite0 + minilm (frozen, cached features) + trained heads",
         "markdown": markdown_table({v: {"acc@1": r["acc@1"], "acc@5": r["acc@5"]}

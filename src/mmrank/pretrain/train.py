@@ -125,7 +125,7 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
         elif env.main:
             log(f"ignoring checkpoint in {ckpt_dir}: it was made with another config")
     log_q = None
-    if cfg.logq_correction and use["queries"]:
+    if use["logq"] and use["queries"]:
         # how often each item (by row) is drawn as a positive, add-one smoothed (training pairs only)
         counts = np.bincount(pairs.pos[rows], minlength=len(item_ids)).astype(np.float64) + 1.0
         log_q = torch.from_numpy(np.log(counts / counts.sum())).float()
@@ -163,17 +163,23 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
                 g["lr"] = lr_at(cfg, step, total)
             offset = env.rank * per_rank
             pos_index = torch.arange(per_rank) + offset
+            km = None
             if use["queries"]:
                 item_rows = pairs.pos[local]
                 q = queries(local)
                 k = model.item(feats.item_img[item_rows], feats.item_txt[item_rows])
+                if momentum is not None and cfg.key_path == "momentum":
+                    with torch.no_grad():  # MoCo keys: the momentum encoder of this step
+                        momentum.train()
+                        km = momentum.item(feats.item_img[item_rows], feats.item_txt[item_rows])
             else:  # CLIP-E: an item's image against its own title
                 item_rows = local
                 q = model.image_query(feats.item_img[item_rows])
                 k = model.text_query(feats.item_txt[item_rows])
             # items are named by catalog row (one row per item id): masks, queue and log_q use rows
             ids = torch.as_tensor(np.asarray(item_rows), dtype=torch.long)
-            k_all, ids_all = env.gather_with_grad(k), env.gather(ids)
+            key = km if (cfg.key_path == "momentum" and km is not None) else k
+            k_all, ids_all = env.gather_with_grad(key), env.gather(ids)
             # the queue itself (not its tensors): its normalised prefixes and sorted ids are cached
             terms = objective.q2i(q, k_all, pos_index, queue=queue, q_ids=ids, k_ids=ids_all, log_q=log_q)
             if objective.i2q is not None:
@@ -194,11 +200,14 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
             env.average_gradients(params)
             opt.step()
             if momentum is not None and queue is not None:
-                momentum_update(model, momentum, cfg.momentum)
-                with torch.no_grad():
-                    momentum.train()
-                    km = momentum.item(feats.item_img[item_rows], feats.item_txt[item_rows])
-                    queue.enqueue(env.gather(km), ids_all)
+                if cfg.key_path == "online":  # keys of the updated momentum encoder
+                    momentum_update(model, momentum, cfg.momentum)
+                    with torch.no_grad():
+                        momentum.train()
+                        km = momentum.item(feats.item_img[item_rows], feats.item_txt[item_rows])
+                else:  # MoCo: enqueue this step's keys, then move the momentum encoder
+                    momentum_update(model, momentum, cfg.momentum)
+                queue.enqueue(env.gather(km), ids_all)
             step += 1
             seen += batch
             if progress is not None:

@@ -51,21 +51,36 @@ def plot_ctr_compare(result: dict, strategies: tuple[str, ...], out_dir: Path) -
     paths.append(_save(fig, out_dir / "ctr_strategies.png"))
 
     if "id" in strategies:
-        fig, ax = plt.subplots(figsize=(7, 3.8))
+        fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
         mm = [s for s in strategies if s != "id"]
         width = 0.8 / max(len(mm), 1)
-        x = np.arange(9)
-        for i, s in enumerate(mm):
-            rel = result[s].get("relative", {})
-            vals = [_f(v) * 100 for v in rel.get("groups_gauc", [None] * 8)] + \
-                [_f(rel.get("new_items_gauc")) * 100]
-            ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=s)
-        ax.axhline(0, color="black", lw=0.8)
-        ax.set_xticks(x, [f"G{g}" for g in range(1, 9)] + ["new"])
-        ax.set_ylabel("GAUC change vs id (%)")
-        ax.set_title("Relative GAUC by item-frequency group (G1 rarest) and new items (Fig. 6b)")
-        ax.legend(fontsize=7, ncol=3)
+        for ax, key, label in ((axes[0], "gauc", "GAUC change vs id (%)"),
+                               (axes[1], "logloss", "LogLoss change vs id (%, lower is better)")):
+            x = np.arange(9 if key == "gauc" else 8)
+            for i, s in enumerate(mm):
+                rel = result[s].get("relative", {})
+                vals = [_f(v) * 100 for v in rel.get(f"groups_{key}", [None] * 8)]
+                if key == "gauc":
+                    vals.append(_f(rel.get("new_items_gauc")) * 100)
+                ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=s)
+            ax.axhline(0, color="black", lw=0.8)
+            ax.set_xticks(x, [f"G{g}" for g in range(1, 9)] + (["new"] if key == "gauc" else []))
+            ax.set_ylabel(label)
+        axes[0].set_title("By item-frequency group, G1 rarest, and new items (Fig. 6b)")
+        axes[0].legend(fontsize=7, ncol=3)
         paths.append(_save(fig, out_dir / "ctr_frequency_groups.png"))
+
+    if result.get("epochs_curve"):
+        c = result["epochs_curve"]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot([r["epochs"] for r in c], [_f(r["id_auc"]) for r in c], "o-", label="ID model")
+        ax.plot([r["epochs"] for r in c], [_f(r["multimodal_auc"]) for r in c], "s-",
+                label="multimodal (MAKE alone)")
+        ax.set_xlabel("training epochs")
+        ax.set_ylabel("test AUC")
+        ax.set_title("ID vs multimodal parameters over epochs (Fig. 3)")
+        ax.legend(fontsize=8)
+        paths.append(_save(fig, out_dir / "ctr_epochs.png"))
 
     if result.get("make_epochs_curve"):
         c = result["make_epochs_curve"]

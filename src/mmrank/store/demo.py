@@ -26,16 +26,12 @@ N_RECALL_QUERIES = {"tiny": 200, "small": 300, "default": 500}
 
 def _image_search_recall(store: ItemStore, items: dict, n: int, seed: int = 0) -> float | None:
     """Share of query photos whose source item is in the top 10 (image-query tower, ANN index)."""
-    try:
-        from mmrank.data.market import query_image_ref, render_query_image
-    except ImportError:
-        return None
+    from mmrank.data.render import render_query_image
     rng = np.random.default_rng(seed)
     ids = store.table.ids()
     ids = rng.choice(ids[np.isin(ids, items["item_id"])], size=min(n, len(ids)), replace=False)
     row = {int(i): r for r, i in enumerate(items["item_id"])}
-    photos = [render_query_image(query_image_ref(int(i), 1000 + k), items["image"][row[int(i)]])
-              for k, i in enumerate(ids)]
+    photos = [render_query_image(items["image"][row[int(i)]], 1000 + k) for k, i in enumerate(ids)]
     q = store.encoder.encode_images(photos)
     _, found = store.index.search(q, 10)
     return float(np.mean([i in f for i, f in zip(ids, found)]))

@@ -6,7 +6,8 @@ One folder per country, ``AliExpress_<CC>/`` (NL, ES, FR, US, RU), each with ``t
     search_id,categorical_1,...,categorical_15,numerical_1,...,numerical_63,click,conversion
 
 ``--events`` is the folder holding the country folders (or one country folder). Rows of one
-``search_id`` form one list (its items in file order); the country is the region (sorted country codes
+``search_id`` form one list (its items in file order; the events carry no ``surface``, so both the
+CTR samples and the re-ranking lists hold every impression); the country is the region (sorted country codes
 -> 0, 1, ...), so the lists carry a region for the re-ranker. Click and conversion become click and
 purchase labels.
 
@@ -85,8 +86,8 @@ def load(items: Path | None, events: Path, images: Path | None) -> Source:
         ts = ts[first][np.searchsorted(uniq, req)]
         rows, kinds = wide_to_long(n, {"click": click, "purchase": conv})
         b.add_events(p, events_table(ts=ts[rows], user_id=req[rows], item_id=item[rows], event=kinds,
-                                     request_id=req[rows], region=np.full(len(rows), region_of[cc]),
-                                     surface=pa.array(["search"] * len(rows), pa.string())), rows)
+                                     request_id=req[rows], region=np.full(len(rows), region_of[cc])),
+                     rows)
         for r, i in enumerate(item):
             first_row.setdefault(int(i), (p, r))
         offset += n
@@ -103,7 +104,9 @@ def load(items: Path | None, events: Path, images: Path | None) -> Source:
         }), np.asarray([first_row[i][1] for i in ids], np.int64))
     notes = [f"countries -> regions: {', '.join(f'{cc}={i}' for cc, i in region_of.items())}",
              f"item id assumed to be {ITEM_COLUMN} (the release does not name its item feature)",
-             "no user ids: each search is its own user (GAUC is per search)"]
+             "no user ids: each search is its own user (GAUC is per search)",
+             "search lists with no surface column: the CTR samples and the re-ranking lists both hold "
+             "every impression"]
     src = b.build(has_impressions=True, notes=notes, split_ts=split)
     src.substitutes["time"] = "no timestamps: row order stands in for time (train files, then test files)"
     src.event_columns = {"item_id": ITEM_COLUMN, "request_id": "search_id"}

@@ -1,0 +1,50 @@
+"""No training stage reads the market's truth: pre-training, embedding and CTR run with R/truth/ gone,
+and no file under it is opened meanwhile."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+_WATCH: dict[str, object] = {"root": None, "opened": []}
+
+
+def _audit(event: str, args: tuple) -> None:
+    root = _WATCH["root"]
+    if root is not None and event == "open" and args and isinstance(args[0], (str, Path)):
+        if str(args[0]).startswith(str(root)):
+            _WATCH["opened"].append(str(args[0]))  # type: ignore[union-attr]
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.mark.slow
+def test_pretrain_embed_and_ctr_run_without_the_truth(tmp_path: Path) -> None:
+    from mmrank.cli import app
+    from mmrank.data.market import generate_market, market_config
+
+    run = tmp_path / "run"
+    generate_market(market_config(size="tiny", n_items=300, n_users=400, n_impressions=12_000, seed=3), run)
+    hidden = tmp_path / "hidden-truth"
+    shutil.move(run / "truth", hidden)  # unreadable because absent; and any open of it is recorded
+    _WATCH["root"] = hidden
+    try:
+        runner = CliRunner()
+        for args in (["pretrain", "--run", str(run), "--image-encoder", "cnn-small", "--text-encoder",
+                      "hash-bow", "--epochs", "1", "--batch-size", "64", "--queue-size", "256"],
+                     ["embed", "--run", str(run), "--threads", "1"],
+                     ["ctr", "train", "--run", str(run), "--strategy", "simtier", "--make-epochs", "0",
+                      "--threads", "1"]):
+            res = runner.invoke(app, args)
+            assert res.exit_code == 0, (args[0], res.output, res.exception)
+    finally:
+        _WATCH["root"] = None
+    assert not (run / "truth").exists()
+    assert _WATCH["opened"] == []
+    assert (run / "encoder" / "weights.safetensors").exists()
+    assert (run / "ctr" / "simtier" / "metrics.json").exists()
