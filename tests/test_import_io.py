@@ -129,9 +129,11 @@ def test_queries_become_pairs_and_query_images(tmp_path: Path) -> None:
             rows.append(f"{100 * r},{r % 3},{10 + (r + pos) % 6},impression,{r},{pos},{q[0]},{q[1]}")
         rows.append(f"{100 * r},{r % 3},{10 + r % 6},click,{r},0,{q[0]},{q[1]}")
         rows.append(f"{100 * r + 5},{r % 3},{10 + r % 6},purchase,{r},0,{q[0]},{q[1]}")
+    rows.append("150,1,11,click,1,7,,qa7")  # a click on a slot that was never shown: counted, no sample
     (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
     s = import_data(tmp_path / "run", items=items, events=tmp_path / "log.csv", queries=tmp_path / "q")
     assert "pairs" not in s["substitutes"] and "impressions" not in s["substitutes"]
+    assert s["lists"] == {"labels_without_impression": 1} and s["counts"]["ctr_samples"] == 24
     pairs = pq.read_table(tmp_path / "run" / "data" / "pairs.parquet")
     assert pairs.num_rows == 8
     assert sorted(pairs.column("query_modality").to_pylist()) == ["image"] * 4 + ["text"] * 4

@@ -498,6 +498,9 @@ def _events_table(src: Source, keep: np.ndarray, items: pa.Table, cfg: DataConfi
             raise DataError(f"position {int(pos[bad[0]])} outside 0..{MAX_LIST - 1}", file=f, row=r,
                             column=src.event_columns.get("position", "position"))
         ev.update(request_id=req, position=pos, sampled=np.zeros(len(req), bool), src=src_rows)
+        slot = req * 1024 + pos
+        is_imp = ev["event_rank"] == 0
+        info = {"labels_without_impression": int((~np.isin(slot[~is_imp], slot[is_imp])).sum())}
     else:
         created = items.column("created_at").to_numpy()
         ids = items.column("item_id").to_numpy()
@@ -773,7 +776,10 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append("source rows not used as events: " +
                      ", ".join(f"{v} {k}" for k, v in s["ignored"].items()))
     lst = s.get("lists") or {}
-    if lst:
+    if lst.get("labels_without_impression"):
+        lines.append(f"clicks/carts/purchases without an impression of the same slot: "
+                     f"{lst['labels_without_impression']} (kept in events.parquet; no CTR sample)")
+    if "requests" in lst:
         lines.append(f"lists made from interactions: {lst['requests']} requests, "
                      f"{lst['sampled_impressions']} sampled impressions, {lst['implied_clicks']} clicks "
                      f"implied by a cart/purchase without one, {lst['merged_repeats']} repeated labels merged")

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from mmrank.errors import ConfigError, MMRankError
@@ -45,8 +44,9 @@ def demo_stage(run: Path, size: str = "small") -> dict:
     run = Path(run)
     t0 = time.perf_counter()
     enc = load_encoder(run)
-    t = pq.read_table(run / "data" / "items.parquet", columns=["item_id", "title", "image",
-                                                               "created_at"])
+    from mmrank.data.io import read_items
+
+    t = read_items(run / "data" / "items.parquet", ["item_id", "title", "created_at"])
     items = {c: t.column(c).to_pylist() for c in t.column_names}
     items["item_id"] = np.array(items["item_id"], np.int64)
     try:

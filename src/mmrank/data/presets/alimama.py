@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from mmrank.data.importer import IdMap, Source, col, read_csv, to_float, to_int, to_str, to_ts
+from mmrank.data.importer import Source, col, read_csv, to_float, to_int, to_str, to_ts
 from mmrank.errors import DataError
 
 
