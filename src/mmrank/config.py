@@ -288,7 +288,7 @@ def stage_config(section: str, path: str | Path | None = None,
     if model is None:
         raise ConfigError(f"config section {section!r}: its package is not part of this build")
     data = _deep_merge(file_section(path, section), flags or {})
-    return build(model, data, f"{path}: section '{section}'" if path else f"--{section} flags")
+    return build(model, data, f"{path}: section '{section}'" if path else f"{section} settings (flags)")
 
 
 def load_run_config(path: str | Path | None = None, run: str | Path | None = None) -> Any:

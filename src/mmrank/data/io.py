@@ -4,6 +4,10 @@ Every check names the file, the row (0-based, counted over the whole file) and t
 
     items.parquet: row 17, column 'price': NaN where a number is required
 
+Items and their photos are read by one function for every stage, :func:`read_items` (or
+:func:`iter_items` in batches): each row's photo as bytes, whether the file holds it in ``image``,
+as a path in ``image_path``, or as a file named by the item id in an images folder.
+
 Example::
 
     >>> from mmrank.data.io import iter_batches
