@@ -132,7 +132,7 @@ def data_import(
 
     cfg = stage_config("data", config, {"split_ts": split_ts, "negatives_per_positive": negatives})
     summary = import_data(run, items=items, events=events, images=images, queries=queries,
-                          mapping=mapping, preset=preset, cfg=cfg, replace=replace)
+                          mapping=mapping, preset=preset, cfg=cfg, replace=replace, progress=True)
     typer.echo(format_summary(summary))
     typer.echo(f"wrote {run}/data")
 

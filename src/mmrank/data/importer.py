@@ -576,14 +576,41 @@ def _span(ts: np.ndarray) -> dict[str, Any]:
     return out
 
 
+class _Phases:
+    """A one-line status of the import's current phase on stderr (rich), when asked for."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.status = None
+        if enabled:
+            from rich.console import Console
+
+            self.status = Console(stderr=True).status("import")
+            self.status.start()
+
+    def __call__(self, text: str) -> None:
+        if self.status is not None:
+            self.status.update(f"import: {text}")
+
+    def stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+
+
 def import_source(run: str | Path, src: Source, cfg: DataConfig | None = None, *,
-                  replace: bool = False, say=print) -> dict[str, Any]:  # noqa: ANN001
+                  replace: bool = False, progress: bool = False) -> dict[str, Any]:
     """Write ``src`` into ``run/data`` (see the module docstring); returns the summary (also in the
     manifest). Nothing is written to ``run`` unless every step succeeds."""
+    phase = _Phases(progress)
+    try:
+        return _import_source(run, src, cfg or DataConfig(), replace, phase)
+    finally:
+        phase.stop()
+
+
+def _import_source(run: str | Path, src: Source, cfg: DataConfig, replace: bool, phase: _Phases) -> dict[str, Any]:
     from mmrank.data.io import write_table
     from mmrank.data.samples import build_derived
 
-    cfg = cfg or DataConfig()
     run = Path(run)
     if (run / "data").exists() and not replace:
         raise DataError(f"{run}/data exists: import into a new run directory, or pass --replace",
@@ -602,10 +629,12 @@ def import_source(run: str | Path, src: Source, cfg: DataConfig | None = None, *
         starts = np.r_[True, ev_ids[o][1:] != ev_ids[o][:-1]]
         first_ts = dict(zip(ev_ids[o][starts].tolist(), all_ts[o][starts].tolist()))
     fallback = int(all_ts.min()) if len(all_ts) else 0
+    phase(f"checking {src.items.num_rows} items and their photos")
     items, item_counts = _item_table(src, first_ts, fallback, cfg.check_images)
     if not known.any():
         raise DataError("no event names a known item: check the item id columns of both files",
                         file=src.files[int(src.events_file[0])] if len(ev_ids) else None)
+    phase(f"arranging {int(known.sum())} events into lists")
     events, list_info = _events_table(src, known, items, cfg)
 
     ts = events.column("ts").to_numpy()
@@ -699,11 +728,13 @@ def import_source(run: str | Path, src: Source, cfg: DataConfig | None = None, *
     try:
         data = tmp / "data"
         data.mkdir(parents=True)
+        phase("writing items, events and users")
         write_table(items, data / "items.parquet", row_group_size=2048)
         write_table(events, data / "events.parquet")
         write_table(user_tbl, data / "users.parquet")
         if src.query_images is not None:
             write_table(src.query_images, data / "query_images.parquet")
+        phase("building pairs, CTR samples and lists")
         derived = build_derived(tmp, split_ts, cfg.history_len, cfg.start_ts)
         if pairs_kind == "item-to-item":
             pairs = item_to_item_pairs(events, items, split_ts)
@@ -794,10 +825,11 @@ def format_summary(s: dict[str, Any]) -> str:
 def import_data(run: str | Path, *, items: str | Path | None = None, events: str | Path | None = None,
                 images: str | Path | None = None, queries: str | Path | None = None,
                 mapping: str | Path | None = None, preset: str | None = None,
-                cfg: DataConfig | None = None, replace: bool = False) -> dict[str, Any]:
+                cfg: DataConfig | None = None, replace: bool = False,
+                progress: bool = False) -> dict[str, Any]:
     """Read the files with a preset or a mapping, then :func:`import_source`."""
     from mmrank.data.presets import load_source
 
     src = load_source(preset=preset, mapping=mapping, items=items, events=events, images=images,
                       queries=queries)
-    return import_source(run, src, cfg, replace=replace)
+    return import_source(run, src, cfg, replace=replace, progress=progress)

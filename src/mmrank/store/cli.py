@@ -42,6 +42,11 @@ def embed(
     flags = dict(batch_size=batch_size, ray_workers=ray_workers, backend=backend, redis_url=redis_url,
                  namespace=namespace, exact_below=exact_below, threads=threads)
     cfg = stage_config("embed", config, {k: v for k, v in flags.items() if v is not None})
+    from mmrank.data.importer import substitutes_of
+
+    for k, v in substitutes_of(run).items():
+        if k in ("images", "titles"):
+            typer.echo(f"note: {v}")
     if cfg.threads is not None:
         import torch
 
