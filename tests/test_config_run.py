@@ -175,3 +175,22 @@ def test_render_is_valid_yaml_for_a_changed_config() -> None:
     cfg = run_config_model()().model_copy(deep=True)
     cfg.ctr.model.make.knowledge = "full"
     assert yaml.safe_load(render_run_config(cfg))["ctr"]["model"]["make"]["knowledge"] == "full"
+
+
+def test_every_stage_command_is_registered_and_takes_run_and_config() -> None:
+    import typer.main
+
+    group = typer.main.get_command(app)
+    names = set(group.commands)
+    assert {"market", "data", "config", "pretrain", "embed", "ctr", "search", "report", "demo"} <= names
+    stages = {"market generate": group.commands["market"].commands["generate"],
+              "data import": group.commands["data"].commands["import"],
+              "data build": group.commands["data"].commands["build"],
+              "pretrain": group.commands["pretrain"], "pretrain compare": group.commands["pretrain"].commands["compare"],
+              "embed": group.commands["embed"],
+              "ctr train": group.commands["ctr"].commands["train"],
+              "ctr compare": group.commands["ctr"].commands["compare"],
+              "ctr predict": group.commands["ctr"].commands["predict"]}
+    for name, cmd in stages.items():
+        opts = {o for p in cmd.params if p.param_type_name == "option" for o in p.opts}
+        assert {"--run", "--config"} <= opts, name

@@ -27,16 +27,6 @@ app.add_typer(config_app, name="config")
 _CONFIG = typer.Option(None, "--config", help="a run config YAML (see `mmrank config init`); flags override it")
 
 
-def _notes(run: Path, *keys: str) -> None:
-    """Print what the run's data lacks and what the stage does instead (from the import manifest)."""
-    from mmrank.data.importer import substitutes_of
-
-    subs = substitutes_of(run)
-    for k in keys:
-        if k in subs:
-            typer.echo(f"note: {subs[k]}")
-
-
 @market_app.command("generate")
 def market_generate(
     run: Optional[Path] = typer.Option(None, "--run", help="run directory; tables go to RUN/data/"),
