@@ -154,6 +154,11 @@ def test_bad_image_and_duplicate_id_are_named(tmp_path: Path) -> None:
                     mapping=m)
     assert (err.value.file, err.value.row, err.value.column) == (str(tmp_path / "catalog.parquet"), 3, "photo_file")
     assert "undecodable image" in str(err.value)
+    cat = _catalog(tmp_path)
+    (tmp_path / "photos" / "p5.jpg").unlink()
+    with pytest.raises(DataError) as err:
+        import_data(tmp_path / "r3", items=cat, events=_events(tmp_path, LOG), mapping=m)
+    assert (err.value.row, err.value.column) == (5, "photo_file") and "no such image file" in str(err.value)
     with pytest.raises(DataError) as err:
         import_data(tmp_path / "r2", items=_catalog(tmp_path, dup_row=4), events=_events(tmp_path, LOG),
                     mapping=m)

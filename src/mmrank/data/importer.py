@@ -356,7 +356,9 @@ def _item_table(src: Source, first_ts: dict[int, int], fallback_ts: int,
     for i in range(n):
         b, p = blobs[i], paths[i]
         if b is None and p is not None and not Path(p).is_file():
-            p = None
+            f, r = _where(src, "items", i)
+            raise DataError(f"no such image file {p}", file=f, row=r,
+                            column=src.item_columns.get("image_path", "image_path"))
         if b is None and p is None:
             b = placeholder_image()
             counts["without_image"] += 1
@@ -377,11 +379,6 @@ def _item_table(src: Source, first_ts: dict[int, int], fallback_ts: int,
         if c not in out:
             out[c] = t.column(c)
     return pa.table(out), dict(counts)
-
-
-def _known(src: Source, item_ids: np.ndarray) -> np.ndarray:
-    ev_items = src.events.column("item_id").to_numpy()
-    return np.isin(ev_items, item_ids)
 
 
 def _order_in_request(req: np.ndarray) -> np.ndarray:
