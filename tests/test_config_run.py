@@ -94,6 +94,8 @@ def test_market_generate_takes_run_or_out_and_the_market_section(tmp_path: Path)
     assert man["counts"]["items"] == 40 and man["counts"]["users"] == 25  # file, then the flag
     recorded = load_run_config(run=tmp_path / "a")
     assert (recorded.market.n_items, recorded.market.n_users) == (40, 25)
+    out = _ok(["report", "--run", tmp_path / "a"])  # the report labels a market run as simulated
+    assert out.startswith("Simulated: ") and "Simulated" in (tmp_path / "a" / "report" / "results.md").read_text()
     _ok(["market", "generate", "--out", tmp_path / "b", "--config", p, "--users", 25])
     assert (tmp_path / "b" / "data" / "items.parquet").read_bytes() == \
         (tmp_path / "a" / "data" / "items.parquet").read_bytes()
