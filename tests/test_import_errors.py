@@ -172,3 +172,28 @@ def test_bad_mapping_is_named(tmp_path: Path) -> None:
         import_data(tmp_path / "run", events=_events(tmp_path, LOG), mapping=m)
     with pytest.raises(ConfigError, match="unknown preset 'ebay'"):
         import_data(tmp_path / "run", events=_events(tmp_path, LOG), preset="ebay")
+
+
+def test_mapping_wide_log_with_label_columns(tmp_path: Path) -> None:
+    """One row per impression with 0/1 label columns, in its own column names and ISO times."""
+    m = tmp_path / "map.yaml"
+    m.write_text(MAPPING.replace("event: what}\n  event_values: {view: click, order: purchase, wish: null}",
+                                 "request_id: page, position: slot}\n  ts_format: iso\n"
+                                 "  labels: {click: clicked, purchase: bought}"))
+    rows = ["when,who,sku,page,slot,clicked,bought"]
+    for r in range(6):
+        for s in range(3):
+            rows.append(f"2024-03-0{1 + r}T10:00:00Z,u{r % 2},{100 + (r + s) % 6},{r},{s},{int(s == r % 3)},"
+                        f"{int(s == r % 3 and r % 2)}")
+    log = tmp_path / "wide.csv"
+    log.write_text("\n".join(rows) + "\n")
+    s = import_data(tmp_path / "run", items=_catalog(tmp_path), events=log, mapping=m)
+    assert (s["counts"]["impressions"], s["counts"]["clicks"], s["counts"]["purchases"]) == (18, 6, 3)
+    assert s["span"]["first"] == "2024-03-01T10:00:00+00:00" and "impressions" not in s["substitutes"]
+    samples = pq.read_table(tmp_path / "run" / "data" / "ctr_samples.parquet")
+    assert samples.num_rows == 18 and sum(samples.column("label").to_pylist()) == 6
+    rows[4] = "2024-03-02T10:00:00Z,u1,101,1,0,maybe,0"
+    log.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError) as err:
+        import_data(tmp_path / "run2", items=_catalog(tmp_path), events=log, mapping=m)
+    assert (err.value.row, err.value.column) == (3, "clicked")
