@@ -90,7 +90,8 @@ def _ctr(run: Path) -> dict[str, Any]:
 def source_label(manifest: dict[str, Any]) -> str:
     """One line: where the run's data came from, and whether its behaviour is simulated."""
     if manifest.get("imported"):
-        return f"Imported data: {manifest.get('source')}. Behaviour is real (logged), not simulated."
+        return (f"Imported data: {manifest.get('source')}. Behaviour is as the imported files log it "
+                "(not simulated by mmrank).")
     if manifest:
         return f"Simulated: {manifest.get('source')}."
     return "No data manifest."
