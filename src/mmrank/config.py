@@ -327,8 +327,11 @@ def _commented(model: StrictModel, indent: int = 0) -> list[str]:
     pad = " " * indent
     for name, info in type(model).model_fields.items():
         value = getattr(model, name)
-        if info.description:
-            lines.append(f"{pad}# {' '.join(info.description.split())}")
+        doc = info.description
+        if not doc and isinstance(value, StrictModel) and type(value).__doc__:
+            doc = type(value).__doc__.strip().splitlines()[0]
+        if doc:
+            lines.append(f"{pad}# {' '.join(doc.split())}")
         if isinstance(value, StrictModel):
             lines.append(f"{pad}{name}:")
             lines += _commented(value, indent + 2)
