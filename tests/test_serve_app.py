@@ -50,6 +50,9 @@ def test_rank_orders_known_candidates_and_reports_unknown_ones(client) -> None:
                                       "explain": True})
     assert r.status_code == 200, r.text
     body = r.json()
+    from mmrank.serve.schemas import RankOut
+
+    RankOut.model_validate(body)  # the documented shape (the handler returns it unvalidated)
     assert body["user_known"] and body["history_length"] == user["history_length"] > 0
     assert [u["item_id"] for u in body["unknown"]] == [123456789]
     got = [i["item_id"] for i in body["items"]]
