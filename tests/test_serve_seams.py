@@ -149,7 +149,8 @@ def test_serving_stores_are_independent_objects_and_see_each_others_writes(run_c
     c.close()
 
 
-def test_batcher_coalesces_concurrent_requests_into_fewer_forwards(serving_run: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_batcher_coalesces_concurrent_requests_into_fewer_forwards(serving_run: Path, workers: int) -> None:
     from mmrank.serve.app import run_batch
     from mmrank.serve.batching import RankBatcher
     from mmrank.serve.builder import RankQuery
@@ -164,7 +165,7 @@ def test_batcher_coalesces_concurrent_requests_into_fewer_forwards(serving_run: 
     forwards: list[tuple[int, int]] = []
 
     async def go() -> list:
-        b = RankBatcher(lambda: bundle, run_batch, max_wait=0.05,
+        b = RankBatcher(lambda: bundle, run_batch, max_wait=0.05, workers=workers,
                         on_batch=lambda n, rows, s: forwards.append((n, rows)))
         b.start()
         b.inflight = len(queries)  # as the app's middleware counts them

@@ -61,7 +61,8 @@ class Settings:
     max_body_bytes: int = 16 << 20
     max_wait_ms: float = 2.0
     max_batch_rows: int = 4096  # per-row cost grows with the batch on a CPU (memory-bound)
-    threads: int | None = None
+    threads: int | None = None          # torch threads (default: unchanged)
+    forward_workers: int = 1            # forward threads, each with its own model copy
     batching: bool = True
 
     @classmethod
@@ -76,6 +77,7 @@ class Settings:
                    max_body_bytes=int(env.get("MMRANK_SERVE_MAX_BODY", 16 << 20)),
                    max_wait_ms=float(env.get("MMRANK_SERVE_MAX_WAIT_MS", 2.0)),
                    threads=int(env["MMRANK_SERVE_THREADS"]) if env.get("MMRANK_SERVE_THREADS") else None,
+                   forward_workers=int(env.get("MMRANK_SERVE_FORWARD_WORKERS", 1)),
                    batching=env.get("MMRANK_SERVE_BATCHING", "1") != "0")
 
 
@@ -93,13 +95,15 @@ def read_api_key(path: str | Path | None) -> str | None:
 
 
 # ---- scoring one batch (on the forward thread) ---------------------------------------------------------
-def run_batch(bundle: Bundle, queries: list[RankQuery], explain: list[bool]) -> list[dict]:
-    """Build one batch from every query, run one forward, split the results per query."""
+def run_batch(bundle: Bundle, queries: list[RankQuery], explain: list[bool], worker: int = 0) -> list[dict]:
+    """Build one batch from every query, run one forward (with forward thread ``worker``'s model),
+    split the results per query."""
     from mmrank.ctr.run import score
 
     built = build(queries, bundle)
     n_rows = sum(len(q.scored) for q in built.queries)
-    logits = score(bundle.model, built.batch, built.vectors).numpy() if n_rows else np.zeros(0, np.float32)
+    logits = (score(bundle.model_for(worker), built.batch, built.vectors).numpy() if n_rows
+              else np.zeros(0, np.float32))
     out = []
     for q, rows, ex in zip(queries, built.queries, explain):
         lg = logits[rows.start:rows.stop].astype(np.float64)
@@ -236,7 +240,8 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
         state.metrics.set_bundle(state.bundle)
         if settings.batching:
             state.batcher = RankBatcher(state.current, run_batch, max_rows=settings.max_batch_rows,
-                                        max_wait=settings.max_wait_ms / 1e3, on_batch=state.metrics.batch)
+                                        max_wait=settings.max_wait_ms / 1e3, on_batch=state.metrics.batch,
+                                        workers=settings.forward_workers)
             state.batcher.start()
         yield
         if state.batcher is not None:

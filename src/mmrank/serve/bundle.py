@@ -19,9 +19,11 @@ why (``Bundle.rerank_status``); the page shows the CTR order on both sides then.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,6 +180,19 @@ class Bundle:
     rerank_status: str = "absent"
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
+    _copies: dict = field(default_factory=dict, repr=False)  # forward thread -> its model copy
+    _copy_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def model_for(self, worker: int = 0) -> Any:
+        """The CTR model forward thread ``worker`` uses: the bundle's own for 0, a private copy
+        (made once) for the others, since :func:`mmrank.ctr.run.score` swaps the vector table of the
+        model it runs."""
+        if worker == 0:
+            return self.model
+        with self._copy_lock:
+            if worker not in self._copies:
+                self._copies[worker] = copy.deepcopy(self.model)
+            return self._copies[worker]
 
     @property
     def id(self) -> str:

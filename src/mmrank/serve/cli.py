@@ -21,7 +21,10 @@ def serve(
     strategy: Optional[str] = typer.Option(None, "--strategy",
                                            help="CTR model under R/ctr/ (default: the best trained one)"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1,
-                                          help="torch threads per worker (default: cores / workers)"),
+                                          help="torch threads per forward thread (default: 1)"),
+    forward_workers: Optional[int] = typer.Option(None, "--forward-workers", min=1,
+                                                  help="forward threads per worker, each scoring whole "
+                                                       "batches (default: cores / workers)"),
     max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0.0,
                                       help="longest a batch waits for requests still arriving"),
     max_body_mb: float = typer.Option(16.0, "--max-body-mb", min=0.001, help="larger bodies get 413"),
@@ -42,7 +45,8 @@ def serve(
         typer.echo("warning: no API key (MMRANK_API_KEY or --api-key-file): writes will get 401", err=True)
     env = {"MMRANK_SERVE_RUN": str(run.resolve()), "MMRANK_SERVE_STRATEGY": strategy or "",
            "MMRANK_SERVE_API_KEY_FILE": str(api_key_file.resolve()) if api_key_file else "",
-           "MMRANK_SERVE_THREADS": str(threads or max(1, cores() // workers)),
+           "MMRANK_SERVE_THREADS": str(threads or 1),
+           "MMRANK_SERVE_FORWARD_WORKERS": str(forward_workers or max(1, cores() // workers)),
            "MMRANK_SERVE_MAX_WAIT_MS": str(max_wait_ms),
            "MMRANK_SERVE_MAX_BODY": str(int(max_body_mb * (1 << 20)))}
     os.environ.update(env)  # read by each worker's app factory
