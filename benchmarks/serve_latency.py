@@ -177,7 +177,16 @@ def raw_forward(run: Path, strategy: str | None, threads: int, body: dict, repea
         both.append(t2 - t0)
     info = {"strategy": bundle.strategy, "encoder_version": bundle.encoder_version,
             "forward_ms": float(np.median(fwd) * 1e3), "build_forward_ms": float(np.median(both) * 1e3),
-            "forward_p99_ms": float(np.percentile(fwd, 99) * 1e3)}
+            "forward_p99_ms": float(np.percentile(fwd, 99) * 1e3), "per_request_ms": {}}
+    # what one forward over k requests costs per request (why batching does or does not pay here)
+    for k in (1, 2, 4, 8, 16):
+        built = build([q] * k, bundle)
+        times = []
+        for _ in range(max(3, repeats // (4 * k))):
+            t0 = time.perf_counter()
+            score(bundle.model, built.batch, built.vectors)
+            times.append(time.perf_counter() - t0)
+        info["per_request_ms"][k] = float(np.median(times) * 1e3 / k)
     bundle.close()
     return info
 
@@ -191,6 +200,7 @@ def main() -> None:
     p.add_argument("--history", type=int, default=50)
     p.add_argument("--threads", type=int, default=1, help="torch threads of each server")
     p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument("--max-batch-rows", type=int, default=1024)
     p.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -199,6 +209,7 @@ def main() -> None:
         return serve_plain(args)
 
     from mmrank.serve.fixtures import ServerProcess, build_serving_run
+    from mmrank.threads import cores
 
     tmp = None
     if args.run is None:
@@ -212,12 +223,16 @@ def main() -> None:
     raw = raw_forward(run, args.strategy, args.threads, bodies[0])
     print(f"run {run}, strategy {raw['strategy']}, encoder {raw['encoder_version']}; "
           f"{args.candidates} candidates x {args.history} behaviour items per request; "
-          f"1 uvicorn worker and {args.threads} torch thread(s) per server; "
+          f"1 uvicorn worker and {args.threads} torch thread(s) per forward thread per server "
+          f"(mmrank: {cores()} forward threads; plain: FastAPI's thread pool); "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start")
     print(f"raw forward (model only, one request's rows): median {raw['forward_ms']:.2f} ms, "
           f"p99 {raw['forward_p99_ms']:.2f} ms; build + forward median {raw['build_forward_ms']:.2f} ms")
+    print("one forward over k requests, ms per request: " +
+          ", ".join(f"k={k}: {v:.2f}" for k, v in raw["per_request_ms"].items()))
     results: dict[tuple[str, int], dict] = {}
-    extra = ("--max-wait-ms", str(args.max_wait_ms)) + (("--strategy", args.strategy) if args.strategy else ())
+    extra = ("--max-wait-ms", str(args.max_wait_ms), "--max-batch-rows", str(args.max_batch_rows)) + \
+        (("--strategy", args.strategy) if args.strategy else ())
     with ServerProcess(run, extra_args=extra, threads=args.threads) as srv:
         for c in (1, 16):
             results[("mmrank", c)] = load(srv.url, bodies, args.requests, c)

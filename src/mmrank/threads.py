@@ -104,3 +104,17 @@ def faiss_limited(threads: int) -> Iterator[None]:
 def for_busy_machine(threads: int) -> int:
     """``threads``, or 1 when the machine is oversubscribed (measured faster there)."""
     return 1 if machine_busy() else threads
+
+
+SERVING_SWITCH_INTERVAL = 0.0005
+
+
+def serving_switch_interval(seconds: float = SERVING_SWITCH_INTERVAL) -> float:
+    """Shorten the interpreter's GIL switch interval (default 5 ms) for a server: a request hands
+    work between the event loop and forward threads several times, and each hand-off can otherwise
+    wait a whole interval. Returns the previous interval."""
+    import sys
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    return before

@@ -60,7 +60,10 @@ class Settings:
     api_key: str | None = None
     max_body_bytes: int = 16 << 20
     max_wait_ms: float = 2.0
-    max_batch_rows: int = 4096  # per-row cost grows with the batch on a CPU (memory-bound)
+    # Measured (benchmarks/serve_latency.py, 200 x 50 rows per request, 1 thread): the forward's cost
+    # per row grows with the batch on a CPU (its (rows x 50) x 80 attention tensors are memory-bound),
+    # so batches stay near the cache-friendly size; requests with few candidates still coalesce.
+    max_batch_rows: int = 1024
     threads: int | None = None          # torch threads (default: unchanged)
     forward_workers: int = 1            # forward threads, each with its own model copy
     batching: bool = True
@@ -76,6 +79,7 @@ class Settings:
                    api_key=read_api_key(env.get("MMRANK_SERVE_API_KEY_FILE")),
                    max_body_bytes=int(env.get("MMRANK_SERVE_MAX_BODY", 16 << 20)),
                    max_wait_ms=float(env.get("MMRANK_SERVE_MAX_WAIT_MS", 2.0)),
+                   max_batch_rows=int(env.get("MMRANK_SERVE_MAX_BATCH_ROWS", 1024)),
                    threads=int(env["MMRANK_SERVE_THREADS"]) if env.get("MMRANK_SERVE_THREADS") else None,
                    forward_workers=int(env.get("MMRANK_SERVE_FORWARD_WORKERS", 1)),
                    batching=env.get("MMRANK_SERVE_BATCHING", "1") != "0")
@@ -235,6 +239,7 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         threads.configure(settings.threads)
+        threads.serving_switch_interval()
         loop = asyncio.get_running_loop()
         state.bundle = bundle or await loop.run_in_executor(None, load_bundle, settings.run, settings.strategy)
         state.metrics.set_bundle(state.bundle)

@@ -27,6 +27,8 @@ def serve(
                                                        "batches (default: cores / workers)"),
     max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0.0,
                                       help="longest a batch waits for requests still arriving"),
+    max_batch_rows: int = typer.Option(1024, "--max-batch-rows", min=1,
+                                       help="candidate rows per forward (a larger request runs alone)"),
     max_body_mb: float = typer.Option(16.0, "--max-body-mb", min=0.001, help="larger bodies get 413"),
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
@@ -48,6 +50,7 @@ def serve(
            "MMRANK_SERVE_THREADS": str(threads or 1),
            "MMRANK_SERVE_FORWARD_WORKERS": str(forward_workers or max(1, cores() // workers)),
            "MMRANK_SERVE_MAX_WAIT_MS": str(max_wait_ms),
+           "MMRANK_SERVE_MAX_BATCH_ROWS": str(max_batch_rows),
            "MMRANK_SERVE_MAX_BODY": str(int(max_body_mb * (1 << 20)))}
     os.environ.update(env)  # read by each worker's app factory
     uvicorn.run("mmrank.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
