@@ -201,3 +201,29 @@ def test_one_module_owns_thread_settings() -> None:
     with threads.limited(1):
         assert torch.get_num_threads() == 1
     assert threads.get() == before
+
+
+def test_items_acknowledged_under_an_old_version_are_encoded_into_the_new_one(run_copy: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from mmrank.serve.bundle import load_bundle
+    from mmrank.serve.fixtures import new_encoder
+
+    old = load_bundle(run_copy, "id")
+    items = pq.read_table(run_copy / "data" / "items.parquet", columns=["image", "category"])
+    old.store.ingest({"item_id": 9_100_000_001, "title": "late arrival wool scarf",
+                      "image": items.column("image")[2].as_py(), "category": items.column("category")[2].as_py()})
+    new_version = new_encoder(run_copy, seed=3)
+    # posted to the old server after the new table was built (the window before a swap)
+    old.store.ingest({"item_id": 9_100_000_002, "title": "later arrival cotton scarf",
+                      "image": items.column("image")[3].as_py()})
+    new = load_bundle(run_copy, "id")
+    try:
+        assert new.encoder_version == new_version != old.encoder_version
+        vecs, found = new.store.vectors(np.array([9_100_000_001, 9_100_000_002]))
+        assert found.all()
+        np.testing.assert_allclose(vecs[1], new.encoder.encode_items(
+            ["later arrival cotton scarf"], [items.column("image")[3].as_py()])[0], atol=1e-5)
+        assert new.store.meta(np.array([9_100_000_002]))[1] == ["later arrival cotton scarf"]
+    finally:
+        old.close(), new.close()

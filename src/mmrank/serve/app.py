@@ -425,6 +425,9 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
             state.bundle = new  # one reference assignment: the next batch or request sees it
             state.swaps += 1
             state.metrics.set_bundle(new)
+            if old is not None and old.encoder_version != new.encoder_version:
+                # items posted to the old bundle while the new one loaded: encode them for the new one
+                await loop.run_in_executor(None, new.store.catch_up)
         if old is not None:
             loop.call_later(SWAP_GRACE_SECONDS, old.close)
         return {"previous": old.id if old else None, **new.describe()}

@@ -250,6 +250,7 @@ def load_bundle(run: str | Path, strategy: str | None = None, *, encoder: Any = 
             raise ConfigError(f"{d}: trained on {conf['sizes']['vec_dim']}-d vectors, the table of "
                               f"{version!r} has {store.dim}-d ones")
         model_version = _file_hash(d / "model.safetensors", d / "vocab.safetensors", d / "config.json")
+        store.catch_up()  # items acknowledged under an older encoder version, re-encoded with this one
         reranker, status = load_reranker(run, version)
         users = UserHistories.from_run(run, max_len=model.cfg.max_len)
     except BaseException:

@@ -345,6 +345,34 @@ class ServingStore:
                 "index_ms": ms(t2, t3), "total_ms": ms(t0, t3)}
 
 
+    def catch_up(self, batch_size: int = 64) -> int:
+        """Encode and write the logged items this version's table lacks (items acknowledged by a
+        server still running an older encoder version while this one was built or swapped in);
+        returns how many were added. Needs the encoder. Local log only (this host's ingests)."""
+        recs = [r for r in self.log.read() if not self.table.contains(np.array([r["item_id"]]))[0]]
+        if not recs:
+            return 0
+        enc = self._encoder()
+        n = 0
+        for a in range(0, len(recs), batch_size):
+            chunk = recs[a:a + batch_size]
+            with self._enc_lock:
+                vecs = encode_checked(enc, [r["title"] for r in chunk], [r["image"] for r in chunk],
+                                      str(self.log.path), a)
+            with self._writer() as table:
+                ids = np.array([r["item_id"] for r in chunk], np.int64)
+                keep = ~table.contains(ids)
+                if keep.any():
+                    table.put(ids[keep], vecs[keep], version=enc.version)
+                    n += int(keep.sum())
+        self.table.refresh()
+        with self._lock:
+            for r in recs:
+                self._remember(r)
+            self._sync_index()
+        return n
+
+
 def decode_b64_image(text: str, field: str = "image") -> bytes:
     """Base64 text -> bytes; :class:`DataError` naming ``field`` when it is not base64."""
     try:
