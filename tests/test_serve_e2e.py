@@ -124,6 +124,21 @@ def test_version_swap_under_concurrency_16_fails_no_request(run_copy: Path) -> N
     assert len(bundles) == 2 and any(b.startswith(new_version) for b in bundles)
 
 
+def test_two_uvicorn_workers_on_one_local_table_share_posted_items(run_copy: Path) -> None:
+    cat = _catalog(run_copy)
+    new_ids = [870_000_000 + k for k in range(4)]
+    with ServerProcess(run_copy, api_key=KEY, extra_args=("--workers", "2")) as srv, \
+            httpx.Client(base_url=srv.url, timeout=30) as c:
+        for k, i in enumerate(new_ids):  # each post lands on either worker (the kernel picks)
+            assert c.post("/v1/items", json=_new_item(cat, k, i), headers={"X-API-Key": KEY}).status_code == 201
+        for _ in range(12):  # fresh connections, spread over both workers
+            with httpx.Client(base_url=srv.url, timeout=30) as fresh:
+                r = fresh.post("/v1/rank", json={"candidates": new_ids, "explain": True}).json()
+                assert r["unknown"] == [] and all(x["title"].startswith("new arrival") for x in r["items"])
+                hits = fresh.post("/v1/search", json={"text": f"new arrival 2: {cat['title'][2]}", "k": 5}).json()
+                assert new_ids[2] in [h["item_id"] for h in hits["results"]]
+
+
 @pytest.mark.redis
 def test_two_processes_on_one_redis_see_each_others_items(serving_run: Path, tmp_path: Path) -> None:
     from mmrank.serve.fixtures import move_table_to_redis, redis_server
