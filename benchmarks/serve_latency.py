@@ -200,7 +200,7 @@ def main() -> None:
     p.add_argument("--history", type=int, default=50)
     p.add_argument("--threads", type=int, default=1, help="torch threads of each server")
     p.add_argument("--max-wait-ms", type=float, default=2.0)
-    p.add_argument("--max-batch-rows", type=int, default=1024)
+    p.add_argument("--max-batch-rows", type=int, default=512)
     p.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()

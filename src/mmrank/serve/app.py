@@ -60,10 +60,12 @@ class Settings:
     api_key: str | None = None
     max_body_bytes: int = 16 << 20
     max_wait_ms: float = 2.0
-    # Measured (benchmarks/serve_latency.py, 200 x 50 rows per request, 1 thread): the forward's cost
-    # per row grows with the batch on a CPU (its (rows x 50) x 80 attention tensors are memory-bound),
-    # so batches stay near the cache-friendly size; requests with few candidates still coalesce.
-    max_batch_rows: int = 1024
+    # Measured (benchmarks/serve_latency.py, 200 candidates x 50 behaviour items per request, simtier,
+    # 1 thread, 2-core machine at load ~7): one forward over k such requests costs 8.6, 10.3, 19.9,
+    # 20.3, 26.4 ms per request for k = 1, 2, 4, 8, 16 -- the per-pair attention tensors
+    # ((rows x 50) x 80 floats) are memory-bound and outgrow the cache. So a batch stops near 512
+    # rows: large requests run one or two per forward, small ones still coalesce.
+    max_batch_rows: int = 512
     threads: int | None = None          # torch threads (default: unchanged)
     forward_workers: int = 1            # forward threads, each with its own model copy
     batching: bool = True
@@ -79,7 +81,7 @@ class Settings:
                    api_key=read_api_key(env.get("MMRANK_SERVE_API_KEY_FILE")),
                    max_body_bytes=int(env.get("MMRANK_SERVE_MAX_BODY", 16 << 20)),
                    max_wait_ms=float(env.get("MMRANK_SERVE_MAX_WAIT_MS", 2.0)),
-                   max_batch_rows=int(env.get("MMRANK_SERVE_MAX_BATCH_ROWS", 1024)),
+                   max_batch_rows=int(env.get("MMRANK_SERVE_MAX_BATCH_ROWS", 512)),
                    threads=int(env["MMRANK_SERVE_THREADS"]) if env.get("MMRANK_SERVE_THREADS") else None,
                    forward_workers=int(env.get("MMRANK_SERVE_FORWARD_WORKERS", 1)),
                    batching=env.get("MMRANK_SERVE_BATCHING", "1") != "0")

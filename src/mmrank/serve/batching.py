@@ -121,13 +121,13 @@ class RankBatcher:
     _carry: _Job | None = None  # the job that did not fit the last batch: first of the next
 
     def _launch(self, loop: asyncio.AbstractEventLoop, worker: int, jobs: list[_Job], rows: int) -> None:
+        self._busy_jobs += len(jobs)  # now, not when the task starts: they are not "arriving"
         task = loop.create_task(self._run(loop, worker, jobs, rows))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
     async def _run(self, loop: asyncio.AbstractEventLoop, worker: int, jobs: list[_Job], rows: int) -> None:
         live = [j for j in jobs if not j.future.cancelled()]
-        self._busy_jobs += len(live)
         try:
             if not live:
                 return
@@ -148,5 +148,5 @@ class RankBatcher:
                 if not j.future.done():
                     j.future.set_result(r)
         finally:
-            self._busy_jobs -= len(live)
+            self._busy_jobs -= len(jobs)
             self._free.put_nowait(worker)

@@ -27,7 +27,7 @@ def serve(
                                                        "batches (default: cores / workers)"),
     max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0.0,
                                       help="longest a batch waits for requests still arriving"),
-    max_batch_rows: int = typer.Option(1024, "--max-batch-rows", min=1,
+    max_batch_rows: int = typer.Option(512, "--max-batch-rows", min=1,
                                        help="candidate rows per forward (a larger request runs alone)"),
     max_body_mb: float = typer.Option(16.0, "--max-body-mb", min=0.001, help="larger bodies get 413"),
     log_level: str = typer.Option("warning", "--log-level"),
