@@ -201,6 +201,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads of each server")
     p.add_argument("--max-wait-ms", type=float, default=2.0)
     p.add_argument("--max-batch-rows", type=int, default=512)
+    p.add_argument("--also-candidates", type=int, default=20,
+                   help="also measure requests this small at concurrency 16 (0: skip)")
     p.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -233,12 +235,18 @@ def main() -> None:
     results: dict[tuple[str, int], dict] = {}
     extra = ("--max-wait-ms", str(args.max_wait_ms), "--max-batch-rows", str(args.max_batch_rows)) + \
         (("--strategy", args.strategy) if args.strategy else ())
+    small = payloads(run, 64, args.also_candidates, args.history, seed=1) if args.also_candidates else None
+    small_res: dict[str, dict] = {}
     with ServerProcess(run, extra_args=extra, threads=args.threads) as srv:
         for c in (1, 16):
             results[("mmrank", c)] = load(srv.url, bodies, args.requests, c)
+        if small:
+            small_res["mmrank"] = load(srv.url, small, args.requests // 2, 16)
     with PlainServer(run, args.strategy, args.threads) as plain:
         for c in (1, 16):
             results[("plain", c)] = load(plain.url, bodies, args.requests, c)
+        if small:
+            small_res["plain"] = load(plain.url, small, args.requests // 2, 16)
     print(f"\n{'server':<8} {'conc':>4} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
     for (name, c), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         print(f"{name:<8} {c:>4} {r['n']:>8} {r['errors']:>6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
@@ -250,6 +258,13 @@ def main() -> None:
           f"{'met' if over <= 5 else 'not met'})")
     print(f"concurrency 16: mmrank / plain requests/s = {ratio:.2f}x (goal >= 2x: "
           f"{'met' if ratio >= 2 else 'not met'})")
+    if small_res:
+        print(f"\nbeside the goals: {args.also_candidates} candidates x {args.history} behaviour items, "
+              f"{args.requests // 2} requests at concurrency 16")
+        for name, r in small_res.items():
+            print(f"{name:<8} {16:>4} {r['n']:>8} {r['errors']:>6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+                  f"{r['req_per_s']:>8.1f}")
+        print(f"mmrank / plain requests/s = {small_res['mmrank']['req_per_s'] / small_res['plain']['req_per_s']:.2f}x")
     if tmp is not None:
         tmp.cleanup()
 
