@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmrank.errors import ConfigError, MMRankError
+from mmrank.errors import ConfigError
 
 torch.set_num_threads(1)
 SRC = Path(__file__).resolve().parents[1] / "src" / "mmrank"

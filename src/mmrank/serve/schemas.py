@@ -56,7 +56,8 @@ class RankedItem(BaseModel):
     rank: int = Field(description="0 = best")
     score: float = Field(description="predicted click probability")
     logit: float
-    id_known: bool = Field(description="the ID model knows the item; false: scored from its content")
+    id_known: bool = Field(description="the ID model knows the item; false: the ID model has never seen it "
+                                       "and a multimodal strategy scores it from its content (its vector)")
     title: str | None = None
     simtier: list[int] | None = Field(None, description="SimTier histogram against the user's history "
                                                          "(N tiers over [-1, 1])")
