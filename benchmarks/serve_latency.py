@@ -1,9 +1,9 @@
 """/v1/rank latency and throughput: mmrank (request batching) against a plain FastAPI endpoint that runs
 one forward per request on the same model, beside the raw forward time, all in one run.
 
-Both servers run on 127.0.0.1 in their own process with one uvicorn worker and the same torch
-threads; the client (asyncio + httpx, in this process) sends /v1/rank requests with 200 candidates and
-50 behaviour items: 2,000 at concurrency 1, then 2,000 at concurrency 16, to each server.
+Both servers run on 127.0.0.1 in their own process with one uvicorn worker, the same torch
+threads and the same process settings (mmrank.threads: allocator, GIL switch interval); the client
+(asyncio + httpx, in this process) sends /v1/rank requests with 200 candidates and 50 behaviour items: 2,000 at concurrency 1, then 2,000 at concurrency 16, to each server.
 
     python benchmarks/serve_latency.py                       # builds a small run in a temp dir
     python benchmarks/serve_latency.py --run runs/demo       # a run made by `mmrank demo`
@@ -42,6 +42,8 @@ def plain_app(run: Path, strategy: str | None, threads: int):
     from mmrank.serve.bundle import load_bundle
 
     thread_settings.configure(threads)
+    thread_settings.reuse_freed_memory()  # the same process settings as mmrank's server: only
+    thread_settings.serving_switch_interval()  # the batching differs
     bundle = load_bundle(run, strategy)
     local = threading.local()
     app = FastAPI(title="plain")
@@ -163,6 +165,7 @@ def raw_forward(run: Path, strategy: str | None, threads: int, body: dict, repea
     from mmrank.serve.bundle import load_bundle
 
     thread_settings.configure(threads)
+    thread_settings.reuse_freed_memory()
     bundle = load_bundle(run, strategy)
     q = RankQuery(user_id=body["user"]["user_id"], history=np.asarray(body["user"]["history"]),
                   region=0, query=None, candidates=np.asarray(body["candidates"]))

@@ -242,6 +242,7 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         threads.configure(settings.threads)
         threads.serving_switch_interval()
+        threads.reuse_freed_memory()
         loop = asyncio.get_running_loop()
         state.bundle = bundle or await loop.run_in_executor(None, load_bundle, settings.run, settings.strategy)
         state.metrics.set_bundle(state.bundle)
