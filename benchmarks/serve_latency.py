@@ -3,7 +3,8 @@ one forward per request on the same model, beside the raw forward time, all in o
 
 Both servers run on 127.0.0.1 in their own process with one uvicorn worker, the same torch
 threads and the same process settings (mmrank.threads: allocator, GIL switch interval); the client
-(asyncio + httpx, in this process) sends /v1/rank requests with 200 candidates and 50 behaviour items: 2,000 at concurrency 1, then 2,000 at concurrency 16, to each server.
+(asyncio + httpx, in this process) sends /v1/rank requests with 200 candidates and 50 behaviour items:
+2,000 at concurrency 1, then 2,000 at concurrency 16, to each server.
 
     python benchmarks/serve_latency.py                       # builds a small run in a temp dir
     python benchmarks/serve_latency.py --run runs/demo       # a run made by `mmrank demo`
@@ -11,7 +12,6 @@ threads and the same process settings (mmrank.threads: allocator, GIL switch int
 Goals (issue 11): at concurrency 1, mmrank's p99 within the raw forward + 5 ms; at concurrency 16, at
 least 2x the plain endpoint's requests/s. Figures on a shared machine are noisy: compare within a run.
 """
-
 
 import argparse
 import asyncio

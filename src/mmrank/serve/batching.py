@@ -57,14 +57,14 @@ class RankBatcher:
         self.inflight = 0  # /v1/rank requests received and not yet answered (kept by the app)
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task | None = None
-        self._free: asyncio.Queue[int] | None = None  # indices of idle forward threads
+        self._free: asyncio.LifoQueue[int] | None = None  # indices of idle forward threads
         self._running: set[asyncio.Task] = set()
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="mmrank-forward")
 
     def start(self) -> None:
         self._queue = asyncio.Queue()
-        self._free = asyncio.Queue()
-        for i in range(self.workers):
+        self._free = asyncio.LifoQueue()
+        for i in reversed(range(self.workers)):
             self._free.put_nowait(i)
         self._task = asyncio.get_running_loop().create_task(self._collect())
 
@@ -91,11 +91,13 @@ class RankBatcher:
         q = self._queue
         loop = asyncio.get_running_loop()
         while True:
-            worker = await self._free.get()  # form a batch only when a forward thread can take it
             if self._carry is not None:
                 first, self._carry = self._carry, None
             else:
                 first = await q.get()
+            # the batch is formed once a forward thread is free (requests queue up meanwhile); the
+            # thread freed last is taken first (LIFO: its model and buffers are warm in the cache)
+            worker = await self._free.get()
             jobs, rows = [first], len(first.query.candidates)
             deadline = time.perf_counter() + self.max_wait
             while rows < self.max_rows:
