@@ -4,7 +4,8 @@ one forward per request on the same model, beside the raw forward time, all in o
 Both servers run on 127.0.0.1 in their own process with one uvicorn worker, the same torch
 threads and the same process settings (mmrank.threads: allocator, GIL switch interval); the client
 (asyncio + httpx, in this process) sends /v1/rank requests with 200 candidates and 50 behaviour items:
-2,000 at concurrency 1, then 2,000 at concurrency 16, to each server.
+2,000 at concurrency 1, then 2,000 at concurrency 16, to each server. Both servers are up at once and
+are loaded in alternating chunks (4 per level), so a change in the machine's load hits both alike.
 
     python benchmarks/serve_latency.py                       # builds a small run in a temp dir
     python benchmarks/serve_latency.py --run runs/demo       # a run made by `mmrank demo`
@@ -148,13 +149,25 @@ async def _load(url: str, bodies: list[dict], total: int, concurrency: int) -> d
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    a = np.asarray(lat) * 1e3
-    return {"n": len(lat), "errors": errors, "p50_ms": float(np.percentile(a, 50)),
-            "p99_ms": float(np.percentile(a, 99)), "req_per_s": len(lat) / wall}
+    return {"lat": lat, "errors": errors, "wall": wall}
 
 
-def load(url: str, bodies: list[dict], total: int, concurrency: int) -> dict:
-    return asyncio.run(_load(url, bodies, total, concurrency))
+def load(urls: dict[str, str], bodies: list[dict], total: int, concurrency: int,
+         rounds: int = 4) -> dict[str, dict]:
+    """``total`` requests to each server, in ``rounds`` alternating chunks (the order flips every
+    round), so that a change in the machine's load during the run hits both servers alike."""
+    parts: dict[str, list[dict]] = {name: [] for name in urls}
+    names = list(urls)
+    for r in range(rounds):
+        n = total // rounds + (total % rounds if r == rounds - 1 else 0)
+        for name in (names if r % 2 == 0 else names[::-1]):
+            parts[name].append(asyncio.run(_load(urls[name], bodies, n, concurrency)))
+    out = {}
+    for name, ps in parts.items():
+        a = np.concatenate([np.asarray(p["lat"]) for p in ps]) * 1e3
+        out[name] = {"n": len(a), "errors": sum(p["errors"] for p in ps), "p50_ms": float(np.percentile(a, 50)),
+                     "p99_ms": float(np.percentile(a, 99)), "req_per_s": len(a) / sum(p["wall"] for p in ps)}
+    return out
 
 
 def raw_forward(run: Path, strategy: str | None, threads: int, body: dict, repeats: int = 200) -> dict:
@@ -240,16 +253,14 @@ def main() -> None:
         (("--strategy", args.strategy) if args.strategy else ())
     small = payloads(run, 64, args.also_candidates, args.history, seed=1) if args.also_candidates else None
     small_res: dict[str, dict] = {}
-    with ServerProcess(run, extra_args=extra, threads=args.threads) as srv:
+    with ServerProcess(run, extra_args=extra, threads=args.threads) as srv, \
+            PlainServer(run, args.strategy, args.threads) as plain:
+        urls = {"mmrank": srv.url, "plain": plain.url}
         for c in (1, 16):
-            results[("mmrank", c)] = load(srv.url, bodies, args.requests, c)
+            for name, r in load(urls, bodies, args.requests, c).items():
+                results[(name, c)] = r
         if small:
-            small_res["mmrank"] = load(srv.url, small, args.requests // 2, 16)
-    with PlainServer(run, args.strategy, args.threads) as plain:
-        for c in (1, 16):
-            results[("plain", c)] = load(plain.url, bodies, args.requests, c)
-        if small:
-            small_res["plain"] = load(plain.url, small, args.requests // 2, 16)
+            small_res = load(urls, small, args.requests // 2, 16)
     print(f"\n{'server':<8} {'conc':>4} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
     for (name, c), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         print(f"{name:<8} {c:>4} {r['n']:>8} {r['errors']:>6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
