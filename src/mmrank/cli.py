@@ -93,6 +93,7 @@ _STAGE_APPS = {
 _STAGE_COMMANDS = {
     "embed": ("mmrank.store.cli", "embed"),
     "search": ("mmrank.store.cli", "search"),
+    "serve": ("mmrank.serve.cli", "serve"),
 }
 for _name, _mod in _STAGE_APPS.items():
     try:

@@ -16,10 +16,9 @@ app = typer.Typer(no_args_is_help=True, help="CTR models with multimodal represe
 
 
 def _threads(threads: Optional[int]) -> None:
-    if threads:
-        import torch
+    from mmrank.threads import configure
 
-        torch.set_num_threads(threads)
+    configure(threads or None)
 
 
 def _ints(text: str, name: str) -> tuple[int, ...]:

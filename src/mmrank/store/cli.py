@@ -32,10 +32,9 @@ def embed(
     from mmrank.store.ann import AnnConfig
     from mmrank.store.ingest import embed_catalog
 
-    if threads is not None:
-        import torch
+    from mmrank.threads import configure
 
-        torch.set_num_threads(threads)
+    configure(threads)
 
     if backend is not None and backend not in ("local", "redis"):
         raise MMRankError(f"--backend: expected local or redis, got {backend!r}")
