@@ -184,7 +184,7 @@ def test_every_stage_command_is_registered_and_takes_run_and_config() -> None:
 
     group = typer.main.get_command(app)
     names = set(group.commands)
-    assert {"market", "data", "config", "pretrain", "embed", "ctr", "search", "report", "demo"} <= names
+    assert {"market", "data", "config", "pretrain", "embed", "ctr", "search", "serve", "report", "demo"} <= names
     stages = {"market generate": group.commands["market"].commands["generate"],
               "data import": group.commands["data"].commands["import"],
               "data build": group.commands["data"].commands["build"],

@@ -180,12 +180,14 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out"),
 # Stage commands, registered statically: each lives beside its stage as a thin shell.
 from mmrank.ctr.cli import app as _ctr_app  # noqa: E402
 from mmrank.pretrain.cli import app as _pretrain_app  # noqa: E402
+from mmrank.serve.cli import serve as _serve  # noqa: E402
 from mmrank.store.cli import embed as _embed, search as _search  # noqa: E402
 
 app.add_typer(_pretrain_app, name="pretrain")
 app.add_typer(_ctr_app, name="ctr")
 app.command("embed")(_embed)
 app.command("search")(_search)
+app.command("serve")(_serve)
 
 
 def main() -> None:

@@ -24,10 +24,9 @@ _CONFIG = typer.Option(None, "--config", help="a run config YAML (its ctr sectio
 
 
 def _threads(threads: Optional[int]) -> None:
-    if threads:
-        import torch
+    from mmrank.threads import configure
 
-        torch.set_num_threads(threads)
+    configure(threads or None)
 
 
 def _ints(text: Optional[str], name: str) -> Optional[list[int]]:

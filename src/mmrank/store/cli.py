@@ -47,10 +47,9 @@ def embed(
     for k, v in substitutes_of(run).items():
         if k in ("images", "titles"):
             typer.echo(f"note: {v}")
-    if cfg.threads is not None:
-        import torch
+    from mmrank.threads import configure
 
-        torch.set_num_threads(cfg.threads)
+    configure(cfg.threads)
     stats = embed_catalog(run, batch_size=cfg.batch_size, ray_workers=cfg.ray_workers,
                           ann=AnnConfig(exact_below=cfg.exact_below),
                           backend=None if cfg.backend == "local" and backend is None else cfg.backend,

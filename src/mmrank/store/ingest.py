@@ -116,6 +116,9 @@ class NewItemLog:
         rec = {"item_id": int(item["item_id"]), "title": item["title"],
                "image": base64.b64encode(item["image"]).decode("ascii"),
                "created_at": item.get("created_at")}
+        for key in ("category", "attributes"):  # kept when given (the serving store reads them)
+            if item.get(key) is not None:
+                rec[key] = item[key]
         line = (json.dumps(rec) + "\n").encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
