@@ -177,3 +177,32 @@ def test_rerank_runs_on_imported_lists(preset: str, fx: Path, tmp_path: Path) ->
     assert lists.num_rows > 0 and set(lists.column("split").to_pylist()) == {"train", "test"}
     m = train_model(run, "dnn", train_cfg=RerankTrainConfig(epochs=1, batch_size=8), progress=False)
     assert m["test_requests"] > 0 and m["evaluator"].startswith("absent")  # logged data: no oracle
+
+
+@pytest.mark.slow
+def test_serve_ranks_on_an_imported_run(fx: Path, tmp_path: Path) -> None:
+    """The ranking service loads an imported run (H&M) as it loads a market run, and ranks with it."""
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from fastapi.testclient import TestClient
+
+    from mmrank.cli import app
+    from mmrank.serve.app import Settings, create_app
+
+    run = tmp_path / "run"
+    import_data(run, preset="hm", **preset_args(fx)["hm"])
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY_CONFIG)
+    for cmd in (["pretrain", "--run", str(run), "--config", str(cfg)],
+                ["embed", "--run", str(run), "--config", str(cfg)],
+                ["ctr", "train", "--run", str(run), "--config", str(cfg), "--strategy", "simtier"]):
+        res = CliRunner().invoke(app, cmd)
+        assert res.exit_code == 0, (cmd, res.output, res.exception)
+    ids = _table(run, "items").column("item_id").to_pylist()
+    with TestClient(create_app(Settings(run=run, api_key="k" * 20, threads=1))) as c:
+        user = c.get("/v1/users", params={"limit": 1}).json()[0]
+        r = c.post("/v1/rank", json={"user": {"user_id": user["user_id"]}, "candidates": ids[:10]})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert sorted(i["item_id"] for i in body["items"]) == sorted(ids[:10]) and not body["unknown"]
+        scores = [i["score"] for i in body["items"]]
+        assert scores == sorted(scores, reverse=True)
