@@ -29,8 +29,10 @@ STAGES = [
 
 
 def _market_summary(man: dict[str, Any]) -> dict[str, Any]:
+    keep = ("oracle_auc", "attainable_auc", "rates", "history_len", "top1pct_share", "columns_r2")
     return {"source": man["source"], "counts": man["counts"], "ctr": round(man["ctr"], 4),
-            "oracle_auc": round(man["oracle_auc"], 4), "seconds": man.get("seconds")}
+            "oracle_auc": round(man["oracle_auc"], 4), "seconds": man.get("seconds"),
+            "surfaces": {name: {k: s[k] for k in keep} for name, s in man.get("surfaces", {}).items()}}
 
 
 def run_demo(out: str | Path, size: str = "small", seed: int = 0) -> dict[str, Any]:
@@ -44,7 +46,10 @@ def run_demo(out: str | Path, size: str = "small", seed: int = 0) -> dict[str, A
     console.rule(f"mmrank demo: synthetic market ({size})")
     man = generate_market(market_config(size=size, seed=seed), out)
     results["stages"]["market"] = _market_summary(man)
-    console.print(f"market: {man['counts']} oracle AUC {man['oracle_auc']:.4f} ({man.get('seconds')} s)")
+    for name, srf in man.get("surfaces", {}).items():
+        console.print(f"market {name}: oracle AUC {srf['oracle_auc']:.4f}, attainable {srf['attainable_auc']:.4f}, "
+                      f"rates {srf['rates']}, columns R^2 {srf['columns_r2']:.2f}")
+    console.print(f"market: {man['counts']} ({man.get('seconds')} s)")
     for name, module, title in STAGES:
         try:
             stage = importlib.import_module(module).demo_stage

@@ -40,15 +40,14 @@ def demo_stage(run: Path, size: str) -> dict:
     Returns the headline figures: GAUC/AUC of each strategy, relative GAUC change against ``id``
     overall, on the rarest item group and on new items, the MAKE epochs curve, and ``oracle_auc``.
     """
-    import torch
-
+    from mmrank import threads
     from mmrank.ctr.compare import compare
 
     if size not in DEMO:
         from mmrank.errors import ConfigError
 
         raise ConfigError(f"size: expected one of {', '.join(DEMO)}, got {size!r}")
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    threads.configure(min(2, threads.get()))
     r = compare(Path(run), seeds=1, progress=False, **DEMO[size])
     out = {"oracle_auc": r.get("oracle_auc"), "representations": r.get("representations"),
            "seconds": r.get("seconds"), "plots": r.get("plots", [])}

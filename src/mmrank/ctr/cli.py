@@ -1,11 +1,16 @@
 """`mmrank ctr ...`: train one strategy, compare all six, score new samples. Thin shells over
-:mod:`mmrank.ctr.run` and :mod:`mmrank.ctr.compare`."""
+:mod:`mmrank.ctr.run` and :mod:`mmrank.ctr.compare`.
+
+Every setting (strategy, seeds, MAKE epochs, the model's :class:`CtrConfig` with its
+:class:`MakeConfig`, the optimiser's :class:`TrainConfig`) comes from the ``ctr`` section of the run
+config given with ``--config``; the flags given override it; ``R/config.yaml`` records what ran.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -14,69 +19,107 @@ from mmrank.errors import ConfigError
 app = typer.Typer(no_args_is_help=True, help="CTR models with multimodal representations (ID, Vector, "
                                              "SimScore, SimTier, MAKE, SimTier+MAKE).")
 
+_CONFIG = typer.Option(None, "--config", help="a run config YAML (its ctr section: strategies, seeds, "
+                       "model incl. model.make, train); flags override it")
+
 
 def _threads(threads: Optional[int]) -> None:
-    if threads:
-        import torch
+    from mmrank.threads import configure
 
-        torch.set_num_threads(threads)
+    configure(threads or None)
 
 
-def _ints(text: str, name: str) -> tuple[int, ...]:
+def _ints(text: Optional[str], name: str) -> Optional[list[int]]:
+    if text is None:
+        return None
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
+        return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise ConfigError(f"{name}: expected comma-separated integers, got {text!r}") from None
+
+
+def _settings(config: Optional[Path], **flags: Any):
+    from mmrank.config import stage_config
+
+    return stage_config("ctr", config, {k: v for k, v in flags.items() if v is not None})
+
+
+def _notes(run: Path) -> None:
+    from mmrank.data.importer import substitutes_of
+
+    subs = substitutes_of(run)
+    if "impressions" in subs:
+        typer.echo(f"note: {subs['impressions']}")
 
 
 @app.command("train")
 def train_cmd(
     run: Path = typer.Option(..., "--run", help="run directory (reads RUN/data, RUN/embeddings)"),
-    strategy: str = typer.Option("id", help="id | vector | simscore | simtier | make | simtier+make"),
-    seed: int = typer.Option(0),
-    make_epochs: int = typer.Option(4, help="MAKE pre-training epochs E (0 = joint training)"),
+    strategy: Optional[str] = typer.Option(None, help="id | vector | simscore | simtier | make | "
+                                           "simtier+make (default id)"),
+    seed: Optional[int] = typer.Option(None, help="default 0"),
+    make_epochs: Optional[int] = typer.Option(None, help="MAKE pre-training epochs E (0 = joint training; "
+                                              "default 4)"),
     threads: Optional[int] = typer.Option(None, help="torch threads"),
+    config: Optional[Path] = _CONFIG,
 ) -> None:
     """Train one strategy (ID parameters: one epoch); writes RUN/ctr/<strategy>/."""
+    from mmrank.config import record
     from mmrank.ctr.models import STRATEGIES
     from mmrank.ctr.run import train_strategy
 
-    if strategy not in STRATEGIES:
+    if strategy is not None and strategy not in STRATEGIES:
         raise ConfigError(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    _threads(threads)
-    m = train_strategy(run, strategy, seed=seed, make_epochs=make_epochs)
-    typer.echo(f"{strategy}: auc {m['auc']:.4f} gauc {m['gauc']:.4f} logloss {m['logloss']:.4f} "
-               f"-> {run}/ctr/{strategy}/")
+    s = _settings(config, strategy=strategy, seed=seed, make_epochs=make_epochs, threads=threads)
+    s = s.model_copy(update={"model": s.model.model_copy(update={"strategy": s.strategy})})
+    _threads(s.threads)
+    _notes(run)
+    m = train_strategy(run, s.strategy, seed=s.seed, make_epochs=s.make_epochs, cfg=s.model,
+                       train_cfg=s.train)
+    record(run, "ctr", s)
+    typer.echo(f"{s.strategy}: auc {m['auc']:.4f} gauc {m['gauc']:.4f} logloss {m['logloss']:.4f} "
+               f"-> {run}/ctr/{s.strategy}/")
 
 
 @app.command("compare")
 def compare_cmd(
     run: Path = typer.Option(..., "--run"),
-    seeds: int = typer.Option(3, min=1),
-    make_epochs: int = typer.Option(4, help="E for make and simtier+make"),
-    curve: str = typer.Option("0,1,2,4,8", help="MAKE epochs curve (Figure 6c), comma-separated; '' for none"),
-    strategies: str = typer.Option(",".join(("id", "vector", "simscore", "simtier", "make", "simtier+make"))),
+    seeds: Optional[int] = typer.Option(None, min=1, help="default 3"),
+    make_epochs: Optional[int] = typer.Option(None, help="E for make and simtier+make (default 4)"),
+    curve: Optional[str] = typer.Option(None, help="MAKE epochs curve (Figure 6c), comma-separated; '' "
+                                        "for none (default 0,1,2,4,8)"),
+    strategies: Optional[str] = typer.Option(None, help="comma-separated (default all six)"),
+    max_train_rows: Optional[int] = typer.Option(None, help="train on the latest N training rows only"),
     threads: Optional[int] = typer.Option(None),
-    epochs_curve: int = typer.Option(0, min=0, help="Figure 3: ID vs multimodal test AUC over N epochs"),
-    knowledge: Optional[str] = typer.Option(None, help="MAKE knowledge: compact | full (Sec. 4.3)"),
+    epochs_curve: Optional[int] = typer.Option(None, min=0, help="Figure 3: ID vs multimodal test AUC over N "
+                                               "epochs (default 0: none)"),
+    knowledge: Optional[str] = typer.Option(None, help="MAKE knowledge: compact | full (Sec. 4.3; "
+                                            "ctr.model.make.knowledge)"),
+    config: Optional[Path] = _CONFIG,
 ) -> None:
     """Train every strategy over SEEDS seeds; write RUN/ctr/compare.json, compare.md and plots."""
+    from mmrank.config import record
     from mmrank.ctr.compare import compare
-    from mmrank.ctr.models import STRATEGIES, CtrConfig
+    from mmrank.ctr.models import STRATEGIES
 
-    strats = tuple(s.strip() for s in strategies.split(",") if s.strip())
-    for s in strats:
-        if s not in STRATEGIES:
-            raise ConfigError(f"--strategies: unknown strategy {s!r}; expected {', '.join(STRATEGIES)}")
-    _threads(threads)
-    cfg = CtrConfig()
-    if knowledge is not None:
-        if knowledge not in ("compact", "full"):
-            raise ConfigError(f"--knowledge: expected compact or full, got {knowledge!r}")
-        cfg = CtrConfig.model_validate({**cfg.model_dump(), "make": {**cfg.make.model_dump(),
-                                                                     "knowledge": knowledge}})
-    compare(run, seeds=seeds, make_epochs=make_epochs, curve=_ints(curve, "--curve"), strategies=strats,
-            cfg=cfg, epochs_curve=epochs_curve)
+    strats = None
+    if strategies is not None:
+        strats = [x.strip() for x in strategies.split(",") if x.strip()]
+        for x in strats:
+            if x not in STRATEGIES:
+                raise ConfigError(f"--strategies: unknown strategy {x!r}; expected {', '.join(STRATEGIES)}")
+    if knowledge is not None and knowledge not in ("compact", "full"):
+        raise ConfigError(f"--knowledge: expected compact or full, got {knowledge!r}")
+    s = _settings(config, seeds=seeds, make_epochs=make_epochs, curve=_ints(curve, "--curve"),
+                  strategies=strats, max_train_rows=max_train_rows, threads=threads,
+                  epochs_curve=epochs_curve,
+                  model={"make": {"knowledge": knowledge}} if knowledge is not None else None)
+    _threads(s.threads)
+    _notes(run)
+    compare(run, seeds=s.seeds, make_epochs=s.make_epochs, curve=tuple(s.curve),
+            strategies=tuple(s.strategies), cfg=s.model, train_cfg=s.train, max_train_rows=s.max_train_rows,
+            epochs_curve=s.epochs_curve)
+    record(run, "ctr", s)
     typer.echo((run / "ctr" / "compare.md").read_text())
 
 
@@ -87,10 +130,12 @@ def predict_cmd(
     samples: Path = typer.Option(..., help="a CTR_SAMPLES Parquet file"),
     out: Path = typer.Option(..., help="output Parquet: request_id, item_id, position, score"),
     threads: Optional[int] = typer.Option(None),
+    config: Optional[Path] = _CONFIG,
 ) -> None:
     """Score new impressions with a trained model; write scores by request_id and item_id."""
     from mmrank.ctr.run import predict_file
 
-    _threads(threads)
+    s = _settings(config, threads=threads)
+    _threads(s.threads)
     n = predict_file(run, strategy, samples, out)
     typer.echo(json.dumps({"rows": n, "out": str(out)}))

@@ -149,7 +149,9 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = STRATEGI
 
 def markdown_table(result: dict, strategies: tuple[str, ...] = STRATEGIES) -> str:
     """Table 3 analogue in markdown (mean ± std over seeds, relative change against ``id``)."""
-    lines = [f"CTR strategies ({result['seeds']} seed(s); oracle AUC {result.get('oracle_auc') or float('nan'):.4f}; "
+    oracle = result.get("oracle_auc")
+    oracle_text = f"oracle AUC {oracle:.4f}" if oracle is not None else "no oracle (logged data)"
+    lines = [f"CTR strategies ({result['seeds']} seed(s); {oracle_text}; "
              f"representations: {result.get('representations')})", "",
              "| strategy | AUC | GAUC | LogLoss | ΔAUC | ΔGAUC | ΔAUC group 1 | ΔAUC group 8 | ΔAUC new "
              "| ΔGAUC group 1 | ΔGAUC group 8 | ΔGAUC new |",

@@ -27,7 +27,8 @@ import torch
 from safetensors.numpy import load_file as load_np, save_file as save_np
 from safetensors.torch import load_file as load_torch, save_file as save_torch
 
-from mmrank.ctr.data import CtrSamples, EncodedSamples, FeatureSpace, Vocab, load_samples, simtier_features
+from mmrank.ctr.data import (MAX_LEN, CtrSamples, EncodedSamples, FeatureSpace, Vocab, load_samples,
+                            make_batch, simtier_features)
 from mmrank.ctr.layers import ItemVectors
 from mmrank.ctr.models import STRATEGIES, CtrConfig, CtrModel, MakeModule, ModelSizes
 from mmrank.ctr.trainer import TrainConfig, predict, pretrain_make, train
@@ -69,12 +70,11 @@ def item_vectors(run: Path, item_ids: np.ndarray | None = None) -> tuple[np.ndar
         ids = np.unique(np.asarray(item_ids, np.int64))
         return ids, _normalise(table.get(ids, missing="zero")), f"embeddings:{table.version}"
     if (run / "encoder").exists():
-        from mmrank.data.io import read_table
+        from mmrank.data.io import read_items
         from mmrank.pretrain import load_item_encoder
 
         enc = load_item_encoder(run)
-        cols = ["item_id", "title", "image"]
-        t = read_table(items_path, "items", columns=cols)
+        t = read_items(items_path, ["item_id", "title"])
         ids = t.column("item_id").to_numpy().astype(np.int64)
         keep = np.ones(len(ids), bool) if item_ids is None else np.isin(ids, item_ids)
         sel = np.flatnonzero(keep)
@@ -269,8 +269,44 @@ def save_model(model: CtrModel, space: FeatureSpace, out: Path, *, train_cfg: Tr
     (out / "config.json").write_text(json.dumps(conf, indent=2))
 
 
-def load_model(run: Path, strategy: str) -> tuple[CtrModel, FeatureSpace, dict]:
-    """Load ``R/ctr/<strategy>`` with the run's current representations re-attached."""
+def representation_version(source: str | None) -> str | None:
+    """The encoder version in a representation source (``"embeddings:<v>"`` or ``"encoder:<v>"``, as
+    :func:`item_vectors` returns and ``config.json`` records); None when there is none."""
+    if not source:
+        return None
+    kind, _, version = str(source).partition(":")
+    return version or None if kind in ("embeddings", "encoder") else None
+
+
+def check_representation_version(conf: dict, where: Path, version: str | None) -> None:
+    """Refuse a model trained on another encoder version's representations than ``version``.
+
+    A width check alone lets a new encoder of the same width in silently; the version id (a hash of
+    the encoder's config and weights) does not. Raises :class:`ConfigError` naming both versions.
+    """
+    cfg = CtrConfig.model_validate(conf["model"])
+    if not cfg.uses_vectors:
+        return
+    trained = representation_version(conf.get("representations"))
+    if trained is None:
+        raise ConfigError(f"{where}/config.json: key 'representations' names no encoder version "
+                          f"(got {conf.get('representations')!r}); retrain with `mmrank ctr train`")
+    if version is None or trained != version:
+        raise ConfigError(f"{where}: trained on representations of encoder version {trained!r}, the "
+                          f"run now has {version!r}: retrain (`mmrank ctr train`) or embed with "
+                          f"encoder {trained!r}")
+
+
+def load_model(run: Path, strategy: str, *, attach_vectors: bool = True,
+               encoder_version: str | None = None) -> tuple[CtrModel, FeatureSpace, dict]:
+    """Load ``R/ctr/<strategy>`` (in eval mode).
+
+    With ``attach_vectors`` the run's current representations are re-attached (``space.vec_items``
+    covers them), after checking that they come from the encoder version the model was trained on.
+    Without, the model gets an empty ``(2, D)`` table and ``space.vec_items`` is None: the caller
+    passes the vectors of each batch to :func:`score` (serving), after checking ``encoder_version``
+    (the version of the table it will read) the same way.
+    """
     d = Path(run) / "ctr" / strategy
     if not (d / "model.safetensors").exists():
         raise MMRankError(f"{d}: no trained model (run `mmrank ctr train --run {run} --strategy {strategy}`)")
@@ -279,16 +315,96 @@ def load_model(run: Path, strategy: str) -> tuple[CtrModel, FeatureSpace, dict]:
     sizes = ModelSizes(**conf["sizes"])
     space = FeatureSpace.from_arrays(load_np(str(d / "vocab.safetensors")))
     vecs = None
-    if cfg.uses_vectors:
-        ids, v, _ = item_vectors(run)
+    if cfg.uses_vectors and attach_vectors:
+        ids, v, source = item_vectors(run)
+        check_representation_version(conf, d, representation_version(source))
         if v.shape[1] != sizes.vec_dim:
             raise ConfigError(f"{d}: trained on {sizes.vec_dim}-d representations, the run now has "
-                              f"{v.shape[1]}-d ones (another encoder version?)")
+                              f"{v.shape[1]}-d ones")
         space.vec_items = Vocab.of(ids)
         vecs = vector_table(space, ids, v)
+    elif cfg.uses_vectors:
+        check_representation_version(conf, d, encoder_version)
+        vecs = torch.zeros(2, sizes.vec_dim)
     model = CtrModel(cfg, sizes, vecs, freeze_make=bool(conf.get("make_frozen")))
     model.load_state_dict(load_torch(str(d / "model.safetensors")), strict=True)
+    model.eval()
     return model, space, conf
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scoring rows that do not come from a file (serving)
+
+def samples_from_rows(*, user_id: np.ndarray, item_id: np.ndarray, category_id: np.ndarray,
+                      region: np.ndarray, position: np.ndarray, hist_item_ids: list[np.ndarray],
+                      hist_category_ids: list[np.ndarray], ts: np.ndarray | None = None,
+                      max_len: int = MAX_LEN, source: str = "request") -> CtrSamples:
+    """In-memory rows -> :class:`CtrSamples`, the same object :func:`load_samples` reads from a
+    CTR_SAMPLES file, so that both go through :meth:`FeatureSpace.encode` and :func:`make_batch`.
+
+    Args:
+        user_id, item_id, category_id, region, position: ``(N,)`` per row.
+        hist_item_ids, hist_category_ids: N arrays (the behaviour before the row, most recent last);
+            the last ``max_len`` are kept, as :func:`load_samples` does.
+    """
+    n = len(item_id)
+    if not (len(user_id) == len(category_id) == len(region) == len(position) == len(hist_item_ids)
+            == len(hist_category_ids) == n):
+        raise DataError(f"rows: every column needs {n} entries", file=source)
+    lens = np.array([min(len(h), max_len) for h in hist_item_ids], np.int64)
+    for r, (hi, hc) in enumerate(zip(hist_item_ids, hist_category_ids)):
+        if len(hi) != len(hc):
+            raise DataError(f"history has {len(hi)} item ids but {len(hc)} category ids",
+                            file=source, row=r, column="hist_category_ids")
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    keep_i = [np.asarray(h, np.int64)[len(h) - k:] for h, k in zip(hist_item_ids, lens)]
+    keep_c = [np.asarray(h, np.int32)[len(h) - k:] for h, k in zip(hist_category_ids, lens)]
+    return CtrSamples(
+        ts=np.zeros(n, np.int64) if ts is None else np.asarray(ts, np.int64),
+        user_id=np.asarray(user_id, np.int64), item_id=np.asarray(item_id, np.int64),
+        request_id=np.zeros(n, np.int64), position=np.asarray(position, np.int16),
+        region=np.asarray(region, np.int16), category_id=np.asarray(category_id, np.int32),
+        label=np.zeros(n, np.int8), is_train=np.zeros(n, bool), hist_offsets=offsets,
+        hist_item_id=np.concatenate(keep_i) if n else np.zeros(0, np.int64),
+        hist_category_id=np.concatenate(keep_c) if n else np.zeros(0, np.int32), source=source)
+
+
+def encode_for_scoring(space: FeatureSpace, samples: CtrSamples,
+                       vec_ids: np.ndarray | None = None) -> EncodedSamples:
+    """:meth:`FeatureSpace.encode` with the representation index over ``vec_ids`` (the items whose
+    vectors the caller will pass to :func:`score`, rows ``2 + rank`` of ``Vocab.of(vec_ids)``)."""
+    if vec_ids is not None:
+        space = FeatureSpace(space.items, space.users, space.n_categories, space.n_regions,
+                             Vocab.of(vec_ids))
+    return space.encode(samples)
+
+
+def batch_of(enc: EncodedSamples, max_len: int = MAX_LEN) -> dict[str, torch.Tensor]:
+    """Every row of ``enc`` as one batch (:func:`make_batch`)."""
+    return make_batch(enc, np.arange(len(enc)), max_len)
+
+
+@torch.inference_mode()
+def score(model: CtrModel, batch: dict[str, torch.Tensor],
+          vectors: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits ``(B,)`` of one batch.
+
+    ``vectors (V, D)`` (rows 0 and 1 zero) replaces the model's representation table for this call:
+    rows indexed by ``batch["item_v"]``/``batch["hist_item_v"]`` (see :func:`encode_for_scoring`), so
+    items created after the model was loaded are scored from their content. One call at a time per
+    model object (the table is swapped in place for the call).
+    """
+    model.eval()
+    tables = [m for m in model.modules() if isinstance(m, ItemVectors)] if vectors is not None else []
+    saved = [t.table for t in tables]
+    try:
+        for t in tables:
+            t.table = vectors
+        return model(batch)["logit"]
+    finally:
+        for t, old in zip(tables, saved):
+            t.table = old
 
 
 def train_strategy(run: Path, strategy: str, *, seed: int = 0, make_epochs: int = 4,

@@ -4,6 +4,10 @@ Every check names the file, the row (0-based, counted over the whole file) and t
 
     items.parquet: row 17, column 'price': NaN where a number is required
 
+Items and their photos are read by one function for every stage, :func:`read_items` (or
+:func:`iter_items` in batches): each row's photo as bytes, whether the file holds it in ``image``,
+as a path in ``image_path``, or as a file named by the item id in an images folder.
+
 Example::
 
     >>> from mmrank.data.io import iter_batches
@@ -214,3 +218,101 @@ def validate_events(path: str | Path, item_ids: np.ndarray) -> int:
                             file=str(path), row=offset + row, column="event")
         offset += batch.num_rows
     return offset
+
+
+# ---------------------------------------------------------------------------------------------------
+# Items with their images: the one reader every stage uses.
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def image_file_for(folder: str | Path, item_id: int) -> Path | None:
+    """``folder/<item_id>.<jpg|jpeg|png|webp>``, the first that exists, else None."""
+    folder = Path(folder)
+    for suffix in IMAGE_SUFFIXES:
+        p = folder / f"{int(item_id)}{suffix}"
+        if p.is_file():
+            return p
+    return None
+
+
+def _items_image_dir(path: Path, image_dir: str | Path | None) -> Path | None:
+    if image_dir is not None:
+        return Path(image_dir)
+    default = path.parent / "images"
+    return default if default.is_dir() else None
+
+
+def iter_items(path: str | Path, columns: list[str] | None = None, *, images: bool = True,
+               image_dir: str | Path | None = None,
+               batch_size: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """Items in record batches (checked as :func:`iter_batches` checks them).
+
+    With ``images=True`` every batch has an ``image`` column of bytes, however the file gives each
+    row's photo, mixed per row: the ``image`` column (bytes), else ``image_path`` (relative to the
+    items file, or absolute), else a file named by the item id in ``image_dir`` (default: an
+    ``images/`` folder beside the items file). A row with none of these, or whose file cannot be read,
+    raises a :class:`DataError` naming the file, the row and the column.
+    ``columns`` (default: all) are the other columns wanted; ``item_id`` is always included.
+    """
+    path = Path(path)
+    dataset = _open(path)
+    names = dataset.schema.names
+    folder = _items_image_dir(path, image_dir)
+    if images and not any(c in names for c in ITEMS_OPTIONAL) and folder is None:
+        raise DataError("missing column: items need 'image' (bytes), 'image_path', or a folder of "
+                        "images named by item id (image_dir)", file=str(path), row=0, column="image")
+    for field in TABLES["items"]:
+        if field.name not in names and field.name not in ITEMS_OPTIONAL:
+            raise DataError(f"missing column (expected {field.type})", file=str(path), row=0,
+                            column=field.name)
+    want = list(columns) if columns is not None else [c for c in names if c not in ITEMS_OPTIONAL]
+    want = ["item_id"] + [c for c in want if c not in ("item_id", *ITEMS_OPTIONAL)]
+    for c in want:
+        if c not in names:
+            raise DataError(f"missing column (asked for {c!r})", file=str(path), row=0, column=c)
+    read = want + ([c for c in ITEMS_OPTIONAL if c in names] if images else [])
+    offset = 0
+    for batch in dataset.to_batches(columns=read, batch_size=batch_size):
+        batch = _conform(batch, TABLES["items"], path, offset)
+        if images:
+            n = batch.num_rows
+            blobs = batch.column("image").to_pylist() if "image" in names else [None] * n
+            rel = batch.column("image_path").to_pylist() if "image_path" in names else [None] * n
+            ids = batch.column("item_id").to_numpy()
+            out: list[bytes] = []
+            for i, (b, p) in enumerate(zip(blobs, rel)):
+                if b is None:
+                    column = "image_path"
+                    f = path.parent / p if p else (image_file_for(folder, ids[i]) if folder else None)
+                    if f is None:
+                        raise DataError("no image: 'image' and 'image_path' are empty and no file "
+                                        f"named {int(ids[i])}.jpg/.png in "
+                                        f"{folder if folder else 'an images folder'}",
+                                        file=str(path), row=offset + i, column="image")
+                    try:
+                        b = Path(f).read_bytes()
+                    except OSError as err:
+                        raise DataError(f"cannot read image {f} ({err.strerror})", file=str(path),
+                                        row=offset + i, column=column) from None
+                out.append(b)
+            cols = [batch.column(c) for c in want] + [pa.array(out, pa.binary())]
+            batch = pa.RecordBatch.from_arrays(cols, names=want + ["image"])
+        else:
+            batch = batch.select(want)
+        yield batch
+        offset += batch.num_rows
+
+
+def read_items(path: str | Path, columns: list[str] | None = None, *, images: bool = True,
+               image_dir: str | Path | None = None) -> pa.Table:
+    """The whole items table; see :func:`iter_items` (``image`` holds every row's bytes)."""
+    batches = list(iter_items(path, columns, images=images, image_dir=image_dir))
+    if batches:
+        return pa.Table.from_batches(batches)
+    want = ["item_id"] + [c for c in (columns or []) if c != "item_id"]
+    fields = [TABLES["items"].field(c) if c in TABLES["items"].names else pa.field(c, pa.null())
+              for c in want]
+    if images:
+        fields.append(pa.field("image", pa.binary()))
+    return pa.schema(fields).empty_table()

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -199,10 +199,9 @@ class World:
 def build_world(cfg: MarketConfig, cat: Catalog, rng: np.random.Generator) -> World:
     b = cfg.behaviour
     n_items, n_users, n_regions = len(cat.item_ids), cfg.n_users, cfg.n_regions
-    if cat.latent is not None:
-        dims = {"article_type": 3, "pattern": 1, "style": 1}
-    else:  # a real catalog: its colour is in the photo statistics
-        dims = {"article_type": 3, "style": 1, "pattern": 1}
+    # The columns' share of the content space: type, pattern and style (the colour is in the photo's
+    # part); on a real catalog, article type, usage and sub-category.
+    dims = {"article_type": 2, "pattern": 1, "style": 1}
     content, from_photo = content_space(cat.continuous, cat.attrs, dims, rng)
     d = content.shape[1]
     direction = rng.normal(size=d)
@@ -476,11 +475,35 @@ class Logged:
     slot_user: list
 
 
+@dataclass
+class _Sim:
+    """What every time chunk of the simulation reads (and ``recent``/``log``, which it updates)."""
+
+    cfg: MarketConfig
+    cat: Catalog
+    world: World
+    req: Requests
+    rng: np.random.Generator
+    recent: "_Recent"
+    log: Logged
+    by_region: Groups
+    by_type: Groups
+    live_region: np.ndarray
+    neighbours: np.ndarray
+    query: dict[str, Any]
+    s_pos: np.ndarray       # request -> row of the search-intent arrays in ``query``
+    decay: np.ndarray       # per region
+    photo_w: np.ndarray
+    title_w: np.ndarray
+    outside: np.ndarray
+    shown_n: np.ndarray
+    horizon: int
+
+
 def simulate(cfg: MarketConfig, cat: Catalog, world: World, req: Requests, rng: np.random.Generator,
              rng_q: np.random.Generator) -> tuple[Logged, dict[str, Any]]:
     b = cfg.behaviour
     n_regions, horizon = cfg.n_regions, (b.burn_in_days + cfg.n_days) * DAY
-    n_items = len(cat.item_ids)
     decay = _per_region(b.region_position_decay, n_regions)
     photo_w = _per_region(b.region_photo_weight, n_regions)
     title_w = _per_region(b.region_title_weight, n_regions)
@@ -519,8 +542,9 @@ def simulate(cfg: MarketConfig, cat: Catalog, world: World, req: Requests, rng: 
     s_pos = np.full(len(req.ts), -1, np.int64)
     s_pos[s_idx] = np.arange(n_s)
 
-    recent = _Recent(cfg.n_users)
-    log = Logged(*[[] for _ in range(13)])
+    sim = _Sim(cfg, cat, world, req, rng, _Recent(cfg.n_users), Logged(*[[] for _ in fields(Logged)]),
+               by_region, by_type, live_region, neighbours, query, s_pos, decay, photo_w, title_w,
+               outside, shown_n, horizon)
     chunk_edges = np.searchsorted(req.ts, np.arange(0, horizon + 1, DAY // N_CHUNKS_PER_DAY))
     with Progress(transient=True) as progress:
         task = progress.add_task("simulating behaviour", total=len(req.ts))
@@ -532,29 +556,28 @@ def simulate(cfg: MarketConfig, cat: Catalog, world: World, req: Requests, rng: 
             for surface_rows, fn in ((rows[~req.search[rows]], _display_chunk),
                                      (rows[req.search[rows]], _search_chunk)):
                 if len(surface_rows):
-                    clicks.append(fn(cfg, cat, world, req, surface_rows, recent, log, rng, by_region,
-                                     by_type, live_region, neighbours, query, s_pos, decay, photo_w,
-                                     title_w, outside, shown_n, horizon))
+                    clicks.append(fn(sim, surface_rows))
             users = np.concatenate([c[0] for c in clicks])
-            recent.add(users, np.concatenate([c[1] for c in clicks]), np.concatenate([c[2] for c in clicks]))
+            sim.recent.add(users, np.concatenate([c[1] for c in clicks]), np.concatenate([c[2] for c in clicks]))
             progress.advance(task, len(rows))
-    return log, query
+    return sim.log, query
 
 
-def _display_chunk(cfg, cat, world, req, rows, recent, log, rng, by_region, by_type, live_region,
-                   neighbours, query, s_pos, decay, photo_w, title_w, outside, shown_n, horizon):
+def _display_chunk(sim: _Sim, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A display feed: candidates from popularity and from look-alikes of recent clicks, ordered by a
     production score that knows popularity and (noisily) hidden appeal, the top ``display_slots``
-    shown; each slot is clicked, carted and bought independently."""
+    shown; each slot is clicked, carted and bought independently. Returns the clicks."""
+    cfg, world, req, rng, recent = sim.cfg, sim.world, sim.req, sim.rng, sim.recent
+    decay, photo_w, title_w, outside, horizon = sim.decay, sim.photo_w, sim.title_w, sim.outside, sim.horizon
     b = cfg.behaviour
     n, k = len(rows), b.display_slots
     region = req.region[rows].astype(np.int64)
     users = req.user[rows]
     rec = recent.items[users]
-    popular = by_region.draw(region, live_region[rows], 2 * k, rng)
+    popular = sim.by_region.draw(region, sim.live_region[rows], 2 * k, rng)
     seed_slot = rng.integers(RECENT, size=(n, k))
     seeds = np.take_along_axis(rec, seed_slot, axis=1)
-    look = neighbours[np.maximum(seeds, 0), rng.integers(neighbours.shape[1], size=(n, k))]
+    look = sim.neighbours[np.maximum(seeds, 0), rng.integers(sim.neighbours.shape[1], size=(n, k))]
     ok = (seeds >= 0) & (world.created[look] <= req.ts[rows][:, None]) & world.available[look, region[:, None]]
     look = np.where(ok, look, -1)
     cands = _dedupe_rows(np.concatenate([look[:, : k // 2], popular], axis=1), 2 * k)
@@ -583,24 +606,26 @@ def _display_chunk(cfg, cat, world, req, rows, recent, log, rng, by_region, by_t
     carted = clicked & (rng.random((n, k)) < sigmoid(c))
     bought = carted & (rng.random((n, k)) < sigmoid(v))
     p = np.stack([p_click, p_click * sigmoid(c), p_click * sigmoid(c) * sigmoid(v), p_click_att], axis=-1)
-    _log_slots(log, rows, shown, mask, clicked, carted, bought, p, content_part, users)
+    _log_slots(sim.log, rows, shown, mask, clicked, carted, bought, p, content_part, users)
     return _clicks_of(req, rows, shown, clicked)
 
 
-def _search_chunk(cfg, cat, world, req, rows, recent, log, rng, by_region, by_type, live_region,
-                  neighbours, query, s_pos, decay, photo_w, title_w, outside, shown_n, horizon):
+def _search_chunk(sim: _Sim, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A search request: retrieve candidates matching the query, order them by the production score,
-    show the top ``region_shown``; behaviour by :mod:`mmrank.data.behaviour` (list effects)."""
+    show the top ``region_shown``; behaviour by :mod:`mmrank.data.behaviour` (list effects). Returns
+    the clicks."""
+    cfg, cat, world, req, rng, recent, log = sim.cfg, sim.cat, sim.world, sim.req, sim.rng, sim.recent, sim.log
+    query, decay, outside, horizon = sim.query, sim.decay, sim.outside, sim.horizon
     b = cfg.behaviour
-    n, n_c = len(rows), b.search_candidates
+    n_c = b.search_candidates
     region = req.region[rows].astype(np.int64)
     users = req.user[rows]
-    q = s_pos[rows]
-    target, is_image = query["target"][q], query["is_image"][q]
+    q = sim.s_pos[rows]
+    target = query["target"][q]
     n_types = len(cat.vocab["article_type"])
-    typed = by_type.draw(region * n_types + cat.attrs["article_type"][target], query["live_type"][q],
-                         2 * n_c, rng)
-    anyt = by_region.draw(region, live_region[rows], n_c, rng)
+    typed = sim.by_type.draw(region * n_types + cat.attrs["article_type"][target], query["live_type"][q],
+                             2 * n_c, rng)
+    anyt = sim.by_region.draw(region, sim.live_region[rows], n_c, rng)
     cands = _dedupe_rows(np.concatenate([typed, anyt], axis=1), 3 * n_c)
     safe = np.maximum(cands, 0)
     match = _match(cat, world, query, q, safe, b)
@@ -613,14 +638,14 @@ def _search_chunk(cfg, cat, world, req, rows, recent, log, rng, by_region, by_ty
     safe = np.maximum(cands, 0)
     match = _match(cat, world, query, q, safe, b)
     frac = req.ts[rows] / horizon
-    tst = taste(world, b, users, frac, safe, photo_w[region], title_w[region])
+    tst = taste(world, b, users, frac, safe, sim.photo_w[region], sim.title_w[region])
     appeal = world.visible[safe] + world.hidden[safe]
     rec = revisit(world, recent.items[users], safe)
     base_u = b.search_intercept + b.query_match_weight * match + tst + appeal + b.revisit_weight * rec
     base_c = b.cart_intercept + 0.25 * match + 0.4 * appeal + 0.3 * tst
     base_v = b.buy_intercept + 0.5 * appeal + 0.3 * tst + 0.3 * match
-    k = int(shown_n.max())
-    n_shown = shown_n[region]
+    k = int(sim.shown_n.max())
+    n_shown = sim.shown_n[region]
     mask = (cands[:, :k] >= 0) & (np.arange(k)[None, :] < n_shown[:, None])
     x = ListInputs(base_u[:, :k], base_c[:, :k], base_v[:, :k], np.log(world.price[safe[:, :k]]),
                    world.content[safe[:, :k]], mask, world.sens[users], decay[region], outside[region],

@@ -124,7 +124,7 @@ def render_item_image(type_name: str, colour: str, pattern: str, style: str, see
     s = size * 2  # draw at 2x, then downsample (anti-aliasing)
     bg = int(rng.integers(225, 250))
     img = Image.new("RGB", (s, s), (bg, bg, bg))
-    scale = rng.uniform(0.85, 0.95)
+    scale = rng.uniform(0.78, 0.86)  # leaves room for the longest and widest looks
     sx = scale * (1.0 + 0.25 * look.width)   # width: slim .. oversized
     sy = scale * (1.0 + 0.3 * look.length)  # length: cropped .. long
     dx, dy = rng.uniform(-0.04, 0.04, size=2)
@@ -154,7 +154,7 @@ def render_item_image(type_name: str, colour: str, pattern: str, style: str, see
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
     depth = (look.trim + 1.0) / 2.0 * 0.45  # trim: a contrasting band over the lowest 0-45% of the body
     if depth > 0.02:
-        draw.rectangle([0, y1 - depth * (y1 - y0), s, s], fill=alt)
+        draw.rectangle([0, min(y1 - depth * (y1 - y0), s - 1), s, s], fill=alt)
     img.paste(body, (0, 0), mask)
     top = ImageDraw.Draw(img)
     if style == "formal":  # a thin dark outline

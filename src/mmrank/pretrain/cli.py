@@ -21,17 +21,23 @@ app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
 
 
 def _config(config: Optional[Path], **flags: Any):
-    from mmrank.config import build, load_yaml
-    from mmrank.pretrain.config import PretrainConfig
+    """The `pretrain` section: defaults, then the run config file's section, then the flags given."""
+    from mmrank.config import stage_config
 
-    flags = {k: v for k, v in flags.items() if v is not None}
-    if config is not None:
-        return load_yaml(PretrainConfig, config, flags)
-    return build(PretrainConfig, flags, "flags")
+    return stage_config("pretrain", config, {k: v for k, v in flags.items() if v is not None})
+
+
+def _notes(run: Path) -> None:
+    from mmrank.data.importer import substitutes_of
+
+    subs = substitutes_of(run)
+    if "pairs" in subs:
+        typer.echo(f"note: {subs['pairs']}")
 
 
 _RUN = typer.Option(None, "--run", help="run directory (reads R/data, writes R/encoder)")
-_CONFIG = typer.Option(None, "--config", help="a YAML PretrainConfig; flags override it")
+_CONFIG = typer.Option(None, "--config", help="a run config YAML (its pretrain section; a flat "
+                       "PretrainConfig file works too); flags override it")
 _IMG = typer.Option(None, "--image-encoder", help="e.g. efficientnet-lite0, cnn-small, hf-clip:DIR")
 _TXT = typer.Option(None, "--text-encoder", help="e.g. minilm, hash-bow, hf-clip:DIR")
 _SIZE = typer.Option(None, "--image-size", help="image input side (default: the photos' size)")
@@ -71,6 +77,7 @@ def pretrain_cmd(
                   image_size=image_size, trainable_blocks=trainable_blocks, epochs=epochs,
                   batch_size=batch_size, queue_size=queue_size, max_steps=max_steps,
                   checkpoint_every=checkpoint_every, resume=resume, seed=seed)
+    _notes(run)
     pretrain(run, cfg)
 
 
@@ -91,6 +98,7 @@ def compare_cmd(
     cfg = _config(config, image_encoder=image_encoder, text_encoder=text_encoder,
                   image_size=image_size, trainable_blocks=trainable_blocks, epochs=epochs,
                   batch_size=batch_size, queue_size=queue_size, max_steps=max_steps, seed=seed)
+    _notes(run)
     compare(run, cfg)
     md = run / "pretrain" / "compare.md"
     if md.exists():

@@ -44,33 +44,17 @@ class Catalog:
 
 
 def read_catalog(run: Path) -> Catalog:
-    """``R/data/items.parquet``: ids, titles and image bytes (``image`` or ``image_path``)."""
-    from mmrank.data.io import read_table
+    """``R/data/items.parquet``: ids, titles and image bytes (:func:`mmrank.data.io.read_items`)."""
+    from mmrank.data.io import read_items
 
     path = Path(run) / "data" / "items.parquet"
-    import pyarrow.parquet as pq
-
     if not path.exists():
-        raise DataError("no such file (run `mmrank market generate --out R` first)", file=str(path))
-    names = pq.read_schema(path).names
-    cols = ["item_id", "title"] + [c for c in ("image", "image_path") if c in names]
-    t = read_table(path, "items", columns=cols)
+        raise DataError("no such file (run `mmrank market generate --run R` or `mmrank data import` "
+                        "first)", file=str(path))
+    t = read_items(path, ["item_id", "title"])
     ids = t.column("item_id").to_numpy()
-    titles = t.column("title").to_pylist()
-    imgs = t.column("image").to_pylist() if "image" in names else [None] * len(ids)
-    img_paths = t.column("image_path").to_pylist() if "image_path" in names else [None] * len(ids)
-    images: list[bytes] = []
-    for i, (b, p) in enumerate(zip(imgs, img_paths)):
-        if b is None:
-            if p is None:
-                raise DataError("no image", file=str(path), row=i, column="image")
-            try:
-                b = (path.parent / p).read_bytes()
-            except OSError as err:
-                raise DataError(f"cannot read image ({err})", file=str(path), row=i,
-                                column="image_path") from None
-        images.append(b)
-    return Catalog(ids.astype(np.int64), titles, images, path)
+    return Catalog(ids.astype(np.int64), t.column("title").to_pylist(), t.column("image").to_pylist(),
+                   path)
 
 
 @dataclass

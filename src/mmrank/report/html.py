@@ -29,10 +29,13 @@ def _md_table(md: str) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_html_report(results: dict[str, Any], report_dir: str | Path, flat: Any) -> Path:
-    """Write ``report_dir/report.html`` from the demo ``results`` and any ``report_dir/plots/*.png``."""
+def write_html_report(results: dict[str, Any], report_dir: str | Path, flat: Any,
+                      title: str | None = None, note: str | None = None) -> Path:
+    """Write ``report_dir/report.html`` from the demo ``results`` and any ``report_dir/plots/*.png``
+    (``title`` and ``note``, HTML, replace the demo's heading and its "simulated" note)."""
     report_dir = Path(report_dir)
-    parts = [f"<h1>mmrank demo (size {html.escape(str(results['size']))})</h1>",
+    parts = [f"<h1>{html.escape(title) if title else 'mmrank demo (size ' + html.escape(str(results['size'])) + ')'}</h1>",
+             f"<p class=note>{note}</p>" if note else
              "<p class=note>All behaviour is <b>simulated</b> on the synthetic market; the oracle AUC "
              "(clicks scored by their true probability) bounds every model.</p>"]
     for name, res in results["stages"].items():

@@ -185,12 +185,10 @@ class AnnIndex:
             return self.index.search(q, k)
         # A few queries gain nothing from OpenMP, and on a loaded machine its spin-waiting makes
         # one query 4-90x slower with 2 threads than with 1 (measured, benchmarks/ann.py).
-        threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)
-        try:
+        from mmrank.threads import faiss_limited
+
+        with faiss_limited(1):
             return self.index.search(q, k)
-        finally:
-            faiss.omp_set_num_threads(threads)
 
     # ---- persistence ---------------------------------------------------------------------------------
     def save(self, dirpath: str | Path) -> None:

@@ -17,31 +17,44 @@ from mmrank.errors import MMRankError
 def embed(
     run: Path = typer.Option(..., "--run", help="run directory: reads R/data/items.parquet and "
                              "R/encoder/, writes R/embeddings/"),
-    batch_size: int = typer.Option(256, "--batch-size", min=1, help="items per encoder batch"),
-    ray_workers: int = typer.Option(0, "--ray-workers", min=0,
-                                    help="encode on a local Ray instance with N workers (the ray extra)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
+                                             help="items per encoder batch (default 256)"),
+    ray_workers: Optional[int] = typer.Option(None, "--ray-workers", min=0,
+                                              help="encode on a local Ray instance with N workers (the ray extra)"),
     backend: Optional[str] = typer.Option(None, "--backend", help="local (default) | redis"),
     redis_url: Optional[str] = typer.Option(None, "--redis-url", help="redis://host:port/db"),
     namespace: Optional[str] = typer.Option(None, "--namespace", help="Redis key prefix"),
-    exact_below: int = typer.Option(50_000, "--exact-below",
-                                    help="exact (flat) ANN index below this many items, HNSW above"),
+    exact_below: Optional[int] = typer.Option(None, "--exact-below",
+                                              help="exact (flat) ANN index below this many items, HNSW "
+                                                   "above (default 50000)"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1,
                                           help="torch threads (1 is fastest on a loaded machine)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="a run config YAML (its embed section); "
+                                          "flags override it"),
 ) -> None:
     """Encode the whole catalog into R/embeddings/ (resumable), build the ANN index, switch to it."""
+    from mmrank.config import record, stage_config
     from mmrank.store.ann import AnnConfig
     from mmrank.store.ingest import embed_catalog
 
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-
     if backend is not None and backend not in ("local", "redis"):
         raise MMRankError(f"--backend: expected local or redis, got {backend!r}")
-    stats = embed_catalog(run, batch_size=batch_size, ray_workers=ray_workers,
-                          ann=AnnConfig(exact_below=exact_below), backend=backend, url=redis_url,
-                          namespace=namespace)
+    flags = dict(batch_size=batch_size, ray_workers=ray_workers, backend=backend, redis_url=redis_url,
+                 namespace=namespace, exact_below=exact_below, threads=threads)
+    cfg = stage_config("embed", config, {k: v for k, v in flags.items() if v is not None})
+    from mmrank.data.importer import substitutes_of
+
+    for k, v in substitutes_of(run).items():
+        if k in ("images", "titles"):
+            typer.echo(f"note: {v}")
+    from mmrank.threads import configure
+
+    configure(cfg.threads)
+    stats = embed_catalog(run, batch_size=cfg.batch_size, ray_workers=cfg.ray_workers,
+                          ann=AnnConfig(exact_below=cfg.exact_below),
+                          backend=None if cfg.backend == "local" and backend is None else cfg.backend,
+                          url=cfg.redis_url, namespace=cfg.namespace)
+    record(run, "embed", cfg)
     idx = stats["index"]
     typer.echo(f"{run}/embeddings: version {stats['version']}, {stats['items']} items "
                f"({stats['encoded']} encoded now, {stats['already_present']} already there) in "

@@ -8,14 +8,12 @@ market's query photos (an item's photo under crop/shift/colour/blur) through the
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
-import torch
 
+from mmrank import threads as thread_settings
 from mmrank.errors import ConfigError, MMRankError
 from mmrank.store.ingest import ItemStore, embed_catalog, embeddings_root, load_encoder
 from mmrank.store.table import EmbeddingTable
@@ -45,8 +43,9 @@ def demo_stage(run: Path, size: str = "small") -> dict:
     run = Path(run)
     t0 = time.perf_counter()
     enc = load_encoder(run)
-    t = pq.read_table(run / "data" / "items.parquet", columns=["item_id", "title", "image",
-                                                               "created_at"])
+    from mmrank.data.io import read_items
+
+    t = read_items(run / "data" / "items.parquet", ["item_id", "title", "created_at"])
     items = {c: t.column(c).to_pylist() for c in t.column_names}
     items["item_id"] = np.array(items["item_id"], np.int64)
     try:
@@ -55,21 +54,16 @@ def demo_stage(run: Path, size: str = "small") -> dict:
         present = np.zeros(0, np.int64)
     newest = np.argsort(-np.array(items["created_at"]), kind="stable")
     held = [int(r) for r in newest if items["item_id"][r] not in present][:N_NEW[size]]
-    threads = torch.get_num_threads()
+    threads = thread_settings.get()
     # On an oversubscribed machine (load >= cores) OpenMP spin-waiting makes 2 torch threads 4-8x
     # slower than 1 (measured on the 2-core demo machine: 12-21 vs 93-95 items/s); use one then.
-    loaded = os.getloadavg()[0] >= (os.cpu_count() or 1)
-    try:
-        if loaded:
-            torch.set_num_threads(1)
+    embed_threads = thread_settings.for_busy_machine(threads)
+    with thread_settings.limited(embed_threads):
         stats = embed_catalog(run, enc, exclude_ids=items["item_id"][held])
-    finally:
-        torch.set_num_threads(threads)
 
-    torch.set_num_threads(1)  # one item at a time: more threads only contend (see benchmarks/)
     lat, parts = [], []
-    try:
-        with ItemStore.open(run, enc, writable=True) as store:
+    with ItemStore.open(run, enc, writable=True) as store:
+        with thread_settings.limited(1):  # one item at a time: more threads only contend (benchmarks/)
             for r in held:
                 item = {"item_id": int(items["item_id"][r]), "title": items["title"][r],
                         "image": items["image"][r], "created_at": items["created_at"][r]}
@@ -79,11 +73,9 @@ def demo_stage(run: Path, size: str = "small") -> dict:
                 lat.append((time.perf_counter() - a) * 1e3)
                 if item["item_id"] not in [h["item_id"] for h in hits]:
                     raise MMRankError(f"ingested item {item['item_id']} is not visible in search")
-            torch.set_num_threads(threads)
-            recall = _image_search_recall(store, items, N_RECALL_QUERIES[size])
-            n_total = len(store.table)
-    finally:
-        torch.set_num_threads(threads)
+        recall = _image_search_recall(store, items, N_RECALL_QUERIES[size])
+        n_total = len(store.table)
+    loaded = embed_threads != threads
     return {
         "encoder_version": enc.version, "dim": enc.dim, "items": n_total,
         "embed_seconds": stats["encode_seconds"], "embed_items_per_second": stats["items_per_second"],

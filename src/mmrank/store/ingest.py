@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow.parquet as pq
 
-from mmrank.data.io import decode_image, iter_batches
+from mmrank.data.io import decode_image
 from mmrank.errors import DataError, MMRankError
 from mmrank.store.ann import AnnConfig, AnnIndex
 from mmrank.store.table import EmbeddingTable, check_vectors, set_store_config, version_dirname
@@ -116,6 +116,9 @@ class NewItemLog:
         rec = {"item_id": int(item["item_id"]), "title": item["title"],
                "image": base64.b64encode(item["image"]).decode("ascii"),
                "created_at": item.get("created_at")}
+        for key in ("category", "attributes"):  # kept when given (the serving store reads them)
+            if item.get(key) is not None:
+                rec[key] = item[key]
         line = (json.dumps(rec) + "\n").encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -155,20 +158,14 @@ class NewItemLog:
 
 # ---- bulk embedding ------------------------------------------------------------------------------------
 def _catalog_batches(path: Path, batch_size: int) -> Iterator[tuple[int, np.ndarray, list, list]]:
-    """``(row offset, ids, titles, images)`` per record batch of the items file."""
-    names = pq.read_schema(path).names
-    img_col = "image" if "image" in names else "image_path"
+    """``(row offset, ids, titles, images)`` per record batch of the items file (images as bytes,
+    however each row gives them: :func:`mmrank.data.io.iter_items`)."""
+    from mmrank.data.io import iter_items
+
     offset = 0
-    for batch in iter_batches(path, "items", columns=["item_id", "title", img_col],
-                              batch_size=batch_size):
+    for batch in iter_items(path, ["item_id", "title"], batch_size=batch_size):
         ids = batch.column("item_id").to_numpy()
-        titles = batch.column("title").to_pylist()
-        raw = batch.column(img_col).to_pylist()
-        if img_col == "image_path":
-            images = [(path.parent / p).read_bytes() if p else b"" for p in raw]
-        else:
-            images = [b or b"" for b in raw]
-        yield offset, ids, titles, images
+        yield offset, ids, batch.column("title").to_pylist(), batch.column("image").to_pylist()
         offset += len(ids)
 
 

@@ -16,11 +16,10 @@ from mmrank.errors import ConfigError, MMRankError
 
 def _encode_task(encoder, where: str, offset: int, ids: np.ndarray, titles: list, images: list,
                  rows: int):
-    import torch
-
     from mmrank.store.ingest import encode_checked
+    from mmrank.threads import configure
 
-    torch.set_num_threads(1)
+    configure(1)  # one thread per Ray worker: the workers are the parallelism
     return ids, encode_checked(encoder, titles, images, where, offset), rows
 
 

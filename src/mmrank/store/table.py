@@ -233,6 +233,16 @@ class EmbeddingTable(ABC):
             raise ValueError(f"missing: expected 'raise' or 'zero', got {missing!r}")
         return vecs
 
+    def lookup(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(N,)`` ids -> ``(vectors (N, D) float32, zero rows where missing; found (N,) bool)``;
+        rows written by another process since open are picked up (one refresh on a miss)."""
+        ids = np.asarray(item_ids, dtype=np.int64).reshape(-1)
+        vecs, found = self._gather(ids)
+        if not found.all():
+            self.refresh()
+            vecs, found = self._gather(ids)
+        return vecs, found
+
     def put(self, item_ids: np.ndarray, vectors: np.ndarray, *, version: str) -> None:
         """Write a batch of vectors made by encoder ``version``; returns once it is durable.
 

@@ -1,0 +1,287 @@
+"""/v1/rank latency and throughput: mmrank (request batching) against a plain FastAPI endpoint that runs
+one forward per request on the same model, beside the raw forward time, all in one run.
+
+Both servers run on 127.0.0.1 in their own process with one uvicorn worker, the same torch
+threads and the same process settings (mmrank.threads: allocator, GIL switch interval); the client
+(asyncio + httpx, in this process) sends /v1/rank requests with 200 candidates and 50 behaviour items:
+2,000 at concurrency 1, then 2,000 at concurrency 16, to each server. Both servers are up at once and
+are loaded in alternating chunks (4 per level), so a change in the machine's load hits both alike.
+
+    python benchmarks/serve_latency.py                       # builds a small run in a temp dir
+    python benchmarks/serve_latency.py --run runs/demo       # a run made by `mmrank demo`
+
+Goals (issue 11): at concurrency 1, mmrank's p99 within the raw forward + 5 ms; at concurrency 16, at
+least 2x the plain endpoint's requests/s. Figures on a shared machine are noisy: compare within a run.
+"""
+
+import argparse
+import asyncio
+import copy
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+
+# ---- the peer: a plain FastAPI endpoint, one forward per request ------------------------------------------
+def plain_app(run: Path, strategy: str | None, threads: int):
+    """FastAPI with one sync endpoint: parse, build the request's batch, one forward, answer. FastAPI
+    runs sync endpoints on its thread pool; each thread gets its own copy of the model (the vector
+    table is swapped per call), so requests run concurrently as a plain server would run them."""
+    from fastapi import FastAPI
+
+    from mmrank import threads as thread_settings
+    from mmrank.serve import schemas as S
+    from mmrank.serve.app import run_batch
+    from mmrank.serve.builder import RankQuery
+    from mmrank.serve.bundle import load_bundle
+
+    thread_settings.configure(threads)
+    thread_settings.reuse_freed_memory()  # the same process settings as mmrank's server: only
+    thread_settings.serving_switch_interval()  # the batching differs
+    bundle = load_bundle(run, strategy)
+    local = threading.local()
+    app = FastAPI(title="plain")
+
+    def my_bundle():
+        if not hasattr(local, "bundle"):
+            b = copy.copy(bundle)
+            b.model = copy.deepcopy(bundle.model)
+            local.bundle = b
+        return local.bundle
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.post("/v1/rank")
+    def rank(body: S.RankIn) -> dict:
+        q = RankQuery(user_id=body.user.user_id,
+                      history=None if body.user.history is None else np.asarray(body.user.history, np.int64),
+                      region=body.context.region, query=body.context.query,
+                      candidates=np.asarray(body.candidates, np.int64))
+        return run_batch(my_bundle(), [q], [False])[0]
+
+    return app
+
+
+def serve_plain(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    uvicorn.run(plain_app(Path(args.run), args.strategy, args.threads), host="127.0.0.1", port=args.port,
+                log_level="warning", access_log=False)
+
+
+class PlainServer:
+    def __init__(self, run: Path, strategy: str | None, threads: int) -> None:
+        from mmrank.serve.fixtures import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.cmd = [sys.executable, __file__, "--plain-server", "--run", str(run), "--port", str(self.port),
+                    "--threads", str(threads)] + (["--strategy", strategy] if strategy else [])
+
+    def __enter__(self) -> "PlainServer":
+        import subprocess
+
+        import httpx
+
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        for _ in range(1200):
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("the plain server did not start")
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+# ---- load ---------------------------------------------------------------------------------------------------
+def payloads(run: Path, n: int, n_cand: int, n_hist: int, seed: int = 0) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    from mmrank.store.table import EmbeddingTable
+
+    ids = EmbeddingTable.open(Path(run) / "embeddings").ids()
+    if len(ids) < n_cand + n_hist:
+        raise SystemExit(f"{run}: {len(ids)} items in the table, need {n_cand + n_hist}")
+    rng = np.random.default_rng(seed)
+    users = pq.read_table(Path(run) / "data" / "events.parquet", columns=["user_id"]).column("user_id").to_numpy()
+    out = []
+    for _ in range(n):
+        pick = rng.choice(ids, n_cand + n_hist, replace=False)
+        out.append({"user": {"user_id": int(rng.choice(users)), "history": [int(x) for x in pick[n_cand:]]},
+                    "context": {"region": 0}, "candidates": [int(x) for x in pick[:n_cand]]})
+    return out
+
+
+async def _load(url: str, bodies: list[dict], total: int, concurrency: int) -> dict:
+    import httpx
+
+    lat: list[float] = []
+    errors = 0
+    next_i = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        async def worker() -> None:
+            nonlocal next_i, errors
+            while next_i < total:
+                body = bodies[next_i % len(bodies)]
+                next_i += 1
+                t0 = time.perf_counter()
+                r = await client.post("/v1/rank", json=body)
+                lat.append(time.perf_counter() - t0)
+                if r.status_code != 200 or len(r.json()["items"]) != len(body["candidates"]):
+                    errors += 1
+
+        for b in bodies[:3]:  # warm-up
+            await client.post("/v1/rank", json=b)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return {"lat": lat, "errors": errors, "wall": wall}
+
+
+def load(urls: dict[str, str], bodies: list[dict], total: int, concurrency: int,
+         rounds: int = 4) -> dict[str, dict]:
+    """``total`` requests to each server, in ``rounds`` alternating chunks (the order flips every
+    round), so that a change in the machine's load during the run hits both servers alike."""
+    parts: dict[str, list[dict]] = {name: [] for name in urls}
+    names = list(urls)
+    for r in range(rounds):
+        n = total // rounds + (total % rounds if r == rounds - 1 else 0)
+        for name in (names if r % 2 == 0 else names[::-1]):
+            parts[name].append(asyncio.run(_load(urls[name], bodies, n, concurrency)))
+    out = {}
+    for name, ps in parts.items():
+        a = np.concatenate([np.asarray(p["lat"]) for p in ps]) * 1e3
+        out[name] = {"n": len(a), "errors": sum(p["errors"] for p in ps), "p50_ms": float(np.percentile(a, 50)),
+                     "p99_ms": float(np.percentile(a, 99)), "req_per_s": len(a) / sum(p["wall"] for p in ps)}
+    return out
+
+
+def raw_forward(run: Path, strategy: str | None, threads: int, body: dict, repeats: int = 200) -> dict:
+    """The model alone on one request's rows: build (+ vectors) and forward, and forward only (ms)."""
+    from mmrank import threads as thread_settings
+    from mmrank.ctr.run import score
+    from mmrank.serve.builder import RankQuery, build
+    from mmrank.serve.bundle import load_bundle
+
+    thread_settings.configure(threads)
+    thread_settings.reuse_freed_memory()
+    bundle = load_bundle(run, strategy)
+    q = RankQuery(user_id=body["user"]["user_id"], history=np.asarray(body["user"]["history"]),
+                  region=0, query=None, candidates=np.asarray(body["candidates"]))
+    fwd, both = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        built = build([q], bundle)
+        t1 = time.perf_counter()
+        score(bundle.model, built.batch, built.vectors)
+        t2 = time.perf_counter()
+        fwd.append(t2 - t1)
+        both.append(t2 - t0)
+    info = {"strategy": bundle.strategy, "encoder_version": bundle.encoder_version,
+            "forward_ms": float(np.median(fwd) * 1e3), "build_forward_ms": float(np.median(both) * 1e3),
+            "forward_p99_ms": float(np.percentile(fwd, 99) * 1e3), "per_request_ms": {}}
+    # what one forward over k requests costs per request (why batching does or does not pay here)
+    for k in (1, 2, 4, 8, 16):
+        built = build([q] * k, bundle)
+        times = []
+        for _ in range(max(3, repeats // (4 * k))):
+            t0 = time.perf_counter()
+            score(bundle.model, built.batch, built.vectors)
+            times.append(time.perf_counter() - t0)
+        info["per_request_ms"][k] = float(np.median(times) * 1e3 / k)
+    bundle.close()
+    return info
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", help="a run with encoder/, embeddings/, ctr/ (default: build a small one)")
+    p.add_argument("--strategy", default=None, help="CTR strategy (default: the server's choice)")
+    p.add_argument("--requests", type=int, default=2000, help="requests per concurrency level")
+    p.add_argument("--candidates", type=int, default=200)
+    p.add_argument("--history", type=int, default=50)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of each server")
+    p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument("--max-batch-rows", type=int, default=512)
+    p.add_argument("--also-candidates", type=int, default=20,
+                   help="also measure requests this small at concurrency 16 (0: skip)")
+    p.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.plain_server:
+        return serve_plain(args)
+
+    from mmrank.serve.fixtures import ServerProcess, build_serving_run
+    from mmrank.threads import cores
+
+    tmp = None
+    if args.run is None:
+        tmp = tempfile.TemporaryDirectory(prefix="serve-bench-")
+        print("building a small run (synthetic market, small encoder, simtier CTR model) ...", flush=True)
+        run = build_serving_run(Path(tmp.name) / "run", n_items=1000, n_users=500, n_impressions=20_000,
+                                strategies=("simtier",))
+    else:
+        run = Path(args.run)
+    bodies = payloads(run, 64, args.candidates, args.history)
+    raw = raw_forward(run, args.strategy, args.threads, bodies[0])
+    print(f"run {run}, strategy {raw['strategy']}, encoder {raw['encoder_version']}; "
+          f"{args.candidates} candidates x {args.history} behaviour items per request; "
+          f"1 uvicorn worker and {args.threads} torch thread(s) per forward thread per server "
+          f"(mmrank: {cores()} forward threads; plain: FastAPI's thread pool); "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start")
+    print(f"raw forward (model only, one request's rows): median {raw['forward_ms']:.2f} ms, "
+          f"p99 {raw['forward_p99_ms']:.2f} ms; build + forward median {raw['build_forward_ms']:.2f} ms")
+    print("one forward over k requests, ms per request: " +
+          ", ".join(f"k={k}: {v:.2f}" for k, v in raw["per_request_ms"].items()))
+    results: dict[tuple[str, int], dict] = {}
+    extra = ("--max-wait-ms", str(args.max_wait_ms), "--max-batch-rows", str(args.max_batch_rows)) + \
+        (("--strategy", args.strategy) if args.strategy else ())
+    small = payloads(run, 64, args.also_candidates, args.history, seed=1) if args.also_candidates else None
+    small_res: dict[str, dict] = {}
+    with ServerProcess(run, extra_args=extra, threads=args.threads) as srv, \
+            PlainServer(run, args.strategy, args.threads) as plain:
+        urls = {"mmrank": srv.url, "plain": plain.url}
+        for c in (1, 16):
+            for name, r in load(urls, bodies, args.requests, c).items():
+                results[(name, c)] = r
+        if small:
+            small_res = load(urls, small, args.requests // 2, 16)
+    print(f"\n{'server':<8} {'conc':>4} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
+    for (name, c), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        print(f"{name:<8} {c:>4} {r['n']:>8} {r['errors']:>6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+              f"{r['req_per_s']:>8.1f}")
+    m1, m16, p16 = results[("mmrank", 1)], results[("mmrank", 16)], results[("plain", 16)]
+    over = m1["p99_ms"] - raw["forward_ms"]
+    ratio = m16["req_per_s"] / p16["req_per_s"]
+    print(f"\nconcurrency 1: mmrank p99 - raw forward = {over:.2f} ms (goal <= 5 ms: "
+          f"{'met' if over <= 5 else 'not met'})")
+    print(f"concurrency 16: mmrank / plain requests/s = {ratio:.2f}x (goal >= 2x: "
+          f"{'met' if ratio >= 2 else 'not met'})")
+    if small_res:
+        print(f"\nbeside the goals: {args.also_candidates} candidates x {args.history} behaviour items, "
+              f"{args.requests // 2} requests at concurrency 16")
+        for name, r in small_res.items():
+            print(f"{name:<8} {16:>4} {r['n']:>8} {r['errors']:>6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+                  f"{r['req_per_s']:>8.1f}")
+        print(f"mmrank / plain requests/s = {small_res['mmrank']['req_per_s'] / small_res['plain']['req_per_s']:.2f}x")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Alimama display ads on Taobao (Tianchi data set 56): four CSV files with headers.
+
+* ``raw_sample.csv``: ``user,time_stamp,adgroup_id,pid,nonclk,clk`` (one row per ad shown);
+* ``ad_feature.csv``: ``adgroup_id,cate_id,campaign_id,customer,brand,price`` (the catalog);
+* ``user_profile.csv``: ``userid,cms_segid,cms_group_id,final_gender_code,age_level,pvalue_level,
+  shopping_level,occupation,new_user_class_level`` (optional);
+* ``behavior_log.csv``: ``user,time_stamp,btag,cate,brand`` (optional).
+
+``--events`` is raw_sample.csv (or the folder); the other files are found beside it (``--items``
+overrides ad_feature.csv). An ad is an item (category ``cate_id``); the ads one user was shown at one
+``time_stamp`` form one request, in file order; the surface is ``display``. A user's region is
+``new_user_class_level`` (city level; 0 when unknown). behavior_log.csv describes behaviour on
+categories and brands without item ids, so it is counted but not imported as events. No titles,
+photos, purchases or queries (item-to-item pre-training pairs on clicks).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from mmrank.data.importer import Source, col, read_csv, to_float, to_int, to_str, to_ts
+from mmrank.errors import DataError
+
+
+def load(items: Path | None, events: Path, images: Path | None) -> Source:
+    from mmrank.data.presets import Builder, events_table, find_image, wide_to_long
+
+    folder = events if events.is_dir() else events.parent
+    raw_path = events if events.is_file() else folder / "raw_sample.csv"
+    ad_path = items or folder / "ad_feature.csv"
+    b = Builder("alimama display ads")
+    raw = read_csv(raw_path)
+    f = str(raw_path)
+    n = raw.num_rows
+    user = to_int(col(raw, "user", f), f, "user")
+    ts = to_ts(col(raw, "time_stamp", f), f, "time_stamp")
+    ad = to_int(col(raw, "adgroup_id", f), f, "adgroup_id")
+    clk = to_int(col(raw, "clk", f), f, "clk")
+    bad = np.flatnonzero((clk != 0) & (clk != 1))
+    if len(bad):
+        raise DataError(f"expected 0 or 1, got {int(clk[bad[0]])}", file=f, row=int(bad[0]), column="clk")
+    req_key = user.astype(np.int64) * (1 << 32) + ts
+    _, req = np.unique(req_key, return_inverse=True)
+    region = np.zeros(n, np.int64)
+    users_tbl = None
+    notes = []
+    up = folder / "user_profile.csv"
+    if up.exists():
+        prof = read_csv(up)
+        uf = str(up)
+        uid = to_int(col(prof, "userid", uf), uf, "userid")
+        level = to_int(col(prof, "new_user_class_level", uf), uf, "new_user_class_level", required=False)
+        level = np.where(level < 0, 0, level)
+        o = np.argsort(uid)
+        pos = np.clip(np.searchsorted(uid[o], user), 0, max(len(uid) - 1, 0))
+        hit = (uid[o][pos] == user) if len(uid) else np.zeros(n, bool)
+        region = np.where(hit, level[o][pos], 0)
+        users_tbl = pa.table({"user_id": pa.array(uid)} |
+                             {c: pa.array(to_str(prof.column(c)), pa.string()) for c in prof.column_names
+                              if c not in ("userid",)})
+    else:
+        notes.append("no user_profile.csv: every user is in region 0")
+    rows, kinds = wide_to_long(n, {"click": clk})
+    b.add_events(raw_path, events_table(ts=ts[rows], user_id=user[rows], item_id=ad[rows], event=kinds,
+                                        request_id=req[rows], region=region[rows],
+                                        surface=pa.array(["display"] * len(rows), pa.string())), rows)
+    feat = read_csv(ad_path)
+    af = str(ad_path)
+    item = to_int(col(feat, "adgroup_id", af), af, "adgroup_id")
+    b.add_items(ad_path, pa.table({
+        "item_id": pa.array(item),
+        "category": pa.array(to_str(col(feat, "cate_id", af)), pa.string()),
+        "price": pa.array(to_float(col(feat, "price", af), af, "price")),
+        "brand": pa.array(to_str(col(feat, "brand", af)), pa.string()),
+        "campaign_id": pa.array(to_str(col(feat, "campaign_id", af)), pa.string()),
+        "customer": pa.array(to_str(col(feat, "customer", af)), pa.string()),
+        "image_path": pa.array([find_image(images, str(i)) for i in item], pa.string()),
+    }))
+    ignored = {}
+    bl = folder / "behavior_log.csv"
+    if bl.exists():
+        with open(bl, "rb") as fh:
+            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+        ignored["behavior_log.csv rows (category/brand behaviour without item ids)"] = max(lines - 1, 0)
+    src = b.build(has_impressions=True, notes=notes, ignored=ignored, users=users_tbl)
+    src.item_columns = {"item_id": "adgroup_id", "price": "price"}
+    src.event_columns = {"region": "new_user_class_level"}
+    return src

@@ -1,0 +1,381 @@
+"""The serving item store: vectors, metadata, photos, search and ingestion for an HTTP server.
+
+Unlike :func:`mmrank.store.ingest.ingest` (which keeps one open store per run in a module-level dict),
+a :class:`ServingStore` is an ordinary object owned by whoever opened it (a server's bundle), so a
+process can hold two (the current bundle and the one being swapped in) and a test can open and close
+them freely. Several processes may serve the same run at once:
+
+* vectors live in the run's :class:`~mmrank.store.table.EmbeddingTable` (local or Redis); a reader
+  picks up rows another process wrote on its next miss (:meth:`EmbeddingTable.lookup`);
+* a write goes through the table's one-writer rule: local tables are opened for writing per ingest,
+  under a blocking ``flock`` on ``R/embeddings/INGEST.lock`` shared by every serving process; Redis
+  tables take concurrent writers;
+* item metadata (title, category, created_at, attributes) and photos of ingested items go to the
+  run's ``new_items.jsonl`` (fsync'ed before the vector is written) and, with the Redis backend, to
+  the Redis hashes ``{ns}:items`` / ``{ns}:images`` so that servers on other hosts see them too;
+* each process keeps its own FAISS index and brings it up to date with the table before a search.
+
+Category ids follow :mod:`mmrank.data.samples`: the rank of an item's ``category`` string among the
+sorted distinct categories of ``R/data/items.parquet``; an unknown category is ``-1`` (the CTR
+model's padding row).
+
+Example::
+
+    >>> store = ServingStore.open(run, encoder)                                   # doctest: +SKIP
+    >>> vecs, found = store.vectors(np.array([3, 99]))                             # doctest: +SKIP
+    >>> store.ingest({"item_id": 10**9, "title": "red shirt", "image": jpeg,       # doctest: +SKIP
+    ...               "category": "Tshirts"})
+    >>> store.search_text("red shirt", k=5)[0]["item_id"]                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import os
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from mmrank.errors import DataError, MMRankError
+from mmrank.store.ann import AnnIndex
+from mmrank.store.ingest import (NEW_ITEMS, ItemEncoder, NewItemLog, _check_title, _find_bad_image,
+                                 embeddings_root, encode_checked, index_dir)
+from mmrank.store.table import EmbeddingTable, check_vectors
+
+INGEST_LOCK = "INGEST.lock"
+
+
+class ItemExists(DataError):
+    """An item id that is already in the table (a second post of the same id)."""
+
+
+class _Catalog:
+    """Ids, titles, category ids of ``R/data/items.parquet``; photos read on first use."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ids = np.zeros(0, np.int64)
+        self.titles: list[str] = []
+        self.cat_ids = np.zeros(0, np.int32)
+        self.categories: list[str] = []  # sorted distinct; category id = index
+        self._images: list | None = None
+        self._image_lock = threading.Lock()
+        if not path.exists():
+            return
+        t = pq.read_table(path, columns=["item_id", "title", "category"])
+        ids = t.column("item_id").to_numpy().astype(np.int64)
+        cats = np.asarray(t.column("category").to_pylist(), dtype=object).astype(str)
+        names, cat_ids = np.unique(cats, return_inverse=True)
+        order = np.argsort(ids, kind="stable")
+        self.ids, self._rows = ids[order], order
+        titles = t.column("title").to_pylist()
+        self.titles = [titles[i] for i in order]
+        self.cat_ids = cat_ids.astype(np.int32)[order]
+        self.categories = [str(c) for c in names]
+
+    def find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(positions (N,), found (N,) bool)`` of ``ids`` in the sorted catalog."""
+        if len(self.ids) == 0:
+            return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
+        pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        return pos, self.ids[pos] == ids
+
+    def image(self, pos: int) -> bytes | None:
+        with self._image_lock:
+            if self._images is None:
+                names = pq.read_schema(self.path).names
+                col = "image" if "image" in names else "image_path"
+                raw = pq.read_table(self.path, columns=[col]).column(col).to_pylist()
+                self._images = [raw[i] for i in self._rows] if col == "image" else \
+                    [(self.path.parent / p) if p else None for p in (raw[i] for i in self._rows)]
+        img = self._images[pos]
+        if isinstance(img, Path):
+            return img.read_bytes() if img.exists() else None
+        return img
+
+
+class ServingStore:
+    """Table + ANN index + item metadata + encoder of a run, for a server (see module docstring).
+
+    Thread-safe: one lock guards the index and the metadata, another the encoder.
+    """
+
+    def __init__(self, run: Path, table: EmbeddingTable, index: AnnIndex,
+                 encoder: ItemEncoder | None) -> None:
+        self.run = Path(run)
+        self.root = embeddings_root(run)
+        self.table, self.index, self.encoder = table, index, encoder
+        self.version, self.dim = table.version, table.dim
+        self.catalog = _Catalog(self.run / "data" / "items.parquet")
+        self._cat_of = {c: i for i, c in enumerate(self.catalog.categories)}
+        self.log = NewItemLog(self.root / NEW_ITEMS)
+        self._log_offset = 0
+        self._new: dict[int, dict] = {}  # ingested items: title, category_id, created_at, attributes
+        self._lock = threading.RLock()
+        self._enc_lock = threading.Lock()  # tokenizers and some towers are not thread-safe
+        self._redis = getattr(table, "client", None)
+        self._ns = getattr(table, "ns", None)
+        self._read_log()
+
+    @classmethod
+    def open(cls, run: str | Path, encoder: ItemEncoder | None = None, *,
+             version: str | None = None) -> "ServingStore":
+        """Open the table of ``version`` (default: the encoder's, else CURRENT) read-only, and its
+        index brought up to date with the table. Refuses an encoder of another version."""
+        run = Path(run)
+        version = version or (encoder.version if encoder is not None else None)
+        table = EmbeddingTable.open(embeddings_root(run), version)
+        if encoder is not None and encoder.version != table.version:
+            raise DataError(f"encoder version {encoder.version!r} but the table is {table.version!r}",
+                            file=str(embeddings_root(run)))
+        d = index_dir(table)
+        ids = table.ids()
+        if (d / "ann.json").exists():
+            index = AnnIndex.load(d, table.version)
+            missing = np.setdiff1d(ids, index.ids())
+            if len(missing):
+                index.add(missing, table.get(missing))
+        else:
+            index = AnnIndex.build(ids, table.get(ids), version=table.version)
+        return cls(run, table, index, encoder)
+
+    def close(self) -> None:
+        self.table.close()
+
+    # ---- metadata -----------------------------------------------------------------------------------
+    def category_id(self, category: str | None) -> int:
+        """The CTR category id of a category name (-1 if unknown or None)."""
+        return -1 if category is None else self._cat_of.get(str(category), -1)
+
+    def _remember(self, rec: dict) -> None:
+        self._new[int(rec["item_id"])] = {
+            "title": rec.get("title", ""), "category": rec.get("category"),
+            "category_id": self.category_id(rec.get("category")),
+            "created_at": rec.get("created_at"), "attributes": rec.get("attributes") or {}}
+
+    def _read_log(self) -> None:
+        """Read the lines appended to new_items.jsonl since the last read (whole lines only)."""
+        path = self.log.path
+        if not path.exists():
+            return
+        with open(path, "rb") as f:
+            f.seek(self._log_offset)
+            data = f.read()
+        end = data.rfind(b"\n")
+        if end < 0:
+            return
+        for line in data[:end].split(b"\n"):
+            try:
+                rec = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue  # a torn line (never acknowledged)
+            self._remember(rec)
+        self._log_offset += end + 1
+
+    def _fetch_remote(self, ids: list[int]) -> None:
+        """Metadata of ingested items from Redis (another host's ingests)."""
+        if self._redis is None or not ids:
+            return
+        vals = self._redis.hmget(f"{self._ns}:items", [str(i) for i in ids])
+        for v in vals:
+            if v is not None:
+                self._remember(json.loads(v))
+
+    def meta(self, ids: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """``(category ids (N,) int32, titles)``; an id neither in the catalog nor ingested gets
+        ``-1`` and ``""``."""
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        pos, in_cat = self.catalog.find(ids)
+        cats = np.where(in_cat, self.catalog.cat_ids[pos] if len(self.catalog.ids) else -1,
+                        -1).astype(np.int32)
+        titles = [self.catalog.titles[p] if f else "" for p, f in zip(pos, in_cat)]
+        rest = [k for k in np.flatnonzero(~in_cat)]
+        if rest:
+            with self._lock:
+                if any(int(ids[k]) not in self._new for k in rest):
+                    self._read_log()
+                    self._fetch_remote([int(ids[k]) for k in rest if int(ids[k]) not in self._new])
+                for k in rest:
+                    rec = self._new.get(int(ids[k]))
+                    if rec is not None:
+                        cats[k], titles[k] = rec["category_id"], rec["title"]
+        return cats, titles
+
+    def image(self, item_id: int) -> bytes | None:
+        """The photo of an item (catalog or ingested), or None."""
+        pos, found = self.catalog.find(np.array([item_id], np.int64))
+        if found[0]:
+            return self.catalog.image(int(pos[0]))
+        if self._redis is not None:
+            img = self._redis.hget(f"{self._ns}:images", str(int(item_id)))
+            if img is not None:
+                return img
+        for rec in self.log.read():  # rare (a page showing a new item): read the log
+            if int(rec["item_id"]) == int(item_id):
+                return rec["image"]
+        return None
+
+    # ---- vectors ------------------------------------------------------------------------------------
+    def vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(vectors (N, D) float32, found (N,) bool)``: see :meth:`EmbeddingTable.lookup`."""
+        return self.table.lookup(ids)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    # ---- search -------------------------------------------------------------------------------------
+    def _sync_index(self) -> None:
+        """Add to the index what the table has and the index lacks (other processes' ingests)."""
+        self.table.refresh()
+        if len(self.table) == len(self.index):
+            return
+        missing = np.setdiff1d(self.table.ids(), self.index.ids())
+        if len(missing):
+            self.index.add(missing, self.table.get(missing))
+
+    def search_vector(self, query: np.ndarray, k: int = 10) -> list[dict]:
+        """``(D,)`` query -> up to ``k`` hits ``{"item_id", "score", "title"}``, best first."""
+        with self._lock:
+            self._sync_index()
+            scores, ids = self.index.search(np.asarray(query, np.float32).reshape(1, -1), k)
+        keep = ids[0] >= 0
+        hit_ids, hit_scores = ids[0][keep], scores[0][keep]
+        _, titles = self.meta(hit_ids)
+        return [{"item_id": int(i), "score": float(s), "title": t}
+                for i, s, t in zip(hit_ids, hit_scores, titles)]
+
+    def _encoder(self) -> ItemEncoder:
+        if self.encoder is None:
+            raise MMRankError(f"{self.run}: this store was opened without an encoder")
+        return self.encoder
+
+    def encode_text(self, text: str) -> np.ndarray:
+        _check_title(text, "text", None)
+        with self._enc_lock:
+            return np.asarray(self._encoder().encode_text([text])[0], np.float32)
+
+    def encode_image(self, image: bytes) -> np.ndarray:
+        _find_bad_image([image], "image", 0)
+        with self._enc_lock:
+            return np.asarray(self._encoder().encode_images([image])[0], np.float32)
+
+    def search_text(self, text: str, k: int = 10) -> list[dict]:
+        return self.search_vector(self.encode_text(text), k)
+
+    def search_image(self, image: bytes, k: int = 10) -> list[dict]:
+        return self.search_vector(self.encode_image(image), k)
+
+    # ---- ingestion ----------------------------------------------------------------------------------
+    @contextmanager
+    def _writer(self) -> Iterator[EmbeddingTable]:
+        """A writable handle on this version's table, shared safely by every serving process."""
+        if self._redis is not None:
+            table = EmbeddingTable.open(self.root, self.version, writable=True)
+            try:
+                yield table
+            finally:
+                table.close()
+            return
+        fd = os.open(self.root / INGEST_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # blocking: serving processes take turns
+            table = EmbeddingTable.open(self.root, self.version, writable=True)
+            try:
+                yield table
+            finally:
+                table.close()
+        finally:
+            os.close(fd)  # releases the flock (also released by the kernel if we die)
+
+    def ingest(self, item: dict[str, Any]) -> dict:
+        """Encode ``{"item_id", "title", "image" (bytes)[, "category", "created_at", "attributes"]}``,
+        write it durably (log, then table: acknowledged means on disk), index it.
+
+        Raises :class:`DataError` (naming the field) for bad input and :class:`ItemExists` for an id
+        already in the table; nothing is written then. Returns timings in ms.
+        """
+        t0 = time.perf_counter()
+        where = "item"
+        try:
+            item_id = int(item["item_id"])
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"item_id: expected an integer, got {item.get('item_id')!r}", file=where,
+                            column="item_id") from None
+        title = _check_title(item.get("title"), where, None)
+        image = item.get("image")
+        _find_bad_image([image], where, 0)
+        if self.table.lookup(np.array([item_id]))[1][0]:
+            raise ItemExists(f"item {item_id} is already in the embedding table", file=where,
+                             column="item_id")
+        enc = self._encoder()
+        with self._enc_lock:
+            vec = encode_checked(enc, [title], [bytes(image)], where)
+        ids, vecs = check_vectors(np.array([item_id]), vec, self.dim, enc.version, self.version, where)
+        t1 = time.perf_counter()
+        rec = {"item_id": item_id, "title": title, "image": bytes(image),
+               "created_at": item.get("created_at"), "category": item.get("category"),
+               "attributes": item.get("attributes") or None}
+        with self._writer() as table:
+            if table.contains(ids)[0]:  # posted meanwhile by another process
+                raise ItemExists(f"item {item_id} is already in the embedding table", file=where,
+                                 column="item_id")
+            self.log.append(rec)
+            if self._redis is not None:
+                meta = {k: v for k, v in rec.items() if k != "image"}
+                pipe = self._redis.pipeline(transaction=True)
+                pipe.hset(f"{self._ns}:items", str(item_id), json.dumps(meta))
+                pipe.hset(f"{self._ns}:images", str(item_id), rec["image"])
+                pipe.execute()
+            table.put(ids, vecs, version=enc.version)
+        t2 = time.perf_counter()
+        self.table.refresh()
+        with self._lock:
+            self._remember(rec)
+            self._sync_index()
+        t3 = time.perf_counter()
+        ms = lambda a, b: round((b - a) * 1e3, 3)  # noqa: E731
+        return {"item_id": item_id, "encode_ms": ms(t0, t1), "write_ms": ms(t1, t2),
+                "index_ms": ms(t2, t3), "total_ms": ms(t0, t3)}
+
+
+    def catch_up(self, batch_size: int = 64) -> int:
+        """Encode and write the logged items this version's table lacks (items acknowledged by a
+        server still running an older encoder version while this one was built or swapped in);
+        returns how many were added. Needs the encoder. Local log only (this host's ingests)."""
+        recs = [r for r in self.log.read() if not self.table.contains(np.array([r["item_id"]]))[0]]
+        if not recs:
+            return 0
+        enc = self._encoder()
+        n = 0
+        for a in range(0, len(recs), batch_size):
+            chunk = recs[a:a + batch_size]
+            with self._enc_lock:
+                vecs = encode_checked(enc, [r["title"] for r in chunk], [r["image"] for r in chunk],
+                                      str(self.log.path), a)
+            with self._writer() as table:
+                ids = np.array([r["item_id"] for r in chunk], np.int64)
+                keep = ~table.contains(ids)
+                if keep.any():
+                    table.put(ids[keep], vecs[keep], version=enc.version)
+                    n += int(keep.sum())
+        self.table.refresh()
+        with self._lock:
+            for r in recs:
+                self._remember(r)
+            self._sync_index()
+        return n
+
+
+def decode_b64_image(text: str, field: str = "image") -> bytes:
+    """Base64 text -> bytes; :class:`DataError` naming ``field`` when it is not base64."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (ValueError, TypeError):
+        raise DataError("not valid base64", column=field) from None
