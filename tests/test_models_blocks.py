@@ -84,6 +84,7 @@ def test_block_ctr_model_equals_pre_refactor_model(strategy, frozen_make):
             torch.nn.init.normal_(p, std=0.3)
     fresh = build(__import__("mmrank.ctr.models", fromlist=["x"]), cfg)
     fresh.load_state_dict(old.state_dict(), strict=True)
+    assert fresh.file_state_dict().keys() == old.state_dict().keys()     # the on-disk names are the old ones
     old.eval(), fresh.eval()
     batch = _batch(5)
     torch.testing.assert_close(fresh(batch)["logit"], old(batch)["logit"], rtol=0, atol=0)

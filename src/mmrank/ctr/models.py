@@ -273,6 +273,20 @@ class CtrModel(nn.Module):
                     state_dict[prefix + new + rest[len(old):]] = state_dict.pop(key)
                     break
 
+    def file_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights under the names the model had before it was composed of blocks (``item_emb.*``,
+        ``attention.*``, ``mlp.*``, ...): the on-disk format of ``R/ctr/<strategy>/model.safetensors``
+        stays what it was (``load_state_dict`` maps those names back)."""
+        inverse = {new: old for old, new in self._LEGACY_KEYS.items()}
+        out = {}
+        for key, v in self.state_dict().items():
+            for new, old in inverse.items():
+                if key.startswith(new):
+                    key = old + key[len(new):]
+                    break
+            out[key] = v
+        return out
+
     # Names the pre-block model exposed.
     @property
     def make(self) -> MakeModule | None:

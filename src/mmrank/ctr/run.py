@@ -259,7 +259,7 @@ def save_model(model: CtrModel, space: FeatureSpace, out: Path, *, train_cfg: Tr
                extra: dict | None = None) -> None:
     """Write weights, vocabularies and config (safetensors + JSON) to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous() for k, v in model.file_state_dict().items()}
     save_torch(state, str(out / "model.safetensors"))
     arrays = {k: v for k, v in space.to_arrays().items() if k != "vocab.vec_items"}
     save_np(arrays, str(out / "vocab.safetensors"))

@@ -1,10 +1,15 @@
 """`mmrank rerank ...`: train one re-ranker, compare all of them. Thin shells over
-:mod:`mmrank.rerank.run` and :mod:`mmrank.rerank.compare`."""
+:mod:`mmrank.rerank.run` and :mod:`mmrank.rerank.compare`.
+
+Every setting comes from the ``rerank`` section of the run config given with ``--config``
+(:class:`mmrank.rerank.config.RerankConfig`); the flags given override it; ``R/config.yaml`` records
+what ran.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -13,60 +18,79 @@ from mmrank.errors import ConfigError
 app = typer.Typer(no_args_is_help=True, help="Re-rank search lists: ARMMT, SEQ+MD and baselines (logged "
                                              "order, DNN, ARMMT-concat, PRM, MMoE, ESMM), with ablations.")
 
+_CONFIG = typer.Option(None, "--config", help="a run config YAML (its rerank section: model, seeds, models, "
+                       "beam, train); flags override it")
 
-def _train_cfg(epochs: int, batch_size: int, max_train_lists: Optional[int]):
-    from mmrank.rerank.trainer import RerankTrainConfig
 
-    return RerankTrainConfig(epochs=epochs, batch_size=batch_size, max_train_lists=max_train_lists)
+def _settings(config: Optional[Path], train: dict[str, Any], **flags: Any):
+    from mmrank.config import stage_config
+
+    given = {k: v for k, v in flags.items() if v is not None}
+    train = {k: v for k, v in train.items() if v is not None}
+    if train:
+        given["train"] = train
+    return stage_config("rerank", config, given)
+
+
+def _threads(threads: Optional[int]) -> None:
+    from mmrank.threads import configure
+
+    configure(threads or None)
 
 
 @app.command("train")
 def train_cmd(
     run: Path = typer.Option(..., "--run", help="run directory (reads RUN/data/lists.parquet, RUN/encoder)"),
-    model: str = typer.Option("armmt", "--model", help="dnn | armmt | armmt-concat | prm | mmoe | esmm | seqmd | "
-                                                     "seqmd-plain | an ablation (see `compare`)"),
-    seed: int = typer.Option(0),
-    epochs: int = typer.Option(1, min=1),
-    batch_size: int = typer.Option(64, min=1, help="lists per step"),
+    model: Optional[str] = typer.Option(None, "--model", help="dnn | armmt | armmt-concat | prm | mmoe | esmm | "
+                                        "seqmd | seqmd-plain | an ablation (default armmt)"),
+    seed: Optional[int] = typer.Option(None, help="default 0"),
+    epochs: Optional[int] = typer.Option(None, min=1, help="default 1"),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="lists per step (default 64)"),
     max_train_lists: Optional[int] = typer.Option(None, help="the latest N training lists only"),
     threads: Optional[int] = typer.Option(None, help="torch threads"),
+    config: Optional[Path] = _CONFIG,
 ) -> None:
     """Train one re-ranker; writes RUN/rerank/<model>/ (weights, vocabularies, config, metrics)."""
+    from mmrank.config import record
     from mmrank.rerank.models import MODELS
     from mmrank.rerank.run import train_model
 
-    if model not in MODELS:
-        raise ConfigError(f"--model: expected one of {', '.join(MODELS)}, got {model!r}")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    m = train_model(run, model, seed=seed, train_cfg=_train_cfg(epochs, batch_size, max_train_lists))
+    s = _settings(config, dict(epochs=epochs, batch_size=batch_size, max_train_lists=max_train_lists),
+                  model=model, seed=seed, threads=threads)
+    if s.model not in MODELS:
+        raise ConfigError(f"--model: expected one of {', '.join(MODELS)}, got {s.model!r}")
+    _threads(s.threads)
+    m = train_model(run, s.model, seed=s.seed, train_cfg=s.train)
+    record(run, "rerank", s)
     a = m["auc"]
-    typer.echo(f"{model}: auc click {a['click']:.4f} cart {a['cart']:.4f} purchase {a['purchase']:.4f} "
-               f"ndcg@10 {m['ndcg@10']:.4f} expected_gmv {m['expected_gmv']} -> {run}/rerank/{model}/")
+    typer.echo(f"{s.model}: auc click {a['click']:.4f} cart {a['cart']:.4f} purchase {a['purchase']:.4f} "
+               f"ndcg@10 {m['ndcg@10']:.4f} expected_gmv {m['expected_gmv']} -> {run}/rerank/{s.model}/")
 
 
 @app.command("compare")
 def compare_cmd(
     run: Path = typer.Option(..., "--run"),
-    seeds: int = typer.Option(3, min=1),
-    models: str = typer.Option("", help="comma-separated (default: logged, every model and the ablations)"),
-    epochs: int = typer.Option(1, min=1),
-    batch_size: int = typer.Option(64, min=1),
+    seeds: Optional[int] = typer.Option(None, min=1, help="default 3"),
+    models: Optional[str] = typer.Option(None, help="comma-separated (default: logged, every model and the "
+                                         "ablations)"),
+    epochs: Optional[int] = typer.Option(None, min=1),
+    batch_size: Optional[int] = typer.Option(None, min=1),
     max_train_lists: Optional[int] = typer.Option(None, help="the latest N training lists only"),
     max_test_lists: Optional[int] = typer.Option(None, help="the first N test lists only"),
-    beam: int = typer.Option(0, help="> 0: add armmt+beam, the generator-evaluator mode with this beam width"),
+    beam: Optional[int] = typer.Option(None, help="> 0: add armmt+beam, the generator-evaluator mode with this "
+                                       "beam width"),
     threads: Optional[int] = typer.Option(None),
+    config: Optional[Path] = _CONFIG,
 ) -> None:
     """Train every model over SEEDS seeds; write RUN/rerank/compare.json, compare.md and plots."""
+    from mmrank.config import record
     from mmrank.rerank.compare import compare
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    names = [m.strip() for m in models.split(",") if m.strip()] or None
-    compare(run, seeds=seeds, models=names, train_cfg=_train_cfg(epochs, batch_size, max_train_lists),
-            max_test_lists=max_test_lists, beam=beam)
+    names = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    s = _settings(config, dict(epochs=epochs, batch_size=batch_size, max_train_lists=max_train_lists),
+                  seeds=seeds, models=names, max_test_lists=max_test_lists, beam=beam, threads=threads)
+    _threads(s.threads)
+    compare(run, seeds=s.seeds, models=s.models, train_cfg=s.train, max_test_lists=s.max_test_lists,
+            beam=s.beam, progress=True)
+    record(run, "rerank", s)
     typer.echo((run / "rerank" / "compare.md").read_text())

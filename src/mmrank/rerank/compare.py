@@ -177,6 +177,15 @@ def beam_result(model, data: RerankData, rows: np.ndarray, evaluator: Any, width
 # Aggregation over seeds
 
 
+def torch_threads_default() -> bool:
+    """True unless someone set torch's thread count (``mmrank.threads.configure`` / ``--threads``)."""
+    import os
+
+    import torch
+
+    return torch.get_num_threads() == int(os.environ.get("OMP_NUM_THREADS", 0) or (os.cpu_count() or 1))
+
+
 def _one_thread_if_loaded() -> None:
     """On an oversubscribed machine (load >= cores) OpenMP spin-waiting makes 2 torch threads many
     times slower than 1 for these small models (measured: 92 s vs 2.4 s for 2,000 ARMMT training lists
@@ -276,7 +285,8 @@ def compare(run: str | Path, *, seeds: int = 3, models: list[str] | None = None,
     if seeds < 1:
         raise ConfigError(f"--seeds: must be >= 1, got {seeds}")
     t0 = time.perf_counter()
-    _one_thread_if_loaded()
+    if torch_threads_default():
+        _one_thread_if_loaded()
     data = data or load_data(run, encoder=encoder)
     if evaluator is None:
         evaluator, ev_status = evaluator_for(run)
