@@ -40,7 +40,9 @@ def demo_stage(run: Path, size: str) -> dict:
     if not lists.exists() or "item_ids" not in pq.read_schema(lists).names:
         return {"skipped": f"{lists} has no search-surface candidate lists (a market from before the LISTS schema "
                            "of issue 9); re-generate the market"}
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    from mmrank.threads import configure
+
+    configure(min(2, torch.get_num_threads()), faiss=False)
     cfg = DEMO[size]
     r = compare(Path(run), seeds=1, models=cfg["models"], progress=False,
                 train_cfg=RerankTrainConfig(max_train_lists=cfg["max_train_lists"]))

@@ -60,7 +60,7 @@ def train_cmd(
     if s.model not in MODELS:
         raise ConfigError(f"--model: expected one of {', '.join(MODELS)}, got {s.model!r}")
     _threads(s.threads)
-    m = train_model(run, s.model, seed=s.seed, train_cfg=s.train)
+    m = train_model(run, s.model, seed=s.seed, train_cfg=s.train, one_thread_if_busy=s.threads is None)
     record(run, "rerank", s)
     a = m["auc"]
     typer.echo(f"{s.model}: auc click {a['click']:.4f} cart {a['cart']:.4f} purchase {a['purchase']:.4f} "
@@ -91,6 +91,6 @@ def compare_cmd(
                   seeds=seeds, models=names, max_test_lists=max_test_lists, beam=beam, threads=threads)
     _threads(s.threads)
     compare(run, seeds=s.seeds, models=s.models, train_cfg=s.train, max_test_lists=s.max_test_lists,
-            beam=s.beam, progress=True)
+            beam=s.beam, progress=True, one_thread_if_busy=s.threads is None)
     record(run, "rerank", s)
     typer.echo((run / "rerank" / "compare.md").read_text())

@@ -177,25 +177,14 @@ def beam_result(model, data: RerankData, rows: np.ndarray, evaluator: Any, width
 # Aggregation over seeds
 
 
-def torch_threads_default() -> bool:
-    """True unless someone set torch's thread count (``mmrank.threads.configure`` / ``--threads``)."""
-    import os
-
-    import torch
-
-    return torch.get_num_threads() == int(os.environ.get("OMP_NUM_THREADS", 0) or (os.cpu_count() or 1))
-
-
 def _one_thread_if_loaded() -> None:
     """On an oversubscribed machine (load >= cores) OpenMP spin-waiting makes 2 torch threads many
     times slower than 1 for these small models (measured: 92 s vs 2.4 s for 2,000 ARMMT training lists
     at load 8 on 2 cores); use one then."""
-    import os
+    from mmrank.threads import configure, machine_busy
 
-    import torch
-
-    if os.getloadavg()[0] >= (os.cpu_count() or 1):
-        torch.set_num_threads(1)
+    if machine_busy():
+        configure(1, faiss=False)
 
 
 def _stat(values: list) -> dict[str, float | None]:
@@ -271,7 +260,7 @@ def acceptance(res: dict[str, Any], smallest_region: str | None) -> dict[str, An
 def compare(run: str | Path, *, seeds: int = 3, models: list[str] | None = None,
             train_cfg: RerankTrainConfig | None = None, encoder: Any | None = None, progress: bool = True,
             max_test_lists: int | None = None, data: RerankData | None = None, plots: bool = True,
-            evaluator: Any | None = None, beam: int = 0) -> dict[str, Any]:
+            evaluator: Any | None = None, beam: int = 0, one_thread_if_busy: bool = True) -> dict[str, Any]:
     """Train and evaluate ``models`` (default: all, with the ablations) for ``seeds`` seeds; write
     ``R/rerank/compare.json``, ``compare.md`` and plots. Returns what compare.json holds. ``evaluator``
     overrides the run's (anything with ``expected(request_ids, orders)``). ``beam > 0`` adds
@@ -285,7 +274,7 @@ def compare(run: str | Path, *, seeds: int = 3, models: list[str] | None = None,
     if seeds < 1:
         raise ConfigError(f"--seeds: must be >= 1, got {seeds}")
     t0 = time.perf_counter()
-    if torch_threads_default():
+    if one_thread_if_busy:
         _one_thread_if_loaded()
     data = data or load_data(run, encoder=encoder)
     if evaluator is None:

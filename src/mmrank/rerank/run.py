@@ -50,13 +50,14 @@ def load_model(run: Path, name: str, data: RerankData | None = None) -> tuple[Li
 
 
 def train_model(run: str | Path, name: str, *, seed: int = 0, train_cfg: RerankTrainConfig | None = None,
-                encoder: Any | None = None, progress: bool = True) -> dict:
+                encoder: Any | None = None, progress: bool = True, one_thread_if_busy: bool = True) -> dict:
     """Train model ``name`` on the run's training lists, evaluate on the test lists, write
     ``R/rerank/<name>/``; returns the metrics."""
     from mmrank.rerank.compare import _clean, _one_thread_if_loaded, evaluator_for, model_result
 
     run = Path(run)
-    _one_thread_if_loaded()
+    if one_thread_if_busy:
+        _one_thread_if_loaded()
     data = load_data(run, encoder=encoder)
     tcfg = train_cfg or RerankTrainConfig()
     model, info = fit(data, name, seed=seed, train_cfg=tcfg, progress=progress)
