@@ -57,6 +57,23 @@ def load_encoder(run: Path) -> ItemEncoder:
     return load_item_encoder(run)
 
 
+def index_for(table: EmbeddingTable, save: bool) -> AnnIndex:
+    """The table's ANN index, brought up to date with rows the table has and the index lacks; built
+    (and saved when ``save``) if there is none yet."""
+    d = index_dir(table)
+    ids = table.ids()
+    if (d / "ann.json").exists():
+        index = AnnIndex.load(d, table.version)
+        missing = np.setdiff1d(ids, index.ids())
+        if len(missing):
+            index.add(missing, table.get(missing))
+        return index
+    index = AnnIndex.build(ids, table.get(ids), version=table.version)
+    if save:
+        index.save(d)
+    return index
+
+
 def embeddings_root(run: Path) -> Path:
     return Path(run) / "embeddings"
 
@@ -309,17 +326,7 @@ class ItemStore:
             raise DataError(f"encoder version {encoder.version!r} but the CURRENT table is "
                             f"{table.version!r}; run `mmrank embed` with this encoder first",
                             file=str(embeddings_root(run)))
-        d = index_dir(table)
-        ids = table.ids()
-        if (d / "ann.json").exists():
-            index = AnnIndex.load(d, table.version)
-            missing = np.setdiff1d(ids, index.ids())
-            if len(missing):
-                index.add(missing, table.get(missing))
-        else:
-            index = AnnIndex.build(ids, table.get(ids), version=table.version)
-            index.save(d)
-        return cls(run, table, index, encoder)
+        return cls(run, table, index_for(table, save=True), encoder)
 
     @property
     def encoder(self) -> ItemEncoder:

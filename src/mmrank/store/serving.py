@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 from mmrank.errors import DataError, MMRankError
 from mmrank.store.ann import AnnIndex
 from mmrank.store.ingest import (NEW_ITEMS, ItemEncoder, NewItemLog, _check_title, _find_bad_image,
-                                 embeddings_root, encode_checked, index_dir)
+                                 embeddings_root, encode_checked, index_for)
 from mmrank.store.table import EmbeddingTable, check_vectors
 
 INGEST_LOCK = "INGEST.lock"
@@ -135,16 +135,7 @@ class ServingStore:
         if encoder is not None and encoder.version != table.version:
             raise DataError(f"encoder version {encoder.version!r} but the table is {table.version!r}",
                             file=str(embeddings_root(run)))
-        d = index_dir(table)
-        ids = table.ids()
-        if (d / "ann.json").exists():
-            index = AnnIndex.load(d, table.version)
-            missing = np.setdiff1d(ids, index.ids())
-            if len(missing):
-                index.add(missing, table.get(missing))
-        else:
-            index = AnnIndex.build(ids, table.get(ids), version=table.version)
-        return cls(run, table, index, encoder)
+        return cls(run, table, index_for(table, save=False), encoder)
 
     def close(self) -> None:
         self.table.close()
