@@ -112,14 +112,7 @@ def build(model: type[T], data: dict[str, Any], source: str = "config") -> T:
 def load_yaml(model: type[T], path: str | Path, overrides: dict[str, Any] | None = None) -> T:
     """Load a YAML file into ``model``; ``overrides`` (e.g. CLI flags that were given) win."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
+    data = _read_mapping(path)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return build(model, data, str(path))
 
