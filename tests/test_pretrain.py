@@ -143,6 +143,26 @@ def test_compare_writes_exactly_the_variants(tmp_path):
     assert detail["scl"]["version"] != detail["scl-no-logq"]["version"]
 
 
+def test_compare_over_seeds_reports_mean_and_std_of_each_seed(tmp_path):
+    from mmrank.pretrain.stage import compare
+
+    run = make_market(tmp_path / "run", seed=1)
+    cfg = PretrainConfig(**{**FAST, "epochs": 1, "seed": 5})
+    res = compare(run, cfg, variants=("popularity", "scl"), seeds=2)
+    scl = res["scl"]
+    assert scl["seeds"] == 2 and len(scl["per_seed"]) == 2
+    assert (run / "pretrain" / "scl.seed6" / "version.txt").exists()
+    for acc in ("acc@1", "acc@5"):
+        for m in ("image", "text"):
+            xs = [r[acc][m] for r in scl["per_seed"]]
+            assert scl[acc][m] == pytest.approx(np.mean(xs))
+            assert scl["std"][acc][m] == pytest.approx(np.std(xs, ddof=1))
+    assert scl["per_seed"][0] != scl["per_seed"][1]  # the seed reaches the training
+    assert "std" not in res["popularity"]
+    md = (run / "pretrain" / "compare.md").read_text()
+    assert md.count("±") == 4 and "| popularity | " in md
+
+
 def _latent_pairs(seed: int = 0, n_items: int = 1000, n_pairs: int = 2400):
     """Items and queries that are noisy views of a latent vector per item (controlled retrieval)."""
     from mmrank.pretrain.data import Features, PairTable

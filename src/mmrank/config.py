@@ -165,6 +165,9 @@ class EmbedConfig(StrictModel):
     exact_below: int = Field(50_000, ge=0, description="exact (flat) ANN index below this many items, "
                              "HNSW above")
     threads: int | None = Field(None, ge=1, description="torch threads")
+    reuse_features: bool = Field(True, description="take the backbone outputs pre-training cached for "
+                                 "these items (when they are exactly the encoder's) instead of "
+                                 "re-encoding the photos and titles")
 
 
 # ---------------------------------------------------------------------------------------------------

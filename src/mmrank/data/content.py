@@ -4,12 +4,13 @@ The space is a fixed function of an item, and none of mmrank's encoders:
 
 * ``pixel_statistics``: colour and shape statistics of a product photo on a light background: the
   object's mean lightness and two opponent colour axes, its chroma, the share of the frame it covers,
-  its height/width ratio and its texture (mean gradient inside the object), followed by a fixed random
-  projection of the photo downsampled to 8x8 (its layout). On a real catalog these are the content
+  its height/width ratio and its texture (mean gradient inside the object), followed by fixed random
+  projections of the photo downsampled to 8x8 (its layout) and of what 16x16 adds to that (its detail). On a real catalog these are the content
   latent.
 * ``content_space``: the behaviour model's vector per item: the continuous part (the synthetic market's
   rendered latent, or a real photo's statistics) next to fixed random embeddings of the coarse
-  attribute columns, each dimension standardised. Which dimensions photos show and which titles show
+  attribute columns, each dimension standardised and the whole scaled to ``REFERENCE_DIMS`` of total
+  variance, so that a kernel bandwidth means the same on every catalog. Which dimensions photos show and which titles show
   is returned beside it, so that regions can weigh the two differently.
 
 Example::
@@ -29,9 +30,20 @@ import numpy as np
 from PIL import Image
 
 PIXEL_STATS = ("lightness", "red_green", "yellow_blue", "chroma", "coverage", "aspect", "texture",
-               "layout_0", "layout_1", "layout_2", "layout_3")
+               "layout_0", "layout_1", "layout_2", "layout_3") + tuple(f"detail_{i}" for i in range(8))
+# The content space's total variance on every catalog (the synthetic market's 10 dimensions at unit
+# variance each): a catalog with more statistics gets each dimension scaled down, not a wider space.
+REFERENCE_DIMS = 10
 # A fixed projection of an 8x8 RGB thumbnail (192 values) to 4 layout dimensions.
 _LAYOUT = np.random.default_rng(20240817).normal(size=(192, 4)) / np.sqrt(192)
+# ... and of the detail a 16x16 thumbnail adds to the 8x8 one (768 values: prints, stripes, folds, which
+# vary among items of the same type and colour) to 8 detail dimensions.
+_DETAIL = np.random.default_rng(20261202).normal(size=(768, 8)) / np.sqrt(768)
+
+
+def _thumbnail(img: np.ndarray, side: int) -> np.ndarray:
+    small = Image.fromarray((img * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR)
+    return np.asarray(small, dtype=np.float64) / 255.0
 
 
 def _stats_one(data: bytes) -> np.ndarray:
@@ -49,11 +61,11 @@ def _stats_one(data: bytes) -> np.ndarray:
     h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
     gy, gx = np.gradient(grey)
     texture = np.hypot(gx, gy)[mask].mean()
-    thumb = np.asarray(Image.fromarray((img * 255).astype(np.uint8)).resize((8, 8), Image.BILINEAR),
-                       dtype=np.float64) / 255.0
-    layout = (thumb.reshape(-1) - thumb.mean()) @ _LAYOUT
+    thumb8, thumb16 = _thumbnail(img, 8), _thumbnail(img, 16)
+    layout = (thumb8.reshape(-1) - thumb8.mean()) @ _LAYOUT
+    detail = (thumb16 - np.repeat(np.repeat(thumb8, 2, axis=0), 2, axis=1)).reshape(-1) @ _DETAIL
     return np.concatenate([[grey[mask].mean(), rg.mean(), yb.mean(), np.hypot(rg, yb).mean(),
-                            mask.mean(), np.log(h / w), texture], layout])
+                            mask.mean(), np.log(h / w), texture], layout, detail])
 
 
 def _stats_chunk(chunk: list[bytes]) -> np.ndarray:
@@ -61,7 +73,7 @@ def _stats_chunk(chunk: list[bytes]) -> np.ndarray:
 
 
 def pixel_statistics(images: list[bytes], workers: int = 2, chunk: int = 1000) -> np.ndarray:
-    """(N, 11) colour, shape and layout statistics of ``images`` (JPEG/PNG bytes), columns ``PIXEL_STATS``."""
+    """(N, 19) colour, shape, layout and detail statistics of ``images`` (JPEG/PNG bytes), columns ``PIXEL_STATS``."""
     chunks = [images[i:i + chunk] for i in range(0, len(images), chunk)]
     if workers <= 1 or len(chunks) <= 1:
         parts = [_stats_chunk(c) for c in chunks]
@@ -88,7 +100,8 @@ def content_space(continuous: np.ndarray, codes: dict[str, np.ndarray], dims: di
         rng: draws the embeddings.
 
     Returns:
-        ``(V, from_photo)``: V (N, C + sum(dims)) standardised; ``from_photo`` (D,) bool, True for the
+        ``(V, from_photo)``: V (N, C + sum(dims)), each dimension standardised and then scaled by
+        ``content_scale(D)``; ``from_photo`` (D,) bool, True for the
         dimensions photos show (the continuous part), False for those titles name (the columns).
     """
     parts, photo = [continuous], [np.ones(continuous.shape[1], bool)]
@@ -96,4 +109,10 @@ def content_space(continuous: np.ndarray, codes: dict[str, np.ndarray], dims: di
         emb = rng.normal(size=(int(codes[name].max()) + 1, d))
         parts.append(emb[codes[name]])
         photo.append(np.zeros(d, bool))
-    return standardise(np.concatenate(parts, axis=1)), np.concatenate(photo)
+    v = standardise(np.concatenate(parts, axis=1))
+    return v * content_scale(v.shape[1]), np.concatenate(photo)
+
+
+def content_scale(d: int) -> float:
+    """Per-dimension scale of a ``d``-dimensional content space (1.0 at ``REFERENCE_DIMS``)."""
+    return float(np.sqrt(REFERENCE_DIMS / d))

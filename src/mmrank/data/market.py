@@ -44,7 +44,7 @@ from mmrank.config import SIZES, BehaviourConfig, MarketConfig, build, load_yaml
 from mmrank.data import render
 from mmrank.data.behaviour import ListInputs, draw_outcomes, examination, list_probabilities, \
     near_similarity, sigmoid
-from mmrank.data.content import content_space, pixel_statistics, standardise
+from mmrank.data.content import content_scale, content_space, pixel_statistics, standardise
 from mmrank.data.io import write_table
 from mmrank.data.samples import build_ctr_samples, build_lists, build_pairs
 from mmrank.errors import DataError
@@ -178,7 +178,7 @@ def _per_region(values: list, n_regions: int) -> np.ndarray:
 class World:
     """Everything hidden about items and users (written under ``R/truth/``)."""
 
-    content: np.ndarray      # (I, D) standardised content vectors
+    content: np.ndarray      # (I, D) content vectors (standardised, scaled by content_scale(D))
     from_photo: np.ndarray   # (D,) bool: dimensions photos show (else titles name them)
     visible: np.ndarray      # (I,) appeal the content shows
     hidden: np.ndarray       # (I,) appeal only behaviour reveals
@@ -234,10 +234,12 @@ def build_world(cfg: MarketConfig, cat: Catalog, rng: np.random.Generator) -> Wo
     user_region = rng.choice(n_regions, size=n_users, p=shares).astype(np.int16)
     activity = rng.lognormal(0.0, 1.5, size=n_users)
     k = b.centres_max
-    region_centres = rng.normal(0.0, 1.0, size=(n_regions, 4, d))
+    # Centres spread like the content itself (each dimension at the content space's scale).
+    s = content_scale(d)
+    region_centres = rng.normal(0.0, s, size=(n_regions, 4, d))
     pick = rng.integers(4, size=(n_users, k))
-    centres0 = 0.7 * region_centres[user_region[:, None], pick] + rng.normal(0.0, 0.7, size=(n_users, k, d))
-    centres1 = centres0 + cfg.drift * rng.normal(0.0, 1.0, size=(n_users, k, d))
+    centres0 = 0.7 * region_centres[user_region[:, None], pick] + rng.normal(0.0, 0.7 * s, size=(n_users, k, d))
+    centres1 = centres0 + cfg.drift * rng.normal(0.0, s, size=(n_users, k, d))
     n_centres = rng.integers(1, k + 1, size=n_users)
     sens = _per_region(b.region_price_sensitivity, n_regions)[user_region] * rng.lognormal(0, 0.3, n_users)
     return World(content, from_photo, visible, hidden, pop, price, price_z, created, home, available,

@@ -57,6 +57,26 @@ def encode(encoder: Any, preprocess: Callable[[list[Any]], Any], n: int,
     return np.concatenate(chunks)
 
 
+def source_fingerprint(path: Path) -> str:
+    """What cached rows of a source file depend on beyond their keys: its name, size and mtime."""
+    st = os.stat(path)
+    return f"{Path(path).name}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def read_cached(cache_dir: Path, key: str, tag: str, keys: Sequence[str],
+                fingerprint: str = "") -> np.ndarray | None:
+    """The cached table ``cache_dir/<key>/<tag>.npy`` as stored (float32, or float16 for activation
+    maps) if it still holds exactly ``keys`` from the same source, else None."""
+    d = Path(cache_dir) / key
+    npy, meta = d / f"{tag}.npy", d / f"{tag}.json"
+    if not (npy.exists() and meta.exists()):
+        return None
+    info = json.loads(meta.read_text())
+    if info.get("digest") != _digest(keys, fingerprint) or info.get("n") != len(keys):
+        return None
+    return np.load(npy, allow_pickle=False)
+
+
 def cached_features(build: Callable[[], tuple[Any, Callable[[list[Any]], Any]]], key: str,
                     keys: Sequence[str], inputs: Callable[[int, int], list[Any]],
                     cache_dir: Path | None, tag: str, fingerprint: str = "",
@@ -75,14 +95,11 @@ def cached_features(build: Callable[[], tuple[Any, Callable[[list[Any]], Any]]],
     Returns:
         ``(len(keys), ...)`` float32: the encoder's frozen-part output per row.
     """
+    hit = read_cached(cache_dir, key, tag, keys, fingerprint) if cache_dir is not None else None
+    if hit is not None:
+        return hit.astype(np.float32, copy=False)
     digest = _digest(keys, fingerprint)
     d = Path(cache_dir) / key if cache_dir is not None else None
-    if d is not None:
-        npy, meta = d / f"{tag}.npy", d / f"{tag}.json"
-        if npy.exists() and meta.exists():
-            info = json.loads(meta.read_text())
-            if info.get("digest") == digest and info.get("n") == len(keys):
-                return np.load(npy, allow_pickle=False).astype(np.float32, copy=False)
     encoder, preprocess = build()
     feats = encode(encoder, preprocess, len(keys), inputs, batch_size,
                    progress=f"encoding {tag} ({encoder.name})")
@@ -90,6 +107,7 @@ def cached_features(build: Callable[[], tuple[Any, Callable[[list[Any]], Any]]],
     store = feats.astype(np.float16) if feats.ndim > 2 else feats
     feats = store.astype(np.float32, copy=False)
     if d is not None:
+        npy, meta = d / f"{tag}.npy", d / f"{tag}.json"
         d.mkdir(parents=True, exist_ok=True)
         tmp = d / f".{tag}.{os.getpid()}.npy"
         np.save(tmp, store, allow_pickle=False)

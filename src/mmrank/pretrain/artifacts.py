@@ -120,6 +120,23 @@ class ItemEncoder:
         return self._out(torch.cat(out)) if out else np.zeros((0, self.dim), np.float32)
 
     @torch.inference_mode()
+    def encode_item_features(self, image_h: np.ndarray, text_h: np.ndarray,
+                             batch_size: int = 1024) -> np.ndarray:
+        """Item tower on backbone outputs already computed (``encode_items`` without the backbones):
+        ``(N, d_image)``, ``(N, d_text)`` -> ``(N, dim)`` unit vectors."""
+        out = [self.model.item(torch.from_numpy(image_h[a:a + batch_size]),
+                               torch.from_numpy(text_h[a:a + batch_size]))
+               for a in range(0, len(image_h), batch_size)]
+        return self._out(torch.cat(out)) if out else np.zeros((0, self.dim), np.float32)
+
+    def cached_item_features(self, run: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The pre-training cache's backbone outputs for ``R/data/items.parquet``, when they are exactly
+        this encoder's (:func:`mmrank.pretrain.data.cached_item_features`); else None."""
+        from mmrank.pretrain.data import cached_item_features
+
+        return cached_item_features(run, self.config)
+
+    @torch.inference_mode()
     def encode_text(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
         """Text-query tower: ``(N, dim)`` unit vectors."""
         out = [self.model.text_query(self._txt_h(texts[a:a + batch_size]))

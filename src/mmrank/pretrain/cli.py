@@ -90,8 +90,10 @@ def compare_cmd(
     epochs: Optional[int] = _EPOCHS, batch_size: Optional[int] = _BATCH,
     queue_size: Optional[int] = _QUEUE, max_steps: Optional[int] = _STEPS,
     seed: Optional[int] = _SEED,
+    seeds: int = typer.Option(1, "--seeds", min=1, help="train each variant with this many seeds "
+                              "(--seed, --seed+1, ...): mean ± std"),
 ) -> None:
-    """Table 2: off-the-shelf, clip-e, scl, scl-no-triplet, scl-no-triplet-no-moco ->
+    """Table 2: popularity, off-the-shelf, clip-e, scl and its ablations ->
     R/pretrain/compare.json + compare.md (and the SCL encoder as R/encoder/)."""
     from mmrank.pretrain.stage import compare
 
@@ -99,7 +101,7 @@ def compare_cmd(
                   image_size=image_size, trainable_blocks=trainable_blocks, epochs=epochs,
                   batch_size=batch_size, queue_size=queue_size, max_steps=max_steps, seed=seed)
     _notes(run)
-    compare(run, cfg)
+    compare(run, cfg, seeds=seeds)
     md = run / "pretrain" / "compare.md"
     if md.exists():
         typer.echo(md.read_text())

@@ -7,7 +7,6 @@ features.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from mmrank.encoders.cache import cache_key, cached_features
+from mmrank.encoders.cache import cache_key, cached_features, read_cached, source_fingerprint
 from mmrank.errors import DataError
 
 TEXT, IMAGE = 0, 1
@@ -161,8 +160,7 @@ def build_features(run: Path, catalog: Catalog, pairs: PairTable, image_encoder:
     from mmrank import encoders
 
     cache_dir = Path(run) / "features" if cache else None
-    st = os.stat(catalog.path)
-    fp = f"{catalog.path.name}:{st.st_size}:{st.st_mtime_ns}"
+    fp = source_fingerprint(catalog.path)
     built: dict[str, tuple] = {}
 
     def build_img() -> tuple:
@@ -178,10 +176,10 @@ def build_features(run: Path, catalog: Catalog, pairs: PairTable, image_encoder:
 
     ikey = cache_key(image_encoder, "image", image_size, trainable_blocks)
     tkey = cache_key(text_encoder, "text", None, 0)
-    item_keys = [str(int(i)) for i in catalog.item_ids]
+    item_keys, title_keys = item_feature_keys(catalog.item_ids, catalog.titles)
     item_img = cached_features(build_img, ikey, item_keys,
                                lambda a, z: catalog.images[a:z], cache_dir, "items_image", fp)
-    item_txt = cached_features(build_txt, tkey, [f"{k}\t{t}" for k, t in zip(item_keys, catalog.titles)],
+    item_txt = cached_features(build_txt, tkey, title_keys,
                                lambda a, z: catalog.titles[a:z], cache_dir, "items_title", fp)
 
     qrow = np.zeros(len(pairs.modality), np.int64)
@@ -207,3 +205,37 @@ def build_features(run: Path, catalog: Catalog, pairs: PairTable, image_encoder:
         image_q = np.zeros((0, *d_img_shape), np.float32)
     return Features(as_t(np.ascontiguousarray(item_img)), as_t(np.ascontiguousarray(item_txt)),
                     as_t(np.ascontiguousarray(text_q)), as_t(np.ascontiguousarray(image_q)), qrow)
+
+
+def item_feature_keys(item_ids: np.ndarray, titles: list[str]) -> tuple[list[str], list[str]]:
+    """Row keys of the ``items_image`` and ``items_title`` caches (ids; id and title)."""
+    keys = [str(int(i)) for i in item_ids]
+    return keys, [f"{k}\t{t}" for k, t in zip(keys, titles)]
+
+
+def cached_item_features(run: str | Path, config: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(item ids, image features, title features)`` of ``R/data/items.parquet`` from the pre-training
+    cache, when they are exactly what the encoder of ``config`` (``R/encoder/config.json``) would
+    compute: same backbones, image size and trainable blocks, the items file unchanged since, and the
+    image features stored in float32 (pooled outputs of a frozen backbone; activation maps for a
+    trainable tail are stored in float16, so they are re-encoded instead). Else None.
+    """
+    from mmrank.data.io import read_table
+
+    path = Path(run) / "data" / "items.parquet"
+    cache_dir = Path(run) / "features"
+    if not path.exists() or not cache_dir.exists():
+        return None
+    t = read_table(path, "items", ["item_id", "title"])
+    ids = t.column("item_id").to_numpy().astype(np.int64)
+    img_keys, txt_keys = item_feature_keys(ids, t.column("title").to_pylist())
+    fp = source_fingerprint(path)
+    ikey = cache_key(config["image_encoder"], "image", config["image_size"], config["trainable_blocks"])
+    img = read_cached(cache_dir, ikey, "items_image", img_keys, fp)
+    if img is None or img.dtype != np.float32 or img.ndim != 2:
+        return None
+    txt = read_cached(cache_dir, cache_key(config["text_encoder"], "text", None, 0), "items_title",
+                      txt_keys, fp)
+    if txt is None or txt.dtype != np.float32:
+        return None
+    return ids, img, txt

@@ -135,7 +135,7 @@ def pretrain(run: str | Path, cfg: PretrainConfig | None = None) -> dict[str, An
 
 
 def compare(run: str | Path, cfg: PretrainConfig | None = None,
-            variants: tuple[str, ...] = REFERENCES + VARIANTS) -> dict[str, Any]:
+            variants: tuple[str, ...] = REFERENCES + VARIANTS, seeds: int = 1) -> dict[str, Any]:
     """`mmrank pretrain compare --run R`: Table 2 on R's market.
 
     Every variant's encoder goes to ``R/pretrain/<variant>/``; ``R/pretrain/compare.json`` maps each
@@ -144,6 +144,11 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
     The SCL encoder is also installed as ``R/encoder/`` (the one later stages use). ``off-the-shelf``
     is always EfficientNet-Lite0 + MiniLM with no training; ``popularity`` ranks every query's
     candidates by training purchases (a reference row, no encoder).
+
+    With ``seeds`` > 1 each trained variant is trained with seeds ``cfg.seed .. cfg.seed + seeds - 1``
+    (the first in ``R/pretrain/<variant>/``, the others in ``R/pretrain/<variant>.seed<S>/``);
+    ``compare.json`` holds the means, and each result its ``std`` and ``per_seed`` values. The two
+    references train nothing and are measured once.
     """
     run = Path(run)
     base = cfg or PretrainConfig()
@@ -167,9 +172,15 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
         key = (c.image_encoder, c.text_encoder, c.image_size, c.trainable_blocks)
         if key not in prepared:
             prepared[key] = _Prepared(run, c, env)
-        results[v] = run_variant(run, c, run / "pretrain" / v, prepared[key], env)
+        n = 1 if v == "off-the-shelf" else seeds
+        per_seed = [run_variant(run, c.model_copy(update={"seed": c.seed + i}),
+                                run / "pretrain" / (v if i == 0 else f"{v}.seed{c.seed + i}"),
+                                prepared[key], env) for i in range(n)]
+        results[v] = per_seed[0] if n == 1 else _over_seeds(per_seed)
     if env.main:
         table = {v: {"acc@1": r["acc@1"], "acc@5": r["acc@5"]} for v, r in results.items()}
+        shown = {v: {**table[v], **({"std": r["std"]} if "std" in r else {})}
+                 for v, r in results.items()}
         detail = {"variants": results, "config": base.model_dump(mode="json"),
                   "note": "Acc@N of Eq. 6: D = the test pairs of one query modality, S = the set "
                           "of their positives; behaviour is simulated"}
@@ -179,7 +190,7 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
             tmp = out / f".{name}.{os.getpid()}"
             tmp.write_text(json.dumps(payload, indent=1))
             os.replace(tmp, out / name)
-        (out / "compare.md").write_text(markdown_table(table))
+        (out / "compare.md").write_text(markdown_table(shown))
         if "scl" in results:
             dst, tmpd = run / "encoder", run / f".encoder.{os.getpid()}.tmp"
             shutil.copytree(run / "pretrain" / "scl", tmpd, dirs_exist_ok=True)
@@ -190,13 +201,37 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
     return results
 
 
+def _over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """One variant's results over seeds: the first seed's record with ``acc@N`` replaced by the mean,
+    beside ``std`` (sample standard deviation) and ``per_seed``."""
+    out = dict(per_seed[0])
+    mean: dict[str, Any] = {}
+    std: dict[str, Any] = {}
+    for acc in ("acc@1", "acc@5"):
+        mean[acc], std[acc] = {}, {}
+        for m in per_seed[0][acc]:
+            xs = [r[acc][m] for r in per_seed if r[acc][m] is not None]
+            mean[acc][m] = float(np.mean(xs)) if xs else None
+            std[acc][m] = float(np.std(xs, ddof=1)) if len(xs) > 1 else None
+    out.update(mean, std=std, seeds=len(per_seed),
+               per_seed=[{"acc@1": r["acc@1"], "acc@5": r["acc@5"]} for r in per_seed])
+    return out
+
+
 def markdown_table(table: dict[str, Any]) -> str:
-    """Table 2 as markdown: one row per variant, Acc@1/Acc@5 for image and text queries."""
+    """Table 2 as markdown: one row per variant, Acc@1/Acc@5 for image and text queries (mean ± std
+    over seeds where a row has ``std``)."""
     lines = ["| variant | Acc@1 image | Acc@1 text | Acc@5 image | Acc@5 text |",
              "|---|---:|---:|---:|---:|"]
     for v, r in table.items():
-        lines.append(f"| {v} | {_fmt(r['acc@1']['image'])} | {_fmt(r['acc@1']['text'])} | "
-                     f"{_fmt(r['acc@5']['image'])} | {_fmt(r['acc@5']['text'])} |")
+        sd = r.get("std")
+
+        def cell(acc: str, m: str) -> str:
+            x = _fmt(r[acc][m])
+            return x if not sd or sd[acc][m] is None else f"{x} ± {_fmt(sd[acc][m])}"
+
+        lines.append(f"| {v} | {cell('acc@1', 'image')} | {cell('acc@1', 'text')} | "
+                     f"{cell('acc@5', 'image')} | {cell('acc@5', 'text')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -29,6 +29,10 @@ def embed(
                                                    "above (default 50000)"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1,
                                           help="torch threads (1 is fastest on a loaded machine)"),
+    reuse_features: Optional[bool] = typer.Option(
+        None, "--reuse-features/--no-reuse-features",
+        help="take the backbone outputs pre-training cached in R/features/ when they are exactly the "
+             "encoder's (default); --no-reuse-features re-encodes every photo and title"),
     config: Optional[Path] = typer.Option(None, "--config", help="a run config YAML (its embed section); "
                                           "flags override it"),
 ) -> None:
@@ -40,7 +44,8 @@ def embed(
     if backend is not None and backend not in ("local", "redis"):
         raise MMRankError(f"--backend: expected local or redis, got {backend!r}")
     flags = dict(batch_size=batch_size, ray_workers=ray_workers, backend=backend, redis_url=redis_url,
-                 namespace=namespace, exact_below=exact_below, threads=threads)
+                 namespace=namespace, exact_below=exact_below, threads=threads,
+                 reuse_features=reuse_features)
     cfg = stage_config("embed", config, {k: v for k, v in flags.items() if v is not None})
     from mmrank.data.importer import substitutes_of
 
@@ -53,12 +58,13 @@ def embed(
     stats = embed_catalog(run, batch_size=cfg.batch_size, ray_workers=cfg.ray_workers,
                           ann=AnnConfig(exact_below=cfg.exact_below),
                           backend=None if cfg.backend == "local" and backend is None else cfg.backend,
-                          url=cfg.redis_url, namespace=cfg.namespace)
+                          url=cfg.redis_url, namespace=cfg.namespace, reuse_features=cfg.reuse_features)
     record(run, "embed", cfg)
     idx = stats["index"]
     typer.echo(f"{run}/embeddings: version {stats['version']}, {stats['items']} items "
                f"({stats['encoded']} encoded now, {stats['already_present']} already there) in "
-               f"{stats['encode_seconds']} s; index {idx['kind']} recall@10={idx.get('recall_at_10')}")
+               f"{stats['encode_seconds']} s ({stats['items_per_second']} items/s; "
+               f"{stats['from_cache']} from the pre-training feature cache); index {idx['kind']} recall@10={idx.get('recall_at_10')}")
 
 
 def search(

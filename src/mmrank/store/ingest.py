@@ -17,6 +17,7 @@ The encoder is any object with the interface of ``mmrank.pretrain.load_item_enco
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import threading
@@ -191,7 +192,7 @@ def embed_catalog(run: str | Path, encoder: ItemEncoder | None = None, *, batch_
                   exclude_ids: np.ndarray | None = None,
                   on_batch: Callable[[np.ndarray], None] | None = None, publish: bool = True,
                   backend: str | None = None, url: str | None = None,
-                  namespace: str | None = None) -> dict:
+                  namespace: str | None = None, reuse_features: bool = True) -> dict:
     """Encode every item of ``R/data/items.parquet`` (and ``new_items.jsonl``) not yet in the table of
     ``encoder.version``, build the ANN index, make the version CURRENT. Returns figures.
 
@@ -200,6 +201,8 @@ def embed_catalog(run: str | Path, encoder: ItemEncoder | None = None, *, batch_
         exclude_ids: items to leave out (to ingest them later, one by one).
         on_batch: called with the ids of each batch once it is durable (acknowledged).
         backend, url, namespace: record the table backend in ``R/embeddings/STORE.json`` (redis).
+        reuse_features: when the encoder offers ``cached_item_features(run)`` (the pre-training
+            cache of exactly its backbone outputs for the items file), run only its heads on them.
     """
     run = Path(run)
     encoder = encoder or load_encoder(run)
@@ -220,9 +223,23 @@ def embed_catalog(run: str | Path, encoder: ItemEncoder | None = None, *, batch_
         n_before = len(table)
         total = pq.ParquetFile(items_path).metadata.num_rows
 
+        cached = None
+        if reuse_features and hasattr(encoder, "cached_item_features"):
+            cached = encoder.cached_item_features(run)
+
+        def from_cache() -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+            """``(ids, vectors, rows read)`` of the items file, from the cached backbone outputs."""
+            c_ids, c_img, c_txt = cached
+            step = max(batch_size, 1024)
+            for a in range(0, len(c_ids), step):
+                keep = a + np.flatnonzero(~np.isin(c_ids[a:a + step], done))
+                yield c_ids[keep], encoder.encode_item_features(c_img[keep], c_txt[keep]), \
+                    len(c_ids[a:a + step])
+
         def pending() -> Iterator[tuple[str, int, np.ndarray, list, list, int]]:
             """``(source, row offset, ids, titles, images, rows read)`` of what is left to do."""
-            for offset, ids, titles, images in _catalog_batches(items_path, batch_size):
+            for offset, ids, titles, images in (() if cached is not None else
+                                                _catalog_batches(items_path, batch_size)):
                 keep = ~np.isin(ids, done)
                 yield (str(items_path), offset, ids, titles, images, len(ids)) if keep.all() else (
                     str(items_path), offset, ids[keep], [t for t, k in zip(titles, keep) if k],
@@ -240,7 +257,8 @@ def embed_catalog(run: str | Path, encoder: ItemEncoder | None = None, *, batch_
             if on_batch is not None:
                 on_batch(ids)
 
-        n_new = _run_encoding(encoder, pending(), write, total, ray_workers, progress)
+        n_new = _run_encoding(encoder, pending(), write, total, ray_workers, progress,
+                              from_cache() if cached is not None else None)
         encode_s = time.perf_counter() - t0
         ids = table.ids()
         t1 = time.perf_counter()
@@ -265,6 +283,7 @@ def embed_catalog(run: str | Path, encoder: ItemEncoder | None = None, *, batch_
             ids = table.ids()
         return {"version": table.version, "dim": table.dim, "items": len(ids),
                 "already_present": n_before, "encoded": n_new,
+                "from_cache": int(np.isin(cached[0], done, invert=True).sum()) if cached is not None else 0,
                 "encode_seconds": round(encode_s, 2),
                 "items_per_second": round(n_new / encode_s, 1) if n_new else None,
                 "index": index.stats, "index_seconds": round(index_s, 2)}
@@ -273,7 +292,8 @@ def embed_catalog(run: str | Path, encoder: ItemEncoder | None = None, *, batch_
 
 
 def _run_encoding(encoder: ItemEncoder, batches: Iterator, write: Callable, total: int,
-                  ray_workers: int, show: bool) -> int:
+                  ray_workers: int, show: bool, precomputed: Iterator | None = None) -> int:
+    """Encode ``batches`` (after writing the ``(ids, vectors, rows)`` of ``precomputed``, if any)."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeRemainingColumn)
 
@@ -288,7 +308,7 @@ def _run_encoding(encoder: ItemEncoder, batches: Iterator, write: Callable, tota
         else:
             done = ((ids, encode_checked(encoder, titles, images, where, offset) if len(ids)
                      else None, rows) for where, offset, ids, titles, images, rows in batches)
-        for ids, vecs, rows in done:
+        for ids, vecs, rows in itertools.chain(precomputed or (), done):
             if len(ids):
                 write(ids, vecs)
                 n += len(ids)
