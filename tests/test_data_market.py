@@ -273,6 +273,43 @@ def test_real_catalog_mode(tmp_path: Path) -> None:
     assert man["surfaces"]["display"]["columns_r2"] < 0.6
 
 
+def test_calibration_moves_the_rates_to_their_targets(tmp_path: Path) -> None:
+    """Targets far from what the hand-set intercepts give: the market lands near them, and its
+    config.yaml (calibrate off, the fitted intercepts) regenerates it byte for byte. (Display
+    purchases are too few in a market this small to check their rate.)"""
+    import yaml
+
+    from mmrank.config import BehaviourConfig
+
+    targets = {"display_click": 0.02, "search_click": 0.25, "cart_per_click": 0.1,
+               "display_purchase_per_cart": 0.3, "search_purchase_per_cart": 0.3}
+    small = dict(size="tiny", seed=2, n_items=600, n_users=2_000, n_impressions=40_000)
+    plain = generate_market(market_config(**small), tmp_path / "plain")
+    assert plain["calibration"] is None
+    cfg = market_config(**small, calibrate=True,
+                        behaviour=BehaviourConfig(target_rates=targets).model_dump())
+    man = generate_market(cfg, tmp_path / "cal")
+    got = {"display_click": man["surfaces"]["display"]["rates"]["click"],
+           "search_click": man["surfaces"]["search"]["rates"]["click"],
+           "search_purchase_per_cart": man["surfaces"]["search"]["rates"]["purchase_per_cart"]}
+    before = {"display_click": plain["surfaces"]["display"]["rates"]["click"],
+              "search_click": plain["surfaces"]["search"]["rates"]["click"],
+              "search_purchase_per_cart": plain["surfaces"]["search"]["rates"]["purchase_per_cart"]}
+    for k, v in got.items():
+        assert abs(v - targets[k]) < 0.25 * targets[k], (k, v, targets[k])
+        assert abs(v - targets[k]) < abs(before[k] - targets[k]), (k, v, before[k])
+    assert len(man["calibration"]["rounds"]) == 3
+    saved = yaml.safe_load((tmp_path / "cal" / "config.yaml").read_text())["market"]
+    assert saved["calibrate"] is False
+    assert saved["behaviour"]["display_intercept"] == man["calibration"]["intercepts"]["display_intercept"]
+    again = generate_market(market_config(**small, **{k: v for k, v in saved.items()
+                                                      if k not in small}), tmp_path / "again")
+    assert again["calibration"] is None
+    a, c = _digests(tmp_path / "again"), _digests(tmp_path / "cal")
+    a.pop("data/manifest.json"), c.pop("data/manifest.json")  # one records the calibration rounds
+    assert a == c
+
+
 @pytest.mark.slow
 def test_offtheshelf_encoders_see_the_content_latent() -> None:
     """A linear probe on frozen EfficientNet-Lite0 + MiniLM features recovers the small market's content

@@ -65,6 +65,10 @@ class BehaviourConfig(StrictModel):
     cart_intercept: float = Field(-2.8)
     buy_intercept: float = Field(-2.0, description="search: utility of the carted items vs buying nothing")
     display_buy_intercept: float = Field(-1.2, description="display: a carted item is bought alone")
+    target_rates: dict[str, float] = Field(
+        {"display_click": 0.045, "search_click": 0.12, "cart_per_click": 0.22,
+         "display_purchase_per_cart": 0.45, "search_purchase_per_cart": 0.45},
+        description="what calibration fits the five intercepts to (see MarketConfig.calibrate)")
 
 
 class MarketConfig(StrictModel):
@@ -82,6 +86,10 @@ class MarketConfig(StrictModel):
     image_size: int = Field(64, ge=16, le=256)
     seed: int = 0
     catalog: str | None = Field(None, description="a real catalog (Parquet); behaviour is simulated on it")
+    calibrate: bool | None = Field(None, description="fit the intercepts to behaviour.target_rates by "
+                                   "pilot simulations on a tenth of the users before the real one. None: "
+                                   "on for a real catalog (its content spreads differently), off for the "
+                                   "synthetic one, whose hand-set intercepts land near the targets")
     behaviour: BehaviourConfig = Field(default_factory=BehaviourConfig)
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from mmrank.data.behaviour import ListInputs, draw_outcomes, examination, list_p
 from mmrank.data.content import content_scale, content_space, pixel_statistics, standardise
 from mmrank.data.io import write_table
 from mmrank.data.samples import build_ctr_samples, build_lists, build_pairs
-from mmrank.errors import DataError
+from mmrank.errors import ConfigError, DataError
 
 DAY = 86_400
 HISTORY_LEN = 50
@@ -421,6 +421,60 @@ class Requests:
     engagement: np.ndarray   # hidden per-request mood
 
 
+INTERCEPTS = {"display_click": "display_intercept", "search_click": "search_intercept",
+              "cart_per_click": "cart_intercept", "display_purchase_per_cart": "display_buy_intercept",
+              "search_purchase_per_cart": "buy_intercept"}
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-4), 1 - 1e-4)
+    return float(np.log(p / (1 - p)))
+
+
+def calibrate(cfg: MarketConfig, cat: Catalog, world: World, rounds: int = 3,
+              ) -> tuple[BehaviourConfig, dict[str, Any]]:
+    """The five intercepts fitted to ``behaviour.target_rates`` by pilot simulations.
+
+    Each round simulates the whole horizon for the first tenth of the users (at least 5,000 of them,
+    or all; their share of the impressions, so histories keep their length) and moves every
+    intercept by the logit gap between its target rate and the rate the pilot reached. Returns the calibrated behaviour and a record of
+    the rounds (for the manifest). The pilots draw from their own random stream.
+    """
+    b = cfg.behaviour
+    missing = [k for k in INTERCEPTS if k not in b.target_rates]
+    if missing:
+        raise ConfigError(f"behaviour.target_rates: missing key '{missing[0]}' "
+                          f"(expected {', '.join(INTERCEPTS)})")
+    n_u = min(cfg.n_users, max(5_000, cfg.n_users // 10))
+    keep = slice(0, n_u)
+    pilot_world = replace(world, user_region=world.user_region[keep], centres0=world.centres0[keep],
+                          centres1=world.centres1[keep], n_centres=world.n_centres[keep],
+                          sens=world.sens[keep],
+                          activity=world.activity[keep] / world.activity[keep].sum())
+    rng = np.random.default_rng([cfg.seed, 0xCA11B])
+    rounds_log = []
+    for _ in range(rounds):
+        share = float(world.activity[keep].sum())  # their share of all visits
+        pilot = cfg.model_copy(update={"n_users": n_u, "behaviour": b,
+                                       "n_impressions": max(1000, int(cfg.n_impressions * share))})
+        req = _draw_requests(pilot, pilot_world, rng)
+        log, _ = simulate(pilot, cat, pilot_world, req, rng, rng)
+        search = req.search[_cat(log.slot_req, np.int64)]
+        click, cart, buy = (_cat(x, bool) for x in (log.slot_click, log.slot_cart, log.slot_buy))
+        rates = {"display_click": click[~search].mean(), "search_click": click[search].mean(),
+                 "cart_per_click": cart.sum() / max(click.sum(), 1),
+                 "display_purchase_per_cart": buy[~search].sum() / max(cart[~search].sum(), 1),
+                 "search_purchase_per_cart": buy[search].sum() / max(cart[search].sum(), 1)}
+        rounds_log.append({"intercepts": {f: round(getattr(b, f), 4) for f in INTERCEPTS.values()},
+                           "rates": {k: round(float(v), 4) for k, v in rates.items()}})
+        b = b.model_copy(update={f: getattr(b, f) + _logit(b.target_rates[k]) - _logit(rates[k])
+                                 for k, f in INTERCEPTS.items()})
+    final = {f: round(getattr(b, f), 4) for f in INTERCEPTS.values()}
+    return b.model_copy(update=final), {"targets": dict(b.target_rates), "rounds": rounds_log,
+                                        "intercepts": final,
+                                        "pilot": {"users": n_u, "impressions": pilot.n_impressions}}
+
+
 def _draw_requests(cfg: MarketConfig, world: World, rng: np.random.Generator) -> Requests:
     b = cfg.behaviour
     horizon = (b.burn_in_days + cfg.n_days) * DAY
@@ -748,6 +802,11 @@ def generate_market(cfg: MarketConfig, out: str | Path) -> dict[str, Any]:
 
     cat = real_catalog(cfg, r_cat) if cfg.catalog else synthetic_catalog(cfg, r_cat)
     world = build_world(cfg, cat, r_world)
+    calibration = None
+    if cfg.calibrate if cfg.calibrate is not None else bool(cfg.catalog):
+        b, calibration = calibrate(cfg, cat, world)
+        # Written to R/config.yaml as fitted, with calibrate off: that file regenerates this market.
+        cfg = cfg.model_copy(update={"behaviour": b, "calibrate": False})
     req = _draw_requests(cfg, world, r_req)
     log, query = simulate(cfg, cat, world, req, r_beh, r_q)
 
@@ -829,6 +888,7 @@ def generate_market(cfg: MarketConfig, out: str | Path) -> dict[str, Any]:
                    "ctr_samples": samples.num_rows, "lists": lists.num_rows,
                    "candidates": candidates.num_rows},
         "surfaces": surfaces,
+        "calibration": calibration,
         "ctr": display["rates"]["click"],
         "oracle_auc": display["oracle_auc"],
         "oracle_auc_test": display["oracle_auc_test"],
