@@ -9,6 +9,10 @@ the same features (user, item, category; history of items and categories), the s
 
     .venv/bin/python benchmarks/ctr_throughput.py [--rows 1000000] [--full-history] [--skip-deepctr]
 
+The roofline lines (``benchmarks/roofline.py``): the fp32 matmul roof and memory bandwidth measured at
+the start of the run, the model's matmul FLOPs per sample (forward + backward for training), and the
+share of the compute limit each throughput reaches.
+
 Needs the ``bench`` extra (deepctr-torch==0.3.0).
 """
 
@@ -27,6 +31,7 @@ from mmrank.ctr.layers import ItemVectors
 from mmrank.ctr.models import CtrConfig, CtrModel, ModelSizes
 from mmrank.ctr.trainer import TrainConfig, _optimizer, _step, predict
 from mmrank.data.schemas import CTR_SAMPLES
+from roofline import count_flops, machine, machine_line, roofline_line
 
 L, EMB, BATCH = 50, 16, 1024
 
@@ -144,6 +149,24 @@ class DeepCtrRunner:
         self.infer_s += time.perf_counter() - t0
 
 
+def din_flops(runner: "MmrankRunner") -> tuple[float, float]:
+    """Matmul FLOPs per sample of mmrank's DIN on the first batch: (train step, inference)."""
+    batch = next(iter(iter_batches(runner.enc, np.arange(min(BATCH, len(runner.enc))), BATCH,
+                                   shuffle=False)))
+    n = len(batch["label"])
+    runner.model.train()
+
+    def step() -> None:
+        F.binary_cross_entropy_with_logits(runner.model(batch)["logit"], batch["label"]).backward()
+
+    train = count_flops(step)
+    runner.model.zero_grad(set_to_none=True)
+    runner.model.eval()
+    with torch.no_grad():
+        infer = count_flops(lambda: runner.model(batch))
+    return train / n, infer / n
+
+
 def interleave(runners: dict, n: int, chunks: int) -> None:
     """Train (then predict) every runner on the same chunks, taking turns chunk by chunk, so that a
     change of machine load over time hits all of them alike."""
@@ -197,6 +220,8 @@ def main() -> None:
     ap.add_argument("--vec-dim", type=int, default=128)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    roofs = machine()
+    print(machine_line(roofs))
     rows = make_rows(args.rows, args.items, args.users, args.cats, args.full_history)
     data, space, enc = to_encoded(rows)
     print(f"rows {args.rows:,}  mean history length {rows['len'].mean():.1f}  threads {args.threads}  "
@@ -209,6 +234,9 @@ def main() -> None:
     n = len(enc)
     mm_tr, mm_inf = n / runners["mmrank"].train_s, n / runners["mmrank"].infer_s
     print(f"mmrank DIN        train {mm_tr:10,.0f} samples/s   inference {mm_inf:10,.0f} samples/s")
+    f_tr, f_inf = din_flops(runners["mmrank"])
+    print(roofline_line("mmrank DIN train", mm_tr, f_tr, roofs["fp32"]))
+    print(roofline_line("mmrank DIN inference", mm_inf, f_inf, roofs["fp32"]))
     if not args.skip_deepctr:
         dc_tr, dc_inf = n / runners["deepctr"].train_s, n / runners["deepctr"].infer_s
         print(f"DeepCTR-Torch DIN train {dc_tr:10,.0f} samples/s   inference {dc_inf:10,.0f} samples/s")

@@ -20,6 +20,9 @@ previous plain formulation of the same loss (every step and nested dim: re-norma
 prefix, dense (B, K) masks, ``masked_fill``, concatenate [in-batch, queue] logits, cross-entropy),
 patched in for ``InfoNCELoss``; ``speed-up`` = t_dense / t_K. Skip it with ``--no-reference``.
 
+Roofline (``benchmarks/roofline.py``): the fp32 matmul roof measured at the start of the run, the step's
+matmul FLOPs per pair (counted by ``torch.utils.flop_counter``) and the share of that limit reached.
+
 Usage::
 
     python benchmarks/pretrain_throughput.py [--steps 30] [--threads 2] [--no-reference]
@@ -41,6 +44,7 @@ from mmrank.pretrain.data import Features, PairTable
 from mmrank.pretrain.distributed import DistEnv
 from mmrank.pretrain.losses import InfoNCELoss, MomentumQueue, nested_normalize
 from mmrank.pretrain.train import train
+from roofline import count_flops, machine, machine_line, roofline_line
 
 SIZES = (4096, 16384, 65536, 196_800)
 
@@ -88,13 +92,14 @@ class DenseInfoNCE(InfoNCELoss):
 
 
 class FullQueue(MomentumQueue):
-    """A :class:`MomentumQueue` whose K slots are already filled (random unit keys, ids 1..20,000)."""
+    """A :class:`MomentumQueue` whose K slots are already filled (random unit keys, item rows 0..19,999:
+    the trainer names items by catalog row)."""
 
     def __init__(self, dim: int, size: int) -> None:
         super().__init__(dim, size)
         g = torch.Generator().manual_seed(size)
         self.enqueue(F.normalize(torch.randn(size, dim, generator=g), dim=-1),
-                     torch.randint(1, 20_001, (size,), generator=g))
+                     torch.randint(0, 20_000, (size,), generator=g))
 
 
 @contextlib.contextmanager
@@ -147,6 +152,16 @@ def step_seconds(cfg: PretrainConfig, data: tuple, steps: int) -> float:
     return max(1e-9, (long - short) / steps)
 
 
+def step_flops(cfg: PretrainConfig, data: tuple) -> float:
+    """Matmul FLOPs of one training step: FLOPs of a 4-step run minus a 2-step run, halved."""
+    feats, pairs, ids = data
+
+    def run(n: int) -> None:
+        train(cfg.model_copy(update={"max_steps": n}), feats, pairs, ids, DistEnv(), log=lambda m: None)
+
+    return (count_flops(lambda: run(4)) - count_flops(lambda: run(2))) / 2
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=30)
@@ -161,6 +176,8 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    roofs = machine()
+    print(machine_line(roofs))
     data = synthetic()
     base = PretrainConfig(batch_size=args.batch_size, epochs=1000, warmup_steps=0)
     t_none = step_seconds(base.model_copy(update={"variant": "scl-no-triplet-no-moco"}), data,
@@ -174,6 +191,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"{'none':>10} {b / t_none:10.0f} {1000 * t_none:9.1f} {1.0:12.2f} {'-':>12} {'-':>15}")
     print(f"{1:>10} {b / t_one:10.0f} {1000 * t_one:9.1f} {t_none / t_one:12.2f} {'-':>12} "
           f"{(t_one - t_none) / t_one:15.1%}")
+    rooflines = []
     for k in SIZES:
         cfg = base.model_copy(update={"variant": "scl-no-triplet", "queue_size": k})
         t_k = step_seconds(cfg, data, args.steps)
@@ -185,6 +203,9 @@ def run(args: argparse.Namespace) -> None:
         print(f"{k:>10} {b / t_k:10.0f} {1000 * t_k:9.1f} {t_none / t_k:12.2f} "
               f"{max(0.0, t_k - t_one) / t_k:12.1%} {max(0.0, t_one - t_none) / t_k:15.1%} {ref:>24}",
               flush=True)
+        rooflines.append(roofline_line(f"K={k}", b / t_k, step_flops(cfg, data) / b, roofs["fp32"],
+                                       unit="pairs"))
+    print("\n".join(rooflines))
 
 
 if __name__ == "__main__":

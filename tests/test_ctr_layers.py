@@ -144,6 +144,42 @@ def test_every_strategy_forward_and_backward(strategy):
         assert "make" in out["aux_logits"]  # E = 0: joint, with MAKE's own loss (Eq. 5)
 
 
+def _serving_batch(requests: int, n_cand: int = 40, hist_len: int = 12, seed: int = 0) -> dict:
+    """``requests`` requests, each ``n_cand`` candidates sharing one history (as a server builds them)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = requests * n_cand
+    hist = torch.randint(1, 60, (requests, hist_len), generator=g).repeat_interleave(n_cand, dim=0)
+    lens = torch.randint(1, hist_len + 1, (requests,), generator=g).repeat_interleave(n_cand)
+    mask = torch.arange(hist_len)[None, :] < lens[:, None]
+    hist = torch.where(mask, hist, 0)
+    items = torch.randint(1, 60, (rows,), generator=g)
+    return {"item": items, "user": torch.randint(1, 9, (rows,), generator=g),
+            "category": items % 7 + 1, "region": torch.ones(rows, dtype=torch.long),
+            "position": torch.zeros(rows, dtype=torch.long), "hist_item": hist, "hist_category": hist % 7 + 1,
+            "mask": mask, "item_v": items, "hist_item_v": hist, "label": torch.zeros(rows)}
+
+
+@pytest.mark.parametrize("strategy", ["vector", "simscore", "simtier", "make", "simtier+make"])
+@pytest.mark.parametrize("requests", [1, 3])
+def test_shared_history_rows_give_the_dense_result(strategy, requests):
+    """The serving fast path (work per distinct history item) equals the plain one to 1e-5."""
+    from mmrank.ctr.layers import SharedRows
+
+    torch.manual_seed(0)
+    sizes = ModelSizes(n_items=60, n_users=9, n_categories=8, n_regions=3, vec_dim=16)
+    model = CtrModel(CtrConfig(strategy=strategy, n_tiers=5, make=MakeConfig(proj_dim=8)), sizes,
+                     unit(torch.randn(60, 16))).eval()
+    batch = _serving_batch(requests)
+    with torch.no_grad():
+        plain = model(batch)["logit"]
+        model.share_history = True
+        shared = model(batch)["logit"]
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=0)
+    ids = torch.tensor([3, 3, 5, 3, 5, 5])
+    assert isinstance(SharedRows.of(ids, lambda i: i.float()[:, None]), SharedRows)
+    assert not isinstance(SharedRows.of(torch.arange(6), lambda i: i.float()[:, None]), SharedRows)
+
+
 def test_frozen_make_gets_no_gradient_and_id_strategy_needs_no_vectors():
     torch.manual_seed(0)
     sizes = ModelSizes(n_items=8, n_users=5, n_categories=5, n_regions=3, vec_dim=6)

@@ -160,6 +160,57 @@ def packed_similarity(target: torch.Tensor, hist: torch.Tensor, rows: torch.Tens
     return torch.bmm(hist.unsqueeze(1), target.index_select(0, rows).unsqueeze(2)).view(-1)
 
 
+class SharedRows:
+    """Packed rows ``(nnz, D)`` held as their distinct rows ``table (U, D)`` and ``index (nnz,)``.
+
+    At serving, every candidate of a request carries the same behaviour items: 200 candidates x 50
+    items are 10,000 packed rows of 50 distinct ones. Work that depends on the item alone (looking up
+    its representation, projecting it) is then done on the U distinct rows and gathered afterwards,
+    and the similarity to each target is one ``(U, D) @ (D, B)`` product. Same values as the dense
+    rows, up to float summation order (``tests/test_ctr_layers.py``).
+    """
+
+    def __init__(self, table: torch.Tensor, index: torch.Tensor) -> None:
+        self.table, self.index = table, index
+
+    @classmethod
+    def of(cls, ids: torch.Tensor, lookup, min_share: float = 2.0) -> "SharedRows | torch.Tensor":
+        """``lookup(ids)`` as :class:`SharedRows` when each distinct id repeats ``min_share`` times on
+        average, else the dense ``lookup(ids)``."""
+        uniq, inv = torch.unique(ids, return_inverse=True)
+        if uniq.numel() * min_share > ids.numel():
+            return lookup(ids)
+        return cls(lookup(uniq), inv)
+
+    def map(self, fn) -> "SharedRows":
+        """``fn`` (row-wise) applied to the distinct rows."""
+        return SharedRows(fn(self.table), self.index)
+
+    def dense(self) -> torch.Tensor:
+        return self.table.index_select(0, self.index)
+
+
+def dense(rows: "torch.Tensor | SharedRows") -> torch.Tensor:
+    """Packed rows as a ``(nnz, D)`` tensor."""
+    return rows.dense() if isinstance(rows, SharedRows) else rows
+
+
+def row_map(rows: "torch.Tensor | SharedRows", fn) -> "torch.Tensor | SharedRows":
+    """A row-wise ``fn`` on packed rows (on the distinct ones when they are shared)."""
+    return rows.map(fn) if isinstance(rows, SharedRows) else fn(rows)
+
+
+def similarity(target: torch.Tensor, hist: "torch.Tensor | SharedRows", rows: torch.Tensor) -> torch.Tensor:
+    """:func:`packed_similarity` for dense or shared history rows: ``(nnz,)``. Shared rows whose
+    ``(U, B)`` product is at most 4x the packed pairs take it; others gather from the (small)
+    distinct table first."""
+    if not isinstance(hist, SharedRows):
+        return packed_similarity(target, hist, rows)
+    if hist.table.shape[0] * target.shape[0] <= 4 * rows.numel():
+        return (hist.table @ target.t())[hist.index, rows]
+    return packed_similarity(target, hist.dense(), rows)
+
+
 def _counts(rows: torch.Tensor, batch: int) -> torch.Tensor:
     return torch.bincount(rows, minlength=batch).clamp_(min=1).to(torch.float32)
 

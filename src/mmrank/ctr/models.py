@@ -45,7 +45,7 @@ from torch import nn
 
 from mmrank.config import StrictModel
 from mmrank.ctr.data import MAX_LEN, MAX_POSITION
-from mmrank.ctr.layers import MLP, ItemVectors, TargetAttention, pack, packed_similarity
+from mmrank.ctr.layers import MLP, ItemVectors, SharedRows, TargetAttention, dense, pack, row_map, similarity
 from mmrank.models.blocks import (IdFeatures, InterestEncoder, MakeKnowledge, MultiTaskLoss, SimScoreFeature,
                                   SimTierFeature, TaskHeads, VectorFeature)
 
@@ -128,14 +128,16 @@ class ModelSizes:
         return asdict(self)
 
 
-def lookup_vectors(vectors: ItemVectors, batch: dict[str, torch.Tensor],
-                   idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def lookup_vectors(vectors: ItemVectors, batch: dict[str, torch.Tensor], idx: torch.Tensor,
+                   share: bool = False) -> tuple[torch.Tensor, torch.Tensor | SharedRows]:
     """Target ``(B, D)`` and packed history ``(nnz, D)`` representations of a batch, at the valid
-    positions ``idx`` (from :func:`mmrank.ctr.layers.pack`)."""
+    positions ``idx`` (from :func:`mmrank.ctr.layers.pack`); with ``share``, the history as
+    :class:`SharedRows` when its items repeat (a serving batch: one history, many candidates)."""
     if "item_v" not in batch or "hist_item_v" not in batch:
         raise KeyError("this strategy needs representations: the batch has no 'item_v'/'hist_item_v' "
                        "(encode the samples with a FeatureSpace that has vec_items)")
-    return vectors(batch["item_v"]), vectors(batch["hist_item_v"].reshape(-1).index_select(0, idx))
+    hist = batch["hist_item_v"].reshape(-1).index_select(0, idx)
+    return vectors(batch["item_v"]), (SharedRows.of(hist, vectors) if share else vectors(hist))
 
 
 class MakeModule(nn.Module):
@@ -171,9 +173,10 @@ class MakeModule(nn.Module):
 
     def forward_packed(self, target: torch.Tensor, hist: torch.Tensor,
                        rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``target (B, D)``, packed history ``hist (nnz, D)`` of samples ``rows (nnz,)``."""
+        """``target (B, D)``, packed history ``hist (nnz, D)`` (or :class:`SharedRows`) of samples
+        ``rows (nnz,)``."""
         q = self.proj(target)
-        pooled, _ = self.attention.forward_packed(q, self.proj(hist), rows)
+        pooled, _ = self.attention.forward_packed(q, dense(row_map(hist, self.proj)), rows)
         v_make = torch.cat([pooled, q], dim=-1)                      # Eq. 3, (B, 2P)
         logit, hidden = self.mlp.forward_hidden(v_make)              # Eq. 4
         parts = [v_make, *hidden, logit] if self.cfg.knowledge == "full" else [hidden[-1], logit]
@@ -222,6 +225,9 @@ class CtrModel(nn.Module):
 
     ID_MODULES = IdFeatures.MODULES
     TASK = "click"
+    # Compute what depends on a history item alone once per distinct item of the batch (True in
+    # serving, where a request's candidates share one history: mmrank.serve.bundle sets it).
+    share_history = False
     # state-dict keys of the model before it was composed of blocks -> today's
     _LEGACY_KEYS = {**{f"{m}.": f"ids.{m}." for m in IdFeatures.MODULES},
                     "vec_proj.": "vector.proj.", "attention.": "interest.attention.",
@@ -329,13 +335,13 @@ class CtrModel(nn.Module):
             counts = batch["simtier"].to(q.dtype)
         v_c = v_h = None                                               # (B, D), (nnz, D)
         if self.vectors is not None and not (cfg.strategy == "simtier" and counts is not None):
-            v_c, v_h = lookup_vectors(self.vectors, batch, idx)
+            v_c, v_h = lookup_vectors(self.vectors, batch, idx, self.share_history)
         if self.vector is not None:                                    # Vector
             q = torch.cat([q, self.vector(v_c)], dim=-1)
-            k = torch.cat([k, self.vector(v_h)], dim=-1)
+            k = torch.cat([k, dense(row_map(v_h, self.vector))], dim=-1)
         sim = None
         if self.simscore is not None or (self.simtier is not None and counts is None):
-            sim = packed_similarity(v_c, v_h, rows)                    # Eq. 2, (nnz,)
+            sim = similarity(v_c, v_h, rows)                           # Eq. 2, (nnz,)
         if self.simscore is not None:                                  # SimScore
             q, k = self.simscore(q, k, sim)
         pooled = self.interest(q, k, rows)                             # DIN, (B, Dq)

@@ -249,6 +249,7 @@ def load_bundle(run: str | Path, strategy: str | None = None, *, encoder: Any = 
         if model.cfg.uses_vectors and conf["sizes"]["vec_dim"] != store.dim:
             raise ConfigError(f"{d}: trained on {conf['sizes']['vec_dim']}-d vectors, the table of "
                               f"{version!r} has {store.dim}-d ones")
+        model.share_history = True  # a request's candidates share its history: work per distinct item
         model_version = _file_hash(d / "model.safetensors", d / "vocab.safetensors", d / "config.json")
         store.catch_up()  # items acknowledged under an older encoder version, re-encoded with this one
         reranker, status = load_reranker(run, version)

@@ -1,0 +1,91 @@
+"""The machine's limits, measured in the same run as a speed benchmark, and the share of them a path
+reaches (imported by the other benchmarks; run alone it prints the machine's figures).
+
+* ``matmul_gflops(dtype)``: the best of a few timed square matmuls (n = 2048) at that precision, on
+  the threads torch is set to use: the compute roof.
+* ``memory_gbps()``: a 512 MB tensor copy (bytes read + written per second): the bandwidth roof.
+* ``count_flops(fn)``: the FLOPs ``fn()`` runs, as ``torch.utils.flop_counter`` counts them (matmuls,
+  convolutions and attention; gathers, element-wise work and optimiser updates count 0, so the limit
+  is the compute roof of the matmuls the model needs, an upper bound on the samples/s it can reach).
+* ``roofline_line(...)``: "limit = roof / FLOPs per sample; reached = measured / limit".
+
+    python benchmarks/roofline.py [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
+    """Best-of-``repeats`` GFLOP/s of an ``n x n`` by ``n x n`` matmul in ``dtype``."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(dtype)
+    b = torch.randn(n, n, generator=g).to(dtype)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def memory_gbps(mb: int = 512, repeats: int = 5) -> float:
+    """Best-of-``repeats`` GB/s of copying ``mb`` MB (read + write)."""
+    src = torch.ones(mb * 2 ** 20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.numel() * 4 / best / 1e9
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of ``fn`` (``torch.utils.flop_counter``: matmul-type ops)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def machine(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)) -> dict[str, float]:
+    """``{"fp32": GFLOP/s, "bf16": GFLOP/s, "memory": GB/s}`` on torch's current thread count."""
+    names = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+    out = {names[d]: matmul_gflops(d) for d in dtypes}
+    out["memory"] = memory_gbps()
+    return out
+
+
+def machine_line(m: dict[str, float]) -> str:
+    parts = [f"matmul {k} {v:,.0f} GFLOP/s" for k, v in m.items() if k != "memory"]
+    return (f"machine ({torch.get_num_threads()} threads): {', '.join(parts)}, "
+            f"memory {m['memory']:,.1f} GB/s")
+
+
+def roofline_line(name: str, rate: float, flops_per_unit: float, roof_gflops: float,
+                  precision: str = "fp32", unit: str = "samples") -> str:
+    """``name: F MFLOP per unit -> limit L units/s at the PRECISION matmul roof; reached S%``."""
+    limit = roof_gflops * 1e9 / max(flops_per_unit, 1.0)
+    return (f"roofline {name}: {flops_per_unit / 1e6:,.2f} MFLOP per {unit[:-1]} -> limit "
+            f"{limit:,.0f} {unit}/s at the {precision} matmul roof; measured {rate:,.0f} {unit}/s = "
+            f"{rate / limit:.1%} of it")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(machine_line(machine()))
+
+
+if __name__ == "__main__":
+    main()
