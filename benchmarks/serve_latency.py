@@ -17,6 +17,7 @@ least 2x the plain endpoint's requests/s. Figures on a shared machine are noisy:
 import argparse
 import asyncio
 import copy
+import gc
 import os
 import sys
 import tempfile
@@ -46,6 +47,7 @@ def plain_app(run: Path, strategy: str | None, threads: int):
     thread_settings.reuse_freed_memory()  # the same process settings as mmrank's server: only
     thread_settings.serving_switch_interval()  # the batching differs
     bundle = load_bundle(run, strategy)
+    gc.freeze()  # as mmrank's server does after loading its bundle
     local = threading.local()
     app = FastAPI(title="plain")
 
