@@ -159,10 +159,11 @@ def _serving_batch(requests: int, n_cand: int = 40, hist_len: int = 12, seed: in
             "mask": mask, "item_v": items, "hist_item_v": hist, "label": torch.zeros(rows)}
 
 
-@pytest.mark.parametrize("strategy", ["vector", "simscore", "simtier", "make", "simtier+make"])
+@pytest.mark.parametrize("strategy", ["id", "vector", "simscore", "simtier", "make", "simtier+make"])
 @pytest.mark.parametrize("requests", [1, 3])
 def test_shared_history_rows_give_the_dense_result(strategy, requests):
-    """The serving fast path (work per distinct history item) equals the plain one to 1e-5."""
+    """The serving fast paths (work per distinct history item; one dense attention block per request)
+    equal the plain packed path to 1e-5."""
     from mmrank.ctr.layers import SharedRows
 
     torch.manual_seed(0)

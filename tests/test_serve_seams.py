@@ -73,11 +73,15 @@ def test_builder_gives_the_parquet_paths_logits(serving_run: Path, strategy: str
                                      candidates=samples.item_id[rr], positions=samples.position[rr]))
         built = build(queries, bundle)
         assert sum(len(q.unknown) for q in built.queries) == 0
+        assert bundle.model.share_history  # serving computes per distinct history item / request
+        fast = score(bundle.model, built.batch, built.vectors)
+        bundle.model.share_history = False  # the plain packed path: the builder's inputs, exactly
         got = score(bundle.model, built.batch, built.vectors)
     finally:
         bundle.close()
     assert got.shape == expected.shape == (len(rows),)
     assert torch.equal(got, expected), float((got - expected).abs().max())
+    torch.testing.assert_close(fast, expected, atol=1e-5, rtol=0)
     # and the categories the store derived for the request are the samples' own
     assert torch.equal(built.batch["category"], torch.from_numpy(
         np.clip(samples.category_id[rows].astype(np.int64) + 1, 0, bundle.space.n_categories - 1)))

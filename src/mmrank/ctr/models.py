@@ -45,7 +45,8 @@ from torch import nn
 
 from mmrank.config import StrictModel
 from mmrank.ctr.data import MAX_LEN, MAX_POSITION
-from mmrank.ctr.layers import MLP, ItemVectors, SharedRows, TargetAttention, dense, pack, row_map, similarity
+from mmrank.ctr.layers import (MLP, ItemVectors, SharedRows, TargetAttention, dense, history_groups, pack,
+                               row_map, similarity)
 from mmrank.models.blocks import (IdFeatures, InterestEncoder, MakeKnowledge, MultiTaskLoss, SimScoreFeature,
                                   SimTierFeature, TaskHeads, VectorFeature)
 
@@ -171,12 +172,12 @@ class MakeModule(nn.Module):
         self.knowledge_dim = (2 * p + sum(cfg.mlp_hidden) + 1 if cfg.knowledge == "full"
                               else cfg.mlp_hidden[-1] + 1)
 
-    def forward_packed(self, target: torch.Tensor, hist: torch.Tensor,
-                       rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_packed(self, target: torch.Tensor, hist: torch.Tensor, rows: torch.Tensor,
+                       groups: list | None = None) -> dict[str, torch.Tensor]:
         """``target (B, D)``, packed history ``hist (nnz, D)`` (or :class:`SharedRows`) of samples
-        ``rows (nnz,)``."""
+        ``rows (nnz,)``; ``groups`` as :func:`mmrank.ctr.layers.history_groups` gives them."""
         q = self.proj(target)
-        pooled, _ = self.attention.forward_packed(q, dense(row_map(hist, self.proj)), rows)
+        pooled, _ = self.attention.forward_packed(q, dense(row_map(hist, self.proj)), rows, groups)
         v_make = torch.cat([pooled, q], dim=-1)                      # Eq. 3, (B, 2P)
         logit, hidden = self.mlp.forward_hidden(v_make)              # Eq. 4
         parts = [v_make, *hidden, logit] if self.cfg.knowledge == "full" else [hidden[-1], logit]
@@ -344,13 +345,17 @@ class CtrModel(nn.Module):
             sim = similarity(v_c, v_h, rows)                           # Eq. 2, (nnz,)
         if self.simscore is not None:                                  # SimScore
             q, k = self.simscore(q, k, sim)
-        pooled = self.interest(q, k, rows)                             # DIN, (B, Dq)
+        groups = None                                                  # serving: shared histories
+        if self.share_history and self.simscore is None:
+            groups = history_groups(batch["mask"], batch["hist_item"], batch["hist_category"],
+                                    *([batch["hist_item_v"]] if "hist_item_v" in batch else []))
+        pooled = self.interest(q, k, rows, groups)                     # DIN, (B, Dq)
         parts = [q, pooled, *self.ids.context(batch["region"], batch.get("user"), batch.get("position"))]
         if self.simtier is not None:                                   # SimTier (Algorithm 1)
             parts.append(self.simtier(sim, rows, b, counts))
         aux: dict[str, torch.Tensor] = {}
         if self.knowledge is not None:                                 # MAKE knowledge utilisation
-            knowledge, make_logit = self.knowledge(v_c, v_h, rows)
+            knowledge, make_logit = self.knowledge(v_c, v_h, rows, groups)
             if make_logit is not None:
                 aux["make"] = make_logit                               # Eq. 5 as an auxiliary loss
             parts.append(knowledge)

@@ -165,14 +165,14 @@ class MakeKnowledge(nn.Module):
         for p in self.module.parameters():
             p.requires_grad_(not frozen)
 
-    def forward(self, v_c: torch.Tensor, v_h: torch.Tensor,
-                rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, v_c: torch.Tensor, v_h: torch.Tensor, rows: torch.Tensor,
+                groups: list | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.frozen:
             with torch.no_grad():
                 self.module.eval()
-                out = self.module.forward_packed(v_c, v_h, rows)
+                out = self.module.forward_packed(v_c, v_h, rows, groups=groups)
             return self.norm(out["knowledge"]), None
-        out = self.module.forward_packed(v_c, v_h, rows)
+        out = self.module.forward_packed(v_c, v_h, rows, groups=groups)
         return self.norm(out["knowledge"]), out["logit"]
 
 
@@ -187,8 +187,9 @@ class InterestEncoder(nn.Module):
         self.attention = TargetAttention(dim, hidden, act, pool=pool)
         self.dim = dim
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return self.attention.forward_packed(query, keys, rows)[0]
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor,
+                groups: list | None = None) -> torch.Tensor:
+        return self.attention.forward_packed(query, keys, rows, groups)[0]
 
 
 def lookup_packed(vectors: ItemVectors, target_idx: torch.Tensor, hist_idx: torch.Tensor,
