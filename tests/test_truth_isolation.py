@@ -1,8 +1,10 @@
-"""No training stage reads the market's truth: pre-training, embedding and CTR run with R/truth/ gone,
-and no file under it is opened meanwhile."""
+"""No training stage reads the market's truth: pre-training, embedding, CTR and re-ranking run with
+R/truth/ gone, and no file under it is opened meanwhile (re-ranking then reports its evaluator
+figures absent)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -39,7 +41,8 @@ def test_pretrain_embed_and_ctr_run_without_the_truth(tmp_path: Path) -> None:
                       "hash-bow", "--epochs", "1", "--batch-size", "64", "--queue-size", "256"],
                      ["embed", "--run", str(run), "--threads", "1"],
                      ["ctr", "train", "--run", str(run), "--strategy", "simtier", "--make-epochs", "0",
-                      "--threads", "1"]):
+                      "--threads", "1"],
+                     ["rerank", "train", "--run", str(run), "--model", "armmt", "--threads", "1"]):
             res = runner.invoke(app, args)
             assert res.exit_code == 0, (args[0], res.output, res.exception)
     finally:
@@ -48,3 +51,5 @@ def test_pretrain_embed_and_ctr_run_without_the_truth(tmp_path: Path) -> None:
     assert _WATCH["opened"] == []
     assert (run / "encoder" / "weights.safetensors").exists()
     assert (run / "ctr" / "simtier" / "metrics.json").exists()
+    rerank = json.loads((run / "rerank" / "armmt" / "metrics.json").read_text())
+    assert rerank["evaluator"].startswith("absent") and rerank["auc"]["purchase"] is not None
