@@ -67,12 +67,15 @@ def read_cached(cache_dir: Path, key: str, tag: str, keys: Sequence[str],
                 fingerprint: str = "") -> np.ndarray | None:
     """The cached table ``cache_dir/<key>/<tag>.npy`` as stored (float32, or float16 for activation
     maps) if it still holds exactly ``keys`` from the same source, else None."""
-    d = Path(cache_dir) / key
+    return _load_valid(Path(cache_dir) / key, tag, len(keys), _digest(keys, fingerprint))
+
+
+def _load_valid(d: Path, tag: str, n: int, digest: str) -> np.ndarray | None:
     npy, meta = d / f"{tag}.npy", d / f"{tag}.json"
     if not (npy.exists() and meta.exists()):
         return None
     info = json.loads(meta.read_text())
-    if info.get("digest") != _digest(keys, fingerprint) or info.get("n") != len(keys):
+    if info.get("digest") != digest or info.get("n") != n:
         return None
     return np.load(npy, allow_pickle=False)
 
@@ -95,11 +98,11 @@ def cached_features(build: Callable[[], tuple[Any, Callable[[list[Any]], Any]]],
     Returns:
         ``(len(keys), ...)`` float32: the encoder's frozen-part output per row.
     """
-    hit = read_cached(cache_dir, key, tag, keys, fingerprint) if cache_dir is not None else None
-    if hit is not None:
-        return hit.astype(np.float32, copy=False)
     digest = _digest(keys, fingerprint)
     d = Path(cache_dir) / key if cache_dir is not None else None
+    hit = _load_valid(d, tag, len(keys), digest) if d is not None else None
+    if hit is not None:
+        return hit.astype(np.float32, copy=False)
     encoder, preprocess = build()
     feats = encode(encoder, preprocess, len(keys), inputs, batch_size,
                    progress=f"encoding {tag} ({encoder.name})")

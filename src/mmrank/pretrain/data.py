@@ -213,6 +213,13 @@ def item_feature_keys(item_ids: np.ndarray, titles: list[str]) -> tuple[list[str
     return keys, [f"{k}\t{t}" for k, t in zip(keys, titles)]
 
 
+def encoder_cache_keys(config: dict) -> tuple[str, str]:
+    """The ``R/features/`` directories of an encoder's image and text backbone outputs
+    (``R/encoder/config.json``'s backbones, image size and trainable blocks)."""
+    return (cache_key(config["image_encoder"], "image", config["image_size"], config["trainable_blocks"]),
+            cache_key(config["text_encoder"], "text", None, 0))
+
+
 def cached_item_features(run: str | Path, config: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """``(item ids, image features, title features)`` of ``R/data/items.parquet`` from the pre-training
     cache, when they are exactly what the encoder of ``config`` (``R/encoder/config.json``) would
@@ -230,12 +237,11 @@ def cached_item_features(run: str | Path, config: dict) -> tuple[np.ndarray, np.
     ids = t.column("item_id").to_numpy().astype(np.int64)
     img_keys, txt_keys = item_feature_keys(ids, t.column("title").to_pylist())
     fp = source_fingerprint(path)
-    ikey = cache_key(config["image_encoder"], "image", config["image_size"], config["trainable_blocks"])
+    ikey, tkey = encoder_cache_keys(config)
     img = read_cached(cache_dir, ikey, "items_image", img_keys, fp)
     if img is None or img.dtype != np.float32 or img.ndim != 2:
         return None
-    txt = read_cached(cache_dir, cache_key(config["text_encoder"], "text", None, 0), "items_title",
-                      txt_keys, fp)
+    txt = read_cached(cache_dir, tkey, "items_title", txt_keys, fp)
     if txt is None or txt.dtype != np.float32:
         return None
     return ids, img, txt

@@ -91,18 +91,15 @@ def _heads(fn, h: np.ndarray, batch: int = 512) -> np.ndarray:
 def _frozen_cached(run: Path, encoder: Any, modality: str, keys: list[str], inputs, tag: str) -> np.ndarray:
     """Frozen backbone features through ``R/features/`` (shared with pre-training: the same key and
     fingerprint, so the catalog's are usually there already)."""
-    from mmrank.encoders.cache import cache_key, cached_features
+    from mmrank.encoders.cache import cached_features, source_fingerprint
+    from mmrank.pretrain.data import encoder_cache_keys
 
-    cfg = encoder.config
+    ikey, tkey = encoder_cache_keys(encoder.config)
     if modality == "image":
-        key = cache_key(cfg["image_encoder"], "image", cfg["image_size"], cfg["trainable_blocks"])
-        build = lambda: (encoder._img_enc, encoder._img_pre)  # noqa: E731
+        key, build = ikey, lambda: (encoder._img_enc, encoder._img_pre)  # noqa: E731
     else:
-        key = cache_key(cfg["text_encoder"], "text", None, 0)
-        build = lambda: (encoder._txt_enc, encoder._txt_pre)  # noqa: E731
-    path = run / "data" / "items.parquet"
-    st = path.stat()
-    fp = f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
+        key, build = tkey, lambda: (encoder._txt_enc, encoder._txt_pre)  # noqa: E731
+    fp = source_fingerprint(run / "data" / "items.parquet")
     return cached_features(build, key, keys, inputs, run / "features", tag, fp)
 
 
@@ -112,8 +109,9 @@ def _item_features(run: Path, encoder: Any, cache: Path | None) -> tuple[np.ndar
     path = run / "data" / "items.parquet"
     if not path.exists():
         raise DataError("no such file (generate a market or import a catalog first)", file=str(path))
-    st = path.stat()
-    key = f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
+    from mmrank.encoders.cache import source_fingerprint
+
+    key = source_fingerprint(path)
     f = cache / "items.safetensors" if cache else None
     if f is not None and f.exists():
         meta = json.loads((cache / "items.json").read_text())
@@ -127,10 +125,11 @@ def _item_features(run: Path, encoder: Any, cache: Path | None) -> tuple[np.ndar
         images += bi
     ids = np.concatenate(ids).astype(np.int64)
     if _is_run_encoder(encoder):   # the towers on the backbone features pre-training cached
-        keys = [str(int(i)) for i in ids]
-        h_img = _frozen_cached(run, encoder, "image", keys, lambda a, z: images[a:z], "items_image")
-        h_txt = _frozen_cached(run, encoder, "text", [f"{k}\t{t}" for k, t in zip(keys, titles)],
-                               lambda a, z: titles[a:z], "items_title")
+        from mmrank.pretrain.data import item_feature_keys
+
+        img_keys, txt_keys = item_feature_keys(ids, titles)
+        h_img = _frozen_cached(run, encoder, "image", img_keys, lambda a, z: images[a:z], "items_image")
+        h_txt = _frozen_cached(run, encoder, "text", txt_keys, lambda a, z: titles[a:z], "items_title")
         image = _norm(_heads(encoder.model.image_query, h_img))
         text = _norm(_heads(encoder.model.text_query, h_txt))
     else:
