@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -69,7 +68,6 @@ def main() -> None:
               f"{s_c['from_cache']:,} items from R/features/)")
         print(f"speed-up {t_f / t_c:.1f}x (goal >= 5x); max |difference| {diff:.2e} (goal <= 1e-5); "
               f"same ids: {same_ids}")
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
