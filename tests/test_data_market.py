@@ -273,6 +273,30 @@ def test_real_catalog_mode(tmp_path: Path) -> None:
     assert man["surfaces"]["display"]["columns_r2"] < 0.6
 
 
+@needs_shared_data
+def test_real_photo_content_is_what_the_photo_shows_beyond_its_type() -> None:
+    """On real photos the shape, layout and detail statistics differ a lot between article types
+    (the type column would explain them); the content latent keeps the colour as the photo shows it
+    and each item's shape against its type's mean, so no type predicts it, while items of one type
+    still differ."""
+    from mmrank.data.content import COLOUR_STATS, beyond_type, pixel_statistics
+
+    table = pq.read_table(FASHION, columns=["image", "article_type"]).slice(0, 400)
+    stats = pixel_statistics(table.column("image").to_pylist(), workers=1)
+    codes = np.unique(np.asarray(table.column("article_type").to_pylist()), return_inverse=True)[1]
+    latent = beyond_type(stats, codes)
+
+    def type_share(x: np.ndarray) -> float:  # R^2 of the per-type means, averaged over columns
+        means = np.stack([np.bincount(codes, weights=x[:, j]) / np.bincount(codes)
+                          for j in range(x.shape[1])], axis=1)
+        return float(np.mean(1 - ((x - means[codes]) ** 2).sum(0) / ((x - x.mean(0)) ** 2).sum(0)))
+
+    assert type_share(stats[:, COLOUR_STATS:]) > 0.2                 # raw shape: the type tells much
+    assert type_share(latent[:, COLOUR_STATS:]) < 1e-9               # beyond the type: nothing
+    np.testing.assert_array_equal(latent[:, :COLOUR_STATS], stats[:, :COLOUR_STATS])
+    assert latent[:, COLOUR_STATS:].std(axis=0).min() > 0.1 * stats[:, COLOUR_STATS:].std(axis=0).min()
+
+
 def test_calibration_moves_the_rates_to_their_targets(tmp_path: Path) -> None:
     """Targets far from what the hand-set intercepts give: the market lands near them, and its
     config.yaml (calibrate off, the fitted intercepts) regenerates it byte for byte. (Display

@@ -5,8 +5,12 @@ The space is a fixed function of an item, and none of mmrank's encoders:
 * ``pixel_statistics``: colour and shape statistics of a product photo on a light background: the
   object's mean lightness and two opponent colour axes, its chroma, the share of the frame it covers,
   its height/width ratio and its texture (mean gradient inside the object), followed by fixed random
-  projections of the photo downsampled to 8x8 (its layout) and of what 16x16 adds to that (its detail). On a real catalog these are the content
-  latent.
+  projections of the photo downsampled to 8x8 (its layout) and of what 16x16 adds to that (its detail).
+* ``beyond_type``: a real catalog's content latent from those statistics, built as the synthetic market's
+  is: the photo's colour as it is, and its shape, layout and detail against the typical photo of its
+  article type (the statistic minus its mean over the type). The type itself enters the content space
+  through its column, so a shoe and a shirt still differ; what the continuous part adds is how this
+  shoe looks among shoes, as the synthetic latent's proportions vary within a type.
 * ``content_space``: the behaviour model's vector per item: the continuous part (the synthetic market's
   rendered latent, or a real photo's statistics) next to fixed random embeddings of the coarse
   attribute columns, each dimension standardised and the whole scaled to ``REFERENCE_DIMS`` of total
@@ -81,6 +85,28 @@ def pixel_statistics(images: list[bytes], workers: int = 2, chunk: int = 1000) -
         with ProcessPoolExecutor(max_workers=workers) as pool:
             parts = list(pool.map(_stats_chunk, chunks))
     return np.concatenate(parts) if parts else np.zeros((0, len(PIXEL_STATS)))
+
+
+COLOUR_STATS = 4  # lightness, red_green, yellow_blue, chroma: kept as the photo shows them
+
+
+def beyond_type(stats: np.ndarray, type_codes: np.ndarray) -> np.ndarray:
+    """``stats`` (N, len(PIXEL_STATS)) with the shape, layout and detail columns centred per article type.
+
+    Example::
+
+        >>> import numpy as np
+        >>> s = np.zeros((3, len(PIXEL_STATS))); s[:, 4] = [1.0, 3.0, 5.0]
+        >>> beyond_type(s, np.array([0, 0, 1]))[:, 4].tolist()
+        [-1.0, 1.0, 0.0]
+    """
+    codes = np.asarray(type_codes, np.int64)
+    n = int(codes.max()) + 1 if len(codes) else 0
+    count = np.maximum(np.bincount(codes, minlength=n), 1)
+    shape = stats[:, COLOUR_STATS:]
+    means = np.stack([np.bincount(codes, weights=shape[:, j], minlength=n) for j in range(shape.shape[1])],
+                     axis=1) / count[:, None]
+    return np.concatenate([stats[:, :COLOUR_STATS], shape - means[codes]], axis=1)
 
 
 def standardise(x: np.ndarray) -> np.ndarray:

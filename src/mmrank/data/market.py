@@ -44,7 +44,7 @@ from mmrank.config import SIZES, BehaviourConfig, MarketConfig, build, load_yaml
 from mmrank.data import render
 from mmrank.data.behaviour import ListInputs, draw_outcomes, examination, list_probabilities, \
     near_similarity, sigmoid
-from mmrank.data.content import content_scale, content_space, pixel_statistics, standardise
+from mmrank.data.content import beyond_type, content_scale, content_space, pixel_statistics, standardise
 from mmrank.data.io import write_table
 from mmrank.data.samples import build_ctr_samples, build_lists, build_pairs
 from mmrank.errors import ConfigError, DataError
@@ -165,7 +165,8 @@ def real_catalog(cfg: MarketConfig, rng: np.random.Generator) -> Catalog:
         attrs[name], vocab[name] = codes.astype(np.int32), [str(u) for u in uniq]
     extra = {c: table.column(c).combine_chunks() for c in names
              if c not in ("item_id", "title", "image", "price", "created_at", "category")}
-    cont = pixel_statistics(images)
+    # What the photo shows beyond its columns: its colour, and how it looks among items of its type.
+    cont = beyond_type(pixel_statistics(images), attrs["article_type"])
     return Catalog(ids.astype(np.int64), titles, images, attrs, vocab, extra, cont)
 
 
