@@ -26,7 +26,6 @@ Example::
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -95,111 +94,90 @@ def same_id_pairs(q_ids: torch.Tensor, sorted_ids: torch.Tensor,
     return rows, order[start + torch.arange(total, device=q_ids.device)]
 
 
-class _Workspace:
-    """A ``(B * n,)`` buffer kept between steps for :class:`_QueueLogSumExp`'s saved exponentials.
-
-    Allocating a fresh 200 MB tensor each step (B=256, K=196,800) costs ~0.1 s of page faults. The
-    buffer is handed out again only when the graph that saved it is gone or has run its backward;
-    otherwise (two forwards before a backward) a fresh tensor is used. A second backward through a
-    retained graph after the buffer was reused fails loudly (autograd's version check), never wrong.
-    """
-
-    def __init__(self) -> None:
-        self.buf: torch.Tensor | None = None
-        self.owner: weakref.ref | None = None   # the autograd context holding ``buf``
-
-    def __getstate__(self) -> dict:             # a copy of the loss starts with an empty workspace
-        return {}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__()
-
-    def take(self, numel: int, like: torch.Tensor, ctx) -> torch.Tensor:
-        holder = self.owner() if self.owner is not None else None
-        if holder is not None and not getattr(holder, "released", False):
-            return like.new_empty(numel)                                 # still in use
-        if (self.buf is None or self.buf.numel() < numel or self.buf.dtype != like.dtype
-                or self.buf.device != like.device):
-            self.buf = None
-            self.buf = like.new_empty(numel)
-        self.owner = weakref.ref(ctx)
-        return self.buf[:numel]
-
-
 class _QueueLogSumExp(torch.autograd.Function):
     """``lse_i = log sum_j exp(x_i . y_j + bias_j)`` over the unmasked ``j``: ``x`` (B, d), ``y`` (n, d),
     ``bias`` (n,) or None (no gradient) -> (B,).
 
-    The queue's share of Eq. 1's denominator, without materialising masks or a concatenation. The
-    forward walks the queue in column chunks of ``chunk`` keys: each chunk's logits ``s = x @ y_c^T``
-    (B, c) are written into one ``(B * n,)`` buffer, masked pairs set to ``-inf``, shifted by the
-    chunk's row max ``m_c`` and exponentiated in place while still in cache; the buffer then holds
-    ``E_c = exp(s - m_c)`` for the backward, which is one batched matmul:
-    ``grad x_i = g_i * sum_c exp(m_ci - lse_i) (E_c @ y_c)_i`` (no ``(B, n)`` elementwise pass).
-    Masked pairs ``(rows, cols)`` have ``E`` exactly 0; a row with every key masked gives ``-inf``
-    and a zero gradient.
+    The queue's share of Eq. 1's denominator, in one pass over the queue and without a ``(B, n)``
+    tensor, as flash attention does with its keys and values (here both are the queue). The forward
+    walks the queue in blocks of ``chunk`` keys; each block's logits ``s = x @ y_c^T`` (B, c) stay in
+    cache: masked pairs set to ``-inf``, exponentiated against a running row max, summed into the
+    running denominator and, when ``x`` wants a gradient, multiplied into the running
+    ``sum_j exp(s_j) y_j``. That sum over the denominator is the gradient's direction
+    ``softmax(s) @ y``, so the backward is ``grad x = g * (softmax(s) @ y)``: the same two matmuls as
+    storing the logits for the backward, one elementwise pass fewer and no ``(B, n)`` write or read.
+    A queue that wants a gradient (rare; normally the queue holds detached momentum keys) gets it
+    from a second pass that recomputes each block's softmax. Masked pairs have weight exactly 0; a
+    row with every key masked gives ``-inf`` and a zero gradient.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-                workspace: _Workspace | None, chunk: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+                chunk: int, bias: torch.Tensor | None = None) -> torch.Tensor:
         b, n = x.shape[0], y.shape[0]
-        nc = -(-n // chunk)
-        flat = (workspace.take(b * n, x, ctx) if workspace is not None else x.new_empty(b * n))
-        m_all, z_all = x.new_empty(nc, b), x.new_empty(nc, b)
-        bounds = [0] * (nc + 1)
-        if rows.numel():
-            cols, perm = torch.sort(cols)
-            rows = rows[perm]
-            edges = torch.arange(nc + 1, device=cols.device) * chunk
-            bounds = torch.searchsorted(cols, edges).tolist()
-        for c in range(nc):
-            c0 = c * chunk
-            w = min(chunk, n - c0)
-            s = torch.mm(x, y[c0:c0 + w].t(), out=flat[c0 * b:(c0 + w) * b].view(b, w))
-            if bias is not None:                                         # per-key offset (logQ)
-                s.add_(bias[c0:c0 + w])
-            m = m_all[c]
-            lo, hi = bounds[c], bounds[c + 1]
-            if lo < hi:
-                s[rows[lo:hi], cols[lo:hi] - c0] = float("-inf")
-                torch.amax(s, dim=1, out=m)
-                m.masked_fill_(~torch.isfinite(m), 0.0)                  # a wholly masked row
-            else:
-                torch.amax(s, dim=1, out=m)
-            s.sub_(m[:, None]).exp_()
-            torch.sum(s, dim=1, out=z_all[c])
-        top = torch.where(z_all > 0, m_all, float("-inf")).amax(dim=0)  # (B,)
-        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-        lse = top + (z_all * torch.exp(m_all - top)).sum(dim=0).log()
-        ctx.save_for_backward(x, y, flat, m_all, z_all, lse)
-        ctx.chunk = chunk
+        blocks = _blocks(n, chunk, rows, cols)
+        top = x.new_full((b,), float("-inf"))                            # running row max
+        z = x.new_zeros(b)                                               # running denominator
+        o = x.new_zeros(b, x.shape[1]) if ctx.needs_input_grad[0] else None
+        buf = x.new_empty(b * min(chunk, n))
+        for c0, w, r, k in blocks:
+            s = _block_logits(x, y, bias, buf, c0, w, r, k)
+            new = torch.maximum(top, torch.amax(s, dim=1))
+            shift = torch.where(torch.isfinite(new), new, torch.zeros_like(new))  # all masked so far
+            s.sub_(shift[:, None]).exp_()
+            rescale = torch.exp(top - shift)
+            z.mul_(rescale).add_(s.sum(dim=1))
+            if o is not None:
+                o.mul_(rescale[:, None]).addmm_(s, y[c0:c0 + w])
+            top = new
+        lse = top + z.log()
+        p_y = torch.where(z[:, None] > 0, o / z[:, None], 0.0) if o is not None else None
+        # The queue itself is kept only for its own gradient: with a detached queue, keys enqueued
+        # between this forward and its backward change nothing (the gradient is of the keys used).
+        ctx.save_for_backward(p_y, *((x, y, bias, lse) if ctx.needs_input_grad[1] else ()))
+        ctx.blocks, ctx.chunk = blocks, chunk
         return lse
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g: torch.Tensor):
-        x, y, flat, m_all, z_all, lse = ctx.saved_tensors
-        chunk = ctx.chunk
-        n, b, d = y.shape[0], x.shape[0], x.shape[1]
-        # softmax of chunk c = E_c * coef_c: (nc, B); 0 where every key of the chunk is masked
-        coef = torch.where(z_all > 0, g * torch.exp(m_all - lse), torch.zeros_like(z_all))
-        full, tail = n // chunk, n - (n // chunk) * chunk
-        e_full = flat[:full * chunk * b].view(full, b, chunk)
-        e_tail = flat[full * chunk * b:].view(b, tail)
+        p_y, *rest = ctx.saved_tensors
         gx = gy = None
         if ctx.needs_input_grad[0]:
-            gx = x.new_zeros(b, d)
-            if full:
-                part = torch.bmm(e_full, y[:full * chunk].reshape(full, chunk, d))  # (nc, B, d)
-                gx += (part * coef[:full, :, None]).sum(dim=0)
-            if tail:
-                gx += (e_tail @ y[full * chunk:]) * coef[full][:, None]
+            gx = g[:, None] * p_y
         if ctx.needs_input_grad[1]:                                      # a queue that wants grad
-            gy = torch.cat([torch.bmm(e_full.transpose(1, 2), coef[:full, :, None] * x).reshape(-1, d),
-                            e_tail.t() @ (coef[full][:, None] * x) if tail else y.new_zeros(0, d)])
-        ctx.released = True                                              # the workspace is free
-        return gx, gy, None, None, None, None, None
+            x, y, bias, lse = rest
+            gy = torch.zeros_like(y)
+            gx_rows = g[:, None] * x
+            buf = x.new_empty(x.shape[0] * min(ctx.chunk, y.shape[0]))
+            for c0, w, r, k in ctx.blocks:
+                s = _block_logits(x, y, bias, buf, c0, w, r, k)
+                p = s.sub_(lse[:, None]).exp_().nan_to_num_(nan=0.0)     # softmax; 0 on masked rows
+                torch.mm(p.t(), gx_rows, out=gy[c0:c0 + w])
+        return gx, gy, None, None, None, None
+
+
+def _blocks(n: int, chunk: int, rows: torch.Tensor, cols: torch.Tensor) -> list:
+    """``(start, width, masked rows, masked cols - start)`` for each block of ``chunk`` queue keys."""
+    nc = -(-n // chunk)
+    bounds = [0] * (nc + 1)
+    if rows.numel():
+        cols, perm = torch.sort(cols)
+        rows = rows[perm]
+        bounds = torch.searchsorted(cols, torch.arange(nc + 1, device=cols.device) * chunk).tolist()
+    return [(c * chunk, min(chunk, n - c * chunk), rows[bounds[c]:bounds[c + 1]],
+             cols[bounds[c]:bounds[c + 1]] - c * chunk) for c in range(nc)]
+
+
+def _block_logits(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor | None, buf: torch.Tensor,
+                  c0: int, w: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """One block's ``(B, w)`` logits ``x @ y_c^T + bias_c`` in ``buf``, masked pairs ``-inf``."""
+    s = torch.mm(x, y[c0:c0 + w].t(), out=buf[:x.shape[0] * w].view(x.shape[0], w))
+    if bias is not None:                                                 # per-key offset (logQ)
+        s.add_(bias[c0:c0 + w])
+    if rows.numel():
+        s[rows, cols] = float("-inf")
+    return s
 
 
 class InfoNCELoss(nn.Module):
@@ -253,10 +231,6 @@ class InfoNCELoss(nn.Module):
         self.nested_dims = tuple(int(d) for d in nested_dims)
         self.name = name
         self.chunk = int(chunk)
-        self._workspaces: dict[int | None, _Workspace] = {}
-
-    def _workspace(self, d: int | None) -> _Workspace:
-        return self._workspaces.setdefault(d, _Workspace())
 
     @property
     def temperature(self) -> float:
@@ -264,8 +238,7 @@ class InfoNCELoss(nn.Module):
 
     def _one(self, q: torch.Tensor, k: torch.Tensor, pos_index: torch.Tensor,
              mask_k: torch.Tensor | None, queue: torch.Tensor | None,
-             masked: tuple[torch.Tensor, torch.Tensor],
-             workspace: _Workspace | None = None, k_bias: torch.Tensor | None = None,
+             masked: tuple[torch.Tensor, torch.Tensor], k_bias: torch.Tensor | None = None,
              queue_bias: torch.Tensor | None = None) -> torch.Tensor:
         scale = self.logit_scale.clamp(max=self.max_log_scale).exp()
         # Scale before masking: a masked -inf times the scale would give a NaN gradient of tau.
@@ -278,8 +251,7 @@ class InfoNCELoss(nn.Module):
             return F.cross_entropy(logits, pos_index)
         # The queue's logits are scaled through q (B, d), never as a (B, K) product; masked
         # queue logits are -inf inside _QueueLogSumExp and never multiplied by the scale.
-        lse_queue = _QueueLogSumExp.apply(q * scale, queue, *masked, workspace,
-                                          self.chunk, queue_bias)       # (B,)
+        lse_queue = _QueueLogSumExp.apply(q * scale, queue, *masked, self.chunk, queue_bias)  # (B,)
         lse = torch.logaddexp(torch.logsumexp(logits, dim=1), lse_queue)
         positive = logits.gather(1, pos_index[:, None]).squeeze(1)
         return (lse - positive).mean()
@@ -321,15 +293,14 @@ class InfoNCELoss(nn.Module):
                 queue_bias = -log_q[slot_ids]                            # (n,) filled slots
         if not self.nested_dims:
             qu = view.keys[None] if view is not None else None
-            return {self.name: self._one(q, k, pos_index, mask_k, qu, masked, self._workspace(None),
-                                         k_bias, queue_bias)}
+            return {self.name: self._one(q, k, pos_index, mask_k, qu, masked, k_bias, queue_bias)}
         w = 1.0 / len(self.nested_dims)
         out = {}
         for d in self.nested_dims:
             qd, kd = nested_normalize(q, d), nested_normalize(k, d)
             qu = view.keys[d] if view is not None else None
-            out[f"{self.name}@{d}"] = w * self._one(qd, kd, pos_index, mask_k, qu, masked,
-                                                    self._workspace(d), k_bias, queue_bias)
+            out[f"{self.name}@{d}"] = w * self._one(qd, kd, pos_index, mask_k, qu, masked, k_bias,
+                                                    queue_bias)
         return out
 
 
