@@ -204,3 +204,36 @@ def test_frozen_make_gets_no_gradient_and_id_strategy_needs_no_vectors():
     b = _batch()
     del b["item_v"], b["hist_item_v"]
     assert CtrModel(CtrConfig(strategy="id"), sizes)(b)["logit"].shape == (3,)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("shutil").which("g++") is None, reason="torch.compile needs a C++ compiler")
+def test_compiled_attention_equals_the_eager_one_values_and_gradients():
+    """``compile_attention``: the same logits and gradients to 1e-5, over batches of other sizes and
+    history lengths (one dynamic graph), for the ID model and SimTier+MAKE (MAKE's attention too)."""
+    from mmrank.ctr.layers import _compiled_packed
+
+    assert _compiled_packed() is not None                            # the compiled path, not a fallback
+    torch.manual_seed(0)
+    sizes = ModelSizes(n_items=60, n_users=9, n_categories=8, n_regions=3, vec_dim=6)
+    vecs = unit(torch.randn(60, 6))
+    for strategy in ("id", "simtier+make"):
+        cfg = dict(strategy=strategy, n_tiers=5, make=MakeConfig(proj_dim=4))
+        eager = CtrModel(CtrConfig(**cfg), sizes, vecs)
+        fast = CtrModel(CtrConfig(**cfg, compile_attention=True), sizes, vecs)
+        fast.load_state_dict(eager.state_dict())
+        assert all(m.compiled for m in fast.modules() if isinstance(m, TargetAttention))
+        assert not any(m.compiled for m in eager.modules() if isinstance(m, TargetAttention))
+        for requests, hist_len in ((2, 12), (3, 7)):
+            batch = _serving_batch(requests, n_cand=5, hist_len=hist_len, seed=requests)
+            outs = []
+            for model in (eager, fast):
+                model.zero_grad(set_to_none=True)
+                out = model(batch)["logit"]
+                out.square().sum().backward()
+                outs.append((out.detach(), {n: p.grad.to_dense() for n, p in model.named_parameters()
+                                            if p.grad is not None}))
+            torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-5)
+            assert outs[1][1].keys() == outs[0][1].keys()
+            for name, g in outs[0][1].items():
+                torch.testing.assert_close(outs[1][1][name], g, rtol=1e-5, atol=1e-5, msg=name)

@@ -100,6 +100,9 @@ class CtrConfig(StrictModel):
                                 "by mmrank.ctr.data.simtier_features (falls back to the model when absent)")
     vector_dim: int = Field(16, ge=1, description="Vector: width the representation is mapped to")
     make: MakeConfig = Field(default_factory=MakeConfig)
+    # Measured (benchmarks/ctr_throughput.py --full-history): see the README's speed table.
+    compile_attention: bool = Field(False, description="run DIN's attention unit through torch.compile "
+                                    "(needs a C++ compiler; compiles on first use; same values)")
 
     @property
     def uses_vectors(self) -> bool:
@@ -267,6 +270,9 @@ class CtrModel(nn.Module):
             self.knowledge = MakeKnowledge(module, frozen=freeze_make)
             head_in += self.knowledge.out_dim
         self.head = TaskHeads(head_in, [self.TASK], cfg.mlp_hidden, act=cfg.act)
+        for m in self.modules():
+            if isinstance(m, TargetAttention):
+                m.compiled = cfg.compile_attention
         self._register_load_state_dict_pre_hook(self._map_legacy_keys)
 
     @classmethod
