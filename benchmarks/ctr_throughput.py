@@ -172,6 +172,34 @@ def din_flops(runner: "MmrankRunner") -> tuple[float, float]:
     return train / n, infer / n
 
 
+def attention_flops(runner: "MmrankRunner") -> tuple[float, float]:
+    """Matmul FLOPs per sample of the attention unit alone (train step, inference), counted as in
+    :func:`din_flops` with every other module's matmuls left out (the unit run on its own inputs)."""
+    att = runner.model.interest.attention
+    seen: dict = {}
+    real = att.forward_packed
+
+    def spy(*args, **kwargs):
+        seen.setdefault("args", args)
+        return real(*args, **kwargs)
+
+    att.forward_packed = spy                      # the unit's inputs in a real batch
+    try:
+        din_flops(runner)
+    finally:
+        del att.forward_packed
+    q, k, rows = (a.detach() for a in seen["args"][:3])
+    n = q.shape[0]
+    compiled, att.compiled = att.compiled, False  # count the eager graph: same matmuls
+    try:
+        train = count_flops(lambda: att.forward_packed(q.requires_grad_(), k.requires_grad_(), rows)[0].sum().backward())
+        with torch.no_grad():
+            infer = count_flops(lambda: att.forward_packed(q, k, rows))
+    finally:
+        att.compiled = compiled
+    return train / n, infer / n
+
+
 def interleave(runners: dict, n: int, chunks: int) -> None:
     """Train (then predict) every runner on the same chunks, taking turns chunk by chunk, so that a
     change of machine load over time hits all of them alike."""
@@ -237,6 +265,8 @@ def main() -> None:
     runners = {"mmrank": MmrankRunner(enc, space, cfg)}
     if not args.no_compile:
         runners["mmrank compiled"] = MmrankRunner(enc, space, cfg.model_copy(update={"compile_attention": True}))
+        runners["mmrank compiled bf16"] = MmrankRunner(
+            enc, space, cfg.model_copy(update={"compile_attention": True, "attention_bf16": True}))
     if not args.skip_deepctr:
         runners["deepctr"] = DeepCtrRunner(rows, args.act)
     warm = np.arange(min(args.warmup, len(enc)))
@@ -252,14 +282,22 @@ def main() -> None:
     if not args.skip_deepctr:
         dc = n / runners["deepctr"].train_s, n / runners["deepctr"].infer_s
         print(f"DeepCTR-Torch DIN train {dc[0]:10,.0f} samples/s   inference {dc[1]:10,.0f} samples/s")
-    for name in ("mmrank", "mmrank compiled"):
+    for name in ("mmrank", "mmrank compiled", "mmrank compiled bf16"):
         if name not in runners:
             continue
         mm_tr, mm_inf = n / runners[name].train_s, n / runners[name].infer_s
         print(f"{name} DIN  train {mm_tr:10,.0f} samples/s   inference {mm_inf:10,.0f} samples/s")
         f_tr, f_inf = din_flops(runners[name])
-        print(roofline_line(f"{name} DIN train", mm_tr, f_tr, roofs["fp32"]))
-        print(roofline_line(f"{name} DIN inference", mm_inf, f_inf, roofs["fp32"]))
+        roof, prec = roofs["fp32"], "fp32" if not name.endswith("bf16") else "mixed fp32/bf16"
+        if name.endswith("bf16"):  # the attention's FLOPs at the bf16 roof, the rest at fp32
+            a_tr, a_inf = attention_flops(runners[name])
+            roof = f_tr / (a_tr / roofs["bf16"] + (f_tr - a_tr) / roofs["fp32"])
+            print(f"  ({a_tr / f_tr:.0%} of the training FLOPs are the attention's, in bf16: the limit "
+                  f"below is the mix of the two roofs, {roof:,.0f} GFLOP/s)")
+        print(roofline_line(f"{name} DIN train", mm_tr, f_tr, roof, prec))
+        if name.endswith("bf16"):
+            roof = f_inf / (a_inf / roofs["bf16"] + (f_inf - a_inf) / roofs["fp32"])
+        print(roofline_line(f"{name} DIN inference", mm_inf, f_inf, roof, prec))
         if dc is not None:
             print(f"ratio {name} / DeepCTR-Torch: train {mm_tr / dc[0]:.2f}x   inference "
                   f"{mm_inf / dc[1]:.2f}x (issue 13's targets: train >= 2.5x, inference >= 3x)")

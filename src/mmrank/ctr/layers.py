@@ -150,6 +150,14 @@ class TargetAttention(nn.Module):
 
     def _packed(self, query: torch.Tensor, keys: torch.Tensor,
                 rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                pooled, scores = self._packed_body(query, keys, rows)
+            return pooled.float(), scores.float()
+        return self._packed_body(query, keys, rows)
+
+    def _packed_body(self, query: torch.Tensor, keys: torch.Tensor,
+                     rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Gathers use index_select: its backward is a fast index_add; indexing with [] would
         # backpropagate through an accumulating index_put, several times slower on a CPU.
         q_rows = query.index_select(0, rows)

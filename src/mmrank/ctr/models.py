@@ -103,6 +103,8 @@ class CtrConfig(StrictModel):
     # Measured (benchmarks/ctr_throughput.py --full-history): see the README's speed table.
     compile_attention: bool = Field(False, description="run DIN's attention unit through torch.compile "
                                     "(needs a C++ compiler; compiles on first use; same values)")
+    attention_bf16: bool = Field(False, description="DIN's attention unit computes in bfloat16 "
+                                 "(torch.autocast; about 3 significant digits per attention score)")
 
     @property
     def uses_vectors(self) -> bool:
@@ -272,7 +274,7 @@ class CtrModel(nn.Module):
         self.head = TaskHeads(head_in, [self.TASK], cfg.mlp_hidden, act=cfg.act)
         for m in self.modules():
             if isinstance(m, TargetAttention):
-                m.compiled = cfg.compile_attention
+                m.compiled, m.bf16 = cfg.compile_attention, cfg.attention_bf16
         self._register_load_state_dict_pre_hook(self._map_legacy_keys)
 
     @classmethod
