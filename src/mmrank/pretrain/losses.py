@@ -127,8 +127,8 @@ class _QueueLogSumExp(torch.autograd.Function):
             s.sub_(shift[:, None]).exp_()
             rescale = torch.exp(top - shift)
             z.mul_(rescale).add_(s.sum(dim=1))
-            if o is not None:
-                o.mul_(rescale[:, None]).addmm_(s, y[c0:c0 + w])
+            if o is not None:  # (not in-place addmm_, which torch.utils.flop_counter does not count)
+                o = torch.addmm(o.mul_(rescale[:, None]), s, y[c0:c0 + w])
             top = new
         lse = top + z.log()
         p_y = torch.where(z[:, None] > 0, o / z[:, None], 0.0) if o is not None else None
