@@ -12,7 +12,7 @@ The space is a fixed function of an item, and none of mmrank's encoders:
   through its column, so a shoe and a shirt still differ; what the continuous part adds is how this
   shoe looks among shoes, as the synthetic latent's proportions vary within a type.
 * ``content_space``: the behaviour model's vector per item: the continuous part (the synthetic market's
-  rendered latent, or a real photo's statistics) next to fixed random embeddings of the coarse
+  rendered latent, or a real photo's statistics beyond its type) next to fixed random embeddings of the coarse
   attribute columns, each dimension standardised and the whole scaled to ``REFERENCE_DIMS`` of total
   variance, so that a kernel bandwidth means the same on every catalog. Which dimensions photos show and which titles show
   is returned beside it, so that regions can weigh the two differently.
