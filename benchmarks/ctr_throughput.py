@@ -12,7 +12,8 @@ the same features (user, item, category; history of items and categories), the s
 
 Runners: mmrank's DIN as trained by default, the same with ``CtrConfig.compile_attention`` (the
 attention unit through torch.compile; its graph is built in the untimed warm-up, whose time is
-printed), and DeepCTR-Torch's DIN.
+printed), the same with ``attention_bf16`` too (its roofline limit mixes the bf16 roof for the
+attention's FLOPs with the fp32 roof for the rest), and DeepCTR-Torch's DIN.
 
 The roofline lines (``benchmarks/roofline.py``): the fp32 matmul roof and memory bandwidth measured at
 the start of the run, the model's matmul FLOPs per sample (forward + backward for training), and the
@@ -172,9 +173,9 @@ def din_flops(runner: "MmrankRunner") -> tuple[float, float]:
     return train / n, infer / n
 
 
-def attention_flops(runner: "MmrankRunner") -> tuple[float, float]:
-    """Matmul FLOPs per sample of the attention unit alone (train step, inference), counted as in
-    :func:`din_flops` with every other module's matmuls left out (the unit run on its own inputs)."""
+def attention_flops(runner: "MmrankRunner") -> tuple[tuple[float, float], tuple[float, float]]:
+    """:func:`din_flops` of the whole model and, counted the same way, of the attention unit alone
+    (run eagerly on the inputs it got in that batch): ``((train, inference), (train, inference))``."""
     att = runner.model.interest.attention
     seen: dict = {}
     real = att.forward_packed
@@ -185,7 +186,7 @@ def attention_flops(runner: "MmrankRunner") -> tuple[float, float]:
 
     att.forward_packed = spy                      # the unit's inputs in a real batch
     try:
-        din_flops(runner)
+        whole = din_flops(runner)
     finally:
         del att.forward_packed
     q, k, rows = (a.detach() for a in seen["args"][:3])
@@ -197,7 +198,12 @@ def attention_flops(runner: "MmrankRunner") -> tuple[float, float]:
             infer = count_flops(lambda: att.forward_packed(q, k, rows))
     finally:
         att.compiled = compiled
-    return train / n, infer / n
+    return whole, (train / n, infer / n)
+
+
+def mixed_roof(roofs: dict, flops: float, bf16_flops: float) -> float:
+    """GFLOP/s limit of a path running ``bf16_flops`` of its ``flops`` at the bf16 roof, the rest at fp32."""
+    return flops / (bf16_flops / roofs["bf16"] + (flops - bf16_flops) / roofs["fp32"])
 
 
 def interleave(runners: dict, n: int, chunks: int) -> None:
@@ -287,17 +293,15 @@ def main() -> None:
             continue
         mm_tr, mm_inf = n / runners[name].train_s, n / runners[name].infer_s
         print(f"{name} DIN  train {mm_tr:10,.0f} samples/s   inference {mm_inf:10,.0f} samples/s")
-        f_tr, f_inf = din_flops(runners[name])
-        roof, prec = roofs["fp32"], "fp32" if not name.endswith("bf16") else "mixed fp32/bf16"
         if name.endswith("bf16"):  # the attention's FLOPs at the bf16 roof, the rest at fp32
-            a_tr, a_inf = attention_flops(runners[name])
-            roof = f_tr / (a_tr / roofs["bf16"] + (f_tr - a_tr) / roofs["fp32"])
+            (f_tr, f_inf), (a_tr, a_inf) = attention_flops(runners[name])
+            roof_tr, roof_inf, prec = mixed_roof(roofs, f_tr, a_tr), mixed_roof(roofs, f_inf, a_inf), "mixed fp32/bf16"
             print(f"  ({a_tr / f_tr:.0%} of the training FLOPs are the attention's, in bf16: the limit "
-                  f"below is the mix of the two roofs, {roof:,.0f} GFLOP/s)")
-        print(roofline_line(f"{name} DIN train", mm_tr, f_tr, roof, prec))
-        if name.endswith("bf16"):
-            roof = f_inf / (a_inf / roofs["bf16"] + (f_inf - a_inf) / roofs["fp32"])
-        print(roofline_line(f"{name} DIN inference", mm_inf, f_inf, roof, prec))
+                  f"below is the mix of the two roofs, {roof_tr:,.0f} GFLOP/s)")
+        else:
+            (f_tr, f_inf), roof_tr, roof_inf, prec = din_flops(runners[name]), roofs["fp32"], roofs["fp32"], "fp32"
+        print(roofline_line(f"{name} DIN train", mm_tr, f_tr, roof_tr, prec))
+        print(roofline_line(f"{name} DIN inference", mm_inf, f_inf, roof_inf, prec))
         if dc is not None:
             print(f"ratio {name} / DeepCTR-Torch: train {mm_tr / dc[0]:.2f}x   inference "
                   f"{mm_inf / dc[1]:.2f}x (issue 13's targets: train >= 2.5x, inference >= 3x)")

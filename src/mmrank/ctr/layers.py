@@ -146,9 +146,8 @@ class TargetAttention(nn.Module):
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         if groups is not None:
             return self._forward_groups(query, keys, groups)
-        if self.compiled and _compiled_packed() is not None:
-            return _compiled_packed()(self, query, keys, rows)
-        return self._packed(query, keys, rows)
+        fast = _compiled_packed() if self.compiled else None
+        return (fast or TargetAttention._packed)(self, query, keys, rows)
 
     def _packed(self, query: torch.Tensor, keys: torch.Tensor,
                 rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
