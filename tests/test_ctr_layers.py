@@ -93,6 +93,43 @@ def test_target_attention_equals_din_linear_on_concatenation():
     assert torch.all(got[2] == 0)  # empty history -> zero interest
 
 
+@pytest.mark.parametrize("pool", ["sum", "mean"])
+@pytest.mark.parametrize("full", [True, False])
+def test_dense_paths_give_the_packed_values_and_gradients(pool, full):
+    """Every sample with L positions (``full``): the packed keys are one (B, L, D) block and the first
+    layer one (L, D) @ (D, h1) product per sample. Ragged histories padded to (B, L_max, D) with a
+    mask (the bf16 path's layout when most positions are valid). Same pooled values, scores and
+    gradients as the packed path to 1e-5; a ragged or reordered batch is not taken for a full one,
+    nor a sparse one padded."""
+    from mmrank.ctr.layers import padded_layout, uniform_length
+
+    torch.manual_seed(0)
+    b, length, d = 6, 9, 8
+    att = TargetAttention(d, (12, 5), pool=pool)
+    rows = torch.arange(b).repeat_interleave(length)
+    assert uniform_length(rows, b) == length
+    assert uniform_length(rows[:-1], b) == 0                          # one sample a position short
+    assert uniform_length(rows.view(b, length).t().reshape(-1), b) == 0  # same counts, other order
+    assert uniform_length(torch.arange(b).repeat(length), b) == 0
+    if not full:                                                      # lengths 9, 1, 5, 9, 0, 3
+        rows = torch.arange(b).repeat_interleave(torch.tensor([9, 1, 5, 9, 0, 3]))
+        att.pad_fill = {False: 0.0, True: 0.0}                        # pad at any fill, in fp32 too
+        flat, width = padded_layout(rows, b, 0.0)
+        assert width == 9 and flat[:11].tolist() == [*range(10), 18]
+        assert padded_layout(rows, b, 0.6) is None                    # 27 of 54 positions valid
+        assert padded_layout(rows.flip(0), b, 0.0) is None            # not in pack order
+    outs = []
+    for fn in (att.forward_packed, lambda q, k, r: TargetAttention._packed_body(att, q, k, r)):
+        att.zero_grad(set_to_none=True)
+        q = torch.randn(b, d, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        k = torch.randn(rows.numel(), d, generator=torch.Generator().manual_seed(2), requires_grad=True)
+        pooled, scores = fn(q, k, rows)
+        (pooled.square().sum() + scores.sin().sum()).backward()
+        outs.append([pooled, scores, q.grad, k.grad, *(p.grad for p in att.parameters())])
+    for got, want in zip(*outs):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 @settings(max_examples=20, deadline=None)
 @given(b=st.integers(1, 5), length=st.integers(1, 7), seed=st.integers(0, 1000))
 def test_target_attention_ignores_padding(b, length, seed):
@@ -107,6 +144,30 @@ def test_target_attention_ignores_padding(b, length, seed):
     mean.load_state_dict(att.state_dict())
     n = mask.sum(1, keepdim=True).clamp(min=1)
     torch.testing.assert_close(mean(q, k, mask), att(q, k, mask) / n)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("with_padding", [False, True])
+def test_lookup_gives_nn_embedding_values_and_gradients(sparse, with_padding):
+    """:func:`lookup`'s own backward: the same gradient as ``nn.Embedding``'s (dense or sparse), the
+    padding row's 0, repeated ids summed; no gradient work when none is wanted."""
+    from mmrank.ctr.layers import lookup
+
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(30, 4, padding_idx=0, sparse=sparse)
+    ids = torch.randint(1 - with_padding, 30, (5, 7))
+    ids[0, :3] = 4                                                     # repeats
+    grads = []
+    for fn in (emb, lambda i: lookup(emb, i)):
+        emb.zero_grad(set_to_none=True)
+        out = fn(ids)
+        (out * torch.arange(4.0)).sin().sum().backward()
+        grads.append((out.detach(), emb.weight.grad.to_dense()))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=0, atol=0)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-6, atol=1e-7)
+    assert emb.weight.grad.is_sparse == sparse and torch.all(grads[1][1][0] == 0)
+    with torch.no_grad():
+        assert lookup(emb, ids).grad_fn is None
 
 
 def test_mlp_hidden_outputs():
@@ -144,12 +205,16 @@ def test_every_strategy_forward_and_backward(strategy):
         assert "make" in out["aux_logits"]  # E = 0: joint, with MAKE's own loss (Eq. 5)
 
 
-def _serving_batch(requests: int, n_cand: int = 40, hist_len: int = 12, seed: int = 0) -> dict:
-    """``requests`` requests, each ``n_cand`` candidates sharing one history (as a server builds them)."""
+def _serving_batch(requests: int, n_cand: int = 40, hist_len: int = 12, seed: int = 0,
+                   full: bool = False) -> dict:
+    """``requests`` requests, each ``n_cand`` candidates sharing one history (as a server builds them);
+    ``full``: every history has ``hist_len`` items."""
     g = torch.Generator().manual_seed(seed)
     rows = requests * n_cand
     hist = torch.randint(1, 60, (requests, hist_len), generator=g).repeat_interleave(n_cand, dim=0)
     lens = torch.randint(1, hist_len + 1, (requests,), generator=g).repeat_interleave(n_cand)
+    if full:
+        lens = torch.full_like(lens, hist_len)
     mask = torch.arange(hist_len)[None, :] < lens[:, None]
     hist = torch.where(mask, hist, 0)
     items = torch.randint(1, 60, (rows,), generator=g)
@@ -210,10 +275,11 @@ def test_frozen_make_gets_no_gradient_and_id_strategy_needs_no_vectors():
 @pytest.mark.skipif(__import__("shutil").which("g++") is None, reason="torch.compile needs a C++ compiler")
 def test_compiled_attention_equals_the_eager_one_values_and_gradients():
     """``compile_attention``: the same logits and gradients to 1e-5, over batches of other sizes and
-    history lengths (one dynamic graph), for the ID model and SimTier+MAKE (MAKE's attention too)."""
-    from mmrank.ctr.layers import _compiled_packed
+    history lengths (one dynamic graph each for the packed and the full-history path), for the ID
+    model and SimTier+MAKE (MAKE's attention too)."""
+    from mmrank.ctr.layers import _compiled
 
-    assert _compiled_packed() is not None                            # the compiled path, not a fallback
+    assert _compiled(TargetAttention._packed_body) is not None      # the compiled path, not a fallback
     torch.manual_seed(0)
     sizes = ModelSizes(n_items=60, n_users=9, n_categories=8, n_regions=3, vec_dim=6)
     vecs = unit(torch.randn(60, 6))
@@ -224,8 +290,13 @@ def test_compiled_attention_equals_the_eager_one_values_and_gradients():
         fast.load_state_dict(eager.state_dict())
         assert all(m.compiled for m in fast.modules() if isinstance(m, TargetAttention))
         assert not any(m.compiled for m in eager.modules() if isinstance(m, TargetAttention))
-        for requests, hist_len in ((2, 12), (3, 7)):
-            batch = _serving_batch(requests, n_cand=5, hist_len=hist_len, seed=requests)
+        padding = {False: 0.0, True: 0.0}                            # the padded path, in fp32
+        for requests, hist_len, full, pad in ((2, 12, False, False), (3, 7, False, False), (2, 9, True, False),
+                                             (3, 6, True, False), (3, 7, False, True), (2, 12, False, True)):
+            batch = _serving_batch(requests, n_cand=5, hist_len=hist_len, seed=requests, full=full)
+            for m in (*eager.modules(), *fast.modules()):
+                if isinstance(m, TargetAttention):
+                    m.pad_fill = padding if pad else TargetAttention.pad_fill
             outs = []
             for model in (eager, fast):
                 model.zero_grad(set_to_none=True)

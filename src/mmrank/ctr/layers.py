@@ -48,6 +48,42 @@ def pack(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return idx, torch.div(idx, mask.shape[1], rounding_mode="floor")
 
 
+def lookup(emb: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    """``emb(ids)``, with a backward that sums the looked-up rows' gradients with one ``index_add_``
+    (dense tables) or hands them over as they are (sparse tables) instead of ``nn.Embedding``'s: at
+    51,200 lookups ``embedding_dense_backward`` takes 4x as long on a CPU, and the sparse backward
+    filters out the padding id with a boolean index even when the batch holds none. Same gradients
+    (tested); the padding row's stays 0."""
+    if not (torch.is_grad_enabled() and emb.weight.requires_grad) or emb.max_norm is not None:
+        return emb(ids)
+    return _Lookup.apply(emb.weight, ids, emb.padding_idx, emb.sparse)
+
+
+class _Lookup(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, ids: torch.Tensor, padding_idx: int | None,  # noqa: ANN001
+                sparse: bool) -> torch.Tensor:
+        ctx.save_for_backward(ids)
+        ctx.shape, ctx.padding_idx, ctx.sparse = weight.shape, padding_idx, sparse
+        return weight.index_select(0, ids.reshape(-1)).view(*ids.shape, weight.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
+        (ids,) = ctx.saved_tensors
+        ids, grad = ids.reshape(-1), grad.reshape(-1, ctx.shape[1])
+        pad = ctx.padding_idx
+        if ctx.sparse:
+            if pad is not None and bool((ids == pad).any()):
+                keep = ids != pad
+                ids, grad = ids[keep], grad[keep]
+            return (torch.sparse_coo_tensor(ids.unsqueeze(0), grad, ctx.shape, check_invariants=False),
+                    None, None, None)                  # ids were valid: the forward gathered them
+        out = grad.new_zeros(ctx.shape).index_add_(0, ids, grad)
+        if pad is not None:
+            out[pad] = 0
+        return out, None, None, None
+
+
 class MLP(nn.Module):
     """Linear -> activation stack, optionally ending in a linear output layer.
 
@@ -114,17 +150,29 @@ class TargetAttention(nn.Module):
     ``forward(query (B, D), keys (B, L, D), mask (B, L)) -> (B, D)``;
     ``forward_packed(query (B, D), keys (nnz, D), rows (nnz,)) -> ((B, D), scores (nnz,))``.
 
-    ``compiled = True`` runs the packed path through ``torch.compile`` (one graph for every instance
-    and history length, built on first use, a few seconds to half a minute): it fuses the per-pair
-    elementwise work (the product with the query, the adds and the activations, forward and
-    backward) into the matmuls' neighbours, so the ``(nnz, h)`` activations are not each written
-    and read again. Same values to float rounding (tested to 1e-5); without a C++ compiler it warns
+    Three layouts, the same function (tested to 1e-5, values and gradients):
+
+    * packed: the ``nnz`` valid positions, gathered per sample;
+    * full histories (every sample has L positions, as at a long-history user base): the packed keys
+      are viewed as ``(B, L, D)`` without a copy, and the first layer is one ``(L, D) @ (D, h1)``
+      product per sample with ``W_k + diag(q) W_p`` (half the FLOPs, no gathers);
+    * padded: ragged histories copied into ``(B, L_max, D)`` with a mask, when at least
+      ``pad_fill[bf16]`` of that grid is valid. Only the bf16 path pads by default (at 0.4): with
+      lengths uniform in [1, 50] (fill 0.51) padding made bf16 training 1.4x faster and fp32 training
+      1.5x slower than packing (``benchmarks/ctr_throughput.py``'s runners with padding forced on and
+      off, in one run).
+
+    ``compiled = True`` runs the unit through ``torch.compile`` (one dynamic graph per layout, built on
+    first use in a few seconds): it fuses the per-pair elementwise work (the product with the query,
+    the adds and the activations, forward and backward) into the matmuls' neighbours, so the
+    ``(nnz, h)`` activations are not each written and read again. Without a C++ compiler it warns
     once and runs eagerly. ``bf16 = True`` runs the unit's matmuls in bfloat16 (``torch.autocast``;
     pooled output and scores returned in float32): about 3 significant digits per score instead of 7.
     """
 
     compiled = False
     bf16 = False
+    pad_fill = {False: 2.0, True: 0.4}   # {bf16: least share of valid positions that is padded}; > 1: never
 
     def __init__(self, dim: int, hidden: Sequence[int] = (80, 40), act: str = "prelu",
                  pool: str = "sum") -> None:
@@ -146,16 +194,41 @@ class TargetAttention(nn.Module):
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         if groups is not None:
             return self._forward_groups(query, keys, groups)
-        fast = _compiled_packed() if self.compiled else None
-        return (fast or TargetAttention._packed)(self, query, keys, rows)
+        b, d = query.shape[0], keys.shape[1]
+        length = uniform_length(rows, b)
+        if length:  # every sample has `length` positions: the packed keys are a (B, L, D) block
+            pooled, scores = self._run(TargetAttention._dense_body, query, keys.reshape(b, length, d))
+            return pooled, scores.reshape(-1)
+        layout = padded_layout(rows, b, self.pad_fill[self.bf16])
+        if layout is not None:  # most positions are valid: pad to (B, L_max, D), mask the rest
+            flat, length = layout
+            padded = keys.new_zeros(b * length, d).index_copy(0, flat, keys).view(b, length, d)
+            mask = keys.new_zeros(b * length).index_fill_(0, flat, 1.0).view(b, length)
+            pooled, scores = self._run(TargetAttention._dense_body, query, padded, mask)
+            return pooled, scores.reshape(-1).index_select(0, flat)
+        return self._run(TargetAttention._packed_body, query, keys, rows)
 
-    def _packed(self, query: torch.Tensor, keys: torch.Tensor,
-                rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.bf16:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                pooled, scores = self._packed_body(query, keys, rows)
-            return pooled.float(), scores.float()
-        return self._packed_body(query, keys, rows)
+    def _run(self, body, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``body(self, *args)``, compiled and under bf16 autocast when the flags say so."""
+        fast = _compiled(body) if self.compiled else None
+        return (fast or _autocast)(body, self, *args)
+
+    def _dense_body(self, query: torch.Tensor, keys: torch.Tensor,
+                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``keys (B, L, D)``, every position valid or those of ``mask (B, L)`` (1.0 / 0.0; padding
+        keys are 0). The first layer per sample is one ``(L, D) @ (D, h1)`` product with ``W_k +
+        diag(q) W_p``: half the FLOPs of ``[k, q * k] @ [W_k W_p]`` and no ``(B L, 2D)`` input."""
+        d = self.dim                                  # a constant to torch.compile: static slices
+        w = self.kp_proj.weight                                            # (h1, 2D)
+        m = w[:, :d].t() + query.unsqueeze(2) * w[:, d:].t()               # (B, D, h1)
+        h = torch.baddbmm(self.q_proj(query).unsqueeze(1), keys, m)        # (B, L, h1)
+        scores = self.score(self.act(h)).squeeze(-1)                       # (B, L)
+        if mask is not None:
+            scores = scores * mask
+        pooled = (scores.unsqueeze(-1) * keys).sum(1)
+        if self.pool == "mean":
+            pooled = pooled / (keys.shape[1] if mask is None else mask.sum(1, keepdim=True).clamp(min=1))
+        return pooled, scores
 
     def _packed_body(self, query: torch.Tensor, keys: torch.Tensor,
                      rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,16 +278,53 @@ class TargetAttention(nn.Module):
         return self.forward_dense(query, keys, mask)[0]
 
 
+def _autocast(body, module: TargetAttention, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if module.bf16:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            pooled, scores = body(module, *args)
+        return pooled.float(), scores.float()
+    return body(module, *args)
+
+
 @functools.cache
-def _compiled_packed():
-    """``TargetAttention._packed`` through ``torch.compile`` (dynamic shapes: any batch and ``nnz``),
-    or None when no C++ compiler is found (inductor needs one on a CPU)."""
+def _compiled(body):
+    """``_autocast(body, ...)`` through ``torch.compile`` (dynamic shapes: any batch, history length
+    and ``nnz``), or None when no C++ compiler is found (inductor needs one on a CPU)."""
     from torch._inductor import config
 
     if shutil.which(config.cpp.cxx[-1] or "g++") is None:
         warnings.warn("TargetAttention.compiled: no C++ compiler found; running eagerly", stacklevel=3)
         return None
-    return torch.compile(TargetAttention._packed, dynamic=True)
+    # One frame holds every variant (3 bodies x bf16 or not x training or not x MAKE's unit): more
+    # than dynamo's default of 8 graphs per frame, after which it would run the rest eagerly.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    return torch.compile(_autocast, dynamic=True)
+
+
+def padded_layout(rows: torch.Tensor, batch: int, min_fill: float) -> tuple[torch.Tensor, int] | None:
+    """Where the packed positions go in a ``(batch, L_max)`` grid: ``(flat index (nnz,), L_max)``, when
+    ``rows`` is in :func:`pack` order and the valid positions fill at least ``min_fill`` of the grid;
+    else None."""
+    n = rows.numel()
+    if batch == 0 or n == 0 or min_fill > 1 or bool((rows[1:] < rows[:-1]).any()):
+        return None
+    counts = torch.bincount(rows, minlength=batch)
+    length = int(counts.max())
+    if n < min_fill * batch * length:
+        return None
+    starts = counts.cumsum(0) - counts
+    return rows * length + torch.arange(n) - starts.index_select(0, rows), length
+
+
+def uniform_length(rows: torch.Tensor, batch: int) -> int:
+    """L when the packed ``rows (nnz,)`` hold every sample of ``batch`` for exactly L consecutive
+    positions (``rows == [0]*L + [1]*L + ...``: full histories), else 0."""
+    n = rows.numel()
+    if batch == 0 or n == 0 or n % batch:
+        return 0
+    length = n // batch
+    ok = torch.equal(rows.view(batch, length), torch.arange(batch).unsqueeze(1).expand(batch, length))
+    return length if ok else 0
 
 
 def history_groups(mask: torch.Tensor, *hists: torch.Tensor,

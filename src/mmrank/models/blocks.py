@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrank.ctr.layers import MLP, ItemVectors, SimScore, SimTier, TargetAttention, packed_similarity
+from mmrank.ctr.layers import MLP, ItemVectors, SimScore, SimTier, TargetAttention, lookup, packed_similarity
 
 # ---------------------------------------------------------------------------------------------------
 # Features
@@ -75,15 +75,15 @@ class IdFeatures(nn.Module):
         return self.dim * (1 + (self.user_emb is not None) + (self.pos_emb is not None))
 
     def target(self, item: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.item_emb(item), self.cat_emb(category)], dim=-1)
+        return torch.cat([lookup(self.item_emb, item), lookup(self.cat_emb, category)], dim=-1)
 
     def context(self, region: torch.Tensor, user: torch.Tensor | None = None,
                 position: torch.Tensor | None = None) -> list[torch.Tensor]:
-        parts = [self.region_emb(region)]
+        parts = [lookup(self.region_emb, region)]
         if self.user_emb is not None:
-            parts.append(self.user_emb(user))
+            parts.append(lookup(self.user_emb, user))
         if self.pos_emb is not None:
-            parts.append(self.pos_emb(position))
+            parts.append(lookup(self.pos_emb, position))
         return parts
 
     def id_parameters(self) -> list[nn.Parameter]:
