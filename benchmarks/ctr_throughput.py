@@ -17,7 +17,9 @@ attention's FLOPs with the fp32 roof for the rest), and DeepCTR-Torch's DIN.
 
 The roofline lines (``benchmarks/roofline.py``): the fp32 matmul roof and memory bandwidth measured at
 the start of the run, the model's matmul FLOPs per sample (forward + backward for training), and the
-share of the compute limit each throughput reaches.
+share of the compute limit each throughput reaches. Below them, the model's own matmuls replayed alone
+at their shapes and dtypes: the share of the limit those reach bounds what any fusion of the work
+around them could reach.
 
 Needs the ``bench`` extra (deepctr-torch==0.3.0).
 """
@@ -37,7 +39,7 @@ from mmrank.ctr.layers import ItemVectors
 from mmrank.ctr.models import CtrConfig, CtrModel, ModelSizes
 from mmrank.ctr.trainer import TrainConfig, _optimizer, _step, predict
 from mmrank.data.schemas import CTR_SAMPLES
-from roofline import count_flops, machine, machine_line, roofline_line
+from roofline import count_flops, machine, machine_line, matmul_seconds, matmul_shapes, roofline_line
 
 L, EMB, BATCH = 50, 16, 1024
 
@@ -155,22 +157,40 @@ class DeepCtrRunner:
         self.infer_s += time.perf_counter() - t0
 
 
-def din_flops(runner: "MmrankRunner") -> tuple[float, float]:
-    """Matmul FLOPs per sample of mmrank's DIN on the first batch: (train step, inference)."""
+def din_steps(runner: "MmrankRunner") -> tuple[object, object, int]:
+    """A training step and an inference call of mmrank's DIN on the first batch, and its size."""
     batch = next(iter(iter_batches(runner.enc, np.arange(min(BATCH, len(runner.enc))), BATCH,
                                    shuffle=False)))
-    n = len(batch["label"])
-    runner.model.train()
 
-    def step() -> None:
+    def train() -> None:
+        runner.model.train()
         F.binary_cross_entropy_with_logits(runner.model(batch)["logit"], batch["label"]).backward()
+        runner.model.zero_grad(set_to_none=True)
 
-    train = count_flops(step)
-    runner.model.zero_grad(set_to_none=True)
-    runner.model.eval()
-    with torch.no_grad():
-        infer = count_flops(lambda: runner.model(batch))
-    return train / n, infer / n
+    def infer() -> None:
+        runner.model.eval()
+        with torch.no_grad():
+            runner.model(batch)
+
+    return train, infer, len(batch["label"])
+
+
+def din_flops(runner: "MmrankRunner") -> tuple[float, float]:
+    """Matmul FLOPs per sample of mmrank's DIN on the first batch: (train step, inference)."""
+    train, infer, n = din_steps(runner)
+    return count_flops(train) / n, count_flops(infer) / n
+
+
+def matmuls_alone(runner: "MmrankRunner") -> tuple[float, float]:
+    """Samples/s of the model's matmuls alone, replayed at their shapes and dtypes (the eager graph's:
+    the compiled one runs the same matmuls): (train step, inference)."""
+    att = runner.model.interest.attention
+    compiled, att.compiled = att.compiled, False
+    try:
+        train, infer, n = din_steps(runner)
+        return n / matmul_seconds(matmul_shapes(train)), n / matmul_seconds(matmul_shapes(infer))
+    finally:
+        att.compiled = compiled
 
 
 def attention_flops(runner: "MmrankRunner") -> tuple[tuple[float, float], tuple[float, float]]:
@@ -302,6 +322,11 @@ def main() -> None:
             (f_tr, f_inf), roof_tr, roof_inf, prec = din_flops(runners[name]), roofs["fp32"], roofs["fp32"], "fp32"
         print(roofline_line(f"{name} DIN train", mm_tr, f_tr, roof_tr, prec))
         print(roofline_line(f"{name} DIN inference", mm_inf, f_inf, roof_inf, prec))
+        alone_tr, alone_inf = matmuls_alone(runners[name])
+        print(f"  its matmuls alone, replayed at their own shapes: train {alone_tr:,.0f} samples/s "
+              f"({alone_tr * f_tr / 1e9 / roof_tr:.0%} of the limit), inference {alone_inf:,.0f} samples/s "
+              f"({alone_inf * f_inf / 1e9 / roof_inf:.0%}); the measured step reaches {mm_tr / alone_tr:.0%} / "
+              f"{mm_inf / alone_inf:.0%} of that")
         if dc is not None:
             print(f"ratio {name} / DeepCTR-Torch: train {mm_tr / dc[0]:.2f}x   inference "
                   f"{mm_inf / dc[1]:.2f}x (issue 13's targets: train >= 2.5x, inference >= 3x)")

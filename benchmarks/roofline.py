@@ -7,6 +7,8 @@ reaches (imported by the other benchmarks; run alone it prints the machine's fig
 * ``count_flops(fn)``: the FLOPs ``fn()`` runs, as ``torch.utils.flop_counter`` counts them (matmuls,
   convolutions and attention; gathers, element-wise work and optimiser updates count 0, so the limit
   is the compute roof of the matmuls the model needs, an upper bound on the samples/s it can reach).
+* ``matmul_shapes(fn)`` / ``matmul_seconds(shapes)``: the matmuls ``fn()`` runs, replayed alone at
+  their own shapes: the share of the roof those shapes reach bounds the share the whole path can.
 * ``roofline_line(...)``: "limit = roof / FLOPs per sample; reached = measured / limit".
 
     python benchmarks/roofline.py [--threads 2]
@@ -54,6 +56,46 @@ def count_flops(fn: Callable[[], object]) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
     return int(counter.get_total_flops())
+
+
+_MATMULS = {"mm", "addmm", "bmm", "baddbmm"}
+
+
+def matmul_shapes(fn: Callable[[], object]) -> list[tuple[str, tuple, torch.dtype]]:
+    """The matmuls ``fn()`` runs (name, input shapes, dtype), as the dispatcher sees them (compiled
+    graphs included: their extern matmuls are aten calls too)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: list[tuple[str, tuple, torch.dtype]] = []
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            name = func.overloadpacket.__name__
+            if name in _MATMULS:
+                ts = [a for a in args if isinstance(a, torch.Tensor)]
+                seen.append((name, tuple(tuple(t.shape) for t in ts), ts[-1].dtype))
+            return func(*args, **(kwargs or {}))
+
+    with Spy():
+        fn()
+    return seen
+
+
+def matmul_seconds(shapes: list[tuple[str, tuple, torch.dtype]], repeats: int = 5) -> float:
+    """Best-of-``repeats`` seconds to run those matmuls back to back on fresh operands of the same
+    shapes and dtypes: what the model's matmuls cost at their own (often small) shapes, the time no
+    fusion of the work around them can go below."""
+    ops = {"mm": torch.mm, "addmm": torch.addmm, "bmm": torch.bmm, "baddbmm": torch.baddbmm}
+    calls = [(ops[name], [torch.randn(s).to(dtype) for s in dims]) for name, dims, dtype in shapes]
+    for op, xs in calls:
+        op(*xs)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for op, xs in calls:
+            op(*xs)
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
 def machine(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)) -> dict[str, float]:
