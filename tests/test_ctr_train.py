@@ -161,6 +161,11 @@ def test_compare_train_and_predict_end_to_end(tmp_path):
     assert abs(evaluate(data, s)["auc"] - metrics["auc"]) < 1e-9
     r = CliRunner().invoke(app, ["ctr", "train", "--run", str(run), "--strategy", "nope"])
     assert r.exit_code != 0
+    # the MAKE curve and Figure 3 load the representations even when only the ID model is compared
+    only_id = compare(run, seeds=1, strategies=("id",), make_epochs=1, curve=(0,), cfg=SMALL,
+                      progress=False, train_cfg=TrainConfig(batch_size=512), epochs_curve=1, plots=False)
+    assert [c["epochs"] for c in only_id["make_epochs_curve"]] == [0]
+    assert [c["epochs"] for c in only_id["epochs_curve"]] == [1]
 
 
 @pytest.mark.parametrize("mode", ["freeze", "finetune"])

@@ -63,7 +63,8 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = STRATEGI
     t0 = time.perf_counter()
     cfg = cfg or CtrConfig()
     tcfg = train_cfg or TrainConfig()
-    data = data or load_run(run, with_vectors=any(s != "id" for s in strategies))
+    multimodal = any(s != "id" for s in strategies) or bool(curve) or epochs_curve > 0  # MAKE needs them
+    data = data or load_run(run, with_vectors=multimodal)
     data.limit_train(max_train_rows)
     per: dict[str, list[dict]] = {s: [] for s in strategies}
     curve_res: dict[int, list[dict]] = {}
