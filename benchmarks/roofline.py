@@ -62,8 +62,8 @@ _MATMULS = {"mm", "addmm", "bmm", "baddbmm"}
 
 
 def matmul_shapes(fn: Callable[[], object]) -> list[tuple[str, tuple, torch.dtype]]:
-    """The matmuls ``fn()`` runs (name, input shapes, dtype), as the dispatcher sees them (compiled
-    graphs included: their extern matmuls are aten calls too)."""
+    """The matmuls ``fn()`` runs (name, input shapes, dtype), as the dispatcher sees them (after
+    autocast: bf16 matmuls are seen in bf16)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     seen: list[tuple[str, tuple, torch.dtype]] = []
