@@ -168,6 +168,10 @@ def test_lookup_gives_nn_embedding_values_and_gradients(sparse, with_padding):
     assert emb.weight.grad.is_sparse == sparse and torch.all(grads[1][1][0] == 0)
     with torch.no_grad():
         assert lookup(emb, ids).grad_fn is None
+    by_freq = torch.nn.Embedding(30, 4, padding_idx=0, scale_grad_by_freq=True)  # dense only (torch)
+    lookup(by_freq, ids).sum().backward()                             # nn.Embedding's own scaling
+    want = torch.autograd.grad(by_freq(ids).sum(), by_freq.weight)[0]
+    torch.testing.assert_close(by_freq.weight.grad.to_dense(), want.to_dense())
 
 
 def test_mlp_hidden_outputs():

@@ -53,8 +53,10 @@ def lookup(emb: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     (dense tables) or hands them over as they are (sparse tables) instead of ``nn.Embedding``'s: at
     51,200 lookups ``embedding_dense_backward`` takes 4x as long on a CPU, and the sparse backward
     filters out the padding id with a boolean index even when the batch holds none. Same gradients
-    (tested); the padding row's stays 0."""
-    if not (torch.is_grad_enabled() and emb.weight.requires_grad) or emb.max_norm is not None:
+    (tested); the padding row's stays 0. Tables with ``max_norm`` or ``scale_grad_by_freq`` keep
+    ``nn.Embedding``'s own path."""
+    if (not (torch.is_grad_enabled() and emb.weight.requires_grad) or emb.max_norm is not None
+            or emb.scale_grad_by_freq):
         return emb(ids)
     return _Lookup.apply(emb.weight, ids, emb.padding_idx, emb.sparse)
 
