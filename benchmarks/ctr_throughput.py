@@ -27,6 +27,7 @@ Needs the ``bench`` extra (deepctr-torch==0.3.0).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import numpy as np
@@ -181,16 +182,22 @@ def din_flops(runner: "MmrankRunner") -> tuple[float, float]:
     return count_flops(train) / n, count_flops(infer) / n
 
 
-def matmuls_alone(runner: "MmrankRunner") -> tuple[float, float]:
-    """Samples/s of the model's matmuls alone, replayed at their shapes and dtypes (the eager graph's:
-    the compiled one runs the same matmuls): (train step, inference)."""
-    att = runner.model.interest.attention
+@contextlib.contextmanager
+def eager(att):  # noqa: ANN001
+    """The attention unit run eagerly inside the block: the compiled graph runs the same matmuls."""
     compiled, att.compiled = att.compiled, False
     try:
-        train, infer, n = din_steps(runner)
-        return n / matmul_seconds(matmul_shapes(train)), n / matmul_seconds(matmul_shapes(infer))
+        yield att
     finally:
         att.compiled = compiled
+
+
+def matmuls_alone(runner: "MmrankRunner") -> tuple[float, float]:
+    """Samples/s of the model's matmuls alone, replayed at their shapes and dtypes (the eager graph's):
+    (train step, inference)."""
+    with eager(runner.model.interest.attention):
+        train, infer, n = din_steps(runner)
+        return n / matmul_seconds(matmul_shapes(train)), n / matmul_seconds(matmul_shapes(infer))
 
 
 def attention_flops(runner: "MmrankRunner") -> tuple[tuple[float, float], tuple[float, float]]:
@@ -211,13 +218,10 @@ def attention_flops(runner: "MmrankRunner") -> tuple[tuple[float, float], tuple[
         del att.forward_packed
     q, k, rows = (a.detach() for a in seen["args"][:3])
     n = q.shape[0]
-    compiled, att.compiled = att.compiled, False  # count the eager graph: same matmuls
-    try:
+    with eager(att):                              # count the eager graph: same matmuls
         train = count_flops(lambda: att.forward_packed(q.requires_grad_(), k.requires_grad_(), rows)[0].sum().backward())
         with torch.no_grad():
             infer = count_flops(lambda: att.forward_packed(q, k, rows))
-    finally:
-        att.compiled = compiled
     return whole, (train / n, infer / n)
 
 
