@@ -260,6 +260,72 @@ def test_queue_tensor_with_grad_gets_the_reference_gradient():
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
 
 
+def _count_running_max(monkeypatch):
+    """Count the calls of the queue term's running-max pass (its fallback)."""
+    import mmrank.pretrain.losses as losses
+
+    calls = []
+    real = losses._running_max_pass
+    monkeypatch.setattr(losses, "_running_max_pass", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def test_queue_fixed_shift_equals_running_max_and_is_the_path_taken(monkeypatch):
+    """Unit keys: the one-pass fixed shift is taken (no fallback) and gives the running max's
+    values and gradients, also at the largest scale (100) with a logQ bias."""
+    import mmrank.pretrain.losses as losses
+
+    calls = _count_running_max(monkeypatch)
+    b, dim = 6, 16
+    queue = MomentumQueue(dim, 300)
+    queue.enqueue(_unit(300, dim, seed=11), torch.arange(300) % 17)
+    ids = torch.arange(b)
+    log_q = torch.log_softmax(torch.randn(17, generator=torch.Generator().manual_seed(2)) * 2, 0)
+    for tau in (0.07, 0.01):
+        loss = InfoNCELoss(init_temperature=tau, nested_dims=(8, 16))
+        loss.chunk = 64
+        want = _grads(lambda qq, kk: _dense_reference(loss, qq, kk, torch.arange(b), queue.keys, ids, ids,
+                                                       queue.ids, queue.valid, log_q), loss,
+                      _unit(b, dim, seed=12), _unit(b, dim, seed=13))
+        got = _grads(lambda qq, kk: loss(qq, kk, queue=queue, q_ids=ids, k_ids=ids, log_q=log_q), loss,
+                     _unit(b, dim, seed=12), _unit(b, dim, seed=13))
+        _assert_same(got, want)
+    assert calls == []                                               # the fast path, every time
+    x = _unit(b, dim, seed=14) * 30
+    blocks = losses._blocks(300, 64, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    buf = x.new_empty(b * 64)
+    z, o = losses._exp_pass(x, queue.keys, None, blocks, buf, torch.zeros(b), True)
+    top, z_max, o_max = losses._running_max_pass(x, queue.keys, None, blocks, buf, True)
+    torch.testing.assert_close(z.log(), top + z_max.log(), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(o / z[:, None], o_max / z_max[:, None], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["overflow", "underflow"])
+def test_queue_fixed_shift_falls_back_when_a_row_leaves_range(monkeypatch, case):
+    """Keys far from unit length overflow the fixed shift's exps; at scale 100 a query with every
+    key pointing away underflows them. Both are detected and redone with the running max:
+    values and gradients equal the dense reference."""
+    calls = _count_running_max(monkeypatch)
+    b, dim = 4, 8
+    q, k = _unit(b, dim, seed=21), _unit(b, dim, seed=22)
+    if case == "overflow":
+        queue, tau = _unit(40, dim, seed=23) * 30.0, 0.05                # logits up to 600
+    else:                                                            # cosines near -1: logits near -100
+        e = _unit(1, dim, seed=24)
+        q = F.normalize(e + 0.05 * _unit(b, dim, seed=25), dim=-1)
+        queue, tau = F.normalize(-e + 0.05 * _unit(40, dim, seed=26), dim=-1), 0.01
+    ids, queue_ids = torch.arange(b), torch.arange(40) + 100
+    valid = torch.ones(40, dtype=torch.bool)
+    loss = InfoNCELoss(init_temperature=tau, max_scale=100.0)
+    loss.chunk = 16
+    want = _grads(lambda qq, kk: _dense_reference(loss, qq, kk, torch.arange(b), queue, ids, ids,
+                                                   queue_ids, valid), loss, q, k)
+    got = _grads(lambda qq, kk: loss(qq, kk, queue=queue, q_ids=ids, k_ids=ids, queue_ids=queue_ids,
+                                     queue_valid=valid), loss, q, k)
+    _assert_same(got, want)
+    assert len(calls) == 1
+
+
 def test_queue_cache_follows_enqueue_load_and_inplace_edits():
     queue = MomentumQueue(dim=6, size=10)
     queue.enqueue(_unit(4, 6, seed=1), torch.tensor([4, 1, 3, 1]))

@@ -101,7 +101,8 @@ class _QueueLogSumExp(torch.autograd.Function):
     The queue's share of Eq. 1's denominator, in one pass over the queue and without a ``(B, n)``
     tensor, as flash attention does with its keys and values (here both are the queue). The forward
     walks the queue in blocks of ``chunk`` keys; each block's logits ``s = x @ y_c^T`` (B, c) stay in
-    cache: masked pairs set to ``-inf``, exponentiated against a running row max, summed into the
+    cache: masked pairs set to ``-inf``, exponentiated against a per-row shift (fixed from the
+    logits' bound when the keys are unit vectors, else a running row max), summed into the
     running denominator and, when ``x`` wants a gradient, multiplied into the running
     ``sum_j exp(s_j) y_j``. That sum over the denominator is the gradient's direction
     ``softmax(s) @ y``, so the backward is ``grad x = g * (softmax(s) @ y)``: the same two matmuls as
@@ -116,21 +117,22 @@ class _QueueLogSumExp(torch.autograd.Function):
                 chunk: int, bias: torch.Tensor | None = None) -> torch.Tensor:
         b, n = x.shape[0], y.shape[0]
         blocks = _blocks(n, chunk, rows, cols)
-        top = x.new_full((b,), float("-inf"))                            # running row max
-        z = x.new_zeros(b)                                               # running denominator
-        o = x.new_zeros(b, x.shape[1]) if ctx.needs_input_grad[0] else None
+        want_o = ctx.needs_input_grad[0]
         buf = x.new_empty(b * min(chunk, n))
-        for c0, w, r, k in blocks:
-            s = _block_logits(x, y, bias, buf, c0, w, r, k)
-            new = torch.maximum(top, torch.amax(s, dim=1))
-            shift = torch.where(torch.isfinite(new), new, torch.zeros_like(new))  # all masked so far
-            s.sub_(shift[:, None]).exp_()
-            rescale = torch.exp(top - shift)
-            z.mul_(rescale).add_(s.sum(dim=1))
-            if o is not None:  # (not in-place addmm_, which torch.utils.flop_counter does not count)
-                o = torch.addmm(o.mul_(rescale[:, None]), s, y[c0:c0 + w])
-            top = new
-        lse = top + z.log()
+        # Cosine logits are bounded: with unit keys (the queue's normalised prefixes) |x_i . y_j| <=
+        # |x_i|, so one shift per row fixed in advance keeps every exp in range, and a block needs
+        # no running max (two passes over it fewer). Checked after the pass: a row whose sum
+        # overflowed or underflowed (keys far from unit length, or at a scale near 100 no key
+        # close to the query) is redone with the running max.
+        bound = x.norm(dim=1) + (bias.max() if bias is not None and bias.numel() else 0.0)
+        shift = (bound - _EXP_HEADROOM).clamp(min=0.0)
+        z, o = _exp_pass(x, y, bias, blocks, buf, shift, want_o)
+        in_range = (z > _MIN_SUM) & torch.isfinite(z)
+        if rows.numel():
+            in_range |= torch.bincount(rows, minlength=b) >= n           # every key masked: z = 0
+        if not bool(in_range.all()) or (o is not None and not bool(torch.isfinite(o).all())):
+            shift, z, o = _running_max_pass(x, y, bias, blocks, buf, want_o)
+        lse = shift + z.log()
         p_y = torch.where(z[:, None] > 0, o / z[:, None], 0.0) if o is not None else None
         # The queue itself is kept only for its own gradient: with a detached queue, keys enqueued
         # between this forward and its backward change nothing (the gradient is of the keys used).
@@ -155,6 +157,52 @@ class _QueueLogSumExp(torch.autograd.Function):
                 p = s.sub_(lse[:, None]).exp_().nan_to_num_(nan=0.0)     # softmax; 0 on masked rows
                 torch.mm(p.t(), gx_rows, out=gy[c0:c0 + w])
         return gx, gy, None, None, None, None
+
+
+_EXP_HEADROOM = 60.0   # exp(60) * 196,800 keys stays far below fp32's max (3.4e38)
+_MIN_SUM = 1e-20       # a row sum below this may have lost its terms to underflow: redo the row
+
+
+def _exp_pass(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor | None, blocks: list,
+              buf: torch.Tensor, shift: torch.Tensor,
+              want_o: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(z, o)``: ``z_i = sum_j exp(s_ij - shift_i)`` and, if ``want_o``,
+    ``o_i = sum_j exp(s_ij - shift_i) y_j``, with a per-row shift fixed in advance
+    (:class:`_QueueLogSumExp` checks that it kept the sums in range)."""
+    b = x.shape[0]
+    z = x.new_zeros(b)
+    o = x.new_zeros(b, x.shape[1]) if want_o else None
+    for c0, w, r, k in blocks:
+        s = _block_logits(x, y, bias, buf, c0, w, r, k)
+        if bool(shift.any()):
+            s.sub_(shift[:, None])
+        s.exp_()
+        z.add_(s.sum(dim=1))
+        if o is not None:  # (not in-place addmm_, which torch.utils.flop_counter does not count)
+            o = torch.addmm(o, s, y[c0:c0 + w])
+    return z, o
+
+
+def _running_max_pass(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor | None, blocks: list,
+                      buf: torch.Tensor,
+                      want_o: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(top, z, o)`` as :func:`_exp_pass` with ``shift = top``, the row max, kept as a running max
+    (each block's exps taken against it and the earlier sums rescaled): safe for any logits."""
+    b = x.shape[0]
+    top = x.new_full((b,), float("-inf"))
+    z = x.new_zeros(b)
+    o = x.new_zeros(b, x.shape[1]) if want_o else None
+    for c0, w, r, k in blocks:
+        s = _block_logits(x, y, bias, buf, c0, w, r, k)
+        new = torch.maximum(top, torch.amax(s, dim=1))
+        shift = torch.where(torch.isfinite(new), new, torch.zeros_like(new))  # all masked so far
+        s.sub_(shift[:, None]).exp_()
+        rescale = torch.exp(top - shift)
+        z.mul_(rescale).add_(s.sum(dim=1))
+        if o is not None:
+            o = torch.addmm(o.mul_(rescale[:, None]), s, y[c0:c0 + w])
+        top = new
+    return top, z, o
 
 
 def _blocks(n: int, chunk: int, rows: torch.Tensor, cols: torch.Tensor) -> list:
