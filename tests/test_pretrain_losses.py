@@ -184,6 +184,16 @@ def _assert_same(got, want):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def _check_plain_queue(loss, q, k, queue, ids, queue_ids, valid):
+    """The loss with a plain tensor queue (``ids``: each query's and in-batch key's item) against
+    the dense reference: values and gradients."""
+    want = _grads(lambda qq, kk: _dense_reference(loss, qq, kk, torch.arange(q.shape[0]), queue, ids,
+                                                   ids, queue_ids, valid), loss, q, k)
+    got = _grads(lambda qq, kk: loss(qq, kk, queue=queue, q_ids=ids, k_ids=ids, queue_ids=queue_ids,
+                                     queue_valid=valid), loss, q, k)
+    _assert_same(got, want)
+
+
 @pytest.mark.parametrize("nested", [(4, 8, 16), ()])
 @pytest.mark.parametrize("filled", [37, 50, 130])  # partly filled, full, wrapped around
 def test_queue_fast_path_matches_dense_reference(nested, filled):
@@ -228,18 +238,9 @@ def test_queue_fast_path_wholly_masked_rows_and_scattered_slots():
     valid = torch.tensor([True, True, True, True, False, True, True, False, True])
     loss = InfoNCELoss(init_temperature=0.1, nested_dims=(4, 8))
     loss.chunk = 2
-    want = _grads(lambda qq, kk: _dense_reference(loss, qq, kk, torch.arange(b), queue, ids, ids,
-                                                   queue_ids, valid), loss, q, k)
-    got = _grads(lambda qq, kk: loss(qq, kk, queue=queue, q_ids=ids, k_ids=ids, queue_ids=queue_ids,
-                                     queue_valid=valid), loss, q, k)
-    _assert_same(got, want)
+    _check_plain_queue(loss, q, k, queue, ids, queue_ids, valid)
     only3 = torch.full((9,), 3)                                      # rows 0, 1: all queue keys masked
-    all_valid = torch.ones(9, dtype=torch.bool)
-    want = _grads(lambda qq, kk: _dense_reference(loss, qq, kk, torch.arange(b), queue, ids, ids,
-                                                   only3, all_valid), loss, q, k)
-    got = _grads(lambda qq, kk: loss(qq, kk, queue=queue, q_ids=ids, k_ids=ids, queue_ids=only3,
-                                     queue_valid=all_valid), loss, q, k)
-    _assert_same(got, want)
+    _check_plain_queue(loss, q, k, queue, ids, only3, torch.ones(9, dtype=torch.bool))
 
 
 def test_queue_tensor_with_grad_gets_the_reference_gradient():
@@ -318,11 +319,7 @@ def test_queue_fixed_shift_falls_back_when_a_row_leaves_range(monkeypatch, case)
     valid = torch.ones(40, dtype=torch.bool)
     loss = InfoNCELoss(init_temperature=tau, max_scale=100.0)
     loss.chunk = 16
-    want = _grads(lambda qq, kk: _dense_reference(loss, qq, kk, torch.arange(b), queue, ids, ids,
-                                                   queue_ids, valid), loss, q, k)
-    got = _grads(lambda qq, kk: loss(qq, kk, queue=queue, q_ids=ids, k_ids=ids, queue_ids=queue_ids,
-                                     queue_valid=valid), loss, q, k)
-    _assert_same(got, want)
+    _check_plain_queue(loss, q, k, queue, ids, queue_ids, valid)
     assert len(calls) == 1
 
 
