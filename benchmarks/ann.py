@@ -98,7 +98,7 @@ def bench(n: int, dim: int, n_queries: int, seed: int, kind: str) -> dict:
             "speedup_single": round(idx_single / flat_single, 1)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="200000,1000000")
     p.add_argument("--dim", type=int, default=128)
@@ -107,7 +107,7 @@ def main() -> None:
     p.add_argument("--gaussian", action="store_true",
                    help="also i.i.d. Gaussian vectors (the worst case), at the smallest size")
     p.add_argument("--json", action="store_true")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     print(f"threads={faiss.omp_get_max_threads()} cpus={os.cpu_count()} "
           f"load={os.getloadavg()[0]:.1f} (a shared machine: absolute figures are noisy, the ratios "
           f"less so)", flush=True)

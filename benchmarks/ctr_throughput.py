@@ -268,7 +268,7 @@ def simtier_step_times(enc, space, n_rows: int, dim: int, n_tiers: int = 20, chu
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--items", type=int, default=100_000)
@@ -283,7 +283,7 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=10, help="turns the models take (interleaved timing)")
     ap.add_argument("--simtier-rows", type=int, default=200_000)
     ap.add_argument("--vec-dim", type=int, default=128)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     roofs = machine()
     print(machine_line(roofs))

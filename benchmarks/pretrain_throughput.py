@@ -26,6 +26,7 @@ matmul FLOPs per pair (counted by ``torch.utils.flop_counter``) and the share of
 Usage::
 
     python benchmarks/pretrain_throughput.py [--steps 30] [--threads 2] [--no-reference]
+        [--sizes 4096,16384,65536,196800] [--items 20000] [--pairs 40000]
 """
 
 from __future__ import annotations
@@ -53,10 +54,15 @@ class DenseInfoNCE(InfoNCELoss):
     """The plain formulation (the code before the fast queue path), for the same-run comparison."""
 
     def forward(self, q, k, pos_index=None, queue=None, q_ids=None, k_ids=None, queue_ids=None,
-                queue_valid=None):
+                queue_valid=None, log_q=None):
         if isinstance(queue, MomentumQueue):
             queue, queue_ids, queue_valid = queue.keys, queue.ids, queue.valid
         b = q.shape[0]
+        k_bias = queue_bias = None
+        if log_q is not None:                       # logQ correction: every key's logit - log q[id]
+            k_bias = -log_q[k_ids]
+            if queue is not None:
+                queue_bias = -log_q[queue_ids.clamp(min=0)]
         if pos_index is None:
             pos_index = torch.arange(b)
         mask_k = None
@@ -74,10 +80,14 @@ class DenseInfoNCE(InfoNCELoss):
         def one(q, k, queue):
             scale = self.logit_scale.clamp(max=self.max_log_scale).exp()
             logits = (q @ k.t()) * scale
+            if k_bias is not None:
+                logits = logits + k_bias
             if mask_k is not None:
                 logits = logits.masked_fill(mask_k, float("-inf"))
             if queue is not None and queue.shape[0]:
                 lq = (q @ queue.t()) * scale
+                if queue_bias is not None:
+                    lq = lq + queue_bias
                 if mask_queue is not None:
                     lq = lq.masked_fill(mask_queue, float("-inf"))
                 logits = torch.cat([logits, lq], dim=1)
@@ -92,21 +102,24 @@ class DenseInfoNCE(InfoNCELoss):
 
 
 class FullQueue(MomentumQueue):
-    """A :class:`MomentumQueue` whose K slots are already filled (random unit keys, item rows 0..19,999:
-    the trainer names items by catalog row)."""
+    """A :class:`MomentumQueue` whose K slots are already filled (random unit keys, item rows
+    0..n_items-1: the trainer names items by catalog row)."""
+
+    n_items = 20_000
 
     def __init__(self, dim: int, size: int) -> None:
         super().__init__(dim, size)
         g = torch.Generator().manual_seed(size)
         self.enqueue(F.normalize(torch.randn(size, dim, generator=g), dim=-1),
-                     torch.randint(0, 20_000, (size,), generator=g))
+                     torch.randint(0, self.n_items, (size,), generator=g))
 
 
 @contextlib.contextmanager
-def full_queue():
-    """Run the trainer with :class:`FullQueue` in place of ``MomentumQueue``."""
+def full_queue(n_items: int = 20_000):
+    """Run the trainer with :class:`FullQueue` (ids of a catalog of ``n_items``) in place of
+    ``MomentumQueue``."""
     saved = train_module.MomentumQueue
-    train_module.MomentumQueue = FullQueue
+    train_module.MomentumQueue = type("FullQueue", (FullQueue,), {"n_items": n_items})
     try:
         yield
     finally:
@@ -162,23 +175,26 @@ def step_flops(cfg: PretrainConfig, data: tuple) -> float:
     return (count_flops(lambda: run(4)) - count_flops(lambda: run(2))) / 2
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="queue sizes K, comma-separated")
+    ap.add_argument("--items", type=int, default=20_000, help="items of the synthetic catalog")
+    ap.add_argument("--pairs", type=int, default=40_000, help="synthetic <query, item> pairs")
     ap.add_argument("--no-reference", action="store_true",
                     help="skip timing the dense (previous) loss formulation beside the new one")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    with full_queue():
+    with full_queue(args.items):
         run(args)
 
 
 def run(args: argparse.Namespace) -> None:
     roofs = machine()
     print(machine_line(roofs))
-    data = synthetic()
+    data = synthetic(args.items, args.pairs)
     base = PretrainConfig(batch_size=args.batch_size, epochs=1000, warmup_steps=0)
     t_none = step_seconds(base.model_copy(update={"variant": "scl-no-triplet-no-moco"}), data,
                           args.steps)
@@ -192,7 +208,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"{1:>10} {b / t_one:10.0f} {1000 * t_one:9.1f} {t_none / t_one:12.2f} {'-':>12} "
           f"{(t_one - t_none) / t_one:15.1%}")
     rooflines = []
-    for k in SIZES:
+    for k in (int(x) for x in args.sizes.split(",")):
         cfg = base.model_copy(update={"variant": "scl-no-triplet", "queue_size": k})
         t_k = step_seconds(cfg, data, args.steps)
         ref = "-"

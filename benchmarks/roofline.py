@@ -121,10 +121,10 @@ def roofline_line(name: str, rate: float, flops_per_unit: float, roof_gflops: fl
             f"{rate / limit:.1%} of it")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(machine_line(machine()))
 

@@ -1,0 +1,92 @@
+"""The speed benchmarks: their peers compute what they are timed against, and the scripts that need
+no prepared run (pretrain_throughput, ctr_throughput, ann, roofline) run at toy sizes. A peer that
+computes another loss, or a script that no longer runs, would make a printed ratio meaningless."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmrank.pretrain.losses import InfoNCELoss, MomentumQueue
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def pretrain_throughput(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import pretrain_throughput
+
+    return pretrain_throughput
+
+
+@pytest.mark.parametrize("log_q", [False, True])
+def test_dense_peer_computes_the_loss_it_is_timed_against(pretrain_throughput, log_q):
+    """``DenseInfoNCE`` (the previous formulation, timed beside the fast path) gives InfoNCELoss's
+    values and gradients with a momentum queue, same-id masking, nested dims and logQ."""
+    g = torch.Generator().manual_seed(0)
+    b, dim, n_items = 8, 16, 30
+    queue = MomentumQueue(dim, 40)
+    queue.enqueue(F.normalize(torch.randn(40, dim, generator=g), dim=-1),
+                  torch.randint(0, n_items, (40,), generator=g))
+    q0 = F.normalize(torch.randn(b, dim, generator=g), dim=-1)
+    k0 = F.normalize(torch.randn(b, dim, generator=g), dim=-1)
+    ids = torch.randint(0, n_items, (b,), generator=g)
+    lq = torch.log_softmax(torch.randn(n_items, generator=g), 0) if log_q else None
+    out = []
+    for cls in (InfoNCELoss, pretrain_throughput.DenseInfoNCE):
+        loss = cls(nested_dims=(8, 16))
+        loss.chunk = 16
+        q, k = q0.clone().requires_grad_(), k0.clone().requires_grad_()
+        terms = loss(q, k, queue=queue, q_ids=ids, k_ids=ids, log_q=lq)
+        sum(terms.values()).backward()
+        out.append(({n: v.item() for n, v in terms.items()}, q.grad, k.grad))
+    (fast, gq, gk), (dense, dq, dk) = out
+    assert fast == pytest.approx(dense, rel=1e-5)
+    torch.testing.assert_close(gq, dq, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gk, dk, rtol=1e-5, atol=1e-6)
+
+
+def test_pretrain_throughput_runs_with_its_reference(pretrain_throughput, capsys):
+    """The benchmark as the issue runs it (the dense peer included), at toy sizes."""
+    threads = torch.get_num_threads()
+    try:
+        pretrain_throughput.main(["--sizes", "64", "--steps", "1", "--batch-size", "16", "--items", "300",
+                                  "--pairs", "600", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    row = next(line.split() for line in out.splitlines() if line.split()[:1] == ["64"])
+    assert len(row) == 8 and row[-1].endswith("x")                  # the dense peer was timed
+    assert "roofline K=64:" in out and "% of it" in out
+
+
+def _run_script(monkeypatch, name: str, argv: list[str]) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    threads = torch.get_num_threads()
+    try:
+        __import__(name).main(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_ctr_throughput_runs_small(monkeypatch, capsys):
+    """mmrank's DIN runner, its roofline and matmul-only lines, and the SimTier step times, at toy
+    sizes (DeepCTR-Torch and torch.compile left out: an optional extra, and a slow first call)."""
+    _run_script(monkeypatch, "ctr_throughput", [
+        "--rows", "2048", "--items", "500", "--users", "500", "--cats", "20", "--skip-deepctr",
+        "--no-compile", "--simtier-rows", "1024", "--warmup", "1024", "--chunks", "2", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "roofline mmrank DIN train:" in out and "roofline mmrank DIN inference:" in out
+    assert "its matmuls alone, replayed at their own shapes" in out
+    assert "+SimTier from pipeline (the default)" in out
+
+
+def test_ann_and_roofline_run_small(monkeypatch, capsys):
+    _run_script(monkeypatch, "ann", ["--sizes", "2000", "--queries", "20"])
+    _run_script(monkeypatch, "roofline", ["--threads", "1"])
+    out = capsys.readouterr().out
+    assert "recall@10=" in out and "machine (1 threads): matmul fp32" in out
