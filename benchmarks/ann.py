@@ -10,6 +10,12 @@ intrinsic dimension; i.i.d. Gaussian vectors, the worst case for any ANN index, 
 --gaussian). Queries come from the same distribution and are never in the index; efSearch is tuned
 at build on a separate set of queries than the one measured here.
 
+Roofline (``benchmarks/roofline.py``), for the flat peer's batch, whose work is known: ``2 n d``
+FLOPs a query, against the fp32 matmul roof on FAISS's threads. The chosen index's work (graph or
+list traversal inside FAISS) is not counted, nor is one query at a time: its bound is the bandwidth
+of whichever cache level holds the index (the machine it was written on has a 480 MB L3), which the
+benchmark does not measure.
+
 Usage::
 
     python benchmarks/ann.py                      # 200k and 1M
@@ -25,6 +31,8 @@ import time
 
 import faiss
 import numpy as np
+import torch
+from roofline import machine, machine_line, roofline_line
 
 from mmrank.store.ann import AnnConfig, AnnIndex, recall_at_k
 
@@ -111,6 +119,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"threads={faiss.omp_get_max_threads()} cpus={os.cpu_count()} "
           f"load={os.getloadavg()[0]:.1f} (a shared machine: absolute figures are noisy, the ratios "
           f"less so)", flush=True)
+    torch.set_num_threads(faiss.omp_get_max_threads())
+    roofs = machine(dtypes=(torch.float32,))
+    print(machine_line(roofs), flush=True)
     rows = []
     sizes = [int(s) for s in args.sizes.split(",")]
     for n in sizes:
@@ -123,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"build {c['build_s']:7.1f}s  {c['qps_batch']:9.1f} q/s (1-by-1 "
                   f"{c['qps_single']:8.1f})  recall@10={c['recall_at_10']:.4f}  "
                   f"speedup x{r['speedup_batch']} (1-by-1 x{r['speedup_single']})", flush=True)
+            print(roofline_line(f"flat batch n={n:,}", f["qps_batch"], 2 * n * args.dim, roofs["fp32"],
+                                unit="queries"))
     big = max((r for r in rows if r["data"] == "embedding-like"), key=lambda r: r["n"])
     ok = big["chosen"]["recall_at_10"] >= 0.95 and big["speedup_batch"] >= 5
     print(f"target at n={big['n']:,}: recall@10 >= 0.95 at >= 5x flat q/s: "

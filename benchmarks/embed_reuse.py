@@ -7,6 +7,11 @@ the run whose ``R/features/`` holds pre-training's cache, the re-encoding path i
 table writes and the ANN index) and items/s of both, their ratio, and the largest difference between
 the two tables' vectors (the goal: identical to 1e-5).
 
+Roofline (``benchmarks/roofline.py``): the fp32 matmul roof measured at the start of the run (the
+encoders run in fp32), each path's FLOPs per item (convolutions and matmuls, counted by
+``torch.utils.flop_counter`` on the first 16 items) and the share of the limit its items/s reach.
+Decoding and resizing the photos count 0 FLOPs, so the re-encoding path's share is low by nature.
+
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/embed_reuse.py --run R [--threads 2]
 """
 
@@ -19,6 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from roofline import count_flops, machine, machine_line, roofline_line
 
 
 def _shadow(run: Path, dst: Path, features: bool) -> Path:
@@ -47,11 +54,33 @@ def _embed(run: Path, reuse: bool, threads: int) -> tuple[float, np.ndarray, np.
         table.close()
 
 
-def main() -> None:
+def flops_per_item(run: Path, n: int = 16) -> tuple[float, float | None]:
+    """FLOPs per item of ``(re-encoding, the heads on cached backbone outputs)``, counted on the first
+    ``n`` items of the catalog (None: the run has no usable cache)."""
+    from mmrank.data.io import iter_items
+    from mmrank.store.ingest import load_encoder
+
+    encoder = load_encoder(run)
+    batch = next(iter_items(run / "data" / "items.parquet", ["item_id", "title"], batch_size=n))
+    titles, images = batch.column("title").to_pylist(), batch.column("image").to_pylist()
+    full = count_flops(lambda: encoder.encode_items(titles, images)) / len(titles)
+    cached = encoder.cached_item_features(run)
+    if cached is None:
+        return full, None
+    heads = count_flops(lambda: encoder.encode_item_features(cached[1][:n], cached[2][:n]))
+    return full, heads / len(cached[1][:n])
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", type=Path, required=True, help="a run after `mmrank pretrain`")
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    from mmrank.threads import configure
+
+    configure(args.threads)
+    roofs = machine(dtypes=(torch.float32,))
+    print(machine_line(roofs))
     with tempfile.TemporaryDirectory(dir=args.run.parent) as tmp:
         cached = _shadow(args.run, Path(tmp) / "cached", features=True)
         fresh = _shadow(args.run, Path(tmp) / "fresh", features=False)
@@ -68,6 +97,10 @@ def main() -> None:
               f"{s_c['from_cache']:,} items from R/features/)")
         print(f"speed-up {t_f / t_c:.1f}x (goal >= 5x); max |difference| {diff:.2e} (goal <= 1e-5); "
               f"same ids: {same_ids}")
+        f_full, f_heads = flops_per_item(cached)
+        print(roofline_line("re-encoding", n / t_f, f_full, roofs["fp32"], unit="items"))
+        if f_heads is not None:
+            print(roofline_line("from cache", n / t_c, f_heads, roofs["fp32"], unit="items"))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ the default towers (efficientnet-lite0 + all-MiniLM-L6-v2, frozen) -- latency do
 long the heads were trained -- and its catalog embedded. The new items are the photos and titles of a
 second market (another seed), under fresh ids. ``--run R`` uses an existing run with an encoder.
 
+Roofline (``benchmarks/roofline.py``): the fp32 matmul roof on the benchmark's threads, measured at
+the start of the run, the encoder's FLOPs per item (counted on one item by ``torch.utils.flop_counter``)
+and the share of that limit reached by the ingest rate and by the encoding alone (at its p50).
+
 Usage::
 
     python benchmarks/ingest_latency.py [--items 1000] [--run R] [--variant off-the-shelf]
@@ -27,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from roofline import count_flops, machine, machine_line, roofline_line
 
 
 def prepare(run: Path, variant: str) -> None:
@@ -53,7 +58,7 @@ def new_items(tmp: Path, n: int, id_offset: int) -> list[dict]:
                                      t.column("image").to_pylist())][:n]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=1000)
     p.add_argument("--run", type=Path, default=None, help="an existing run with R/encoder/")
@@ -62,8 +67,10 @@ def main() -> None:
                    help="torch threads; one item at a time gains nothing from more, and on a "
                    "loaded machine OpenMP spin-waiting makes 2 threads far slower (measured)")
     p.add_argument("--json", action="store_true")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    roofs = machine(dtypes=(torch.float32,))
+    print(machine_line(roofs))
     from mmrank.pretrain import load_item_encoder
     from mmrank.store import EmbeddingTable, ItemStore, embed_catalog
 
@@ -80,6 +87,7 @@ def main() -> None:
         store = ItemStore.open(run, enc, writable=True)
         n0 = len(store.table)
         store.ingest(warm)  # warm-up (the first call loads lazily)
+        flops = count_flops(lambda: enc.encode_items([warm["title"]], [warm["image"]]))
         lat, parts = [], []
         for item in items:
             t_arrival = time.perf_counter()
@@ -113,6 +121,8 @@ def main() -> None:
     print(f"p50 parts: encode {comp['encode_ms']} ms, durable write {comp['write_ms']} ms, index add "
           f"{comp['index_ms']} ms")
     print(f"target p99 < 200 ms: {'MET' if res['p99_ms'] < 200 else 'NOT MET'}")
+    print(roofline_line("ingest", res["items_per_second"], flops, roofs["fp32"], unit="items"))
+    print(roofline_line("encoding alone (p50)", 1e3 / comp["encode_ms"], flops, roofs["fp32"], unit="items"))
     if args.json:
         print(json.dumps(res, indent=1))
 

@@ -11,6 +11,11 @@ whole request and for the forward pass alone, and ARMMT / DNN ratios.
 Without ``--run``: a hand-made run (:func:`mmrank.testing.lists.write_tiny_lists`, 50 candidates, 15
 shown, up to 50 history clicks) with a ``--dim``-wide deterministic encoder. With ``--run``: the run's
 lists and encoder (``R/encoder``), requests with the most candidates first.
+
+Roofline (``benchmarks/roofline.py``): the fp32 matmul roof on one thread, measured at the start of
+the run, each model's FLOPs per request (its forward on the timed requests, counted by
+``torch.utils.flop_counter``) and the share of that limit its p50 forward reaches. Requests this small
+are bound by per-operator overhead, not by arithmetic: the share is small by nature.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from roofline import count_flops, machine, machine_line, roofline_line
 
 from mmrank.rerank.models import model_config
 from mmrank.rerank.trainer import batch_for, build_model, load_data
@@ -38,13 +44,15 @@ def _time(fn, reps: int, warmup: int = 50) -> np.ndarray:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", type=Path, default=None)
     ap.add_argument("--reps", type=int, default=2000)
     ap.add_argument("--dim", type=int, default=256, help="representation width (hand-made run only)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    roofs = machine(dtypes=(torch.float32,))
+    print(machine_line(roofs))
     tmp = None
     if args.run is None:
         from mmrank.store.tiny_encoder import TinyItemEncoder
@@ -62,7 +70,7 @@ def main() -> None:
     print(f"requests timed: {len(pick)} (candidates {sizes[pick].min()}-{sizes[pick].max()}, "
           f"history {hl[pick].min()}-{hl[pick].max()}), representation dim {data.feats.dim}, "
           f"torch threads {torch.get_num_threads()}, {args.reps} reps")
-    res = {}
+    res, flops = {}, {}
     for name in ("dnn", "armmt"):
         torch.manual_seed(0)
         model = build_model(data, model_config(name)).eval()
@@ -83,6 +91,8 @@ def main() -> None:
             model(b)
 
         res[name] = {"request": _time(request, args.reps), "forward": _time(forward, args.reps)}
+        with torch.inference_mode():
+            flops[name] = sum(count_flops(lambda b=b: model(b)) for b in batches) / len(batches)
     print(f"{'':8} {'':8} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
     for name, r in res.items():
         for part, t in r.items():
@@ -91,6 +101,9 @@ def main() -> None:
         a, d = res["armmt"][part], res["dnn"][part]
         print(f"ARMMT / DNN ({part}): p50 {np.percentile(a, 50) / np.percentile(d, 50):.2f}x, "
               f"p99 {np.percentile(a, 99) / np.percentile(d, 99):.2f}x")
+    for name in res:
+        print(roofline_line(f"{name} forward (p50)", 1e3 / np.percentile(res[name]["forward"], 50),
+                            flops[name], roofs["fp32"], unit="requests"))
     p99 = np.percentile(res["armmt"]["request"], 99)
     ratio = p99 / np.percentile(res["dnn"]["request"], 99)
     print(f"goal (ARMMT p99 < 5 ms and within 3x the DNN): {'met' if p99 < 5 and ratio <= 3 else 'not met'} "

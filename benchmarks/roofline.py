@@ -116,7 +116,8 @@ def roofline_line(name: str, rate: float, flops_per_unit: float, roof_gflops: fl
                   precision: str = "fp32", unit: str = "samples") -> str:
     """``name: F MFLOP per unit -> limit L units/s at the PRECISION matmul roof; reached S%``."""
     limit = roof_gflops * 1e9 / max(flops_per_unit, 1.0)
-    return (f"roofline {name}: {flops_per_unit / 1e6:,.2f} MFLOP per {unit[:-1]} -> limit "
+    one = unit[:-3] + "y" if unit.endswith("ies") else unit[:-1]
+    return (f"roofline {name}: {flops_per_unit / 1e6:,.2f} MFLOP per {one} -> limit "
             f"{limit:,.0f} {unit}/s at the {precision} matmul roof; measured {rate:,.0f} {unit}/s = "
             f"{rate / limit:.1%} of it")
 

@@ -12,6 +12,11 @@ are loaded in alternating chunks (4 per level), so a change in the machine's loa
 
 Goals (issue 11): at concurrency 1, mmrank's p99 within the raw forward + 5 ms; at concurrency 16, at
 least 2x the plain endpoint's requests/s. Figures on a shared machine are noisy: compare within a run.
+
+Roofline (``benchmarks/roofline.py``): the fp32 matmul roof on the servers' torch threads, measured
+in this process at the start of the run, the model's FLOPs per request (one request's forward,
+counted by ``torch.utils.flop_counter``) and the share of that limit reached by the raw forward and
+by mmrank at concurrency 1.
 """
 
 import argparse
@@ -193,7 +198,10 @@ def raw_forward(run: Path, strategy: str | None, threads: int, body: dict, repea
         t2 = time.perf_counter()
         fwd.append(t2 - t1)
         both.append(t2 - t0)
-    info = {"strategy": bundle.strategy, "encoder_version": bundle.encoder_version,
+    from roofline import count_flops
+
+    info = {"flops": count_flops(lambda: score(bundle.model, built.batch, built.vectors)),
+            "strategy": bundle.strategy, "encoder_version": bundle.encoder_version,
             "forward_ms": float(np.median(fwd) * 1e3), "build_forward_ms": float(np.median(both) * 1e3),
             "forward_p99_ms": float(np.percentile(fwd, 99) * 1e3), "per_request_ms": {}}
     # what one forward over k requests costs per request (why batching does or does not pay here)
@@ -209,7 +217,7 @@ def raw_forward(run: Path, strategy: str | None, threads: int, body: dict, repea
     return info
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", help="a run with encoder/, embeddings/, ctr/ (default: build a small one)")
     p.add_argument("--strategy", default=None, help="CTR strategy (default: the server's choice)")
@@ -223,7 +231,7 @@ def main() -> None:
                    help="also measure requests this small at concurrency 16 (0: skip)")
     p.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.plain_server:
         return serve_plain(args)
@@ -241,6 +249,11 @@ def main() -> None:
         run = Path(args.run)
     bodies = payloads(run, 64, args.candidates, args.history)
     raw = raw_forward(run, args.strategy, args.threads, bodies[0])
+    import torch
+    from roofline import machine, machine_line, roofline_line
+
+    roofs = machine(dtypes=(torch.float32,))
+    print(machine_line(roofs))
     print(f"run {run}, strategy {raw['strategy']}, encoder {raw['encoder_version']}; "
           f"{args.candidates} candidates x {args.history} behaviour items per request; "
           f"1 uvicorn worker and {args.threads} torch thread(s) per forward thread per server "
@@ -274,6 +287,10 @@ def main() -> None:
           f"{'met' if over <= 5 else 'not met'})")
     print(f"concurrency 16: mmrank / plain requests/s = {ratio:.2f}x (goal >= 2x: "
           f"{'met' if ratio >= 2 else 'not met'})")
+    print(roofline_line("raw forward (median)", 1e3 / raw["forward_ms"], raw["flops"], roofs["fp32"],
+                        unit="requests"))
+    print(roofline_line("mmrank, concurrency 1", m1["req_per_s"], raw["flops"], roofs["fp32"],
+                        unit="requests"))
     if small_res:
         print(f"\nbeside the goals: {args.also_candidates} candidates x {args.history} behaviour items, "
               f"{args.requests // 2} requests at concurrency 16")

@@ -1,6 +1,7 @@
 """The speed benchmarks: their peers compute what they are timed against, and the scripts that need
-no prepared run (pretrain_throughput, ctr_throughput, ann, roofline) run at toy sizes. A peer that
-computes another loss, or a script that no longer runs, would make a printed ratio meaningless."""
+no prepared run (pretrain_throughput, ctr_throughput, ann, roofline, rerank_latency) run at toy
+sizes. A peer that computes another loss, or a script that no longer runs, would make a printed
+ratio meaningless."""
 
 from __future__ import annotations
 
@@ -90,3 +91,10 @@ def test_ann_and_roofline_run_small(monkeypatch, capsys):
     _run_script(monkeypatch, "roofline", ["--threads", "1"])
     out = capsys.readouterr().out
     assert "recall@10=" in out and "machine (1 threads): matmul fp32" in out
+
+
+def test_rerank_latency_runs_small(monkeypatch, capsys):
+    _run_script(monkeypatch, "rerank_latency", ["--reps", "3", "--dim", "32"])
+    out = capsys.readouterr().out
+    assert "roofline dnn forward (p50):" in out and "roofline armmt forward (p50):" in out
+    assert "ARMMT / DNN (request)" in out
