@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import time
 
 import numpy as np
@@ -105,13 +106,11 @@ class FullQueue(MomentumQueue):
     """A :class:`MomentumQueue` whose K slots are already filled (random unit keys, item rows
     0..n_items-1: the trainer names items by catalog row)."""
 
-    n_items = 20_000
-
-    def __init__(self, dim: int, size: int) -> None:
+    def __init__(self, dim: int, size: int, n_items: int = 20_000) -> None:
         super().__init__(dim, size)
         g = torch.Generator().manual_seed(size)
         self.enqueue(F.normalize(torch.randn(size, dim, generator=g), dim=-1),
-                     torch.randint(0, self.n_items, (size,), generator=g))
+                     torch.randint(0, n_items, (size,), generator=g))
 
 
 @contextlib.contextmanager
@@ -119,7 +118,7 @@ def full_queue(n_items: int = 20_000):
     """Run the trainer with :class:`FullQueue` (ids of a catalog of ``n_items``) in place of
     ``MomentumQueue``."""
     saved = train_module.MomentumQueue
-    train_module.MomentumQueue = type("FullQueue", (FullQueue,), {"n_items": n_items})
+    train_module.MomentumQueue = functools.partial(FullQueue, n_items=n_items)
     try:
         yield
     finally:

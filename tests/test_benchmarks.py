@@ -24,6 +24,15 @@ def pretrain_throughput(monkeypatch):
     return pretrain_throughput
 
 
+def _run_script(monkeypatch, name: str, argv: list[str]) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    threads = torch.get_num_threads()
+    try:
+        __import__(name).main(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("log_q", [False, True])
 def test_dense_peer_computes_the_loss_it_is_timed_against(pretrain_throughput, log_q):
     """``DenseInfoNCE`` (the previous formulation, timed beside the fast path) gives InfoNCELoss's
@@ -51,27 +60,15 @@ def test_dense_peer_computes_the_loss_it_is_timed_against(pretrain_throughput, l
     torch.testing.assert_close(gk, dk, rtol=1e-5, atol=1e-6)
 
 
-def test_pretrain_throughput_runs_with_its_reference(pretrain_throughput, capsys):
+def test_pretrain_throughput_runs_with_its_reference(monkeypatch, capsys):
     """The benchmark as the issue runs it (the dense peer included), at toy sizes."""
-    threads = torch.get_num_threads()
-    try:
-        pretrain_throughput.main(["--sizes", "64", "--steps", "1", "--batch-size", "16", "--items", "300",
-                                  "--pairs", "600", "--threads", "1"])
-    finally:
-        torch.set_num_threads(threads)
+    _run_script(monkeypatch, "pretrain_throughput", ["--sizes", "64", "--steps", "1", "--batch-size", "16",
+                                                     "--items", "300", "--pairs", "600", "--threads", "1"])
     out = capsys.readouterr().out
     row = next(line.split() for line in out.splitlines() if line.split()[:1] == ["64"])
     assert len(row) == 8 and row[-1].endswith("x")                  # the dense peer was timed
     assert "roofline K=64:" in out and "% of it" in out
 
-
-def _run_script(monkeypatch, name: str, argv: list[str]) -> None:
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    threads = torch.get_num_threads()
-    try:
-        __import__(name).main(argv)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_ctr_throughput_runs_small(monkeypatch, capsys):
