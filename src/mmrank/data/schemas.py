@@ -33,6 +33,9 @@ import pyarrow as pa
 
 EVENT_TYPES = ("impression", "click", "cart", "purchase")
 
+# L: the most recent clicks a behaviour sequence keeps (``history_len`` in every config and signature).
+HISTORY_LEN = 50
+
 ITEMS = pa.schema([
     pa.field("item_id", pa.int64(), nullable=False),
     pa.field("title", pa.string(), nullable=False),
