@@ -35,11 +35,13 @@ def simulate(cfg: MarketConfig, cat: Catalog, world: World, req: Requests, rng: 
     neighbours = content_neighbours(world.content)
     live_region = by_region.live(req.region.astype(np.int64), req.ts)
     intents = draw_intents(cfg, cat, world, req, by_region, by_type, live_region, rng_q)
-    sim = SimState(cfg, cat, world, req, rng, Recent(cfg.n_users), Logged(), by_region, by_type, live_region,
-                   neighbours, intents, per_region(b.region_position_decay, n_regions),
-                   per_region(b.region_photo_weight, n_regions), per_region(b.region_title_weight, n_regions),
-                   per_region(b.region_outside_option, n_regions), per_region(b.region_shown, n_regions),
-                   horizon(cfg))
+    sim = SimState(cfg=cfg, cat=cat, world=world, req=req, rng=rng, recent=Recent(cfg.n_users), log=Logged(),
+                   by_region=by_region, by_type=by_type, live_region=live_region, neighbours=neighbours,
+                   intents=intents, decay=per_region(b.region_position_decay, n_regions),
+                   photo_w=per_region(b.region_photo_weight, n_regions),
+                   title_w=per_region(b.region_title_weight, n_regions),
+                   outside=per_region(b.region_outside_option, n_regions),
+                   shown_n=per_region(b.region_shown, n_regions), horizon=horizon(cfg))
     chunk_edges = np.searchsorted(req.ts, np.arange(0, horizon(cfg) + 1, DAY // N_CHUNKS_PER_DAY))
     with Progress(transient=True) as progress:
         task = progress.add_task("simulating behaviour", total=len(req.ts))
