@@ -156,18 +156,6 @@ def config_init(out: Optional[Path] = typer.Option(None, "--out", help="file to 
     typer.echo(f"wrote {out}")
 
 
-@app.command("report")
-def report(run: Path = typer.Option(..., "--run", help="run directory")) -> None:
-    """Collect what every stage of RUN produced into RUN/report/ (results.md, results.json, report.html)."""
-    from mmrank.report.run import write_report
-
-    res = write_report(run)
-    typer.echo(res["source"])
-    for k, v in res["substitutes"].items():
-        typer.echo(f"substitute ({k}): {v}")
-    typer.echo(f"wrote {run}/report/results.md, results.json, report.html")
-
-
 @app.command("demo")
 def demo(out: Path = typer.Option(Path("runs/demo"), "--out"),
          size: str = typer.Option("small", help="tiny | small | default")) -> None:
@@ -180,6 +168,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out"),
 # Stage commands, registered statically: each lives beside its stage as a thin shell.
 from mmrank.ctr.cli import app as _ctr_app  # noqa: E402
 from mmrank.pretrain.cli import app as _pretrain_app  # noqa: E402
+from mmrank.report.cli import app as _report_app  # noqa: E402
 from mmrank.rerank.cli import app as _rerank_app  # noqa: E402
 from mmrank.serve.cli import serve as _serve  # noqa: E402
 from mmrank.store.cli import embed as _embed, search as _search  # noqa: E402
@@ -187,6 +176,7 @@ from mmrank.store.cli import embed as _embed, search as _search  # noqa: E402
 app.add_typer(_pretrain_app, name="pretrain")
 app.add_typer(_ctr_app, name="ctr")
 app.add_typer(_rerank_app, name="rerank")
+app.add_typer(_report_app, name="report")
 app.command("embed")(_embed)
 app.command("search")(_search)
 app.command("serve")(_serve)
