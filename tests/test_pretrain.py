@@ -33,7 +33,7 @@ def market(tmp_path_factory) -> Path:
 
 def test_cli_pretrain_writes_encoder_and_loader_matches(market):
     from mmrank.cli import app
-    from mmrank.pretrain import load_item_encoder
+    from mmrank.pretrain.item_encoder import load_item_encoder
 
     res = CliRunner().invoke(app, ["pretrain", "--run", str(market), "--image-encoder", "cnn-small",
                                    "--text-encoder", "hash-bow", "--epochs", "2",
@@ -70,7 +70,7 @@ def test_cli_pretrain_writes_encoder_and_loader_matches(market):
     assert enc.encode_images(images[:2]).shape == (2, 256)
 
     # the serving path reproduces the training-time item vectors (cached features -> heads)
-    from mmrank.pretrain.artifacts import load_item_encoder as load_sub
+    from mmrank.pretrain.item_encoder import load_item_encoder as load_sub
     from mmrank.pretrain.data import build_features, read_catalog, read_pairs
 
     cat = read_catalog(market)
@@ -82,7 +82,7 @@ def test_cli_pretrain_writes_encoder_and_loader_matches(market):
 
 
 def test_missing_encoder_is_a_clear_error(tmp_path):
-    from mmrank.pretrain import load_item_encoder
+    from mmrank.pretrain.item_encoder import load_item_encoder
 
     with pytest.raises(MMRankError, match="encoder/config.json: missing"):
         load_item_encoder(tmp_path)
@@ -206,7 +206,7 @@ def test_pretrain_with_hf_clip_towers(market, tmp_path):
     """`hf-clip:<dir>` as both towers (a tiny random CLIP): trains, saves, loads, encodes."""
     from test_encoders import _tiny_clip
 
-    from mmrank.pretrain import load_item_encoder
+    from mmrank.pretrain.item_encoder import load_item_encoder
     from mmrank.pretrain.stage import pretrain
 
     d = _tiny_clip(tmp_path / "clip")

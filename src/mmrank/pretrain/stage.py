@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from mmrank.config import save_yaml
+from mmrank.durable import fsync_dir, temp_path, write_text
 from mmrank.errors import ConfigError
-from mmrank.pretrain.artifacts import save_encoder
+from mmrank.pretrain.item_encoder import save_encoder
 from mmrank.pretrain.config import REFERENCES, VARIANTS, PretrainConfig
 from mmrank.pretrain.data import build_features, native_image_size, read_catalog, read_pairs
 from mmrank.pretrain.distributed import DistEnv
@@ -187,16 +188,15 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
         out = run / "pretrain"
         out.mkdir(parents=True, exist_ok=True)
         for name, payload in (("compare.json", table), ("compare_detail.json", detail)):
-            tmp = out / f".{name}.{os.getpid()}"
-            tmp.write_text(json.dumps(payload, indent=1))
-            os.replace(tmp, out / name)
-        (out / "compare.md").write_text(markdown_table(shown))
+            write_text(out / name, json.dumps(payload, indent=1))
+        write_text(out / "compare.md", markdown_table(shown))
         if "scl" in results:
-            dst, tmpd = run / "encoder", run / f".encoder.{os.getpid()}.tmp"
+            dst, tmpd = run / "encoder", temp_path(run / "encoder")
             shutil.copytree(run / "pretrain" / "scl", tmpd, dirs_exist_ok=True)
             if dst.exists():
                 shutil.rmtree(dst)
             os.replace(tmpd, dst)
+            fsync_dir(run)
         save_yaml(base, run / "config.yaml", section="pretrain")
     return results
 
