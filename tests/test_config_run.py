@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from _import_support import TINY_CONFIG, preset_args, public_fixtures
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
 from mmrank.cli import app
-from mmrank.run_config import SECTIONS, RunConfig, load_run_config, render_run_config, stage_config
 from mmrank.errors import ConfigError
+from mmrank.run_config import SECTIONS, RunConfig, load_run_config, render_run_config, stage_config
+from mmrank.testing.presets import TINY_CONFIG, preset_args, public_fixtures
 
 torch.set_num_threads(1)
 runner = CliRunner()

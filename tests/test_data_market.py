@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import FASHION, needs_shared_data
 from mmrank.data.market import generate_market, market_config
+from mmrank.testing.markets import FASHION, needs_shared_data
 
 
 def _digests(run: Path) -> dict[str, str]:
