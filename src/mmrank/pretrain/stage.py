@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmrank.config import save_yaml
+from mmrank.config import record
 from mmrank.durable import fsync_dir, temp_path, write_text
 from mmrank.errors import ConfigError
 from mmrank.pretrain.item_encoder import save_encoder
@@ -131,7 +131,7 @@ def pretrain(run: str | Path, cfg: PretrainConfig | None = None) -> dict[str, An
     env = DistEnv.from_env()
     metrics = run_variant(run, cfg, run / "encoder", env=env)
     if env.main:
-        save_yaml(cfg, run / "config.yaml", section="pretrain")
+        record(run, "pretrain", cfg)
     return metrics
 
 
@@ -197,7 +197,7 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
                 shutil.rmtree(dst)
             os.replace(tmpd, dst)
             fsync_dir(run)
-        save_yaml(base, run / "config.yaml", section="pretrain")
+        record(run, "pretrain", base)
     return results
 
 
@@ -235,7 +235,7 @@ def markdown_table(table: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# Sized for the demo's budget (about 3 minutes at "small" on 2 idle cores, features included).
+# Sized for the demo's budget (`make demo` within 4 minutes on 2 cores, issue 28).
 DEMO = {
     "tiny": dict(epochs=3, batch_size=256, queue_size=4096, hidden=256, nested_dims=[64, 256],
                  lr=2e-3),
