@@ -21,7 +21,7 @@ $(STAMP): $(VPY) pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/mmrank demo --out runs/demo --size small
+	HF_HUB_OFFLINE=1 $(VENV)/bin/mmrank demo --run runs/demo --size small
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VPY) -m pytest -q -p no:cacheprovider --timeout 900 --durations=15

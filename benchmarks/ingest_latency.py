@@ -36,7 +36,7 @@ from roofline import count_flops, machine, machine_line, roofline_line
 
 def prepare(run: Path, variant: str) -> None:
     from mmrank.data.market import generate_market, market_config
-    from mmrank.pretrain import pretrain
+    from mmrank.pretrain.stage import pretrain
     from mmrank.pretrain.config import PretrainConfig
 
     if not (run / "data" / "items.parquet").exists():
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     roofs = machine(dtypes=(torch.float32,))
     print(machine_line(roofs))
-    from mmrank.pretrain import load_item_encoder
+    from mmrank.pretrain.item_encoder import load_item_encoder
     from mmrank.store import EmbeddingTable, ItemStore, embed_catalog
 
     with tempfile.TemporaryDirectory(prefix="mmrank-ingest-") as tmpd:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from _import_support import FIXTURES, run_mmrank, snapshot
 
 from mmrank.data.importer import import_data
 from mmrank.errors import ConfigError, DataError
+from mmrank.testing.presets import FIXTURES, run_mmrank, snapshot
 
 TAOBAO = FIXTURES / "taobao" / "UserBehavior.csv"
 

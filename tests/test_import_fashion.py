@@ -18,9 +18,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
-from _import_support import FIXTURES
-from conftest import FASHION, needs_shared_data
 from typer.testing import CliRunner
+
+from mmrank.testing.markets import FASHION, needs_shared_data
+from mmrank.testing.presets import FIXTURES
 
 torch.set_num_threads(2)
 

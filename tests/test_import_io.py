@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from _import_support import TINY_CONFIG
 
 from mmrank.data.io import read_items
 from mmrank.errors import DataError
+from mmrank.testing.presets import TINY_CONFIG
 
 torch.set_num_threads(1)
 

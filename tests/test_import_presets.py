@@ -11,11 +11,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
-from _import_support import TINY_CONFIG, preset_args, public_fixtures
 from typer.testing import CliRunner
 
 from mmrank.data.importer import import_data
 from mmrank.data.presets import PRESETS
+from mmrank.testing.presets import TINY_CONFIG, preset_args, public_fixtures
 
 torch.set_num_threads(1)
 

@@ -19,14 +19,12 @@ def encoded_run(tiny_market: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """The tiny market with an off-the-shelf encoder (efficientnet-lite0 + MiniLM) in R/encoder/."""
     import shutil
 
-    pretrain_mod = pytest.importorskip("mmrank.pretrain")
-    if not hasattr(pretrain_mod, "pretrain"):
-        pytest.skip("mmrank.pretrain.pretrain is not available")
     from mmrank.pretrain.config import PretrainConfig
+    from mmrank.pretrain.stage import pretrain
 
     run = tmp_path_factory.mktemp("store_e2e") / "run"
     shutil.copytree(tiny_market, run)
-    pretrain_mod.pretrain(run, PretrainConfig(variant="off-the-shelf"))
+    pretrain(run, PretrainConfig(variant="off-the-shelf"))
     return run
 
 

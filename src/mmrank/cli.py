@@ -29,8 +29,7 @@ _CONFIG = typer.Option(None, "--config", help="a run config YAML (see `mmrank co
 
 @market_app.command("generate")
 def market_generate(
-    run: Optional[Path] = typer.Option(None, "--run", help="run directory; tables go to RUN/data/"),
-    out: Optional[Path] = typer.Option(None, "--out", help="the same as --run (kept for old scripts)"),
+    run: Path = typer.Option(..., "--run", help="run directory; tables go to RUN/data/"),
     catalog: Optional[Path] = typer.Option(None, help="a real catalog (Parquet); behaviour is simulated"),
     size: str = typer.Option("default", help="tiny | small | default (sets items/users/impressions)"),
     items: Optional[int] = typer.Option(None, help="number of items (synthetic) or catalog subset"),
@@ -42,14 +41,9 @@ def market_generate(
     config: Optional[Path] = _CONFIG,
 ) -> None:
     """Generate items, users, events and ground truth (and the derived tables) under RUN/data/."""
-    from mmrank.config import file_section
+    from mmrank.run_config import file_section
     from mmrank.data.market import generate_market, market_config
 
-    if run is None and out is None:
-        raise MMRankError("market generate: --run R is required (--out R is its old name)")
-    if run is not None and out is not None and run != out:
-        raise MMRankError(f"market generate: --run {run} and --out {out} differ; give one")
-    run = run or out
     flags = dict(n_items=items, n_users=users, n_impressions=impressions, n_regions=regions, n_days=days,
                  seed=seed, catalog=str(catalog) if catalog else None)
     cfg = market_config(size=size, **{**file_section(config, "market"),
@@ -85,7 +79,8 @@ def data_build(run: Path = typer.Option(..., "--run", help="run directory with d
                                                       "(default 0)"),
                config: Optional[Path] = _CONFIG) -> None:
     """Validate a team's items and events, then build pairs, CTR samples and lists beside them."""
-    from mmrank.config import record, stage_config
+    from mmrank.config import record
+    from mmrank.run_config import stage_config
     from mmrank.data.samples import build_derived
 
     cfg = stage_config("data", config, {"split_ts": split_ts, "history_len": history_len, "start_ts": start_ts})
@@ -117,7 +112,7 @@ def data_import(
 
     Writes to a temporary directory and moves it into place at the end: a failed import leaves RUN as
     it was."""
-    from mmrank.config import stage_config
+    from mmrank.run_config import stage_config
     from mmrank.data.importer import format_summary, import_data
 
     cfg = stage_config("data", config, {"split_ts": split_ts, "negatives_per_positive": negatives})
@@ -134,7 +129,7 @@ def config_show(run: Optional[Path] = typer.Option(None, "--run", help="show wha
                                                       "on top"),
                 plain: bool = typer.Option(False, "--plain", help="YAML without comments")) -> None:
     """Print every setting of every stage: defaults, then RUN/config.yaml, then --config."""
-    from mmrank.config import load_run_config, render_run_config
+    from mmrank.run_config import load_run_config, render_run_config
 
     typer.echo(render_run_config(load_run_config(config, run), comments=not plain), nl=False)
 
@@ -143,7 +138,7 @@ def config_show(run: Optional[Path] = typer.Option(None, "--run", help="show wha
 def config_init(out: Optional[Path] = typer.Option(None, "--out", help="file to write (default: print)"),
                 force: bool = typer.Option(False, "--force", help="overwrite OUT")) -> None:
     """Write a commented default run config (every section, every setting, with what it does)."""
-    from mmrank.config import load_run_config, render_run_config
+    from mmrank.run_config import load_run_config, render_run_config
 
     text = render_run_config(load_run_config())
     if out is None:
@@ -157,12 +152,12 @@ def config_init(out: Optional[Path] = typer.Option(None, "--out", help="file to 
 
 
 @app.command("demo")
-def demo(out: Path = typer.Option(Path("runs/demo"), "--out"),
+def demo(run: Path = typer.Option(Path("runs/demo"), "--run", help="run directory"),
          size: str = typer.Option("small", help="tiny | small | default")) -> None:
-    """Run every stage on the embedded default; writes OUT/report/results.json and results.md."""
+    """Run every stage on the embedded default; writes RUN/report/results.json, results.md, report.html."""
     from mmrank.demo import run_demo
 
-    run_demo(out, size)
+    run_demo(run, size)
 
 
 # Stage commands, registered statically: each lives beside its stage as a thin shell.

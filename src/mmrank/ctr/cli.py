@@ -39,7 +39,7 @@ def _ints(text: Optional[str], name: str) -> Optional[list[int]]:
 
 
 def _settings(config: Optional[Path], **flags: Any):
-    from mmrank.config import stage_config
+    from mmrank.run_config import stage_config
 
     return stage_config("ctr", config, {k: v for k, v in flags.items() if v is not None})
 

@@ -71,7 +71,7 @@ def item_vectors(run: Path, item_ids: np.ndarray | None = None) -> tuple[np.ndar
         return ids, _normalise(table.get(ids, missing="zero")), f"embeddings:{table.version}"
     if (run / "encoder").exists():
         from mmrank.data.io import read_items
-        from mmrank.pretrain import load_item_encoder
+        from mmrank.pretrain.item_encoder import load_item_encoder
 
         enc = load_item_encoder(run)
         t = read_items(items_path, ["item_id", "title"])

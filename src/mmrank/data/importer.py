@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mmrank.config import DataConfig
+from mmrank.data.config import DataConfig
 from mmrank.data.schemas import EVENT_TYPES, SURFACES
 from mmrank.errors import DataError
 

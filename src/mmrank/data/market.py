@@ -40,7 +40,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rich.progress import Progress
 
-from mmrank.config import SIZES, BehaviourConfig, MarketConfig, build, load_yaml, save_yaml
+from mmrank.config import build, load_yaml, save_yaml
+from mmrank.data.config import SIZES, BehaviourConfig, MarketConfig
 from mmrank.data import render
 from mmrank.data.behaviour import ListInputs, draw_outcomes, examination, list_probabilities, \
     near_similarity, sigmoid

@@ -23,7 +23,7 @@ _CONFIG = typer.Option(None, "--config", help="a run config YAML (its rerank sec
 
 
 def _settings(config: Optional[Path], train: dict[str, Any], **flags: Any):
-    from mmrank.config import stage_config
+    from mmrank.run_config import stage_config
 
     given = {k: v for k, v in flags.items() if v is not None}
     train = {k: v for k, v in train.items() if v is not None}

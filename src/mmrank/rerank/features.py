@@ -79,7 +79,7 @@ def _encode_batches(fn, inputs: list[Any], batch: int, label: str) -> np.ndarray
 
 
 def _is_run_encoder(encoder: Any) -> bool:
-    """A :class:`mmrank.pretrain.artifacts.ItemEncoder` (its frozen backbone features are cached)."""
+    """A :class:`mmrank.pretrain.item_encoder.ItemEncoder` (its frozen backbone features are cached)."""
     return all(hasattr(encoder, a) for a in ("model", "config", "_img_enc", "_img_pre", "_txt_enc", "_txt_pre"))
 
 
@@ -205,7 +205,7 @@ def load_features(run: str | Path, lists: Lists, encoder: Any | None = None, cac
         encoder = TinyItemEncoder(dim=int(spec.get("dim", 32)), seed=int(spec.get("seed", 0)))
     if encoder is None:
         try:
-            from mmrank.pretrain import load_item_encoder
+            from mmrank.pretrain.item_encoder import load_item_encoder
         except ImportError as err:  # pragma: no cover
             raise MMRankError(f"no item encoder available (mmrank.pretrain: {err})") from None
         encoder = load_item_encoder(run)

@@ -34,7 +34,7 @@ def build_serving_run(run: str | Path, *, n_items: int = 300, n_users: int = 300
 def new_encoder(run: str | Path, seed: int = 0) -> str:
     """Train the small encoder into ``R/encoder`` and embed the catalog with it (made CURRENT);
     returns the encoder version. Another ``seed`` gives another version."""
-    from mmrank.pretrain import pretrain
+    from mmrank.pretrain.stage import pretrain
     from mmrank.pretrain.config import PretrainConfig
     from mmrank.store import embed_catalog
 

@@ -37,7 +37,8 @@ def embed(
                                           "flags override it"),
 ) -> None:
     """Encode the whole catalog into R/embeddings/ (resumable), build the ANN index, switch to it."""
-    from mmrank.config import record, stage_config
+    from mmrank.config import record
+    from mmrank.run_config import stage_config
     from mmrank.store.ann import AnnConfig
     from mmrank.store.ingest import embed_catalog
 

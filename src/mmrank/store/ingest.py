@@ -9,7 +9,7 @@
   and makes it visible to ``get`` and to search at once; the raw item is also appended to
   ``R/embeddings/new_items.jsonl`` so a new encoder version re-encodes it.
 
-The encoder is any object with the interface of ``mmrank.pretrain.load_item_encoder(run)``:
+The encoder is any object with the interface of ``mmrank.pretrain.item_encoder.load_item_encoder(run)``:
 ``version``, ``dim``, ``name``, ``encode_items(titles, images)``, ``encode_text(texts)``,
 ``encode_images(images)``, each returning ``(N, dim)`` float32, L2-normalised.
 """
@@ -38,7 +38,7 @@ NEW_ITEMS = "new_items.jsonl"
 
 
 class ItemEncoder(Protocol):
-    """What the store needs of an encoder (``mmrank.pretrain.load_item_encoder`` returns one)."""
+    """What the store needs of an encoder (``mmrank.pretrain.item_encoder.load_item_encoder`` returns one)."""
 
     version: str
     dim: int
@@ -50,9 +50,9 @@ class ItemEncoder(Protocol):
 
 
 def load_encoder(run: Path) -> ItemEncoder:
-    """The run's item encoder (``R/encoder/``), via ``mmrank.pretrain.load_item_encoder``."""
+    """The run's item encoder (``R/encoder/``), via ``mmrank.pretrain.item_encoder.load_item_encoder``."""
     try:
-        from mmrank.pretrain import load_item_encoder
+        from mmrank.pretrain.item_encoder import load_item_encoder
     except ImportError as err:
         raise MMRankError(f"no item encoder available (mmrank.pretrain: {err})") from None
     return load_item_encoder(run)
