@@ -24,16 +24,11 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from mmrank.durable import commit_file, fsync_dir, temp_path, write_text
 from mmrank.errors import MMRankError
 
 FORMAT = 1
 WEIGHTS, CONFIG, VERSION, METRICS = "weights.safetensors", "config.json", "version.txt", "metrics.json"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def version_of(config_json: str, weights_file: Path) -> str:
@@ -58,23 +53,28 @@ def save_encoder(out: Path, model: torch.nn.Module, config: dict[str, Any],
     # safetensors needs at least one tensor to write a meaningful file; keep a marker for head-less
     # encoders (off-the-shelf).
     tensors.setdefault("format", torch.tensor([FORMAT]))
-    save_file(tensors, str(tmp / WEIGHTS), metadata={"format": str(FORMAT)})
+    weights = temp_path(tmp / WEIGHTS)
+    save_file(tensors, str(weights), metadata={"format": str(FORMAT)})
+    commit_file(weights, tmp / WEIGHTS)
     cfg = {"format": FORMAT, **config}
     cfg_json = json.dumps(cfg, sort_keys=True, indent=1)
-    (tmp / CONFIG).write_text(cfg_json)
-    (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=True))
+    write_text(tmp / CONFIG, cfg_json)
+    write_text(tmp / "config.yaml", yaml.safe_dump(cfg, sort_keys=True))
     version = version_of(cfg_json, tmp / WEIGHTS)
-    (tmp / VERSION).write_text(version + "\n")
+    write_text(tmp / VERSION, version + "\n")
     if metrics is not None:
-        (tmp / METRICS).write_text(json.dumps({**metrics, "version": version}, indent=1))
+        write_text(tmp / METRICS, json.dumps({**metrics, "version": version}, indent=1))
+    # every file is on disk; the directory swap is made durable with an fsync of the parent
     if out.exists():
         old = out.with_name(f".{out.name}.{os.getpid()}.old.{time.time_ns()}")
         os.replace(out, old)
         os.replace(tmp, out)
+        fsync_dir(out.parent)
         shutil.rmtree(old, ignore_errors=True)
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, out)
+        fsync_dir(out.parent)
     return version
 
 

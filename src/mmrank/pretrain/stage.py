@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from mmrank.config import save_yaml
+from mmrank.durable import fsync_dir, write_text
 from mmrank.errors import ConfigError
 from mmrank.pretrain.artifacts import save_encoder
 from mmrank.pretrain.config import REFERENCES, VARIANTS, PretrainConfig
@@ -187,9 +188,7 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
         out = run / "pretrain"
         out.mkdir(parents=True, exist_ok=True)
         for name, payload in (("compare.json", table), ("compare_detail.json", detail)):
-            tmp = out / f".{name}.{os.getpid()}"
-            tmp.write_text(json.dumps(payload, indent=1))
-            os.replace(tmp, out / name)
+            write_text(out / name, json.dumps(payload, indent=1))
         (out / "compare.md").write_text(markdown_table(shown))
         if "scl" in results:
             dst, tmpd = run / "encoder", run / f".encoder.{os.getpid()}.tmp"
@@ -197,6 +196,7 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
             if dst.exists():
                 shutil.rmtree(dst)
             os.replace(tmpd, dst)
+            fsync_dir(run)
         save_yaml(base, run / "config.yaml", section="pretrain")
     return results
 
