@@ -22,7 +22,7 @@ from mmrank.report.html import write_html_report
 # Pipeline order: representations are pre-trained, stored, then used by the ranking models.
 STAGES = [
     ("pretrain", "mmrank.pretrain", "Contrastive pre-training (Acc@N, Table 2 analogue)"),
-    ("store", "mmrank.store", "Embedding table, ANN index and new-item ingestion"),
+    ("store", "mmrank.store.stage", "Embedding table, ANN index and new-item ingestion"),
     ("ctr", "mmrank.ctr", "Multimodal representations in the CTR model (Table 3 analogue)"),
     ("rerank", "mmrank.rerank", "Re-ranking search lists: ARMMT, SEQ+MD and baselines (simulated)"),
 ]

@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Literal
@@ -25,8 +24,9 @@ import numpy as np
 from pydantic import Field
 
 from mmrank.config import StrictModel
+from mmrank.durable import commit_file, temp_path, write_text
 from mmrank.errors import DataError, MMRankError
-from mmrank.store.table import atomic_write_text
+from mmrank.vectors import l2_normalise
 
 INDEX_FILE, META_FILE = "ann.faiss", "ann.json"
 SMALL_BATCH = 16  # up to this many queries search on one OpenMP thread
@@ -59,8 +59,7 @@ def sample_queries(vecs: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     base = vecs[rng.integers(0, len(vecs), size=n)]
     noise = rng.normal(size=base.shape).astype(np.float32) * (0.25 * vecs.std(axis=0, keepdims=True))
-    q = base + noise
-    return (q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    return l2_normalise(base + noise)
 
 
 class AnnIndex:
@@ -184,7 +183,7 @@ class AnnIndex:
         if len(q) > SMALL_BATCH:
             return self.index.search(q, k)
         # A few queries gain nothing from OpenMP, and on a loaded machine its spin-waiting makes
-        # one query 4-90x slower with 2 threads than with 1 (measured, benchmarks/ann.py).
+        # them slower with 2 threads than with 1 (benchmarks/ann.py measures it).
         from mmrank.threads import faiss_limited
 
         with faiss_limited(1):
@@ -194,15 +193,13 @@ class AnnIndex:
     def save(self, dirpath: str | Path) -> None:
         """Write ``ann.faiss`` (FAISS's own format) and ``ann.json`` atomically into ``dirpath``."""
         dirpath = Path(dirpath)
-        tmp = dirpath / f".{INDEX_FILE}.{os.getpid()}.tmp"
+        tmp = temp_path(dirpath / INDEX_FILE)
         faiss.write_index(self.index, str(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dirpath / INDEX_FILE)
+        commit_file(tmp, dirpath / INDEX_FILE)
         meta = {"version": self.version, "kind": self.kind, "dim": self.dim, "n": len(self),
                 "ef_search": self.ef_search, "stats": self.stats,
                 "config": self.config.model_dump(mode="json")}
-        atomic_write_text(dirpath / META_FILE, json.dumps(meta, indent=1) + "\n")
+        write_text(dirpath / META_FILE, json.dumps(meta, indent=1) + "\n")
 
     @classmethod
     def load(cls, dirpath: str | Path, version: str) -> "AnnIndex":

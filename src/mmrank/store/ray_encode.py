@@ -12,13 +12,12 @@ from collections.abc import Iterator
 import numpy as np
 
 from mmrank.errors import ConfigError, MMRankError
+from mmrank.store.encoding import encode_checked
+from mmrank.threads import configure
 
 
 def _encode_task(encoder, where: str, offset: int, ids: np.ndarray, titles: list, images: list,
                  rows: int):
-    from mmrank.store.ingest import encode_checked
-    from mmrank.threads import configure
-
     configure(1)  # one thread per Ray worker: the workers are the parallelism
     return ids, encode_checked(encoder, titles, images, where, offset), rows
 
