@@ -102,7 +102,7 @@ def test_one_writer_many_readers(tmp_path: Path) -> None:
 
 
 def test_segments_roll_over(tmp_path: Path) -> None:
-    t = LocalTable._create(tmp_path, "enc-a", 4, segment_bytes=200)
+    t = LocalTable.create_version(tmp_path, "enc-a", 4, segment_bytes=200)
     for i in range(6):
         t.put(np.arange(i * 3, i * 3 + 3), _vecs(3, 4, i), version="enc-a")
     t.close()

@@ -103,11 +103,9 @@ class AnnIndex:
     # ---- build ---------------------------------------------------------------------------------------
     @classmethod
     def build(cls, ids: np.ndarray, vecs: np.ndarray, *, version: str,
-              config: AnnConfig | None = None, queries: np.ndarray | None = None) -> "AnnIndex":
-        """Build over ``(N,)`` ids and ``(N, D)`` vectors; measure recall@10 against exact search.
-
-        ``queries`` ``(Q, D)`` for the recall measurement; default :func:`sample_queries`.
-        """
+              config: AnnConfig | None = None) -> "AnnIndex":
+        """Build over ``(N,)`` ids and ``(N, D)`` vectors; measure recall@10 against exact search
+        on :func:`sample_queries`."""
         config = config or AnnConfig()
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         vecs = np.ascontiguousarray(vecs, dtype=np.float32)
@@ -124,15 +122,15 @@ class AnnIndex:
         build_s = time.perf_counter() - t0
         index.stats = {"kind": kind, "n": len(ids), "build_seconds": round(build_s, 3)}
         if len(ids):
-            index.stats.update(index.measure(vecs, queries))
+            index.stats.update(index.measure(vecs))
         return index
 
-    def measure(self, vecs: np.ndarray, queries: np.ndarray | None = None) -> dict:
-        """recall@10 against exact search over ``vecs`` (the indexed vectors); HNSW: tune efSearch
-        to the smallest value of the grid that reaches ``target_recall``."""
+    def measure(self, vecs: np.ndarray) -> dict:
+        """recall@10 against exact search over ``vecs`` (the indexed vectors) on
+        :func:`sample_queries`; HNSW: tune efSearch to the smallest value of the grid that reaches
+        ``target_recall``."""
         cfg = self.config
-        if queries is None:
-            queries = sample_queries(vecs, cfg.recall_queries, cfg.seed)
+        queries = sample_queries(vecs, cfg.recall_queries, cfg.seed)
         k = min(10, len(self))
         exact = faiss.IndexFlatIP(self.dim)
         exact.add(np.ascontiguousarray(vecs, np.float32))

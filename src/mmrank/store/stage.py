@@ -35,7 +35,7 @@ from mmrank.store.table import set_store_config
 def embed_catalog(run: str | Path, encoder: ItemEncoder | None = None, *, batch_size: int = 256,
                   ray_workers: int = 0, ann: AnnConfig | None = None, progress: bool = True,
                   exclude_ids: np.ndarray | None = None,
-                  on_batch: Callable[[np.ndarray], None] | None = None, publish: bool = True,
+                  on_batch: Callable[[np.ndarray], None] | None = None,
                   backend: str | None = None, url: str | None = None,
                   namespace: str | None = None, reuse_features: bool = True) -> dict:
     """Encode every item of ``R/data/items.parquet`` (and ``new_items.jsonl``) not yet in the table of
@@ -109,22 +109,21 @@ def embed_catalog(run: str | Path, encoder: ItemEncoder | None = None, *, batch_
         index = AnnIndex.build(ids, table.get(ids), version=table.version, config=ann)
         index.save(index_dir(table))
         index_s = time.perf_counter() - t1
-        if publish:
-            table.publish()
-            # Items ingested into the previous version while this one was built are in the log:
-            # encode the ones this table still lacks (a store that had the old table open keeps
-            # writing there until it is reopened; its log lines are picked up by the next embed).
-            late = [r for r in NewItemLog(root / NEW_ITEMS).read()
-                    if not table.contains(np.array([r["item_id"]]))[0]]
-            if late:
-                late_ids = np.array([r["item_id"] for r in late], np.int64)
-                vecs = encode_checked(encoder, [r["title"] for r in late],
-                                      [r["image"] for r in late], str(root / NEW_ITEMS))
-                write(late_ids, vecs)
-                index.add(late_ids, vecs)
-                index.save(index_dir(table))
-                n_new += len(late)
-            ids = table.ids()
+        table.publish()
+        # Items ingested into the previous version while this one was built are in the log:
+        # encode the ones this table still lacks (a store that had the old table open keeps
+        # writing there until it is reopened; its log lines are picked up by the next embed).
+        late = [r for r in NewItemLog(root / NEW_ITEMS).read()
+                if not table.contains(np.array([r["item_id"]]))[0]]
+        if late:
+            late_ids = np.array([r["item_id"] for r in late], np.int64)
+            vecs = encode_checked(encoder, [r["title"] for r in late],
+                                  [r["image"] for r in late], str(root / NEW_ITEMS))
+            write(late_ids, vecs)
+            index.add(late_ids, vecs)
+            index.save(index_dir(table))
+            n_new += len(late)
+        ids = table.ids()
         return {"version": table.version, "dim": table.dim, "items": len(ids),
                 "already_present": n_before, "encoded": n_new,
                 "from_cache": int(np.isin(cached[0], done, invert=True).sum()) if cached is not None else 0,
