@@ -178,7 +178,7 @@ def move_table_to_redis(run: str | Path, url: str, namespace: str = "mmrank") ->
     ids = src.ids()
     vecs = src.get(ids)
     dst = create_table(root, version=src.version, dim=src.dim, encoder_name=src.encoder_name,
-                                backend="redis", url=url, namespace=namespace)
+                       backend="redis", url=url, namespace=namespace)
     dst.put(np.asarray(ids), vecs, version=src.version)
     dst.publish()
     dst.close()

@@ -113,17 +113,10 @@ def embed_catalog(run: str | Path, encoder: ItemEncoder | None = None, *, batch_
         # Items ingested into the previous version while this one was built are in the log:
         # encode the ones this table still lacks (a store that had the old table open keeps
         # writing there until it is reopened; its log lines are picked up by the next embed).
-        late = [r for r in NewItemLog(root / NEW_ITEMS).read()
-                if not table.contains(np.array([r["item_id"]]))[0]]
-        if late:
-            late_ids = np.array([r["item_id"] for r in late], np.int64)
-            vecs = encode_checked(encoder, [r["title"] for r in late],
-                                  [r["image"] for r in late], str(root / NEW_ITEMS))
-            write(late_ids, vecs)
-            index.add(late_ids, vecs)
-            index.save(index_dir(table))
-            n_new += len(late)
+        store = ItemStore(run, table, index, encoder)
+        n_new += store.catch_up(batch_size)
         ids = table.ids()
+        store.close()  # saves the index when the catch-up added to it
         return {"version": table.version, "dim": table.dim, "items": len(ids),
                 "already_present": n_before, "encoded": n_new,
                 "from_cache": int(np.isin(cached[0], done, invert=True).sum()) if cached is not None else 0,
