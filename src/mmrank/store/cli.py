@@ -1,7 +1,7 @@
 """`mmrank embed` and `mmrank search`: thin shells over :func:`mmrank.store.stage.embed_catalog` and
 :class:`mmrank.store.items.ItemStore`.
 
-The lead's ``mmrank.cli`` registers these two functions as top-level commands.
+``mmrank.cli`` registers these two functions as top-level commands.
 """
 
 from __future__ import annotations

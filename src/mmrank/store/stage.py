@@ -157,7 +157,7 @@ N_NEW = {"tiny": 10, "small": 20, "default": 50}
 N_RECALL_QUERIES = {"tiny": 200, "small": 300, "default": 500}
 
 
-def _image_search_recall(store: ItemStore, items: dict, n: int, seed: int = 0) -> float | None:
+def _image_search_recall(store: ItemStore, items: dict, n: int, seed: int = 0) -> float:
     """Share of query photos whose source item is in the top 10 (image-query tower, ANN index)."""
     from mmrank.data.render import render_query_image
     rng = np.random.default_rng(seed)
@@ -182,7 +182,8 @@ def demo_stage(run: Path, size: str = "small") -> dict:
     items = {c: t.column(c).to_pylist() for c in t.column_names}
     items["item_id"] = np.array(items["item_id"], np.int64)
     try:
-        present = open_table(embeddings_root(run), enc.version).ids()
+        with open_table(embeddings_root(run), enc.version) as table:
+            present = table.ids()
     except MMRankError:
         present = np.zeros(0, np.int64)
     newest = np.argsort(-np.array(items["created_at"]), kind="stable")
@@ -218,7 +219,7 @@ def demo_stage(run: Path, size: str = "small") -> dict:
         "ingest_max_ms": round(float(np.max(lat)), 1) if lat else None,
         "ingest_encode_p50_ms": round(float(np.median([p["encode_ms"] for p in parts])), 1)
         if parts else None,
-        "image_search_recall_at_10": None if recall is None else round(recall, 4),
+        "image_search_recall_at_10": round(recall, 4),
         "torch_threads_for_embed": 1 if loaded else threads,
         "seconds": round(time.perf_counter() - t0, 1),
     }
