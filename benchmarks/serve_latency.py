@@ -117,9 +117,9 @@ class PlainServer:
 def payloads(run: Path, n: int, n_cand: int, n_hist: int, seed: int = 0) -> list[dict]:
     import pyarrow.parquet as pq
 
-    from mmrank.store.table import EmbeddingTable
+    from mmrank.store.backends import open_table
 
-    ids = EmbeddingTable.open(Path(run) / "embeddings").ids()
+    ids = open_table(Path(run) / "embeddings").ids()
     if len(ids) < n_cand + n_hist:
         raise SystemExit(f"{run}: {len(ids)} items in the table, need {n_cand + n_hist}")
     rng = np.random.default_rng(seed)

@@ -93,7 +93,7 @@ def test_simtier_and_make_learn_what_ids_cannot(planted):
 
 
 def _make_run(tmp_path, n_rows=6000):
-    from mmrank.store import EmbeddingTable
+    from mmrank.store.backends import create_table
 
     run = tmp_path / "run"
     table, vecs = synthetic_samples(n_rows=n_rows, n_items=200, n_users=200, max_len=20, seed=5)
@@ -105,7 +105,7 @@ def _make_run(tmp_path, n_rows=6000):
                              "category": ["c"] * 200, "price": np.ones(200), "created_at": created}),
                    run / "data" / "items.parquet")
     (run / "data" / "manifest.json").write_text(json.dumps({"oracle_auc": 0.9, "new_item_ts": 5_000_000}))
-    t = EmbeddingTable.create(run / "embeddings", version="test-v1", dim=vecs.shape[1])
+    t = create_table(run / "embeddings", version="test-v1", dim=vecs.shape[1])
     t.put(ids, vecs, version="test-v1")
     t.publish()
     t.close()

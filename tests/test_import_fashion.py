@@ -42,7 +42,7 @@ def test_real_catalog_imported_runs_and_search_finds_same_type(tmp_path: Path) -
     from make_fixtures import fashion_subset
 
     from mmrank.cli import app
-    from mmrank.store.ingest import ItemStore
+    from mmrank.store.items import ItemStore
 
     subset = fashion_subset(FASHION)
     t = pq.read_table(FASHION)

@@ -129,11 +129,11 @@ def test_bundle_refuses_a_reranker_of_another_encoder_version(run_copy: Path, mo
 def test_serving_stores_are_independent_objects_and_see_each_others_writes(run_copy: Path) -> None:
     import pyarrow.parquet as pq
 
-    from mmrank.store.ingest import load_encoder
-    from mmrank.store.serving import ItemExists, ServingStore
+    from mmrank.store.encoding import load_encoder
+    from mmrank.store.items import ItemExists, ItemStore
 
     enc = load_encoder(run_copy)
-    a, b = ServingStore.open(run_copy, enc), ServingStore.open(run_copy, enc)
+    a, b = ItemStore.open(run_copy, enc), ItemStore.open(run_copy, enc)
     items = pq.read_table(run_copy / "data" / "items.parquet", columns=["image", "category"])
     new_id = 9_000_000_001
     assert not a.vectors(np.array([new_id]))[1][0]
@@ -148,7 +148,7 @@ def test_serving_stores_are_independent_objects_and_see_each_others_writes(run_c
         b.ingest({"item_id": new_id, "title": "again", "image": items.column("image")[0].as_py()})
     a.close(), b.close()
     # a third store opened after both closed still has it (durable)
-    c = ServingStore.open(run_copy, enc)
+    c = ItemStore.open(run_copy, enc)
     assert c.vectors(np.array([new_id]))[1][0]
     c.close()
 

@@ -56,9 +56,9 @@ def item_vectors(run: Path, item_ids: np.ndarray | None = None) -> tuple[np.ndar
     run = Path(run)
     items_path = run / "data" / "items.parquet"
     if (run / "embeddings").exists():
-        from mmrank.store import EmbeddingTable
+        from mmrank.store.backends import open_table
 
-        table = EmbeddingTable.open(run / "embeddings")
+        table = open_table(run / "embeddings")
         if item_ids is None:
             if items_path.exists():
                 from mmrank.data.io import read_table

@@ -18,7 +18,6 @@ Example::
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,19 +29,21 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from mmrank.data.schemas import EVENT_TYPES, EVENTS_OPTIONAL, ITEMS_OPTIONAL, TABLES
+from mmrank.durable import commit_file, temp_path
 from mmrank.errors import DataError
 
 BATCH_ROWS = 65_536
 
 
 def write_table(table: pa.Table, path: str | Path, row_group_size: int = 262_144) -> Path:
-    """Write ``table`` to ``path`` atomically (temp file + rename); the same table gives the same bytes."""
+    """Write ``table`` to ``path`` atomically and durably (:mod:`mmrank.durable`); the same table
+    gives the same bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = temp_path(path)
     pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size,
                    write_statistics=True, store_schema=True)
-    os.replace(tmp, path)
+    commit_file(tmp, path)
     return path
 
 

@@ -46,9 +46,9 @@ def _embed(run: Path) -> dict[str, Any]:
     root = run / "embeddings"
     if not (root / "CURRENT").exists():
         return {"skipped": "no R/embeddings (run `mmrank embed --run R`)"}
-    from mmrank.store import EmbeddingTable
+    from mmrank.store.backends import open_table
 
-    t = EmbeddingTable.open(root)
+    t = open_table(root)
     return {"version": t.version, "items": len(t), "dim": t.dim}
 
 

@@ -104,7 +104,7 @@ def _frozen_cached(run: Path, encoder: Any, modality: str, keys: list[str], inpu
 
 
 def _item_features(run: Path, encoder: Any, cache: Path | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    from mmrank.store.ingest import _catalog_batches
+    from mmrank.store.encoding import catalog_batches
 
     path = run / "data" / "items.parquet"
     if not path.exists():
@@ -119,7 +119,7 @@ def _item_features(run: Path, encoder: Any, cache: Path | None) -> tuple[np.ndar
             a = load_file(str(f))
             return a["item_ids"], {m: a[m] for m in MODALITIES}
     ids, titles, images = [], [], []
-    for _, bid, bt, bi in _catalog_batches(path, 256):
+    for _, bid, bt, bi in catalog_batches(path, 256):
         ids.append(bid)
         titles += bt
         images += bi

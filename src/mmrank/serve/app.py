@@ -355,7 +355,7 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
     @app.post("/v1/items", response_model=S.ItemOut, status_code=201, responses=errors,
               dependencies=[Depends(require_key)])
     async def add_item(body: S.ItemIn) -> Any:
-        from mmrank.store.serving import ItemExists, decode_b64_image
+        from mmrank.store.items import ItemExists, decode_b64_image
 
         b = state.current()
         try:
@@ -399,7 +399,7 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
     # ---- search -------------------------------------------------------------------------------------
     @app.post("/v1/search", response_model=S.SearchOut, responses=errors)
     async def search(body: S.SearchIn) -> Any:
-        from mmrank.store.serving import decode_b64_image
+        from mmrank.store.items import decode_b64_image
 
         b = state.current()
         loop = asyncio.get_running_loop()

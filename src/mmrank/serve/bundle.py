@@ -168,7 +168,7 @@ class Bundle:
     run: Path
     encoder_version: str
     encoder: Any
-    store: Any                       # mmrank.store.serving.ServingStore
+    store: Any                       # mmrank.store.items.ItemStore
     strategy: str
     model: Any                       # mmrank.ctr.models.CtrModel
     space: Any                       # mmrank.ctr.data.FeatureSpace (vec_items None: per batch)
@@ -227,11 +227,11 @@ def load_bundle(run: str | Path, strategy: str | None = None, *, encoder: Any = 
     """Load and cross-check a run's encoder, table, index, CTR model and re-ranker (module docstring).
 
     ``encoder`` (optional) replaces ``R/encoder`` (tests); it must have ``version`` and the
-    ``mmrank.store.ingest.ItemEncoder`` methods.
+    ``mmrank.store.encoding.ItemEncoder`` methods.
     """
     from mmrank.ctr.run import load_model
-    from mmrank.store.ingest import load_encoder
-    from mmrank.store.serving import ServingStore
+    from mmrank.store.encoding import load_encoder
+    from mmrank.store.items import ItemStore
 
     t0 = time.perf_counter()
     run = Path(run)
@@ -239,7 +239,7 @@ def load_bundle(run: str | Path, strategy: str | None = None, *, encoder: Any = 
     encoder = encoder if encoder is not None else load_encoder(run)
     version = encoder.version
     try:
-        store = ServingStore.open(run, encoder, version=version)
+        store = ItemStore.open(run, encoder, version=version)
     except MMRankError as err:
         raise MMRankError(f"{run}/embeddings: no table of encoder version {version!r} "
                           f"(run `mmrank embed --run {run}`): {err}") from None

@@ -36,7 +36,7 @@ def new_encoder(run: str | Path, seed: int = 0) -> str:
     returns the encoder version. Another ``seed`` gives another version."""
     from mmrank.pretrain.stage import pretrain
     from mmrank.pretrain.config import PretrainConfig
-    from mmrank.store import embed_catalog
+    from mmrank.store.stage import embed_catalog
 
     pretrain(run, PretrainConfig(**SMALL_ENCODER, seed=seed))
     embed_catalog(run, progress=False)
@@ -170,14 +170,15 @@ def move_table_to_redis(run: str | Path, url: str, namespace: str = "mmrank") ->
     the ANN index files stay where they are (they are per version, not per backend)."""
     import numpy as np
 
-    from mmrank.store.table import EmbeddingTable, set_store_config
+    from mmrank.store.backends import create_table, open_table
+    from mmrank.store.table import set_store_config
 
     root = Path(run) / "embeddings"
-    src = EmbeddingTable.open(root, backend="local")
+    src = open_table(root, backend="local")
     ids = src.ids()
     vecs = src.get(ids)
-    dst = EmbeddingTable.create(root, version=src.version, dim=src.dim, encoder_name=src.encoder_name,
-                                backend="redis", url=url, namespace=namespace)
+    dst = create_table(root, version=src.version, dim=src.dim, encoder_name=src.encoder_name,
+                       backend="redis", url=url, namespace=namespace)
     dst.put(np.asarray(ids), vecs, version=src.version)
     dst.publish()
     dst.close()
