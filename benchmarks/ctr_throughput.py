@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from mmrank.ctr.data import FeatureSpace, iter_batches, load_samples, simtier_features
-from mmrank.ctr.layers import ItemVectors
+from mmrank.models.layers import ItemVectors
 from mmrank.ctr.models import CtrConfig, CtrModel, ModelSizes
 from mmrank.ctr.trainer import TrainConfig, _optimizer, _step, predict
 from mmrank.data.schemas import CTR_SAMPLES

@@ -190,7 +190,7 @@ SECTIONS: dict[str, str] = {
     "data": "mmrank.config:DataConfig",
     "pretrain": "mmrank.pretrain.config:PretrainConfig",
     "embed": "mmrank.config:EmbedConfig",
-    "ctr": "mmrank.ctr.settings:CtrStageConfig",
+    "ctr": "mmrank.ctr.config:CtrStageConfig",
     "rerank": "mmrank.rerank.config:RerankConfig",
 }
 _RUN_MODEL: list[type[StrictModel]] = []

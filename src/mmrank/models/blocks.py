@@ -1,7 +1,7 @@
 """Named blocks that ranking models are composed of (CTR strategies, re-rankers, multi-task heads).
 
 Each block is an ``nn.Module`` with explicit sizes and documented shapes; :mod:`mmrank.models` creates
-them by name (:func:`mmrank.models.create`). The layers themselves live in :mod:`mmrank.ctr.layers`
+them by name (:func:`mmrank.models.create`). The layers themselves live in :mod:`mmrank.models.layers`
 (``TargetAttention``, ``SimTier``, ``MLP``, ...); blocks wrap them into the parts a model is made of:
 
 * features: :class:`IdFeatures` (ID embeddings), :class:`VectorFeature` (Vector), :class:`SimScoreFeature`,
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrank.ctr.layers import MLP, ItemVectors, SimScore, SimTier, TargetAttention, lookup, packed_similarity
+from mmrank.models.layers import MLP, ItemVectors, SimScore, SimTier, TargetAttention, lookup, packed_similarity
 
 # ---------------------------------------------------------------------------------------------------
 # Features
@@ -126,17 +126,17 @@ class SimTierFeature(nn.Module):
     pipeline are used as they are; otherwise they are counted from the packed similarities.
     """
 
-    def __init__(self, n_tiers: int, max_len: int) -> None:
+    def __init__(self, n_tiers: int, history_len: int) -> None:
         super().__init__()
         self.simtier = SimTier(n_tiers)
-        self.max_len = max_len
+        self.history_len = history_len
         self.out_dim = n_tiers
 
     def forward(self, sim: torch.Tensor | None, rows: torch.Tensor | None, batch: int,
                 counts: torch.Tensor | None = None) -> torch.Tensor:
         if counts is None:
             counts = self.simtier.counts_from_scores(sim, rows, batch)
-        return counts / self.max_len
+        return counts / self.history_len
 
 
 class MakeKnowledge(nn.Module):

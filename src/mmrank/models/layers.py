@@ -1,4 +1,5 @@
-"""Reusable CTR layers (FuxiCTR style: layers here, models assemble them in :mod:`mmrank.ctr.models`).
+"""Reusable ranking layers (FuxiCTR style: layers here; :mod:`mmrank.models.blocks` wraps them into the parts
+that CTR models (:mod:`mmrank.ctr.models`) and re-rankers (:mod:`mmrank.rerank.models`) are made of).
 
 Every layer takes its sizes explicitly and documents its shapes. Behaviour sequences are handled in
 *packed* form where it pays: only the ``nnz`` valid (unpadded) history positions are computed, with
@@ -363,7 +364,7 @@ class SharedRows:
     items are 10,000 packed rows of 50 distinct ones. Work that depends on the item alone (looking up
     its representation, projecting it) is then done on the U distinct rows and gathered afterwards,
     and the similarity to each target is one ``(U, D) @ (D, B)`` product. Same values as the dense
-    rows, up to float summation order (``tests/test_ctr_layers.py``).
+    rows, up to float summation order (``tests/test_models_layers.py``).
     """
 
     def __init__(self, table: torch.Tensor, index: torch.Tensor) -> None:
