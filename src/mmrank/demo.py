@@ -24,7 +24,7 @@ STAGES = [
     ("pretrain", "mmrank.pretrain", "Contrastive pre-training (Acc@N, Table 2 analogue)"),
     ("store", "mmrank.store", "Embedding table, ANN index and new-item ingestion"),
     ("ctr", "mmrank.ctr.stage", "Multimodal representations in the CTR model (Table 3 analogue)"),
-    ("rerank", "mmrank.rerank", "Re-ranking search lists: ARMMT, SEQ+MD and baselines (simulated)"),
+    ("rerank", "mmrank.rerank.stage", "Re-ranking search lists: ARMMT, SEQ+MD and baselines (simulated)"),
 ]
 
 

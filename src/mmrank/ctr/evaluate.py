@@ -5,11 +5,12 @@ new items (Figure 6b), and :func:`json_ready` for writing the figures as JSON.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmrank.ctr.rundata import RunData
+if TYPE_CHECKING:
+    from mmrank.ctr.rundata import RunData
 
 N_GROUPS = 8
 
