@@ -63,13 +63,13 @@ class MakeConfig(StrictModel):
     mlp_hidden: list[int] = Field(default_factory=lambda: [128, 64, 32],
                                   description="hidden widths; with the output layer, 4 layers (Eq. 4)")
     act: str = "prelu"
-    # Measured on the small market (1 seed): 'full' lowered GAUC against the ID model (-1.3% at E=4)
-    # and fell as E grew; 'compact' raised it (+0.17% at E=2). Default: compact.
+    # Default compact: on the small market 'full' lowered GAUC against the ID model and fell as E grew,
+    # 'compact' raised it (`mmrank ctr compare --knowledge full|compact` measures it).
     knowledge: Literal["full", "compact"] = Field(
         "compact", description="what joins the ID model: 'full' = v_MAKE + every hidden output of MLP_MAKE + "
                             "its logit (Sec. 4.3); 'compact' = the last hidden output + the logit")
-    # Measured on the small market (E=4, seeds 0 and 1): freeze GAUC 0.7630 / 0.7609, finetune
-    # 0.7621 / 0.7592. Default: freeze.
+    # Default freeze: it gave the higher GAUC than finetune on the small market (`mmrank ctr compare`
+    # with ctr.model.make.after_pretrain set either way in --config measures it).
     after_pretrain: Literal["freeze", "finetune"] = Field(
         "freeze", description="after E > 0 pre-training epochs: keep MAKE fixed while the ID model trains, "
                               "or keep training it with the ID model (with its Eq. 5 loss as an auxiliary term)")
@@ -90,10 +90,9 @@ class CtrConfig(StrictModel):
                                                  "positions; at serving, pass the slot to score)")
     history_len: int = Field(HISTORY_LEN, ge=1)
     n_tiers: int = Field(20, ge=1, description="SimTier's N")
-    # Measured (benchmarks/ctr_throughput.py, 1M rows, batch 1024, 128-d, 2 threads): in the model
-    # SimTier adds 12.9% to the ID model's step (44.2 -> 49.9 ms: a gather of every history item's
-    # vector); read from the pipeline it adds 1.6%, after a one-off 11.7 s per 1M rows that every
-    # epoch, seed and strategy over the same rows then reuses. Default: pipeline. A batch without
+    # Default pipeline: in the model SimTier gathers every history item's vector at every step; read
+    # from the pipeline it costs a one-off pass over the rows that every epoch, seed and strategy then
+    # reuses (benchmarks/ctr_throughput.py measures both). A batch without
     # precomputed counts (e.g. new data at predict time) gets them computed in the model: the same
     # counts either way (tested).
     simtier_in: Literal["model", "pipeline"] = Field(
@@ -101,7 +100,7 @@ class CtrConfig(StrictModel):
                                 "by mmrank.ctr.data.simtier_features (falls back to the model when absent)")
     vector_dim: int = Field(16, ge=1, description="Vector: width the representation is mapped to")
     make: MakeConfig = Field(default_factory=MakeConfig)
-    # Measured (benchmarks/ctr_throughput.py --full-history): see the README's speed table.
+    # Speed with and without: benchmarks/ctr_throughput.py --full-history.
     compile_attention: bool = Field(False, description="run DIN's attention unit through torch.compile "
                                     "(needs a C++ compiler; compiles on first use; same values)")
     attention_bf16: bool = Field(False, description="DIN's attention unit computes in bfloat16 "

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrank.models.layers import MLP, ItemVectors, SimScore, SimTier, TargetAttention, lookup, packed_similarity
+from mmrank.models.layers import MLP, SimScore, SimTier, TargetAttention, lookup
 
 # ---------------------------------------------------------------------------------------------------
 # Features
@@ -191,14 +191,6 @@ class InterestEncoder(nn.Module):
                 groups: list | None = None) -> torch.Tensor:
         return self.attention.forward_packed(query, keys, rows, groups)[0]
 
-
-def lookup_packed(vectors: ItemVectors, target_idx: torch.Tensor, hist_idx: torch.Tensor,
-                  flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``vectors`` of the targets ``(B, D)`` and of the history at flat positions ``flat`` ``(nnz, D)``."""
-    return vectors(target_idx), vectors(hist_idx.reshape(-1).index_select(0, flat))
-
-
-similarity = packed_similarity
 
 # ---------------------------------------------------------------------------------------------------
 # Fusion
