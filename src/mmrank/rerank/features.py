@@ -100,7 +100,7 @@ def _frozen_cached(run: Path, encoder: Any, modality: str, keys: list[str], inpu
 
 
 def _item_features(run: Path, encoder: Any, cache: Path | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    from mmrank.store.ingest import _catalog_batches
+    from mmrank.data.io import iter_items
 
     path = run / "data" / "items.parquet"
     if not path.exists():
@@ -115,10 +115,10 @@ def _item_features(run: Path, encoder: Any, cache: Path | None) -> tuple[np.ndar
             a = load_file(str(f))
             return a["item_ids"], {m: a[m] for m in MODALITIES}
     ids, titles, images = [], [], []
-    for _, bid, bt, bi in _catalog_batches(path, 256):
-        ids.append(bid)
-        titles += bt
-        images += bi
+    for batch in iter_items(path, ["item_id", "title"], batch_size=256):   # images as bytes, however given
+        ids.append(batch.column("item_id").to_numpy())
+        titles += batch.column("title").to_pylist()
+        images += batch.column("image").to_pylist()
     ids = np.concatenate(ids).astype(np.int64)
     if _is_run_encoder(encoder):   # the towers on the backbone features pre-training cached
         from mmrank.pretrain.data import item_feature_keys
