@@ -180,7 +180,7 @@ def load(urls: dict[str, str], bodies: list[dict], total: int, concurrency: int,
 def raw_forward(run: Path, strategy: str | None, threads: int, body: dict, repeats: int = 200) -> dict:
     """The model alone on one request's rows: build (+ vectors) and forward, and forward only (ms)."""
     from mmrank import threads as thread_settings
-    from mmrank.ctr.run import score
+    from mmrank.ctr.scoring import score
     from mmrank.serve.builder import RankQuery, build
     from mmrank.serve.bundle import load_bundle
 

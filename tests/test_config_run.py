@@ -129,18 +129,18 @@ def test_ctr_and_make_settings_in_the_file_change_the_model(embedded_run: Path, 
                  "    make: {proj_dim: 5, mlp_hidden: [10, 7, 3], knowledge: full}\n")
     _ok(["ctr", "train", "--run", run, "--config", p])
     w = load_file(str(run / "ctr" / "make" / "model.safetensors"))
-    assert w["item_emb.weight"].shape[1] == 6 and w["mlp.layers.0.weight"].shape[0] == 12
-    assert w["make.proj.weight"].shape[0] == 5
-    assert [w[f"make.mlp.layers.{i}.weight"].shape[0] for i in range(3)] == [10, 7, 3]
+    assert w["ids.item_emb.weight"].shape[1] == 6 and w["head.towers.click.layers.0.weight"].shape[0] == 12
+    assert w["knowledge.module.proj.weight"].shape[0] == 5
+    assert [w[f"knowledge.module.mlp.layers.{i}.weight"].shape[0] for i in range(3)] == [10, 7, 3]
     conf = json.loads((run / "ctr" / "make" / "config.json").read_text())
     assert conf["train"]["batch_size"] == 32 and conf["make_epochs"] == 1
     # 'full' knowledge (every hidden output of MLP_MAKE + v_MAKE + logit) widens the ID model's input
-    knowledge_full = w["knowledge_norm.weight"].shape[0]
+    knowledge_full = w["knowledge.norm.weight"].shape[0]
     p2 = tmp_path / "ctr2.yaml"
     p2.write_text(p.read_text().replace("knowledge: full", "knowledge: compact"))
     _ok(["ctr", "train", "--run", run, "--config", p2, "--make-epochs", "0"])  # the flag wins
     w2 = load_file(str(run / "ctr" / "make" / "model.safetensors"))
-    assert w2["knowledge_norm.weight"].shape[0] < knowledge_full
+    assert w2["knowledge.norm.weight"].shape[0] < knowledge_full
     conf2 = json.loads((run / "ctr" / "make" / "config.json").read_text())
     assert conf2["make_epochs"] == 0 and conf2["model"]["make"]["knowledge"] == "compact"
     shown = yaml.safe_load(_ok(["config", "show", "--run", run]))
@@ -156,7 +156,7 @@ def test_ctr_strategies_and_seeds_from_the_file(embedded_run: Path, tmp_path: Pa
     _ok(["ctr", "compare", "--run", run, "--config", p])
     comp = json.loads((run / "ctr" / "compare.json").read_text())
     assert {"id", "vector"} <= set(comp) and "make" not in comp and comp["seeds"] == 1
-    assert load_file(str(run / "ctr" / "vector" / "model.safetensors"))["item_emb.weight"].shape[1] == 3
+    assert load_file(str(run / "ctr" / "vector" / "model.safetensors"))["ids.item_emb.weight"].shape[1] == 3
 
 
 def test_embed_settings_in_the_file(embedded_run: Path, tmp_path: Path) -> None:

@@ -82,7 +82,7 @@ def test_stages_read_a_mixed_catalog(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from mmrank.cli import app
-    from mmrank.ctr.run import item_vectors
+    from mmrank.ctr.representations import item_vectors
 
     src = tmp_path / "src"
     items, _ = _items(src, n=30)

@@ -160,9 +160,9 @@ def test_rerank_runs_on_imported_lists(preset: str, fx: Path, tmp_path: Path) ->
     """Re-ranking where the labels allow: search lists with clicks and purchases (AliExpress: real
     lists per search and country; Taobao: lists of sampled negatives). mmrank.rerank is built on
     another branch: on a build without it this test is skipped with that reason."""
-    pytest.importorskip("mmrank.rerank.run", reason="mmrank.rerank is not part of this build (branch rerank)")
+    pytest.importorskip("mmrank.rerank.stage", reason="mmrank.rerank is not part of this build (branch rerank)")
     from mmrank.cli import app
-    from mmrank.rerank.run import train_model
+    from mmrank.rerank.stage import train_model
     from mmrank.rerank.trainer import RerankTrainConfig
 
     run = tmp_path / "run"

@@ -34,8 +34,9 @@ def run_copy(serving_run: Path, tmp_path: Path) -> Path:
 
 
 def _parquet_logits(run: Path, strategy: str, rows: np.ndarray) -> tuple[torch.Tensor, object]:
+    from mmrank.ctr.artifacts import load_model
     from mmrank.ctr.data import load_samples, make_batch
-    from mmrank.ctr.run import load_model, score
+    from mmrank.ctr.scoring import score
 
     model, space, _ = load_model(run, strategy)  # the run's whole table, as training and predict do
     samples = load_samples(run / "data" / "ctr_samples.parquet")
@@ -44,7 +45,7 @@ def _parquet_logits(run: Path, strategy: str, rows: np.ndarray) -> tuple[torch.T
 
 @pytest.mark.parametrize("strategy", ["id", "simtier", "simtier+make"])
 def test_builder_gives_the_parquet_paths_logits(serving_run: Path, strategy: str) -> None:
-    from mmrank.ctr.run import score
+    from mmrank.ctr.scoring import score
     from mmrank.serve.builder import RankQuery, build
     from mmrank.serve.bundle import load_bundle
 
@@ -88,7 +89,7 @@ def test_builder_gives_the_parquet_paths_logits(serving_run: Path, strategy: str
 
 
 def test_bundle_refuses_a_ctr_model_of_another_encoder_version_of_the_same_width(run_copy: Path) -> None:
-    from mmrank.ctr.run import load_model
+    from mmrank.ctr.artifacts import load_model
     from mmrank.serve.bundle import load_bundle
     from mmrank.serve.fixtures import new_encoder
 

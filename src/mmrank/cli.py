@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 
+from mmrank.data.schemas import HISTORY_LEN
 from mmrank.errors import MMRankError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -74,7 +75,7 @@ def market_validate(path: Path = typer.Argument(..., help="an items or events Pa
 @data_app.command("build")
 def data_build(run: Path = typer.Option(..., "--run", help="run directory with data/items.parquet and data/events.parquet"),
                split_ts: Optional[int] = typer.Option(None, help="train/test boundary (seconds): earlier is train"),
-               history_len: Optional[int] = typer.Option(None, help="at most L clicks per behaviour sequence (default 50)"),
+               history_len: Optional[int] = typer.Option(None, help=f"at most L clicks per behaviour sequence (default {HISTORY_LEN})"),
                start_ts: Optional[int] = typer.Option(None, help="earlier events feed histories and sales only "
                                                       "(default 0)"),
                config: Optional[Path] = _CONFIG) -> None:

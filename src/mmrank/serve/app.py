@@ -105,7 +105,7 @@ def read_api_key(path: str | Path | None) -> str | None:
 def run_batch(bundle: Bundle, queries: list[RankQuery], explain: list[bool], worker: int = 0) -> list[dict]:
     """Build one batch from every query, run one forward (with forward thread ``worker``'s model),
     split the results per query."""
-    from mmrank.ctr.run import score
+    from mmrank.ctr.scoring import score
 
     built = build(queries, bundle)
     n_rows = sum(len(q.scored) for q in built.queries)

@@ -17,7 +17,7 @@ def build_serving_run(run: str | Path, *, n_items: int = 300, n_users: int = 300
                       n_impressions: int = 8000, strategies: tuple[str, ...] = ("id", "simtier"),
                       seed: int = 0) -> Path:
     """Write a run with data/, encoder/, embeddings/ and ctr/<strategy>/ for each of ``strategies``."""
-    from mmrank.ctr.run import train_strategy
+    from mmrank.ctr.stage import train_strategy
     from mmrank.data.market import generate_market, market_config
     from mmrank.threads import limited
 
