@@ -159,6 +159,8 @@ class DataConfig(StrictModel):
                             "'item-to-item' = title of the item a user interacted with just before -> the "
                             "next one; 'auto' = queries when the log has them")
     check_images: bool = Field(True, description="decode every image at import (a bad one names its row)")
+    session_gap: int = Field(0, ge=0, description="impression logs without request ids: impressions of "
+                             "one user at most this many seconds apart are one request (0: the same time)")
     seed: int = Field(0, description="seed of sampled negatives and positions")
 
 

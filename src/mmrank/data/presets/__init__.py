@@ -34,9 +34,10 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
-from mmrank.data.importer import (IdMap, Source, col, read_any, read_csv, to_float, to_int, to_str,
-                                  to_ts)
+from mmrank.data.image_folder import ImageFolder
+from mmrank.data.readers import IdMap, col, read_any, to_float, to_int, to_str, to_ts
 from mmrank.data.schemas import EVENT_TYPES
+from mmrank.data.source import Builder, Source, event_kinds, events_table, wide_to_long
 from mmrank.errors import ConfigError, DataError
 
 PRESETS = {
@@ -62,16 +63,21 @@ def load_source(*, preset: str | None = None, mapping: str | Path | dict | None 
         raise ConfigError("give --preset or --mapping, not both")
     if events is None:
         raise ConfigError("--events is required")
+    if images is None and items is not None and (Path(items).parent / "images").is_dir():
+        images = Path(items).parent / "images"  # as mmrank.data.io.read_items looks for them
+    folder = ImageFolder.open(images)
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"--preset: unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
         mod = importlib.import_module(PRESETS[preset])
-        src = mod.load(items=Path(items) if items else None, events=Path(events),
-                       images=Path(images) if images else None)
+        src = mod.load(items=Path(items) if items else None, events=Path(events), images=folder)
     else:
         spec = _mapping_spec(mapping)
         src = from_mapping(spec, items=Path(items) if items else None, events=Path(events),
-                           images=Path(images) if images else None, name="mapping" if mapping else "mmrank columns")
+                           images=folder, name="mapping" if mapping else "mmrank columns")
+    if folder is not None:
+        folder.check_found()
+        src.images_folder = folder.layout
     if queries is not None:
         src.query_images = read_query_images(Path(queries))
     return src
@@ -109,100 +115,11 @@ def _mapping_spec(mapping: str | Path | dict | None) -> dict[str, Any]:
 
 
 def _read(path: Path, sub: dict[str, Any]) -> pa.Table:
-    if sub.get("header"):
-        return read_csv(path, names=list(sub["header"]), delimiter=sub.get("delimiter", ","))
-    if sub.get("delimiter") and path.suffix.lower() not in (".parquet", ".pq", ".jsonl", ".json"):
-        return read_csv(path, delimiter=sub["delimiter"])
-    return read_any(path)
+    return read_any(path, names=list(sub["header"]) if sub.get("header") else None,
+                    delimiter=sub.get("delimiter", ","))
 
 
-class Builder:
-    """Collects items and events (with their file and row) and returns a :class:`Source`."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.files: list[str] = []
-        self.items: list[tuple[int, pa.Table, np.ndarray]] = []
-        self.events: list[tuple[int, pa.Table, np.ndarray]] = []
-
-    def file(self, path: Path | str) -> int:
-        s = str(path)
-        if s not in self.files:
-            self.files.append(s)
-        return self.files.index(s)
-
-    def add_items(self, path: Path | str, table: pa.Table, rows: np.ndarray | None = None) -> None:
-        self.items.append((self.file(path), table, np.arange(table.num_rows) if rows is None else rows))
-
-    def add_events(self, path: Path | str, table: pa.Table, rows: np.ndarray | None = None) -> None:
-        self.events.append((self.file(path), table, np.arange(table.num_rows) if rows is None else rows))
-
-    def build(self, *, has_impressions: bool, **kw: Any) -> Source:
-        def cat(parts: list[tuple[int, pa.Table, np.ndarray]]) -> tuple[pa.Table, np.ndarray, np.ndarray]:
-            if not parts:
-                return pa.table({"item_id": pa.array([], pa.int64())}), np.zeros(0, np.int64), np.zeros(0, np.int64)
-            t = pa.concat_tables([p[1] for p in parts], promote_options="default")
-            return (t, np.concatenate([np.full(p[1].num_rows, p[0]) for p in parts]).astype(np.int64),
-                    np.concatenate([p[2] for p in parts]).astype(np.int64))
-
-        it, itf, itr = cat(self.items)
-        ev, evf, evr = cat(self.events)
-        return Source(self.name, it, ev, self.files, itf, itr, evf, evr, has_impressions, **kw)
-
-
-def event_kinds(values: list[Any], mapping: dict[str, Any], file: str, column: str,
-                rows: np.ndarray | None = None) -> tuple[list[str | None], dict[str, int]]:
-    """Raw event values -> EVENT_TYPES (None: not an event, counted by value); an unmapped value names its row."""
-    out: list[str | None] = []
-    ignored: dict[str, int] = {}
-    table = {str(k): v for k, v in mapping.items()}
-    for i, v in enumerate(values):
-        key = None if v is None else str(v).strip()
-        if key not in table:
-            raise DataError(f"unknown event value {v!r}; the mapping knows {', '.join(map(repr, table))}",
-                            file=file, row=int(rows[i]) if rows is not None else i, column=column)
-        kind = table[key]
-        if kind is None:
-            ignored[f"'{key}' rows in {Path(file).name}"] = ignored.get(f"'{key}' rows in {Path(file).name}", 0) + 1
-        elif kind not in EVENT_TYPES:
-            raise ConfigError(f"event_values: {key!r} -> {kind!r}; expected one of {', '.join(EVENT_TYPES)} or null")
-        out.append(kind)
-    return out, ignored
-
-
-def events_table(*, ts: np.ndarray, user_id: np.ndarray, item_id: np.ndarray, event: list[str],
-                 **optional: Any) -> pa.Table:
-    cols: dict[str, Any] = {"ts": pa.array(ts, pa.int64()), "user_id": pa.array(user_id, pa.int64()),
-                            "item_id": pa.array(item_id, pa.int64()), "event": pa.array(event, pa.string())}
-    for k, v in optional.items():
-        if v is not None:
-            cols[k] = v if isinstance(v, (pa.Array, pa.ChunkedArray)) else pa.array(v)
-    return pa.table(cols)
-
-
-def wide_to_long(n: int, labels: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
-    """One impression per row plus one event per positive label: ``(source row of each, kinds)``."""
-    rows = [np.arange(n)]
-    kinds = [np.full(n, "impression", dtype=object)]
-    for kind in ("click", "cart", "purchase"):
-        if kind in labels:
-            hit = np.flatnonzero(labels[kind] > 0)
-            rows.append(hit)
-            kinds.append(np.full(len(hit), kind, dtype=object))
-    return np.concatenate(rows), np.concatenate(kinds).tolist()
-
-
-def find_image(folder: Path | None, key: str) -> str | None:
-    if folder is None:
-        return None
-    for suffix in (".jpg", ".jpeg", ".png", ".webp"):
-        p = folder / f"{key}{suffix}"
-        if p.is_file():
-            return str(p.resolve())
-    return None
-
-
-def from_mapping(spec: dict[str, Any], *, items: Path | None, events: Path, images: Path | None,
+def from_mapping(spec: dict[str, Any], *, items: Path | None, events: Path, images: ImageFolder | None,
                  name: str) -> Source:
     """A source from a column mapping (mmrank's own names where the mapping says nothing)."""
     b = Builder(name)
@@ -244,11 +161,8 @@ def from_mapping(spec: dict[str, Any], *, items: Path | None, events: Path, imag
         rows = np.asarray([i for i, k in enumerate(kinds_all) if k is not None], np.int64)
         kinds = [kinds_all[i] for i in rows]
         has_imp = "impression" in kinds
-        req = None
-        if has_imp:
-            if ecols["request_id"] not in ev_raw.column_names:
-                raise DataError("a log with impressions needs a request id column (which list each "
-                                "impression belongs to)", file=ef, row=0, column=ecols["request_id"])
+        req = None  # an impression log without request ids: the importer derives them (DataConfig.session_gap)
+        if has_imp and ecols["request_id"] in ev_raw.column_names:
             req = to_int(col(ev_raw, ecols["request_id"], ef), ef, ecols["request_id"])
     optional: dict[str, Any] = {}
     if req is not None:
@@ -269,8 +183,6 @@ def from_mapping(spec: dict[str, Any], *, items: Path | None, events: Path, imag
     if it_raw is not None:
         f = str(items)
         t = it_raw
-        if images is None and (Path(items).parent / "images").is_dir():
-            images = Path(items).parent / "images"  # as mmrank.data.io.read_items looks for them
         out: dict[str, Any] = {"item_id": pa.array(item_map.map(raw_item_ids))}
         ids_str = [str(v).strip() if v is not None else None for v in raw_item_ids]
         for i, v in enumerate(ids_str):
@@ -299,11 +211,12 @@ def from_mapping(spec: dict[str, Any], *, items: Path | None, events: Path, imag
             for i, p in enumerate(to_str(t.column(icols["image_path"]))):
                 if p is not None:
                     q = Path(p)
-                    cand = q if q.is_absolute() else (images / q if images and (images / q).exists() else base / q)
+                    in_folder = images.root / q if images is not None else None
+                    cand = q if q.is_absolute() else (in_folder if in_folder and in_folder.exists() else base / q)
                     paths[i] = str(cand.resolve())
         for i in range(t.num_rows):
             if paths[i] is None:
-                paths[i] = find_image(images, ids_str[i])
+                paths[i] = images.find(ids_str[i]) if images is not None else None
         out["image_path"] = pa.array(paths, pa.string())
         mapped = {icols[k] for k in ITEM_KEYS if icols[k] in t.column_names}
         for c in t.column_names:
@@ -323,7 +236,7 @@ def from_mapping(spec: dict[str, Any], *, items: Path | None, events: Path, imag
 
 
 def catalog_from_events(ev: pa.Table, raw: pa.Table, cat_col: str | None, rows: np.ndarray,
-                        images: Path | None, item_map: IdMap, raw_items: list[Any]) -> pa.Table:
+                        images: ImageFolder | None, item_map: IdMap, raw_items: list[Any]) -> pa.Table:
     """Items named by the events (first row of each): id, category (when the log has one), image
     from ``images/<id>.jpg`` when given; ``_row`` = the source row it came from."""
     ids = ev.column("item_id").to_numpy()
@@ -336,7 +249,8 @@ def catalog_from_events(ev: pa.Table, raw: pa.Table, cat_col: str | None, rows: 
     raw_keys = [str(raw_items[r]).strip() for r in src_rows]
     if not item_map.numeric:
         out["source_item_id"] = pa.array(raw_keys, pa.string())
-    out["image_path"] = pa.array([find_image(images, k) for k in raw_keys], pa.string())
+    out["image_path"] = pa.array([images.find(k) if images is not None else None for k in raw_keys],
+                                 pa.string())
     out["_row"] = pa.array(src_rows)
     return pa.table(out)
 

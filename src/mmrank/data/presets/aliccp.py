@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from mmrank.data.importer import IdMap, Source, read_csv, to_int
+from mmrank.data.image_folder import ImageFolder
+from mmrank.data.readers import IdMap, read_any, to_int
+from mmrank.data.source import Builder, Source, events_table, wide_to_long
 from mmrank.errors import DataError
 
 SKELETON = ["sample_id", "click", "conversion", "common_feature_index", "feature_num", "feature_list"]
@@ -62,9 +64,7 @@ def _files(events: Path) -> list[tuple[Path, Path | None]]:
     return [(events, cf if cf.exists() and cf != events else None)]
 
 
-def load(items: Path | None, events: Path, images: Path | None) -> Source:
-    from mmrank.data.presets import Builder, events_table, find_image, wide_to_long
-
+def load(items: Path | None, events: Path, images: ImageFolder | None) -> Source:
     b = Builder("ali-ccp")
     notes = ["Ali-CCP has no timestamps: row order stands in for time (train file, then test file)"]
     offset = 0
@@ -74,7 +74,7 @@ def load(items: Path | None, events: Path, images: Path | None) -> Source:
     for sk, cf in _files(events):
         users: dict[str, str] = {}
         if cf is not None:
-            ct = read_csv(cf, names=COMMON)
+            ct = read_any(cf, names=COMMON)
             for r, (idx, fl) in enumerate(zip(ct.column("common_feature_index").to_pylist(),
                                                  ct.column("feature_list").to_pylist())):
                 u = parse_features(fl, str(cf), r).get(USER)
@@ -83,7 +83,7 @@ def load(items: Path | None, events: Path, images: Path | None) -> Source:
         else:
             notes.append(f"{sk.name}: no common features file beside it: each common_feature_index "
                          "stands for a user")
-        t = read_csv(sk, names=SKELETON)
+        t = read_any(sk, names=SKELETON)
         f = str(sk)
         click = to_int(t.column("click"), f, "click")
         conv = to_int(t.column("conversion"), f, "conversion")
@@ -124,7 +124,7 @@ def load(items: Path | None, events: Path, images: Path | None) -> Source:
             "category": pa.array([cat_of[i][0] for i in sel], pa.string()),
             "brand": pa.array([cat_of[i][1] for i in sel], pa.string()),
             "shop": pa.array([cat_of[i][2] for i in sel], pa.string()),
-            "image_path": pa.array([find_image(images, str(i)) for i in sel], pa.string()),
+            "image_path": pa.array([images.find(str(i)) if images else None for i in sel], pa.string()),
         }), np.asarray(rows, np.int64))
     src = b.build(has_impressions=True, notes=notes, split_ts=split)
     src.item_columns = {"item_id": "feature_list"}

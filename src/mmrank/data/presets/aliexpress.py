@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from mmrank.data.importer import IdMap, Source, col, read_csv, to_int, to_str
+from mmrank.data.image_folder import ImageFolder
+from mmrank.data.readers import IdMap, col, read_any, to_int, to_str
+from mmrank.data.source import Builder, Source, events_table, wide_to_long
 from mmrank.errors import DataError
 
 ITEM_COLUMN = "categorical_1"
@@ -40,9 +42,7 @@ def _countries(events: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def load(items: Path | None, events: Path, images: Path | None) -> Source:
-    from mmrank.data.presets import Builder, events_table, find_image, wide_to_long
-
+def load(items: Path | None, events: Path, images: ImageFolder | None) -> Source:
     b = Builder("aliexpress")
     countries = _countries(events)
     region_of = {cc: i for i, (cc, _) in enumerate(countries)}
@@ -51,7 +51,7 @@ def load(items: Path | None, events: Path, images: Path | None) -> Source:
         for cc, folder in countries:
             p = folder / f"{part}.csv"
             if p.exists():
-                tables.append((part, cc, p, read_csv(p)))
+                tables.append((part, cc, p, read_any(p)))
     keys: list[str] = []
     item_keys: list[str] = []
     for _, cc, p, t in tables:
@@ -100,7 +100,7 @@ def load(items: Path | None, events: Path, images: Path | None) -> Source:
         b.add_items(path, pa.table({
             "item_id": pa.array(ids, pa.int64()),
             "source_item_id": pa.array([keys_of.get(i, str(i)) for i in ids], pa.string()),
-            "image_path": pa.array([find_image(images, keys_of.get(i, str(i))) for i in ids], pa.string()),
+            "image_path": pa.array([images.find(keys_of.get(i, str(i))) if images else None for i in ids], pa.string()),
         }), np.asarray([first_row[i][1] for i in ids], np.int64))
     notes = [f"countries -> regions: {', '.join(f'{cc}={i}' for cc, i in region_of.items())}",
              f"item id assumed to be {ITEM_COLUMN} (the release does not name its item feature)",

@@ -21,18 +21,18 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from mmrank.data.importer import Source, col, read_csv, to_float, to_int, to_str, to_ts
+from mmrank.data.image_folder import ImageFolder
+from mmrank.data.readers import col, read_any, to_float, to_int, to_str, to_ts
+from mmrank.data.source import Builder, Source, events_table, wide_to_long
 from mmrank.errors import DataError
 
 
-def load(items: Path | None, events: Path, images: Path | None) -> Source:
-    from mmrank.data.presets import Builder, events_table, find_image, wide_to_long
-
+def load(items: Path | None, events: Path, images: ImageFolder | None) -> Source:
     folder = events if events.is_dir() else events.parent
     raw_path = events if events.is_file() else folder / "raw_sample.csv"
     ad_path = items or folder / "ad_feature.csv"
     b = Builder("alimama display ads")
-    raw = read_csv(raw_path)
+    raw = read_any(raw_path)
     f = str(raw_path)
     n = raw.num_rows
     user = to_int(col(raw, "user", f), f, "user")
@@ -49,7 +49,7 @@ def load(items: Path | None, events: Path, images: Path | None) -> Source:
     notes = []
     up = folder / "user_profile.csv"
     if up.exists():
-        prof = read_csv(up)
+        prof = read_any(up)
         uf = str(up)
         uid = to_int(col(prof, "userid", uf), uf, "userid")
         level = to_int(col(prof, "new_user_class_level", uf), uf, "new_user_class_level", required=False)
@@ -67,7 +67,7 @@ def load(items: Path | None, events: Path, images: Path | None) -> Source:
     b.add_events(raw_path, events_table(ts=ts[rows], user_id=user[rows], item_id=ad[rows], event=kinds,
                                         request_id=req[rows], region=region[rows],
                                         surface=pa.array(["display"] * len(rows), pa.string())), rows)
-    feat = read_csv(ad_path)
+    feat = read_any(ad_path)
     af = str(ad_path)
     item = to_int(col(feat, "adgroup_id", af), af, "adgroup_id")
     b.add_items(ad_path, pa.table({
@@ -77,7 +77,7 @@ def load(items: Path | None, events: Path, images: Path | None) -> Source:
         "brand": pa.array(to_str(col(feat, "brand", af)), pa.string()),
         "campaign_id": pa.array(to_str(col(feat, "campaign_id", af)), pa.string()),
         "customer": pa.array(to_str(col(feat, "customer", af)), pa.string()),
-        "image_path": pa.array([find_image(images, str(i)) for i in item], pa.string()),
+        "image_path": pa.array([images.find(str(i)) if images else None for i in item], pa.string()),
     }))
     ignored = {}
     bl = folder / "behavior_log.csv"
