@@ -126,7 +126,7 @@ def _warnings(prof: dict[str, Any]) -> list[str]:
         w.append(f"only {it['with_photo']} of {it['items']} items have a photo: the rest train on a grey "
                  "placeholder")
     ppu = prof["events"]["purchases_per_user"]
-    if ppu.get("n") and ppu["share_with_one"] > 0.8:
+    if ppu.get("n") and ppu["share_with_one"] > 0.5:
         w.append(f"{ppu['share_with_one']:.0%} of buyers bought once: few users give a pair or a history")
     return w
 
