@@ -3,7 +3,8 @@
 zero padding. The folder is indexed once; a lookup is a dictionary hit.
 
 A folder that does not exist, or in which no catalog id is found, is one line naming the layout
-expected and one file name it looked for (:meth:`ImageFolder.check_found`).
+expected and one file name it looked for (:meth:`ImageFolder.check_found`, once the source has read
+its catalog).
 
 Example::
 
@@ -34,7 +35,8 @@ class ImageFolder:
         self.by_key: dict[str, Path] = {}
         self.by_name: dict[str, Path] = {}
         self.nested = False
-        for p in sorted(root.rglob("*")):
+        self.missing = not root.is_dir()
+        for p in sorted(root.rglob("*")) if not self.missing else []:
             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
                 self.by_name.setdefault(p.name, p)
                 self.by_key.setdefault(p.stem, p)
@@ -44,15 +46,10 @@ class ImageFolder:
         self.looked_for: str | None = None
 
     @classmethod
-    def open(cls, path: str | Path | None, example: str = "<id>.jpg") -> ImageFolder | None:
-        """None for no folder; a missing path or a file is one line naming the layout expected."""
-        if path is None:
-            return None
-        p = Path(path)
-        if not p.is_dir():
-            what = "no such images folder" if not p.exists() else "not a folder"
-            raise DataError(f"{what}: expected {LAYOUT}, e.g. {example}", file=str(p))
-        return cls(p)
+    def open(cls, path: str | Path | None) -> ImageFolder | None:
+        """None for no folder. A path that is not a folder is reported by :meth:`check_found`, once
+        the source has said which file it looked for."""
+        return cls(Path(path)) if path is not None else None
 
     @property
     def layout(self) -> str:
@@ -79,9 +76,13 @@ class ImageFolder:
         return str(p.resolve()) if p is not None else None
 
     def check_found(self) -> None:
-        """Raise when the folder was searched and holds no photo of any catalog item."""
+        """Raise when the folder does not exist, or was searched and holds no photo of any catalog item."""
+        example = f"looked for e.g. {self.looked_for}" if self.looked_for else "e.g. <id>.jpg"
+        if self.missing:
+            what = "no such images folder" if not self.root.exists() else "not a folder"
+            raise DataError(f"{what}: expected {LAYOUT}; {example}", file=str(self.root))
         if self.looked_for is not None and self.hits == 0:
             some = next(iter(self.by_name), None)
             has = f"it has {len(self.by_name)} photos, e.g. {some}" if some else "it has no photos"
-            raise DataError(f"no photo of any catalog item: expected {LAYOUT}; looked for e.g. "
-                            f"{self.looked_for} ({has})", file=str(self.root))
+            raise DataError(f"no photo of any catalog item: expected {LAYOUT}; {example} ({has})",
+                            file=str(self.root))

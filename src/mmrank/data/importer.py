@@ -116,7 +116,8 @@ def known_items(src: Source, strict: bool) -> tuple[np.ndarray, dict[str, list[i
         rows[f] = sorted(set(rows.get(f, [])) | set(src.events_row[(src.events_file == fi) & ~known].tolist()))
     if strict and rows:
         f, r = next(iter(rows.items()))
-        raise DataError(f"the item is not in the catalog (--strict; {sum(map(len, rows.values()))} such rows)",
+        n = sum(map(len, rows.values()))
+        raise DataError(f"the item is not in the catalog (--strict; {n} such row{'s' if n != 1 else ''})",
                         file=f, row=r[0], column=src.event_columns.get("item_id", "item_id"))
     if not known.any():
         raise DataError("no event names a known item: check the item id columns of both files",
