@@ -50,15 +50,19 @@ def _dist(counts: np.ndarray) -> dict[str, Any]:
 
 
 def _items(data: Path) -> dict[str, Any]:
-    t = pq.read_table(data / "items.parquet", columns=["item_id", "title", "price", "image", "image_path"])
+    names = pq.read_schema(data / "items.parquet").names
+    t = pq.read_table(data / "items.parquet", columns=[c for c in ("item_id", "title", "price", "image",
+                                                                   "image_path") if c in names])
     n = t.num_rows
     manifest = _manifest(data)
     without = (manifest.get("import") or {}).get("items_without") or {}
-    blobs, paths = t.column("image").to_pylist(), t.column("image_path").to_pylist()
+    blobs = t.column("image").to_pylist() if "image" in names else [None] * n
+    paths = t.column("image_path").to_pylist() if "image_path" in names else [None] * n
     sizes = []
     for b, p in zip(blobs, paths):
         if b is None and p:
-            b = Path(p).read_bytes() if Path(p).is_file() else None
+            f = Path(p) if Path(p).is_absolute() else data / p
+            b = f.read_bytes() if f.is_file() else None
         if not is_placeholder(b):
             sizes.append(photo_size(b))
     sizes = [s for s in sizes if s is not None]
@@ -72,8 +76,11 @@ def _items(data: Path) -> dict[str, Any]:
 
 
 def _events(data: Path) -> dict[str, Any]:
-    ev = pq.read_table(data / "events.parquet", columns=["user_id", "item_id", "event", "sampled"])
-    ev = ev.filter(pc.invert(ev.column("sampled")))
+    path = data / "events.parquet"
+    sampled = "sampled" in pq.read_schema(path).names  # imported logs without impressions flag them
+    ev = pq.read_table(path, columns=["user_id", "item_id", "event"] + (["sampled"] if sampled else []))
+    if sampled:
+        ev = ev.filter(pc.invert(ev.column("sampled")))
     act = ev.filter(pc.not_equal(ev.column("event"), "impression"))
     buy = ev.filter(pc.equal(ev.column("event"), "purchase"))
     per = {}
