@@ -87,6 +87,16 @@ def test_price_is_point_in_time(tmp_path: Path) -> None:
     for i, p in zip(items.column("item_id").to_pylist(), items.column("price").to_numpy()):
         paid = price[(art == i) & (days < split)]
         assert p == pytest.approx(paid.mean() if len(paid) else 0.0)
+    lists = pq.read_table(data / "lists.parquet", columns=["ts", "item_ids", "prices"]).to_pylist()
+    assert len(lists) > 100
+    seen_zero = seen_paid = 0
+    for row in lists[::7]:
+        for i, p in zip(row["item_ids"], row["prices"]):
+            paid = price[(art == i) & (days < row["ts"])]
+            assert p == pytest.approx(paid.mean() if len(paid) else 0.0)
+            seen_zero += not len(paid)
+            seen_paid += bool(len(paid))
+    assert seen_zero and seen_paid  # both cases were checked
 
 
 @pytest.mark.slow

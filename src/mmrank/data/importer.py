@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from mmrank.config import DataConfig
 from mmrank.data.import_events import events_table, item_to_item_pairs
@@ -90,14 +91,15 @@ def _import_source(run: Path, src: Source, cfg: DataConfig, replace: bool, stric
     phase(f"arranging {int(known.sum())} events into lists")
     events, list_info = events_table(src, known, items, cfg)
     split_ts = choose_split(src, events, cfg)
-    items, item_counts = transaction_prices(src, known, items, item_counts, split_ts)
+    tx = paid(src, known)
+    items, item_counts = transaction_prices(tx, items, item_counts, split_ts)
     pairs_kind, has_queries = choose_pairs(events, cfg)
     user_tbl = users_table(src, events)
     summary = summarise(src, items, events, user_tbl.num_rows, item_counts=item_counts, photos=photos,
                         unknown=unknown, list_info=list_info, split_ts=split_ts, has_queries=has_queries)
     subs = substitutes(src, cfg, pairs_kind, item_counts, items.num_rows, list_info)
     tables = {"items": items, "events": events, "users": user_tbl, "query_images": src.query_images}
-    write_run(run, tables, summary, subs, src, cfg, split_ts, pairs_kind, phase)
+    write_run(run, tables, summary, subs, src, cfg, split_ts, pairs_kind, tx, phase)
     from mmrank.config import record
 
     record(run, "data", cfg.model_copy(update={"split_ts": split_ts}))
@@ -164,25 +166,61 @@ def choose_pairs(events: pa.Table, cfg: DataConfig) -> tuple[str, bool]:
     return kind, has_queries
 
 
-def transaction_prices(src: Source, known: np.ndarray, items: pa.Table, counts: dict[str, int],
-                       split_ts: int) -> tuple[pa.Table, dict[str, int]]:
-    """Items without a catalog price, when the log has the price paid: the mean price of the item's
-    transactions before the train/test split (point-in-time: no test-period price reaches a feature)."""
+def paid(src: Source, known: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(item, ts, price) of every purchase with a price, when the log has the price paid and the
+    catalog has no price of its own; else None."""
     if "price" not in src.events.column_names or "price" in src.items.column_names:
-        return items, counts
+        return None
     ev = src.events.filter(pa.array(known))
-    paid = ev.column("price").to_numpy(zero_copy_only=False).astype(np.float64)
-    before = (ev.column("ts").to_numpy() < split_ts) & ~np.isnan(paid)
-    sold = ev.column("item_id").to_numpy()[before]
+    price = ev.column("price").to_numpy(zero_copy_only=False).astype(np.float64)
+    m = pc.equal(ev.column("event"), "purchase").to_numpy(zero_copy_only=False) & ~np.isnan(price)
+    return ev.column("item_id").to_numpy()[m], ev.column("ts").to_numpy()[m], price[m]
+
+
+def mean_paid_before(tx: tuple[np.ndarray, np.ndarray, np.ndarray], item: np.ndarray,
+                     ts: np.ndarray) -> np.ndarray:
+    """The mean price paid for ``item`` strictly before ``ts`` (each pair); NaN where none was."""
+    t_item, t_ts, t_price = tx
+    keys = np.unique(np.r_[t_item, item])
+    tk = (np.searchsorted(keys, t_item).astype(np.int64) << 32) | t_ts.astype(np.int64)
+    o = np.argsort(tk, kind="stable")
+    tk, cum = tk[o], np.r_[0.0, np.cumsum(t_price[o])]
+    q_item = np.searchsorted(keys, item).astype(np.int64) << 32
+    lo = np.searchsorted(tk, q_item, side="left")
+    hi = np.searchsorted(tk, q_item | ts.astype(np.int64), side="left")
+    n = hi - lo
+    return np.where(n > 0, (cum[hi] - cum[lo]) / np.maximum(n, 1), np.nan)
+
+
+def transaction_prices(tx: tuple[np.ndarray, np.ndarray, np.ndarray] | None, items: pa.Table,
+                       counts: dict[str, int], split_ts: int) -> tuple[pa.Table, dict[str, int]]:
+    """Items without a catalog price, when the log has the price paid: the mean price of the item's
+    purchases before the train/test split (no test-period price reaches the catalog; the lists take
+    each row's price before its own time, :func:`lists_prices`)."""
+    if tx is None:
+        return items, counts
     ids = items.column("item_id").to_numpy()
-    o = np.argsort(ids)
-    at = o[np.searchsorted(ids[o], sold)]
-    total = np.bincount(at, weights=paid[before], minlength=len(ids))
-    n = np.bincount(at, minlength=len(ids))
-    price = np.where(n > 0, total / np.maximum(n, 1), 0.0)
-    counts = dict(counts, without_price=int((n == 0).sum()))
+    price = mean_paid_before(tx, ids, np.full(len(ids), split_ts, np.int64))
+    counts = dict(counts, without_price=int(np.isnan(price).sum()))
     idx = items.column_names.index("price")
-    return items.set_column(idx, "price", pa.array(price)), counts
+    return items.set_column(idx, "price", pa.array(np.nan_to_num(price, nan=0.0))), counts
+
+
+def lists_prices(tx: tuple[np.ndarray, np.ndarray, np.ndarray], data: Path) -> None:
+    """Rewrite ``lists.parquet``'s prices point-in-time: each candidate's mean price paid before the
+    list's time (0 when it was never bought before)."""
+    from mmrank.data.io import write_table
+
+    path = data / "lists.parquet"
+    lists = pq.read_table(path)
+    if not lists.num_rows:
+        return
+    items = lists.column("item_ids").combine_chunks()
+    ts = np.repeat(lists.column("ts").to_numpy(), pc.list_value_length(items).to_numpy())
+    price = np.nan_to_num(mean_paid_before(tx, items.flatten().to_numpy(), ts), nan=0.0)
+    prices = pa.ListArray.from_arrays(items.offsets, pa.array(price, pa.float64()))
+    idx = lists.column_names.index("prices")
+    write_table(lists.set_column(idx, lists.schema.field(idx), prices), path)
 
 
 def users_table(src: Source, events: pa.Table) -> pa.Table:
@@ -216,7 +254,8 @@ def _manifest(src: Source, summary: dict[str, Any], subs: dict[str, str], cfg: D
 
 
 def write_run(run: Path, tables: dict[str, pa.Table | None], summary: dict[str, Any], subs: dict[str, str],
-              src: Source, cfg: DataConfig, split_ts: int, pairs_kind: str, phase: _Phases) -> None:
+              src: Source, cfg: DataConfig, split_ts: int, pairs_kind: str,
+              tx: tuple[np.ndarray, np.ndarray, np.ndarray] | None, phase: _Phases) -> None:
     """Write the tables, the derived ones and the manifest and profile to a temporary run directory,
     then move its ``data/`` into ``run`` (the old one goes only once the new one is in place)."""
     from mmrank.data.io import write_table
@@ -236,6 +275,8 @@ def write_run(run: Path, tables: dict[str, pa.Table | None], summary: dict[str, 
                 write_table(table, data / f"{name}.parquet", **({"row_group_size": 2048} if name == "items" else {}))
         phase("building pairs, CTR samples and lists")
         derived = build_derived(tmp, split_ts, cfg.history_len, cfg.start_ts)
+        if tx is not None:
+            lists_prices(tx, data)
         if pairs_kind == "item-to-item":
             pairs = item_to_item_pairs(tables["events"], tables["items"], split_ts)
             write_table(pairs, data / "pairs.parquet")

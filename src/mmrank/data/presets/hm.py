@@ -12,8 +12,8 @@
 A transaction is a click and a purchase of the article on that day (``t_dat`` at 00:00 UTC, so a
 customer's purchases of one day share a time, and repeats of one day are one event);
 ``sales_channel_id`` (1, 2) is the region (0, 1), default 1 when the file lacks the column; ``price``
-(optional) is the price paid, from which the article's price is taken point-in-time (transactions
-before the train/test split). The title is ``prod_name``; the category ``product_type_name``. Articles
+(optional) is the price paid, from which prices are taken point-in-time: the catalog's from the
+transactions before the train/test split, each list's from those before the list. The title is ``prod_name``; the category ``product_type_name``. Articles
 without a photo get a grey one (counted). No impressions (sampled negatives), no queries (item-to-item
 pre-training pairs).
 """
@@ -93,7 +93,8 @@ def load(items: Path | None, events: Path, images: ImageFolder | None) -> Source
     b.add_items(items, pa.table(cols))
     src = b.build(has_impressions=False, users=_customers(events, umap), defaults=defaults,
                   notes=["a transaction is a click and a purchase at 00:00 UTC of its day",
-                         "price = the article's mean transaction price before the train/test split"])
+                         "price = the article's mean transaction price before the train/test split; "
+                         "in lists.parquet, each candidate's mean price paid before the list's time"])
     src.item_columns = {"item_id": "article_id", "title": "prod_name", "category": "product_type_name",
                         "image_path": "image"}
     src.event_columns = {"item_id": "article_id", "region": "sales_channel_id"}
