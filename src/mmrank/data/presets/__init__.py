@@ -119,6 +119,94 @@ def _read(path: Path, sub: dict[str, Any]) -> pa.Table:
                     delimiter=sub.get("delimiter", ","))
 
 
+def _kinds(ev_raw: pa.Table, ecols: dict[str, str], esub: dict[str, Any], ef: str
+           ) -> tuple[np.ndarray, list[str], bool, np.ndarray | None, dict[str, int]]:
+    """Source rows that are events, their kinds, whether the log has impressions, the request ids
+    (None: derived by the importer) and the rows not mapped to events (by value)."""
+    n = ev_raw.num_rows
+    labels = esub.get("labels")
+    if labels:
+        lab = {k: to_int(col(ev_raw, c, ef), ef, c) for k, c in labels.items()}
+        for k in lab:
+            if k not in ("click", "cart", "purchase"):
+                raise ConfigError(f"events.labels: unknown label {k!r} (expected click, cart, purchase)")
+        rows, kinds = wide_to_long(n, lab)
+        req = (to_int(col(ev_raw, ecols["request_id"], ef), ef, ecols["request_id"])
+               if ecols["request_id"] in ev_raw.column_names else np.arange(n))
+        return rows, kinds, True, req, {}
+    values = col(ev_raw, ecols["event"], ef).to_pylist()
+    mapping = esub.get("event_values") or {k: k for k in EVENT_TYPES}
+    kinds_all, ignored = event_kinds(values, mapping, ef, ecols["event"])
+    rows = np.asarray([i for i, k in enumerate(kinds_all) if k is not None], np.int64)
+    kinds = [kinds_all[i] for i in rows]
+    has_imp = "impression" in kinds
+    req = None  # an impression log without request ids: the importer derives them (DataConfig.session_gap)
+    if has_imp and ecols["request_id"] in ev_raw.column_names:
+        req = to_int(col(ev_raw, ecols["request_id"], ef), ef, ecols["request_id"])
+    return rows, kinds, has_imp, req, ignored
+
+
+def _optional_events(ev_raw: pa.Table, ecols: dict[str, str], ef: str, rows: np.ndarray,
+                     req: np.ndarray | None, has_imp: bool) -> dict[str, Any]:
+    optional: dict[str, Any] = {}
+    if req is not None:
+        optional["request_id"] = req[rows]
+    if has_imp and ecols["position"] in ev_raw.column_names:
+        optional["position"] = to_int(col(ev_raw, ecols["position"], ef), ef, ecols["position"])[rows]
+    if ecols["region"] in ev_raw.column_names:
+        reg_raw = col(ev_raw, ecols["region"], ef).to_pylist()
+        reg = IdMap(reg_raw).map(reg_raw)
+        optional["region"] = np.where(reg < 0, 0, reg)[rows]
+    for k in ("query_text", "query_image", "surface"):
+        if ecols[k] in ev_raw.column_names:
+            optional[k] = pa.array(to_str(col(ev_raw, ecols[k], ef)), pa.string()).take(pa.array(rows))
+    return optional
+
+
+def _image_paths(t: pa.Table, column: str, items: Path, images: ImageFolder | None,
+                 ids: list[str | None]) -> list[str | None]:
+    """Each item's photo file: ``image_path`` (absolute, in the images folder, or beside the items
+    file), else the photo named by its id in the images folder."""
+    paths: list[str | None] = [None] * t.num_rows
+    if column in t.column_names:
+        for i, p in enumerate(to_str(t.column(column))):
+            if p is not None:
+                q = Path(p)
+                in_folder = images.root / q if images is not None else None
+                cand = q if q.is_absolute() else (in_folder if in_folder and in_folder.exists() else items.parent / q)
+                paths[i] = str(cand.resolve())
+    return [p if p is not None else (images.find(k) if images is not None else None) for p, k in zip(paths, ids)]
+
+
+def _mapped_items(t: pa.Table, icols: dict[str, str], isub: dict[str, Any], items: Path,
+                  images: ImageFolder | None, item_map: IdMap, raw_ids: list[Any]) -> pa.Table:
+    f = str(items)
+    out: dict[str, Any] = {"item_id": pa.array(item_map.map(raw_ids))}
+    ids = [str(v).strip() if v is not None else None for v in raw_ids]
+    for i, v in enumerate(ids):
+        if not v:
+            raise DataError("empty where a value is required", file=f, row=i, column=icols["item_id"])
+    if not item_map.numeric:
+        out["source_item_id"] = pa.array(ids, pa.string())
+    for k in ("title", "category"):
+        if icols[k] in t.column_names:
+            out[k] = pa.array(to_str(t.column(icols[k])), pa.string())
+    if icols["price"] in t.column_names:
+        out["price"] = pa.array(to_float(t.column(icols["price"]), f, icols["price"]))
+    if icols["created_at"] in t.column_names:
+        out["created_at"] = pa.array(to_ts(t.column(icols["created_at"]), f, icols["created_at"],
+                                           isub.get("created_at_format", "unix")))
+    if icols["image"] in t.column_names:
+        im = t.column(icols["image"])
+        if not (pa.types.is_binary(im.type) or pa.types.is_large_binary(im.type)):
+            raise DataError(f"expected image bytes (binary), got {im.type}; a column of file names "
+                            "is image_path", file=f, row=0, column=icols["image"])
+        out["image"] = im.cast(pa.binary())
+    out["image_path"] = pa.array(_image_paths(t, icols["image_path"], items, images, ids), pa.string())
+    mapped = {icols[k] for k in ITEM_KEYS if icols[k] in t.column_names}
+    return pa.table(out | {c: t.column(c) for c in t.column_names if c not in mapped and c not in out})
+
+
 def from_mapping(spec: dict[str, Any], *, items: Path | None, events: Path, images: ImageFolder | None,
                  name: str) -> Source:
     """A source from a column mapping (mmrank's own names where the mapping says nothing)."""
@@ -126,11 +214,7 @@ def from_mapping(spec: dict[str, Any], *, items: Path | None, events: Path, imag
     isub, esub = spec.get("items") or {}, spec.get("events") or {}
     icols = {k: k for k in ITEM_KEYS} | dict(isub.get("columns") or {})
     ecols = {k: k for k in EVENT_KEYS} | dict(esub.get("columns") or {})
-    ev_raw = _read(events, esub)
-    ef = str(events)
-    ignored: dict[str, int] = {}
-    n = ev_raw.num_rows
-    user_map = IdMap(col(ev_raw, ecols["user_id"], ef).to_pylist())
+    ev_raw, ef = _read(events, esub), str(events)
     raw_items = col(ev_raw, ecols["item_id"], ef).to_pylist()
     for i, v in enumerate(raw_items):
         if v is None or not str(v).strip():
@@ -139,90 +223,16 @@ def from_mapping(spec: dict[str, Any], *, items: Path | None, events: Path, imag
     raw_item_ids = col(it_raw, icols["item_id"], str(items)).to_pylist() if it_raw is not None else raw_items
     item_map = IdMap(raw_item_ids)
     ts = to_ts(col(ev_raw, ecols["ts"], ef), ef, ecols["ts"], esub.get("ts_format", "unix"))
-    users = user_map.map(col(ev_raw, ecols["user_id"], ef).to_pylist())
+    raw_users = col(ev_raw, ecols["user_id"], ef).to_pylist()
+    users = IdMap(raw_users).map(raw_users)
     bad = np.flatnonzero(users < 0)
     if len(bad):
         raise DataError("empty where a value is required", file=ef, row=int(bad[0]), column=ecols["user_id"])
-    ev_items = item_map.map(raw_items)
-    labels = esub.get("labels")
-    if labels:
-        lab = {k: to_int(col(ev_raw, c, ef), ef, c) for k, c in labels.items()}
-        for k in lab:
-            if k not in ("click", "cart", "purchase"):
-                raise ConfigError(f"events.labels: unknown label {k!r} (expected click, cart, purchase)")
-        rows, kinds = wide_to_long(n, lab)
-        has_imp = True
-        req = (to_int(col(ev_raw, ecols["request_id"], ef), ef, ecols["request_id"])
-               if ecols["request_id"] in ev_raw.column_names else np.arange(n))
-    else:
-        values = col(ev_raw, ecols["event"], ef).to_pylist()
-        mapping = esub.get("event_values") or {k: k for k in EVENT_TYPES}
-        kinds_all, ignored = event_kinds(values, mapping, ef, ecols["event"])
-        rows = np.asarray([i for i, k in enumerate(kinds_all) if k is not None], np.int64)
-        kinds = [kinds_all[i] for i in rows]
-        has_imp = "impression" in kinds
-        req = None  # an impression log without request ids: the importer derives them (DataConfig.session_gap)
-        if has_imp and ecols["request_id"] in ev_raw.column_names:
-            req = to_int(col(ev_raw, ecols["request_id"], ef), ef, ecols["request_id"])
-    optional: dict[str, Any] = {}
-    if req is not None:
-        optional["request_id"] = req[rows]
-    if has_imp and ecols["position"] in ev_raw.column_names:
-        optional["position"] = to_int(col(ev_raw, ecols["position"], ef), ef, ecols["position"])[rows]
-    if ecols["region"] in ev_raw.column_names:
-        reg_raw = col(ev_raw, ecols["region"], ef).to_pylist()
-        rmap = IdMap(reg_raw)
-        reg = rmap.map(reg_raw)
-        optional["region"] = np.where(reg < 0, 0, reg)[rows]
-    for k in ("query_text", "query_image", "surface"):
-        if ecols[k] in ev_raw.column_names:
-            optional[k] = pa.array(to_str(col(ev_raw, ecols[k], ef)), pa.string()).take(pa.array(rows))
-    b.add_events(events, events_table(ts=ts[rows], user_id=users[rows], item_id=ev_items[rows],
-                                      event=kinds, **optional), rows)
-
+    rows, kinds, has_imp, req, ignored = _kinds(ev_raw, ecols, esub, ef)
+    b.add_events(events, events_table(ts=ts[rows], user_id=users[rows], item_id=item_map.map(raw_items)[rows],
+                                      event=kinds, **_optional_events(ev_raw, ecols, ef, rows, req, has_imp)), rows)
     if it_raw is not None:
-        f = str(items)
-        t = it_raw
-        out: dict[str, Any] = {"item_id": pa.array(item_map.map(raw_item_ids))}
-        ids_str = [str(v).strip() if v is not None else None for v in raw_item_ids]
-        for i, v in enumerate(ids_str):
-            if not v:
-                raise DataError("empty where a value is required", file=f, row=i, column=icols["item_id"])
-        if not item_map.numeric:
-            out["source_item_id"] = pa.array(ids_str, pa.string())
-        if icols["title"] in t.column_names:
-            out["title"] = pa.array(to_str(t.column(icols["title"])), pa.string())
-        if icols["category"] in t.column_names:
-            out["category"] = pa.array(to_str(t.column(icols["category"])), pa.string())
-        if icols["price"] in t.column_names:
-            out["price"] = pa.array(to_float(t.column(icols["price"]), f, icols["price"]))
-        if icols["created_at"] in t.column_names:
-            out["created_at"] = pa.array(to_ts(t.column(icols["created_at"]), f, icols["created_at"],
-                                               isub.get("created_at_format", "unix")))
-        if icols["image"] in t.column_names:
-            im = t.column(icols["image"])
-            if not (pa.types.is_binary(im.type) or pa.types.is_large_binary(im.type)):
-                raise DataError(f"expected image bytes (binary), got {im.type}; a column of file names "
-                                "is image_path", file=f, row=0, column=icols["image"])
-            out["image"] = im.cast(pa.binary())
-        paths: list[str | None] = [None] * t.num_rows
-        if icols["image_path"] in t.column_names:
-            base = Path(items).parent
-            for i, p in enumerate(to_str(t.column(icols["image_path"]))):
-                if p is not None:
-                    q = Path(p)
-                    in_folder = images.root / q if images is not None else None
-                    cand = q if q.is_absolute() else (in_folder if in_folder and in_folder.exists() else base / q)
-                    paths[i] = str(cand.resolve())
-        for i in range(t.num_rows):
-            if paths[i] is None:
-                paths[i] = images.find(ids_str[i]) if images is not None else None
-        out["image_path"] = pa.array(paths, pa.string())
-        mapped = {icols[k] for k in ITEM_KEYS if icols[k] in t.column_names}
-        for c in t.column_names:
-            if c not in mapped and c not in out:
-                out[c] = t.column(c)
-        b.add_items(items, pa.table(out))
+        b.add_items(items, _mapped_items(it_raw, icols, isub, items, images, item_map, raw_item_ids))
     else:
         cat_t = catalog_from_events(b.events[0][1], ev_raw, ecols.get("category"), rows, images,
                                     item_map, raw_items)
