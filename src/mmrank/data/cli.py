@@ -92,9 +92,10 @@ def import_(
 
 @app.command("profile")
 def profile(run: Path = typer.Option(..., "--run", help="run directory with data/")) -> None:
-    """What RUN's data holds (items with photo/title/price, photo sizes, events per user and item,
-    pairs and their split, repeats merged) and where a figure is too small to measure; also
-    written to RUN/data/profile.json."""
+    """What RUN's data holds, and where a figure is too small to measure (also RUN/data/profile.json).
+
+    Items with photo/title/price, photo sizes, events per user and per item, purchases per user,
+    pre-training pairs and their split, repeated events merged and why; Acc@N with its 95% interval."""
     from mmrank.data.profile import format_profile, write_profile
 
     if not (run / "data" / "items.parquet").exists():

@@ -1,27 +1,32 @@
 """`mmrank data import`: a team's own catalog and logs (or a public data set) -> a run directory.
 
 A *source* (a preset for a public format, or a column mapping, see :mod:`mmrank.data.presets`) reads
-the files and returns a :class:`Source`: items and events in mmrank's column names, typed, each row
-remembering its file and row. :func:`import_source` then
+the files (:mod:`mmrank.data.readers`: Parquet, CSV or JSON Lines) and returns a
+:class:`~mmrank.data.source.Source`: items and events in mmrank's column names, typed, each row
+remembering its file and row. :func:`import_source` is the pipeline, one step a function:
 
-1. checks the items (duplicate ids, undecodable images) and fills what the data lacks, counting it: a
-   title from the category, a grey image, price 0, ``created_at`` = the item's first event;
-2. keeps events naming unknown items out of the run (counted per file, never dropped silently);
-3. when the log has no impressions, makes one list per interaction: the item the user interacted
-   with and ``negatives_per_positive`` items sampled uniformly from the catalog items that exist at
-   that time, in random slots (the sampled items are flagged ``sampled`` in events.parquet);
-4. writes items, users, events (and query images) to a temporary run directory, builds the derived
-   tables there (:func:`mmrank.data.samples.build_derived`), replaces the pre-training pairs by
-   item-to-item pairs when the log has no queries, writes ``manifest.json``, and only then moves
-   ``data/`` into the run directory. A failed import leaves the run directory as it was.
+1. :func:`known_items`: events naming unknown items are kept out, counted by source row (the first few
+   row numbers listed), or stop the import with ``strict``;
+2. :func:`mmrank.data.import_items.item_table`: duplicate ids and undecodable photos stop the import;
+   what the data lacks is filled and counted (a title from the category, a grey photo, price 0,
+   ``created_at`` = the item's first event);
+3. :func:`mmrank.data.import_events.events_table`: one rule for repeated events; requests kept,
+   derived (an impression log without request ids) or made (a log without impressions: the item and
+   ``negatives_per_positive`` items sampled from the catalog that existed then, flagged ``sampled``);
+4. :func:`choose_split`, :func:`transaction_prices` (a price from the transactions, point-in-time),
+   :func:`choose_pairs`, :func:`users_table`;
+5. :func:`write_run`: the tables, the derived ones (:func:`mmrank.data.samples.build_derived`, and
+   item-to-item pairs when the log has no queries), ``manifest.json`` and ``profile.json``
+   (:mod:`mmrank.data.profile`) go to a temporary run directory, and only then is ``data/`` moved into
+   the run directory. A failed import leaves the run directory as it was.
 
-Whatever is substituted is recorded in ``manifest.json["substitutes"]``; later stages print it and the
-report labels results with it.
+Whatever is substituted is recorded in ``manifest.json["substitutes"]``
+(:mod:`mmrank.data.import_summary`); later stages print it and the report labels results with it.
 
 Example::
 
     >>> from mmrank.data.importer import import_data
-    >>> summary = import_data("runs/hm", preset="hm", items="articles.csv",
+    >>> summary = import_data("runs/hm", preset="hm", items="articles.parquet",
     ...                       events="transactions_train.csv", images="images/")  # doctest: +SKIP
 """
 
