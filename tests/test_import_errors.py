@@ -133,6 +133,7 @@ def test_mapping_mixed_images_unknown_items_counted(tmp_path: Path) -> None:
     m.write_text(MAPPING)
     s = import_data(tmp_path / "run", items=_catalog(tmp_path), events=_events(tmp_path, LOG), mapping=m)
     assert s["events_naming_unknown_items"] == {str(tmp_path / "log.csv"): 1}
+    assert s["unknown_item_rows"] == {str(tmp_path / "log.csv"): [4]}  # LOG[4] names item 999
     assert s["ignored"] == {"'wish' rows in log.csv": 1}
     assert s["counts"]["clicks"] == 7 and s["counts"]["purchases"] == 1
     items = pq.read_table(tmp_path / "run" / "data" / "items.parquet")

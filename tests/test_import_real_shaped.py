@@ -71,6 +71,24 @@ def test_hm_layouts_import_alike(tmp_path: Path) -> None:
     assert {i for i, p in zip(ids, paths) if p} == rows
 
 
+def test_unknown_items_counted_by_source_row(tmp_path: Path) -> None:
+    """A transaction naming an unknown article (a click and a purchase) counts once, by its row; the
+    summary lists the row; ``--strict`` stops at it (tests/test_import_errors.py)."""
+    from mmrank.data.import_summary import format_summary
+    from mmrank.data.importer import import_data
+
+    root = make_hm_like(tmp_path / "src")
+    tx = root / "transactions_train.csv"
+    lines = tx.read_text().splitlines()
+    for at in (9, 4):  # file lines: data rows 3 and 9 once both are in
+        lines.insert(at, f"2020-09-03,{'e' * 64},\"0999999999\",0.02")
+    tx.write_text("\n".join(lines) + "\n")
+    s = import_data(tmp_path / "run", preset="hm", items=root / "articles.parquet", events=tx,
+                    images=root / "images")
+    assert s["events_naming_unknown_items"] == {str(tx): 2} and s["unknown_item_rows"] == {str(tx): [3, 9]}
+    assert f"2 in {tx} (rows 3, 9)" in format_summary(s)
+
+
 def test_price_is_point_in_time(tmp_path: Path) -> None:
     """An article's price is the mean of its transactions before the split: a test-period price
     never reaches it."""
