@@ -245,10 +245,15 @@ def _hm_case(root: Path, case: str) -> tuple[list[object], str, int | None, str 
 @pytest.mark.parametrize("case", ["missing image folder", "empty image folder", "truncated photo",
                                   "bad number in a Parquet file", "not a Parquet file", "bad price",
                                   "unknown item (--strict)"])
-def test_bad_input_is_one_line_exit_2_and_leaves_run_unchanged(tmp_path: Path, case: str) -> None:
+def test_bad_input_is_one_line_exit_2_and_leaves_run_unchanged(tmp_path: Path, case: str,
+                                                               capsys: pytest.CaptureFixture,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Each bad input of a real-shaped shop: one line naming the file (and the row and column of a
-    cell), exit 2, and the run exactly as the last good import left it."""
+    cell), exit 2, and the run exactly as the last good import left it. (The entry point runs in this
+    process: ``mmrank.cli.main``, as the console script calls it.)"""
     import sys
+
+    from mmrank.cli import main
 
     sys.path.insert(0, str(FIXTURES))
     from hm_like import make_hm_like
@@ -260,9 +265,13 @@ def test_bad_input_is_one_line_exit_2_and_leaves_run_unchanged(tmp_path: Path, c
     (run / "notes.txt").write_text("mine")
     before = snapshot(run)
     args, file, row, column, message = _hm_case(make_hm_like(tmp_path / "bad"), case)
-    res = run_mmrank("data", "import", "--run", run, "--preset", "hm", "--replace", *args)
-    assert res.returncode == 2, res.stderr
-    err = res.stderr.strip()
+    monkeypatch.setattr(sys, "argv", ["mmrank", "data", "import", "--run", str(run), "--preset", "hm",
+                                      "--replace", *map(str, args)])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2, err
     assert "\n" not in err and "Traceback" not in err, err
     where = ", ".join(p for p in ((f"row {row}" if row is not None else ""),
                                   (f"column '{column}'" if column else "")) if p)
