@@ -16,8 +16,13 @@ ids and the time)::
       # or, one row per impression with 0/1 label columns instead of `event`:
       # labels: {click: clicked, cart: carted, purchase: bought}
 
-Files are CSV (with a header row, or ``header: [names]``), Parquet or JSON Lines. ``--images DIR``
-finds the photo of an item without ``image``/``image_path`` as ``DIR/<item id>.jpg`` (or .png).
+Files are CSV (with a header row, or ``header: [names]``), Parquet or JSON Lines, told apart by their
+content (:func:`mmrank.data.readers.read_any`). ``--images DIR`` (default: ``images/`` beside the items
+file) finds the photo of an item without ``image``/``image_path`` as ``DIR/<item id>.jpg`` (.jpeg,
+.png, .webp), flat or in subfolders, with or without zero padding
+(:class:`mmrank.data.image_folder.ImageFolder`); a folder that does not exist, or holds no catalog id,
+stops the import. A log with impressions and no ``request_id`` column gets its requests derived by
+the importer (``data.session_gap``).
 
 **Presets** (``--preset NAME``), each a module here with a tiny fixture in ``tests/fixtures/``:
 ``taobao`` (UserBehavior), ``ali-ccp``, ``alimama`` (display ads), ``aliexpress`` (multi-country
