@@ -260,3 +260,15 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     if file_format(path) == "jsonl":
         return read_jsonl(path)
     return read_any(path).to_pylist()
+
+
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".jsonl", ".json")
+
+
+def find_file(folder: Path, stem: str) -> Path | None:
+    """``folder/<stem>.csv`` (or .parquet, .pq, .jsonl, .json), the first that exists."""
+    for suffix in TABLE_SUFFIXES:
+        p = folder / f"{stem}{suffix}"
+        if p.is_file():
+            return p
+    return None
