@@ -63,7 +63,7 @@ def test_readme_is_short_and_every_block_key_is_known():
 
 @pytest.fixture(scope="module")
 def tiny_compared_run(tiny_market, tmp_path_factory) -> Path:
-    from mmrank.config import file_section
+    from mmrank.run_config import file_section
     from mmrank.pretrain.config import PretrainConfig
     from mmrank.pretrain.stage import compare
 

@@ -133,7 +133,7 @@ def test_queries_become_pairs_and_query_images(tmp_path: Path) -> None:
     (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
     s = import_data(tmp_path / "run", items=items, events=tmp_path / "log.csv", queries=tmp_path / "q")
     assert "pairs" not in s["substitutes"] and "impressions" not in s["substitutes"]
-    assert s["lists"] == {"labels_without_impression": 1} and s["counts"]["ctr_samples"] == 24
+    assert s["lists"] == {"labels_without_impression": 1, "repeats_merged": {}} and s["counts"]["ctr_samples"] == 24
     pairs = pq.read_table(tmp_path / "run" / "data" / "pairs.parquet")
     assert pairs.num_rows == 8
     assert sorted(pairs.column("query_modality").to_pylist()) == ["image"] * 4 + ["text"] * 4

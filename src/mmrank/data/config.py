@@ -99,6 +99,8 @@ class DataConfig(StrictModel):
                                  "(1 - test_share) quantile of the events' ts, or the preset's own split")
     test_share: float = Field(0.2, gt=0.0, lt=1.0, description="share of events (by time) that is test "
                               "when split_ts is None")
+    session_gap: int = Field(0, ge=0, description="impression logs without request ids: impressions of "
+                             "one user at most this many seconds apart are one request (0: the same time)")
     history_len: int = Field(HISTORY_LEN, ge=1, description="at most L clicks per behaviour sequence")
     start_ts: int = Field(0, ge=0, description="events before this feed behaviour histories and sales only "
                           "(no samples, pairs or lists)")

@@ -40,8 +40,10 @@ class _Prepared:
         self.pairs = read_pairs(run, self.catalog, cfg.seed)
         from mmrank.encoders import native_input_size
 
-        self.image_size = (cfg.image_size or native_input_size(cfg.image_encoder)
-                           or native_image_size(self.catalog))
+        self.image_size = cfg.image_size or native_input_size(cfg.image_encoder)
+        if not self.image_size:
+            self.image_size, how = native_image_size(self.catalog)
+            _say(env, f"image size {how}")
         self.image_tail = None
         if env.main:  # rank 0 encodes and caches; the others then read the cache
             self.feats = self._features(run, cfg)
@@ -131,7 +133,7 @@ def pretrain(run: str | Path, cfg: PretrainConfig | None = None) -> dict[str, An
     env = DistEnv.from_env()
     metrics = run_variant(run, cfg, run / "encoder", env=env)
     if env.main:
-        record(run, "pretrain", cfg)
+        record(run, "pretrain", cfg.model_copy(update={"image_size": metrics["image_size"]}))
     return metrics
 
 

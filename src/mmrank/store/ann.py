@@ -103,9 +103,10 @@ class AnnIndex:
     # ---- build ---------------------------------------------------------------------------------------
     @classmethod
     def build(cls, ids: np.ndarray, vecs: np.ndarray, *, version: str,
-              config: AnnConfig | None = None) -> "AnnIndex":
+              config: AnnConfig | None = None, queries: np.ndarray | None = None) -> "AnnIndex":
         """Build over ``(N,)`` ids and ``(N, D)`` vectors; measure recall@10 against exact search
-        on :func:`sample_queries`."""
+        on ``queries`` ``(Q, D)`` (default :func:`sample_queries`; ``benchmarks/ann.py`` passes a set
+        apart from the one it measures)."""
         config = config or AnnConfig()
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         vecs = np.ascontiguousarray(vecs, dtype=np.float32)
@@ -122,15 +123,16 @@ class AnnIndex:
         build_s = time.perf_counter() - t0
         index.stats = {"kind": kind, "n": len(ids), "build_seconds": round(build_s, 3)}
         if len(ids):
-            index.stats.update(index.measure(vecs))
+            index.stats.update(index.measure(vecs, queries))
         return index
 
-    def measure(self, vecs: np.ndarray) -> dict:
+    def measure(self, vecs: np.ndarray, queries: np.ndarray | None = None) -> dict:
         """recall@10 against exact search over ``vecs`` (the indexed vectors) on
         :func:`sample_queries`; HNSW: tune efSearch to the smallest value of the grid that reaches
         ``target_recall``."""
         cfg = self.config
-        queries = sample_queries(vecs, cfg.recall_queries, cfg.seed)
+        if queries is None:
+            queries = sample_queries(vecs, cfg.recall_queries, cfg.seed)
         k = min(10, len(self))
         exact = faiss.IndexFlatIP(self.dim)
         exact.add(np.ascontiguousarray(vecs, np.float32))
