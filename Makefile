@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.mmrank-installed
 EXTRAS  := encoders,redis,serve,ray,test
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench docs clean
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -21,14 +21,19 @@ $(STAMP): $(VPY) pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/mmrank demo --out runs/demo --size small
+	HF_HUB_OFFLINE=1 $(VENV)/bin/mmrank demo --run runs/demo --size small
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VPY) -m pytest -q -p no:cacheprovider --timeout 900
+	HF_HUB_OFFLINE=1 $(VPY) -m pytest -q -p no:cacheprovider --timeout 900 --durations=15
+
+# The result tables of README.md and docs/: copy runs/demo's JSON (when it exists) and any runs named in
+# DOCS_RUNS (e.g. DOCS_RUNS="--run default=runs/m7") to docs/results/, then render every page from there.
+docs: $(STAMP)
+	$(VENV)/bin/mmrank report docs $(if $(wildcard runs/demo/report/results.json),--run demo=runs/demo) $(DOCS_RUNS)
 
 bench: $(STAMP)
 	$(VPY) -m pip install -q -e ".[bench]"
-	for b in benchmarks/*.py; do HF_HUB_OFFLINE=1 $(VPY) $$b || exit 1; done
+	for b in $(filter-out benchmarks/cold_start.py,$(wildcard benchmarks/*.py)); do HF_HUB_OFFLINE=1 $(VPY) $$b || exit 1; done
 
 clean:
 	rm -rf runs/ .pytest_cache build

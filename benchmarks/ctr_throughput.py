@@ -36,13 +36,13 @@ import torch
 import torch.nn.functional as F
 
 from mmrank.ctr.data import FeatureSpace, iter_batches, load_samples, simtier_features
-from mmrank.ctr.layers import ItemVectors
 from mmrank.ctr.models import CtrConfig, CtrModel, ModelSizes
 from mmrank.ctr.trainer import TrainConfig, _optimizer, _step, predict
-from mmrank.data.schemas import CTR_SAMPLES
+from mmrank.data.schemas import CTR_SAMPLES, HISTORY_LEN
+from mmrank.models.layers import ItemVectors
 from roofline import count_flops, machine, machine_line, matmul_seconds, matmul_shapes, roofline_line
 
-L, EMB, BATCH = 50, 16, 1024
+L, EMB, BATCH = HISTORY_LEN, 16, 1024
 
 
 def make_rows(n: int, n_items: int, n_users: int, n_cats: int, full: bool, seed: int = 0) -> dict:
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cats", type=int, default=800)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--act", default="prelu", help="activation of both models (DeepCTR's default is Dice)")
-    ap.add_argument("--full-history", action="store_true", help="every history has L = 50 clicks")
+    ap.add_argument("--full-history", action="store_true", help=f"every history has L = {L} clicks")
     ap.add_argument("--skip-deepctr", action="store_true")
     ap.add_argument("--no-compile", action="store_true", help="skip the compile_attention runner")
     ap.add_argument("--warmup", type=int, default=3000, help="rows each runner trains and predicts untimed first")

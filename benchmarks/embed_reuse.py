@@ -38,15 +38,16 @@ def _shadow(run: Path, dst: Path, features: bool) -> Path:
 
 
 def _embed(run: Path, reuse: bool, threads: int) -> tuple[float, np.ndarray, np.ndarray, dict]:
-    from mmrank.store.ingest import embed_catalog, embeddings_root
-    from mmrank.store.table import EmbeddingTable
+    from mmrank.store.backends import open_table
+    from mmrank.store.items import embeddings_root
+    from mmrank.store.stage import embed_catalog
     from mmrank.threads import configure
 
     configure(threads)
     t0 = time.perf_counter()
     stats = embed_catalog(run, reuse_features=reuse, progress=True)
     seconds = time.perf_counter() - t0
-    table = EmbeddingTable.open(embeddings_root(run))
+    table = open_table(embeddings_root(run))
     try:
         ids = np.sort(table.ids())
         return seconds, ids, table.get(ids), stats
@@ -58,7 +59,7 @@ def flops_per_item(run: Path, n: int = 16) -> tuple[float, float | None]:
     """FLOPs per item of ``(re-encoding, the heads on cached backbone outputs)``, counted on the first
     ``n`` items of the catalog (None: the run has no usable cache)."""
     from mmrank.data.io import iter_items
-    from mmrank.store.ingest import load_encoder
+    from mmrank.store.encoding import load_encoder
 
     encoder = load_encoder(run)
     batch = next(iter_items(run / "data" / "items.parquet", ["item_id", "title"], batch_size=n))

@@ -36,7 +36,7 @@ from roofline import count_flops, machine, machine_line, roofline_line
 
 def prepare(run: Path, variant: str) -> None:
     from mmrank.data.market import generate_market, market_config
-    from mmrank.pretrain import pretrain
+    from mmrank.pretrain.stage import pretrain
     from mmrank.pretrain.config import PretrainConfig
 
     if not (run / "data" / "items.parquet").exists():
@@ -71,8 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     roofs = machine(dtypes=(torch.float32,))
     print(machine_line(roofs))
-    from mmrank.pretrain import load_item_encoder
-    from mmrank.store import EmbeddingTable, ItemStore, embed_catalog
+    from mmrank.pretrain.item_encoder import load_item_encoder
+    from mmrank.store.backends import open_table
+    from mmrank.store.items import ItemStore
+    from mmrank.store.stage import embed_catalog
 
     with tempfile.TemporaryDirectory(prefix="mmrank-ingest-") as tmpd:
         tmp = Path(tmpd)
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         setup_s = time.perf_counter() - t0
         items = new_items(tmp, args.items + 1, id_offset=10_000_000)
         warm, items = items[-1], items[:-1]
-        store = ItemStore.open(run, enc, writable=True)
+        store = ItemStore.open(run, enc, hold_writer=True)
         n0 = len(store.table)
         store.ingest(warm)  # warm-up (the first call loads lazily)
         flops = count_flops(lambda: enc.encode_items([warm["title"]], [warm["image"]]))
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
                 raise SystemExit(f"item {item['item_id']} not visible in search after ingest")
             lat.append((t_visible - t_arrival) * 1e3)
         store.close()
-        reader = EmbeddingTable.open(run / "embeddings")  # another reader sees every new item
+        reader = open_table(run / "embeddings")  # another reader sees every new item
         assert reader.contains(np.array([it["item_id"] for it in items])).all()
         lat_a = np.array(lat)
         comp = {k: round(float(np.percentile([x[k] for x in parts], 50)), 2)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from roofline import count_flops, machine, machine_line, roofline_line
 
+from mmrank.data.schemas import HISTORY_LEN
 from mmrank.rerank.models import model_config
 from mmrank.rerank.trainer import batch_for, build_model, load_data
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
 
         tmp = tempfile.TemporaryDirectory()
         run = write_tiny_lists(Path(tmp.name), n_items=3000, n_users=50, n_requests=1500, n_candidates=50,
-                               n_shown=15, hist_len=50, seed=0)
+                               n_shown=15, hist_len=HISTORY_LEN, seed=0)
         data = load_data(run, encoder=TinyItemEncoder(dim=args.dim))
     else:
         data = load_data(args.run)

@@ -117,9 +117,9 @@ class PlainServer:
 def payloads(run: Path, n: int, n_cand: int, n_hist: int, seed: int = 0) -> list[dict]:
     import pyarrow.parquet as pq
 
-    from mmrank.store.table import EmbeddingTable
+    from mmrank.store.backends import open_table
 
-    ids = EmbeddingTable.open(Path(run) / "embeddings").ids()
+    ids = open_table(Path(run) / "embeddings").ids()
     if len(ids) < n_cand + n_hist:
         raise SystemExit(f"{run}: {len(ids)} items in the table, need {n_cand + n_hist}")
     rng = np.random.default_rng(seed)
@@ -180,7 +180,7 @@ def load(urls: dict[str, str], bodies: list[dict], total: int, concurrency: int,
 def raw_forward(run: Path, strategy: str | None, threads: int, body: dict, repeats: int = 200) -> dict:
     """The model alone on one request's rows: build (+ vectors) and forward, and forward only (ms)."""
     from mmrank import threads as thread_settings
-    from mmrank.ctr.run import score
+    from mmrank.ctr.scoring import score
     from mmrank.serve.builder import RankQuery, build
     from mmrank.serve.bundle import load_bundle
 

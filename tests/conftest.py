@@ -8,12 +8,6 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-FASHION = SHARED_DATA / "fashion-catalog" / "items.parquet"
-
-needs_shared_data = pytest.mark.skipif(not FASHION.exists(),
-                                       reason=f"real catalog not found at {FASHION}")
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mmrank.config import MarketConfig, load_yaml, save_yaml
+from mmrank.config import load_yaml, save_yaml
+from mmrank.data.config import MarketConfig
 from mmrank.data.market import market_config
 from mmrank.errors import ConfigError
 

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from mmrank.ctr.data import OOV, FeatureSpace, Vocab, _ranges, load_samples, make_batch, pad_rows
+from mmrank.ctr.data import OOV, FeatureSpace, Vocab, concat_ranges, load_samples, make_batch, pad_rows
 from mmrank.ctr.synthetic import synthetic_samples
 from mmrank.data.io import write_table
 from mmrank.data.schemas import CTR_SAMPLES
@@ -27,7 +27,7 @@ def _row(i: int, hist: list[int], split: str = "train", label: int = 0) -> dict:
 def test_load_and_pad_by_hand(tmp_path):
     path = write_table(_table([_row(0, []), _row(1, [50]), _row(2, [50, 51, 52, 53], label=1),
                                _row(3, [99, 51], split="test")]), tmp_path / "s.parquet")
-    data = load_samples(path, max_len=3)
+    data = load_samples(path, history_len=3)
     assert len(data) == 4
     assert data.hist_lengths().tolist() == [0, 1, 3, 2]          # row 2 truncated to the last 3
     assert data.hist_item_id.tolist() == [50, 51, 52, 53, 99, 51]
@@ -35,7 +35,7 @@ def test_load_and_pad_by_hand(tmp_path):
     space = FeatureSpace.fit(data, vec_item_ids=np.array([50, 51, 52, 53, 99]), min_count=1)
     assert FeatureSpace.fit(data, min_count=2).items.ids.tolist() == [50, 51, 52]  # 53: once in train
     enc = space.encode(data)
-    b = make_batch(enc, np.array([0, 2, 3]), max_len=3)
+    b = make_batch(enc, np.array([0, 2, 3]), history_len=3)
     assert b["hist_item"].dtype.is_floating_point is False and b["hist_item"].shape == (3, 3)
     assert b["mask"].tolist() == [[False] * 3, [True] * 3, [True, True, False]]
     # item 99 only occurs in the test split: out of the ID vocabulary, but it has a representation
@@ -60,7 +60,7 @@ def test_pad_rows_matches_python_on_random_csr():
 
 
 def test_ranges_and_vocab():
-    assert _ranges(np.array([3, 10, 0]), np.array([2, 0, 3])).tolist() == [3, 4, 0, 1, 2]
+    assert concat_ranges(np.array([3, 10, 0]), np.array([2, 0, 3])).tolist() == [3, 4, 0, 1, 2]
     v = Vocab.fit(np.array([30, 10, 10]), np.array([20]))
     assert len(v) == 5 and v.lookup(np.array([10, 20, 30, 5, 99])).tolist() == [2, 3, 4, OOV, OOV]
     assert Vocab(np.zeros(0, np.int64)).lookup(np.array([1])).tolist() == [OOV]
@@ -85,7 +85,7 @@ def test_bad_rows_name_file_row_and_column(tmp_path):
 
 
 def test_synthetic_round_trip(tmp_path):
-    table, vecs = synthetic_samples(n_rows=500, n_items=40, max_len=50, seed=1)
+    table, vecs = synthetic_samples(n_rows=500, n_items=40, history_len=50, seed=1)
     data = load_samples(write_table(table, tmp_path / "s.parquet"))
     assert len(data) == 500 and data.hist_lengths().max() <= 50
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)

@@ -12,9 +12,9 @@ import torch
 from typer.testing import CliRunner
 
 from mmrank.ctr.data import FeatureSpace, load_samples
-from mmrank.ctr.layers import ItemVectors
+from mmrank.models.layers import ItemVectors
 from mmrank.ctr.models import CtrConfig, CtrModel, MakeConfig, MakeModule, ModelSizes
-from mmrank.ctr.run import vector_table
+from mmrank.ctr.representations import vector_table
 from mmrank.ctr.synthetic import synthetic_samples
 from mmrank.ctr.trainer import TrainConfig, predict, pretrain_make, train
 from mmrank.data.io import write_table
@@ -30,9 +30,9 @@ SMALL = CtrConfig(emb_dim=8, att_hidden=[16, 8], mlp_hidden=[32, 16], n_tiers=10
 def planted(tmp_path_factory):
     """Clicks driven by target-vs-interest similarity (what SimTier sees) and an item bias."""
     d = tmp_path_factory.mktemp("ctr")
-    table, vecs = synthetic_samples(n_rows=12_000, n_items=300, n_users=300, max_len=20, min_len=1,
+    table, vecs = synthetic_samples(n_rows=12_000, n_items=300, n_users=300, history_len=20, min_len=1,
                                     sim_weight=4.0, seed=3)
-    data = load_samples(write_table(table, d / "s.parquet"), max_len=20)
+    data = load_samples(write_table(table, d / "s.parquet"), history_len=20)
     ids = 1000 + np.arange(300)
     space = FeatureSpace.fit(data, ids)
     enc = space.encode(data)
@@ -42,7 +42,7 @@ def planted(tmp_path_factory):
 
 
 def _cfg(strategy: str) -> CtrConfig:
-    return CtrConfig.model_validate({**SMALL.model_dump(), "strategy": strategy, "max_len": 20})
+    return CtrConfig.model_validate({**SMALL.model_dump(), "strategy": strategy, "history_len": 20})
 
 
 def test_one_epoch_rule_is_enforced(planted):
@@ -93,10 +93,10 @@ def test_simtier_and_make_learn_what_ids_cannot(planted):
 
 
 def _make_run(tmp_path, n_rows=6000):
-    from mmrank.store import EmbeddingTable
+    from mmrank.store.backends import create_table
 
     run = tmp_path / "run"
-    table, vecs = synthetic_samples(n_rows=n_rows, n_items=200, n_users=200, max_len=20, seed=5)
+    table, vecs = synthetic_samples(n_rows=n_rows, n_items=200, n_users=200, history_len=20, seed=5)
     write_table(table, run / "data" / "ctr_samples.parquet")
     ids = 1000 + np.arange(200, dtype=np.int64)
     created = np.where(np.arange(200) % 5 == 0, 10_000_000, 0).astype(np.int64)  # every 5th item is new
@@ -105,7 +105,7 @@ def _make_run(tmp_path, n_rows=6000):
                              "category": ["c"] * 200, "price": np.ones(200), "created_at": created}),
                    run / "data" / "items.parquet")
     (run / "data" / "manifest.json").write_text(json.dumps({"oracle_auc": 0.9, "new_item_ts": 5_000_000}))
-    t = EmbeddingTable.create(run / "embeddings", version="test-v1", dim=vecs.shape[1])
+    t = create_table(run / "embeddings", version="test-v1", dim=vecs.shape[1])
     t.put(ids, vecs, version="test-v1")
     t.publish()
     t.close()
@@ -115,7 +115,7 @@ def _make_run(tmp_path, n_rows=6000):
 @pytest.mark.slow
 def test_compare_train_and_predict_end_to_end(tmp_path):
     from mmrank.cli import app
-    from mmrank.ctr.compare import compare
+    from mmrank.ctr.stage import compare
 
     run = _make_run(tmp_path)
     res = compare(run, seeds=2, make_epochs=1, curve=(0, 1), cfg=SMALL, progress=False,
@@ -153,7 +153,8 @@ def test_compare_train_and_predict_end_to_end(tmp_path):
     assert scores.column_names == ["request_id", "item_id", "position", "score"]
     assert scores.num_rows == 6000
     # the reloaded model scores the test split exactly as the trained one did
-    from mmrank.ctr.run import evaluate, load_run
+    from mmrank.ctr.evaluate import evaluate
+    from mmrank.ctr.rundata import load_run
 
     data = load_run(run)
     te = data.enc.test_rows()
@@ -172,10 +173,10 @@ def test_compare_train_and_predict_end_to_end(tmp_path):
 def test_pretrained_make_is_frozen_or_finetuned_with_the_id_model(tmp_path, mode):
     import copy
 
-    from mmrank.ctr.run import fit_strategy, load_run, new_make
+    from mmrank.ctr.rundata import fit_strategy, load_run, new_make
 
     data = load_run(_make_run(tmp_path, n_rows=3000))
-    cfg = CtrConfig.model_validate({**SMALL.model_dump(), "max_len": 20,
+    cfg = CtrConfig.model_validate({**SMALL.model_dump(), "history_len": 20,
                                     "make": {**SMALL.make.model_dump(), "after_pretrain": mode}})
     make = new_make(data, cfg, seed=0)
     tc = TrainConfig(batch_size=256)
@@ -188,23 +189,23 @@ def test_pretrained_make_is_frozen_or_finetuned_with_the_id_model(tmp_path, mode
     assert moved == (mode == "finetune")
 
 
-@pytest.mark.parametrize("max_len", [20, 5])
-def test_simtier_pipeline_counts_equal_the_models(planted, max_len):
+@pytest.mark.parametrize("history_len", [20, 5])
+def test_simtier_pipeline_counts_equal_the_models(planted, history_len):
     """SimTier precomputed in the data pipeline == computed in the forward pass (same truncation to
-    the last max_len clicks), and the model gives the same logits either way."""
+    the last history_len clicks), and the model gives the same logits either way."""
     from mmrank.ctr.data import make_batch, simtier_features
 
     data, enc, sizes, vecs = planted
-    counts = simtier_features(enc, vecs, n_tiers=10, max_len=max_len, chunk=1000)  # several chunks
+    counts = simtier_features(enc, vecs, n_tiers=10, history_len=history_len, chunk=1000)  # several chunks
     rows = np.arange(0, len(enc), 7)
-    batch = make_batch(enc, rows, max_len)
+    batch = make_batch(enc, rows, history_len)
     table = ItemVectors(vecs)
-    from mmrank.ctr.layers import SimTier
+    from mmrank.models.layers import SimTier
 
     dense = SimTier(10)(table(batch["item_v"]), table(batch["hist_item_v"]), batch["mask"])
     np.testing.assert_array_equal(counts[rows], dense.numpy())
     assert counts[rows].sum(1).tolist() == batch["mask"].sum(1).tolist()
-    cfg = CtrConfig.model_validate({**_cfg("simtier").model_dump(), "max_len": max_len,
+    cfg = CtrConfig.model_validate({**_cfg("simtier").model_dump(), "history_len": history_len,
                                     "simtier_in": "pipeline"})
     torch.manual_seed(0)
     model = CtrModel(cfg, sizes, vecs).eval()

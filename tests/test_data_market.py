@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import FASHION, needs_shared_data
 from mmrank.data.market import generate_market, market_config
+from mmrank.testing.markets import FASHION, needs_shared_data
 
 
 def _digests(run: Path) -> dict[str, str]:
@@ -303,7 +303,7 @@ def test_calibration_moves_the_rates_to_their_targets(tmp_path: Path) -> None:
     purchases are too few in a market this small to check their rate.)"""
     import yaml
 
-    from mmrank.config import BehaviourConfig
+    from mmrank.data.config import BehaviourConfig
 
     targets = {"display_click": 0.02, "search_click": 0.25, "cart_per_click": 0.1,
                "display_purchase_per_cart": 0.3, "search_purchase_per_cart": 0.3}

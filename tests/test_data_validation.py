@@ -120,10 +120,10 @@ def test_cli_prints_one_line_and_exits_2(tmp_path: Path, case: str) -> None:
 def test_cli_market_generate_rejects_bad_flags(tmp_path: Path) -> None:
     cfg = tmp_path / "market.yaml"
     cfg.write_text("n_itemz: 10\n")
-    res = _cli("market", "generate", "--out", str(tmp_path / "r"), "--config", str(cfg))
+    res = _cli("market", "generate", "--run", str(tmp_path / "r"), "--config", str(cfg))
     assert res.returncode == 2 and "unknown key 'n_itemz'" in res.stderr
     cfg.write_text("n_items: lots\n")
-    res = _cli("market", "generate", "--out", str(tmp_path / "r"), "--config", str(cfg))
+    res = _cli("market", "generate", "--run", str(tmp_path / "r"), "--config", str(cfg))
     assert res.returncode == 2 and "'n_items'" in res.stderr
 
 

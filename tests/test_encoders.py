@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-from pathlib import Path
 import sys
 
 import numpy as np
@@ -17,6 +16,8 @@ from mmrank import encoders
 from mmrank.encoders.base import ImagePreprocess
 from mmrank.encoders.cache import cache_key, cached_features
 from mmrank.errors import ConfigError
+from mmrank.testing.markets import FASHION, needs_shared_data
+from mmrank.testing.pretrain import tiny_clip
 
 torch.set_num_threads(1)
 
@@ -106,26 +107,8 @@ def test_hash_bow():
     assert float(v[0] @ v[2]) < 0.5
 
 
-def _tiny_clip(tmp_path):
-    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
-
-    from mmrank.encoders.text import minilm_dir
-
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=64, bos_token_id=101,
-                         eos_token_id=102, pad_token_id=0),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, image_size=32, patch_size=8),
-        projection_dim=16)
-    torch.manual_seed(0)
-    CLIPModel(cfg).save_pretrained(tmp_path)
-    AutoTokenizer.from_pretrained(str(minilm_dir())).save_pretrained(tmp_path)
-    return tmp_path
-
-
 def test_hf_clip_tiny_random(tmp_path):
-    d = _tiny_clip(tmp_path)
+    d = tiny_clip(tmp_path)
     img, ipre = encoders.create(f"hf-clip:{d}", tower="image")
     txt, tpre = encoders.create(f"hf-clip:{d}", tower="text")
     assert img.modality == "image" and txt.modality == "text" and img.dim == txt.dim == 16
@@ -154,10 +137,7 @@ def test_feature_cache_hits_and_invalidates(tmp_path):
     assert len(calls) == 2 and not np.array_equal(a[2], c[2])
 
 
-FASHION = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fashion-catalog" / "items.parquet"
-
-
-@pytest.mark.skipif(not FASHION.exists(), reason=f"real catalog not found at {FASHION}")
+@needs_shared_data
 def test_real_photos_and_titles_neighbours_share_article_type():
     """Off-the-shelf real weights already group real products: the nearest neighbour of a photo (a
     title) is of the same article type far more often than chance."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import itertools
 import math
 
 import numpy as np
@@ -14,7 +15,8 @@ from sklearn.metrics import log_loss, ndcg_score, roc_auc_score
 import mmrank.eval.metrics as metrics_module
 from mmrank.errors import MMRankError
 from mmrank.eval import acc_at_n, auc, gauc, logloss, ndcg_at_k
-from mmrank.eval.metrics import MetricError, UndefinedMetricError, group_auc, retrieval_ranks
+from mmrank.eval.metrics import (MetricError, UndefinedMetricError, expected_hits, group_auc,
+                                  retrieval_ranks)
 
 SEEDS = range(40)
 HYP = settings(max_examples=40, deadline=None, derandomize=True)
@@ -43,14 +45,21 @@ def slow_gauc(y, s, users):
 
 
 def slow_acc_at_n(q, p, n):
-    """Eq. 6 literally: S is the set of distinct positive vectors; hit iff < n members beat p_i."""
+    """Eq. 6 with random tie-breaking, by enumeration: S is the set of distinct positive vectors; for
+    every tie-breaking order of S (all |S|! of them), rank S by (score descending, that order) and
+    count a hit when p_i is among the first n; the mean over orders, then over queries."""
     members = sorted({tuple(row) for row in p.tolist()})
-    hits = 0
+    perms = list(itertools.permutations(range(len(members))))
+    total = 0.0
     for qi, pi in zip(q.tolist(), p.tolist()):
-        own = float(np.dot(qi, pi))
-        better = sum(1 for m in members if m != tuple(pi) and float(np.dot(qi, m)) > own)
-        hits += better < n
-    return hits / len(q)
+        score = [float(np.dot(qi, m)) for m in members]
+        own = members.index(tuple(pi))
+        hits = 0
+        for perm in perms:
+            order = sorted(range(len(members)), key=lambda j: (-score[j], perm[j]))
+            hits += order.index(own) < n
+        total += hits / len(perms)
+    return total / len(q)
 
 
 def random_case(seed, n=None, ties=True):
@@ -327,29 +336,58 @@ def unit_rows(rng, n, d):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def test_acc_at_n_matches_brute_force_with_duplicates_and_ties():
+def test_acc_at_n_matches_brute_force_over_tie_orders_with_duplicates():
     for seed in range(12):
         rng = np.random.default_rng(seed)
-        d_pairs = int(rng.integers(2, 40))
-        items = np.round(rng.normal(size=(int(rng.integers(1, 15)), 3)), 0)  # small grid: ties
-        p = items[rng.integers(0, items.shape[0], d_pairs)]                  # many duplicate positives
-        q = np.round(rng.normal(size=(d_pairs, 3)), 0)
-        for n in (1, 2, 5):
-            assert acc_at_n(q, p, n) == pytest.approx(slow_acc_at_n(q, p, n), abs=1e-15), (seed, n)
+        d_pairs = int(rng.integers(2, 12))
+        items = rng.integers(-1, 2, size=(int(rng.integers(1, 7)), 2)).astype(float)  # |S| <= 6: ties
+        p = items[rng.integers(0, items.shape[0], d_pairs)]                          # duplicate positives
+        q = rng.integers(-1, 2, size=(d_pairs, 2)).astype(float)
+        for n in (1, 2, 3, 5):
+            assert acc_at_n(q, p, n) == pytest.approx(slow_acc_at_n(q, p, n), abs=1e-12), (seed, n)
 
 
 def test_acc_at_n_hand_worked():
     p = np.eye(3)
     q = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 0, 1]])
-    assert retrieval_ranks(q, p).tolist() == [0, 1, 0]
+    assert retrieval_ranks(q, p).better.tolist() == [0, 1, 0]
+    assert retrieval_ranks(q, p).tied.tolist() == [0, 0, 0]
     assert acc_at_n(q, p, 1) == pytest.approx(2 / 3)
     assert acc_at_n(q, p, [1, 2, 3]) == {1: 2 / 3, 2: 1.0, 3: 1.0}
-    # a duplicate positive is the same member of S: it does not push p_i out of the top 1
+    # a duplicate positive is the same member of S: neither better than p_i nor tied with it
     p_dup = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     assert acc_at_n(p_dup, p_dup, 1) == 1.0
-    # a different vector with exactly the same score does not push p_i out (tie rule)
-    assert retrieval_ranks(np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([[1.0, 1.0], [1.0, -1.0]])
-                           ).tolist() == [0, 0]
+    assert retrieval_ranks(p_dup, p_dup).tied.tolist() == [0, 0, 0]
+    # a different vector with exactly the same score is a tie: p_i comes first half of the time
+    q2, p2 = np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([[1.0, 1.0], [1.0, -1.0]])
+    r = retrieval_ranks(q2, p2)
+    assert r.better.tolist() == [0, 0] and r.tied.tolist() == [1, 1]
+    assert acc_at_n(q2, p2, 1) == 0.5
+
+
+def test_acc_at_n_hand_worked_ties():
+    # Query 0's positive (1, 0) scores 1; (2, 0) scores 2 (better); (1, 5) and (1, -5) score 1 (tied).
+    # Its rank is 1 + U, U uniform on {0, 1, 2}: P(rank < N) = 0, 1/3, 2/3, 1 for N = 1..4. The other
+    # three queries find their positive first, with no tie.
+    p = np.array([[1.0, 0.0], [1.0, 5.0], [1.0, -5.0], [2.0, 0.0]])
+    q = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, -1.0], [1.0, 0.0]])
+    r = retrieval_ranks(q, p)
+    assert r.better.tolist() == [1, 0, 0, 0] and r.tied.tolist() == [2, 0, 0, 0]
+    got = acc_at_n(q, p, [1, 2, 3, 4])
+    want = {1: 3 / 4, 2: (1 / 3 + 3) / 4, 3: (2 / 3 + 3) / 4, 4: 1.0}
+    assert got.keys() == want.keys() and all(abs(got[k] - want[k]) < 1e-15 for k in want)
+    # counting the ties in the item's favour would give query 0 a hit at N = 2 (Acc@2 = 1.0)
+    assert got[2] < 1.0
+    # a scorer that ties everything gets N / |S|, not 1
+    assert acc_at_n(np.zeros((4, 2)), p, [1, 3]) == {1: 0.25, 3: 0.75}
+    assert acc_at_n(q, p, 2) == pytest.approx(slow_acc_at_n(q, p, 2), abs=1e-15)
+
+
+def test_expected_hits_closed_form():
+    assert expected_hits([1, 0, 3, 2], [2, 0, 0, 3], 2).tolist() == [1 / 3, 1.0, 0.0, 0.0]
+    assert expected_hits([0], [3], 1).tolist() == [0.25]
+    assert expected_hits([0, 5], [3, 4], 9).tolist() == [1.0, 0.8]     # ranks 5..9: four of five < 9
+    assert expected_hits([0, 5], [3, 4], 10).tolist() == [1.0, 1.0]
 
 
 def test_acc_at_n_equal_queries_and_distinct_unit_positives_is_one():
@@ -363,9 +401,10 @@ def test_acc_at_n_chunking_and_dtype_do_not_change_ranks():
     q, p = unit_rows(rng, 300, 8), unit_rows(rng, 300, 8)
     q = q + 0.5 * p
     full = retrieval_ranks(q, p)
-    assert np.array_equal(retrieval_ranks(q, p, chunk_bytes=1), full)           # one query per chunk
-    assert np.array_equal(retrieval_ranks(q, p, chunk_bytes=300 * 8 * 7), full)
-    assert np.array_equal(retrieval_ranks(q.astype(np.float32), p.astype(np.float32)), full)
+    for other in (retrieval_ranks(q, p, chunk_bytes=1),                         # one query per chunk
+                  retrieval_ranks(q, p, chunk_bytes=300 * 8 * 7),
+                  retrieval_ranks(q.astype(np.float32), p.astype(np.float32))):
+        assert np.array_equal(other.better, full.better) and np.array_equal(other.tied, full.tied)
     assert 0 < acc_at_n(q, p, 1) < 1
 
 

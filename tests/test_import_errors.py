@@ -9,10 +9,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from _import_support import FIXTURES, run_mmrank, snapshot
 
 from mmrank.data.importer import import_data
 from mmrank.errors import ConfigError, DataError
+from mmrank.testing.presets import FIXTURES, run_mmrank, snapshot
 
 TAOBAO = FIXTURES / "taobao" / "UserBehavior.csv"
 
@@ -133,6 +133,7 @@ def test_mapping_mixed_images_unknown_items_counted(tmp_path: Path) -> None:
     m.write_text(MAPPING)
     s = import_data(tmp_path / "run", items=_catalog(tmp_path), events=_events(tmp_path, LOG), mapping=m)
     assert s["events_naming_unknown_items"] == {str(tmp_path / "log.csv"): 1}
+    assert s["unknown_item_rows"] == {str(tmp_path / "log.csv"): [4]}  # LOG[4] names item 999
     assert s["ignored"] == {"'wish' rows in log.csv": 1}
     assert s["counts"]["clicks"] == 7 and s["counts"]["purchases"] == 1
     items = pq.read_table(tmp_path / "run" / "data" / "items.parquet")
@@ -197,3 +198,84 @@ def test_mapping_wide_log_with_label_columns(tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         import_data(tmp_path / "run2", items=_catalog(tmp_path), events=log, mapping=m)
     assert (err.value.row, err.value.column) == (3, "clicked")
+
+
+def _hm_case(root: Path, case: str) -> tuple[list[object], str, int | None, str | None, str]:
+    """Break the H&M-like shop in one way: (import arguments, file named, row, column, message)."""
+    import pyarrow.csv as pcsv
+    from hm_like import article_ids, photographed
+
+    items, tx, images = root / "articles.parquet", root / "transactions_train.csv", root / "images"
+    args: list[object] = ["--items", items, "--events", tx, "--images", images]
+    if case == "missing image folder":
+        args[-1] = root / "photos"
+        return args, str(root / "photos"), None, None, f"no such images folder: expected photos named by item id"
+    if case == "empty image folder":
+        (root / "empty").mkdir()
+        args[-1] = root / "empty"
+        return args, str(root / "empty"), None, None, f"looked for e.g. {article_ids()[0]}.jpg (it has no photos)"
+    if case == "truncated photo":
+        r = photographed()[3]
+        p = images / f"{article_ids()[r]}.jpg"
+        p.write_bytes(p.read_bytes()[:200])
+        return args, str(items), r, "image", "undecodable image"
+    if case == "bad number in a Parquet file":
+        t = pq.read_table(items)
+        ids = t.column("article_id").to_pylist()
+        ids[7] = "07x"
+        pq.write_table(t.set_column(0, "article_id", pa.array(ids)), items)
+        return args, str(items), 7, "article_id", "expected an integer, got '07x'"
+    if case == "not a Parquet file":
+        items.write_bytes(b"PAR1" + b"\0" * 40)
+        return args, str(items), None, None, "not a readable Parquet file"
+    if case == "bad price":
+        t = pcsv.read_csv(tx, convert_options=pcsv.ConvertOptions(column_types={"article_id": pa.string(),
+                                                                                "price": pa.string()}))
+        price = t.column("price").to_pylist()
+        price[11] = "12,5 EUR"
+        pcsv.write_csv(t.set_column(3, "price", pa.array(price)), tx)
+        return args, str(tx), 11, "price", "expected a number, got '12,5 EUR'"
+    assert case == "unknown item (--strict)"
+    lines = tx.read_text().splitlines()
+    lines.insert(6, f"2020-09-03,{'f' * 64},\"0999999999\",0.02")
+    tx.write_text("\n".join(lines) + "\n")
+    return args + ["--strict"], str(tx), 5, "article_id", "the item is not in the catalog (--strict"
+
+
+@pytest.mark.parametrize("case", ["missing image folder", "empty image folder", "truncated photo",
+                                  "bad number in a Parquet file", "not a Parquet file", "bad price",
+                                  "unknown item (--strict)"])
+def test_bad_input_is_one_line_exit_2_and_leaves_run_unchanged(tmp_path: Path, case: str,
+                                                               capsys: pytest.CaptureFixture,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each bad input of a real-shaped shop: one line naming the file (and the row and column of a
+    cell), exit 2, and the run exactly as the last good import left it. (The entry point runs in this
+    process: ``mmrank.cli.main``, as the console script calls it.)"""
+    import sys
+
+    from mmrank.cli import main
+
+    sys.path.insert(0, str(FIXTURES))
+    from hm_like import make_hm_like
+
+    good = make_hm_like(tmp_path / "good")
+    run = tmp_path / "run"
+    import_data(run, preset="hm", items=good / "articles.parquet", events=good / "transactions_train.csv",
+                images=good / "images")
+    (run / "notes.txt").write_text("mine")
+    before = snapshot(run)
+    args, file, row, column, message = _hm_case(make_hm_like(tmp_path / "bad"), case)
+    monkeypatch.setattr(sys, "argv", ["mmrank", "data", "import", "--run", str(run), "--preset", "hm",
+                                      "--replace", *map(str, args)])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2, err
+    assert "\n" not in err and "Traceback" not in err, err
+    where = ", ".join(p for p in ((f"row {row}" if row is not None else ""),
+                                  (f"column '{column}'" if column else "")) if p)
+    assert err.startswith(f"error: {file}: " + (f"{where}: " if where else "")), err
+    assert message in err, err
+    assert snapshot(run) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "good", "run"]  # no temp left

@@ -18,9 +18,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
-from _import_support import FIXTURES
-from conftest import FASHION, needs_shared_data
 from typer.testing import CliRunner
+
+from mmrank.testing.markets import FASHION, needs_shared_data
+from mmrank.testing.presets import FIXTURES
 
 torch.set_num_threads(2)
 
@@ -41,7 +42,7 @@ def test_real_catalog_imported_runs_and_search_finds_same_type(tmp_path: Path) -
     from make_fixtures import fashion_subset
 
     from mmrank.cli import app
-    from mmrank.store.ingest import ItemStore
+    from mmrank.store.items import ItemStore
 
     subset = fashion_subset(FASHION)
     t = pq.read_table(FASHION)

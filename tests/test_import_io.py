@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from _import_support import TINY_CONFIG
 
 from mmrank.data.io import read_items
 from mmrank.errors import DataError
+from mmrank.testing.presets import TINY_CONFIG
 
 torch.set_num_threads(1)
 
@@ -82,7 +82,7 @@ def test_stages_read_a_mixed_catalog(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from mmrank.cli import app
-    from mmrank.ctr.run import item_vectors
+    from mmrank.ctr.representations import item_vectors
 
     src = tmp_path / "src"
     items, _ = _items(src, n=30)
@@ -133,7 +133,7 @@ def test_queries_become_pairs_and_query_images(tmp_path: Path) -> None:
     (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
     s = import_data(tmp_path / "run", items=items, events=tmp_path / "log.csv", queries=tmp_path / "q")
     assert "pairs" not in s["substitutes"] and "impressions" not in s["substitutes"]
-    assert s["lists"] == {"labels_without_impression": 1} and s["counts"]["ctr_samples"] == 24
+    assert s["lists"] == {"labels_without_impression": 1, "repeats_merged": {}} and s["counts"]["ctr_samples"] == 24
     pairs = pq.read_table(tmp_path / "run" / "data" / "pairs.parquet")
     assert pairs.num_rows == 8
     assert sorted(pairs.column("query_modality").to_pylist()) == ["image"] * 4 + ["text"] * 4

@@ -11,11 +11,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
-from _import_support import TINY_CONFIG, preset_args, public_fixtures
 from typer.testing import CliRunner
 
 from mmrank.data.importer import import_data
 from mmrank.data.presets import PRESETS
+from mmrank.testing.presets import TINY_CONFIG, preset_args, public_fixtures
 
 torch.set_num_threads(1)
 
@@ -160,9 +160,9 @@ def test_rerank_runs_on_imported_lists(preset: str, fx: Path, tmp_path: Path) ->
     """Re-ranking where the labels allow: search lists with clicks and purchases (AliExpress: real
     lists per search and country; Taobao: lists of sampled negatives). mmrank.rerank is built on
     another branch: on a build without it this test is skipped with that reason."""
-    pytest.importorskip("mmrank.rerank.run", reason="mmrank.rerank is not part of this build (branch rerank)")
+    pytest.importorskip("mmrank.rerank.stage", reason="mmrank.rerank is not part of this build (branch rerank)")
     from mmrank.cli import app
-    from mmrank.rerank.run import train_model
+    from mmrank.rerank.stage import train_model
     from mmrank.rerank.trainer import RerankTrainConfig
 
     run = tmp_path / "run"
@@ -206,3 +206,40 @@ def test_serve_ranks_on_an_imported_run(fx: Path, tmp_path: Path) -> None:
         assert sorted(i["item_id"] for i in body["items"]) == sorted(ids[:10]) and not body["unknown"]
         scores = [i["score"] for i in body["items"]]
         assert scores == sorted(scores, reverse=True)
+
+
+def _as(path: Path, fmt: str, dst: Path, names: list[str] | None = None) -> Path:
+    """``path`` (a CSV file) rewritten as Parquet or JSON Lines (every cell a string, as in the CSV),
+    under a name whose suffix says nothing (the reader tells the format by the file's content)."""
+    import pyarrow as pa
+
+    from mmrank.data.readers import read_csv
+
+    t = read_csv(path, names=names)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "parquet":
+        pq.write_table(t, dst)
+    else:
+        dst.write_text("".join(json.dumps(r) + "\n" for r in t.to_pylist()))
+    assert isinstance(t, pa.Table)
+    return dst
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_presets_read_parquet_and_json_lines_alike(fx: Path, tmp_path: Path, fmt: str) -> None:
+    """The H&M and Taobao files as Parquet or JSON Lines (named .csv or .dat: the content decides)
+    import to the same events as the CSV files."""
+    hm = preset_args(fx)["hm"]
+    other = dict(hm, items=_as(hm["items"], fmt, tmp_path / "hm" / "articles.dat"),
+                 events=_as(hm["events"], fmt, tmp_path / "hm" / "transactions_train.csv"),
+                 images=hm["items"].parent / "images")
+    tb = preset_args(fx)["taobao"]["events"]
+    names = ["user_id", "item_id", "category_id", "behavior_type", "timestamp"]
+    for preset, a, b in (("hm", dict(hm, images=hm["items"].parent / "images"), other),
+                         ("taobao", {"events": tb}, {"events": _as(tb, fmt, tmp_path / "tb" / "UserBehavior.csv",
+                                                                   names)})):
+        import_data(tmp_path / f"{preset}-csv", preset=preset, **a)
+        import_data(tmp_path / f"{preset}-{fmt}", preset=preset, **b)
+        assert _table(tmp_path / f"{preset}-csv", "events").equals(_table(tmp_path / f"{preset}-{fmt}", "events"))
+        ia, ib = _table(tmp_path / f"{preset}-csv", "items"), _table(tmp_path / f"{preset}-{fmt}", "items")
+        assert ia.drop_columns(["image_path"]).equals(ib.drop_columns(["image_path"]))

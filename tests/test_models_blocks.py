@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmrank.ctr.layers import ItemVectors
+from mmrank.models.layers import ItemVectors
 from mmrank.ctr.models import STRATEGIES, CtrConfig, MakeConfig, ModelSizes
 from mmrank.errors import ConfigError
 from mmrank.models import create, describe_blocks, list_blocks
@@ -44,7 +44,22 @@ def _batch(seed: int, b: int = 16, length: int = 7, n_items: int = 30, n_cat: in
             "label": (torch.rand(b, generator=g) < 0.3).float()}
 
 
-SMALL = dict(emb_dim=6, att_hidden=[12, 6], mlp_hidden=[16, 8], n_tiers=7, vector_dim=5, max_len=7,
+# the pre-block model's names -> today's: config fields, then state-dict key prefixes
+OLD_FIELDS = {"history_len": "max_len"}
+OLD_KEYS = {**{f"{m}.": f"ids.{m}." for m in ("item_emb", "cat_emb", "user_emb", "region_emb", "pos_emb")},
+            "vec_proj.": "vector.proj.", "attention.": "interest.attention.", "make.": "knowledge.module.",
+            "knowledge_norm.": "knowledge.norm.", "mlp.": "head.towers.click."}
+
+
+def _block_names(state: dict) -> dict:
+    out = {}
+    for key, v in state.items():
+        old = next((o for o in OLD_KEYS if key.startswith(o)), None)
+        out[key if old is None else OLD_KEYS[old] + key[len(old):]] = v
+    return out
+
+
+SMALL = dict(emb_dim=6, att_hidden=[12, 6], mlp_hidden=[16, 8], n_tiers=7, vector_dim=5, history_len=7,
              make=MakeConfig(proj_dim=4, att_hidden=[8, 4], mlp_hidden=[12, 8, 4]).model_dump())
 
 
@@ -58,9 +73,12 @@ def test_block_ctr_model_equals_pre_refactor_model(strategy, frozen_make):
     torch.manual_seed(0)
     vecs = torch.nn.functional.normalize(torch.randn(30, 8), dim=1)
     cfg = CtrConfig.model_validate({**SMALL, "strategy": strategy})
-    # fields added since (execution options such as compile_attention) are unknown to the old model
-    old_cfg = old_mod.CtrConfig.model_validate({k: v for k, v in cfg.model_dump().items()
+    # fields added since (execution options such as compile_attention) are unknown to the old model,
+    # which called the history length max_len
+    fields = {OLD_FIELDS.get(k, k): v for k, v in cfg.model_dump().items()}
+    old_cfg = old_mod.CtrConfig.model_validate({k: v for k, v in fields.items()
                                                 if k in old_mod.CtrConfig.model_fields})
+    assert old_cfg.max_len == cfg.history_len
 
     def build(mod, c):
         torch.manual_seed(1)
@@ -79,14 +97,13 @@ def test_block_ctr_model_equals_pre_refactor_model(strategy, frozen_make):
             assert sorted(n["aux_logits"]) == sorted(o["aux_logits"])
             for k in o["aux_logits"]:
                 torch.testing.assert_close(n["aux_logits"][k], o["aux_logits"][k], rtol=0, atol=0)
-    # the old weights (top-level keys) load into the new model and give the same logits
+    # the old weights (top-level keys, renamed to the blocks') load into the new model and give the same logits
     old.train()
     for p in old.parameters():
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.3)
     fresh = build(__import__("mmrank.ctr.models", fromlist=["x"]), cfg)
-    fresh.load_state_dict(old.state_dict(), strict=True)
-    assert fresh.file_state_dict().keys() == old.state_dict().keys()     # the on-disk names are the old ones
+    fresh.load_state_dict(_block_names(old.state_dict()), strict=True)
     old.eval(), fresh.eval()
     batch = _batch(5)
     torch.testing.assert_close(fresh(batch)["logit"], old(batch)["logit"], rtol=0, atol=0)

@@ -12,28 +12,22 @@ from typer.testing import CliRunner
 
 from mmrank.errors import MMRankError
 from mmrank.pretrain.config import VARIANTS, PretrainConfig
+from mmrank.testing.markets import micro_market
+from mmrank.testing.pretrain import latent_pairs, tiny_clip
 
 torch.set_num_threads(1)
 FAST = dict(image_encoder="cnn-small", text_encoder="hash-bow", epochs=3, batch_size=64,
             queue_size=512, dim=32, nested_dims=[8, 32], hidden=64)
 
 
-def make_market(out: Path, seed: int = 0) -> Path:
-    from mmrank.data.market import generate_market, market_config
-
-    generate_market(market_config(size="tiny", n_items=300, n_users=400, n_impressions=12_000,
-                                  seed=seed), out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def market(tmp_path_factory) -> Path:
-    return make_market(tmp_path_factory.mktemp("pretrain") / "run")
+    return micro_market(tmp_path_factory.mktemp("pretrain") / "run")
 
 
 def test_cli_pretrain_writes_encoder_and_loader_matches(market):
     from mmrank.cli import app
-    from mmrank.pretrain import load_item_encoder
+    from mmrank.pretrain.item_encoder import load_item_encoder
 
     res = CliRunner().invoke(app, ["pretrain", "--run", str(market), "--image-encoder", "cnn-small",
                                    "--text-encoder", "hash-bow", "--epochs", "2",
@@ -70,7 +64,7 @@ def test_cli_pretrain_writes_encoder_and_loader_matches(market):
     assert enc.encode_images(images[:2]).shape == (2, 256)
 
     # the serving path reproduces the training-time item vectors (cached features -> heads)
-    from mmrank.pretrain.artifacts import load_item_encoder as load_sub
+    from mmrank.pretrain.item_encoder import load_item_encoder as load_sub
     from mmrank.pretrain.data import build_features, read_catalog, read_pairs
 
     cat = read_catalog(market)
@@ -82,7 +76,7 @@ def test_cli_pretrain_writes_encoder_and_loader_matches(market):
 
 
 def test_missing_encoder_is_a_clear_error(tmp_path):
-    from mmrank.pretrain import load_item_encoder
+    from mmrank.pretrain.item_encoder import load_item_encoder
 
     with pytest.raises(MMRankError, match="encoder/config.json: missing"):
         load_item_encoder(tmp_path)
@@ -124,7 +118,7 @@ def test_acc_at_n_agrees_with_faiss_exact_search(market):
 def test_compare_writes_exactly_the_variants(tmp_path):
     from mmrank.pretrain.stage import compare
 
-    run = make_market(tmp_path / "run", seed=1)
+    run = micro_market(tmp_path / "run", seed=1)
     cfg = PretrainConfig(**{**FAST, "epochs": 2})
     # off-the-shelf is EfficientNet-Lite0 + MiniLM by definition; keep this test to the others
     chosen = ("popularity", "clip-e", "scl", "scl-no-triplet", "scl-no-triplet-no-moco", "scl-no-logq")
@@ -146,7 +140,7 @@ def test_compare_writes_exactly_the_variants(tmp_path):
 def test_compare_over_seeds_reports_mean_and_std_of_each_seed(tmp_path):
     from mmrank.pretrain.stage import compare
 
-    run = make_market(tmp_path / "run", seed=1)
+    run = micro_market(tmp_path / "run", seed=1)
     cfg = PretrainConfig(**{**FAST, "epochs": 1, "seed": 5})
     res = compare(run, cfg, variants=("popularity", "scl"), seeds=2)
     scl = res["scl"]
@@ -163,33 +157,13 @@ def test_compare_over_seeds_reports_mean_and_std_of_each_seed(tmp_path):
     assert md.count("±") == 4 and "| popularity | " in md
 
 
-def _latent_pairs(seed: int = 0, n_items: int = 1000, n_pairs: int = 2400):
-    """Items and queries that are noisy views of a latent vector per item (controlled retrieval)."""
-    from mmrank.pretrain.data import Features, PairTable
-
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n_items, 24, generator=g)
-    a, b = torch.randn(24, 64, generator=g), torch.randn(24, 48, generator=g)
-    pos = torch.randint(0, n_items, (n_pairs,), generator=g)
-    noise = lambda n, d: 1.5 * torch.randn(n, d, generator=g)  # noqa: E731
-    feats = Features(item_img=z @ a + noise(n_items, 64), item_txt=z @ b + noise(n_items, 48),
-                     text_q=z[pos] @ b + noise(n_pairs, 48), image_q=z[pos] @ a + noise(n_pairs, 64),
-                     qrow=np.arange(n_pairs))
-    rng = np.random.default_rng(seed)
-    pairs = PairTable(modality=(rng.random(n_pairs) < 0.5).astype(np.int8),
-                      query_text=[None] * n_pairs, query_image=[None] * n_pairs,
-                      pos=pos.numpy(), neg=np.full(n_pairs, -1), test=np.arange(n_pairs) >= 2000,
-                      ts=np.arange(n_pairs))
-    return feats, pairs, np.arange(n_items, dtype=np.int64)
-
-
 def test_matryoshka_prefix_still_retrieves():
     """Trained with nested dims, a 4-d prefix of a 64-d vector still retrieves (Acc@5 near the
     whole vector's), much better than the 4-d prefix of the same model trained without nesting."""
     from mmrank.pretrain.evaluate import evaluate
     from mmrank.pretrain.train import train
 
-    feats, pairs, ids = _latent_pairs()
+    feats, pairs, ids = latent_pairs()
     base = dict(variant="scl-no-triplet-no-moco", epochs=8, batch_size=100, dim=64, hidden=64,
                 lr=3e-3, warmup_steps=5)
     nested = train(PretrainConfig(**base, nested_dims=[4, 64]), feats, pairs, ids, log=lambda m: None)
@@ -204,12 +178,10 @@ def test_matryoshka_prefix_still_retrieves():
 
 def test_pretrain_with_hf_clip_towers(market, tmp_path):
     """`hf-clip:<dir>` as both towers (a tiny random CLIP): trains, saves, loads, encodes."""
-    from test_encoders import _tiny_clip
-
-    from mmrank.pretrain import load_item_encoder
+    from mmrank.pretrain.item_encoder import load_item_encoder
     from mmrank.pretrain.stage import pretrain
 
-    d = _tiny_clip(tmp_path / "clip")
+    d = tiny_clip(tmp_path / "clip")
     run = tmp_path / "run"
     (run / "data").mkdir(parents=True)
     for f in ("items.parquet", "pairs.parquet", "query_images.parquet"):

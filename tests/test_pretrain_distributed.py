@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_pretrain import make_market
+from mmrank.testing.markets import micro_market
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -41,7 +41,7 @@ def _copy_market(src: Path, dst: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def market(tmp_path_factory) -> Path:
-    return make_market(tmp_path_factory.mktemp("dist") / "base")
+    return micro_market(tmp_path_factory.mktemp("dist") / "base")
 
 
 def test_torchrun_two_ranks_matches_one_process(market, tmp_path):

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from mmrank.pretrain.config import PretrainConfig
 from mmrank.pretrain.model import SCLModel
 from mmrank.pretrain.train import train
-from test_pretrain import _latent_pairs
+from mmrank.testing.pretrain import latent_pairs
 
 BASE = dict(epochs=1, batch_size=100, dim=32, hidden=32, lr=3e-3, warmup_steps=2, queue_size=400,
             nested_dims=[32], max_steps=6)
@@ -26,7 +26,7 @@ def _state(file: Path, prefix: str) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("key_path", ["online", "momentum"])
 def test_queue_holds_momentum_keys(tmp_path: Path, key_path: str) -> None:
-    feats, pairs, ids = _latent_pairs(n_items=300, n_pairs=900)
+    feats, pairs, ids = latent_pairs(n_items=300, n_pairs=900)
     pairs.test[:] = np.arange(len(pairs.test)) >= 700
     cfg = PretrainConfig(variant="scl-no-triplet", key_path=key_path, momentum=0.9, **BASE)
     online = train(cfg, feats, pairs, ids, ckpt_dir=tmp_path, log=lambda m: None)
@@ -56,7 +56,7 @@ def test_queue_holds_momentum_keys(tmp_path: Path, key_path: str) -> None:
 def test_only_training_pairs_are_read_and_logq_counts_them(variant: str) -> None:
     """Changing every test pair (its positive, its query features) leaves training bit for bit the
     same: the batches, the queue and the logQ counts come from training pairs only."""
-    feats, pairs, ids = _latent_pairs(n_items=300, n_pairs=900)
+    feats, pairs, ids = latent_pairs(n_items=300, n_pairs=900)
     pairs.test[:] = np.arange(len(pairs.test)) >= 600
     cfg = PretrainConfig(variant=variant, logq_correction=True, **BASE)
     assert cfg.uses()["logq"]
@@ -78,7 +78,7 @@ def test_only_training_pairs_are_read_and_logq_counts_them(variant: str) -> None
 def test_popularity_reference_row() -> None:
     from mmrank.pretrain.evaluate import popularity
 
-    feats, pairs, _ = _latent_pairs(n_items=50, n_pairs=400)
+    feats, pairs, _ = latent_pairs(n_items=50, n_pairs=400)
     pairs.test[:] = np.arange(400) >= 300
     pairs.pos[:300] = np.where(np.arange(300) < 200, 3, pairs.pos[:300])  # item 3 bought most
     pairs.pos[300:] = np.where(np.arange(100) < 40, 3, 5)                   # 40% of test buys are 3

@@ -11,8 +11,9 @@ import torch
 from typer.testing import CliRunner
 
 from mmrank.eval import auc
-from mmrank.rerank.compare import compare, evaluate_orders, logged_result
 from mmrank.rerank.data import TASKS, candidate_index
+from mmrank.rerank.evaluate import evaluate_orders, logged_result
+from mmrank.rerank.stage import compare
 from mmrank.rerank.trainer import RerankTrainConfig, load_data
 from mmrank.store.tiny_encoder import TinyItemEncoder
 from mmrank.testing.lists import TinyEvaluator, write_tiny_lists
@@ -73,7 +74,7 @@ def test_logged_metrics_equal_direct_computations(run):
 
 
 def test_shown_scope_reorders_only_the_logged_list(run):
-    from mmrank.rerank.compare import shown_first_orders
+    from mmrank.rerank.evaluate import shown_first_orders
 
     data = load_data(run, encoder=TinyItemEncoder(dim=8))
     rows = data.lists.test_rows()[:10]
@@ -127,7 +128,7 @@ def test_cli_train_and_compare(run, tmp_path):
     assert res.exit_code == 0, res.output
     m = json.loads((run / "rerank" / "armmt" / "metrics.json").read_text())
     assert m["model"] == "armmt" and 0 <= m["auc"]["purchase"] <= 1
-    from mmrank.rerank.run import load_model
+    from mmrank.rerank.artifacts import load_model
 
     model, data = load_model(run, "armmt")
     assert model.cfg.fusion == "cafu"

@@ -141,11 +141,11 @@ def test_features_are_the_encoders_and_cached(tiny):
 
 
 def test_ranges_with_empty_runs_first_and_between():
-    """``_ranges`` (CSR gathers of histories, shared with mmrank.ctr.data) when a run is empty, the first
+    """``concat_ranges`` (CSR gathers of histories, shared with mmrank.ctr.data) when a run is empty, the first
     one included: a history-less first row used to shift every index of the batch."""
-    from mmrank.ctr.data import _ranges
+    from mmrank.ctr.data import concat_ranges
 
     starts, lengths = np.array([5, 10, 0, 20, 7]), np.array([0, 2, 0, 3, 1])
     expect = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths)])
-    np.testing.assert_array_equal(_ranges(starts, lengths), expect)
-    np.testing.assert_array_equal(_ranges(np.array([3]), np.array([0])), np.zeros(0))
+    np.testing.assert_array_equal(concat_ranges(starts, lengths), expect)
+    np.testing.assert_array_equal(concat_ranges(np.array([3]), np.array([0])), np.zeros(0))

@@ -71,7 +71,7 @@ def test_acknowledged_items_survive_kill_9(run_copy: Path) -> None:
 
 
 def test_version_swap_under_concurrency_16_fails_no_request(run_copy: Path) -> None:
-    from mmrank.ctr.run import train_strategy
+    from mmrank.ctr.stage import train_strategy
     from mmrank.serve.fixtures import new_encoder
     from mmrank.threads import limited
 

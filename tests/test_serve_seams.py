@@ -34,8 +34,9 @@ def run_copy(serving_run: Path, tmp_path: Path) -> Path:
 
 
 def _parquet_logits(run: Path, strategy: str, rows: np.ndarray) -> tuple[torch.Tensor, object]:
+    from mmrank.ctr.artifacts import load_model
     from mmrank.ctr.data import load_samples, make_batch
-    from mmrank.ctr.run import load_model, score
+    from mmrank.ctr.scoring import score
 
     model, space, _ = load_model(run, strategy)  # the run's whole table, as training and predict do
     samples = load_samples(run / "data" / "ctr_samples.parquet")
@@ -44,7 +45,7 @@ def _parquet_logits(run: Path, strategy: str, rows: np.ndarray) -> tuple[torch.T
 
 @pytest.mark.parametrize("strategy", ["id", "simtier", "simtier+make"])
 def test_builder_gives_the_parquet_paths_logits(serving_run: Path, strategy: str) -> None:
-    from mmrank.ctr.run import score
+    from mmrank.ctr.scoring import score
     from mmrank.serve.builder import RankQuery, build
     from mmrank.serve.bundle import load_bundle
 
@@ -88,7 +89,7 @@ def test_builder_gives_the_parquet_paths_logits(serving_run: Path, strategy: str
 
 
 def test_bundle_refuses_a_ctr_model_of_another_encoder_version_of_the_same_width(run_copy: Path) -> None:
-    from mmrank.ctr.run import load_model
+    from mmrank.ctr.artifacts import load_model
     from mmrank.serve.bundle import load_bundle
     from mmrank.serve.fixtures import new_encoder
 
@@ -129,11 +130,11 @@ def test_bundle_refuses_a_reranker_of_another_encoder_version(run_copy: Path, mo
 def test_serving_stores_are_independent_objects_and_see_each_others_writes(run_copy: Path) -> None:
     import pyarrow.parquet as pq
 
-    from mmrank.store.ingest import load_encoder
-    from mmrank.store.serving import ItemExists, ServingStore
+    from mmrank.store.encoding import load_encoder
+    from mmrank.store.items import ItemExists, ItemStore
 
     enc = load_encoder(run_copy)
-    a, b = ServingStore.open(run_copy, enc), ServingStore.open(run_copy, enc)
+    a, b = ItemStore.open(run_copy, enc), ItemStore.open(run_copy, enc)
     items = pq.read_table(run_copy / "data" / "items.parquet", columns=["image", "category"])
     new_id = 9_000_000_001
     assert not a.vectors(np.array([new_id]))[1][0]
@@ -148,7 +149,7 @@ def test_serving_stores_are_independent_objects_and_see_each_others_writes(run_c
         b.ingest({"item_id": new_id, "title": "again", "image": items.column("image")[0].as_py()})
     a.close(), b.close()
     # a third store opened after both closed still has it (durable)
-    c = ServingStore.open(run_copy, enc)
+    c = ItemStore.open(run_copy, enc)
     assert c.vectors(np.array([new_id]))[1][0]
     c.close()
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mmrank.errors import DataError
-from mmrank.store import AnnConfig, AnnIndex, recall_at_k
+from mmrank.store.ann import AnnConfig, AnnIndex, recall_at_k
 
 
 def _clustered(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:

@@ -19,14 +19,12 @@ def encoded_run(tiny_market: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """The tiny market with an off-the-shelf encoder (efficientnet-lite0 + MiniLM) in R/encoder/."""
     import shutil
 
-    pretrain_mod = pytest.importorskip("mmrank.pretrain")
-    if not hasattr(pretrain_mod, "pretrain"):
-        pytest.skip("mmrank.pretrain.pretrain is not available")
     from mmrank.pretrain.config import PretrainConfig
+    from mmrank.pretrain.stage import pretrain
 
     run = tmp_path_factory.mktemp("store_e2e") / "run"
     shutil.copytree(tiny_market, run)
-    pretrain_mod.pretrain(run, PretrainConfig(variant="off-the-shelf"))
+    pretrain(run, PretrainConfig(variant="off-the-shelf"))
     return run
 
 
@@ -68,7 +66,8 @@ def test_cli_embed_then_search_by_text_image_item(encoded_run: Path, tmp_path: P
 
 @pytest.mark.slow
 def test_demo_stage(encoded_run: Path) -> None:
-    from mmrank.store import EmbeddingTable, demo_stage
+    from mmrank.store.backends import open_table
+    from mmrank.store.stage import demo_stage
 
     import shutil
 
@@ -78,6 +77,6 @@ def test_demo_stage(encoded_run: Path) -> None:
     n = pq.ParquetFile(encoded_run / "data" / "items.parquet").metadata.num_rows
     assert out["items"] == n and out["ingested"] == 10 and out["ingest_p50_ms"] > 0
     assert 0 <= out["image_search_recall_at_10"] <= 1
-    t = EmbeddingTable.open(encoded_run / "embeddings")
+    t = open_table(encoded_run / "embeddings")
     assert len(t) == n and t.get(t.ids()[:5]).shape == (5, t.dim)
     assert np.allclose(np.linalg.norm(t.get(t.ids()[:5]), axis=1), 1, atol=1e-4)

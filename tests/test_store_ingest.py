@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 
 from mmrank.data.io import write_table
 from mmrank.errors import DataError, MMRankError
-from mmrank.store import EmbeddingTable, ItemStore, embed_catalog, ingest
-from mmrank.store.ingest import NEW_ITEMS, NewItemLog, close_stores
+from mmrank.store.backends import current_version, open_table
+from mmrank.store.items import NEW_ITEMS, ItemStore, NewItemLog
+from mmrank.store.stage import embed_catalog
 from mmrank.store.tiny_encoder import TinyItemEncoder
 
 torch.set_num_threads(1)
@@ -58,7 +59,7 @@ def test_embed_catalog_writes_every_item(tmp_path: Path, enc: TinyItemEncoder) -
     ids, titles, images = make_items(tmp_path)
     stats = embed_catalog(tmp_path, enc, batch_size=32, progress=False)
     assert (stats["items"], stats["encoded"], stats["version"]) == (80, 80, enc.version)
-    t = EmbeddingTable.open(tmp_path / "embeddings")
+    t = open_table(tmp_path / "embeddings")
     assert t.version == enc.version and t.dim == 16
     np.testing.assert_array_equal(t.ids(), ids)
     np.testing.assert_allclose(t.get(ids[:7]), enc.encode_items(titles[:7], images[:7]), atol=1e-6)
@@ -73,7 +74,7 @@ def test_embed_resumes_without_duplicates(tmp_path: Path, enc: TinyItemEncoder) 
     assert (second["already_present"], second["encoded"], second["items"]) == (30, 50, 80)
     third = embed_catalog(tmp_path, enc, batch_size=16, progress=False)
     assert third["encoded"] == 0
-    t = EmbeddingTable.open(tmp_path / "embeddings")
+    t = open_table(tmp_path / "embeddings")
     assert t.n_records == 80
 
 
@@ -87,15 +88,15 @@ def test_bad_catalog_row_is_named(tmp_path: Path, enc: TinyItemEncoder, bad: str
     assert "items.parquet: row 45" in msg and f"column '{bad}'" in msg
     # batches before the bad one are durable; the bad batch wrote nothing; nothing was published
     root = tmp_path / "embeddings"
-    assert EmbeddingTable.current(root) is None
-    assert len(EmbeddingTable.open(root, enc.version)) == 32
+    assert current_version(root) is None
+    assert len(open_table(root, enc.version)) == 32
 
 
 def test_ingest_is_visible_to_get_and_search(tmp_path: Path, enc: TinyItemEncoder) -> None:
     make_items(tmp_path)
     embed_catalog(tmp_path, enc, progress=False)
-    reader = EmbeddingTable.open(tmp_path / "embeddings")  # e.g. a CTR trainer in another process
-    with ItemStore.open(tmp_path, enc, writable=True) as store:
+    reader = open_table(tmp_path / "embeddings")  # e.g. a CTR trainer in another process
+    with ItemStore.open(tmp_path, enc, hold_writer=True) as store:
         img = jpeg("green", 999)
         out = store.ingest({"item_id": 123456, "title": "green formal dress", "image": img})
         assert out["item_id"] == 123456 and out["total_ms"] > 0
@@ -114,7 +115,7 @@ def test_index_catches_up_after_a_crash(tmp_path: Path, enc: TinyItemEncoder) ->
     """Items ingested but not yet in the saved index (the process died) are added on open."""
     make_items(tmp_path)
     embed_catalog(tmp_path, enc, progress=False)
-    store = ItemStore.open(tmp_path, enc, writable=True)
+    store = ItemStore.open(tmp_path, enc, hold_writer=True)
     img = jpeg("red", 77)
     store.ingest({"item_id": 777, "title": "red striped shirt", "image": img})
     store.table.close()  # no save_index(): as if killed
@@ -145,11 +146,11 @@ def test_bad_ingest_raises_and_writes_nothing(tmp_path: Path, enc: TinyItemEncod
     with pytest.raises(DataError, match=expect):
         if case in ("other_version", "other_dim"):
             encoder = TinyItemEncoder(dim=16 if case == "other_version" else 8, seed=1)
-            store = ItemStore.open(tmp_path, encoder, writable=True)
+            store = ItemStore.open(tmp_path, encoder, hold_writer=True)
         else:
-            store = ItemStore.open(tmp_path, encoder, writable=True)
+            store = ItemStore.open(tmp_path, encoder, hold_writer=True)
         store.ingest(item)
-    t = EmbeddingTable.open(tmp_path / "embeddings")
+    t = open_table(tmp_path / "embeddings")
     assert len(t) == 80 and t.n_records == 80
     assert not (tmp_path / "embeddings" / NEW_ITEMS).exists()
 
@@ -164,26 +165,29 @@ def test_ingest_refuses_vectors_of_wrong_dim(tmp_path: Path, enc: TinyItemEncode
             return super().encode_items(titles, images)[:, :12]
 
     liar = Truncating(dim=16, seed=0)
-    store = ItemStore.open(tmp_path, liar, writable=True)
+    store = ItemStore.open(tmp_path, liar, hold_writer=True)
     with pytest.raises(DataError, match=r"shape \(1, 12\), expected \(1, 16\)"):
         store.ingest({"item_id": 1, "title": "red shirt", "image": jpeg("red", 1)})
     assert len(store.table) == 80
 
 
-def test_module_level_ingest_and_new_version_reencodes_ingested_items(tmp_path: Path,
+def test_shared_writer_ingest_and_new_version_reencodes_ingested_items(tmp_path: Path,
                                                                       enc: TinyItemEncoder) -> None:
     make_items(tmp_path)
     embed_catalog(tmp_path, enc, progress=False)
-    ingest({"item_id": 5555, "title": "blue plain dress", "image": jpeg("blue", 55)}, run=tmp_path,
-           encoder=enc)
+    with ItemStore.open(tmp_path, enc) as store:  # no held writer: the table is opened per ingest
+        assert not store.table.writable
+        store.ingest({"item_id": 5555, "title": "blue plain dress", "image": jpeg("blue", 55)})
+        vec, found = store.vectors(np.array([5555]))
+        assert found[0] and store.search_vector(vec[0], k=1)[0]["item_id"] == 5555
+        assert store.meta(np.array([5555]))[1] == ["blue plain dress"]
     assert [r["item_id"] for r in NewItemLog(tmp_path / "embeddings" / NEW_ITEMS).read()] == [5555]
-    close_stores()  # the store ingest() keeps open holds the writer lock
     enc2 = TinyItemEncoder(dim=8, seed=3)
     stats = embed_catalog(tmp_path, enc2, progress=False)
     assert stats["items"] == 81
-    t = EmbeddingTable.open(tmp_path / "embeddings")
+    t = open_table(tmp_path / "embeddings")
     assert (t.version, t.dim) == (enc2.version, 8) and t.contains(np.array([5555]))[0]
-    old = EmbeddingTable.open(tmp_path / "embeddings", enc.version)
+    old = open_table(tmp_path / "embeddings", enc.version)
     assert old.dim == 16 and len(old) == 81
 
 
@@ -242,7 +246,7 @@ def test_ray_two_workers_gives_the_same_table(tmp_path: Path, enc: TinyItemEncod
     make_items(b)
     embed_catalog(a, enc, batch_size=16, progress=False)
     embed_catalog(b, enc, batch_size=16, progress=False, ray_workers=2)
-    ta, tb = EmbeddingTable.open(a / "embeddings"), EmbeddingTable.open(b / "embeddings")
+    ta, tb = open_table(a / "embeddings"), open_table(b / "embeddings")
     assert ta.version == tb.version
     np.testing.assert_array_equal(ta.ids(), tb.ids())
     np.testing.assert_allclose(ta.get(ids), tb.get(ids), atol=1e-6)

@@ -29,11 +29,12 @@ def trained_run(tiny_market: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def _embed(run: Path, reuse: bool) -> tuple[dict, np.ndarray, np.ndarray]:
-    from mmrank.store.ingest import embed_catalog, embeddings_root
-    from mmrank.store.table import EmbeddingTable
+    from mmrank.store.backends import open_table
+    from mmrank.store.items import embeddings_root
+    from mmrank.store.stage import embed_catalog
 
     stats = embed_catalog(run, reuse_features=reuse, progress=False)
-    table = EmbeddingTable.open(embeddings_root(run))
+    table = open_table(embeddings_root(run))
     try:
         ids = np.sort(table.ids())
         return stats, ids, table.get(ids)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from mmrank.errors import DataError, MMRankError
-from mmrank.store import EmbeddingTable, set_store_config
+from mmrank.store.backends import create_table, current_version, open_table, table_versions
+from mmrank.store.table import set_store_config
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -68,23 +69,23 @@ def _vecs(n: int, dim: int, seed: int = 0) -> np.ndarray:
 def test_put_get_roundtrip(root: Path) -> None:
     ids = np.array([30, 10, 20, 1 << 40, -5], dtype=np.int64)
     v = _vecs(5, 8)
-    with EmbeddingTable.create(root, version="enc-a", dim=8, encoder_name="tiny") as t:
+    with create_table(root, version="enc-a", dim=8, encoder_name="tiny") as t:
         t.put(ids, v, version="enc-a")
         t.publish()
         assert len(t) == 5
         np.testing.assert_array_equal(t.ids(), np.sort(ids))
         np.testing.assert_array_equal(t.get(ids[::-1]), v[::-1])
-    r = EmbeddingTable.open(root)
+    r = open_table(root)
     assert (r.version, r.dim, len(r)) == ("enc-a", 8, 5)
     np.testing.assert_array_equal(r.get(np.array([20, 30])), v[[2, 0]])
     assert r.get(np.array([20, 30])).dtype == np.float32
 
 
 def test_missing_ids_raise_or_zero(root: Path) -> None:
-    with EmbeddingTable.create(root, version="enc-a", dim=4) as t:
+    with create_table(root, version="enc-a", dim=4) as t:
         t.put(np.array([1, 2]), _vecs(2, 4), version="enc-a")
         t.publish()
-    r = EmbeddingTable.open(root)
+    r = open_table(root)
     with pytest.raises(KeyError, match="item id 77 "):
         r.get(np.array([1, 77, 78]))
     out = r.get(np.array([1, 77]), missing="zero")
@@ -93,7 +94,7 @@ def test_missing_ids_raise_or_zero(root: Path) -> None:
 
 
 def test_later_put_replaces_vector(root: Path) -> None:
-    with EmbeddingTable.create(root, version="enc-a", dim=4) as t:
+    with create_table(root, version="enc-a", dim=4) as t:
         t.put(np.array([1, 2]), _vecs(2, 4), version="enc-a")
         new = _vecs(1, 4, seed=9)
         t.put(np.array([2]), new, version="enc-a")
@@ -103,7 +104,7 @@ def test_later_put_replaces_vector(root: Path) -> None:
 
 @pytest.mark.parametrize("bad", ["dim", "version", "nan", "dup", "ids2d"])
 def test_bad_batch_raises_and_writes_nothing(root: Path, bad: str) -> None:
-    with EmbeddingTable.create(root, version="enc-a", dim=4) as t:
+    with create_table(root, version="enc-a", dim=4) as t:
         t.put(np.array([1]), _vecs(1, 4), version="enc-a")
         ids, v, version = np.array([5, 6]), _vecs(2, 4, 1), "enc-a"
         if bad == "dim":
@@ -123,22 +124,22 @@ def test_bad_batch_raises_and_writes_nothing(root: Path, bad: str) -> None:
                     "nan": "not finite", "dup": "id 5 appears twice", "ids2d": "1-d integer"}[bad]
         assert expected in msg
         assert len(t) == 1 and not t.contains(np.array([5, 6])).any()
-    assert len(EmbeddingTable.open(root, "enc-a")) == 1
+    assert len(open_table(root, "enc-a")) == 1
 
 
 def test_read_only_refuses_put(root: Path) -> None:
-    with EmbeddingTable.create(root, version="enc-a", dim=4) as t:
+    with create_table(root, version="enc-a", dim=4) as t:
         t.publish()
-    r = EmbeddingTable.open(root)
+    r = open_table(root)
     with pytest.raises(MMRankError, match="read-only"):
         r.put(np.array([1]), _vecs(1, 4), version="enc-a")
 
 
 def test_reader_sees_later_writes(root: Path) -> None:
-    w = EmbeddingTable.create(root, version="enc-a", dim=4)
+    w = create_table(root, version="enc-a", dim=4)
     w.put(np.array([1]), _vecs(1, 4), version="enc-a")
     w.publish()
-    r = EmbeddingTable.open(root)
+    r = open_table(root)
     assert len(r) == 1
     v = _vecs(3, 4, 3)
     w.put(np.array([2, 3, 4]), v, version="enc-a")
@@ -149,41 +150,41 @@ def test_reader_sees_later_writes(root: Path) -> None:
 
 
 def test_new_version_switches_atomically_and_never_mixes(root: Path) -> None:
-    with EmbeddingTable.create(root, version="enc-1", dim=4) as t1:
+    with create_table(root, version="enc-1", dim=4) as t1:
         t1.put(np.arange(10), _vecs(10, 4), version="enc-1")
         t1.publish()
-    assert EmbeddingTable.current(root) == "enc-1"
-    t2 = EmbeddingTable.create(root, version="enc-2", dim=6)
+    assert current_version(root) == "enc-1"
+    t2 = create_table(root, version="enc-2", dim=6)
     t2.put(np.arange(5), _vecs(5, 6), version="enc-2")
     # Half-built: readers still get version 1, whole.
-    r = EmbeddingTable.open(root)
+    r = open_table(root)
     assert (r.version, r.dim, len(r)) == ("enc-1", 4, 10)
     with pytest.raises(DataError, match="enc-1"):
         t2.put(np.array([7]), _vecs(1, 6), version="enc-1")
     t2.put(np.arange(5, 10), _vecs(5, 6, 1), version="enc-2")
     t2.publish()
     t2.close()
-    r2 = EmbeddingTable.open(root)
+    r2 = open_table(root)
     assert (r2.version, r2.dim, len(r2)) == ("enc-2", 6, 10)
-    assert sorted(EmbeddingTable.versions(root)) == ["enc-1", "enc-2"]
-    old = EmbeddingTable.open(root, "enc-1")  # the old table is intact beside the new one
+    assert sorted(table_versions(root)) == ["enc-1", "enc-2"]
+    old = open_table(root, "enc-1")  # the old table is intact beside the new one
     assert old.get(np.arange(10)).shape == (10, 4)
     with pytest.raises(DataError, match="dim"):
-        EmbeddingTable.create(root, version="enc-2", dim=7)
+        create_table(root, version="enc-2", dim=7)
 
 
 def test_open_without_a_table(root: Path) -> None:
     with pytest.raises(MMRankError, match="mmrank embed"):
-        EmbeddingTable.open(root)
+        open_table(root)
     with pytest.raises(MMRankError, match="no embedding table of version"):
-        EmbeddingTable.open(root, "nope")
+        open_table(root, "nope")
 
 
 def test_random_operations_match_a_dict(root: Path) -> None:
     """A random sequence of puts and gets agrees with a plain dict model of the table."""
     rng = np.random.default_rng(7)
     model: dict[int, np.ndarray] = {}
-    with EmbeddingTable.create(root, version="enc-a", dim=3) as t:
+    with create_table(root, version="enc-a", dim=3) as t:
         for _ in range(25):
             n = int(rng.integers(1, 20))
             ids = rng.choice(60, size=n, replace=False).astype(np.int64)
@@ -202,7 +203,8 @@ def test_embed_ingest_search_on_the_backend(root: Path) -> None:
     """The whole flow on this backend: bulk embed, ingest, a second reader sees the new item."""
     import torch
 
-    from mmrank.store import ItemStore, embed_catalog
+    from mmrank.store.items import ItemStore
+    from mmrank.store.stage import embed_catalog
     from mmrank.store.tiny_encoder import TinyItemEncoder
     from test_store_ingest import jpeg, make_items
 
@@ -212,9 +214,9 @@ def test_embed_ingest_search_on_the_backend(root: Path) -> None:
     enc = TinyItemEncoder(dim=16, seed=0)
     stats = embed_catalog(run, enc, batch_size=16, progress=False)
     assert stats["items"] == 40
-    reader = EmbeddingTable.open(root)
+    reader = open_table(root)
     assert type(reader).__name__ == ("RedisTable" if (root / "STORE.json").exists() else "LocalTable")
-    with ItemStore.open(run, enc, writable=True) as store:
+    with ItemStore.open(run, enc, hold_writer=True) as store:
         img = jpeg("blue", 3)
         store.ingest({"item_id": 4242, "title": "blue striped shirt", "image": img})
         want = enc.encode_items(["blue striped shirt"], [img])
@@ -222,4 +224,4 @@ def test_embed_ingest_search_on_the_backend(root: Path) -> None:
         assert store.search_vector(want[0], k=1)[0]["item_id"] == 4242
         with pytest.raises(DataError, match="empty title"):
             store.ingest({"item_id": 4243, "title": "", "image": img})
-    assert len(EmbeddingTable.open(root)) == 41
+    assert len(open_table(root)) == 41

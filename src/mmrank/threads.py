@@ -124,10 +124,8 @@ def reuse_freed_memory(limit_bytes: int = 256 << 20) -> bool:
     """Keep freed blocks up to ``limit_bytes`` in the process heap (glibc ``mallopt``), for a server.
 
     By default glibc serves each allocation over ~128 KiB-32 MiB with a fresh ``mmap`` and returns
-    it on free, so every forward of a large batch page-faults its intermediate tensors in again.
-    Measured (benchmarks/serve_latency.py's simtier model, 200 x 50 rows per request, 1 thread,
-    shared 2-core machine, load 6-9, four runs each): one forward over 16 requests went from
-    13.2-27.1 to 7.2-14.8 ms per request, over one request from 7.4-20.4 to 4.3-9.4 ms.
+    it on free, so every forward of a large batch page-faults its intermediate tensors in again
+    (``benchmarks/serve_latency.py`` measures the server with this setting).
     Returns False where there is no glibc (nothing changed).
     """
     import ctypes

@@ -1,5 +1,6 @@
 # Frozen copy of src/mmrank/ctr/models.py at bf19a98 (before the blocks refactor): the reference that
 # tests/test_models_blocks.py compares the block-composed CtrModel against. Do not edit.
+# Only its import lines follow the modules that moved since (mmrank.models.layers, HISTORY_LEN).
 """CTR models assembled from :mod:`mmrank.ctr.layers`: the ID baseline (DIN) and the integration
 strategies of Sheng et al. (CIKM'24, Sec. 4 and Table 3) over frozen pre-trained item representations.
 
@@ -44,8 +45,9 @@ from pydantic import Field
 from torch import nn
 
 from mmrank.config import StrictModel
-from mmrank.ctr.data import MAX_LEN, MAX_POSITION
-from mmrank.ctr.layers import MLP, ItemVectors, SimScore, SimTier, TargetAttention, pack, packed_similarity
+from mmrank.ctr.data import MAX_POSITION
+from mmrank.data.schemas import HISTORY_LEN as MAX_LEN
+from mmrank.models.layers import MLP, ItemVectors, SimScore, SimTier, TargetAttention, pack, packed_similarity
 
 STRATEGIES = ("id", "vector", "simscore", "simtier", "make", "simtier+make")
 Strategy = Literal["id", "vector", "simscore", "simtier", "make", "simtier+make"]

@@ -1,5 +1,5 @@
 """`mmrank ctr ...`: train one strategy, compare all six, score new samples. Thin shells over
-:mod:`mmrank.ctr.run` and :mod:`mmrank.ctr.compare`.
+:mod:`mmrank.ctr.stage`.
 
 Every setting (strategy, seeds, MAKE epochs, the model's :class:`CtrConfig` with its
 :class:`MakeConfig`, the optimiser's :class:`TrainConfig`) comes from the ``ctr`` section of the run
@@ -39,7 +39,7 @@ def _ints(text: Optional[str], name: str) -> Optional[list[int]]:
 
 
 def _settings(config: Optional[Path], **flags: Any):
-    from mmrank.config import stage_config
+    from mmrank.run_config import stage_config
 
     return stage_config("ctr", config, {k: v for k, v in flags.items() if v is not None})
 
@@ -66,7 +66,7 @@ def train_cmd(
     """Train one strategy (ID parameters: one epoch); writes RUN/ctr/<strategy>/."""
     from mmrank.config import record
     from mmrank.ctr.models import STRATEGIES
-    from mmrank.ctr.run import train_strategy
+    from mmrank.ctr.stage import train_strategy
 
     if strategy is not None and strategy not in STRATEGIES:
         raise ConfigError(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
@@ -99,7 +99,7 @@ def compare_cmd(
 ) -> None:
     """Train every strategy over SEEDS seeds; write RUN/ctr/compare.json, compare.md and plots."""
     from mmrank.config import record
-    from mmrank.ctr.compare import compare
+    from mmrank.ctr.stage import compare
     from mmrank.ctr.models import STRATEGIES
 
     strats = None
@@ -133,7 +133,7 @@ def predict_cmd(
     config: Optional[Path] = _CONFIG,
 ) -> None:
     """Score new impressions with a trained model; write scores by request_id and item_id."""
-    from mmrank.ctr.run import predict_file
+    from mmrank.ctr.stage import predict_file
 
     s = _settings(config, threads=threads)
     _threads(s.threads)

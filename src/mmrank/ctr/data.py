@@ -32,10 +32,10 @@ import pyarrow.compute as pc
 import torch
 
 from mmrank.data.io import iter_batches as iter_table_batches
+from mmrank.data.schemas import HISTORY_LEN
 from mmrank.errors import DataError
 
 PAD, OOV = 0, 1
-MAX_LEN = 50
 MAX_POSITION = 64
 
 
@@ -71,8 +71,8 @@ def _flatten(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return lengths.astype(np.int64), values
 
 
-def load_samples(path: str | Path, max_len: int = MAX_LEN, require_split: bool = True) -> CtrSamples:
-    """Stream a CTR_SAMPLES Parquet file into memory; keep the last ``max_len`` clicks of each history.
+def load_samples(path: str | Path, history_len: int = HISTORY_LEN, require_split: bool = True) -> CtrSamples:
+    """Stream a CTR_SAMPLES Parquet file into memory; keep the last ``history_len`` clicks of each history.
 
     Raises :class:`DataError` naming the file, row and column of the first inconsistent row.
     """
@@ -106,11 +106,11 @@ def load_samples(path: str | Path, max_len: int = MAX_LEN, require_split: bool =
             row = int(np.flatnonzero((lab != 0) & (lab != 1))[0])
             raise DataError(f"label must be 0 or 1, got {lab[row]}", file=str(path),
                             row=offset + row, column="label")
-        if (li > max_len).any():  # keep the most recent max_len clicks (most recent last)
+        if (li > history_len).any():  # keep the most recent history_len clicks (most recent last)
             ends = np.cumsum(li)
-            keep_len = np.minimum(li, max_len)
+            keep_len = np.minimum(li, history_len)
             starts = ends - keep_len
-            idx = _ranges(starts, keep_len)
+            idx = concat_ranges(starts, keep_len)
             vi, vc, li = vi[idx], vc[idx], keep_len
         lens_all.append(li)
         flat_items.append(vi.astype(np.int64))
@@ -132,7 +132,7 @@ def load_samples(path: str | Path, max_len: int = MAX_LEN, require_split: bool =
         source=str(path))
 
 
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenated ``arange(s, s + n)`` for each (s, n), vectorised."""
     total = int(lengths.sum())
     if total == 0:
@@ -267,12 +267,12 @@ class EncodedSamples:
         return np.flatnonzero(~self.raw.is_train)
 
 
-def pad_rows(offsets: np.ndarray, flat: np.ndarray, rows: np.ndarray, max_len: int) -> np.ndarray:
-    """CSR rows -> (B, max_len) int64, left-aligned, zero padded (keeps the last ``max_len``)."""
+def pad_rows(offsets: np.ndarray, flat: np.ndarray, rows: np.ndarray, history_len: int) -> np.ndarray:
+    """CSR rows -> (B, history_len) int64, left-aligned, zero padded (keeps the last ``history_len``)."""
     ends = offsets[rows + 1]
-    lens = np.minimum(ends - offsets[rows], max_len)
+    lens = np.minimum(ends - offsets[rows], history_len)
     starts = ends - lens
-    pos = np.arange(max_len)
+    pos = np.arange(history_len)
     valid = pos[None, :] < lens[:, None]
     idx = np.where(valid, starts[:, None] + pos[None, :], 0)
     out = flat[idx].astype(np.int64) if len(flat) else np.zeros(idx.shape, np.int64)
@@ -280,7 +280,7 @@ def pad_rows(offsets: np.ndarray, flat: np.ndarray, rows: np.ndarray, max_len: i
     return out
 
 
-def make_batch(enc: EncodedSamples, rows: np.ndarray, max_len: int = MAX_LEN) -> dict[str, torch.Tensor]:
+def make_batch(enc: EncodedSamples, rows: np.ndarray, history_len: int = HISTORY_LEN) -> dict[str, torch.Tensor]:
     """One mini-batch as tensors.
 
     Returns ``item, user, category, region, position (B,)`` int64, ``label (B,)`` float32,
@@ -288,7 +288,7 @@ def make_batch(enc: EncodedSamples, rows: np.ndarray, max_len: int = MAX_LEN) ->
     ``item_v (B,)``, ``hist_item_v (B, L)``; plus any per-row ``extra`` features ``(B, ...)``.
     """
     off = enc.raw.hist_offsets
-    hist_item = pad_rows(off, enc.hist_item, rows, max_len)
+    hist_item = pad_rows(off, enc.hist_item, rows, history_len)
     b: dict[str, torch.Tensor] = {
         "item": torch.from_numpy(enc.item[rows].astype(np.int64)),
         "user": torch.from_numpy(enc.user[rows].astype(np.int64)),
@@ -297,23 +297,23 @@ def make_batch(enc: EncodedSamples, rows: np.ndarray, max_len: int = MAX_LEN) ->
         "position": torch.from_numpy(enc.position[rows].astype(np.int64)),
         "label": torch.from_numpy(enc.raw.label[rows].astype(np.float32)),
         "hist_item": torch.from_numpy(hist_item),
-        "hist_category": torch.from_numpy(pad_rows(off, enc.hist_category, rows, max_len)),
+        "hist_category": torch.from_numpy(pad_rows(off, enc.hist_category, rows, history_len)),
     }
-    lens = np.minimum(np.diff(off)[rows], max_len)
-    b["mask"] = torch.from_numpy(np.arange(max_len)[None, :] < lens[:, None])
+    lens = np.minimum(np.diff(off)[rows], history_len)
+    b["mask"] = torch.from_numpy(np.arange(history_len)[None, :] < lens[:, None])
     if enc.item_v is not None and enc.hist_item_v is not None:
         b["item_v"] = torch.from_numpy(enc.item_v[rows].astype(np.int64))
-        b["hist_item_v"] = torch.from_numpy(pad_rows(off, enc.hist_item_v, rows, max_len))
+        b["hist_item_v"] = torch.from_numpy(pad_rows(off, enc.hist_item_v, rows, history_len))
     for k, v in enc.extra.items():
         b[k] = torch.from_numpy(np.ascontiguousarray(v[rows]))
     return b
 
 
-def simtier_features(enc: EncodedSamples, vectors: torch.Tensor, n_tiers: int, max_len: int = MAX_LEN,
+def simtier_features(enc: EncodedSamples, vectors: torch.Tensor, n_tiers: int, history_len: int = HISTORY_LEN,
                      chunk: int = 16_384) -> np.ndarray:
     """SimTier counts (Eq. 2, Algorithm 1) of every row, once: the data-pipeline placement of SimTier
     (``CtrConfig.simtier_in = "pipeline"``). The representations are frozen, so the counts are a pure
-    function of a row's target and its last ``max_len`` history items; batches then carry them as
+    function of a row's target and its last ``history_len`` history items; batches then carry them as
     ``batch["simtier"]``. Computed with the model's own layer, so both placements give the same counts.
 
     Args:
@@ -321,9 +321,9 @@ def simtier_features(enc: EncodedSamples, vectors: torch.Tensor, n_tiers: int, m
         vectors: ``(V, D)`` representation table indexed by ``item_v`` (rows 0 and 1 zero).
         n_tiers: SimTier's N.
 
-    Returns ``(len(enc), n_tiers)`` counts, uint8 (int32 when ``max_len`` > 255).
+    Returns ``(len(enc), n_tiers)`` counts, uint8 (int32 when ``history_len`` > 255).
     """
-    from mmrank.ctr.layers import SimTier
+    from mmrank.models.layers import SimTier
 
     if enc.item_v is None or enc.hist_item_v is None:
         raise ValueError("simtier_features: the samples carry no representation indices (encode them "
@@ -331,13 +331,13 @@ def simtier_features(enc: EncodedSamples, vectors: torch.Tensor, n_tiers: int, m
     layer = SimTier(n_tiers)
     table = vectors.detach().float()
     off = enc.raw.hist_offsets
-    out = np.zeros((len(enc), n_tiers), np.uint8 if max_len < 256 else np.int32)
+    out = np.zeros((len(enc), n_tiers), np.uint8 if history_len < 256 else np.int32)
     with torch.no_grad():
         for s in range(0, len(enc), chunk):
             rows = np.arange(s, min(s + chunk, len(enc)))
             ends = off[rows + 1]
-            lens = np.minimum(ends - off[rows], max_len)                # the last max_len, as pad_rows
-            pos = _ranges(ends - lens, lens)
+            lens = np.minimum(ends - off[rows], history_len)                # the last history_len, as pad_rows
+            pos = concat_ranges(ends - lens, lens)
             row_t = torch.from_numpy(np.repeat(np.arange(len(rows)), lens))
             hist = table.index_select(0, torch.from_numpy(enc.hist_item_v[pos].astype(np.int64)))
             target = table.index_select(0, torch.from_numpy(enc.item_v[rows].astype(np.int64)))
@@ -346,10 +346,10 @@ def simtier_features(enc: EncodedSamples, vectors: torch.Tensor, n_tiers: int, m
 
 
 def iter_batches(enc: EncodedSamples, rows: np.ndarray, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, max_len: int = MAX_LEN) -> Iterator[dict[str, torch.Tensor]]:
+                 seed: int = 0, history_len: int = HISTORY_LEN) -> Iterator[dict[str, torch.Tensor]]:
     """Mini-batches over ``rows`` (in order, or shuffled with ``seed``)."""
     rows = np.asarray(rows, np.int64)
     if shuffle:
         rows = rows[np.random.default_rng(seed).permutation(len(rows))]
     for s in range(0, len(rows), batch_size):
-        yield make_batch(enc, rows[s:s + batch_size], max_len)
+        yield make_batch(enc, rows[s:s + batch_size], history_len)

@@ -1,4 +1,4 @@
-"""CTR models assembled from :mod:`mmrank.ctr.layers`: the ID baseline (DIN) and the integration
+"""CTR models assembled from :mod:`mmrank.models.layers`: the ID baseline (DIN) and the integration
 strategies of Sheng et al. (CIKM'24, Sec. 4 and Table 3) over frozen pre-trained item representations.
 
 * ``id``: item, category, user, region and position embeddings; DIN target attention over the history
@@ -44,11 +44,12 @@ from pydantic import Field
 from torch import nn
 
 from mmrank.config import StrictModel
-from mmrank.ctr.data import MAX_LEN, MAX_POSITION
-from mmrank.ctr.layers import (MLP, ItemVectors, SharedRows, TargetAttention, dense, history_groups, pack,
-                               row_map, similarity)
+from mmrank.ctr.data import MAX_POSITION
+from mmrank.data.schemas import HISTORY_LEN
 from mmrank.models.blocks import (IdFeatures, InterestEncoder, MakeKnowledge, MultiTaskLoss, SimScoreFeature,
                                   SimTierFeature, TaskHeads, VectorFeature)
+from mmrank.models.layers import (MLP, ItemVectors, SharedRows, TargetAttention, dense, history_groups, pack,
+                                  row_map, similarity)
 
 STRATEGIES = ("id", "vector", "simscore", "simtier", "make", "simtier+make")
 Strategy = Literal["id", "vector", "simscore", "simtier", "make", "simtier+make"]
@@ -62,13 +63,13 @@ class MakeConfig(StrictModel):
     mlp_hidden: list[int] = Field(default_factory=lambda: [128, 64, 32],
                                   description="hidden widths; with the output layer, 4 layers (Eq. 4)")
     act: str = "prelu"
-    # Measured on the small market (1 seed): 'full' lowered GAUC against the ID model (-1.3% at E=4)
-    # and fell as E grew; 'compact' raised it (+0.17% at E=2). Default: compact.
+    # Default compact: on the small market 'full' lowered GAUC against the ID model and fell as E grew,
+    # 'compact' raised it (`mmrank ctr compare --knowledge full|compact` measures it).
     knowledge: Literal["full", "compact"] = Field(
         "compact", description="what joins the ID model: 'full' = v_MAKE + every hidden output of MLP_MAKE + "
                             "its logit (Sec. 4.3); 'compact' = the last hidden output + the logit")
-    # Measured on the small market (E=4, seeds 0 and 1): freeze GAUC 0.7630 / 0.7609, finetune
-    # 0.7621 / 0.7592. Default: freeze.
+    # Default freeze: it gave the higher GAUC than finetune on the small market (`mmrank ctr compare`
+    # with ctr.model.make.after_pretrain set either way in --config measures it).
     after_pretrain: Literal["freeze", "finetune"] = Field(
         "freeze", description="after E > 0 pre-training epochs: keep MAKE fixed while the ID model trains, "
                               "or keep training it with the ID model (with its Eq. 5 loss as an auxiliary term)")
@@ -87,12 +88,11 @@ class CtrConfig(StrictModel):
                                                       "(updated by LazyAdam, rows in the batch only)")
     use_position: bool = Field(True, description="position embedding (train and eval on logged "
                                                  "positions; at serving, pass the slot to score)")
-    max_len: int = Field(MAX_LEN, ge=1)
+    history_len: int = Field(HISTORY_LEN, ge=1)
     n_tiers: int = Field(20, ge=1, description="SimTier's N")
-    # Measured (benchmarks/ctr_throughput.py, 1M rows, batch 1024, 128-d, 2 threads): in the model
-    # SimTier adds 12.9% to the ID model's step (44.2 -> 49.9 ms: a gather of every history item's
-    # vector); read from the pipeline it adds 1.6%, after a one-off 11.7 s per 1M rows that every
-    # epoch, seed and strategy over the same rows then reuses. Default: pipeline. A batch without
+    # Default pipeline: in the model SimTier gathers every history item's vector at every step; read
+    # from the pipeline it costs a one-off pass over the rows that every epoch, seed and strategy then
+    # reuses (benchmarks/ctr_throughput.py measures both). A batch without
     # precomputed counts (e.g. new data at predict time) gets them computed in the model: the same
     # counts either way (tested).
     simtier_in: Literal["model", "pipeline"] = Field(
@@ -100,7 +100,7 @@ class CtrConfig(StrictModel):
                                 "by mmrank.ctr.data.simtier_features (falls back to the model when absent)")
     vector_dim: int = Field(16, ge=1, description="Vector: width the representation is mapped to")
     make: MakeConfig = Field(default_factory=MakeConfig)
-    # Measured (benchmarks/ctr_throughput.py --full-history): see the README's speed table.
+    # Speed with and without: benchmarks/ctr_throughput.py --full-history.
     compile_attention: bool = Field(False, description="run DIN's attention unit through torch.compile "
                                     "(needs a C++ compiler; compiles on first use; same values)")
     attention_bf16: bool = Field(False, description="DIN's attention unit computes in bfloat16 "
@@ -137,7 +137,7 @@ class ModelSizes:
 def lookup_vectors(vectors: ItemVectors, batch: dict[str, torch.Tensor], idx: torch.Tensor,
                    share: bool = False) -> tuple[torch.Tensor, torch.Tensor | SharedRows]:
     """Target ``(B, D)`` and packed history ``(nnz, D)`` representations of a batch, at the valid
-    positions ``idx`` (from :func:`mmrank.ctr.layers.pack`); with ``share``, the history as
+    positions ``idx`` (from :func:`mmrank.models.layers.pack`); with ``share``, the history as
     :class:`SharedRows` when its items repeat (a serving batch: one history, many candidates)."""
     if "item_v" not in batch or "hist_item_v" not in batch:
         raise KeyError("this strategy needs representations: the batch has no 'item_v'/'hist_item_v' "
@@ -180,7 +180,7 @@ class MakeModule(nn.Module):
     def forward_packed(self, target: torch.Tensor, hist: torch.Tensor, rows: torch.Tensor,
                        groups: list | None = None) -> dict[str, torch.Tensor]:
         """``target (B, D)``, packed history ``hist (nnz, D)`` (or :class:`SharedRows`) of samples
-        ``rows (nnz,)``; ``groups`` as :func:`mmrank.ctr.layers.history_groups` gives them."""
+        ``rows (nnz,)``; ``groups`` as :func:`mmrank.models.layers.history_groups` gives them."""
         q = self.proj(target)
         pooled, _ = self.attention.forward_packed(q, dense(row_map(hist, self.proj)), rows, groups)
         v_make = torch.cat([pooled, q], dim=-1)                      # Eq. 3, (B, 2P)
@@ -225,20 +225,13 @@ class CtrModel(nn.Module):
 
     ``forward(batch)`` with the tensors of :func:`mmrank.ctr.data.make_batch` -> ``{"logits": {"click":
     (B,)}, "logit": (B,) (the click logit), "aux_logits": {"make": (B,)} when MAKE trains jointly}``;
-    :meth:`loss` gives one named term per label. Weights saved before the blocks (top-level
-    ``item_emb``, ``attention``, ``mlp``, ...) load unchanged (their keys are mapped).
+    :meth:`loss` gives one named term per label.
     """
 
-    ID_MODULES = IdFeatures.MODULES
     TASK = "click"
     # Compute what depends on a history item alone once per distinct item of the batch (True in
     # serving, where a request's candidates share one history: mmrank.serve.bundle sets it).
     share_history = False
-    # state-dict keys of the model before it was composed of blocks -> today's
-    _LEGACY_KEYS = {**{f"{m}.": f"ids.{m}." for m in IdFeatures.MODULES},
-                    "vec_proj.": "vector.proj.", "attention.": "interest.attention.",
-                    "make.": "knowledge.module.", "knowledge_norm.": "knowledge.norm.",
-                    "mlp.": "head.towers.click."}
 
     def __init__(self, cfg: CtrConfig, sizes: ModelSizes, vectors: torch.Tensor | ItemVectors | None = None,
                  make: MakeModule | None = None, freeze_make: bool = False) -> None:
@@ -262,7 +255,7 @@ class CtrModel(nn.Module):
             q_dim += self.simscore.out_dim
         self.interest = InterestEncoder(q_dim, cfg.att_hidden, cfg.act)
         head_in = 2 * q_dim + self.ids.context_dim
-        self.simtier = SimTierFeature(cfg.n_tiers, cfg.max_len) if cfg.uses_simtier else None
+        self.simtier = SimTierFeature(cfg.n_tiers, cfg.history_len) if cfg.uses_simtier else None
         if self.simtier is not None:
             head_in += self.simtier.out_dim
         self.knowledge: MakeKnowledge | None = None
@@ -275,34 +268,7 @@ class CtrModel(nn.Module):
         for m in self.modules():
             if isinstance(m, TargetAttention):
                 m.compiled, m.bf16 = cfg.compile_attention, cfg.attention_bf16
-        self._register_load_state_dict_pre_hook(self._map_legacy_keys)
 
-    @classmethod
-    def _map_legacy_keys(cls, state_dict, prefix, *args) -> None:  # noqa: ANN001
-        for key in list(state_dict):
-            rest = key[len(prefix):] if key.startswith(prefix) else None
-            if rest is None:
-                continue
-            for old, new in cls._LEGACY_KEYS.items():
-                if rest.startswith(old):
-                    state_dict[prefix + new + rest[len(old):]] = state_dict.pop(key)
-                    break
-
-    def file_state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights under the names the model had before it was composed of blocks (``item_emb.*``,
-        ``attention.*``, ``mlp.*``, ...): the on-disk format of ``R/ctr/<strategy>/model.safetensors``
-        stays what it was (``load_state_dict`` maps those names back)."""
-        inverse = {new: old for old, new in self._LEGACY_KEYS.items()}
-        out = {}
-        for key, v in self.state_dict().items():
-            for new, old in inverse.items():
-                if key.startswith(new):
-                    key = old + key[len(new):]
-                    break
-            out[key] = v
-        return out
-
-    # Names the pre-block model exposed.
     @property
     def make(self) -> MakeModule | None:
         return None if self.knowledge is None else self.knowledge.module
@@ -310,14 +276,6 @@ class CtrModel(nn.Module):
     @property
     def freeze_make(self) -> bool:
         return self.knowledge is not None and self.knowledge.frozen
-
-    @property
-    def item_emb(self) -> nn.Embedding:
-        return self.ids.item_emb
-
-    @property
-    def mlp(self) -> MLP:
-        return self.head.towers[self.TASK]
 
     def set_make_frozen(self, frozen: bool) -> None:
         """Fix MAKE's parameters (pre-trained, E > 0) or train them with the model (E = 0)."""

@@ -4,8 +4,8 @@ Only the rows a batch touched are updated (their moments and their weights), as 
 LazyAdam and :class:`torch.optim.SparseAdam`, whose updates this reproduces exactly (tested against it).
 SparseAdam builds several sparse tensors per step (``coalesce``, ``sparse_mask``, sparse adds); here the
 gradient rows are summed per unique id with one ``index_add_`` and the moments are gathered/scattered
-with ``index_select``/``index_copy_``: about 5x less time per step at batch 1024 and history length 50
-(``benchmarks/ctr_throughput.py`` measures the whole model against DeepCTR-Torch).
+with ``index_select``/``index_copy_``, in less time per step (``benchmarks/ctr_throughput.py`` measures
+the whole model against DeepCTR-Torch).
 
 Example::
 
@@ -80,5 +80,5 @@ class LazyAdam(torch.optim.Optimizer):
                 denom = v.sqrt_().add_(group["eps"])
                 flat_p = p.view(p.shape[0], -1)        # distinct rows: gathered, updated, copied back
                 rows = flat_p.index_select(0, uniq).add_(m.div_(denom), alpha=-step_size)
-                flat_p.index_copy_(0, uniq, rows)      # (index_add_ with an alpha costs 6x as much)
+                flat_p.index_copy_(0, uniq, rows)      # (cheaper than index_add_ with an alpha)
         return loss

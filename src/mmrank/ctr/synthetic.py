@@ -17,16 +17,16 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from mmrank.data.schemas import CTR_SAMPLES
+from mmrank.data.schemas import CTR_SAMPLES, HISTORY_LEN
 
 
 def synthetic_samples(n_rows: int, n_items: int = 1000, n_users: int = 500, dim: int = 16,
-                      max_len: int = 50, n_categories: int = 10, n_regions: int = 3,
+                      history_len: int = HISTORY_LEN, n_categories: int = 10, n_regions: int = 3,
                       min_len: int = 0, sim_weight: float = 3.0, seed: int = 0,
                       item_id_offset: int = 1000) -> tuple[pa.Table, np.ndarray]:
     """A CTR_SAMPLES table (first 80% of rows by time: train) and the item vectors ``(n_items, dim)``.
 
-    Item ``i`` has raw id ``item_id_offset + i``; history lengths are uniform in ``[min_len, max_len]``.
+    Item ``i`` has raw id ``item_id_offset + i``; history lengths are uniform in ``[min_len, history_len]``.
     """
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(n_categories, dim))
@@ -41,7 +41,7 @@ def synthetic_samples(n_rows: int, n_items: int = 1000, n_users: int = 500, dim:
 
     user = rng.integers(0, n_users, n_rows)
     item = rng.choice(n_items, size=n_rows, p=pop)
-    lens = rng.integers(min_len, max_len + 1, n_rows)
+    lens = rng.integers(min_len, history_len + 1, n_rows)
     # history: items near the user's interest (top 5% by similarity, sampled)
     k = max(5, n_items // 20)
     near = np.argsort(-(interest @ vec.T), axis=1)[:, :k]                   # (U, k)

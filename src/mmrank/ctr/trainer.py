@@ -32,6 +32,7 @@ from mmrank.config import StrictModel
 from mmrank.ctr.data import EncodedSamples, iter_batches
 from mmrank.ctr.models import CtrModel, MakeModule
 from mmrank.ctr.optim import LazyAdam
+from mmrank.data.schemas import HISTORY_LEN
 from mmrank.errors import ConfigError
 
 
@@ -114,7 +115,7 @@ def train(model: CtrModel, data: EncodedSamples, rows: np.ndarray | None = None,
             task = bar.add_task(f"train {model.cfg.strategy} epoch {epoch + 1}/{id_epochs}", total=n_batches)
             total, n = 0.0, 0
             for batch in iter_batches(data, rows, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch,
-                                      max_len=model.cfg.max_len):
+                                      history_len=model.cfg.history_len):
                 out = model(batch)
                 loss = model.loss(out, batch, cfg.aux_weight)["total"]   # click (+ MAKE's Eq. 5 when joint)
                 total += _step(opt, loss) * len(batch["label"])
@@ -181,10 +182,10 @@ def predict(model: nn.Module, data: EncodedSamples, rows: np.ndarray | None = No
     rows = data.test_rows() if rows is None else np.asarray(rows)
     model.eval()
     out = []
-    max_len = getattr(getattr(model, "cfg", None), "max_len", 50)
+    history_len = getattr(getattr(model, "cfg", None), "history_len", HISTORY_LEN)
     with _progress(progress) as bar:
         task = bar.add_task("predict", total=(len(rows) + batch_size - 1) // batch_size)
-        for batch in iter_batches(data, rows, batch_size, max_len=max_len):
+        for batch in iter_batches(data, rows, batch_size, history_len=history_len):
             res = model(batch) if not isinstance(model, MakeModule) else model.forward_batch(batch)
             out.append(torch.sigmoid(res["logit"]).double().numpy())
             bar.advance(task)

@@ -18,7 +18,6 @@ Example::
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,20 +28,23 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from PIL import Image
 
+from mmrank.data.image_folder import ImageFolder
 from mmrank.data.schemas import EVENT_TYPES, EVENTS_OPTIONAL, ITEMS_OPTIONAL, TABLES
+from mmrank.durable import commit_file, temp_path
 from mmrank.errors import DataError
 
 BATCH_ROWS = 65_536
 
 
 def write_table(table: pa.Table, path: str | Path, row_group_size: int = 262_144) -> Path:
-    """Write ``table`` to ``path`` atomically (temp file + rename); the same table gives the same bytes."""
+    """Write ``table`` to ``path`` atomically and durably (:mod:`mmrank.durable`); the same table
+    gives the same bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = temp_path(path)
     pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size,
                    write_statistics=True, store_schema=True)
-    os.replace(tmp, path)
+    commit_file(tmp, path)
     return path
 
 
@@ -223,24 +225,11 @@ def validate_events(path: str | Path, item_ids: np.ndarray) -> int:
 # ---------------------------------------------------------------------------------------------------
 # Items with their images: the one reader every stage uses.
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-
-
-def image_file_for(folder: str | Path, item_id: int) -> Path | None:
-    """``folder/<item_id>.<jpg|jpeg|png|webp>``, the first that exists, else None."""
-    folder = Path(folder)
-    for suffix in IMAGE_SUFFIXES:
-        p = folder / f"{int(item_id)}{suffix}"
-        if p.is_file():
-            return p
-    return None
-
-
-def _items_image_dir(path: Path, image_dir: str | Path | None) -> Path | None:
+def _items_image_dir(path: Path, image_dir: str | Path | None) -> ImageFolder | None:
     if image_dir is not None:
-        return Path(image_dir)
+        return ImageFolder(Path(image_dir))
     default = path.parent / "images"
-    return default if default.is_dir() else None
+    return ImageFolder(default) if default.is_dir() else None
 
 
 def iter_items(path: str | Path, columns: list[str] | None = None, *, images: bool = True,
@@ -251,7 +240,8 @@ def iter_items(path: str | Path, columns: list[str] | None = None, *, images: bo
     With ``images=True`` every batch has an ``image`` column of bytes, however the file gives each
     row's photo, mixed per row: the ``image`` column (bytes), else ``image_path`` (relative to the
     items file, or absolute), else a file named by the item id in ``image_dir`` (default: an
-    ``images/`` folder beside the items file). A row with none of these, or whose file cannot be read,
+    ``images/`` folder beside the items file), flat or in subfolders, with or without zero padding
+    (:class:`mmrank.data.image_folder.ImageFolder`). A row with none of these, or whose file cannot be read,
     raises a :class:`DataError` naming the file, the row and the column.
     ``columns`` (default: all) are the other columns wanted; ``item_id`` is always included.
     """
@@ -284,11 +274,12 @@ def iter_items(path: str | Path, columns: list[str] | None = None, *, images: bo
             for i, (b, p) in enumerate(zip(blobs, rel)):
                 if b is None:
                     column = "image_path"
-                    f = path.parent / p if p else (image_file_for(folder, ids[i]) if folder else None)
+                    f = path.parent / p if p else (folder.find(int(ids[i])) if folder else None)
                     if f is None:
                         raise DataError("no image: 'image' and 'image_path' are empty and no file "
                                         f"named {int(ids[i])}.jpg/.png in "
-                                        f"{folder if folder else 'an images folder'}",
+                                        f"{folder.root if folder else 'an images folder'} (flat or in "
+                                        "subfolders, with or without zero padding)",
                                         file=str(path), row=offset + i, column="image")
                     try:
                         b = Path(f).read_bytes()

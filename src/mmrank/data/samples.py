@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mmrank.data.schemas import HISTORY_LEN
 from mmrank.errors import DataError
 
 TS_LIMIT = 1 << 32
@@ -144,7 +145,7 @@ class _History:
                 "hist_ts": _list(offsets, self.ts[flat], pa.int64())}
 
 
-def build_ctr_samples(events: pa.Table, items: pa.Table, split_ts: int, history_len: int = 50,
+def build_ctr_samples(events: pa.Table, items: pa.Table, split_ts: int, history_len: int = HISTORY_LEN,
                       start_ts: int = 0) -> pa.Table:
     """One row per display impression; label = clicked; the user's last ``history_len`` clicks
     (any surface) strictly before ``ts``."""
@@ -170,7 +171,7 @@ def build_ctr_samples(events: pa.Table, items: pa.Table, split_ts: int, history_
 
 
 def build_lists(events: pa.Table, items: pa.Table, split_ts: int, start_ts: int = 0,
-                candidates: pa.Table | None = None, history_len: int = 50) -> pa.Table:
+                candidates: pa.Table | None = None, history_len: int = HISTORY_LEN) -> pa.Table:
     """One row per search request: candidates in the logged order, price, category, point-in-time
     sales, labels and the user's history.
 
@@ -249,7 +250,7 @@ def build_lists(events: pa.Table, items: pa.Table, split_ts: int, start_ts: int 
     })
 
 
-def build_derived(run: str | Path, split_ts: int, history_len: int = 50, start_ts: int = 0) -> dict[str, int]:
+def build_derived(run: str | Path, split_ts: int, history_len: int = HISTORY_LEN, start_ts: int = 0) -> dict[str, int]:
     """Rebuild pairs, CTR samples and lists under ``run/data/`` from its (validated) items and events
     (and ``candidates.parquet``, the logged candidate sets, when present)."""
     from mmrank.data.io import read_table, validate_events, validate_items, write_table

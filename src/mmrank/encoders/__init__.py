@@ -43,11 +43,6 @@ def list_encoders() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def describe_encoders() -> dict[str, str]:
-    """Name -> one-line description."""
-    return {k: v[2] for k, v in sorted(_REGISTRY.items())}
-
-
 def create(name: str, **kw: Any) -> tuple[Any, Any]:
     """Build encoder ``name``; returns ``(module, preprocess)``.
 
@@ -92,4 +87,4 @@ def native_input_size(name: str) -> int | None:
     return int(json.loads(cfg.read_text())["vision_config"]["image_size"])
 
 
-__all__ = ["create", "create_tower", "list_encoders", "describe_encoders", "native_input_size"]
+__all__ = ["create", "create_tower", "list_encoders", "native_input_size"]

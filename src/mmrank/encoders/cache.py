@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmrank.durable import replacing, write_text
+
 
 def cache_key(name: str, modality: str, image_size: int | None, trainable_blocks: int) -> str:
     """Directory name for an encoder's features: its name, input size and trainable-block count."""
@@ -112,11 +114,8 @@ def cached_features(build: Callable[[], tuple[Any, Callable[[list[Any]], Any]]],
     if d is not None:
         npy, meta = d / f"{tag}.npy", d / f"{tag}.json"
         d.mkdir(parents=True, exist_ok=True)
-        tmp = d / f".{tag}.{os.getpid()}.npy"
-        np.save(tmp, store, allow_pickle=False)
-        os.replace(tmp, npy)
-        tmp_meta = d / f".{tag}.{os.getpid()}.json"
-        tmp_meta.write_text(json.dumps({"n": len(keys), "digest": digest, "encoder": encoder.name,
-                                        "shape": list(store.shape), "dtype": str(store.dtype)}))
-        os.replace(tmp_meta, meta)
+        with replacing(npy) as f:
+            np.save(f, store, allow_pickle=False)
+        write_text(meta, json.dumps({"n": len(keys), "digest": digest, "encoder": encoder.name,
+                                     "shape": list(store.shape), "dtype": str(store.dtype)}))
     return feats

@@ -1,18 +1,21 @@
 """Ranking and classification metrics: AUC, GAUC, LogLoss, NDCG@k and Acc@N.
 
 One implementation of each, vectorised with NumPy, tested against scikit-learn and against slow
-obvious implementations (``tests/test_eval_metrics.py``).
+obvious implementations (``tests/test_eval_metrics.py``). The conventions (also in ``docs/metrics.md``):
 
-* ``auc``: ROC AUC from average ranks (Mann-Whitney U); ties count 1/2, exactly as
-  ``sklearn.metrics.roc_auc_score``.
-* ``gauc``: group (user) AUC, each group's AUC weighted by its number of impressions, groups with a single
-  class skipped (the GAUC of DIN and of the CIKM'24 paper, Sec. 6.1.4). One sort over all rows, no
-  Python loop over groups.
-* ``logloss``: mean binary cross-entropy with probabilities clipped to ``[eps, 1 - eps]``.
-* ``ndcg_at_k``: linear-gain NDCG@k, ties in scores averaged over their orderings, exactly as
-  ``sklearn.metrics.ndcg_score(..., ignore_ties=False)``.
-* ``acc_at_n``: Acc@N of Eq. 6 of the CIKM'24 paper (retrieval of each query's positive among all
-  positives of the test set).
+* ``auc``: ROC AUC from average ranks (Mann-Whitney U); a tied (positive, negative) pair counts 1/2,
+  exactly as ``sklearn.metrics.roc_auc_score``.
+* ``gauc``: group (user) AUC, each group's AUC weighted by its number of impressions (rows), groups
+  with a single class skipped, as FuxiCTR's ``gAUC`` (and the GAUC of DIN and of the CIKM'24 paper,
+  Sec. 6.1.4). One sort over all rows, no Python loop over groups.
+* ``logloss``: mean binary cross-entropy in nats, probabilities clipped to ``[eps, 1 - eps]``
+  (``eps = 1e-7``), as ``sklearn.metrics.log_loss`` up to the clipping bound.
+* ``ndcg_at_k``: linear-gain NDCG@k (gain = relevance, not 2^rel - 1), ties in scores averaged over
+  their orderings, exactly as ``sklearn.metrics.ndcg_score(..., ignore_ties=False)``; a list with no
+  relevant item scores 0.
+* ``acc_at_n``: Acc@N of Eq. 6 of the CIKM'24 paper (retrieval of each query's positive among the set
+  of all positives of the test set), ties broken uniformly at random: each query counts its expected
+  hit, computed in closed form (``expected_hits``), so a tie neither helps nor hurts on average.
 
 Undefined values (AUC with one class, GAUC with no two-class group) raise ``UndefinedMetricError``, a
 ``MetricError``; bad inputs raise ``MetricError``. Both are ``ValueError`` and ``MMRankError`` (the CLI
@@ -30,7 +33,7 @@ from mmrank.errors import MMRankError
 
 __all__ = [
     "MetricError", "UndefinedMetricError", "GroupAUC", "auc", "gauc", "group_auc", "logloss",
-    "ndcg_at_k", "acc_at_n", "retrieval_ranks",
+    "ndcg_at_k", "acc_at_n", "retrieval_ranks", "RetrievalRanks", "expected_hits",
 ]
 
 
@@ -209,7 +212,7 @@ def group_auc(labels: object, scores: object, groups: object) -> GroupAUC:
 
 
 def gauc(labels: object, scores: object, groups: object) -> float:
-    """Group AUC: each group's AUC weighted by its impressions, single-class groups skipped.
+    """Group AUC: each group's AUC weighted by its impressions, single-class groups skipped (as FuxiCTR).
 
     GAUC = sum_u n_u AUC_u / sum_u n_u over the groups u (users) that have both a positive and a
     negative, n_u being the group's number of rows (impressions). Groups with one class have no AUC
@@ -373,14 +376,28 @@ def ndcg_at_k(relevance: object, scores: object, k: int | None = None,
 # Acc@N (Eq. 6 of the CIKM'24 paper)
 
 
+class RetrievalRanks(NamedTuple):
+    """Where each query's positive stands among S, as two counts (see :func:`retrieval_ranks`).
+
+    Attributes:
+        better: (D,) int64, members of S scoring strictly higher than p_i.
+        tied: (D,) int64, *other* members of S scoring exactly as p_i.
+    """
+
+    better: np.ndarray
+    tied: np.ndarray
+
+
 def retrieval_ranks(query_vectors: object, positive_vectors: object, *, chunk_bytes: int = 32 << 20,
-                    progress: bool = False) -> np.ndarray:
-    """For each query i, how many members of S score strictly higher than its positive p_i.
+                    progress: bool = False) -> RetrievalRanks:
+    """For each query i, how many members of S score strictly higher than its positive p_i, and how
+    many others score exactly as it does.
 
     S = {p_j} is the *set* of the test set's positives (Eq. 6): positives equal as vectors (the same
-    item in two pairs) are one member of S, so a duplicate of p_i never counts against it. Score is the
-    dot product. Exact: a chunked matmul over all of S (the work a flat FAISS index would do too, but
-    with a tie rule we control: members scoring exactly as p_i do not count against it).
+    item in two pairs) are one member of S, so a duplicate of p_i is p_i itself, neither better nor
+    tied. Score is the dot product. Exact: a chunked matmul over all of S (the work a flat FAISS index
+    would do too, but with the tie counts kept, which FAISS's top-k drops). p_i's own score comes out
+    of the same matmul as the others', so a tie is an exact equality of the computed scores.
 
     Args:
         query_vectors: (D, d) query embeddings q_i.
@@ -389,16 +406,18 @@ def retrieval_ranks(query_vectors: object, positive_vectors: object, *, chunk_by
         progress: show a rich progress bar over the chunks.
 
     Returns:
-        (D,) int64 ranks, 0 when p_i is the best match of q_i in S. Computed in float32 unless an input
-        is float64.
+        ``RetrievalRanks(better (D,), tied (D,))``, int64; p_i's rank (0-based) under a uniformly
+        random order of the ties is uniform on ``better .. better + tied``. Computed in float32 unless
+        an input is float64.
 
     Example::
 
         >>> import numpy as np
         >>> p = np.eye(3, dtype=np.float32)
         >>> q = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 0, 1]], dtype=np.float32)
-        >>> retrieval_ranks(q, p).tolist()
-        [0, 1, 0]
+        >>> r = retrieval_ranks(q, p)
+        >>> r.better.tolist(), r.tied.tolist()
+        ([0, 1, 0], [0, 0, 0])
     """
     q = np.asarray(query_vectors)
     p = np.asarray(positive_vectors)
@@ -424,7 +443,8 @@ def retrieval_ranks(query_vectors: object, positive_vectors: object, *, chunk_by
     members_t = np.ascontiguousarray(members.T)
     d_total = q.shape[0]
     chunk = max(1, int(chunk_bytes // (members.shape[0] * dtype.itemsize)))
-    ranks = np.empty(d_total, dtype=np.int64)
+    better = np.empty(d_total, dtype=np.int64)
+    tied = np.empty(d_total, dtype=np.int64)
     starts = range(0, d_total, chunk)
     if progress and len(starts) > 1:
         from rich.progress import track
@@ -432,22 +452,52 @@ def retrieval_ranks(query_vectors: object, positive_vectors: object, *, chunk_by
     for a in starts:
         z = min(a + chunk, d_total)
         s = q[a:z] @ members_t                                  # (c, |S|)
-        own = s[np.arange(z - a), inv[a:z]]                     # the positive's score, same matmul
-        ranks[a:z] = (s > own[:, None]).sum(axis=1)
-    return ranks
+        own = s[np.arange(z - a), inv[a:z]][:, None]            # the positive's score, same matmul
+        better[a:z] = (s > own).sum(axis=1)
+        tied[a:z] = (s == own).sum(axis=1) - 1                  # p_i equals itself: not a tie
+    return RetrievalRanks(better, tied)
+
+
+def expected_hits(better: object, tied: object, n: int) -> np.ndarray:
+    """P(rank < N) for each query when ties are broken uniformly at random, in closed form.
+
+    With g members strictly better and t others tied, p_i's 0-based rank is g + U with U uniform on
+    {0, ..., t}, so P(rank < N) = clip(N - g, 0, t + 1) / (t + 1): 1 when g + t < N, 0 when g >= N,
+    and the share of the tied block that fits in the top N between the two.
+
+    Args:
+        better: (D,) counts of strictly better members (``RetrievalRanks.better``).
+        tied: (D,) counts of other members tied with p_i (``RetrievalRanks.tied``).
+        n: N >= 1.
+
+    Returns:
+        (D,) float64 probabilities.
+
+    Example::
+
+        >>> expected_hits([1, 0, 3], [2, 0, 0], 2).tolist()    # 1 of 3 tied places is in the top 2
+        [0.3333333333333333, 1.0, 0.0]
+    """
+    g = np.asarray(better, dtype=np.int64)
+    t = np.asarray(tied, dtype=np.int64)
+    return np.clip(n - g, 0, t + 1) / (t + 1)
 
 
 def acc_at_n(query_vectors: object, positive_vectors: object,
              n: int | Sequence[int]) -> float | dict[int, float]:
-    """Acc@N, Eq. 6 of the CIKM'24 paper: the share of queries whose positive is in their top-N of S.
+    """Acc@N, Eq. 6 of the CIKM'24 paper: the share of queries whose positive is in their top-N of S,
+    ties broken uniformly at random (in expectation, exactly).
 
-    Acc@N = 1/D sum_i I(p_i in Top_N(q_i, S)), S = {p_j} the set of all positives of the test set,
+    Acc@N = 1/D sum_i P(p_i in Top_N(q_i, S)), S = {p_j} the set of all positives of the test set,
     ranked by dot product (normalise the vectors first for cosine).
 
-    Tie rule: p_i is in the top N iff fewer than N distinct members of S score *strictly* higher than
-    it. Positives equal as vectors are one member of S; a different vector scoring exactly as p_i
-    does not push it out (the optimistic convention: Acc@N is the fraction with rank < N where rank
-    counts strictly better members).
+    Convention on ties: members of S that score exactly as p_i are ordered with it uniformly at random,
+    and each query counts its *expected* hit, ``clip(N - g, 0, t + 1) / (t + 1)`` with g members
+    strictly better and t others tied (:func:`expected_hits`); no sampling. A tie neither helps nor
+    hurts a model on average, so a scorer with many ties (popularity counts, an untrained tower that
+    maps many items to one vector) is not flattered: counting ties in the item's favour would give
+    every query of an all-equal scorer a hit. Positives equal as vectors are one member of S (the same
+    item in two pairs), so a duplicate of p_i is neither better nor tied.
 
     Args:
         query_vectors: (D, d) query embeddings.
@@ -464,6 +514,8 @@ def acc_at_n(query_vectors: object, positive_vectors: object,
         >>> q = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 0, 1]])
         >>> acc_at_n(q, p, [1, 2])       # query 1 finds its positive second
         {1: 0.6666666666666666, 2: 1.0}
+        >>> acc_at_n(np.zeros((4, 2)), np.arange(8.0).reshape(4, 2), [1, 2])   # all tied: N / |S|
+        {1: 0.25, 2: 0.5}
     """
     ns = [n] if isinstance(n, (int, np.integer)) else list(n)
     for v in ns:
@@ -472,5 +524,5 @@ def acc_at_n(query_vectors: object, positive_vectors: object,
     if not ns:
         raise MetricError("acc_at_n: no N given")
     ranks = retrieval_ranks(query_vectors, positive_vectors)
-    accs = {int(v): float((ranks < v).mean()) for v in ns}
+    accs = {int(v): float(expected_hits(ranks.better, ranks.tied, int(v)).mean()) for v in ns}
     return accs[int(n)] if isinstance(n, (int, np.integer)) else accs

@@ -18,9 +18,6 @@ from __future__ import annotations
 
 from typing import Any
 
-# mmrank.ctr (whose models are built from these blocks) is imported first so that importing
-# mmrank.models alone never meets a half-initialised mmrank.ctr.
-import mmrank.ctr.layers  # noqa: F401
 from mmrank.errors import ConfigError
 from mmrank.models import blocks as _b
 

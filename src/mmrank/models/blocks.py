@@ -1,7 +1,7 @@
 """Named blocks that ranking models are composed of (CTR strategies, re-rankers, multi-task heads).
 
 Each block is an ``nn.Module`` with explicit sizes and documented shapes; :mod:`mmrank.models` creates
-them by name (:func:`mmrank.models.create`). The layers themselves live in :mod:`mmrank.ctr.layers`
+them by name (:func:`mmrank.models.create`). The layers themselves live in :mod:`mmrank.models.layers`
 (``TargetAttention``, ``SimTier``, ``MLP``, ...); blocks wrap them into the parts a model is made of:
 
 * features: :class:`IdFeatures` (ID embeddings), :class:`VectorFeature` (Vector), :class:`SimScoreFeature`,
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrank.ctr.layers import MLP, ItemVectors, SimScore, SimTier, TargetAttention, lookup, packed_similarity
+from mmrank.models.layers import MLP, SimScore, SimTier, TargetAttention, lookup
 
 # ---------------------------------------------------------------------------------------------------
 # Features
@@ -126,17 +126,17 @@ class SimTierFeature(nn.Module):
     pipeline are used as they are; otherwise they are counted from the packed similarities.
     """
 
-    def __init__(self, n_tiers: int, max_len: int) -> None:
+    def __init__(self, n_tiers: int, history_len: int) -> None:
         super().__init__()
         self.simtier = SimTier(n_tiers)
-        self.max_len = max_len
+        self.history_len = history_len
         self.out_dim = n_tiers
 
     def forward(self, sim: torch.Tensor | None, rows: torch.Tensor | None, batch: int,
                 counts: torch.Tensor | None = None) -> torch.Tensor:
         if counts is None:
             counts = self.simtier.counts_from_scores(sim, rows, batch)
-        return counts / self.max_len
+        return counts / self.history_len
 
 
 class MakeKnowledge(nn.Module):
@@ -191,14 +191,6 @@ class InterestEncoder(nn.Module):
                 groups: list | None = None) -> torch.Tensor:
         return self.attention.forward_packed(query, keys, rows, groups)[0]
 
-
-def lookup_packed(vectors: ItemVectors, target_idx: torch.Tensor, hist_idx: torch.Tensor,
-                  flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``vectors`` of the targets ``(B, D)`` and of the history at flat positions ``flat`` ``(nnz, D)``."""
-    return vectors(target_idx), vectors(hist_idx.reshape(-1).index_select(0, flat))
-
-
-similarity = packed_similarity
 
 # ---------------------------------------------------------------------------------------------------
 # Fusion

@@ -1,4 +1,4 @@
-"""Training checkpoints in safetensors, written atomically by rank 0 (temp file + ``os.replace``).
+"""Training checkpoints in safetensors, written atomically by rank 0 (:mod:`mmrank.durable`).
 
 One file holds the online model, the momentum encoder, the queue, the loss parameters (temperature)
 and the optimizer's moments, with the global step in its metadata. Loading never unpickles.
@@ -6,7 +6,6 @@ and the optimizer's moments, with the global step in its metadata. Loading never
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from mmrank.durable import commit_file, temp_path
 from mmrank.errors import MMRankError
 
 FILE = "last.safetensors"
@@ -32,9 +32,9 @@ def save_checkpoint(path: Path, modules: dict[str, nn.Module], optimizer: torch.
         for k, v in st.items():
             t = v if isinstance(v, torch.Tensor) else torch.tensor(v)
             tensors[f"optim.{i}.{k}"] = t.detach().contiguous().clone()
-    tmp = path / f".{FILE}.{os.getpid()}.tmp"
+    tmp = temp_path(path / FILE)
     save_file(tensors, str(tmp), metadata={"step": str(step), **(meta or {})})
-    os.replace(tmp, path / FILE)
+    commit_file(tmp, path / FILE)
     return path / FILE
 
 

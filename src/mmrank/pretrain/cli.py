@@ -22,7 +22,7 @@ app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
 
 def _config(config: Optional[Path], **flags: Any):
     """The `pretrain` section: defaults, then the run config file's section, then the flags given."""
-    from mmrank.config import stage_config
+    from mmrank.run_config import stage_config
 
     return stage_config("pretrain", config, {k: v for k, v in flags.items() if v is not None})
 

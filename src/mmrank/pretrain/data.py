@@ -144,13 +144,18 @@ class Features:
     qrow: np.ndarray            # (P,) row of each pair's query in text_q or image_q
 
 
-def native_image_size(catalog: Catalog) -> int:
-    """The photos' larger side (64 for the synthetic market, 80 for the real catalog's 60x80)."""
-    from PIL import Image
-    import io
+def native_image_size(catalog: Catalog, cap: int = 224) -> tuple[int, str]:
+    """The median larger side of the catalog's real photos (the grey placeholder of an item without
+    one excluded), capped at ``cap`` (EfficientNet-Lite0's ImageNet input); and how it was chosen."""
+    from mmrank.data.photos import PLACEHOLDER_SIDE, median_side, real_sides
 
-    w, h = Image.open(io.BytesIO(catalog.images[0])).size
-    return int(max(w, h))
+    side = median_side(catalog.images)
+    if side is None:
+        return PLACEHOLDER_SIDE, f"{PLACEHOLDER_SIDE} px: no item has a real photo (placeholders only)"
+    n = len(real_sides(catalog.images))
+    size = min(side, cap)
+    return size, (f"{size} px: the median side of {n} real photos ({side} px)"
+                  + (f", capped at the encoder's {cap} px input" if side > cap else ""))
 
 
 def build_features(run: Path, catalog: Catalog, pairs: PairTable, image_encoder: str,

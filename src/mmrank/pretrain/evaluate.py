@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mmrank.pretrain.data import IMAGE, TEXT, Features, PairTable
+from mmrank.vectors import l2_normalise
 
 MODALITIES = (("image", IMAGE), ("text", TEXT))
 
@@ -65,9 +65,7 @@ def evaluate(model: torch.nn.Module, feats: Features, pairs: PairTable,
         for n in ns:
             out[f"acc@{n}"][name] = float(acc[n])
         for d in dims:
-            qd = F.normalize(torch.from_numpy(q[:, :d]), dim=-1).numpy()
-            pd = F.normalize(torch.from_numpy(p[:, :d]), dim=-1).numpy()
-            acc_d = acc_at_n(qd, pd, list(ns))
+            acc_d = acc_at_n(l2_normalise(q[:, :d]), l2_normalise(p[:, :d]), list(ns))
             slot = nested.setdefault(str(d), {f"acc@{n}": {} for n in ns})
             for n in ns:
                 slot[f"acc@{n}"][name] = float(acc_d[n])

@@ -238,10 +238,9 @@ class InfoNCELoss(nn.Module):
         nested_dims: Matryoshka prefix sizes; the loss is the mean over prefixes, one term each
             (``contrastive_loss@64``, ...). Empty: one term ``contrastive_loss`` on the full vectors.
         name: the key of the returned term(s).
-        chunk: queue keys per block of the queue term; any value gives the same loss. Measured
-            (``benchmarks/pretrain_throughput.py``, K = 196,800, batch 256, 2 threads, runs
-            interleaved): 16384 gave 573 and 575 pairs/s, 4096 gave 562 and 555 (fewer blocks, fewer
-            small ops per step; the block stays in this CPU's large shared cache).
+        chunk: queue keys per block of the queue term; any value gives the same loss, only the speed
+            differs (fewer, larger blocks mean fewer small ops per step; ``benchmarks/pretrain_throughput.py``
+            measures the step).
 
     ``forward(q, k, pos_index=None, queue=None, q_ids=None, k_ids=None, queue_ids=None,
     queue_valid=None)``:

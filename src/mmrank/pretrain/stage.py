@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmrank.config import save_yaml
+from mmrank.config import record
+from mmrank.durable import fsync_dir, temp_path, write_text
 from mmrank.errors import ConfigError
-from mmrank.pretrain.artifacts import save_encoder
+from mmrank.pretrain.item_encoder import save_encoder
 from mmrank.pretrain.config import REFERENCES, VARIANTS, PretrainConfig
 from mmrank.pretrain.data import build_features, native_image_size, read_catalog, read_pairs
 from mmrank.pretrain.distributed import DistEnv
@@ -39,8 +40,10 @@ class _Prepared:
         self.pairs = read_pairs(run, self.catalog, cfg.seed)
         from mmrank.encoders import native_input_size
 
-        self.image_size = (cfg.image_size or native_input_size(cfg.image_encoder)
-                           or native_image_size(self.catalog))
+        self.image_size = cfg.image_size or native_input_size(cfg.image_encoder)
+        if not self.image_size:
+            self.image_size, how = native_image_size(self.catalog)
+            _say(env, f"image size {how}")
         self.image_tail = None
         if env.main:  # rank 0 encodes and caches; the others then read the cache
             self.feats = self._features(run, cfg)
@@ -130,7 +133,7 @@ def pretrain(run: str | Path, cfg: PretrainConfig | None = None) -> dict[str, An
     env = DistEnv.from_env()
     metrics = run_variant(run, cfg, run / "encoder", env=env)
     if env.main:
-        save_yaml(cfg, run / "config.yaml", section="pretrain")
+        record(run, "pretrain", cfg.model_copy(update={"image_size": metrics["image_size"]}))
     return metrics
 
 
@@ -187,17 +190,16 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
         out = run / "pretrain"
         out.mkdir(parents=True, exist_ok=True)
         for name, payload in (("compare.json", table), ("compare_detail.json", detail)):
-            tmp = out / f".{name}.{os.getpid()}"
-            tmp.write_text(json.dumps(payload, indent=1))
-            os.replace(tmp, out / name)
-        (out / "compare.md").write_text(markdown_table(shown))
+            write_text(out / name, json.dumps(payload, indent=1))
+        write_text(out / "compare.md", markdown_table(shown))
         if "scl" in results:
-            dst, tmpd = run / "encoder", run / f".encoder.{os.getpid()}.tmp"
+            dst, tmpd = run / "encoder", temp_path(run / "encoder")
             shutil.copytree(run / "pretrain" / "scl", tmpd, dirs_exist_ok=True)
             if dst.exists():
                 shutil.rmtree(dst)
             os.replace(tmpd, dst)
-        save_yaml(base, run / "config.yaml", section="pretrain")
+            fsync_dir(run)
+        record(run, "pretrain", base)
     return results
 
 
@@ -235,7 +237,7 @@ def markdown_table(table: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# Sized for the demo's budget (about 3 minutes at "small" on 2 idle cores, features included).
+# Sized for the demo's budget (`make demo` within 4 minutes on 2 cores, issue 28).
 DEMO = {
     "tiny": dict(epochs=3, batch_size=256, queue_size=4096, hidden=256, nested_dims=[64, 256],
                  lr=2e-3),

@@ -7,6 +7,8 @@ import html
 from pathlib import Path
 from typing import Any
 
+from mmrank.report.tables import flatten
+
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;
 font-size:13px;text-align:left}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee;margin:.5em 0}
@@ -29,7 +31,7 @@ def _md_table(md: str) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_html_report(results: dict[str, Any], report_dir: str | Path, flat: Any,
+def write_html_report(results: dict[str, Any], report_dir: str | Path,
                       title: str | None = None, note: str | None = None) -> Path:
     """Write ``report_dir/report.html`` from the demo ``results`` and any ``report_dir/plots/*.png``
     (``title`` and ``note``, HTML, replace the demo's heading and its "simulated" note)."""
@@ -42,7 +44,7 @@ def write_html_report(results: dict[str, Any], report_dir: str | Path, flat: Any
         parts.append(f"<h2>{html.escape(name)}</h2>")
         if "markdown" in res:
             parts.append(_md_table(res["markdown"]))
-        parts.append(_table(flat(res)))
+        parts.append(_table(flatten(res)))
     for png in sorted((report_dir / "plots").glob("*.png")):
         data = base64.b64encode(png.read_bytes()).decode()
         parts.append(f"<h3>{html.escape(png.stem)}</h3><img alt='{html.escape(png.stem)}' "

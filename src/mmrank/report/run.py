@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from mmrank.errors import MMRankError
+from mmrank.report.html import write_html_report
+from mmrank.report.tables import flatten, key_value_table
 
 
 def _load(path: Path) -> Any:
@@ -44,9 +46,9 @@ def _embed(run: Path) -> dict[str, Any]:
     root = run / "embeddings"
     if not (root / "CURRENT").exists():
         return {"skipped": "no R/embeddings (run `mmrank embed --run R`)"}
-    from mmrank.store import EmbeddingTable
+    from mmrank.store.backends import open_table
 
-    t = EmbeddingTable.open(root)
+    t = open_table(root)
     return {"version": t.version, "items": len(t), "dim": t.dim}
 
 
@@ -99,9 +101,6 @@ def source_label(manifest: dict[str, Any]) -> str:
 
 def write_report(run: str | Path) -> dict[str, Any]:
     """Collect every stage's results of ``run`` into ``R/report/`` (json, md, html)."""
-    from mmrank.demo import _flat
-    from mmrank.report.html import write_html_report
-
     run = Path(run)
     mpath = run / "data" / "manifest.json"
     if not mpath.exists():
@@ -137,14 +136,14 @@ def write_report(run: str | Path) -> dict[str, Any]:
             lines += [f"> substitute: {labels[name]}", ""]
         if "markdown" in res:
             lines += [res["markdown"].rstrip(), ""]
-        rows = [(k, v) for k, v in _flat({k: v for k, v in res.items() if k != "markdown"})]
+        rows = flatten(res)
         if rows:
-            lines += ["| key | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows] + [""]
+            lines += key_value_table(rows) + [""]
     out = run / "report"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     (out / "results.md").write_text("\n".join(lines) + "\n")
     note = html.escape(results["source"]) + "".join(
         f"<br><b>{html.escape(k)}</b>: {html.escape(v)}" for k, v in subs.items())
-    write_html_report(results, out, _flat, title=f"mmrank report: {run.name}", note=note)
+    write_html_report(results, out, title=f"mmrank report: {run.name}", note=note)
     return results

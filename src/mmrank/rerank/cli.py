@@ -1,5 +1,5 @@
 """`mmrank rerank ...`: train one re-ranker, compare all of them. Thin shells over
-:mod:`mmrank.rerank.run` and :mod:`mmrank.rerank.compare`.
+:mod:`mmrank.rerank.stage`.
 
 Every setting comes from the ``rerank`` section of the run config given with ``--config``
 (:class:`mmrank.rerank.config.RerankConfig`); the flags given override it; ``R/config.yaml`` records
@@ -23,7 +23,7 @@ _CONFIG = typer.Option(None, "--config", help="a run config YAML (its rerank sec
 
 
 def _settings(config: Optional[Path], train: dict[str, Any], **flags: Any):
-    from mmrank.config import stage_config
+    from mmrank.run_config import stage_config
 
     given = {k: v for k, v in flags.items() if v is not None}
     train = {k: v for k, v in train.items() if v is not None}
@@ -53,7 +53,7 @@ def train_cmd(
     """Train one re-ranker; writes RUN/rerank/<model>/ (weights, vocabularies, config, metrics)."""
     from mmrank.config import record
     from mmrank.rerank.models import MODELS
-    from mmrank.rerank.run import train_model
+    from mmrank.rerank.stage import train_model
 
     s = _settings(config, dict(epochs=epochs, batch_size=batch_size, max_train_lists=max_train_lists),
                   model=model, seed=seed, threads=threads)
@@ -84,7 +84,7 @@ def compare_cmd(
 ) -> None:
     """Train every model over SEEDS seeds; write RUN/rerank/compare.json, compare.md and plots."""
     from mmrank.config import record
-    from mmrank.rerank.compare import compare
+    from mmrank.rerank.stage import compare
 
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
     s = _settings(config, dict(epochs=epochs, batch_size=batch_size, max_train_lists=max_train_lists),

@@ -27,11 +27,11 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
-from mmrank.ctr.data import Vocab, _ranges
+from mmrank.ctr.data import Vocab, concat_ranges
 from mmrank.data.io import iter_batches as iter_table_batches
+from mmrank.data.schemas import HISTORY_LEN
 from mmrank.errors import DataError
 
-MAX_HIST = 50
 TASKS = ("click", "cart", "purchase")
 # numeric candidate features (relative to every retrieved candidate of the request)
 NUMERIC = ("log_price", "rel_log_price", "log_sales", "rel_log_sales", "prod_score_z")
@@ -93,8 +93,8 @@ def _flat(batch, name: str) -> tuple[np.ndarray, np.ndarray]:
     return lengths, pc.list_flatten(col).to_numpy(zero_copy_only=False)
 
 
-def load_lists(path: str | Path, max_hist: int = MAX_HIST) -> Lists:
-    """Stream a LISTS Parquet file into memory; keep each history's last ``max_hist`` clicks.
+def load_lists(path: str | Path, history_len: int = HISTORY_LEN) -> Lists:
+    """Stream a LISTS Parquet file into memory; keep each history's last ``history_len`` clicks.
 
     Raises :class:`DataError` naming the file, row and column of the first inconsistent row: candidate
     lists of unequal lengths, a history click at or after the request's ``ts`` (leakage), labels
@@ -154,9 +154,9 @@ def load_lists(path: str | Path, max_hist: int = MAX_HIST) -> Lists:
             raise DataError(f"history click at ts {int(ht[k])} is not strictly before the request's ts "
                             f"{int(ts_rep[k])} (point-in-time leakage)", file=str(path), row=offset + r,
                             column="hist_ts")
-        if (hl > max_hist).any():      # the most recent max_hist clicks (most recent last)
-            keep = np.minimum(hl, max_hist)
-            idx = _ranges(np.cumsum(hl) - keep, keep)
+        if (hl > history_len).any():      # the most recent history_len clicks (most recent last)
+            keep = np.minimum(hl, history_len)
+            idx = concat_ranges(np.cumsum(hl) - keep, keep)
             hi, hc, hl = hi[idx], hc[idx], keep
         hist["hist_item_ids"].append(hi.astype(np.int64))
         hist["hist_category_ids"].append(hc.astype(np.int64))
@@ -198,8 +198,8 @@ class ListSpace:
     @classmethod
     def fit(cls, lists: Lists, vec_item_ids: np.ndarray | None = None) -> ListSpace:
         tr = lists.train_rows()
-        cand = _ranges(lists.offsets[tr], np.diff(lists.offsets)[tr])
-        hist = _ranges(lists.hist_offsets[tr], np.diff(lists.hist_offsets)[tr])
+        cand = concat_ranges(lists.offsets[tr], np.diff(lists.offsets)[tr])
+        hist = concat_ranges(lists.hist_offsets[tr], np.diff(lists.hist_offsets)[tr])
         items = Vocab.fit(lists.item_id[cand][lists.shown[cand]], lists.hist_item_id[hist])
         n_cat = int(max(lists.category_id.max(initial=0), lists.hist_category_id.max(initial=0))) + 2
         vec = Vocab.of(vec_item_ids if vec_item_ids is not None else np.zeros(0, np.int64))
@@ -251,7 +251,7 @@ def _numeric(lists: Lists, rows: np.ndarray, cand: list[np.ndarray]) -> list[np.
 
 def make_batch(lists: Lists, space: ListSpace, rows: np.ndarray, which: str = "shown",
                query_index: np.ndarray | None = None, cand: list[np.ndarray] | None = None,
-               max_hist: int = MAX_HIST) -> dict[str, torch.Tensor]:
+               history_len: int = HISTORY_LEN) -> dict[str, torch.Tensor]:
     """Pad requests ``rows`` into tensors: candidates ``(B, C)`` (``pad`` True at padding), numeric
     features ``(B, C, F)``, labels ``(B, C)`` float, the request's user, region and query row
     ``(B,)``, and the history ``(B, L)`` with its mask. ``cand`` overrides which candidates (flat
@@ -271,9 +271,9 @@ def make_batch(lists: Lists, space: ListSpace, rows: np.ndarray, which: str = "s
     item = np.where(pad, 0, space.items.lookup(lists.item_id[f0]))
     vitem = np.where(pad, 0, space.vec_items.lookup(lists.item_id[f0]))
     category = np.where(pad, 0, lists.category_id[f0] + 1)
-    h_len = np.minimum(np.diff(lists.hist_offsets)[rows], max_hist)
+    h_len = np.minimum(np.diff(lists.hist_offsets)[rows], history_len)
     length = max(1, int(h_len.max(initial=0)))
-    hpos = _ranges(lists.hist_offsets[rows + 1] - h_len, h_len)
+    hpos = concat_ranges(lists.hist_offsets[rows + 1] - h_len, h_len)
     hmask = np.arange(length)[None, :] < h_len[:, None]
     hist_item = np.zeros((b, length), np.int64)
     hist_v = np.zeros((b, length), np.int64)

@@ -35,6 +35,7 @@ from safetensors.numpy import load_file, save_file
 
 from mmrank.errors import DataError, MMRankError
 from mmrank.rerank.data import Lists
+from mmrank.vectors import l2_normalise
 
 MODALITIES = ("image", "text")
 
@@ -53,11 +54,6 @@ class ModalFeatures:
     @property
     def dim(self) -> int:
         return int(self.queries.shape[1])
-
-
-def _norm(v: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(v, axis=1, keepdims=True)
-    return (v / np.where(n > 0, n, 1.0)).astype(np.float32)
 
 
 def _digest(keys: list[str]) -> str:
@@ -79,7 +75,7 @@ def _encode_batches(fn, inputs: list[Any], batch: int, label: str) -> np.ndarray
 
 
 def _is_run_encoder(encoder: Any) -> bool:
-    """A :class:`mmrank.pretrain.artifacts.ItemEncoder` (its frozen backbone features are cached)."""
+    """A :class:`mmrank.pretrain.item_encoder.ItemEncoder` (its frozen backbone features are cached)."""
     return all(hasattr(encoder, a) for a in ("model", "config", "_img_enc", "_img_pre", "_txt_enc", "_txt_pre"))
 
 
@@ -104,7 +100,7 @@ def _frozen_cached(run: Path, encoder: Any, modality: str, keys: list[str], inpu
 
 
 def _item_features(run: Path, encoder: Any, cache: Path | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    from mmrank.store.ingest import _catalog_batches
+    from mmrank.data.io import iter_items
 
     path = run / "data" / "items.parquet"
     if not path.exists():
@@ -119,10 +115,10 @@ def _item_features(run: Path, encoder: Any, cache: Path | None) -> tuple[np.ndar
             a = load_file(str(f))
             return a["item_ids"], {m: a[m] for m in MODALITIES}
     ids, titles, images = [], [], []
-    for _, bid, bt, bi in _catalog_batches(path, 256):
-        ids.append(bid)
-        titles += bt
-        images += bi
+    for batch in iter_items(path, ["item_id", "title"], batch_size=256):   # images as bytes, however given
+        ids.append(batch.column("item_id").to_numpy())
+        titles += batch.column("title").to_pylist()
+        images += batch.column("image").to_pylist()
     ids = np.concatenate(ids).astype(np.int64)
     if _is_run_encoder(encoder):   # the towers on the backbone features pre-training cached
         from mmrank.pretrain.data import item_feature_keys
@@ -130,11 +126,11 @@ def _item_features(run: Path, encoder: Any, cache: Path | None) -> tuple[np.ndar
         img_keys, txt_keys = item_feature_keys(ids, titles)
         h_img = _frozen_cached(run, encoder, "image", img_keys, lambda a, z: images[a:z], "items_image")
         h_txt = _frozen_cached(run, encoder, "text", txt_keys, lambda a, z: titles[a:z], "items_title")
-        image = _norm(_heads(encoder.model.image_query, h_img))
-        text = _norm(_heads(encoder.model.text_query, h_txt))
+        image = l2_normalise(_heads(encoder.model.image_query, h_img))
+        text = l2_normalise(_heads(encoder.model.text_query, h_txt))
     else:
-        text = _norm(_encode_batches(encoder.encode_text, titles, 256, "encoding item titles"))
-        image = _norm(_encode_batches(encoder.encode_images, images, 64, "encoding item photos"))
+        text = l2_normalise(_encode_batches(encoder.encode_text, titles, 256, "encoding item titles"))
+        image = l2_normalise(_encode_batches(encoder.encode_images, images, 64, "encoding item photos"))
     order = np.argsort(ids, kind="stable")
     out = {"item_ids": ids[order], "image": image[order], "text": text[order]}
     if f is not None:
@@ -176,9 +172,9 @@ def _query_features(run: Path, lists: Lists, encoder: Any, cache: Path | None) -
         kt = [i for i, k in enumerate(keys) if k.startswith("text:")]
         ki = [i for i, k in enumerate(keys) if k.startswith("image:")]
         if kt:
-            vecs[kt] = _norm(tv)
+            vecs[kt] = l2_normalise(tv)
         if ki:
-            vecs[ki] = _norm(iv)
+            vecs[ki] = l2_normalise(iv)
         if f is not None:
             cache.mkdir(parents=True, exist_ok=True)
             save_file({"vectors": vecs}, str(f))
@@ -205,7 +201,7 @@ def load_features(run: str | Path, lists: Lists, encoder: Any | None = None, cac
         encoder = TinyItemEncoder(dim=int(spec.get("dim", 32)), seed=int(spec.get("seed", 0)))
     if encoder is None:
         try:
-            from mmrank.pretrain import load_item_encoder
+            from mmrank.pretrain.item_encoder import load_item_encoder
         except ImportError as err:  # pragma: no cover
             raise MMRankError(f"no item encoder available (mmrank.pretrain: {err})") from None
         encoder = load_item_encoder(run)

@@ -28,7 +28,7 @@ from pydantic import Field
 from torch import nn
 
 from mmrank.config import StrictModel
-from mmrank.ctr.layers import pack
+from mmrank.models.layers import pack
 from mmrank.errors import ConfigError
 from mmrank.models import create
 from mmrank.models.blocks import IdFeatures, InterestEncoder

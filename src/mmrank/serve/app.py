@@ -105,7 +105,7 @@ def read_api_key(path: str | Path | None) -> str | None:
 def run_batch(bundle: Bundle, queries: list[RankQuery], explain: list[bool], worker: int = 0) -> list[dict]:
     """Build one batch from every query, run one forward (with forward thread ``worker``'s model),
     split the results per query."""
-    from mmrank.ctr.run import score
+    from mmrank.ctr.scoring import score
 
     built = build(queries, bundle)
     n_rows = sum(len(q.scored) for q in built.queries)
@@ -355,7 +355,7 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
     @app.post("/v1/items", response_model=S.ItemOut, status_code=201, responses=errors,
               dependencies=[Depends(require_key)])
     async def add_item(body: S.ItemIn) -> Any:
-        from mmrank.store.serving import ItemExists, decode_b64_image
+        from mmrank.store.items import ItemExists, decode_b64_image
 
         b = state.current()
         try:
@@ -399,7 +399,7 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
     # ---- search -------------------------------------------------------------------------------------
     @app.post("/v1/search", response_model=S.SearchOut, responses=errors)
     async def search(body: S.SearchIn) -> Any:
-        from mmrank.store.serving import decode_b64_image
+        from mmrank.store.items import decode_b64_image
 
         b = state.current()
         loop = asyncio.get_running_loop()

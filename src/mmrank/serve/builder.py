@@ -1,6 +1,6 @@
 """Request -> model batch: the rows of one or many /v1/rank requests as one CTR batch.
 
-The rows go through the same code as the Parquet path: :func:`mmrank.ctr.run.samples_from_rows`
+The rows go through the same code as the Parquet path: :func:`mmrank.ctr.scoring.samples_from_rows`
 builds the :class:`~mmrank.ctr.data.CtrSamples` that :func:`~mmrank.ctr.data.load_samples` would read,
 then :meth:`FeatureSpace.encode` and :func:`~mmrank.ctr.data.make_batch` (tested: identical logits).
 
@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from mmrank.ctr.data import OOV
-from mmrank.ctr.run import _normalise, batch_of, encode_for_scoring, samples_from_rows
+from mmrank.ctr.scoring import batch_of, encode_for_scoring, samples_from_rows
+from mmrank.vectors import l2_normalise
 
 SERVE_POSITION = 0  # the slot candidates are scored for (the top one), as logged positions start at 0
 
@@ -56,7 +57,7 @@ class QueryRows:
     unknown: np.ndarray      # (U,) candidate ids the table does not know (not scored, reported)
     id_known: np.ndarray     # (S,) bool: the ID model knows the item (else: scored from content)
     user_known: bool         # the user is in the logs / the ID model's user vocabulary
-    history: np.ndarray      # (L,) history used (last max_len)
+    history: np.ndarray      # (L,) history used (last history_len)
     region: int
 
     @property
@@ -75,7 +76,7 @@ class Built:
 
 def build(queries: list[RankQuery], bundle) -> Built:  # noqa: ANN001 (Bundle: avoid an import cycle)
     """Rows of every query -> one batch plus its vector table (see module docstring)."""
-    store, space, max_len = bundle.store, bundle.space, bundle.max_len
+    store, space, history_len = bundle.store, bundle.space, bundle.history_len
     hists = []
     for q in queries:
         if q.history is not None:
@@ -84,7 +85,7 @@ def build(queries: list[RankQuery], bundle) -> Built:  # noqa: ANN001 (Bundle: a
             h = bundle.users.history(q.user_id)
         else:
             h = np.zeros(0, np.int64)
-        hists.append(h[-max_len:])
+        hists.append(h[-history_len:])
     all_ids = np.unique(np.concatenate([np.asarray(q.candidates, np.int64) for q in queries] + hists))
     vecs, found = store.vectors(all_ids)
     known_ids = all_ids[found]
@@ -123,11 +124,11 @@ def build(queries: list[RankQuery], bundle) -> Built:  # noqa: ANN001 (Bundle: a
         start += n
     cat = {k: (np.concatenate(v) if k not in ("hist_item_ids", "hist_category_ids") else v)
            for k, v in cols.items()}
-    samples = samples_from_rows(**cat, max_len=max_len)
-    vec_rows = _normalise(vecs[found]) if len(known_ids) else np.zeros((0, store.dim), np.float32)
+    samples = samples_from_rows(**cat, history_len=history_len)
+    vec_rows = l2_normalise(vecs[found]) if len(known_ids) else np.zeros((0, store.dim), np.float32)
     uses_vectors = bundle.model.cfg.uses_vectors
     enc = encode_for_scoring(space, samples, known_ids if uses_vectors else None)
-    batch = batch_of(enc, max_len)
+    batch = batch_of(enc, history_len)
     vectors = None
     if uses_vectors:
         table = np.zeros((len(known_ids) + 2, store.dim), np.float32)
@@ -139,7 +140,7 @@ def build(queries: list[RankQuery], bundle) -> Built:  # noqa: ANN001 (Bundle: a
 def simtier_histograms(built: Built, q: QueryRows, n_tiers: int) -> np.ndarray:
     """``(S, n_tiers)`` SimTier counts (Eq. 2, Algorithm 1) of each scored candidate against the
     query's history (history items without a vector are left out, as in the model)."""
-    from mmrank.ctr.layers import SimTier
+    from mmrank.models.layers import SimTier
 
     def rows(ids: np.ndarray) -> np.ndarray:
         pos = np.minimum(np.searchsorted(built.vec_ids, ids), max(len(built.vec_ids) - 1, 0))

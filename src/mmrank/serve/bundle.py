@@ -6,7 +6,7 @@ encoder's config and weights), not only against the vector width:
 * the embedding table opened is the table of that version (``R/embeddings/v-<version>/``);
 * the CTR model's ``config.json`` records the representations it was trained on
   (``"embeddings:<version>"``) and must name the same version
-  (:func:`mmrank.ctr.run.check_representation_version`);
+  (:func:`mmrank.ctr.representations.check_representation_version`);
 * a re-ranker (``R/rerank/``, when it exists) must report the same ``encoder_version``.
 
 A bundle is immutable once loaded; a server swaps a whole new bundle in (:mod:`mmrank.serve.app`).
@@ -31,11 +31,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mmrank.data.schemas import HISTORY_LEN
 from mmrank.errors import ConfigError, MMRankError
 
 # Strategies tried, in order, when none is asked for: the paper's best first.
 STRATEGY_PREFERENCE = ("simtier+make", "simtier", "make", "simscore", "vector", "id")
-MAX_HISTORY = 50
 
 
 @dataclass
@@ -99,7 +99,7 @@ class UserHistories:
         self.users, self.regions = users, regions
 
     @classmethod
-    def from_run(cls, run: Path, max_len: int = MAX_HISTORY) -> "UserHistories":
+    def from_run(cls, run: Path, history_len: int = HISTORY_LEN) -> "UserHistories":
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
@@ -123,7 +123,7 @@ class UserHistories:
                 starts = np.r_[0, np.flatnonzero(u[1:] != u[:-1]) + 1]
                 stops = np.r_[starts[1:], len(u)]
                 for a, b in zip(starts, stops):
-                    users[int(u[a])] = i[max(a, b - max_len):b].astype(np.int64)
+                    users[int(u[a])] = i[max(a, b - history_len):b].astype(np.int64)
             for uid in regions:
                 users.setdefault(uid, np.zeros(0, np.int64))
         elif (data / "ctr_samples.parquet").exists():
@@ -134,7 +134,7 @@ class UserHistories:
             hist = t.column("hist_item_ids")
             reg = t.column("region").to_numpy()
             for k in o:  # the newest row of each user wins
-                users[int(u[k])] = np.asarray(hist[int(k)].as_py()[-max_len:], np.int64)
+                users[int(u[k])] = np.asarray(hist[int(k)].as_py()[-history_len:], np.int64)
                 regions[int(u[k])] = int(reg[k])
         return cls(users, regions)
 
@@ -168,13 +168,13 @@ class Bundle:
     run: Path
     encoder_version: str
     encoder: Any
-    store: Any                       # mmrank.store.serving.ServingStore
+    store: Any                       # mmrank.store.items.ItemStore
     strategy: str
     model: Any                       # mmrank.ctr.models.CtrModel
     space: Any                       # mmrank.ctr.data.FeatureSpace (vec_items None: per batch)
     model_version: str               # hash of the CTR weights + vocab + config
     n_tiers: int
-    max_len: int
+    history_len: int
     users: UserHistories
     reranker: Reranker | None = None
     rerank_status: str = "absent"
@@ -185,7 +185,7 @@ class Bundle:
 
     def model_for(self, worker: int = 0) -> Any:
         """The CTR model forward thread ``worker`` uses: the bundle's own for 0, a private copy
-        (made once) for the others, since :func:`mmrank.ctr.run.score` swaps the vector table of the
+        (made once) for the others, since :func:`mmrank.ctr.scoring.score` swaps the vector table of the
         model it runs."""
         if worker == 0:
             return self.model
@@ -227,11 +227,11 @@ def load_bundle(run: str | Path, strategy: str | None = None, *, encoder: Any = 
     """Load and cross-check a run's encoder, table, index, CTR model and re-ranker (module docstring).
 
     ``encoder`` (optional) replaces ``R/encoder`` (tests); it must have ``version`` and the
-    ``mmrank.store.ingest.ItemEncoder`` methods.
+    ``mmrank.store.encoding.ItemEncoder`` methods.
     """
-    from mmrank.ctr.run import load_model
-    from mmrank.store.ingest import load_encoder
-    from mmrank.store.serving import ServingStore
+    from mmrank.ctr.artifacts import load_model
+    from mmrank.store.encoding import load_encoder
+    from mmrank.store.items import ItemStore
 
     t0 = time.perf_counter()
     run = Path(run)
@@ -239,7 +239,7 @@ def load_bundle(run: str | Path, strategy: str | None = None, *, encoder: Any = 
     encoder = encoder if encoder is not None else load_encoder(run)
     version = encoder.version
     try:
-        store = ServingStore.open(run, encoder, version=version)
+        store = ItemStore.open(run, encoder, version=version)
     except MMRankError as err:
         raise MMRankError(f"{run}/embeddings: no table of encoder version {version!r} "
                           f"(run `mmrank embed --run {run}`): {err}") from None
@@ -253,13 +253,13 @@ def load_bundle(run: str | Path, strategy: str | None = None, *, encoder: Any = 
         model_version = _file_hash(d / "model.safetensors", d / "vocab.safetensors", d / "config.json")
         store.catch_up()  # items acknowledged under an older encoder version, re-encoded with this one
         reranker, status = load_reranker(run, version)
-        users = UserHistories.from_run(run, max_len=model.cfg.max_len)
+        users = UserHistories.from_run(run, history_len=model.cfg.history_len)
     except BaseException:
         store.close()
         raise
     return Bundle(run=run, encoder_version=version, encoder=encoder, store=store, strategy=strategy,
                   model=model, space=space, model_version=model_version, n_tiers=model.cfg.n_tiers,
-                  max_len=model.cfg.max_len, users=users, reranker=reranker, rerank_status=status,
+                  history_len=model.cfg.history_len, users=users, reranker=reranker, rerank_status=status,
                   load_seconds=time.perf_counter() - t0)
 
 

@@ -17,7 +17,7 @@ def build_serving_run(run: str | Path, *, n_items: int = 300, n_users: int = 300
                       n_impressions: int = 8000, strategies: tuple[str, ...] = ("id", "simtier"),
                       seed: int = 0) -> Path:
     """Write a run with data/, encoder/, embeddings/ and ctr/<strategy>/ for each of ``strategies``."""
-    from mmrank.ctr.run import train_strategy
+    from mmrank.ctr.stage import train_strategy
     from mmrank.data.market import generate_market, market_config
     from mmrank.threads import limited
 
@@ -34,9 +34,9 @@ def build_serving_run(run: str | Path, *, n_items: int = 300, n_users: int = 300
 def new_encoder(run: str | Path, seed: int = 0) -> str:
     """Train the small encoder into ``R/encoder`` and embed the catalog with it (made CURRENT);
     returns the encoder version. Another ``seed`` gives another version."""
-    from mmrank.pretrain import pretrain
+    from mmrank.pretrain.stage import pretrain
     from mmrank.pretrain.config import PretrainConfig
-    from mmrank.store import embed_catalog
+    from mmrank.store.stage import embed_catalog
 
     pretrain(run, PretrainConfig(**SMALL_ENCODER, seed=seed))
     embed_catalog(run, progress=False)
@@ -170,14 +170,15 @@ def move_table_to_redis(run: str | Path, url: str, namespace: str = "mmrank") ->
     the ANN index files stay where they are (they are per version, not per backend)."""
     import numpy as np
 
-    from mmrank.store.table import EmbeddingTable, set_store_config
+    from mmrank.store.backends import create_table, open_table
+    from mmrank.store.table import set_store_config
 
     root = Path(run) / "embeddings"
-    src = EmbeddingTable.open(root, backend="local")
+    src = open_table(root, backend="local")
     ids = src.ids()
     vecs = src.get(ids)
-    dst = EmbeddingTable.create(root, version=src.version, dim=src.dim, encoder_name=src.encoder_name,
-                                backend="redis", url=url, namespace=namespace)
+    dst = create_table(root, version=src.version, dim=src.dim, encoder_name=src.encoder_name,
+                       backend="redis", url=url, namespace=namespace)
     dst.put(np.asarray(ids), vecs, version=src.version)
     dst.publish()
     dst.close()

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 INT64_MAX = 2**63 - 1
 MAX_CANDIDATES = 1000
-MAX_HISTORY_IN = 1000  # accepted; the model reads the last max_len (50)
+MAX_HISTORY_IN = 1000  # accepted; the model reads the last history_len (mmrank.data.schemas.HISTORY_LEN)
 
 ItemId = Annotated[int, Field(ge=0, le=INT64_MAX, description="an item id (int64, >= 0)")]
 

@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Literal
@@ -25,8 +24,9 @@ import numpy as np
 from pydantic import Field
 
 from mmrank.config import StrictModel
+from mmrank.durable import commit_file, temp_path, write_text
 from mmrank.errors import DataError, MMRankError
-from mmrank.store.table import atomic_write_text
+from mmrank.vectors import l2_normalise
 
 INDEX_FILE, META_FILE = "ann.faiss", "ann.json"
 SMALL_BATCH = 16  # up to this many queries search on one OpenMP thread
@@ -59,8 +59,7 @@ def sample_queries(vecs: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     base = vecs[rng.integers(0, len(vecs), size=n)]
     noise = rng.normal(size=base.shape).astype(np.float32) * (0.25 * vecs.std(axis=0, keepdims=True))
-    q = base + noise
-    return (q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    return l2_normalise(base + noise)
 
 
 class AnnIndex:
@@ -105,10 +104,9 @@ class AnnIndex:
     @classmethod
     def build(cls, ids: np.ndarray, vecs: np.ndarray, *, version: str,
               config: AnnConfig | None = None, queries: np.ndarray | None = None) -> "AnnIndex":
-        """Build over ``(N,)`` ids and ``(N, D)`` vectors; measure recall@10 against exact search.
-
-        ``queries`` ``(Q, D)`` for the recall measurement; default :func:`sample_queries`.
-        """
+        """Build over ``(N,)`` ids and ``(N, D)`` vectors; measure recall@10 against exact search
+        on ``queries`` ``(Q, D)`` (default :func:`sample_queries`; ``benchmarks/ann.py`` passes a set
+        apart from the one it measures)."""
         config = config or AnnConfig()
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         vecs = np.ascontiguousarray(vecs, dtype=np.float32)
@@ -129,8 +127,9 @@ class AnnIndex:
         return index
 
     def measure(self, vecs: np.ndarray, queries: np.ndarray | None = None) -> dict:
-        """recall@10 against exact search over ``vecs`` (the indexed vectors); HNSW: tune efSearch
-        to the smallest value of the grid that reaches ``target_recall``."""
+        """recall@10 against exact search over ``vecs`` (the indexed vectors) on
+        :func:`sample_queries`; HNSW: tune efSearch to the smallest value of the grid that reaches
+        ``target_recall``."""
         cfg = self.config
         if queries is None:
             queries = sample_queries(vecs, cfg.recall_queries, cfg.seed)
@@ -184,7 +183,7 @@ class AnnIndex:
         if len(q) > SMALL_BATCH:
             return self.index.search(q, k)
         # A few queries gain nothing from OpenMP, and on a loaded machine its spin-waiting makes
-        # one query 4-90x slower with 2 threads than with 1 (measured, benchmarks/ann.py).
+        # them slower with 2 threads than with 1 (benchmarks/ann.py measures it).
         from mmrank.threads import faiss_limited
 
         with faiss_limited(1):
@@ -194,15 +193,13 @@ class AnnIndex:
     def save(self, dirpath: str | Path) -> None:
         """Write ``ann.faiss`` (FAISS's own format) and ``ann.json`` atomically into ``dirpath``."""
         dirpath = Path(dirpath)
-        tmp = dirpath / f".{INDEX_FILE}.{os.getpid()}.tmp"
+        tmp = temp_path(dirpath / INDEX_FILE)
         faiss.write_index(self.index, str(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dirpath / INDEX_FILE)
+        commit_file(tmp, dirpath / INDEX_FILE)
         meta = {"version": self.version, "kind": self.kind, "dim": self.dim, "n": len(self),
                 "ef_search": self.ef_search, "stats": self.stats,
                 "config": self.config.model_dump(mode="json")}
-        atomic_write_text(dirpath / META_FILE, json.dumps(meta, indent=1) + "\n")
+        write_text(dirpath / META_FILE, json.dumps(meta, indent=1) + "\n")
 
     @classmethod
     def load(cls, dirpath: str | Path, version: str) -> "AnnIndex":

@@ -1,6 +1,7 @@
-"""`mmrank embed` and `mmrank search`: thin shells over :func:`embed_catalog` and :class:`ItemStore`.
+"""`mmrank embed` and `mmrank search`: thin shells over :func:`mmrank.store.stage.embed_catalog` and
+:class:`mmrank.store.items.ItemStore`.
 
-The lead's ``mmrank.cli`` registers these two functions as top-level commands.
+``mmrank.cli`` registers these two functions as top-level commands.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ def embed(
                                           "flags override it"),
 ) -> None:
     """Encode the whole catalog into R/embeddings/ (resumable), build the ANN index, switch to it."""
-    from mmrank.config import record, stage_config
+    from mmrank.config import record
+    from mmrank.run_config import stage_config
     from mmrank.store.ann import AnnConfig
-    from mmrank.store.ingest import embed_catalog
+    from mmrank.store.stage import embed_catalog
 
     if backend is not None and backend not in ("local", "redis"):
         raise MMRankError(f"--backend: expected local or redis, got {backend!r}")
@@ -76,7 +78,7 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="print the results as one JSON document"),
 ) -> None:
     """Top-k items by text, image or item id: one line per result (item id, score, title)."""
-    from mmrank.store.ingest import ItemStore
+    from mmrank.store.items import ItemStore
 
     given = [name for name, v in (("--text", text), ("--image", image), ("--item", item))
              if v is not None]
@@ -98,7 +100,7 @@ def search(
     finally:
         store.close()
     if as_json:
-        typer.echo(jsonlib.dumps({"query": query, "version": store.table.version, "k": k,
+        typer.echo(jsonlib.dumps({"query": query, "version": store.version, "k": k,
                                   "results": hits}))
     else:
         for h in hits:

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mmrank.durable import fsync_dir, write_text
 from mmrank.errors import DataError, MMRankError
-from mmrank.store.table import (CURRENT, EmbeddingTable, atomic_write_text, version_dirname,
-                                version_stamp, _fsync_dir)
+from mmrank.store.table import CURRENT, EmbeddingTable, version_dirname, version_stamp
 
 FORMAT = "mmrank-embeddings/1"
 MAGIC = 0x5244485F4B524D4D  # b"MMRK_HDR" little-endian, as int64
@@ -96,14 +96,14 @@ class LocalTable(EmbeddingTable):
     def __repr__(self) -> str:
         return f"LocalTable({str(self.dirpath)!r}, version={self.version!r}, dim={self.dim})"
 
-    # ---- factories -------------------------------------------------------------------------------
+    # ---- opening (see mmrank.store.backends) -------------------------------------------------------------------------------
     @staticmethod
     def current_version(root: Path) -> str | None:
         f = root / CURRENT
         return f.read_text().strip() if f.exists() else None
 
     @classmethod
-    def _versions(cls, root: Path) -> list[str]:
+    def versions(cls, root: Path) -> list[str]:
         out = []
         for d in sorted(root.glob("v-*")):
             if (d / "meta.json").exists():
@@ -126,12 +126,12 @@ class LocalTable(EmbeddingTable):
         return meta
 
     @classmethod
-    def _open(cls, root: Path, version: str, writable: bool = False) -> "LocalTable":
+    def open_version(cls, root: Path, version: str, writable: bool = False) -> "LocalTable":
         dirpath = root / version_dirname(version)
         return cls(root, dirpath, cls._read_meta(dirpath, version), writable)
 
     @classmethod
-    def _create(cls, root: Path, version: str, dim: int, encoder_name: str = "",
+    def create_version(cls, root: Path, version: str, dim: int, encoder_name: str = "",
                 segment_bytes: int = SEGMENT_BYTES) -> "LocalTable":
         dirpath = root / version_dirname(version)
         dirpath.mkdir(parents=True, exist_ok=True)
@@ -143,8 +143,8 @@ class LocalTable(EmbeddingTable):
         else:
             meta = {"format": FORMAT, "version": version, "dim": dim, "encoder_name": encoder_name,
                     "stamp": version_stamp(version), "created": time.time()}
-            atomic_write_text(dirpath / "meta.json", json.dumps(meta, indent=1) + "\n")
-            _fsync_dir(root)
+            write_text(dirpath / "meta.json", json.dumps(meta, indent=1) + "\n")
+            fsync_dir(root)
         return cls(root, dirpath, meta, writable=True, segment_bytes=segment_bytes)
 
     # ---- reading -------------------------------------------------------------------------------------
@@ -298,7 +298,7 @@ class LocalTable(EmbeddingTable):
             path = self.dirpath / f"seg-{si:06d}.bin"
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             os.close(fd)
-            _fsync_dir(self.dirpath)
+            fsync_dir(self.dirpath)
             self._segs.append(_Segment(path))
             if self._fd is not None:
                 os.close(self._fd)
@@ -350,7 +350,7 @@ class LocalTable(EmbeddingTable):
                                                                dtype=np.int64), into_base=False)
 
     def publish(self) -> None:
-        atomic_write_text(self.root / CURRENT, self.version + "\n")
+        write_text(self.root / CURRENT, self.version + "\n")
 
     def close(self) -> None:
         for seg in self._segs:

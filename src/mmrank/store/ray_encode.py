@@ -12,23 +12,22 @@ from collections.abc import Iterator
 import numpy as np
 
 from mmrank.errors import ConfigError, MMRankError
+from mmrank.store.encoding import encode_checked
+from mmrank.threads import configure
 
 
 def _encode_task(encoder, where: str, offset: int, ids: np.ndarray, titles: list, images: list,
                  rows: int):
-    from mmrank.store.ingest import encode_checked
-    from mmrank.threads import configure
-
     configure(1)  # one thread per Ray worker: the workers are the parallelism
     return ids, encode_checked(encoder, titles, images, where, offset), rows
 
 
-def encode_on_ray(encoder, batches: Iterator, workers: int,
-                  address: str | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None, int]]:
+def encode_on_ray(encoder, batches: Iterator,
+                  workers: int) -> Iterator[tuple[np.ndarray, np.ndarray | None, int]]:
     """Encode ``(where, offset, ids, titles, images, rows)`` batches on ``workers`` Ray workers.
 
-    Starts a local Ray instance (``num_cpus=workers``) unless one is running or ``address`` is given,
-    and shuts down what it started. Yields ``(ids (B,), vectors (B, D), rows)`` as batches finish
+    Starts a local Ray instance (``num_cpus=workers``) unless one is running, and shuts down what
+    it started. Yields ``(ids (B,), vectors (B, D), rows)`` as batches finish
     (``rows``: catalog rows the batch covers, for the progress bar); at most
     ``2 * workers`` batches are in flight.
     """
@@ -38,9 +37,8 @@ def encode_on_ray(encoder, batches: Iterator, workers: int,
         raise ConfigError("--ray-workers needs Ray: pip install 'mmrank[ray]'") from None
     started = False
     if not ray.is_initialized():
-        ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False,
-                 object_store_memory=None if address else 200 << 20)
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, object_store_memory=200 << 20)
         started = True
     try:
         task = ray.remote(num_cpus=1)(_encode_task)

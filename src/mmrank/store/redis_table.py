@@ -52,14 +52,14 @@ class RedisTable(EmbeddingTable):
     def __repr__(self) -> str:
         return f"RedisTable({self.url!r}, namespace={self.ns!r}, version={self.version!r}, dim={self.dim})"
 
-    # ---- factories -------------------------------------------------------------------------------
+    # ---- opening (see mmrank.store.backends) -------------------------------------------------------------------------------
     @staticmethod
     def current_version(root, url: str, namespace: str | None = None) -> str | None:
         v = _connect(url).get(f"{namespace or 'mmrank'}:CURRENT")
         return v.decode() if v is not None else None
 
     @classmethod
-    def _versions(cls, root, url: str, namespace: str | None = None) -> list[str]:
+    def versions(cls, root, url: str, namespace: str | None = None) -> list[str]:
         return sorted(v.decode() for v in _connect(url).smembers(f"{namespace or 'mmrank'}:versions"))
 
     @classmethod
@@ -74,14 +74,14 @@ class RedisTable(EmbeddingTable):
         return meta
 
     @classmethod
-    def _open(cls, root, version: str, writable: bool = False, url: str = "",
+    def open_version(cls, root, version: str, writable: bool = False, url: str = "",
               namespace: str | None = None) -> "RedisTable":
         ns = namespace or "mmrank"
         client = _connect(url)
         return cls(root, client, url, ns, cls._read_meta(client, ns, version, url), writable)
 
     @classmethod
-    def _create(cls, root, version: str, dim: int, encoder_name: str = "", url: str = "",
+    def create_version(cls, root, version: str, dim: int, encoder_name: str = "", url: str = "",
                 namespace: str | None = None) -> "RedisTable":
         ns = namespace or "mmrank"
         client = _connect(url)

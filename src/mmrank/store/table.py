@@ -1,5 +1,9 @@
 """The embedding index table (Section 5, Figure 4 of the CIKM'24 Taobao paper): item id -> vector.
 
+This module is what every backend shares (the :class:`EmbeddingTable` interface, version stamps, the
+batch checks, ``STORE.json``); :mod:`mmrank.store.backends` opens or creates a table of the backend a
+run is configured with.
+
 One table holds the vectors of ONE encoder version. A run keeps them under ``R/embeddings/``::
 
     R/embeddings/
@@ -14,16 +18,16 @@ version's stamp, checked on write and on read).
 
 Example::
 
-    >>> t = EmbeddingTable.create(root, version="enc-1", dim=4)            # doctest: +SKIP
+    >>> from mmrank.store.backends import create_table, open_table
+    >>> t = create_table(root, version="enc-1", dim=4)                      # doctest: +SKIP
     >>> t.put(np.array([7, 9]), vecs, version="enc-1"); t.publish()          # doctest: +SKIP
-    >>> EmbeddingTable.open(root).get(np.array([9]))                        # doctest: +SKIP
+    >>> open_table(root).get(np.array([9]))                                 # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import zlib
 from abc import ABC, abstractmethod
@@ -32,6 +36,7 @@ from typing import Literal
 
 import numpy as np
 
+from mmrank.durable import write_text
 from mmrank.errors import ConfigError, DataError, MMRankError
 
 CURRENT = "CURRENT"
@@ -52,25 +57,6 @@ def version_dirname(version: str) -> str:
     if safe != version:
         safe += "-" + hashlib.sha1(version.encode()).hexdigest()[:8]
     return "v-" + safe
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` durably: temp file, fsync, os.replace, fsync of the directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def store_config(root: Path) -> dict:
@@ -126,8 +112,9 @@ def check_vectors(ids: np.ndarray, vecs: np.ndarray, dim: int, version: str,
 class EmbeddingTable(ABC):
     """Item id -> float32 vector, stamped with one encoder version.
 
-    Open the CURRENT version read-only with :meth:`open`; build one with :meth:`create` (the one
-    writer) and switch readers to it with :meth:`publish`.
+    Open the CURRENT version read-only with :func:`mmrank.store.backends.open_table`; build one with
+    :func:`~mmrank.store.backends.create_table` (the one writer) and switch readers to it with
+    :meth:`publish`.
 
     Attributes:
         version: the encoder version every vector of the table was made by.
@@ -140,49 +127,29 @@ class EmbeddingTable(ABC):
     writable: bool
     root: Path
 
-    # ---- factories -------------------------------------------------------------------------------
-    @staticmethod
-    def open(root: str | Path, version: str | None = None, *, writable: bool = False,
-             backend: str | None = None, url: str | None = None,
-             namespace: str | None = None) -> "EmbeddingTable":
-        """Open the table of ``version`` (default: the CURRENT one) under ``root``.
-
-        The backend comes from ``backend`` or ``root/STORE.json`` (default local).
-        Raises :class:`MMRankError` if there is no such table.
-        """
-        root = Path(root)
-        cls, kw = _backend(root, backend, url, namespace)
-        if version is None:
-            version = cls.current_version(root, **kw)
-            if version is None:
-                raise MMRankError(f"{root}: no embedding table yet (no {CURRENT}); "
-                                  f"run `mmrank embed --run <R>` first")
-        return cls._open(root, version, writable=writable, **kw)
-
-    @staticmethod
-    def create(root: str | Path, *, version: str, dim: int, encoder_name: str = "",
-               backend: str | None = None, url: str | None = None,
-               namespace: str | None = None) -> "EmbeddingTable":
-        """Open the table of ``version`` for writing, creating it if needed (not made CURRENT)."""
-        root = Path(root)
-        if dim <= 0:
-            raise ConfigError(f"embedding dim: expected > 0, got {dim}")
-        cls, kw = _backend(root, backend, url, namespace)
-        return cls._create(root, version, dim, encoder_name, **kw)
-
-    @staticmethod
-    def versions(root: str | Path, **kw) -> list[str]:
-        """Every encoder version with a table under ``root``."""
-        cls, kw2 = _backend(Path(root), kw.get("backend"), kw.get("url"), kw.get("namespace"))
-        return cls._versions(Path(root), **kw2)
-
-    @staticmethod
-    def current(root: str | Path, **kw) -> str | None:
-        """The CURRENT version under ``root`` (None if nothing was published)."""
-        cls, kw2 = _backend(Path(root), kw.get("backend"), kw.get("url"), kw.get("namespace"))
-        return cls.current_version(Path(root), **kw2)
-
     # ---- the interface every backend implements ---------------------------------------------------
+    @staticmethod
+    @abstractmethod
+    def current_version(root: Path, **conn) -> str | None:
+        """The CURRENT version under ``root`` (None if nothing was published)."""
+
+    @classmethod
+    @abstractmethod
+    def versions(cls, root: Path, **conn) -> list[str]:
+        """Every encoder version with a table under ``root``."""
+
+    @classmethod
+    @abstractmethod
+    def open_version(cls, root: Path, version: str, writable: bool = False,
+                     **conn) -> "EmbeddingTable":
+        """Open the table of ``version``; :class:`MMRankError` if there is none."""
+
+    @classmethod
+    @abstractmethod
+    def create_version(cls, root: Path, version: str, dim: int, encoder_name: str = "",
+                       **conn) -> "EmbeddingTable":
+        """Open the table of ``version`` for writing, creating it if needed."""
+
     @abstractmethod
     def __len__(self) -> int:
         """The number of distinct item ids."""
@@ -262,19 +229,6 @@ class EmbeddingTable(ABC):
         self.close()
 
 
-def _backend(root: Path, backend: str | None, url: str | None, namespace: str | None):
-    cfg = store_config(root)
-    name = backend or cfg.get("backend", "local")
-    if name == "local":
-        from mmrank.store.local import LocalTable
-        return LocalTable, {}
-    if name == "redis":
-        from mmrank.store.redis_table import RedisTable
-        return RedisTable, {"url": url or cfg.get("url") or "redis://127.0.0.1:6379/0",
-                            "namespace": namespace or cfg.get("namespace")}
-    raise ConfigError(f"embedding table backend: expected local or redis, got {name!r}")
-
-
 def set_store_config(root: str | Path, backend: str, url: str | None = None,
                      namespace: str | None = None) -> None:
     """Record in ``root/STORE.json`` which backend holds the tables of this run."""
@@ -285,4 +239,4 @@ def set_store_config(root: str | Path, backend: str, url: str | None = None,
         cfg["url"] = url
     if namespace:
         cfg["namespace"] = namespace
-    atomic_write_text(root / STORE_FILE, json.dumps(cfg) + "\n")
+    write_text(root / STORE_FILE, json.dumps(cfg) + "\n")

@@ -1,4 +1,4 @@
-"""A small, real item encoder with the interface of ``mmrank.pretrain.load_item_encoder``.
+"""A small, real item encoder with the interface of ``mmrank.pretrain.item_encoder.load_item_encoder``.
 
 For tests and examples of the store that must not wait on a pre-trained encoder: a hashed
 bag-of-words text tower and a two-layer CNN image tower (16x16 input), randomly initialised from a

@@ -41,7 +41,7 @@ The modules, in the order :func:`generate_market` (:mod:`~mmrank.data.market.pip
 """
 
 from mmrank.data.market.catalog import synthetic_catalog
-from mmrank.data.market.config import market_config
+from mmrank.data.config import market_config
 from mmrank.data.market.pipeline import generate_market
 
 __all__ = ["generate_market", "market_config", "synthetic_catalog"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from mmrank.config import BehaviourConfig, MarketConfig
+from mmrank.data.config import BehaviourConfig, MarketConfig
 from mmrank.data.market.catalog import Catalog
 from mmrank.data.market.logs import concat
 from mmrank.data.market.requests import draw_requests

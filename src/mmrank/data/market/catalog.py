@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mmrank.config import MarketConfig
+from mmrank.data.config import MarketConfig
 from mmrank.data import render
 from mmrank.data.content import beyond_type, pixel_statistics
 from mmrank.data.market.workers import parallel_map

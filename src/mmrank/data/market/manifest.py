@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mmrank.config import MarketConfig
+from mmrank.data.config import MarketConfig
 from mmrank.data.market.catalog import CATALOG_ATTRIBUTES, Catalog
 from mmrank.data.market.logs import Slots
 from mmrank.data.market.requests import Requests

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from mmrank.config import MarketConfig, save_yaml
+from mmrank.config import record
+from mmrank.data.config import MarketConfig
 from mmrank.data.market.calibration import calibrate_if_asked
 from mmrank.data.market.catalog import load_catalog
 from mmrank.data.market.hidden import write_truth
@@ -55,6 +56,6 @@ def generate_market(cfg: MarketConfig, out: str | Path) -> dict[str, Any]:
     surfaces = surface_stats(cfg, cat, world, req, slots, split.start_ts, split.split_ts)
     manifest = market_manifest(cfg, cat, req, slots, tables, len(photos), split, surfaces, calibration)
     write_manifest(data_dir, manifest)
-    save_yaml(cfg, out / "config.yaml", section="market")
+    record(out, "market", cfg)
     manifest["seconds"] = round(time.perf_counter() - started, 1)  # not written: files stay identical
     return manifest

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmrank.config import MarketConfig
+from mmrank.data.config import MarketConfig
 from mmrank.data import render
 from mmrank.data.behaviour import near_similarity
 from mmrank.data.market.catalog import Catalog

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmrank.config import MarketConfig
+from mmrank.data.config import MarketConfig
 from mmrank.data.market.world import DAY, World, horizon, per_region
 
 

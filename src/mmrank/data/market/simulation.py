@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from rich.progress import Progress
 
-from mmrank.config import MarketConfig
+from mmrank.data.config import MarketConfig
 from mmrank.data.market.catalog import Catalog
 from mmrank.data.market.display import display_chunk
 from mmrank.data.market.logs import Logged

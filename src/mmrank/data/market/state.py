@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmrank.config import MarketConfig
+from mmrank.data.config import MarketConfig
 from mmrank.data.market.catalog import Catalog
 from mmrank.data.market.logs import Logged
 from mmrank.data.market.queries import Intents

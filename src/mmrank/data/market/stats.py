@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from mmrank.config import MarketConfig
+from mmrank.data.config import MarketConfig
 from mmrank.data.market.catalog import Catalog
 from mmrank.data.market.logs import Slots
 from mmrank.data.market.requests import Requests

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmrank.config import BehaviourConfig
+from mmrank.data.config import BehaviourConfig
 from mmrank.data.behaviour import near_similarity
 from mmrank.data.market.world import World
 

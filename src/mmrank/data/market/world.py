@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmrank.config import MarketConfig
+from mmrank.data.config import MarketConfig
 from mmrank.data.content import content_scale, content_space, standardise
 from mmrank.data.market.catalog import Catalog
 

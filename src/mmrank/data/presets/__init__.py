@@ -16,8 +16,13 @@ ids and the time)::
       # or, one row per impression with 0/1 label columns instead of `event`:
       # labels: {click: clicked, cart: carted, purchase: bought}
 
-Files are CSV (with a header row, or ``header: [names]``), Parquet or JSON Lines. ``--images DIR``
-finds the photo of an item without ``image``/``image_path`` as ``DIR/<item id>.jpg`` (or .png).
+Files are CSV (with a header row, or ``header: [names]``), Parquet or JSON Lines, told apart by their
+content (:func:`mmrank.data.readers.read_any`). ``--images DIR`` (default: ``images/`` beside the items
+file) finds the photo of an item without ``image``/``image_path`` as ``DIR/<item id>.jpg`` (.jpeg,
+.png, .webp), flat or in subfolders, with or without zero padding
+(:class:`mmrank.data.image_folder.ImageFolder`); a folder that does not exist, or holds no catalog id,
+stops the import. A log with impressions and no ``request_id`` column gets its requests derived by
+the importer (``data.session_gap``).
 
 **Presets** (``--preset NAME``), each a module here with a tiny fixture in ``tests/fixtures/``:
 ``taobao`` (UserBehavior), ``ali-ccp``, ``alimama`` (display ads), ``aliexpress`` (multi-country
@@ -34,9 +39,10 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
-from mmrank.data.importer import (IdMap, Source, col, read_any, read_csv, to_float, to_int, to_str,
-                                  to_ts)
+from mmrank.data.image_folder import ImageFolder
+from mmrank.data.readers import IdMap, col, read_any, to_float, to_int, to_str, to_ts
 from mmrank.data.schemas import EVENT_TYPES
+from mmrank.data.source import Builder, Source, event_kinds, events_table, wide_to_long
 from mmrank.errors import ConfigError, DataError
 
 PRESETS = {
@@ -62,16 +68,21 @@ def load_source(*, preset: str | None = None, mapping: str | Path | dict | None 
         raise ConfigError("give --preset or --mapping, not both")
     if events is None:
         raise ConfigError("--events is required")
+    if images is None and items is not None and (Path(items).parent / "images").is_dir():
+        images = Path(items).parent / "images"  # as mmrank.data.io.read_items looks for them
+    folder = ImageFolder.open(images)
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"--preset: unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
         mod = importlib.import_module(PRESETS[preset])
-        src = mod.load(items=Path(items) if items else None, events=Path(events),
-                       images=Path(images) if images else None)
+        src = mod.load(items=Path(items) if items else None, events=Path(events), images=folder)
     else:
         spec = _mapping_spec(mapping)
         src = from_mapping(spec, items=Path(items) if items else None, events=Path(events),
-                           images=Path(images) if images else None, name="mapping" if mapping else "mmrank columns")
+                           images=folder, name="mapping" if mapping else "mmrank columns")
+    if folder is not None:
+        folder.check_found()
+        src.images_folder = folder.layout
     if queries is not None:
         src.query_images = read_query_images(Path(queries))
     return src
@@ -109,111 +120,106 @@ def _mapping_spec(mapping: str | Path | dict | None) -> dict[str, Any]:
 
 
 def _read(path: Path, sub: dict[str, Any]) -> pa.Table:
-    if sub.get("header"):
-        return read_csv(path, names=list(sub["header"]), delimiter=sub.get("delimiter", ","))
-    if sub.get("delimiter") and path.suffix.lower() not in (".parquet", ".pq", ".jsonl", ".json"):
-        return read_csv(path, delimiter=sub["delimiter"])
-    return read_any(path)
+    return read_any(path, names=list(sub["header"]) if sub.get("header") else None,
+                    delimiter=sub.get("delimiter", ","))
 
 
-class Builder:
-    """Collects items and events (with their file and row) and returns a :class:`Source`."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.files: list[str] = []
-        self.items: list[tuple[int, pa.Table, np.ndarray]] = []
-        self.events: list[tuple[int, pa.Table, np.ndarray]] = []
-
-    def file(self, path: Path | str) -> int:
-        s = str(path)
-        if s not in self.files:
-            self.files.append(s)
-        return self.files.index(s)
-
-    def add_items(self, path: Path | str, table: pa.Table, rows: np.ndarray | None = None) -> None:
-        self.items.append((self.file(path), table, np.arange(table.num_rows) if rows is None else rows))
-
-    def add_events(self, path: Path | str, table: pa.Table, rows: np.ndarray | None = None) -> None:
-        self.events.append((self.file(path), table, np.arange(table.num_rows) if rows is None else rows))
-
-    def build(self, *, has_impressions: bool, **kw: Any) -> Source:
-        def cat(parts: list[tuple[int, pa.Table, np.ndarray]]) -> tuple[pa.Table, np.ndarray, np.ndarray]:
-            if not parts:
-                return pa.table({"item_id": pa.array([], pa.int64())}), np.zeros(0, np.int64), np.zeros(0, np.int64)
-            t = pa.concat_tables([p[1] for p in parts], promote_options="default")
-            return (t, np.concatenate([np.full(p[1].num_rows, p[0]) for p in parts]).astype(np.int64),
-                    np.concatenate([p[2] for p in parts]).astype(np.int64))
-
-        it, itf, itr = cat(self.items)
-        ev, evf, evr = cat(self.events)
-        return Source(self.name, it, ev, self.files, itf, itr, evf, evr, has_impressions, **kw)
+def _kinds(ev_raw: pa.Table, ecols: dict[str, str], esub: dict[str, Any], ef: str
+           ) -> tuple[np.ndarray, list[str], bool, np.ndarray | None, dict[str, int]]:
+    """Source rows that are events, their kinds, whether the log has impressions, the request ids
+    (None: derived by the importer) and the rows not mapped to events (by value)."""
+    n = ev_raw.num_rows
+    labels = esub.get("labels")
+    if labels:
+        lab = {k: to_int(col(ev_raw, c, ef), ef, c) for k, c in labels.items()}
+        for k in lab:
+            if k not in ("click", "cart", "purchase"):
+                raise ConfigError(f"events.labels: unknown label {k!r} (expected click, cart, purchase)")
+        rows, kinds = wide_to_long(n, lab)
+        req = (to_int(col(ev_raw, ecols["request_id"], ef), ef, ecols["request_id"])
+               if ecols["request_id"] in ev_raw.column_names else np.arange(n))
+        return rows, kinds, True, req, {}
+    values = col(ev_raw, ecols["event"], ef).to_pylist()
+    mapping = esub.get("event_values") or {k: k for k in EVENT_TYPES}
+    kinds_all, ignored = event_kinds(values, mapping, ef, ecols["event"])
+    rows = np.asarray([i for i, k in enumerate(kinds_all) if k is not None], np.int64)
+    kinds = [kinds_all[i] for i in rows]
+    has_imp = "impression" in kinds
+    req = None  # an impression log without request ids: the importer derives them (DataConfig.session_gap)
+    if has_imp and ecols["request_id"] in ev_raw.column_names:
+        req = to_int(col(ev_raw, ecols["request_id"], ef), ef, ecols["request_id"])
+    return rows, kinds, has_imp, req, ignored
 
 
-def event_kinds(values: list[Any], mapping: dict[str, Any], file: str, column: str,
-                rows: np.ndarray | None = None) -> tuple[list[str | None], dict[str, int]]:
-    """Raw event values -> EVENT_TYPES (None: not an event, counted by value); an unmapped value names its row."""
-    out: list[str | None] = []
-    ignored: dict[str, int] = {}
-    table = {str(k): v for k, v in mapping.items()}
-    for i, v in enumerate(values):
-        key = None if v is None else str(v).strip()
-        if key not in table:
-            raise DataError(f"unknown event value {v!r}; the mapping knows {', '.join(map(repr, table))}",
-                            file=file, row=int(rows[i]) if rows is not None else i, column=column)
-        kind = table[key]
-        if kind is None:
-            ignored[f"'{key}' rows in {Path(file).name}"] = ignored.get(f"'{key}' rows in {Path(file).name}", 0) + 1
-        elif kind not in EVENT_TYPES:
-            raise ConfigError(f"event_values: {key!r} -> {kind!r}; expected one of {', '.join(EVENT_TYPES)} or null")
-        out.append(kind)
-    return out, ignored
+def _optional_events(ev_raw: pa.Table, ecols: dict[str, str], ef: str, rows: np.ndarray,
+                     req: np.ndarray | None, has_imp: bool) -> dict[str, Any]:
+    optional: dict[str, Any] = {}
+    if req is not None:
+        optional["request_id"] = req[rows]
+    if has_imp and ecols["position"] in ev_raw.column_names:
+        optional["position"] = to_int(col(ev_raw, ecols["position"], ef), ef, ecols["position"])[rows]
+    if ecols["region"] in ev_raw.column_names:
+        reg_raw = col(ev_raw, ecols["region"], ef).to_pylist()
+        reg = IdMap(reg_raw).map(reg_raw)
+        optional["region"] = np.where(reg < 0, 0, reg)[rows]
+    for k in ("query_text", "query_image", "surface"):
+        if ecols[k] in ev_raw.column_names:
+            optional[k] = pa.array(to_str(col(ev_raw, ecols[k], ef)), pa.string()).take(pa.array(rows))
+    return optional
 
 
-def events_table(*, ts: np.ndarray, user_id: np.ndarray, item_id: np.ndarray, event: list[str],
-                 **optional: Any) -> pa.Table:
-    cols: dict[str, Any] = {"ts": pa.array(ts, pa.int64()), "user_id": pa.array(user_id, pa.int64()),
-                            "item_id": pa.array(item_id, pa.int64()), "event": pa.array(event, pa.string())}
-    for k, v in optional.items():
-        if v is not None:
-            cols[k] = v if isinstance(v, (pa.Array, pa.ChunkedArray)) else pa.array(v)
-    return pa.table(cols)
+def _image_paths(t: pa.Table, column: str, items: Path, images: ImageFolder | None,
+                 ids: list[str | None]) -> list[str | None]:
+    """Each item's photo file: ``image_path`` (absolute, in the images folder, or beside the items
+    file), else the photo named by its id in the images folder."""
+    paths: list[str | None] = [None] * t.num_rows
+    if column in t.column_names:
+        for i, p in enumerate(to_str(t.column(column))):
+            if p is not None:
+                q = Path(p)
+                in_folder = images.root / q if images is not None else None
+                cand = q if q.is_absolute() else (in_folder if in_folder and in_folder.exists() else items.parent / q)
+                paths[i] = str(cand.resolve())
+    return [p if p is not None else (images.find(k) if images is not None else None) for p, k in zip(paths, ids)]
 
 
-def wide_to_long(n: int, labels: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
-    """One impression per row plus one event per positive label: ``(source row of each, kinds)``."""
-    rows = [np.arange(n)]
-    kinds = [np.full(n, "impression", dtype=object)]
-    for kind in ("click", "cart", "purchase"):
-        if kind in labels:
-            hit = np.flatnonzero(labels[kind] > 0)
-            rows.append(hit)
-            kinds.append(np.full(len(hit), kind, dtype=object))
-    return np.concatenate(rows), np.concatenate(kinds).tolist()
+def _mapped_items(t: pa.Table, icols: dict[str, str], isub: dict[str, Any], items: Path,
+                  images: ImageFolder | None, item_map: IdMap, raw_ids: list[Any]) -> pa.Table:
+    f = str(items)
+    out: dict[str, Any] = {"item_id": pa.array(item_map.map(raw_ids))}
+    ids = [str(v).strip() if v is not None else None for v in raw_ids]
+    for i, v in enumerate(ids):
+        if not v:
+            raise DataError("empty where a value is required", file=f, row=i, column=icols["item_id"])
+    if not item_map.numeric:
+        out["source_item_id"] = pa.array(ids, pa.string())
+    for k in ("title", "category"):
+        if icols[k] in t.column_names:
+            out[k] = pa.array(to_str(t.column(icols[k])), pa.string())
+    if icols["price"] in t.column_names:
+        out["price"] = pa.array(to_float(t.column(icols["price"]), f, icols["price"]))
+    if icols["created_at"] in t.column_names:
+        out["created_at"] = pa.array(to_ts(t.column(icols["created_at"]), f, icols["created_at"],
+                                           isub.get("created_at_format", "unix")))
+    if icols["image"] in t.column_names:
+        im = t.column(icols["image"])
+        if not (pa.types.is_binary(im.type) or pa.types.is_large_binary(im.type)):
+            raise DataError(f"expected image bytes (binary), got {im.type}; a column of file names "
+                            "is image_path", file=f, row=0, column=icols["image"])
+        out["image"] = im.cast(pa.binary())
+    out["image_path"] = pa.array(_image_paths(t, icols["image_path"], items, images, ids), pa.string())
+    mapped = {icols[k] for k in ITEM_KEYS if icols[k] in t.column_names}
+    return pa.table(out | {c: t.column(c) for c in t.column_names if c not in mapped and c not in out})
 
 
-def find_image(folder: Path | None, key: str) -> str | None:
-    if folder is None:
-        return None
-    for suffix in (".jpg", ".jpeg", ".png", ".webp"):
-        p = folder / f"{key}{suffix}"
-        if p.is_file():
-            return str(p.resolve())
-    return None
-
-
-def from_mapping(spec: dict[str, Any], *, items: Path | None, events: Path, images: Path | None,
+def from_mapping(spec: dict[str, Any], *, items: Path | None, events: Path, images: ImageFolder | None,
                  name: str) -> Source:
     """A source from a column mapping (mmrank's own names where the mapping says nothing)."""
     b = Builder(name)
     isub, esub = spec.get("items") or {}, spec.get("events") or {}
     icols = {k: k for k in ITEM_KEYS} | dict(isub.get("columns") or {})
     ecols = {k: k for k in EVENT_KEYS} | dict(esub.get("columns") or {})
-    ev_raw = _read(events, esub)
-    ef = str(events)
-    ignored: dict[str, int] = {}
-    n = ev_raw.num_rows
-    user_map = IdMap(col(ev_raw, ecols["user_id"], ef).to_pylist())
+    ev_raw, ef = _read(events, esub), str(events)
     raw_items = col(ev_raw, ecols["item_id"], ef).to_pylist()
     for i, v in enumerate(raw_items):
         if v is None or not str(v).strip():
@@ -222,94 +228,16 @@ def from_mapping(spec: dict[str, Any], *, items: Path | None, events: Path, imag
     raw_item_ids = col(it_raw, icols["item_id"], str(items)).to_pylist() if it_raw is not None else raw_items
     item_map = IdMap(raw_item_ids)
     ts = to_ts(col(ev_raw, ecols["ts"], ef), ef, ecols["ts"], esub.get("ts_format", "unix"))
-    users = user_map.map(col(ev_raw, ecols["user_id"], ef).to_pylist())
+    raw_users = col(ev_raw, ecols["user_id"], ef).to_pylist()
+    users = IdMap(raw_users).map(raw_users)
     bad = np.flatnonzero(users < 0)
     if len(bad):
         raise DataError("empty where a value is required", file=ef, row=int(bad[0]), column=ecols["user_id"])
-    ev_items = item_map.map(raw_items)
-    labels = esub.get("labels")
-    if labels:
-        lab = {k: to_int(col(ev_raw, c, ef), ef, c) for k, c in labels.items()}
-        for k in lab:
-            if k not in ("click", "cart", "purchase"):
-                raise ConfigError(f"events.labels: unknown label {k!r} (expected click, cart, purchase)")
-        rows, kinds = wide_to_long(n, lab)
-        has_imp = True
-        req = (to_int(col(ev_raw, ecols["request_id"], ef), ef, ecols["request_id"])
-               if ecols["request_id"] in ev_raw.column_names else np.arange(n))
-    else:
-        values = col(ev_raw, ecols["event"], ef).to_pylist()
-        mapping = esub.get("event_values") or {k: k for k in EVENT_TYPES}
-        kinds_all, ignored = event_kinds(values, mapping, ef, ecols["event"])
-        rows = np.asarray([i for i, k in enumerate(kinds_all) if k is not None], np.int64)
-        kinds = [kinds_all[i] for i in rows]
-        has_imp = "impression" in kinds
-        req = None
-        if has_imp:
-            if ecols["request_id"] not in ev_raw.column_names:
-                raise DataError("a log with impressions needs a request id column (which list each "
-                                "impression belongs to)", file=ef, row=0, column=ecols["request_id"])
-            req = to_int(col(ev_raw, ecols["request_id"], ef), ef, ecols["request_id"])
-    optional: dict[str, Any] = {}
-    if req is not None:
-        optional["request_id"] = req[rows]
-    if has_imp and ecols["position"] in ev_raw.column_names:
-        optional["position"] = to_int(col(ev_raw, ecols["position"], ef), ef, ecols["position"])[rows]
-    if ecols["region"] in ev_raw.column_names:
-        reg_raw = col(ev_raw, ecols["region"], ef).to_pylist()
-        rmap = IdMap(reg_raw)
-        reg = rmap.map(reg_raw)
-        optional["region"] = np.where(reg < 0, 0, reg)[rows]
-    for k in ("query_text", "query_image", "surface"):
-        if ecols[k] in ev_raw.column_names:
-            optional[k] = pa.array(to_str(col(ev_raw, ecols[k], ef)), pa.string()).take(pa.array(rows))
-    b.add_events(events, events_table(ts=ts[rows], user_id=users[rows], item_id=ev_items[rows],
-                                      event=kinds, **optional), rows)
-
+    rows, kinds, has_imp, req, ignored = _kinds(ev_raw, ecols, esub, ef)
+    b.add_events(events, events_table(ts=ts[rows], user_id=users[rows], item_id=item_map.map(raw_items)[rows],
+                                      event=kinds, **_optional_events(ev_raw, ecols, ef, rows, req, has_imp)), rows)
     if it_raw is not None:
-        f = str(items)
-        t = it_raw
-        if images is None and (Path(items).parent / "images").is_dir():
-            images = Path(items).parent / "images"  # as mmrank.data.io.read_items looks for them
-        out: dict[str, Any] = {"item_id": pa.array(item_map.map(raw_item_ids))}
-        ids_str = [str(v).strip() if v is not None else None for v in raw_item_ids]
-        for i, v in enumerate(ids_str):
-            if not v:
-                raise DataError("empty where a value is required", file=f, row=i, column=icols["item_id"])
-        if not item_map.numeric:
-            out["source_item_id"] = pa.array(ids_str, pa.string())
-        if icols["title"] in t.column_names:
-            out["title"] = pa.array(to_str(t.column(icols["title"])), pa.string())
-        if icols["category"] in t.column_names:
-            out["category"] = pa.array(to_str(t.column(icols["category"])), pa.string())
-        if icols["price"] in t.column_names:
-            out["price"] = pa.array(to_float(t.column(icols["price"]), f, icols["price"]))
-        if icols["created_at"] in t.column_names:
-            out["created_at"] = pa.array(to_ts(t.column(icols["created_at"]), f, icols["created_at"],
-                                               isub.get("created_at_format", "unix")))
-        if icols["image"] in t.column_names:
-            im = t.column(icols["image"])
-            if not (pa.types.is_binary(im.type) or pa.types.is_large_binary(im.type)):
-                raise DataError(f"expected image bytes (binary), got {im.type}; a column of file names "
-                                "is image_path", file=f, row=0, column=icols["image"])
-            out["image"] = im.cast(pa.binary())
-        paths: list[str | None] = [None] * t.num_rows
-        if icols["image_path"] in t.column_names:
-            base = Path(items).parent
-            for i, p in enumerate(to_str(t.column(icols["image_path"]))):
-                if p is not None:
-                    q = Path(p)
-                    cand = q if q.is_absolute() else (images / q if images and (images / q).exists() else base / q)
-                    paths[i] = str(cand.resolve())
-        for i in range(t.num_rows):
-            if paths[i] is None:
-                paths[i] = find_image(images, ids_str[i])
-        out["image_path"] = pa.array(paths, pa.string())
-        mapped = {icols[k] for k in ITEM_KEYS if icols[k] in t.column_names}
-        for c in t.column_names:
-            if c not in mapped and c not in out:
-                out[c] = t.column(c)
-        b.add_items(items, pa.table(out))
+        b.add_items(items, _mapped_items(it_raw, icols, isub, items, images, item_map, raw_item_ids))
     else:
         cat_t = catalog_from_events(b.events[0][1], ev_raw, ecols.get("category"), rows, images,
                                     item_map, raw_items)
@@ -323,7 +251,7 @@ def from_mapping(spec: dict[str, Any], *, items: Path | None, events: Path, imag
 
 
 def catalog_from_events(ev: pa.Table, raw: pa.Table, cat_col: str | None, rows: np.ndarray,
-                        images: Path | None, item_map: IdMap, raw_items: list[Any]) -> pa.Table:
+                        images: ImageFolder | None, item_map: IdMap, raw_items: list[Any]) -> pa.Table:
     """Items named by the events (first row of each): id, category (when the log has one), image
     from ``images/<id>.jpg`` when given; ``_row`` = the source row it came from."""
     ids = ev.column("item_id").to_numpy()
@@ -336,7 +264,8 @@ def catalog_from_events(ev: pa.Table, raw: pa.Table, cat_col: str | None, rows: 
     raw_keys = [str(raw_items[r]).strip() for r in src_rows]
     if not item_map.numeric:
         out["source_item_id"] = pa.array(raw_keys, pa.string())
-    out["image_path"] = pa.array([find_image(images, k) for k in raw_keys], pa.string())
+    out["image_path"] = pa.array([images.find(k) if images is not None else None for k in raw_keys],
+                                 pa.string())
     out["_row"] = pa.array(src_rows)
     return pa.table(out)
 

@@ -25,55 +25,37 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from mmrank.data.importer import IdMap, Source, col, read_csv, to_int, to_str
+from mmrank.data.image_folder import ImageFolder
+from mmrank.data.readers import IdMap, col, find_file, read_any, to_int, to_str
+from mmrank.data.source import Builder, Source, events_table, wide_to_long
 from mmrank.errors import DataError
 
 ITEM_COLUMN = "categorical_1"
 
 
 def _countries(events: Path) -> list[tuple[str, Path]]:
-    if (events / "train.csv").exists() or (events / "test.csv").exists():
+    if find_file(events, "train") or find_file(events, "test"):
         return [(events.name.removeprefix("AliExpress_"), events)]
     found = sorted((p.name.removeprefix("AliExpress_"), p) for p in events.glob("AliExpress_*") if p.is_dir())
     if not found:
-        raise DataError("no AliExpress_<CC>/ folder with train.csv / test.csv here", file=str(events))
+        raise DataError("no AliExpress_<CC>/ folder with train / test (.csv, .parquet or .jsonl) here", file=str(events))
     return found
 
 
-def load(items: Path | None, events: Path, images: Path | None) -> Source:
-    from mmrank.data.presets import Builder, events_table, find_image, wide_to_long
-
-    b = Builder("aliexpress")
-    countries = _countries(events)
-    region_of = {cc: i for i, (cc, _) in enumerate(countries)}
-    tables = []
-    for part in ("train", "test"):
-        for cc, folder in countries:
-            p = folder / f"{part}.csv"
-            if p.exists():
-                tables.append((part, cc, p, read_csv(p)))
-    keys: list[str] = []
-    item_keys: list[str] = []
-    for _, cc, p, t in tables:
-        f = str(p)
-        keys += [f"{cc}:{s}" for s in to_str(col(t, "search_id", f))]
-        item_keys += [str(v) for v in to_str(col(t, ITEM_COLUMN, f))]
-    smap = IdMap(keys)
-    imap = IdMap(item_keys)
-    offset = 0
-    split = None
+def _add_events(b: Builder, tables: list[tuple[str, str, Path, pa.Table]], smap: IdMap, imap: IdMap,
+                region_of: dict[str, int]) -> tuple[int | None, dict[int, tuple[Path, int]]]:
+    """Each file's impressions, clicks and purchases (row order is time; a search's rows share the
+    time of its first); the test files' first time (the split) and each item's first (file, row)."""
+    offset, split = 0, None
     first_row: dict[int, tuple[Path, int]] = {}
     for part, cc, p, t in tables:
-        f = str(p)
-        n = t.num_rows
+        f, n = str(p), t.num_rows
         sid = to_str(col(t, "search_id", f))
-        for r, s in enumerate(sid):
-            if s is None:
-                raise DataError("empty where a value is required", file=f, row=r, column="search_id")
         raw_item = to_str(col(t, ITEM_COLUMN, f))
-        for r, s in enumerate(raw_item):
-            if s is None:
-                raise DataError("empty where a value is required", file=f, row=r, column=ITEM_COLUMN)
+        for column, values in (("search_id", sid), (ITEM_COLUMN, raw_item)):
+            for r, s in enumerate(values):
+                if s is None:
+                    raise DataError("empty where a value is required", file=f, row=r, column=column)
         click = to_int(col(t, "click", f), f, "click")
         conv = to_int(col(t, "conversion", f), f, "conversion")
         req = smap.map([f"{cc}:{s}" for s in sid])
@@ -81,7 +63,6 @@ def load(items: Path | None, events: Path, images: Path | None) -> Source:
         if part == "test" and split is None and offset:
             split = offset
         ts = offset + np.arange(n, dtype=np.int64)
-        # a search's rows share the time of its first row (one list, shown at once)
         uniq, first = np.unique(req, return_index=True)
         ts = ts[first][np.searchsorted(uniq, req)]
         rows, kinds = wide_to_long(n, {"click": click, "purchase": conv})
@@ -91,17 +72,46 @@ def load(items: Path | None, events: Path, images: Path | None) -> Source:
         for r, i in enumerate(item):
             first_row.setdefault(int(i), (p, r))
         offset += n
+    return split, first_row
+
+
+def _add_items(b: Builder, first_row: dict[int, tuple[Path, int]], imap: IdMap,
+               images: ImageFolder | None) -> None:
+    """The items the searches name, each from the file and row it first appears in."""
     by_file: dict[str, list[int]] = {}
     for i, (p, r) in first_row.items():
         by_file.setdefault(str(p), []).append(i)
+    keys_of = {v: k for k, v in imap.codes.items()} if not imap.numeric else {}
     for path, ids in by_file.items():
         ids.sort()
-        keys_of = {v: k for k, v in imap.codes.items()} if not imap.numeric else {}
         b.add_items(path, pa.table({
             "item_id": pa.array(ids, pa.int64()),
             "source_item_id": pa.array([keys_of.get(i, str(i)) for i in ids], pa.string()),
-            "image_path": pa.array([find_image(images, keys_of.get(i, str(i))) for i in ids], pa.string()),
+            "image_path": pa.array([images.find(keys_of.get(i, str(i))) if images else None for i in ids],
+                                   pa.string()),
         }), np.asarray([first_row[i][1] for i in ids], np.int64))
+
+
+def load(items: Path | None, events: Path, images: ImageFolder | None) -> Source:
+    b = Builder("aliexpress")
+    countries = _countries(events)
+    region_of = {cc: i for i, (cc, _) in enumerate(countries)}
+    tables = []
+    for part in ("train", "test"):
+        for cc, folder in countries:
+            p = find_file(folder, part)
+            if p is not None:
+                tables.append((part, cc, p, read_any(p)))
+    keys: list[str] = []
+    item_keys: list[str] = []
+    for _, cc, p, t in tables:
+        f = str(p)
+        keys += [f"{cc}:{s}" for s in to_str(col(t, "search_id", f))]
+        item_keys += [str(v) for v in to_str(col(t, ITEM_COLUMN, f))]
+    smap = IdMap(keys)
+    imap = IdMap(item_keys)
+    split, first_row = _add_events(b, tables, smap, imap, region_of)
+    _add_items(b, first_row, imap, images)
     notes = [f"countries -> regions: {', '.join(f'{cc}={i}' for cc, i in region_of.items())}",
              f"item id assumed to be {ITEM_COLUMN} (the release does not name its item feature)",
              "no user ids: each search is its own user (GAUC is per search)",

@@ -21,18 +21,49 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from mmrank.data.importer import Source, col, read_csv, to_float, to_int, to_str, to_ts
+from mmrank.data.image_folder import ImageFolder
+from mmrank.data.readers import col, find_file, read_any, to_float, to_int, to_str, to_ts
+from mmrank.data.source import Builder, Source, events_table, wide_to_long
 from mmrank.errors import DataError
 
 
-def load(items: Path | None, events: Path, images: Path | None) -> Source:
-    from mmrank.data.presets import Builder, events_table, find_image, wide_to_long
+def _user_regions(folder: Path, user: np.ndarray) -> tuple[np.ndarray, pa.Table | None, list[str]]:
+    """Each event's region (the user's ``new_user_class_level`` in user_profile, else 0) and the users table."""
+    up = find_file(folder, "user_profile")
+    if up is None:
+        return np.zeros(len(user), np.int64), None, ["no user_profile file: every user is in region 0"]
+    prof, uf = read_any(up), str(up)
+    uid = to_int(col(prof, "userid", uf), uf, "userid")
+    level = to_int(col(prof, "new_user_class_level", uf), uf, "new_user_class_level", required=False)
+    level = np.where(level < 0, 0, level)
+    o = np.argsort(uid)
+    pos = np.clip(np.searchsorted(uid[o], user), 0, max(len(uid) - 1, 0))
+    hit = (uid[o][pos] == user) if len(uid) else np.zeros(len(user), bool)
+    users_tbl = pa.table({"user_id": pa.array(uid)} |
+                         {c: pa.array(to_str(prof.column(c)), pa.string()) for c in prof.column_names
+                          if c not in ("userid",)})
+    return np.where(hit, level[o][pos], 0), users_tbl, []
 
+
+def _behaviour_rows(folder: Path) -> dict[str, int]:
+    """behavior_log's rows, counted (category/brand behaviour without item ids is not imported)."""
+    bl = find_file(folder, "behavior_log")
+    if bl is None:
+        return {}
+    if bl.suffix == ".csv":
+        with open(bl, "rb") as fh:
+            n = max(sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b"")) - 1, 0)
+    else:
+        n = read_any(bl).num_rows
+    return {f"{bl.name} rows (category/brand behaviour without item ids)": n}
+
+
+def load(items: Path | None, events: Path, images: ImageFolder | None) -> Source:
     folder = events if events.is_dir() else events.parent
-    raw_path = events if events.is_file() else folder / "raw_sample.csv"
-    ad_path = items or folder / "ad_feature.csv"
+    raw_path = events if events.is_file() else (find_file(folder, "raw_sample") or folder / "raw_sample.csv")
+    ad_path = items or find_file(folder, "ad_feature") or folder / "ad_feature.csv"
     b = Builder("alimama display ads")
-    raw = read_csv(raw_path)
+    raw = read_any(raw_path)
     f = str(raw_path)
     n = raw.num_rows
     user = to_int(col(raw, "user", f), f, "user")
@@ -44,30 +75,12 @@ def load(items: Path | None, events: Path, images: Path | None) -> Source:
         raise DataError(f"expected 0 or 1, got {int(clk[bad[0]])}", file=f, row=int(bad[0]), column="clk")
     req_key = user.astype(np.int64) * (1 << 32) + ts
     _, req = np.unique(req_key, return_inverse=True)
-    region = np.zeros(n, np.int64)
-    users_tbl = None
-    notes = []
-    up = folder / "user_profile.csv"
-    if up.exists():
-        prof = read_csv(up)
-        uf = str(up)
-        uid = to_int(col(prof, "userid", uf), uf, "userid")
-        level = to_int(col(prof, "new_user_class_level", uf), uf, "new_user_class_level", required=False)
-        level = np.where(level < 0, 0, level)
-        o = np.argsort(uid)
-        pos = np.clip(np.searchsorted(uid[o], user), 0, max(len(uid) - 1, 0))
-        hit = (uid[o][pos] == user) if len(uid) else np.zeros(n, bool)
-        region = np.where(hit, level[o][pos], 0)
-        users_tbl = pa.table({"user_id": pa.array(uid)} |
-                             {c: pa.array(to_str(prof.column(c)), pa.string()) for c in prof.column_names
-                              if c not in ("userid",)})
-    else:
-        notes.append("no user_profile.csv: every user is in region 0")
+    region, users_tbl, notes = _user_regions(folder, user)
     rows, kinds = wide_to_long(n, {"click": clk})
     b.add_events(raw_path, events_table(ts=ts[rows], user_id=user[rows], item_id=ad[rows], event=kinds,
                                         request_id=req[rows], region=region[rows],
                                         surface=pa.array(["display"] * len(rows), pa.string())), rows)
-    feat = read_csv(ad_path)
+    feat = read_any(ad_path)
     af = str(ad_path)
     item = to_int(col(feat, "adgroup_id", af), af, "adgroup_id")
     b.add_items(ad_path, pa.table({
@@ -77,14 +90,9 @@ def load(items: Path | None, events: Path, images: Path | None) -> Source:
         "brand": pa.array(to_str(col(feat, "brand", af)), pa.string()),
         "campaign_id": pa.array(to_str(col(feat, "campaign_id", af)), pa.string()),
         "customer": pa.array(to_str(col(feat, "customer", af)), pa.string()),
-        "image_path": pa.array([find_image(images, str(i)) for i in item], pa.string()),
+        "image_path": pa.array([images.find(str(i)) if images else None for i in item], pa.string()),
     }))
-    ignored = {}
-    bl = folder / "behavior_log.csv"
-    if bl.exists():
-        with open(bl, "rb") as fh:
-            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
-        ignored["behavior_log.csv rows (category/brand behaviour without item ids)"] = max(lines - 1, 0)
+    ignored = _behaviour_rows(folder)
     src = b.build(has_impressions=True, notes=notes, ignored=ignored, users=users_tbl)
     src.item_columns = {"item_id": "adgroup_id", "price": "price"}
     src.event_columns = {"region": "new_user_class_level"}

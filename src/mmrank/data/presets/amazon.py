@@ -21,29 +21,28 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from mmrank.data.importer import IdMap, Source, read_jsonl, to_float, to_ts
+from mmrank.data.image_folder import ImageFolder
+from mmrank.data.readers import IdMap, read_records, to_float, to_ts
+from mmrank.data.source import Builder, Source, events_table
 from mmrank.errors import DataError
 
 
-def _image_file(images: Path | None, urls: list[str], asin: str) -> str | None:
-    from mmrank.data.presets import find_image
-
+def _image_file(images: ImageFolder | None, urls: list[str], asin: str) -> str | None:
     if images is None:
         return None
     for u in urls:
         name = u.rsplit("/", 1)[-1]
-        if name and (images / name).is_file():
-            return str((images / name).resolve())
-    return find_image(images, asin)
+        found = images.file(name) if name else None
+        if found:
+            return found
+    return images.find(asin)
 
 
-def load(items: Path | None, events: Path, images: Path | None) -> Source:
-    from mmrank.data.presets import Builder, events_table
-
+def load(items: Path | None, events: Path, images: ImageFolder | None) -> Source:
     if items is None:
         raise DataError("the amazon preset needs --items (the meta_<category>.jsonl file)")
     b = Builder("amazon reviews 2023")
-    meta = read_jsonl(items)
+    meta = read_records(items)
     mf = str(items)
     asins = []
     for r, m in enumerate(meta):
@@ -52,7 +51,7 @@ def load(items: Path | None, events: Path, images: Path | None) -> Source:
             raise DataError("empty where a value is required", file=mf, row=r, column="parent_asin")
         asins.append(str(a))
     imap = IdMap(asins)
-    reviews = read_jsonl(events)
+    reviews = read_records(events)
     ef = str(events)
     for r, rv in enumerate(reviews):
         for c in ("user_id", "parent_asin", "timestamp"):
@@ -62,7 +61,6 @@ def load(items: Path | None, events: Path, images: Path | None) -> Source:
     ts = to_ts(pa.array([str(rv["timestamp"]) for rv in reviews]), ef, "timestamp", "unix_ms")
     user = umap.map([rv["user_id"] for rv in reviews])
     item = imap.map([str(rv["parent_asin"]) for rv in reviews])
-    unknown = int((item < 0).sum())
     keep = np.flatnonzero(item >= 0)
     rows, kinds = [], []
     for r in keep:
@@ -89,8 +87,9 @@ def load(items: Path | None, events: Path, images: Path | None) -> Source:
         "image_path": pa.array([_image_file(images, u, a) for u, a in zip(urls, asins)], pa.string()),
     }))
     src = b.build(has_impressions=False,
-                  unknown_items={ef: unknown} if unknown else {},
+                  unknown_item_rows={ef: np.flatnonzero(item < 0).tolist()} if (item < 0).any() else {},
                   notes=["a review is a click on the item, and a purchase when verified_purchase"])
     # the events already hold known items only; unknown ones were counted above
     src.item_columns = {"item_id": "parent_asin", "price": "price", "image_path": "images"}
+    src.event_columns = {"item_id": "parent_asin"}
     return src

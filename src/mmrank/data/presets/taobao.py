@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmrank.data.importer import Source
+from mmrank.data.image_folder import ImageFolder
+from mmrank.data.source import Source
 
 MAPPING = {
     "events": {
@@ -26,7 +27,7 @@ MAPPING = {
 }
 
 
-def load(items: Path | None, events: Path, images: Path | None) -> Source:
+def load(items: Path | None, events: Path, images: ImageFolder | None) -> Source:
     from mmrank.data.presets import from_mapping
 
     src = from_mapping(MAPPING, items=None, events=events, images=images, name="taobao UserBehavior")

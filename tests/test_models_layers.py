@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmrank.ctr.layers import MLP, ItemVectors, SimScore, SimTier, TargetAttention, pack
+from mmrank.models.layers import MLP, ItemVectors, SimScore, SimTier, TargetAttention, pack
 from mmrank.ctr.models import CtrConfig, CtrModel, MakeConfig, MakeModule, ModelSizes
 
 torch.set_num_threads(1)
@@ -101,7 +101,7 @@ def test_dense_paths_give_the_packed_values_and_gradients(pool, full):
     mask (the bf16 path's layout when most positions are valid). Same pooled values, scores and
     gradients as the packed path to 1e-5; a ragged or reordered batch is not taken for a full one,
     nor a sparse one padded."""
-    from mmrank.ctr.layers import padded_layout, uniform_length
+    from mmrank.models.layers import padded_layout, uniform_length
 
     torch.manual_seed(0)
     b, length, d = 6, 9, 8
@@ -151,7 +151,7 @@ def test_target_attention_ignores_padding(b, length, seed):
 def test_lookup_gives_nn_embedding_values_and_gradients(sparse, with_padding):
     """:func:`lookup`'s own backward: the same gradient as ``nn.Embedding``'s (dense or sparse), the
     padding row's 0, repeated ids summed; no gradient work when none is wanted."""
-    from mmrank.ctr.layers import lookup
+    from mmrank.models.layers import lookup
 
     torch.manual_seed(0)
     emb = torch.nn.Embedding(30, 4, padding_idx=0, sparse=sparse)
@@ -204,22 +204,22 @@ def test_every_strategy_forward_and_backward(strategy):
     assert out["logit"].shape == (3,)
     assert torch.isfinite(out["logit"]).all()
     out["logit"].sum().backward()
-    assert model.item_emb.weight.grad is not None
+    assert model.ids.item_emb.weight.grad is not None
     if strategy in ("make", "simtier+make"):
         assert "make" in out["aux_logits"]  # E = 0: joint, with MAKE's own loss (Eq. 5)
 
 
-def _serving_batch(requests: int, n_cand: int = 40, hist_len: int = 12, seed: int = 0,
+def _serving_batch(requests: int, n_cand: int = 40, history_len: int = 12, seed: int = 0,
                    full: bool = False) -> dict:
     """``requests`` requests, each ``n_cand`` candidates sharing one history (as a server builds them);
-    ``full``: every history has ``hist_len`` items."""
+    ``full``: every history has ``history_len`` items."""
     g = torch.Generator().manual_seed(seed)
     rows = requests * n_cand
-    hist = torch.randint(1, 60, (requests, hist_len), generator=g).repeat_interleave(n_cand, dim=0)
-    lens = torch.randint(1, hist_len + 1, (requests,), generator=g).repeat_interleave(n_cand)
+    hist = torch.randint(1, 60, (requests, history_len), generator=g).repeat_interleave(n_cand, dim=0)
+    lens = torch.randint(1, history_len + 1, (requests,), generator=g).repeat_interleave(n_cand)
     if full:
-        lens = torch.full_like(lens, hist_len)
-    mask = torch.arange(hist_len)[None, :] < lens[:, None]
+        lens = torch.full_like(lens, history_len)
+    mask = torch.arange(history_len)[None, :] < lens[:, None]
     hist = torch.where(mask, hist, 0)
     items = torch.randint(1, 60, (rows,), generator=g)
     return {"item": items, "user": torch.randint(1, 9, (rows,), generator=g),
@@ -233,7 +233,7 @@ def _serving_batch(requests: int, n_cand: int = 40, hist_len: int = 12, seed: in
 def test_shared_history_rows_give_the_dense_result(strategy, requests):
     """The serving fast paths (work per distinct history item; one dense attention block per request)
     equal the plain packed path to 1e-5."""
-    from mmrank.ctr.layers import SharedRows
+    from mmrank.models.layers import SharedRows
 
     torch.manual_seed(0)
     sizes = ModelSizes(n_items=60, n_users=9, n_categories=8, n_regions=3, vec_dim=16)
@@ -281,7 +281,7 @@ def test_compiled_attention_equals_the_eager_one_values_and_gradients():
     """``compile_attention``: the same logits and gradients to 1e-5, over batches of other sizes and
     history lengths (one dynamic graph each for the packed and the full-history path), for the ID
     model and SimTier+MAKE (MAKE's attention too)."""
-    from mmrank.ctr.layers import _compiled
+    from mmrank.models.layers import _compiled
 
     assert _compiled(TargetAttention._packed_body) is not None      # the compiled path, not a fallback
     torch.manual_seed(0)
@@ -295,9 +295,9 @@ def test_compiled_attention_equals_the_eager_one_values_and_gradients():
         assert all(m.compiled for m in fast.modules() if isinstance(m, TargetAttention))
         assert not any(m.compiled for m in eager.modules() if isinstance(m, TargetAttention))
         padding = {False: 0.0, True: 0.0}                            # the padded path, in fp32
-        for requests, hist_len, full, pad in ((2, 12, False, False), (3, 7, False, False), (2, 9, True, False),
+        for requests, history_len, full, pad in ((2, 12, False, False), (3, 7, False, False), (2, 9, True, False),
                                              (3, 6, True, False), (3, 7, False, True), (2, 12, False, True)):
-            batch = _serving_batch(requests, n_cand=5, hist_len=hist_len, seed=requests, full=full)
+            batch = _serving_batch(requests, n_cand=5, history_len=history_len, seed=requests, full=full)
             for m in (*eager.modules(), *fast.modules()):
                 if isinstance(m, TargetAttention):
                     m.pad_fill = padding if pad else TargetAttention.pad_fill
@@ -325,7 +325,7 @@ def test_bf16_attention_stays_within_its_stated_tolerance_of_fp32():
     bf16 = CtrModel(CtrConfig(**cfg, attention_bf16=True), sizes, vecs)
     bf16.load_state_dict(fp32.state_dict())
     assert sum(m.bf16 for m in bf16.modules() if isinstance(m, TargetAttention)) == 2
-    batch = _serving_batch(3, n_cand=8, hist_len=12, seed=4)
+    batch = _serving_batch(3, n_cand=8, history_len=12, seed=4)
     grads = []
     for model in (fp32, bf16):
         out = model(batch)["logit"]

@@ -1,4 +1,5 @@
-"""Helpers of the import and config tests: the public-format fixtures with photos drawn, tiny settings."""
+"""The public-format fixtures (``tests/fixtures``) with the photos the formats keep outside their tables,
+tiny settings of every stage, and `mmrank` run in a fresh process (the import, config and error tests)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-ROOT = FIXTURES.parents[1]
+ROOT = Path(__file__).resolve().parents[3]
+FIXTURES = ROOT / "tests" / "fixtures"
 
 # Tiny encoders and models: every stage runs in seconds on a few dozen items.
 TINY_CONFIG = """\

@@ -1,4 +1,5 @@
-"""Reusable CTR layers (FuxiCTR style: layers here, models assemble them in :mod:`mmrank.ctr.models`).
+"""Reusable ranking layers (FuxiCTR style: layers here; :mod:`mmrank.models.blocks` wraps them into the parts
+that CTR models (:mod:`mmrank.ctr.models`) and re-rankers (:mod:`mmrank.rerank.models`) are made of).
 
 Every layer takes its sizes explicitly and documents its shapes. Behaviour sequences are handled in
 *packed* form where it pays: only the ``nnz`` valid (unpadded) history positions are computed, with
@@ -50,9 +51,9 @@ def pack(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def lookup(emb: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     """``emb(ids)``, with a backward that sums the looked-up rows' gradients with one ``index_add_``
-    (dense tables) or hands them over as they are (sparse tables) instead of ``nn.Embedding``'s: at
-    51,200 lookups ``embedding_dense_backward`` takes 4x as long on a CPU, and the sparse backward
-    filters out the padding id with a boolean index even when the batch holds none. Same gradients
+    (dense tables) or hands them over as they are (sparse tables) instead of ``nn.Embedding``'s, whose
+    ``embedding_dense_backward`` is slower on a CPU (``benchmarks/ctr_throughput.py``) and whose sparse
+    backward filters out the padding id with a boolean index even when the batch holds none. Same gradients
     (tested); the padding row's stays 0. Tables with ``max_norm`` or ``scale_grad_by_freq`` keep
     ``nn.Embedding``'s own path."""
     if (not (torch.is_grad_enabled() and emb.weight.requires_grad) or emb.max_norm is not None
@@ -160,9 +161,8 @@ class TargetAttention(nn.Module):
       product per sample with ``W_k + diag(q) W_p`` (half the FLOPs, no gathers);
     * padded: ragged histories copied into ``(B, L_max, D)`` with a mask, when at least
       ``pad_fill[bf16]`` of that grid is valid. Only the bf16 path pads by default (at 0.4): with
-      lengths uniform in [1, 50] (fill 0.51) padding made bf16 training 1.4x faster and fp32 training
-      1.5x slower than packing (``benchmarks/ctr_throughput.py``'s runners with padding forced on and
-      off, in one run).
+      ragged lengths (fill about 0.5) padding made bf16 training faster and fp32 training slower than
+      packing (``benchmarks/ctr_throughput.py``'s runners with padding forced on and off, in one run).
 
     ``compiled = True`` runs the unit through ``torch.compile`` (one dynamic graph per layout, built on
     first use in a few seconds): it fuses the per-pair elementwise work (the product with the query,
@@ -351,8 +351,8 @@ def history_groups(mask: torch.Tensor, *hists: torch.Tensor,
 
 def packed_similarity(target: torch.Tensor, hist: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """``s_i = v_i . v_c`` (Eq. 2) at packed positions: ``target (B, D), hist (nnz, D), rows (nnz,) ->
-    (nnz,)``. One batched (1 x D) @ (D x 1) product: on a CPU about 1.5x faster than multiply-and-sum,
-    and 2.5x faster than an einsum over the padded ``(B, L, D)`` (measured at B=1024, L=50, D=128)."""
+    (nnz,)``. One batched (1 x D) @ (D x 1) product: on a CPU faster than multiply-and-sum and than an einsum
+    over the padded ``(B, L, D)``."""
     return torch.bmm(hist.unsqueeze(1), target.index_select(0, rows).unsqueeze(2)).view(-1)
 
 
@@ -363,7 +363,7 @@ class SharedRows:
     items are 10,000 packed rows of 50 distinct ones. Work that depends on the item alone (looking up
     its representation, projecting it) is then done on the U distinct rows and gathered afterwards,
     and the similarity to each target is one ``(U, D) @ (D, B)`` product. Same values as the dense
-    rows, up to float summation order (``tests/test_ctr_layers.py``).
+    rows, up to float summation order (``tests/test_models_layers.py``).
     """
 
     def __init__(self, table: torch.Tensor, index: torch.Tensor) -> None:

@@ -1,18 +1,17 @@
-"""The re-ranking stage on a run directory: train one model, save and load it.
+"""A trained re-ranker on disk: ``R/rerank/<model>/`` written by :func:`save_model`, read by :func:`load_model`.
 
-Layout written (``R`` the run)::
+Layout (``R`` the run)::
 
     R/rerank/<model>/model.safetensors   weights (never the frozen representations)
     R/rerank/<model>/vocab.safetensors   the ID vocabularies the model was trained with
     R/rerank/<model>/config.json         ListModelConfig, RerankTrainConfig, sizes, representation source
-    R/rerank/<model>/metrics.json        the metrics of :func:`mmrank.rerank.compare.evaluate_orders` (1 seed)
+    R/rerank/<model>/metrics.json        the metrics of :func:`mmrank.rerank.evaluate.evaluate_orders` (1 seed)
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from safetensors.numpy import load_file as load_np, save_file as save_np
 from safetensors.torch import load_file as load_torch, save_file as save_torch
@@ -20,7 +19,7 @@ from safetensors.torch import load_file as load_torch, save_file as save_torch
 from mmrank.errors import ConfigError, MMRankError
 from mmrank.rerank.data import ListSpace
 from mmrank.rerank.models import ListModel, ListModelConfig
-from mmrank.rerank.trainer import RerankData, RerankTrainConfig, build_model, fit, load_data
+from mmrank.rerank.trainer import RerankData, RerankTrainConfig, build_model, load_data
 
 
 def save_model(model: ListModel, data: RerankData, out: Path, train_cfg: RerankTrainConfig,
@@ -47,28 +46,3 @@ def load_model(run: Path, name: str, data: RerankData | None = None) -> tuple[Li
     model = build_model(data, cfg)
     model.load_state_dict(load_torch(str(d / "model.safetensors")), strict=True)
     return model.eval(), data
-
-
-def train_model(run: str | Path, name: str, *, seed: int = 0, train_cfg: RerankTrainConfig | None = None,
-                encoder: Any | None = None, progress: bool = True, one_thread_if_busy: bool = True) -> dict:
-    """Train model ``name`` on the run's training lists, evaluate on the test lists, write
-    ``R/rerank/<name>/``; returns the metrics."""
-    from mmrank.rerank.compare import _clean, _one_thread_if_loaded, evaluator_for, model_result
-
-    run = Path(run)
-    if one_thread_if_busy:
-        _one_thread_if_loaded()
-    data = load_data(run, encoder=encoder)
-    tcfg = train_cfg or RerankTrainConfig()
-    model, info = fit(data, name, seed=seed, train_cfg=tcfg, progress=progress)
-    evaluator, status = evaluator_for(run)
-    metrics = model_result(model, data, data.lists.test_rows(), evaluator)
-    metrics.update({"model": name, "seed": seed, "evaluator": status, "train_seconds": info["seconds"],
-                    "train_loss": info["loss"], "test_requests": int(len(data.lists.test_rows()))})
-    out = run / "rerank" / name
-    save_model(model, data, out, tcfg, {"seed": seed})
-    (out / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2))
-    return metrics
-
-
-__all__ = ["load_model", "save_model", "train_model"]

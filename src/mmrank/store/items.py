@@ -1,19 +1,24 @@
-"""The serving item store: vectors, metadata, photos, search and ingestion for an HTTP server.
+"""The item store of a run: vectors, metadata, photos, search and real-time ingestion (Section 5,
+Figure 4 of the CIKM'24 Taobao paper): a new item is visible to ``get`` and to search at once.
 
-Unlike :func:`mmrank.store.ingest.ingest` (which keeps one open store per run in a module-level dict),
-a :class:`ServingStore` is an ordinary object owned by whoever opened it (a server's bundle), so a
-process can hold two (the current bundle and the one being swapped in) and a test can open and close
-them freely. Several processes may serve the same run at once:
+An :class:`ItemStore` is an ordinary object owned by whoever opened it (the CLI, the demo, a server's
+bundle), so a process can hold two (the current bundle and the one being swapped in). It writes in
+one of two ways:
 
-* vectors live in the run's :class:`~mmrank.store.table.EmbeddingTable` (local or Redis); a reader
-  picks up rows another process wrote on its next miss (:meth:`EmbeddingTable.lookup`);
-* a write goes through the table's one-writer rule: local tables are opened for writing per ingest,
-  under a blocking ``flock`` on ``R/embeddings/INGEST.lock`` shared by every serving process; Redis
-  tables take concurrent writers;
-* item metadata (title, category, created_at, attributes) and photos of ingested items go to the
-  run's ``new_items.jsonl`` (fsync'ed before the vector is written) and, with the Redis backend, to
-  the Redis hashes ``{ns}:items`` / ``{ns}:images`` so that servers on other hosts see them too;
-* each process keeps its own FAISS index and brings it up to date with the table before a search.
+* ``hold_writer=True``: the store opens the table for writing and keeps it (the table's one-writer
+  lock) until :meth:`ItemStore.close`; it also keeps the ANN index files up to date. The fastest
+  ingest; no other process can write the table meanwhile.
+* ``hold_writer=False`` (the default; what servers use): the table is read-only and each ingest opens
+  it for writing briefly. Several processes may serve and ingest into the same run at once: local
+  tables take turns under a blocking ``flock`` on ``R/embeddings/INGEST.lock``; Redis tables take
+  concurrent writers. A reader picks up rows another process wrote on its next miss
+  (:meth:`EmbeddingTable.lookup`), and each process brings its own FAISS index up to date with the
+  table before a search.
+
+Every ingested item (id, title, image, created_at, category, attributes) is appended to
+``R/embeddings/new_items.jsonl`` (fsync'ed before the vector is written), so a new encoder version
+re-encodes it; with the Redis backend its metadata and photo also go to the hashes
+``{ns}:items`` / ``{ns}:images`` so that servers on other hosts see them.
 
 Category ids follow :mod:`mmrank.data.samples`: the rank of an item's ``category`` string among the
 sorted distinct categories of ``R/data/items.parquet``; an unknown category is ``-1`` (the CTR
@@ -21,7 +26,7 @@ model's padding row).
 
 Example::
 
-    >>> store = ServingStore.open(run, encoder)                                   # doctest: +SKIP
+    >>> store = ItemStore.open(run, encoder)                                      # doctest: +SKIP
     >>> vecs, found = store.vectors(np.array([3, 99]))                             # doctest: +SKIP
     >>> store.ingest({"item_id": 10**9, "title": "red shirt", "image": jpeg,       # doctest: +SKIP
     ...               "category": "Tshirts"})
@@ -43,17 +48,98 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow.parquet as pq
 
-from mmrank.errors import DataError, MMRankError
+from mmrank.errors import DataError
 from mmrank.store.ann import AnnIndex
-from mmrank.store.ingest import (NEW_ITEMS, ItemEncoder, NewItemLog, _check_title, _find_bad_image,
-                                 embeddings_root, encode_checked, index_for)
-from mmrank.store.table import EmbeddingTable, check_vectors
+from mmrank.store.backends import current_version, open_table, table_versions
+from mmrank.store.encoding import (ItemEncoder, check_title, encode_checked, find_bad_image,
+                                   load_encoder)
+from mmrank.store.table import EmbeddingTable, check_vectors, version_dirname
 
+NEW_ITEMS = "new_items.jsonl"
 INGEST_LOCK = "INGEST.lock"
+
+
+def embeddings_root(run: Path) -> Path:
+    """``R/embeddings``: the tables, their ANN indexes and the log of ingested items."""
+    return Path(run) / "embeddings"
+
+
+def index_dir(table: EmbeddingTable) -> Path:
+    """Where the ANN index of ``table`` lives: beside the local table, ``R/embeddings/v-<version>/``."""
+    d = Path(table.root) / version_dirname(table.version)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def index_for(table: EmbeddingTable, save: bool) -> AnnIndex:
+    """The table's ANN index, brought up to date with rows the table has and the index lacks; built
+    (and saved when ``save``) if there is none yet."""
+    d = index_dir(table)
+    ids = table.ids()
+    if (d / "ann.json").exists():
+        index = AnnIndex.load(d, table.version)
+        missing = np.setdiff1d(ids, index.ids())
+        if len(missing):
+            index.add(missing, table.get(missing))
+        return index
+    index = AnnIndex.build(ids, table.get(ids), version=table.version)
+    if save:
+        index.save(d)
+    return index
 
 
 class ItemExists(DataError):
     """An item id that is already in the table (a second post of the same id)."""
+
+
+class NewItemLog:
+    """``R/embeddings/new_items.jsonl``: every ingested item (id, title, image, created_at[, category,
+    attributes]), appended and fsync'ed; a torn last line (a write cut by a crash) is ignored."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, item: dict) -> None:
+        rec = {"item_id": int(item["item_id"]), "title": item["title"],
+               "image": base64.b64encode(item["image"]).decode("ascii"),
+               "created_at": item.get("created_at")}
+        for key in ("category", "attributes"):  # kept when given (the store's metadata reads them)
+            if item.get(key) is not None:
+                rec[key] = item[key]
+        line = (json.dumps(rec) + "\n").encode()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size and not self._ends_with_newline():
+                line = b"\n" + line  # a torn previous line stays alone on its line
+            os.write(fd, line)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+
+    def read(self) -> list[dict]:
+        """Every logged item (the last record of an id wins), images as bytes; lines torn by a
+        crash are skipped."""
+        if not self.path.exists():
+            return []
+        out: dict[int, dict] = {}
+        for line in self.path.read_bytes().split(b"\n"):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                # Only a torn append (never acknowledged) leaves a line that does not parse;
+                # append() starts a fresh line after one, so it is skipped, not fatal.
+                continue
+            rec["image"] = base64.b64decode(rec["image"])
+            out[int(rec["item_id"])] = rec
+        return list(out.values())
 
 
 class _Catalog:
@@ -101,44 +187,83 @@ class _Catalog:
         return img
 
 
-class ServingStore:
-    """Table + ANN index + item metadata + encoder of a run, for a server (see module docstring).
+class ItemStore:
+    """Table + ANN index + item metadata (+ encoder) of a run (see the module docstring).
 
-    Thread-safe: one lock guards the index and the metadata, another the encoder.
+    Thread-safe: one lock guards the index, one the metadata, one the encoder (tokenizers and some
+    towers are not thread-safe).
+
+    Attributes:
+        table: the :class:`EmbeddingTable` of this store's encoder version.
+        index: its :class:`AnnIndex`.
+        version, dim: the table's encoder version and vector size.
     """
 
     def __init__(self, run: Path, table: EmbeddingTable, index: AnnIndex,
                  encoder: ItemEncoder | None) -> None:
         self.run = Path(run)
         self.root = embeddings_root(run)
-        self.table, self.index, self.encoder = table, index, encoder
+        self.table, self.index, self._encoder = table, index, encoder
         self.version, self.dim = table.version, table.dim
         self.catalog = _Catalog(self.run / "data" / "items.parquet")
         self._cat_of = {c: i for i, c in enumerate(self.catalog.categories)}
         self.log = NewItemLog(self.root / NEW_ITEMS)
         self._log_offset = 0
         self._new: dict[int, dict] = {}  # ingested items: title, category_id, created_at, attributes
-        self._lock = threading.RLock()
-        self._enc_lock = threading.Lock()  # tokenizers and some towers are not thread-safe
+        self._lock = threading.RLock()  # the metadata
+        self._index_lock = threading.RLock()  # FAISS add and search must not overlap
+        self._enc_lock = threading.Lock()
+        self._dirty = False  # items added to the index since it was saved (hold_writer only)
         self._redis = getattr(table, "client", None)
         self._ns = getattr(table, "ns", None)
         self._read_log()
 
     @classmethod
-    def open(cls, run: str | Path, encoder: ItemEncoder | None = None, *,
-             version: str | None = None) -> "ServingStore":
-        """Open the table of ``version`` (default: the encoder's, else CURRENT) read-only, and its
-        index brought up to date with the table. Refuses an encoder of another version."""
-        run = Path(run)
+    def open(cls, run: str | Path, encoder: ItemEncoder | None = None, *, version: str | None = None,
+             hold_writer: bool = False) -> "ItemStore":
+        """Open the table of ``version`` (default: the encoder's, else CURRENT) and its index, brought
+        up to date with the table. Refuses an encoder of another version.
+
+        ``hold_writer``: open the table for writing and keep it (module docstring); the index is then
+        saved when built here and on :meth:`close`.
+        """
+        run, root = Path(run), embeddings_root(run)
+        if encoder is not None and version is not None and encoder.version != version:
+            raise DataError(f"encoder version {encoder.version!r} but the table asked for is "
+                            f"{version!r}", file=str(root))
         version = version or (encoder.version if encoder is not None else None)
-        table = EmbeddingTable.open(embeddings_root(run), version)
-        if encoder is not None and encoder.version != table.version:
-            raise DataError(f"encoder version {encoder.version!r} but the table is {table.version!r}",
-                            file=str(embeddings_root(run)))
-        return cls(run, table, index_for(table, save=False), encoder)
+        if encoder is not None and version not in table_versions(root):
+            raise DataError(f"no table of encoder version {version!r} (CURRENT: "
+                            f"{current_version(root)!r}); run `mmrank embed` with this encoder first",
+                            file=str(root))
+        table = open_table(root, version, writable=hold_writer)
+        return cls(run, table, index_for(table, save=hold_writer), encoder)
+
+    @property
+    def encoder(self) -> ItemEncoder:
+        """The encoder given to :meth:`open`, else the run's (``R/encoder/``), loaded on first use."""
+        if self._encoder is None:
+            enc = load_encoder(self.run)
+            if enc.version != self.version:
+                raise DataError(f"the run's encoder is version {enc.version!r}, the table "
+                                f"{self.version!r}; run `mmrank embed`", file=str(self.run / "encoder"))
+            self._encoder = enc
+        return self._encoder
 
     def close(self) -> None:
+        """Save the index (when this store holds the writer) and release the table."""
+        if self.table.writable:
+            with self._index_lock:
+                if self._dirty:
+                    self.index.save(index_dir(self.table))
+                    self._dirty = False
         self.table.close()
+
+    def __enter__(self) -> "ItemStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ---- metadata -----------------------------------------------------------------------------------
     def category_id(self, category: str | None) -> int:
@@ -223,65 +348,75 @@ class ServingStore:
 
     # ---- search -------------------------------------------------------------------------------------
     def _sync_index(self) -> None:
-        """Add to the index what the table has and the index lacks (other processes' ingests)."""
+        """Add to the index what the table has and the index lacks (other processes' ingests).
+        Call with the index lock held."""
         self.table.refresh()
         if len(self.table) == len(self.index):
             return
         missing = np.setdiff1d(self.table.ids(), self.index.ids())
         if len(missing):
             self.index.add(missing, self.table.get(missing))
+            self._dirty = True
 
-    def search_vector(self, query: np.ndarray, k: int = 10) -> list[dict]:
-        """``(D,)`` query -> up to ``k`` hits ``{"item_id", "score", "title"}``, best first."""
-        with self._lock:
+    def search_vector(self, query: np.ndarray, k: int = 10,
+                      exclude: int | None = None) -> list[dict]:
+        """``(D,)`` query -> up to ``k`` hits ``{"item_id", "score", "title"}``, best first
+        (``exclude``: an item id left out)."""
+        with self._index_lock:
             self._sync_index()
-            scores, ids = self.index.search(np.asarray(query, np.float32).reshape(1, -1), k)
-        keep = ids[0] >= 0
-        hit_ids, hit_scores = ids[0][keep], scores[0][keep]
+            scores, ids = self.index.search(np.asarray(query, np.float32).reshape(1, -1),
+                                            k + (exclude is not None))
+        keep = (ids[0] >= 0) & (ids[0] != (-1 if exclude is None else exclude))
+        hit_ids, hit_scores = ids[0][keep][:k], scores[0][keep][:k]
         _, titles = self.meta(hit_ids)
         return [{"item_id": int(i), "score": float(s), "title": t}
                 for i, s, t in zip(hit_ids, hit_scores, titles)]
 
-    def _encoder(self) -> ItemEncoder:
-        if self.encoder is None:
-            raise MMRankError(f"{self.run}: this store was opened without an encoder")
-        return self.encoder
-
     def encode_text(self, text: str) -> np.ndarray:
-        _check_title(text, "text", None)
+        """A text query through the text-query tower: ``(D,)`` float32."""
+        check_title(text, "text", None)
         with self._enc_lock:
-            return np.asarray(self._encoder().encode_text([text])[0], np.float32)
+            return np.asarray(self.encoder.encode_text([text])[0], np.float32)
 
     def encode_image(self, image: bytes) -> np.ndarray:
-        _find_bad_image([image], "image", 0)
+        """An image query (JPEG/PNG bytes) through the image-query tower: ``(D,)`` float32."""
+        find_bad_image([image], "image", 0)
         with self._enc_lock:
-            return np.asarray(self._encoder().encode_images([image])[0], np.float32)
+            return np.asarray(self.encoder.encode_images([image])[0], np.float32)
 
     def search_text(self, text: str, k: int = 10) -> list[dict]:
+        """Text query -> top-k items."""
         return self.search_vector(self.encode_text(text), k)
 
     def search_image(self, image: bytes, k: int = 10) -> list[dict]:
+        """Image query -> top-k items."""
         return self.search_vector(self.encode_image(image), k)
+
+    def search_item(self, item_id: int, k: int = 10) -> list[dict]:
+        """The k items nearest to item ``item_id`` (itself left out)."""
+        vec, found = self.table.lookup(np.array([item_id], np.int64))
+        if not found[0]:
+            raise DataError(f"item {item_id} is not in the embedding table ({self.version!r})",
+                            column="item_id")
+        return self.search_vector(vec[0], k, exclude=int(item_id))
 
     # ---- ingestion ----------------------------------------------------------------------------------
     @contextmanager
     def _writer(self) -> Iterator[EmbeddingTable]:
-        """A writable handle on this version's table, shared safely by every serving process."""
+        """A writable handle on this version's table: the held one, or one shared safely by every
+        serving process (module docstring)."""
+        if self.table.writable:
+            yield self.table
+            return
         if self._redis is not None:
-            table = EmbeddingTable.open(self.root, self.version, writable=True)
-            try:
+            with open_table(self.root, self.version, writable=True) as table:
                 yield table
-            finally:
-                table.close()
             return
         fd = os.open(self.root / INGEST_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # blocking: serving processes take turns
-            table = EmbeddingTable.open(self.root, self.version, writable=True)
-            try:
+            with open_table(self.root, self.version, writable=True) as table:
                 yield table
-            finally:
-                table.close()
         finally:
             os.close(fd)  # releases the flock (also released by the kernel if we die)
 
@@ -290,7 +425,8 @@ class ServingStore:
         write it durably (log, then table: acknowledged means on disk), index it.
 
         Raises :class:`DataError` (naming the field) for bad input and :class:`ItemExists` for an id
-        already in the table; nothing is written then. Returns timings in ms.
+        already in the table; nothing is written then. Returns timings in ms: ``encode_ms``,
+        ``write_ms`` (durable), ``index_ms``, ``total_ms``.
         """
         t0 = time.perf_counter()
         where = "item"
@@ -299,13 +435,13 @@ class ServingStore:
         except (KeyError, TypeError, ValueError):
             raise DataError(f"item_id: expected an integer, got {item.get('item_id')!r}", file=where,
                             column="item_id") from None
-        title = _check_title(item.get("title"), where, None)
+        title = check_title(item.get("title"), where, None)
         image = item.get("image")
-        _find_bad_image([image], where, 0)
+        find_bad_image([image], where, 0)
         if self.table.lookup(np.array([item_id]))[1][0]:
             raise ItemExists(f"item {item_id} is already in the embedding table", file=where,
                              column="item_id")
-        enc = self._encoder()
+        enc = self.encoder
         with self._enc_lock:
             vec = encode_checked(enc, [title], [bytes(image)], where)
         ids, vecs = check_vectors(np.array([item_id]), vec, self.dim, enc.version, self.version, where)
@@ -313,37 +449,40 @@ class ServingStore:
         rec = {"item_id": item_id, "title": title, "image": bytes(image),
                "created_at": item.get("created_at"), "category": item.get("category"),
                "attributes": item.get("attributes") or None}
-        with self._writer() as table:
-            if table.contains(ids)[0]:  # posted meanwhile by another process
-                raise ItemExists(f"item {item_id} is already in the embedding table", file=where,
-                                 column="item_id")
-            self.log.append(rec)
-            if self._redis is not None:
-                meta = {k: v for k, v in rec.items() if k != "image"}
-                pipe = self._redis.pipeline(transaction=True)
-                pipe.hset(f"{self._ns}:items", str(item_id), json.dumps(meta))
-                pipe.hset(f"{self._ns}:images", str(item_id), rec["image"])
-                pipe.execute()
-            table.put(ids, vecs, version=enc.version)
-        t2 = time.perf_counter()
-        self.table.refresh()
+        # The index lock is held from the write to the index add, so a search's sync cannot add
+        # the item first (FAISS would then hold it twice).
+        with self._index_lock:
+            with self._writer() as table:
+                if table.contains(ids)[0]:  # posted meanwhile by another process
+                    raise ItemExists(f"item {item_id} is already in the embedding table",
+                                     file=where, column="item_id")
+                self.log.append(rec)
+                if self._redis is not None:
+                    meta = {k: v for k, v in rec.items() if k != "image"}
+                    pipe = self._redis.pipeline(transaction=True)
+                    pipe.hset(f"{self._ns}:items", str(item_id), json.dumps(meta))
+                    pipe.hset(f"{self._ns}:images", str(item_id), rec["image"])
+                    pipe.execute()
+                table.put(ids, vecs, version=enc.version)
+            t2 = time.perf_counter()
+            self.table.refresh()
+            self.index.add(ids, vecs)
+            self._dirty = True
         with self._lock:
             self._remember(rec)
-            self._sync_index()
         t3 = time.perf_counter()
         ms = lambda a, b: round((b - a) * 1e3, 3)  # noqa: E731
         return {"item_id": item_id, "encode_ms": ms(t0, t1), "write_ms": ms(t1, t2),
                 "index_ms": ms(t2, t3), "total_ms": ms(t0, t3)}
 
-
     def catch_up(self, batch_size: int = 64) -> int:
-        """Encode and write the logged items this version's table lacks (items acknowledged by a
-        server still running an older encoder version while this one was built or swapped in);
-        returns how many were added. Needs the encoder. Local log only (this host's ingests)."""
+        """Encode and write the logged items this version's table lacks (items acknowledged under an
+        older encoder version while this one was built or swapped in); returns how many were added.
+        Needs the encoder. Local log only (this host's ingests)."""
         recs = [r for r in self.log.read() if not self.table.contains(np.array([r["item_id"]]))[0]]
         if not recs:
             return 0
-        enc = self._encoder()
+        enc = self.encoder
         n = 0
         for a in range(0, len(recs), batch_size):
             chunk = recs[a:a + batch_size]
@@ -356,10 +495,10 @@ class ServingStore:
                 if keep.any():
                     table.put(ids[keep], vecs[keep], version=enc.version)
                     n += int(keep.sum())
-        self.table.refresh()
         with self._lock:
             for r in recs:
                 self._remember(r)
+        with self._index_lock:
             self._sync_index()
         return n
 

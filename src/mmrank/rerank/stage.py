@@ -1,211 +1,62 @@
-"""`mmrank rerank compare`: every re-ranker and ablation, over seeds, judged by logged labels and by the
-market's counterfactual evaluator; ``R/rerank/compare.json``, ``compare.md`` and plots.
-
-Per model and seed, on the test requests:
-
-* from logged labels, on the **shown** candidates (the only ones with labels) scored as the list the
-  user saw: AUC per task (click, cart, purchase; a model without a head for a task is scored with its
-  ranking head, e.g. ARMMT's CVR for cart, and so is a head whose loss weight is 0), NDCG@10 with gains purchase 4 > cart 2 > click 1 (the
-  highest event of a candidate; mean over requests with any event), GMV@10 (price x purchase over the
-  model's top 10 of the shown, mean per request);
-* from the evaluator (:class:`mmrank.data.truth.Evaluator`, reading ``R/truth/``), the expected purchases
-  and GMV per request (mean over requests) when the model's order is shown (its first ``n_shown``):
-
-  - ``expected_purchases`` / ``expected_gmv``: the re-ranker re-orders the list the production stage
-    handed it, i.e. the ``n_shown`` candidates of the logged list (the usual scope of a re-ranker:
-    PRM and ARMMT re-rank the ranker's top-N);
-  - ``expected_purchases_all`` / ``expected_gmv_all``: the re-ranker chooses among **every** retrieved
-    candidate (about 50). Labels exist only for shown candidates, so this asks the model about
-    candidates unlike any it was trained on (selection bias); reported as it comes out. Without ``R/truth/`` (or without
-  :mod:`mmrank.data.truth`) these are reported absent (``mean``/``std`` null) and ``meta.evaluator`` says why.
-
-Each figure is the mean and std over seeds (std with ddof=1; ``logged`` is deterministic, std 0),
-overall and per region (``regions``). ``logged`` is the production order as logged.
+"""The re-ranking stage on a run directory: train one model (:func:`train_model`, written as
+:mod:`mmrank.rerank.artifacts` lays out), every re-ranker and ablation over seeds (:func:`compare`:
+``R/rerank/compare.json``, ``compare.md`` and plots, judged as :mod:`mmrank.rerank.evaluate` says), and
+the demo's step (:func:`demo_stage`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mmrank.ctr.evaluate import json_ready
 from mmrank.errors import ConfigError
-from mmrank.eval import auc, ndcg_at_k
-from mmrank.rerank.data import TASKS, candidate_index
+from mmrank.rerank.artifacts import save_model
+from mmrank.rerank.evaluate import (GAINS, aggregate, beam_result, evaluator_for, logged_result,
+                                    model_result)
 from mmrank.rerank.models import ABLATIONS, MODELS
-from mmrank.rerank.trainer import RerankData, RerankTrainConfig, fit, load_data, predict
+from mmrank.rerank.trainer import RerankData, RerankTrainConfig, fit, load_data
 
 MAIN_MODELS = ("dnn", "armmt", "armmt-concat", "prm", "mmoe", "esmm", "seqmd")
 DEFAULT_MODELS = ("logged", *MAIN_MODELS, "seqmd-plain", *[a for a in ABLATIONS if a != "armmt-concat"])
-GAINS = {"click": 1.0, "cart": 2.0, "purchase": 4.0}
-METRICS = ("ndcg@10", "gmv@10", "expected_purchases", "expected_gmv", "expected_purchases_all", "expected_gmv_all")
-K = 10
+
+# The demo's settings per size (1 seed).
+DEMO = {"tiny": dict(models=["logged", "dnn", "armmt", "armmt-concat", "seqmd", "mmoe"], max_train_lists=None),
+        "small": dict(models=["logged", "dnn", "armmt", "armmt-concat", "mmoe", "seqmd"], max_train_lists=20_000),
+        "default": dict(models=None, max_train_lists=60_000)}
 
 
-def evaluator_for(run: Path) -> tuple[Any | None, str]:
-    """The run's counterfactual evaluator, or ``(None, why not)``."""
-    if not (Path(run) / "truth").exists():
-        return None, f"absent: {run}/truth/ does not exist (a market without ground truth)"
-    try:
-        from mmrank.data.truth import Evaluator
-    except ImportError as err:
-        return None, f"absent: mmrank.data.truth is not available ({err})"
-    return Evaluator(run), "present"
-
-
-def _safe_auc(y: np.ndarray, s: np.ndarray) -> float:
-    if len(y) == 0 or y.min() == y.max():
-        return float("nan")
-    return auc(y, s)
-
-
-def _relevance(data: RerankData, idx: np.ndarray) -> np.ndarray:
-    rel = np.zeros(len(idx))
-    for t, g in GAINS.items():
-        rel = np.maximum(rel, g * data.lists.label(t)[idx])
-    return rel
-
-
-def _group_metrics(data: RerankData, sel: np.ndarray, cands: list[np.ndarray], task_scores: dict[str, list],
-                   rank: list[np.ndarray], expected: dict[str, np.ndarray | None]) -> dict[str, Any]:
-    """Metrics over the requests at positions ``sel`` of ``cands``/``rank``."""
-    lists = data.lists
-    out: dict[str, Any] = {"n_requests": int(len(sel)), "auc": {}}
-    idx = np.concatenate([cands[i] for i in sel]) if len(sel) else np.zeros(0, np.int64)
-    for t in TASKS:
-        s = np.concatenate([task_scores[t][i] for i in sel]) if len(sel) else np.zeros(0)
-        out["auc"][t] = _safe_auc(lists.label(t)[idx].astype(np.int64), s)
-    # NDCG@10 over requests with any event, GMV@10
-    width = max((len(cands[i]) for i in sel), default=1)
-    rel = np.zeros((len(sel), width))
-    sc = np.zeros((len(sel), width))
-    mask = np.zeros((len(sel), width), bool)
-    gmv = np.zeros(len(sel))
-    for j, i in enumerate(sel):
-        c = cands[i]
-        rel[j, :len(c)] = _relevance(data, c)
-        sc[j, :len(c)] = rank[i]
-        mask[j, :len(c)] = True
-        top = c[np.argsort(-rank[i], kind="stable")[:K]]
-        gmv[j] = float((lists.price[top] * lists.purchase[top]).sum())
-    any_rel = rel.max(axis=1) > 0 if len(sel) else np.zeros(0, bool)
-    out["ndcg@10"] = ndcg_at_k(rel[any_rel], sc[any_rel], K, mask[any_rel]) if any_rel.any() else float("nan")
-    out["gmv@10"] = float(gmv.mean()) if len(sel) else float("nan")
-    for key in METRICS[2:]:
-        v = expected.get(key)
-        out[key] = float(np.mean(v[sel])) if v is not None and len(sel) else None
-    return out
-
-
-def shown_first_orders(data: RerankData, rows: np.ndarray, cands: list[np.ndarray],
-                       rank: list[np.ndarray]) -> list[np.ndarray]:
-    """Item-id orders that show the logged list's candidates re-ordered by ``rank`` (scores of the
-    shown candidates ``cands``), then the other candidates in the logged order."""
-    out = []
-    for r, c, s in zip(rows, cands, rank):
-        every = np.arange(data.lists.offsets[r], data.lists.offsets[r + 1])
-        rest = every[data.lists.position[every] < 0]
-        out.append(data.lists.item_id[np.concatenate([c[np.argsort(-s, kind="stable")], rest])])
-    return out
-
-
-def evaluate_orders(data: RerankData, rows: np.ndarray, shown: tuple[list, dict, list],
-                    orders: list[np.ndarray] | None, evaluator: Any | None,
-                    orders_shown: list[np.ndarray] | None = None) -> dict[str, Any]:
-    """All metrics of one model and seed: ``shown = (candidates, {task: scores}, ranking scores)`` on the
-    shown candidates; for the evaluator, ``orders`` one item-id array per request choosing among every
-    candidate (``*_all``) and ``orders_shown`` re-ordering the logged list (default: by the ranking
-    scores of ``shown``)."""
-    cands, task_scores, rank = shown
-    expected: dict[str, np.ndarray | None] = {}
-    if evaluator is not None:
-        rid = data.lists.request_id[rows]
-        res = evaluator.expected(rid, orders_shown or shown_first_orders(data, rows, cands, rank))
-        expected["expected_purchases"] = np.asarray(res["purchases"], np.float64)
-        expected["expected_gmv"] = np.asarray(res["gmv"], np.float64)
-        if orders is not None:
-            res = evaluator.expected(rid, orders)
-            expected["expected_purchases_all"] = np.asarray(res["purchases"], np.float64)
-            expected["expected_gmv_all"] = np.asarray(res["gmv"], np.float64)
-    regions = data.lists.region[rows]
-    out = _group_metrics(data, np.arange(len(rows)), cands, task_scores, rank, expected)
-    out["regions"] = {str(int(r)): _group_metrics(data, np.flatnonzero(regions == r), cands, task_scores, rank, expected)
-                      for r in np.unique(regions)}
-    return out
-
-
-def logged_result(data: RerankData, rows: np.ndarray, evaluator: Any | None) -> dict[str, Any]:
-    """The production order as logged: shown candidates by position, all candidates in logged order."""
-    cands = candidate_index(data.lists, rows, "shown")
-    rank = [-data.lists.position[c].astype(np.float64) for c in cands]
-    orders = [data.lists.item_id[c] for c in candidate_index(data.lists, rows, "all")]
-    return evaluate_orders(data, rows, (cands, {t: rank for t in TASKS}, rank), orders, evaluator, orders)
-
-
-def _task_scores(model, scores: dict[str, list]) -> dict[str, list]:
-    """Each task's AUC reads its own head when the loss trained it (weight > 0), else the ranking head
-    (ARMMT has no cart head; with lambda = 0 its click head is untrained)."""
-    w = model.cfg.loss_weights
-    return {t: scores[t] if t in scores and w.get(t, 0.0) > 0 else scores["rank"] for t in TASKS}
-
-
-def model_result(model, data: RerankData, rows: np.ndarray, evaluator: Any | None) -> dict[str, Any]:
-    cands, scores = predict(model, data, rows, "shown")
-    task_scores = _task_scores(model, scores)
-    orders = None
-    if evaluator is not None:
-        all_c, all_s = predict(model, data, rows, "all")
-        orders = [data.lists.item_id[c[np.argsort(-s, kind="stable")]] for c, s in zip(all_c, all_s["rank"])]
-    return evaluate_orders(data, rows, (cands, task_scores, scores["rank"]), orders, evaluator)
-
-
-def beam_result(model, data: RerankData, rows: np.ndarray, evaluator: Any, width: int) -> dict[str, Any]:
-    """:func:`model_result` with the evaluator shown the generator-evaluator (beam search) orders."""
-    from mmrank.rerank.beam import beam_orders
-
-    cands, scores = predict(model, data, rows, "shown")
-    task_scores = _task_scores(model, scores)
-    orders = [data.lists.item_id[o] for o in beam_orders(model, data, rows, width=width)]
-    return evaluate_orders(data, rows, (cands, task_scores, scores["rank"]), orders, evaluator)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Aggregation over seeds
-
-
-def _one_thread_if_loaded() -> None:
+def one_thread_if_loaded() -> None:
     """On an oversubscribed machine (load >= cores) OpenMP spin-waiting makes 2 torch threads many
-    times slower than 1 for these small models (measured: 92 s vs 2.4 s for 2,000 ARMMT training lists
-    at load 8 on 2 cores); use one then."""
+    times slower than 1 for these small models; use one then."""
     from mmrank.threads import configure, machine_busy
 
     if machine_busy():
         configure(1, faiss=False)
 
 
-def _stat(values: list) -> dict[str, float | None]:
-    v = [x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
-    if not v:
-        return {"mean": None, "std": None}
-    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
-
-
-def _aggregate_block(per_seed: list[dict]) -> dict[str, Any]:
-    out = {"auc": {t: _stat([s["auc"][t] for s in per_seed]) for t in TASKS}}
-    for m in METRICS:
-        out[m] = _stat([s[m] for s in per_seed])
-    out["n_requests"] = per_seed[0]["n_requests"]
-    return out
-
-
-def aggregate(per_seed: list[dict]) -> dict[str, Any]:
-    out = _aggregate_block(per_seed)
-    out["regions"] = {r: _aggregate_block([s["regions"][r] for s in per_seed]) for r in per_seed[0]["regions"]}
-    return out
+def train_model(run: str | Path, name: str, *, seed: int = 0, train_cfg: RerankTrainConfig | None = None,
+                encoder: Any | None = None, progress: bool = True, one_thread_if_busy: bool = True) -> dict:
+    """Train model ``name`` on the run's training lists, evaluate on the test lists, write
+    ``R/rerank/<name>/``; returns the metrics."""
+    run = Path(run)
+    if one_thread_if_busy:
+        one_thread_if_loaded()
+    data = load_data(run, encoder=encoder)
+    tcfg = train_cfg or RerankTrainConfig()
+    model, info = fit(data, name, seed=seed, train_cfg=tcfg, progress=progress)
+    evaluator, status = evaluator_for(run)
+    metrics = model_result(model, data, data.lists.test_rows(), evaluator)
+    metrics.update({"model": name, "seed": seed, "evaluator": status, "train_seconds": info["seconds"],
+                    "train_loss": info["loss"], "test_requests": int(len(data.lists.test_rows()))})
+    out = run / "rerank" / name
+    save_model(model, data, out, tcfg, {"seed": seed})
+    (out / "metrics.json").write_text(json.dumps(json_ready(metrics), indent=2))
+    return metrics
 
 
 def _m(x: dict | None) -> float | None:
@@ -254,8 +105,6 @@ def acceptance(res: dict[str, Any], smallest_region: str | None) -> dict[str, An
     return checks
 
 
-# ---------------------------------------------------------------------------------------------------
-
 
 def compare(run: str | Path, *, seeds: int = 3, models: list[str] | None = None,
             train_cfg: RerankTrainConfig | None = None, encoder: Any | None = None, progress: bool = True,
@@ -275,7 +124,7 @@ def compare(run: str | Path, *, seeds: int = 3, models: list[str] | None = None,
         raise ConfigError(f"--seeds: must be >= 1, got {seeds}")
     t0 = time.perf_counter()
     if one_thread_if_busy:
-        _one_thread_if_loaded()
+        one_thread_if_loaded()
     data = data or load_data(run, encoder=encoder)
     if evaluator is None:
         evaluator, ev_status = evaluator_for(run)
@@ -328,21 +177,9 @@ def compare(run: str | Path, *, seeds: int = 3, models: list[str] | None = None,
     out["meta"]["markdown"] = str(d / "compare.md")
     if plots:
         out["meta"]["plots"] = write_plots(out, d)
-    (d / "compare.json").write_text(json.dumps(_clean(out), indent=2))
+    (d / "compare.json").write_text(json.dumps(json_ready(out), indent=2))
     (d / "compare.md").write_text(markdown(out))
     return out
-
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (np.floating, np.integer, np.bool_)):
-        return x.item()
-    return x
 
 
 def _fmt(s: dict | None, digits: int = 4) -> str:
@@ -445,4 +282,34 @@ def write_plots(out: dict[str, Any], d: Path) -> list[str]:
     return paths
 
 
-__all__ = ["compare", "evaluator_for", "evaluate_orders", "logged_result", "model_result", "markdown"]
+
+def demo_stage(run: Path, size: str) -> dict:
+    """The re-ranking stage of ``mmrank demo``: a one-seed comparison on the run's lists.
+
+    Returns per model: purchase (CVR) AUC, NDCG@10 and the evaluator's expected purchases and GMV, and
+    the markdown table (``R/rerank/compare.md``).
+    """
+    import torch
+
+    if size not in DEMO:
+        raise ConfigError(f"size: expected one of {', '.join(DEMO)}, got {size!r}")
+    lists = Path(run) / "data" / "lists.parquet"
+    import pyarrow.parquet as pq
+
+    if not lists.exists() or "item_ids" not in pq.read_schema(lists).names:
+        return {"skipped": f"{lists} has no search-surface candidate lists (a market from before the LISTS schema "
+                           "of issue 9); re-generate the market"}
+    from mmrank.threads import configure
+
+    configure(min(2, torch.get_num_threads()), faiss=False)
+    cfg = DEMO[size]
+    r = compare(Path(run), seeds=1, models=cfg["models"], progress=False,
+                train_cfg=RerankTrainConfig(max_train_lists=cfg["max_train_lists"]))
+    meta = r["meta"]
+    out = {"evaluator": meta["evaluator"], "test_requests": meta["test_requests"], "plots": meta.get("plots", []),
+           "markdown": Path(meta["markdown"]).read_text()}
+    for m in meta["models"]:
+        out[m] = {"auc_purchase": r[m]["auc"]["purchase"]["mean"], "ndcg@10": r[m]["ndcg@10"]["mean"],
+                  "expected_purchases": r[m]["expected_purchases"]["mean"],
+                  "expected_gmv": r[m]["expected_gmv"]["mean"]}
+    return out

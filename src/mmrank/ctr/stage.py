@@ -1,9 +1,17 @@
-"""The Table 3 analogue: every strategy over several seeds, the frequency-group and new-item breakdowns
-(Figure 6b), and the MAKE epochs curve (Figure 6c); written to ``R/ctr/compare.json``, a markdown
-table ``R/ctr/compare.md`` and PNG plots under ``R/report/plots/``.
+"""The CTR stage on a run directory: train one strategy (:func:`train_strategy`), score a samples file
+(:func:`predict_file`), the Table 3 analogue (:func:`compare`) and the demo's step (:func:`demo_stage`).
 
-MAKE is pre-trained once per seed and shared by ``make`` and ``simtier+make``; the epochs curve
-pre-trains one MAKE (seed 0) for ``max(curve)`` epochs and snapshots it at each E of the curve.
+:func:`compare` trains every strategy over several seeds, with the frequency-group and new-item
+breakdowns (Figure 6b) and the MAKE epochs curve (Figure 6c); it writes ``R/ctr/compare.json``, a
+markdown table ``R/ctr/compare.md`` and PNG plots under ``R/report/plots/``. MAKE is pre-trained once
+per seed and shared by ``make`` and ``simtier+make``; the epochs curve pre-trains one MAKE (seed 0) for
+``max(curve)`` epochs and snapshots it at each E of the curve. Each trained strategy is written as
+:mod:`mmrank.ctr.artifacts` lays out.
+
+Example::
+
+    >>> from mmrank.ctr.stage import train_strategy
+    >>> metrics = train_strategy(Path("runs/demo"), "simtier")        # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -17,13 +25,63 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from mmrank.ctr.artifacts import load_model, save_model
+from mmrank.ctr.data import load_samples
+from mmrank.ctr.evaluate import N_GROUPS, evaluate, json_ready
 from mmrank.ctr.models import STRATEGIES, CtrConfig
-from mmrank.ctr.run import (N_GROUPS, RunData, _nan_to_none, build_model, evaluate, fit_strategy, load_run,
-                            new_make, save_model)
+from mmrank.ctr.rundata import RunData, build_model, fit_strategy, load_run, new_make
 from mmrank.ctr.trainer import TrainConfig, predict, pretrain_make
 from mmrank.ctr.trainer import train as trainer_train
+from mmrank.errors import ConfigError
 
 console = Console(stderr=True)
+
+# The demo's settings per size (1 seed): MAKE epochs, the epochs curve, and the latest training rows
+# used (the budget at size "small" is 5 minutes on 2 cores).
+DEMO = {"tiny": dict(make_epochs=2, curve=(0, 2), max_train_rows=None),
+        "small": dict(make_epochs=2, curve=(0, 2), max_train_rows=120_000),
+        "default": dict(make_epochs=4, curve=(0, 1, 2, 4), max_train_rows=400_000)}
+
+
+def train_strategy(run: Path, strategy: str, *, seed: int = 0, make_epochs: int = 4,
+                   cfg: CtrConfig | None = None, train_cfg: TrainConfig | None = None,
+                   data: RunData | None = None, progress: bool = True) -> dict:
+    """Train ``strategy`` on the run, evaluate on the test split, write ``R/ctr/<strategy>/``."""
+    run = Path(run)
+    cfg = cfg or CtrConfig()
+    data = data or load_run(run, with_vectors=strategy != "id")
+    tcfg = train_cfg or TrainConfig()
+    model, info = fit_strategy(data, strategy, seed=seed, make_epochs=make_epochs, cfg=cfg,
+                               train_cfg=tcfg, progress=progress)
+    probs = predict(model, data.enc)
+    metrics = evaluate(data, probs)
+    metrics.update({"strategy": strategy, "seed": seed, "oracle_auc": data.manifest.get("oracle_auc"),
+                    "train_seconds": info["train"]["seconds"],
+                    "make_pretrain_seconds": info.get("make_pretrain", {}).get("seconds")})
+    out = run / "ctr" / strategy
+    save_model(model, data.space, out, train_cfg=tcfg.model_copy(update={"seed": seed}),
+               extra={"make_epochs": info["make_epochs"], "representations": data.vec_source})
+    (out / "metrics.json").write_text(json.dumps(json_ready(metrics), indent=2))
+    return metrics
+
+
+def predict_file(run: Path, strategy: str, samples: Path, out: Path) -> int:
+    """Score a CTR_SAMPLES file (``split`` may be anything) with ``R/ctr/<strategy>``; write Parquet
+    ``request_id, item_id, position, score``. Returns the number of rows."""
+    import pyarrow as pa
+
+    from mmrank.data.io import write_table
+
+    model, space, _ = load_model(run, strategy)
+    data = load_samples(samples, require_split=False)
+    # load_model re-attached the run's current representations: items created after training (out
+    # of the ID vocabulary) still get theirs, as the real-time embedding table intends (Sec. 5)
+    enc = space.encode(data)
+    probs = predict(model, enc, np.arange(len(data)), progress=True)
+    table = pa.table({"request_id": pa.array(data.request_id), "item_id": pa.array(data.item_id),
+                      "position": pa.array(data.position), "score": pa.array(probs.astype(np.float64))})
+    write_table(table, out)
+    return len(data)
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
@@ -93,7 +151,7 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = STRATEGI
             if seed == 0:
                 save_model(model, data.space, run / "ctr" / s, train_cfg=tcfg,
                            extra={"make_epochs": info["make_epochs"], "representations": data.vec_source})
-                (run / "ctr" / s / "metrics.json").write_text(json.dumps(_nan_to_none(m), indent=2))
+                (run / "ctr" / s / "metrics.json").write_text(json.dumps(json_ready(m), indent=2))
             if seed == 0 and s == "make" and make_epochs in curve:
                 curve_res[make_epochs] = [m]
         if seed == 0:
@@ -138,13 +196,13 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = STRATEGI
     result["seconds"] = round(time.perf_counter() - t0, 1)
     out = run / "ctr"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps(_nan_to_none(result), indent=2))
+    (out / "compare.json").write_text(json.dumps(json_ready(result), indent=2))
     (out / "compare.md").write_text(markdown_table(result, strategies))
     if plots:
         from mmrank.report.plots import plot_ctr_compare
 
         result["plots"] = [str(p) for p in plot_ctr_compare(result, strategies, run / "report" / "plots")]
-        (out / "compare.json").write_text(json.dumps(_nan_to_none(result), indent=2))
+        (out / "compare.json").write_text(json.dumps(json_ready(result), indent=2))
     return result
 
 
@@ -213,3 +271,28 @@ def auc_of(data: RunData, probs: np.ndarray) -> float:
     from mmrank.eval import auc
 
     return float(auc(data.samples.label[data.enc.test_rows()].astype(np.int64), probs))
+
+
+def demo_stage(run: Path, size: str) -> dict:
+    """The CTR stage of ``mmrank demo``: a one-seed comparison of the six strategies on the run.
+
+    Returns the headline figures: GAUC/AUC of each strategy, relative GAUC change against ``id``
+    overall, on the rarest item group and on new items, the MAKE epochs curve, and ``oracle_auc``.
+    """
+    from mmrank import threads
+
+    if size not in DEMO:
+        raise ConfigError(f"size: expected one of {', '.join(DEMO)}, got {size!r}")
+    threads.configure(min(2, threads.get()))
+    r = compare(Path(run), seeds=1, progress=False, **DEMO[size])
+    out = {"oracle_auc": r.get("oracle_auc"), "representations": r.get("representations"),
+           "seconds": r.get("seconds"), "plots": r.get("plots", [])}
+    for s in STRATEGIES:
+        rel = r[s].get("relative", {})
+        out[s] = {"auc": r[s]["auc"]["mean"], "gauc": r[s]["gauc"]["mean"],
+                  "logloss": r[s]["logloss"]["mean"], "rel_gauc": rel.get("gauc"),
+                  "rel_gauc_group1": (rel.get("groups_gauc") or [None])[0],
+                  "rel_gauc_group8": (rel.get("groups_gauc") or [None])[-1],
+                  "rel_gauc_new_items": rel.get("new_items_gauc")}
+    out["make_epochs_curve"] = r.get("make_epochs_curve")
+    return out

@@ -24,16 +24,11 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from mmrank.durable import commit_file, fsync_dir, temp_path, write_text
 from mmrank.errors import MMRankError
 
 FORMAT = 1
 WEIGHTS, CONFIG, VERSION, METRICS = "weights.safetensors", "config.json", "version.txt", "metrics.json"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def version_of(config_json: str, weights_file: Path) -> str:
@@ -48,7 +43,7 @@ def save_encoder(out: Path, model: torch.nn.Module, config: dict[str, Any],
                  extra_tensors: dict[str, torch.Tensor] | None = None) -> str:
     """Write the encoder directory ``out`` (replaced whole, atomically); returns the version id."""
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp = temp_path(out)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -58,15 +53,17 @@ def save_encoder(out: Path, model: torch.nn.Module, config: dict[str, Any],
     # safetensors needs at least one tensor to write a meaningful file; keep a marker for head-less
     # encoders (off-the-shelf).
     tensors.setdefault("format", torch.tensor([FORMAT]))
-    save_file(tensors, str(tmp / WEIGHTS), metadata={"format": str(FORMAT)})
+    weights = temp_path(tmp / WEIGHTS)
+    save_file(tensors, str(weights), metadata={"format": str(FORMAT)})
+    commit_file(weights, tmp / WEIGHTS)
     cfg = {"format": FORMAT, **config}
     cfg_json = json.dumps(cfg, sort_keys=True, indent=1)
-    (tmp / CONFIG).write_text(cfg_json)
-    (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=True))
+    write_text(tmp / CONFIG, cfg_json)
+    write_text(tmp / "config.yaml", yaml.safe_dump(cfg, sort_keys=True))
     version = version_of(cfg_json, tmp / WEIGHTS)
-    (tmp / VERSION).write_text(version + "\n")
+    write_text(tmp / VERSION, version + "\n")
     if metrics is not None:
-        (tmp / METRICS).write_text(json.dumps({**metrics, "version": version}, indent=1))
+        write_text(tmp / METRICS, json.dumps({**metrics, "version": version}, indent=1))
     if out.exists():
         old = out.with_name(f".{out.name}.{os.getpid()}.old.{time.time_ns()}")
         os.replace(out, old)
@@ -75,6 +72,7 @@ def save_encoder(out: Path, model: torch.nn.Module, config: dict[str, Any],
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, out)
+    fsync_dir(out.parent)
     return version
 
 

@@ -1,0 +1,74 @@
+"""A trained strategy on disk: ``R/ctr/<strategy>/`` written by :func:`save_model`, read by :func:`load_model`.
+
+Layout (``R`` the run)::
+
+    R/ctr/<strategy>/model.safetensors   weights (MAKE's too; never the representations)
+    R/ctr/<strategy>/vocab.safetensors   the ID vocabularies the model was trained with
+    R/ctr/<strategy>/config.json         CtrConfig, TrainConfig, sizes, MAKE epochs, representation source
+    R/ctr/<strategy>/metrics.json        auc, gauc, logloss, groups (8, lowest frequency first), new_items
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.numpy import load_file as load_np, save_file as save_np
+from safetensors.torch import load_file as load_torch, save_file as save_torch
+
+from mmrank.ctr.data import FeatureSpace, Vocab
+from mmrank.ctr.models import CtrConfig, CtrModel, ModelSizes
+from mmrank.ctr.representations import (check_representation_version, item_vectors, representation_version,
+                                        vector_table)
+from mmrank.ctr.trainer import TrainConfig
+from mmrank.errors import ConfigError, MMRankError
+
+
+def save_model(model: CtrModel, space: FeatureSpace, out: Path, *, train_cfg: TrainConfig,
+               extra: dict | None = None) -> None:
+    """Write weights, vocabularies and config (safetensors + JSON) to ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_torch(state, str(out / "model.safetensors"))
+    arrays = {k: v for k, v in space.to_arrays().items() if k != "vocab.vec_items"}
+    save_np(arrays, str(out / "vocab.safetensors"))
+    conf = {"model": model.cfg.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json"),
+            "sizes": model.sizes.to_dict(), "make_frozen": model.freeze_make}
+    conf.update(extra or {})
+    (out / "config.json").write_text(json.dumps(conf, indent=2))
+
+
+def load_model(run: Path, strategy: str, *, attach_vectors: bool = True,
+               encoder_version: str | None = None) -> tuple[CtrModel, FeatureSpace, dict]:
+    """Load ``R/ctr/<strategy>`` (in eval mode).
+
+    With ``attach_vectors`` the run's current representations are re-attached (``space.vec_items``
+    covers them), after checking that they come from the encoder version the model was trained on.
+    Without, the model gets an empty ``(2, D)`` table and ``space.vec_items`` is None: the caller
+    passes the vectors of each batch to :func:`score` (serving), after checking ``encoder_version``
+    (the version of the table it will read) the same way.
+    """
+    d = Path(run) / "ctr" / strategy
+    if not (d / "model.safetensors").exists():
+        raise MMRankError(f"{d}: no trained model (run `mmrank ctr train --run {run} --strategy {strategy}`)")
+    conf = json.loads((d / "config.json").read_text())
+    cfg = CtrConfig.model_validate(conf["model"])
+    sizes = ModelSizes(**conf["sizes"])
+    space = FeatureSpace.from_arrays(load_np(str(d / "vocab.safetensors")))
+    vecs = None
+    if cfg.uses_vectors and attach_vectors:
+        ids, v, source = item_vectors(run)
+        check_representation_version(conf, d, representation_version(source))
+        if v.shape[1] != sizes.vec_dim:
+            raise ConfigError(f"{d}: trained on {sizes.vec_dim}-d representations, the run now has "
+                              f"{v.shape[1]}-d ones")
+        space.vec_items = Vocab.of(ids)
+        vecs = vector_table(space, ids, v)
+    elif cfg.uses_vectors:
+        check_representation_version(conf, d, encoder_version)
+        vecs = torch.zeros(2, sizes.vec_dim)
+    model = CtrModel(cfg, sizes, vecs, freeze_make=bool(conf.get("make_frozen")))
+    model.load_state_dict(load_torch(str(d / "model.safetensors")), strict=True)
+    model.eval()
+    return model, space, conf

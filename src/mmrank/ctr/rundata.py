@@ -1,0 +1,134 @@
+"""A run's CTR samples and representations in memory (:class:`RunData`, :func:`load_run`), and fitting
+one strategy on them (:func:`fit_strategy`, with MAKE pre-training and the precomputed SimTier counts).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmrank.ctr.data import CtrSamples, EncodedSamples, FeatureSpace, Vocab, load_samples, simtier_features
+from mmrank.ctr.models import STRATEGIES, CtrConfig, CtrModel, MakeModule, ModelSizes
+from mmrank.ctr.representations import item_vectors, vector_table
+from mmrank.ctr.trainer import TrainConfig, pretrain_make, train
+from mmrank.errors import ConfigError
+from mmrank.models.layers import ItemVectors
+
+
+@dataclass
+class RunData:
+    """Samples of a run, encoded, with everything evaluation needs."""
+
+    samples: CtrSamples
+    space: FeatureSpace
+    enc: EncodedSamples
+    vectors: torch.Tensor | None      # (V, D) rows indexed by enc.item_v
+    vec_source: str
+    item_created_at: tuple[np.ndarray, np.ndarray] | None  # (sorted ids, created_at)
+    manifest: dict
+    train_idx: np.ndarray | None = None  # training rows used (default: the whole training split)
+
+    def train_rows(self) -> np.ndarray:
+        return self.enc.train_rows() if self.train_idx is None else self.train_idx
+
+    def limit_train(self, max_rows: int | None) -> None:
+        """Train on the latest ``max_rows`` rows of the training split only (None: all)."""
+        rows = self.enc.train_rows()
+        if max_rows is not None and len(rows) > max_rows:
+            order = np.argsort(self.samples.ts[rows], kind="stable")
+            rows = np.sort(rows[order[-max_rows:]])
+        self.train_idx = rows
+
+    def sizes(self) -> ModelSizes:
+        return ModelSizes(n_items=len(self.space.items), n_users=len(self.space.users),
+                          n_categories=self.space.n_categories, n_regions=self.space.n_regions,
+                          vec_dim=0 if self.vectors is None else int(self.vectors.shape[1]))
+
+
+def load_run(run: Path, *, with_vectors: bool = True, samples_path: Path | None = None,
+             space: FeatureSpace | None = None) -> RunData:
+    """Read ``R/data/ctr_samples.parquet`` (or ``samples_path``) and the run's representations."""
+    run = Path(run)
+    path = samples_path or run / "data" / "ctr_samples.parquet"
+    samples = load_samples(path, require_split=samples_path is None)
+    ids = vecs = None
+    source = ""
+    if with_vectors:
+        ids, vecs, source = item_vectors(run)
+    if space is None:
+        space = FeatureSpace.fit(samples, ids)
+    elif ids is not None:
+        space.vec_items = Vocab.of(ids)
+    enc = space.encode(samples)
+    table = vector_table(space, ids, vecs) if ids is not None else None
+    manifest = {}
+    mpath = run / "data" / "manifest.json"
+    if mpath.exists():
+        manifest = json.loads(mpath.read_text())
+    created = None
+    items_path = run / "data" / "items.parquet"
+    if items_path.exists():
+        from mmrank.data.io import read_table
+
+        t = read_table(items_path, "items", columns=["item_id", "created_at"])
+        iid = t.column("item_id").to_numpy().astype(np.int64)
+        order = np.argsort(iid)
+        created = (iid[order], t.column("created_at").to_numpy().astype(np.int64)[order])
+    return RunData(samples, space, enc, table, source, created, manifest)
+
+def build_model(data: RunData, cfg: CtrConfig, make: MakeModule | None = None,
+                freeze_make: bool = False) -> CtrModel:
+    if cfg.uses_vectors and data.vectors is None:
+        raise ConfigError(f"strategy {cfg.strategy!r} needs item representations; none were loaded")
+    vecs = ItemVectors(data.vectors) if data.vectors is not None and cfg.uses_vectors else None
+    if make is not None and vecs is not None:
+        make.vectors = vecs
+    return CtrModel(cfg, data.sizes(), vecs, make=make, freeze_make=freeze_make)
+
+
+def new_make(data: RunData, cfg: CtrConfig, seed: int) -> MakeModule:
+    torch.manual_seed(seed + 104729)
+    return MakeModule(ItemVectors(data.vectors), cfg.make)
+
+
+def ensure_simtier(data: RunData, cfg: CtrConfig) -> None:
+    """Precompute SimTier counts for every row once (``data.enc.extra["simtier"]``), unless present
+    with the same N; every later strategy, seed and epoch over these rows reuses them."""
+    have = data.enc.extra.get("simtier")
+    if have is not None and have.shape[1] == cfg.n_tiers:
+        return
+    if data.vectors is None:
+        raise ConfigError("SimTier needs item representations; none were loaded")
+    data.enc.extra["simtier"] = simtier_features(data.enc, data.vectors, cfg.n_tiers, cfg.history_len)
+
+
+def fit_strategy(data: RunData, strategy: str, *, seed: int = 0, make_epochs: int = 4,
+                 make: MakeModule | None = None, cfg: CtrConfig | None = None,
+                 train_cfg: TrainConfig | None = None, progress: bool = True) -> tuple[CtrModel, dict]:
+    """Train one strategy (pre-training MAKE first when needed, unless ``make`` is given pre-trained).
+
+    Returns ``(model, info)``; ``info`` holds training losses and times.
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    cfg = (cfg or CtrConfig()).model_copy(update={"strategy": strategy})
+    cfg = CtrConfig.model_validate(cfg.model_dump())
+    tcfg = (train_cfg or TrainConfig()).model_copy(update={"seed": seed})
+    info: dict[str, Any] = {"make_epochs": make_epochs if cfg.uses_make else None}
+    if cfg.uses_make and make is None:
+        make = new_make(data, cfg, seed)
+        if make_epochs > 0:
+            info["make_pretrain"] = pretrain_make(make, data.enc, data.train_rows(), epochs=make_epochs, cfg=tcfg,
+                                                  progress=progress)
+    if cfg.uses_simtier and cfg.simtier_in == "pipeline":
+        ensure_simtier(data, cfg)
+    torch.manual_seed(seed)
+    freeze = cfg.uses_make and make_epochs > 0 and cfg.make.after_pretrain == "freeze"
+    model = build_model(data, cfg, make=make, freeze_make=freeze)
+    info["train"] = train(model, data.enc, data.train_rows(), id_epochs=1, cfg=tcfg, progress=progress)
+    return model, info

@@ -1,0 +1,462 @@
+"""`mmrank report docs`: the result tables of ``docs/`` and the README, generated from runs' JSON.
+
+A run's figures live in the JSON its commands wrote (``R/data/manifest.json``, ``R/report/results.json``
+from ``mmrank demo``, ``R/pretrain/compare.json`` and ``compare_detail.json``, ``R/ctr/compare.json``,
+``R/rerank/compare.json``). ``mmrank report docs --run LABEL=R`` copies those files, as they are, to
+``docs/results/LABEL/`` (same relative paths; committed, small), then renders every generated block
+of ``README.md`` and ``docs/*.md`` from the copies under ``docs/results/``. With no ``--run`` it only
+re-renders. So no figure is typed by hand, and a figure that changed shows as a diff of both the JSON
+and the page. A benchmark's JSON (``benchmarks/cold_start.py --json F``) is copied with
+``--bench NAME=F`` to ``docs/results/bench/NAME.json``.
+
+A generated block is the text between ``<!-- generated: KEY -->`` and ``<!-- end generated -->``;
+the prose around it is written by hand and left alone. ``KEY`` is one of :data:`BLOCKS`. A known run
+label (:data:`KNOWN_RUNS`) whose copies are absent renders as a note naming the commands that make
+it and where its last figures are.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from mmrank.errors import MMRankError
+
+# What a run's commands write, relative to the run directory; copied under docs/results/<label>/.
+RUN_FILES = ("data/manifest.json", "report/results.json", "pretrain/compare.json",
+             "pretrain/compare_detail.json", "ctr/compare.json", "rerank/compare.json")
+LAST_FIGURES = "`git show 49d227b:README.md`"
+
+# The runs the pages describe, in page order: a title, and the commands that make the run.
+KNOWN_RUNS: dict[str, dict[str, str]] = {
+    "demo": {
+        "title": "`make demo` (`runs/demo`)",
+        "commands": "make demo    # = mmrank demo --out runs/demo --size small\n"
+                    "mmrank report docs --run demo=runs/demo",
+    },
+    "small": {
+        "title": "Small market, several training seeds (`runs/small`)",
+        "commands": "mmrank market generate --run runs/small --size small --seed 0\n"
+                    "mmrank pretrain compare --run runs/small --config cfg.yaml --seeds 3   "
+                    "# cfg (the demo's budget): pretrain: {epochs: 3, batch_size: 256, queue_size: 4096, "
+                    "hidden: 256, nested_dims: [64, 256], lr: 0.002}\n"
+                    "mmrank ctr compare --run runs/small --seeds 3 --curve 0,2,4 --epochs-curve 3 --threads 1\n"
+                    "mmrank rerank compare --run runs/small --seeds 3 --beam 3 --threads 1\n"
+                    "mmrank report docs --run small=runs/small",
+    },
+    "default": {
+        "title": "Default market (`runs/m7`)",
+        "commands": "mmrank market generate --run runs/m7 --seed 7\n"
+                    "mmrank pretrain compare --run runs/m7 --config cfg.yaml --seeds 3   "
+                    "# cfg: pretrain: {epochs: 6, batch_size: 512, queue_size: 16384, hidden: 256, "
+                    "lr: 0.002, nested_dims: [64, 256]}\n"
+                    "mmrank ctr compare --run runs/m7 --seeds 3 --curve '' --threads 1\n"
+                    "mmrank rerank compare --run runs/m7 --seeds 3 --threads 1 "
+                    "--models logged,dnn,armmt,armmt-concat,mmoe,seqmd,seqmd-no-mask\n"
+                    "mmrank report docs --run default=runs/m7",
+    },
+    "real": {
+        "title": "Real catalog, behaviour simulated (`runs/real`)",
+        "commands": "mmrank market generate --run runs/real --seed 7 "
+                    "--catalog ../shared/data/fashion-catalog/items.parquet\n"
+                    "mmrank pretrain compare --run runs/real --config cfg.yaml --image-size 80 --seeds 3\n"
+                    "mmrank ctr compare --run runs/real --seeds 3 --curve '' --threads 1\n"
+                    "mmrank rerank compare --run runs/real --seeds 3 --threads 1 "
+                    "--models logged,dnn,armmt,armmt-concat,mmoe,seqmd,seqmd-no-mask\n"
+                    "mmrank report docs --run real=runs/real",
+    },
+}
+
+_BEGIN = re.compile(r"<!-- generated: ([a-z0-9-]+) -->\n")
+_END = "<!-- end generated -->"
+_LABEL = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+# --------------------------------------------------------------------------------------------------
+# reading docs/results/
+
+
+class Results:
+    """The copied JSON under ``docs/results/``: ``runs[label][relative path] = parsed JSON``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.bench: dict[str, Any] = {}
+        if not root.exists():
+            return
+        for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "bench"):
+            files = {rel: _read(d / rel) for rel in RUN_FILES if (d / rel).exists()}
+            if files:
+                self.runs[d.name] = files
+        for f in sorted((root / "bench").glob("*.json")) if (root / "bench").exists() else []:
+            self.bench[f.stem] = _read(f)
+
+    def labels(self) -> list[str]:
+        """Known labels first (page order), then the others sorted."""
+        return [k for k in KNOWN_RUNS if k in self.runs] + sorted(k for k in self.runs if k not in KNOWN_RUNS)
+
+    def get(self, label: str, rel: str) -> Any:
+        return self.runs.get(label, {}).get(rel)
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise MMRankError(f"{path}: not valid JSON ({err})") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# formatting
+
+
+def _f(x: Any, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _pm(stat: dict | None, digits: int = 4, seeds: int = 2) -> str:
+    """``mean ± std`` of a ``{"mean", "std"}`` block; the mean alone for one seed or no std."""
+    if not stat or stat.get("mean") is None:
+        return "n/a"
+    sd = stat.get("std")
+    return _f(stat["mean"], digits) if sd is None or seeds < 2 else f"{_f(stat['mean'], digits)} ± {_f(sd, digits)}"
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{100 * x:+.2f}%"
+
+
+def _table(head: list[str], rows: Iterable[list[str]], align: str = "---:") -> list[str]:
+    return (["| " + " | ".join(head) + " |", "|---|" + "|".join([align] * (len(head) - 1)) + "|"]
+            + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _absent(label: str, what: str) -> list[str]:
+    where = (f"the commands in [runs.md](runs.md#{label})" if label in KNOWN_RUNS
+             else f"`mmrank report docs --run {label}=R`")
+    return [f"*No {what} in `docs/results/{label}/`.* Make it with {where}; the last figures measured "
+            f"are in {LAST_FIGURES}.", ""]
+
+
+def runs_rows(res: Results) -> list[str]:
+    """Every known run: the commands that make it, and whether docs/results holds it."""
+    out: list[str] = []
+    for label, known in KNOWN_RUNS.items():
+        have = ", ".join(f"`{rel}`" for rel in res.runs.get(label, {})) or "nothing yet"
+        out += [f'<a id="{label}"></a>', f"### {known['title']}", "", "```bash", *known["commands"].splitlines(),
+                "```", "", f"In `docs/results/{label}/`: {have}.", ""]
+    others = [k for k in res.labels() if k not in KNOWN_RUNS]
+    if others:
+        out += ["Other runs in `docs/results/`: " + ", ".join(f"`{k}`" for k in others) + ".", ""]
+    return out
+
+
+def _source(label: str, rel: str, writer: str) -> str:
+    return f"Source: `docs/results/{label}/{rel}`, written by `{writer}`."
+
+
+# --------------------------------------------------------------------------------------------------
+# blocks: one function per stage, over every run label
+
+
+def _sections(res: Results, rel: str, what: str,
+              render: Callable[[Results, str], list[str]], labels: Iterable[str] | None = None) -> list[str]:
+    """One ``### title`` section per run label (known labels always, absent ones as a note)."""
+    out: list[str] = []
+    labels = list(labels) if labels is not None else list(dict.fromkeys([*KNOWN_RUNS, *res.labels()]))
+    for label in labels:
+        title = KNOWN_RUNS.get(label, {}).get("title", f"run `{label}`")
+        out += [f"### {title}", ""]
+        out += render(res, label) if res.get(label, rel) is not None else _absent(label, what)
+    return out
+
+
+def market_rows(res: Results, label: str) -> list[str]:
+    man = res.get(label, "data/manifest.json")
+    head = ["surface", "oracle AUC", "attainable AUC", "CTR", "cart / click", "purchase / cart",
+            "history median / p90", "top-1% items' share", "columns R²"]
+    rows = []
+    for name, s in man.get("surfaces", {}).items():
+        r, h = s.get("rates", {}), s.get("history_len", {})
+        rows.append([name, _f(s.get("oracle_auc")), _f(s.get("attainable_auc")),
+                     "n/a" if r.get("click") is None else f"{100 * r['click']:.2f}%",
+                     _f(r.get("cart_per_click"), 3), _f(r.get("purchase_per_cart"), 3),
+                     f"{_f(h.get('median'), 0)} / {_f(h.get('p90'), 0)}", _f(s.get("top1pct_share"), 3),
+                     _f(s.get("columns_r2"), 3)])
+    counts = ", ".join(f"{k} {v:,}" for k, v in man.get("counts", {}).items() if isinstance(v, int))
+    return [f"{man.get('source', '')}; seed {man.get('seed')}; {counts}.", "", *_table(head, rows), "",
+            _source(label, "data/manifest.json", "mmrank market generate"), ""]
+
+
+def _pretrain_std(res: Results, label: str) -> dict[str, Any]:
+    detail = res.get(label, "pretrain/compare_detail.json") or {}
+    return {v: r.get("std") for v, r in detail.get("variants", {}).items() if r.get("std")}
+
+
+def pretrain_rows(res: Results, label: str) -> list[str]:
+    table = res.get(label, "pretrain/compare.json")
+    std = _pretrain_std(res, label)
+    detail = res.get(label, "pretrain/compare_detail.json") or {}
+    seeds = max([r.get("seeds", 1) for r in detail.get("variants", {}).values()] or [1])
+    head = ["variant", "Acc@1 image", "Acc@1 text", "Acc@5 image", "Acc@5 text"]
+    rows = []
+    for v, r in table.items():
+        def cell(acc: str, m: str, v: str = v, r: dict = r) -> str:
+            sd = (std.get(v) or {}).get(acc, {}).get(m)
+            return _pm({"mean": r[acc][m], "std": sd}, seeds=seeds)
+        rows.append([v, cell("acc@1", "image"), cell("acc@1", "text"), cell("acc@5", "image"),
+                     cell("acc@5", "text")])
+    note = (f"Mean ± std over {seeds} training seeds (the reference rows train nothing)." if seeds > 1
+            else "One training seed.")
+    return [note, "", *_table(head, rows), "",
+            _source(label, "pretrain/compare.json", "mmrank pretrain compare")
+            + (" Std: `pretrain/compare_detail.json`." if std else ""), ""]
+
+
+def _ctr_strategies(comp: dict) -> list[str]:
+    return [k for k, v in comp.items() if isinstance(v, dict) and "gauc" in v and "auc" in v]
+
+
+def ctr_rows(res: Results, label: str) -> list[str]:
+    comp = res.get(label, "ctr/compare.json")
+    strategies = _ctr_strategies(comp)
+    head = ["strategy", "AUC", "GAUC", "LogLoss", "ΔAUC", "ΔGAUC", "ΔGAUC group 1", "ΔGAUC group 8",
+            "ΔGAUC new items"]
+    rows = []
+    for s in strategies:
+        r, rel = comp[s], comp[s].get("relative") or {}
+        g = rel.get("groups_gauc") or [None]
+        n = comp.get("seeds") or 1
+        rows.append([s, _pm(r["auc"], seeds=n), _pm(r["gauc"], seeds=n), _pm(r["logloss"], seeds=n),
+                     _pct(rel.get("auc")),
+                     _pct(rel.get("gauc")), _pct(g[0]), _pct(g[-1]), _pct(rel.get("new_items_gauc"))])
+    out = [f"{comp.get('seeds')} seed(s); {comp.get('n_train', 0):,} training and {comp.get('n_test', 0):,} "
+           f"test impressions; MAKE pre-trained {comp.get('make_epochs')} epochs; representations: "
+           f"{comp.get('representations')}; oracle AUC {_f(comp.get('oracle_auc'))}.", "",
+           *_table(head, rows), ""]
+    groups = [s for s in strategies if (comp[s].get("relative") or {}).get("groups_logloss") and s != "id"]
+    if groups:
+        n = len(comp[groups[0]]["relative"]["groups_logloss"])
+        out += ["LogLoss change against `id` by item-frequency group, G1 rarest (Figure 6b; negative is "
+                "better):", "",
+                *_table(["strategy", *(f"G{i}" for i in range(1, n + 1))],
+                        [[s, *(_pct(x) for x in comp[s]["relative"]["groups_logloss"])] for s in groups]), ""]
+    if comp.get("make_epochs_curve"):
+        out += ["MAKE pre-training epochs (Figure 6c): " + ", ".join(
+            f"E={c['epochs']}: GAUC {_f(c.get('gauc'))}" for c in comp["make_epochs_curve"]) + ".", ""]
+    if comp.get("epochs_curve"):
+        out += ["Test AUC over training epochs (Figure 3; seed 0): " + ", ".join(
+            f"E={c['epochs']}: id {_f(c.get('id_auc'))} / multimodal {_f(c.get('multimodal_auc'))}"
+            for c in comp["epochs_curve"]) + ".", ""]
+    return out + [_source(label, "ctr/compare.json", "mmrank ctr compare"), ""]
+
+
+def _rerank_models(comp: dict) -> list[str]:
+    return [m for m in comp.get("meta", {}).get("models", []) if m in comp]
+
+
+def rerank_rows(res: Results, label: str) -> list[str]:
+    comp = res.get(label, "rerank/compare.json")
+    meta = comp.get("meta", {})
+    head = ["model", "AUC click", "AUC cart", "AUC purchase", "NDCG@10", "E[purchases]", "E[GMV]",
+            "E[purchases] all"]
+    n = meta.get("seeds") or 1
+    rows = [[m, _pm(comp[m]["auc"]["click"], seeds=n), _pm(comp[m]["auc"]["cart"], seeds=n),
+             _pm(comp[m]["auc"]["purchase"], seeds=n), _pm(comp[m].get("ndcg@10"), seeds=n),
+             _pm(comp[m].get("expected_purchases"), 3, n), _pm(comp[m].get("expected_gmv"), 2, n),
+             _pm(comp[m].get("expected_purchases_all"), 3, n)] for m in _rerank_models(comp)]
+    out = [f"{meta.get('seeds')} seed(s); {meta.get('train_requests', 0):,} training and "
+           f"{meta.get('test_requests', 0):,} test lists; evaluator: {meta.get('evaluator')}.", "",
+           *_table(head, rows), ""]
+    checks = meta.get("acceptance") or {}
+    if checks:
+        out += ["Acceptance lines, computed from the figures by `rerank compare`:", ""]
+        for k, v in checks.items():
+            if v is None:
+                out.append(f"- {k}: not measurable (a figure is missing)")
+            elif "holds" in v:
+                out.append(f"- {k}: **{'holds' if v['holds'] else 'does not hold'}**")
+            else:
+                bad = [m for m, x in v.items() if not x.get("holds")]
+                out.append(f"- {k}: **{'holds' if not bad else 'does not hold for ' + ', '.join(bad)}**")
+        out.append("")
+    return out + [_source(label, "rerank/compare.json", "mmrank rerank compare"), ""]
+
+
+def store_rows(res: Results, label: str) -> list[str]:
+    st = (res.get(label, "report/results.json") or {}).get("stages", {}).get("store") or {}
+    if not st or "skipped" in st:
+        return _absent(label, "embedding-table figures")
+    return [f"{st.get('items'):,} items embedded in {st.get('embed_seconds')} s; ANN index "
+            f"{st.get('index')} (recall@10 {_f(st.get('index_recall_at_10'))}); {st.get('ingested')} new "
+            f"items ingested, p50 {st.get('ingest_p50_ms')} ms (max {st.get('ingest_max_ms')} ms) from arrival "
+            f"to searchable; image-search recall@10 of the photographed item "
+            f"{_f(st.get('image_search_recall_at_10'))}.", "",
+            _source(label, "report/results.json", "mmrank demo"), ""]
+
+
+# --------------------------------------------------------------------------------------------------
+# the README's headline blocks: the demo run only
+
+
+def _headline(res: Results, rel: str, what: str, render: Callable[[Results, str], list[str]]) -> list[str]:
+    if res.get("demo", rel) is None:
+        return _absent("demo", what)
+    return render(res, "demo")
+
+
+def readme_market(res: Results, label: str) -> list[str]:
+    man = res.get(label, "data/manifest.json")
+    demo = res.get(label, "report/results.json") or {}
+    parts = []
+    for name, s in man.get("surfaces", {}).items():
+        parts.append(f"{name} CTR {100 * s['rates']['click']:.2f}%, oracle / attainable AUC "
+                     f"{_f(s['oracle_auc'])} / {_f(s['attainable_auc'])}")
+    took = f" The whole demo took {demo['seconds']} s." if demo.get("seconds") is not None else ""
+    return [f"Market: {'; '.join(parts)}.{took}", ""]
+
+
+def readme_pretrain(res: Results, label: str) -> list[str]:
+    table = res.get(label, "pretrain/compare.json")
+    return [*_table(["pre-training variant", "Acc@1 image", "Acc@1 text", "Acc@5 image", "Acc@5 text"],
+                    [[v, _f(r["acc@1"]["image"]), _f(r["acc@1"]["text"]), _f(r["acc@5"]["image"]),
+                      _f(r["acc@5"]["text"])] for v, r in table.items()]), ""]
+
+
+def readme_ctr(res: Results, label: str) -> list[str]:
+    comp = res.get(label, "ctr/compare.json")
+    return [*_table(["CTR strategy", "AUC", "GAUC", "LogLoss", "GAUC vs id"],
+                    [[s, _f(comp[s]["auc"]["mean"]), _f(comp[s]["gauc"]["mean"]), _f(comp[s]["logloss"]["mean"]),
+                      _pct((comp[s].get("relative") or {}).get("gauc"))] for s in _ctr_strategies(comp)]), ""]
+
+
+def readme_rerank(res: Results, label: str) -> list[str]:
+    comp = res.get(label, "rerank/compare.json")
+    return [*_table(["re-ranker", "AUC purchase", "NDCG@10", "E[purchases]", "E[GMV]"],
+                    [[m, _f(comp[m]["auc"]["purchase"]["mean"]), _f((comp[m].get("ndcg@10") or {}).get("mean")),
+                      _f((comp[m].get("expected_purchases") or {}).get("mean"), 3),
+                      _f((comp[m].get("expected_gmv") or {}).get("mean"), 2)] for m in _rerank_models(comp)]), ""]
+
+
+def cold_start_rows(res: Results) -> list[str]:
+    cs = res.bench.get("cold_start")
+    if cs is None:
+        return ["*No cold-start run in `docs/results/bench/cold_start.json`.* Make it with:", "", "```bash",
+                "python benchmarks/cold_start.py --json /tmp/cold_start.json",
+                "mmrank report docs --bench cold_start=/tmp/cold_start.json", "```", ""]
+    rows = [[p["phase"], f"{p['seconds']:.0f} s", "n/a" if p.get("ceiling_s") is None else f"{p['ceiling_s']:.0f} s",
+             {True: "yes", False: "**no**", None: "n/a"}[p.get("within")], "ok" if p["returncode"] == 0 else
+             f"**exit {p['returncode']}**"] for p in cs["phases"]]
+    out = [f"Commit `{cs.get('commit', '?')[:10]}`, {cs.get('cpus')} CPUs, {cs.get('date')}; a fresh clone with "
+           "empty compile and home caches.", "",
+           *_table(["phase", "wall time", "ceiling", "within", "result"], rows), ""]
+    if cs.get("slowest"):
+        out += ["The 15 slowest tests (pytest `--durations=15`):", "",
+                *_table(["seconds", "phase", "test"], [[f"{t['seconds']:.2f}", t["when"], f"`{t['test']}`"]
+                                                      for t in cs["slowest"]]), ""]
+    return out + ["Source: `docs/results/bench/cold_start.json`, written by `benchmarks/cold_start.py --json`.", ""]
+
+
+BLOCKS: dict[str, Callable[[Results], list[str]]] = {
+    "market": lambda r: _sections(r, "data/manifest.json", "market manifest", market_rows),
+    "pretrain": lambda r: _sections(r, "pretrain/compare.json", "pre-training comparison", pretrain_rows),
+    "ctr": lambda r: _sections(r, "ctr/compare.json", "CTR comparison", ctr_rows),
+    "rerank": lambda r: _sections(r, "rerank/compare.json", "re-ranking comparison", rerank_rows),
+    "store": lambda r: _sections(r, "report/results.json", "demo results", store_rows, ["demo"]),
+    "readme-market": lambda r: _headline(r, "data/manifest.json", "market manifest", readme_market),
+    "readme-pretrain": lambda r: _headline(r, "pretrain/compare.json", "pre-training comparison", readme_pretrain),
+    "readme-ctr": lambda r: _headline(r, "ctr/compare.json", "CTR comparison", readme_ctr),
+    "readme-rerank": lambda r: _headline(r, "rerank/compare.json", "re-ranking comparison", readme_rerank),
+    "cold-start": cold_start_rows,
+    "runs": runs_rows,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# copying and rendering
+
+
+def _label_path(spec: str, flag: str) -> tuple[str, Path]:
+    label, sep, path = spec.partition("=")
+    if not sep or not _LABEL.match(label) or not path:
+        raise MMRankError(f"{flag} {spec!r}: expected LABEL=PATH, LABEL of a-z, 0-9, '-', '_' "
+                          f"(e.g. {flag} demo=runs/demo)")
+    return label, Path(path)
+
+
+def copy_run(run: Path, dest: Path) -> list[str]:
+    """Copy the JSON files of :data:`RUN_FILES` that ``run`` has into ``dest`` (replacing it)."""
+    found = [rel for rel in RUN_FILES if (run / rel).is_file()]
+    if not found:
+        raise MMRankError(f"{run}: none of {', '.join(RUN_FILES)} found (is this a run directory?)")
+    for rel in found:
+        _read(run / rel)                         # refuse to copy a file that is not JSON
+    if dest.exists():
+        shutil.rmtree(dest)
+    for rel in found:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run / rel, dest / rel)
+    return found
+
+
+def render_text(text: str, res: Results, where: str = "", docs_prefix: str = "") -> str:
+    """``text`` with every generated block's body replaced by its rendering from ``res``; links to
+    docs pages get ``docs_prefix`` (``"docs/"`` in the README)."""
+    out, pos = [], 0
+    for m in _BEGIN.finditer(text):
+        if m.start() < pos:
+            continue
+        key = m.group(1)
+        end = text.find(_END, m.end())
+        if end < 0:
+            raise MMRankError(f"{where}: '<!-- generated: {key} -->' has no '{_END}'")
+        if key not in BLOCKS:
+            raise MMRankError(f"{where}: unknown generated block {key!r}; known: {', '.join(BLOCKS)}")
+        body = "\n".join(BLOCKS[key](res)).rstrip("\n") + "\n"
+        body = body.replace("](runs.md", f"]({docs_prefix}runs.md")
+        out += [text[pos:m.end()], body]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def pages(root: Path) -> list[Path]:
+    """The files that hold generated blocks: README.md and docs/*.md."""
+    return [p for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))] if p.exists()]
+
+
+def write_docs(root: str | Path = ".", runs: Iterable[str] = (), bench: Iterable[str] = ()) -> dict[str, Any]:
+    """Copy each ``LABEL=RUN`` run's JSON and each ``NAME=FILE`` benchmark JSON under
+    ``root/docs/results/``, then render the generated blocks of ``root/README.md`` and
+    ``root/docs/*.md``. Returns ``{"copied": {label: [files]}, "changed": [pages]}``."""
+    root = Path(root)
+    if not (root / "docs").is_dir():
+        raise MMRankError(f"{root / 'docs'}: no such directory (run from the repository root, or pass --root)")
+    results_dir = root / "docs" / "results"
+    specs = [_label_path(s, "--run") for s in runs]
+    for label, run in specs:
+        if not run.is_dir():
+            raise MMRankError(f"--run {label}={run}: no such directory")
+    benches = [_label_path(s, "--bench") for s in bench]
+    for name, f in benches:
+        if not f.is_file():
+            raise MMRankError(f"--bench {name}={f}: no such file")
+        _read(f)
+    copied = {label: copy_run(run, results_dir / label) for label, run in specs}
+    for name, f in benches:
+        (results_dir / "bench").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, results_dir / "bench" / f"{name}.json")
+    res = Results(results_dir)
+    changed = []
+    for page in pages(root):
+        text = page.read_text()
+        new = render_text(text, res, str(page), "" if page.parent.name == "docs" else "docs/")
+        if new != text:
+            page.write_text(new)
+            changed.append(str(page))
+    return {"copied": copied, "changed": changed, "runs": res.labels()}

@@ -1,0 +1,173 @@
+"""`mmrank report docs`: the README's and docs/' tables are rendered from the runs' JSON, the committed
+pages are what their committed JSON renders to, and a changed figure shows as a changed page."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mmrank.cli import app
+from mmrank.errors import MMRankError
+from mmrank.report.docs import BLOCKS, KNOWN_RUNS, pages, render_text, write_docs, Results
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _copy_docs(dest: Path, with_results: bool = True) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ROOT / "README.md", dest / "README.md")
+    shutil.copytree(ROOT / "docs", dest / "docs",
+                    ignore=None if with_results else shutil.ignore_patterns("results"))
+    return dest
+
+
+def _ok(args: list) -> str:
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    assert res.exit_code == 0, (res.output, res.exception)
+    return res.output
+
+
+def _rows(text: str, name: str) -> list[list[str]]:
+    """The cells of every Markdown table row whose first cell is ``name``."""
+    return [[c.strip() for c in line.strip().strip("|").split("|")][1:]
+            for line in text.splitlines() if re.match(rf"^\| {re.escape(name)} \|", line)]
+
+
+def test_committed_pages_are_what_their_json_renders_to(tmp_path):
+    """A figure typed by hand, or a page not regenerated after its JSON changed, fails here."""
+    root = _copy_docs(tmp_path / "repo")
+    out = write_docs(root)
+    assert out["changed"] == [], f"stale pages (run `make docs`): {out['changed']}"
+    for page in pages(ROOT):
+        text = page.read_text()
+        assert text.count("<!-- generated: ") == text.count("<!-- end generated -->"), page
+
+
+def test_readme_is_short_and_every_block_key_is_known():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 200
+    used = set()
+    for page in pages(ROOT):
+        used |= set(re.findall(r"<!-- generated: ([a-z0-9-]+) -->", page.read_text()))
+    assert used <= set(BLOCKS) and {"readme-pretrain", "readme-ctr", "readme-rerank", "pretrain", "ctr",
+                                    "rerank", "market", "cold-start", "runs"} <= used
+
+
+# --------------------------------------------------------------------------------------------------
+# a tiny run, through the real stages: market, pre-training comparison, CTR and re-ranking comparisons
+
+
+@pytest.fixture(scope="module")
+def tiny_compared_run(tiny_market, tmp_path_factory) -> Path:
+    from mmrank.run_config import file_section
+    from mmrank.pretrain.config import PretrainConfig
+    from mmrank.pretrain.stage import compare
+
+    run = tmp_path_factory.mktemp("docs") / "run"
+    shutil.copytree(tiny_market, run)
+    cfg = run.parent / "cfg.yaml"
+    cfg.write_text(
+        "pretrain: {image_encoder: cnn-small, text_encoder: hash-bow, epochs: 1, batch_size: 64,\n"
+        "           queue_size: 256, dim: 16, nested_dims: [8], hidden: 32}\n"
+        "ctr:\n"
+        "  model: {emb_dim: 8, att_hidden: [16, 8], mlp_hidden: [32, 16], n_tiers: 10, vector_dim: 8,\n"
+        "          make: {proj_dim: 8, att_hidden: [16, 8], mlp_hidden: [32, 16, 8]}}\n"
+        "  train: {batch_size: 512}\n"
+        "rerank:\n"
+        "  train: {batch_size: 64}\n")
+    compare(run, PretrainConfig(**file_section(cfg, "pretrain")), variants=("popularity", "scl"), seeds=2)
+    _ok(["ctr", "compare", "--run", run, "--config", cfg, "--seeds", 2, "--strategies", "id,simtier,make",
+         "--make-epochs", 1, "--curve", "0,1", "--threads", 1])
+    _ok(["rerank", "compare", "--run", run, "--config", cfg, "--seeds", 2, "--models", "logged,dnn",
+         "--epochs", 1, "--threads", 1])
+    return run
+
+
+@pytest.mark.slow
+def test_docs_tables_regenerate_from_a_tiny_run(tiny_compared_run, tmp_path):
+    run = tiny_compared_run
+    root = _copy_docs(tmp_path / "repo", with_results=False)
+    out = _ok(["report", "docs", "--root", root, "--run", f"demo={run}", "--run", f"default={run}"])
+    assert "copied demo: data/manifest.json, pretrain/compare.json" in out
+    for label in ("demo", "default"):
+        for rel in ("data/manifest.json", "pretrain/compare.json", "pretrain/compare_detail.json",
+                    "ctr/compare.json", "rerank/compare.json"):
+            assert (root / "docs" / "results" / label / rel).read_bytes() == (run / rel).read_bytes()
+
+    ctr = json.loads((run / "ctr" / "compare.json").read_text())
+    pre = json.loads((run / "pretrain" / "compare.json").read_text())
+    detail = json.loads((run / "pretrain" / "compare_detail.json").read_text())
+    rr = json.loads((run / "rerank" / "compare.json").read_text())
+    man = json.loads((run / "data" / "manifest.json").read_text())
+    readme = (root / "README.md").read_text()
+    docs = {p.stem: p.read_text() for p in (root / "docs").glob("*.md")}
+
+    # README: the demo's headline figures, four decimals, every strategy and model
+    for s in ("id", "simtier", "make"):
+        assert _rows(readme, s) == [[f"{ctr[s]['auc']['mean']:.4f}", f"{ctr[s]['gauc']['mean']:.4f}",
+                                     f"{ctr[s]['logloss']['mean']:.4f}",
+                                     f"{100 * ctr[s]['relative']['gauc']:+.2f}%"]]
+    assert _rows(readme, "scl") == [[f"{pre['scl'][a][m]:.4f}" for a in ("acc@1", "acc@5")
+                                     for m in ("image", "text")]]
+    assert _rows(readme, "dnn")[0][0] == f"{rr['dnn']['auc']['purchase']['mean']:.4f}"
+    assert f"{man['surfaces']['display']['oracle_auc']:.4f}" in readme
+
+    # docs pages: mean ± std over the two seeds, one section per run label
+    auc = ctr["simtier"]["auc"]
+    main = [r[0] for r in _rows(docs["ctr"], "simtier") if not r[0].endswith("%")]   # not Figure 6b's rows
+    assert main == [f"{auc['mean']:.4f} ± {auc['std']:.4f}"] * 2
+    sd = detail["variants"]["scl"]["std"]["acc@1"]["image"]
+    assert _rows(docs["pretrain"], "scl")[0][0] == f"{pre['scl']['acc@1']['image']:.4f} ± {sd:.4f}"
+    cvr = rr["dnn"]["auc"]["purchase"]
+    assert _rows(docs["rerank"], "dnn")[0][2] == f"{cvr['mean']:.4f} ± {cvr['std']:.4f}"
+    assert _rows(docs["market"], "display")[0][0] == f"{man['surfaces']['display']['oracle_auc']:.4f}"
+    assert "docs/results/demo/ctr/compare.json" in docs["ctr"]
+    for label in set(KNOWN_RUNS) - {"demo", "default"}:          # absent runs say how to make them
+        assert f"*No CTR comparison in `docs/results/{label}/`.*" in docs["ctr"]
+        assert "git show 49d227b:README.md" in docs["ctr"]
+
+    # rendering again from the copies changes nothing; a changed figure changes the pages
+    assert write_docs(root)["changed"] == []
+    copy = root / "docs" / "results" / "demo" / "ctr" / "compare.json"
+    edited = json.loads(copy.read_text())
+    edited["simtier"]["gauc"]["mean"] = 0.123456
+    copy.write_text(json.dumps(edited))
+    assert write_docs(root)["changed"] == [str(root / "README.md"), str(root / "docs" / "ctr.md")]
+    assert "| simtier | " in readme and "| 0.1235 |" in (root / "README.md").read_text()
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path):
+    root = _copy_docs(tmp_path / "repo", with_results=False)
+    for args, match in ((["--run", "no-equals-sign"], "expected LABEL=PATH"),
+                        (["--run", f"x={tmp_path / 'absent'}"], "no such directory"),
+                        (["--run", f"x={tmp_path}"], "none of data/manifest.json"),
+                        (["--bench", f"cold_start={tmp_path / 'absent.json'}"], "no such file")):
+        res = CliRunner().invoke(app, ["report", "docs", "--root", str(root), *args])
+        assert res.exit_code != 0 and isinstance(res.exception, MMRankError), args
+        assert match in str(res.exception)
+    with pytest.raises(MMRankError, match="page.md: unknown generated block 'nope'"):
+        render_text("<!-- generated: nope -->\n<!-- end generated -->\n", Results(tmp_path), "page.md")
+    with pytest.raises(MMRankError, match="has no '<!-- end generated -->'"):
+        render_text("<!-- generated: ctr -->\n", Results(tmp_path), "page.md")
+    with pytest.raises(MMRankError, match="no such directory"):
+        write_docs(tmp_path / "nowhere")
+
+
+def test_cold_start_json_renders_with_its_ceilings(tmp_path):
+    root = _copy_docs(tmp_path / "repo", with_results=False)
+    cs = {"commit": "0123456789abcdef", "cpus": 2, "date": "2026-12-06T04:00:00Z",
+          "phases": [{"phase": "install", "seconds": 70.2, "ceiling_s": None, "within": None, "returncode": 0},
+                     {"phase": "test", "seconds": 337.0, "ceiling_s": 600, "within": True, "returncode": 0},
+                     {"phase": "demo", "seconds": 250.0, "ceiling_s": 240, "within": False, "returncode": 0}],
+          "slowest": [{"seconds": 41.5, "when": "call", "test": "tests/test_demo.py::test_demo_tiny"}]}
+    f = tmp_path / "cs.json"
+    f.write_text(json.dumps(cs))
+    _ok(["report", "docs", "--root", root, "--bench", f"cold_start={f}"])
+    page = (root / "docs" / "benchmarks.md").read_text()
+    assert _rows(page, "test") == [["337 s", "600 s", "yes", "ok"]]
+    assert _rows(page, "demo") == [["250 s", "240 s", "**no**", "ok"]]
+    assert _rows(page, "41.50") == [["call", "`tests/test_demo.py::test_demo_tiny`"]]
