@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from mmrank.config import StrictModel, build, load_yaml
 from mmrank.data.schemas import HISTORY_LEN
@@ -63,6 +63,38 @@ class BehaviourConfig(StrictModel):
         {"display_click": 0.045, "search_click": 0.12, "cart_per_click": 0.22,
          "display_purchase_per_cart": 0.45, "search_purchase_per_cart": 0.45},
         description="what calibration fits the five intercepts to (see MarketConfig.calibrate)")
+    policy_temperature: float = Field(
+        0.0, ge=0.0, description="the search production policy: 0 shows the candidates by descending "
+        "production score (deterministic, what most shops run); > 0 draws the shown list slot by slot from a "
+        "Plackett-Luce model over production score / temperature (a randomised ranker with known "
+        "propensities, as in counterfactual learning-to-rank practice: Joachims et al. 2017 randomise the top "
+        "of arXiv/Yahoo search, Oosterhuis & de Rijke 2021 log Plackett-Luce policies). The production "
+        "score spreads about 1.5 (std) over a request's candidates, so 1.0 keeps the top ranks mostly in "
+        "score order while every candidate can be shown")
+    policy_exploration: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of each slot's draw that is uniform over the candidates not "
+        "yet shown (an exploration bucket; shops that log for off-policy evaluation randomise a few "
+        "percent of traffic: ZOZOTOWN's Open Bandit Dataset logs a uniform-random policy beside its "
+        "production one, Yahoo! front page's R6 log is a random bucket); 0 = none")
+    policy_marginal_samples: int = Field(
+        128, ge=1, le=4096, description="Monte Carlo rankings per request for each candidate's marginal "
+        "probability of each position (Rao-Blackwellised: the mean over sampled prefixes of the slot's "
+        "exact conditional probability; the manifest's search_policy records its standard error)")
+
+    @property
+    def stochastic_policy(self) -> bool:
+        """Whether the search production policy draws its lists (else today's deterministic order)."""
+        return self.policy_temperature > 0 or self.policy_exploration > 0
+
+    @model_serializer(mode="wrap")
+    def _deterministic_policy_as_before(self, handler: Any) -> dict[str, Any]:
+        """A deterministic policy is recorded as before the policy settings existed (so a default
+        market's manifest and truth/behaviour.json keep their bytes); a stochastic one records all three."""
+        out = handler(self)
+        if not self.stochastic_policy:
+            for k in ("policy_temperature", "policy_exploration", "policy_marginal_samples"):
+                out.pop(k, None)
+        return out
 
 
 class MarketConfig(StrictModel):

@@ -176,7 +176,8 @@ def build_lists(events: pa.Table, items: pa.Table, split_ts: int, start_ts: int 
     sales, labels and the user's history.
 
     ``candidates`` (request_id, item_id, prod_score; each request's rows in the logged order) adds the
-    retrieved items that were not shown (``positions`` -1). Without it the shown items are the
+    retrieved items that were not shown (``positions`` -1); its ``propensity`` and ``position_probs``
+    (a stochastic production policy's) become ``propensities`` and ``position_probs``. Without it the shown items are the
     candidates, and ``prod_scores`` is minus the position.
     """
     imp = _event_mask(events, "impression") & _on_surface(events, "search") & _logged(events, start_ts)
@@ -203,6 +204,13 @@ def build_lists(events: pa.Table, items: pa.Table, split_ts: int, start_ts: int 
         c_score = candidates.column("prod_score").to_numpy()[keep].astype(np.float32)
         o = np.argsort(c_req, kind="stable")
         c_req, c_item, c_score = c_req[o], c_item[o], c_score[o]
+        policy = {}
+        if "propensity" in candidates.column_names:  # a stochastic production policy's propensities
+            prop = candidates.column("propensity").to_numpy(zero_copy_only=False)[keep][o]
+            policy["propensities"] = np.nan_to_num(prop.astype(np.float32), nan=0.0)
+            marg = candidates.column("position_probs").combine_chunks()
+            width = marg.type.list_size
+            policy["position_probs"] = marg.flatten().to_numpy().reshape(-1, width)[keep][o].astype(np.float32)
         # Each candidate's shown position (-1 if not shown) and labels, by (request, item).
         c_pos = np.full(len(c_req), -1, np.int16)
         lab = {k: np.zeros(len(c_req), np.int8) for k in labels}
@@ -221,6 +229,7 @@ def build_lists(events: pa.Table, items: pa.Table, split_ts: int, start_ts: int 
         offsets = np.r_[starts, len(i_req)].astype(np.int64)
         l_item, l_pos, l_score, l_ts = i_item, i_pos, -i_pos.astype(np.float32), i_ts
         l_lab = labels
+        policy = {}
     # Sales: purchases of the item strictly before the request's ts.
     buy = _event_mask(events, "purchase")
     b_rows = _rows_of(_np(events, "item_id", buy), sorted_ids, order)
@@ -247,7 +256,20 @@ def build_lists(events: pa.Table, items: pa.Table, split_ts: int, start_ts: int 
         "purchases": _list(offsets, l_lab["purchase"], pa.int8()),
         **hist.columns(user, ts, history_len),
         "split": _split(ts, split_ts),
+        **_policy_columns(offsets, policy),
     })
+
+
+def _policy_columns(offsets: np.ndarray, policy: dict[str, np.ndarray]) -> dict[str, pa.Array]:
+    """With a stochastic production policy: ``propensities`` (each shown candidate's probability at its
+    slot given the slots above; 0 where not shown) and ``position_probs`` (each candidate's probability
+    of being shown at each position)."""
+    if not policy:
+        return {}
+    marg = policy["position_probs"]
+    inner = pa.FixedSizeListArray.from_arrays(pa.array(marg.ravel(), pa.float32()), marg.shape[1])
+    return {"propensities": _list(offsets, policy["propensities"], pa.float32()),
+            "position_probs": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), inner)}
 
 
 def build_derived(run: str | Path, split_ts: int, history_len: int = HISTORY_LEN, start_ts: int = 0) -> dict[str, int]:

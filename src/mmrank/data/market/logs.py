@@ -32,6 +32,9 @@ class Logged:
     cand_base: list = field(default_factory=list)     # (n, 3): base_u, base_c, base_v without engagement
     content_part: list = field(default_factory=list)  # (n,) content part of the click logit, shown slots
     slot_user: list = field(default_factory=list)
+    cand_prop: list = field(default_factory=list)     # stochastic policy: q at the shown slot (NaN: not shown)
+    cand_marg: list = field(default_factory=list)     # stochastic policy: (n, K) P(shown at position j)
+    marg_se: list = field(default_factory=list)       # stochastic policy: (n, K) Monte Carlo standard error
 
     def add_slots(self, rows: np.ndarray, shown: np.ndarray, mask: np.ndarray, clicked: np.ndarray,
                   carted: np.ndarray, bought: np.ndarray, p: np.ndarray, content_part: np.ndarray,
@@ -88,6 +91,9 @@ class Candidates:
     item: np.ndarray        # catalog row
     score: np.ndarray       # the logged production score
     base: np.ndarray        # (n, 3): base_u, base_c, base_v without engagement
+    propensity: np.ndarray | None = None  # stochastic policy: q at the shown slot (NaN: not shown)
+    marginal: np.ndarray | None = None    # stochastic policy: (n, K) P(shown at position j)
+    marginal_se: np.ndarray | None = None  # stochastic policy: (n, K) its Monte Carlo standard error
 
 
 def sort_log(log: Logged) -> tuple[Slots, Candidates]:
@@ -103,4 +109,8 @@ def sort_log(log: Logged) -> tuple[Slots, Candidates]:
     cands = Candidates(cand_req[c_order], concat(log.cand_item, np.int64)[c_order],
                        concat(log.cand_score, np.float32)[c_order],
                        np.concatenate(log.cand_base)[c_order] if log.cand_base else np.zeros((0, 3)))
+    if log.cand_prop:
+        cands.propensity = concat(log.cand_prop, np.float32)[c_order]
+        cands.marginal = np.concatenate(log.cand_marg)[c_order]
+        cands.marginal_se = np.concatenate(log.marg_se)[c_order]
     return slots, cands

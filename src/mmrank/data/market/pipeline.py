@@ -55,6 +55,16 @@ def generate_market(cfg: MarketConfig, out: str | Path) -> dict[str, Any]:
 
     surfaces = surface_stats(cfg, cat, world, req, slots, split.start_ts, split.split_ts)
     manifest = market_manifest(cfg, cat, req, slots, tables, len(photos), split, surfaces, calibration)
+    if cands.marginal_se is not None:
+        b = cfg.behaviour
+        manifest["search_policy"] = {
+            "temperature": b.policy_temperature, "exploration": b.policy_exploration,
+            "marginal_samples": b.policy_marginal_samples,
+            "marginal_se_max": float(cands.marginal_se.max(initial=0.0)),
+            "marginal_se_mean": float(cands.marginal_se[cands.marginal > 0].mean())
+            if (cands.marginal > 0).any() else 0.0,
+            "about": "candidates/lists carry each shown item's propensity (exact) and each candidate's "
+                     "probability of each position (Monte Carlo, Rao-Blackwellised; standard errors above)"}
     write_manifest(data_dir, manifest)
     record(out, "market", cfg)
     manifest["seconds"] = round(time.perf_counter() - started, 1)  # not written: files stay identical

@@ -2,7 +2,8 @@
 
 Implements the visible side of the market design (what is hidden goes to
 :mod:`~mmrank.data.market.hidden`): items, users, events (impression, click, cart, purchase, with the
-search query), query photos and the logged search candidates; then the train/test split in time
+search query), query photos and the logged search candidates (with a stochastic production policy,
+each one's propensity at the slot it was shown at and its probability of each position); then the train/test split in time
 (*burn-in* requests feed histories only) and the derived pairs, CTR samples and lists
 (:mod:`mmrank.data.samples`).
 """
@@ -75,9 +76,14 @@ def write_tables(data_dir: Path, cfg: MarketConfig, cat: Catalog, world: World, 
     write_table(pa.table({"query_image": pa.array([queries.image[r] for r in queries.image_rows], pa.string()),
                           "image": pa.array(photos, pa.binary())}), data_dir / "query_images.parquet",
                 row_group_size=2048)
-    candidates = pa.table({"request_id": pa.array(cands.req),
-                           "item_id": pa.array(cat.item_ids[cands.item]),
-                           "prod_score": pa.array(cands.score)})
+    cols = {"request_id": pa.array(cands.req), "item_id": pa.array(cat.item_ids[cands.item]),
+            "prod_score": pa.array(cands.score)}
+    if cands.propensity is not None:  # a stochastic production policy logs its propensities
+        k = cands.marginal.shape[1]
+        cols["propensity"] = pa.array(cands.propensity, pa.float32(), mask=np.isnan(cands.propensity))
+        cols["position_probs"] = pa.FixedSizeListArray.from_arrays(
+            pa.array(cands.marginal.ravel().astype(np.float32)), k)
+    candidates = pa.table(cols)
     write_table(candidates, data_dir / "candidates.parquet")
 
     pairs = build_pairs(events, split.split_ts, split.start_ts)
