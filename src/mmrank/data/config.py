@@ -69,8 +69,8 @@ class BehaviourConfig(StrictModel):
         "Plackett-Luce model over production score / temperature (a randomised ranker with known "
         "propensities, as in counterfactual learning-to-rank practice: Joachims et al. 2017 randomise the top "
         "of arXiv/Yahoo search, Oosterhuis & de Rijke 2021 log Plackett-Luce policies). The production "
-        "score spreads about 1.5 (std) over a request's candidates, so 1.0 keeps the top ranks mostly in "
-        "score order while every candidate can be shown")
+        "score spreads about 0.9 (std) over a request's ~50 candidates (tiny market), so 0.3 keeps the top "
+        "ranks mostly in score order and 1.0 is close to uniform among the top-scored ones")
     policy_exploration: float = Field(
         0.0, ge=0.0, le=1.0, description="share of each slot's draw that is uniform over the candidates not "
         "yet shown (an exploration bucket; shops that log for off-policy evaluation randomise a few "
