@@ -66,6 +66,19 @@ class Lists:
     hist_item_id: np.ndarray  # (h,) int64
     hist_category_id: np.ndarray  # (h,) int64
     source: str = ""
+    propensity: np.ndarray | None = None     # (n,) a stochastic logging policy's q at the shown slot (0: not shown)
+    position_prob: np.ndarray | None = None  # (n, K) its P(candidate shown at position j)
+
+    def logging_marginals(self) -> np.ndarray:
+        """(n, K) each candidate's probability of being shown at each position under the logging policy:
+        logged by a stochastic policy, else (deterministic) 1 at the logged position."""
+        if self.position_prob is not None:
+            return self.position_prob
+        k = int(self.position.max(initial=-1)) + 1
+        out = np.zeros((len(self.position), max(k, 1)), np.float32)
+        shown = np.flatnonzero(self.position >= 0)
+        out[shown, self.position[shown]] = 1.0
+        return out
 
     def __len__(self) -> int:
         return len(self.request_id)
@@ -108,7 +121,19 @@ def load_lists(path: str | Path, history_len: int = HISTORY_LEN) -> Lists:
     hist: dict[str, list] = {c: [] for c in _HIST[:2]}
     cand_lens, hist_lens = [], []
     offset = 0
+    import pyarrow.parquet as pq
+
+    policy_cols = [c for c in ("propensities", "position_probs") if path.exists() and c in pq.read_schema(path).names]
+    cols += policy_cols
+    policy: dict[str, list] = {c: [] for c in policy_cols}
     for batch in iter_table_batches(path, "lists", columns=cols):
+        if "propensities" in policy:
+            policy["propensities"].append(_flat(batch, "propensities")[1].astype(np.float32))
+        if "position_probs" in policy:
+            inner = pc.list_flatten(batch.column("position_probs"))
+            width = inner.type.list_size
+            policy["position_probs"].append(
+                pc.list_flatten(inner).to_numpy(zero_copy_only=False).reshape(-1, width).astype(np.float32))
         for c in req:
             req[c].append(batch.column(c).to_numpy(zero_copy_only=False))
         split = req["split"][-1]
@@ -181,7 +206,9 @@ def load_lists(path: str | Path, history_len: int = HISTORY_LEN) -> Lists:
         purchase=cat(cand["purchases"], np.int8),
         hist_offsets=np.concatenate([[0], np.cumsum(hl)]).astype(np.int64),
         hist_item_id=cat(hist["hist_item_ids"], np.int64),
-        hist_category_id=cat(hist["hist_category_ids"], np.int64), source=str(path))
+        hist_category_id=cat(hist["hist_category_ids"], np.int64), source=str(path),
+        propensity=np.concatenate(policy["propensities"]) if policy.get("propensities") else None,
+        position_prob=np.concatenate(policy["position_probs"]) if policy.get("position_probs") else None)
 
 
 @dataclass
