@@ -19,6 +19,10 @@ Per model and seed, on the test requests:
     candidates unlike any it was trained on (selection bias); reported as it comes out. Without ``R/truth/`` (or without
   :mod:`mmrank.data.truth`) these are reported absent (``mean``/``std`` null) and ``meta.evaluator`` says why.
 
+* with ``offpolicy`` given, each off-policy estimator's estimate (:mod:`mmrank.rerank.offpolicy`, from
+  the logs alone) of the clicks, purchases and GMV per request of the model's order among every candidate,
+  beside the evaluator's ``expected_*_all``.
+
 Each figure is the mean and std over seeds (std with ddof=1; ``logged`` is deterministic, std 0),
 overall and per region (``regions``). ``logged`` is the production order as logged.
 """
@@ -36,7 +40,8 @@ from mmrank.rerank.data import TASKS, candidate_index
 from mmrank.rerank.trainer import RerankData, predict
 
 GAINS = {"click": 1.0, "cart": 2.0, "purchase": 4.0}
-METRICS = ("ndcg@10", "gmv@10", "expected_purchases", "expected_gmv", "expected_purchases_all", "expected_gmv_all")
+METRICS = ("ndcg@10", "gmv@10", "expected_purchases", "expected_gmv", "expected_purchases_all", "expected_gmv_all",
+           "expected_clicks_all")
 K = 10
 
 
@@ -125,6 +130,7 @@ def evaluate_orders(data: RerankData, rows: np.ndarray, shown: tuple[list, dict,
             res = evaluator.expected(rid, orders)
             expected["expected_purchases_all"] = np.asarray(res["purchases"], np.float64)
             expected["expected_gmv_all"] = np.asarray(res["gmv"], np.float64)
+            expected["expected_clicks_all"] = np.asarray(res["clicks"], np.float64)
     regions = data.lists.region[rows]
     out = _group_metrics(data, np.arange(len(rows)), cands, task_scores, rank, expected)
     out["regions"] = {str(int(r)): _group_metrics(data, np.flatnonzero(regions == r), cands, task_scores, rank, expected)
@@ -133,11 +139,26 @@ def evaluate_orders(data: RerankData, rows: np.ndarray, shown: tuple[list, dict,
 
 
 def logged_result(data: RerankData, rows: np.ndarray, evaluator: Any | None) -> dict[str, Any]:
-    """The production order as logged: shown candidates by position, all candidates in logged order."""
+    """The production order as logged: shown candidates by position, then the others in logged order
+    (with a deterministic production policy: all candidates in the logged order)."""
     cands = candidate_index(data.lists, rows, "shown")
     rank = [-data.lists.position[c].astype(np.float64) for c in cands]
-    orders = [data.lists.item_id[c] for c in candidate_index(data.lists, rows, "all")]
+    orders = shown_first_orders(data, rows, cands, rank)
     return evaluate_orders(data, rows, (cands, {t: rank for t in TASKS}, rank), orders, evaluator, orders)
+
+
+def prod_order_result(data: RerankData, rows: np.ndarray, evaluator: Any | None,
+                      offpolicy: Any | None = None) -> dict[str, Any]:
+    """The deterministic production order (descending production score) over every candidate: what a
+    stochastic production policy would show at temperature 0 without exploration."""
+    cands = candidate_index(data.lists, rows, "shown")
+    rank = [data.lists.prod_score[c].astype(np.float64) for c in cands]
+    flat = [c[np.argsort(-data.lists.prod_score[c], kind="stable")] for c in candidate_index(data.lists, rows, "all")]
+    out = evaluate_orders(data, rows, (cands, {t: rank for t in TASKS}, rank),
+                          [data.lists.item_id[f] for f in flat], evaluator)
+    if offpolicy is not None:
+        out["offpolicy"] = offpolicy.estimate(flat)
+    return out
 
 
 def _task_scores(model, scores: dict[str, list]) -> dict[str, list]:
@@ -147,14 +168,22 @@ def _task_scores(model, scores: dict[str, list]) -> dict[str, list]:
     return {t: scores[t] if t in scores and w.get(t, 0.0) > 0 else scores["rank"] for t in TASKS}
 
 
-def model_result(model, data: RerankData, rows: np.ndarray, evaluator: Any | None) -> dict[str, Any]:
+def model_result(model, data: RerankData, rows: np.ndarray, evaluator: Any | None,
+                 offpolicy: Any | None = None) -> dict[str, Any]:
+    """All metrics of ``model``; with ``offpolicy`` (:class:`mmrank.rerank.offpolicy.OffPolicy` of
+    ``rows``) also ``offpolicy``: each estimator's estimate of its order among every candidate."""
     cands, scores = predict(model, data, rows, "shown")
     task_scores = _task_scores(model, scores)
-    orders = None
-    if evaluator is not None:
+    orders, flat = None, None
+    if evaluator is not None or offpolicy is not None:
         all_c, all_s = predict(model, data, rows, "all")
-        orders = [data.lists.item_id[c[np.argsort(-s, kind="stable")]] for c, s in zip(all_c, all_s["rank"])]
-    return evaluate_orders(data, rows, (cands, task_scores, scores["rank"]), orders, evaluator)
+        flat = [c[np.argsort(-s, kind="stable")] for c, s in zip(all_c, all_s["rank"])]
+        orders = [data.lists.item_id[f] for f in flat]
+    out = evaluate_orders(data, rows, (cands, task_scores, scores["rank"]), orders if evaluator is not None else None,
+                          evaluator)
+    if offpolicy is not None:
+        out["offpolicy"] = offpolicy.estimate(flat)
+    return out
 
 
 def beam_result(model, data: RerankData, rows: np.ndarray, evaluator: Any, width: int) -> dict[str, Any]:
@@ -188,5 +217,8 @@ def _aggregate_block(per_seed: list[dict]) -> dict[str, Any]:
 
 def aggregate(per_seed: list[dict]) -> dict[str, Any]:
     out = _aggregate_block(per_seed)
+    if all("offpolicy" in s for s in per_seed) and per_seed:
+        est = per_seed[0]["offpolicy"]
+        out["offpolicy"] = {e: {m: _stat([s["offpolicy"][e][m] for s in per_seed]) for m in est[e]} for e in est}
     out["regions"] = {r: _aggregate_block([s["regions"][r] for s in per_seed]) for r in per_seed[0]["regions"]}
     return out

@@ -77,7 +77,7 @@ MODELS: dict[str, dict] = {
     "armmt-no-image": dict(modalities=["text"]),
     "seqmd-no-mask": dict(heads="seq", region_mask=False, **_MULTI),
 }
-BASELINES = ("logged",)
+BASELINES = ("logged", "prod-order")  # no training: the logged lists; the production score's order
 ABLATIONS = {"armmt-concat": "CAFU vs concatenation", "armmt-lambda0": "lambda = 0",
              "armmt-lambda0.3": "lambda = 0.3", "armmt-lambda1": "lambda = 1", "armmt-no-mpsa": "without MPSA",
              "armmt-no-image": "image features removed", "seqmd-no-mask": "SEQ+MD with the region mask off"}

@@ -212,3 +212,17 @@ def summary(truth: dict[str, float], estimates: dict[str, dict[str, dict[str, fl
             out[e][m] = {"bias": float(np.mean(est - tru)), "rmse": float(np.sqrt(np.mean((est - tru) ** 2))),
                          "spearman": rho}
     return out
+
+
+class OffPolicy:
+    """The estimators bound to the logged slots of requests ``rows``, with the click models fit on the
+    training requests ``train_rows`` (what :func:`mmrank.rerank.evaluate.model_result` calls)."""
+
+    def __init__(self, lists: Lists, rows: np.ndarray, train_rows: np.ndarray) -> None:
+        self.lists, self.rows = lists, np.asarray(rows)
+        self.models = fit_click_models(lists, np.asarray(train_rows))
+        self.slots = LoggedSlots.of(lists, self.rows)
+        self.stochastic = lists.position_prob is not None
+
+    def estimate(self, orders: list[np.ndarray]) -> dict[str, dict[str, float]]:
+        return estimate(self.lists, self.rows, orders, self.models, self.slots)

@@ -17,12 +17,13 @@ from mmrank.ctr.evaluate import json_ready
 from mmrank.errors import ConfigError
 from mmrank.rerank.artifacts import save_model
 from mmrank.rerank.evaluate import (GAINS, aggregate, beam_result, evaluator_for, logged_result,
-                                    model_result)
-from mmrank.rerank.models import ABLATIONS, MODELS
+                                    model_result, prod_order_result)
+from mmrank.rerank.offpolicy import ESTIMATORS, OffPolicy, summary
+from mmrank.rerank.models import ABLATIONS, BASELINES, MODELS
 from mmrank.rerank.trainer import RerankData, RerankTrainConfig, fit, load_data
 
 MAIN_MODELS = ("dnn", "armmt", "armmt-concat", "prm", "mmoe", "esmm", "seqmd")
-DEFAULT_MODELS = ("logged", *MAIN_MODELS, "seqmd-plain", *[a for a in ABLATIONS if a != "armmt-concat"])
+DEFAULT_MODELS = ("logged", "prod-order", *MAIN_MODELS, "seqmd-plain", *[a for a in ABLATIONS if a != "armmt-concat"])
 
 # The demo's settings per size (1 seed).
 DEMO = {"tiny": dict(models=["logged", "dnn", "armmt", "armmt-concat", "seqmd", "mmoe"], max_train_lists=None),
@@ -101,7 +102,7 @@ def acceptance(res: dict[str, Any], smallest_region: str | None) -> dict[str, An
         if logged is not None:
             checks[f"every re-ranker beats logged on expected purchases ({scope})"] = {
                 m: {"holds": _m(r.get(key)) > logged, "value": _m(r.get(key)), "logged": logged}
-                for m, r in res.items() if m != "logged" and _m(r.get(key)) is not None}
+                for m, r in res.items() if m not in BASELINES and _m(r.get(key)) is not None}
     return checks
 
 
@@ -117,9 +118,9 @@ def compare(run: str | Path, *, seeds: int = 3, models: list[str] | None = None,
     beam width ``beam``); it changes the order the evaluator sees, not the logged-label metrics."""
     run = Path(run)
     models = list(models or DEFAULT_MODELS)
-    unknown = [m for m in models if m != "logged" and m not in MODELS]
+    unknown = [m for m in models if m not in BASELINES and m not in MODELS]
     if unknown:
-        raise ConfigError(f"--models: unknown {unknown[0]!r}; known: logged, {', '.join(MODELS)}")
+        raise ConfigError(f"--models: unknown {unknown[0]!r}; known: {', '.join(BASELINES)}, {', '.join(MODELS)}")
     if seeds < 1:
         raise ConfigError(f"--seeds: must be >= 1, got {seeds}")
     t0 = time.perf_counter()
@@ -134,18 +135,20 @@ def compare(run: str | Path, *, seeds: int = 3, models: list[str] | None = None,
     if max_test_lists is not None and len(rows) > max_test_lists:
         rows = rows[:max_test_lists]
     tcfg = train_cfg or RerankTrainConfig()
+    opol = OffPolicy(data.lists, rows, data.train_rows(tcfg.max_train_lists))
     res: dict[str, Any] = {}
     per_seed_all: dict[str, list] = {}
     for name in models:
-        if name == "logged":
-            r = logged_result(data, rows, evaluator)
+        if name in BASELINES:
+            r = logged_result(data, rows, evaluator) if name == "logged" else \
+                prod_order_result(data, rows, evaluator, opol)
             per_seed_all[name] = [r]
             res[name] = aggregate([r] * seeds)
             continue
         per_seed, secs, beamed = [], [], []
         for seed in range(seeds):
             model, info = fit(data, name, seed=seed, train_cfg=tcfg, progress=progress)
-            per_seed.append(model_result(model, data, rows, evaluator))
+            per_seed.append(model_result(model, data, rows, evaluator, opol))
             secs.append(info["seconds"])
             if beam and name == "armmt" and evaluator is not None:
                 beamed.append(beam_result(model, data, rows, evaluator, beam))
@@ -163,6 +166,7 @@ def compare(run: str | Path, *, seeds: int = 3, models: list[str] | None = None,
     counts = {r: int((data.lists.region == int(r)).sum()) for r in map(str, np.unique(data.lists.region))}
     smallest = min(counts, key=counts.get) if counts else None
     out = dict(res)
+    out["offpolicy"] = offpolicy_table(res, opol)
     out["meta"] = {
         "run": str(run), "seeds": seeds, "models": models, "ablations": {k: v for k, v in ABLATIONS.items() if k in models},
         "evaluator": ev_status, "test_requests": int(len(rows)), "train_requests": int(len(data.train_rows(tcfg.max_train_lists))),
@@ -180,6 +184,48 @@ def compare(run: str | Path, *, seeds: int = 3, models: list[str] | None = None,
     (d / "compare.json").write_text(json.dumps(json_ready(out), indent=2))
     (d / "compare.md").write_text(markdown(out))
     return out
+
+
+_TRUTH = {"clicks": "expected_clicks_all", "purchases": "expected_purchases_all", "gmv": "expected_gmv_all"}
+
+
+def offpolicy_table(res: dict[str, Any], opol: OffPolicy) -> dict[str, Any]:
+    """Per model (every one with estimates): the evaluator's true clicks, purchases and GMV per request of
+    its order among every candidate and each estimator's estimate (means over seeds); per estimator its
+    bias, RMSE and rank correlation across models."""
+    models = [m for m, r in res.items() if "offpolicy" in r]
+    truth = {m: {k: _m(res[m].get(t)) for k, t in _TRUTH.items()} for m in models}
+    est = {m: {e: {k: _m(v) for k, v in res[m]["offpolicy"][e].items()} for e in ESTIMATORS} for m in models}
+    return {"logging": "stochastic (logged propensities)" if opol.stochastic else
+            "deterministic (no propensities: IPS/SNIPS/DR only see orders that repeat the logged one)",
+            "click_model_theta": [round(float(t), 4) for t in opol.models["click"].theta],
+            "truth": truth, "estimates": est,
+            "summary": summary(truth, est, {k: k for k in _TRUTH})}
+
+
+def offpolicy_markdown(op: dict[str, Any]) -> list[str]:
+    if not op or not op.get("estimates"):
+        return []
+    models = list(op["estimates"])
+    f = lambda v, d=4: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+    lines = ["", f"Off-policy estimates of each model's order among every candidate (logging policy: "
+             f"{op['logging']}); true = the evaluator's expectation, per request.", "",
+             "| model | true purchases | " + " | ".join(f"{e} purchases" for e in ESTIMATORS)
+             + " | true GMV | " + " | ".join(f"{e} GMV" for e in ESTIMATORS) + " |",
+             "|---|" + "---|" * (2 * len(ESTIMATORS) + 2)]
+    for m in models:
+        t, e = op["truth"][m], op["estimates"][m]
+        lines.append(f"| {m} | {f(t['purchases'])} | " + " | ".join(f(e[x]['purchases']) for x in ESTIMATORS)
+                     + f" | {f(t['gmv'], 2)} | " + " | ".join(f(e[x]['gmv'], 2) for x in ESTIMATORS) + " |")
+    lines += ["", "Per estimator, across the models above: bias (mean estimate - truth), RMSE and Spearman rank "
+              "correlation of its model order with the true order.", "",
+              "| estimator | metric | bias | RMSE | rank corr. |", "|---|---|---|---|---|"]
+    for e in ESTIMATORS:
+        for k in _TRUTH:
+            v = op["summary"][e][k]
+            d = 2 if k == "gmv" else 4
+            lines.append(f"| {e} | {k} | {f(v['bias'], d)} | {f(v['rmse'], d)} | {f(v['spearman'], 3)} |")
+    return lines
 
 
 def _fmt(s: dict | None, digits: int = 4) -> str:
@@ -214,6 +260,7 @@ def markdown(out: dict[str, Any]) -> str:
             cells = [f"{_fmt(out[m]['regions'][r]['auc']['purchase'])} / {_fmt(out[m]['regions'][r]['expected_gmv'], 2)}"
                      for r in regions]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += offpolicy_markdown(out.get("offpolicy", {}))
     lines += ["", "Acceptance checks (computed from the figures above):", ""]
     for k, v in meta.get("acceptance", {}).items():
         if v is None:
