@@ -56,6 +56,10 @@ class ListModelConfig(StrictModel):
     head_hidden: list[int] = Field(default_factory=lambda: [64, 32])
     list_heads: int = Field(2, ge=1)
     list_ff: int = Field(128, ge=1)
+    objective: Literal["logged", "ips-listwise"] = Field(
+        "logged", description="logged: the multi-task loss on the shown candidates (their labels as logged); "
+        "ips-listwise: a softmax over every retrieved candidate, each shown one weighted by its gain / its "
+        "exposure propensity under the logging policy (counterfactual, see mmrank.rerank.trainer)")
 
 
 _MULTI = dict(tasks=["click", "cart", "purchase"], loss_weights={"click": 1.0, "cart": 1.0, "purchase": 1.0})
@@ -69,6 +73,10 @@ MODELS: dict[str, dict] = {
     "esmm": dict(heads="esmm", **_MULTI),
     "seqmd": dict(heads="seq", region_mask=True, **_MULTI),
     "seqmd-plain": dict(backbone="plain", list_encoder="none", heads="seq", region_mask=True, **_MULTI),
+    # counterfactual learners: choose among every retrieved candidate (propensity-weighted listwise loss)
+    "dnn-ips": dict(backbone="plain", list_encoder="none", objective="ips-listwise",
+                    loss_weights={"purchase": 1.0, "click": 0.0}),
+    "armmt-ips": dict(objective="ips-listwise", loss_weights={"purchase": 1.0, "click": 0.0}),
     # ablations
     "armmt-lambda0": dict(loss_weights={"purchase": 1.0, "click": 0.0}),
     "armmt-lambda0.3": dict(loss_weights={"purchase": 1.0, "click": 0.3}),

@@ -2,6 +2,8 @@
 
 Training reads the **shown** candidates of training requests (the only ones with labels), as lists in
 their shown order; the loss is :class:`mmrank.models.blocks.MultiTaskLoss` (one named term per label).
+A model with ``objective="ips-listwise"`` (``dnn-ips``, ``armmt-ips``) trains on **every** retrieved
+candidate instead, with the counterfactual loss :func:`ips_listwise_loss`.
 Scoring works on the shown candidates (the logged-label metrics) or on every retrieved candidate
 (the order the evaluator is asked about).
 
@@ -41,6 +43,11 @@ class RerankTrainConfig(StrictModel):
     max_train_lists: int | None = Field(None, ge=1, description="train on the latest N training lists only")
 
 
+# Gains of the counterfactual listwise loss (the NDCG@10 gains of mmrank.rerank.evaluate).
+IPS_GAINS = {"click": 1.0, "cart": 2.0, "purchase": 4.0}
+MIN_EXPOSURE = 0.02  # exposure propensities are clipped from below (weights at most gain / 0.02)
+
+
 @dataclass
 class RerankData:
     """Lists of a run, their vocabularies and frozen representations."""
@@ -50,6 +57,22 @@ class RerankData:
     space: ListSpace
     feats: ModalFeatures | None
     manifest: dict = field(default_factory=dict)
+
+    _exposure: np.ndarray | None = None
+
+    def exposure(self) -> np.ndarray:
+        """(n,) each candidate's exposure propensity under the logging policy: sum_j P0(shown at j) *
+        theta_j, theta the examination of a position-based click model fit by EM on the training lists'
+        clicks (:class:`mmrank.rerank.offpolicy.PositionBasedModel`; policy-aware propensities of
+        Oosterhuis & de Rijke 2020 with a learned examination model)."""
+        if self._exposure is None:
+            from mmrank.rerank.offpolicy import fit_click_models
+
+            theta = fit_click_models(self.lists, self.lists.train_rows())["click"].theta
+            marg = self.lists.logging_marginals()
+            k = min(marg.shape[1], len(theta))
+            self._exposure = marg[:, :k].astype(np.float64) @ theta[:k]
+        return self._exposure
 
     def train_rows(self, max_lists: int | None = None) -> np.ndarray:
         rows = self.lists.train_rows()
@@ -112,11 +135,14 @@ def train(model: ListModel, data: RerankData, rows: np.ndarray, cfg: RerankTrain
             order = rng.permutation(rows)
             sums: dict[str, float] = {}
             for a in range(0, len(order), cfg.batch_size):
-                batch = batch_for(data, order[a:a + cfg.batch_size], "shown")
-                out = model(batch)
-                mask = ~batch["pad"].reshape(-1)
-                terms = model.loss({t: v.reshape(-1) for t, v in out.items()},
-                                   {t: batch[t].reshape(-1) for t in model.cfg.tasks}, mask)
+                if model.cfg.objective == "ips-listwise":
+                    terms = ips_listwise_loss(model, data, order[a:a + cfg.batch_size])
+                else:
+                    batch = batch_for(data, order[a:a + cfg.batch_size], "shown")
+                    out = model(batch)
+                    mask = ~batch["pad"].reshape(-1)
+                    terms = model.loss({t: v.reshape(-1) for t, v in out.items()},
+                                       {t: batch[t].reshape(-1) for t in model.cfg.tasks}, mask)
                 opt.zero_grad(set_to_none=True)
                 terms["total"].backward()
                 opt.step()
@@ -126,6 +152,28 @@ def train(model: ListModel, data: RerankData, rows: np.ndarray, cfg: RerankTrain
             history.append({k: v / max(n_batches, 1) for k, v in sums.items()})
     secs = time.perf_counter() - t0
     return {"loss": history, "seconds": secs, "lists": int(len(rows)), "lists_per_s": len(rows) * cfg.epochs / max(secs, 1e-9)}
+
+
+def ips_listwise_loss(model: ListModel, data: RerankData, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    """Counterfactual listwise loss over **every** retrieved candidate of requests ``rows``:
+    -1/B sum_b sum_i w_bi log softmax(s_b)_i, w = gain (purchase 4 > cart 2 > click 1, 0 if none or not
+    shown) / max(exposure propensity, MIN_EXPOSURE). In expectation over the logging policy it is the
+    loss with every candidate's gain observed at full examination (the propensities correct the
+    selection and position bias of the logs)."""
+    batch = batch_for(data, rows, "all")
+    out = model(batch)
+    s = model.rank_scores(out).masked_fill(batch["pad"], float("-inf"))
+    flat = batch["flat"].numpy()
+    f0 = np.where(flat < 0, 0, flat)
+    lists = data.lists
+    gain = np.zeros(flat.shape)
+    for t, g in IPS_GAINS.items():
+        gain = np.maximum(gain, g * lists.label(t)[f0])
+    shown = (flat >= 0) & (lists.position[f0] >= 0)
+    w = np.where(shown, gain / np.maximum(data.exposure()[f0], MIN_EXPOSURE), 0.0)
+    logp = torch.log_softmax(s, dim=1).masked_fill(batch["pad"], 0.0)
+    loss = -(torch.from_numpy(w).float() * logp).sum() / max(len(rows), 1)
+    return {"ips_listwise": loss.detach(), "total": loss}
 
 
 @torch.no_grad()
