@@ -1,6 +1,7 @@
 """No training stage reads the market's truth: pre-training, embedding, CTR and re-ranking run with
 R/truth/ gone, and no file under it is opened meanwhile (re-ranking then reports its evaluator
-figures absent)."""
+figures absent). The same holds for the off-policy estimators and the counterfactual learners on a
+market logged by a stochastic policy: `rerank compare` estimates every order from the logs alone."""
 
 from __future__ import annotations
 
@@ -53,3 +54,33 @@ def test_pretrain_embed_and_ctr_run_without_the_truth(tmp_path: Path) -> None:
     assert (run / "ctr" / "simtier" / "metrics.json").exists()
     rerank = json.loads((run / "rerank" / "armmt" / "metrics.json").read_text())
     assert rerank["evaluator"].startswith("absent") and rerank["auc"]["purchase"] is not None
+
+
+@pytest.mark.slow
+def test_offpolicy_estimators_and_counterfactual_learners_run_without_the_truth(tmp_path: Path) -> None:
+    from mmrank.cli import app
+    from mmrank.data.market import generate_market, market_config
+
+    run = tmp_path / "run"
+    generate_market(market_config(size="tiny", n_items=300, n_users=400, n_impressions=12_000, seed=3,
+                                  behaviour=dict(policy_temperature=0.5, policy_exploration=0.1,
+                                                 policy_marginal_samples=16)), run)
+    (run / "rerank").mkdir()
+    (run / "rerank" / "encoder.json").write_text(json.dumps({"encoder": "tiny", "dim": 8}))
+    hidden = tmp_path / "hidden-truth"
+    shutil.move(run / "truth", hidden)
+    _WATCH["root"] = hidden
+    try:
+        res = CliRunner().invoke(app, ["rerank", "compare", "--run", str(run), "--seeds", "1", "--threads", "1",
+                                       "--models", "logged,prod-order,dnn-ips,armmt-ips"])
+        assert res.exit_code == 0, (res.output, res.exception)
+    finally:
+        _WATCH["root"] = None
+    assert _WATCH["opened"] == []
+    out = json.loads((run / "rerank" / "compare.json").read_text())
+    assert out["meta"]["evaluator"].startswith("absent")
+    for m in ("prod-order", "dnn-ips", "armmt-ips"):
+        est = out["offpolicy"]["estimates"][m]
+        assert all(est[e]["purchases"] is not None for e in ("ips", "snips", "dr", "pbm")), m
+        assert out["offpolicy"]["truth"][m]["purchases"] is None
+    assert out["offpolicy"]["logging"].startswith("stochastic")
