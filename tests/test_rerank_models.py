@@ -72,7 +72,8 @@ def test_lists_are_scored_as_sets(data, name):
 def test_every_model_trains_with_one_named_term_per_label(data, name):
     cfg = _small(name)
     model, info = fit(data, name, cfg=cfg, train_cfg=RerankTrainConfig(epochs=1, batch_size=32), progress=False)
-    assert set(info["loss"][0]) == {*cfg.loss_weights, "total"}
+    assert set(info["loss"][0]) == ({"ips_listwise", "total"} if cfg.objective == "ips-listwise"
+                                    else {*cfg.loss_weights, "total"})
     assert all(np.isfinite(v) for v in info["loss"][0].values())
     cands, scores = predict(model, data, data.lists.test_rows()[:5], "all")
     assert [len(s) for s in scores["rank"]] == [len(c) for c in cands]
@@ -99,3 +100,30 @@ def test_armmt_learns_the_query_match_that_ids_cannot_see(tmp_path):
         idx = np.concatenate(cands)
         res[name] = auc(d.lists.click[idx].astype(int), np.concatenate(scores["click"]))
     assert res["armmt"] > res["dnn"] + 0.02, res
+
+
+def test_ips_listwise_loss_weights_each_shown_gain_by_its_exposure(data):
+    """The counterfactual loss is -1/B sum w log softmax over every candidate, w = gain / exposure, the
+    exposure (deterministic logs) the click model's examination at the logged position, 0 unshown."""
+    from mmrank.rerank.offpolicy import fit_click_models
+    from mmrank.rerank.trainer import MIN_EXPOSURE, ips_listwise_loss
+
+    lists = data.lists
+    theta = fit_click_models(lists, lists.train_rows())["click"].theta
+    shown = lists.position >= 0
+    np.testing.assert_allclose(data.exposure()[shown], theta[lists.position[shown]], rtol=1e-6)
+    assert (data.exposure()[~shown] == 0).all()
+    torch.manual_seed(0)
+    model = build_model(data, _small("dnn-ips")).eval()
+    rows = lists.train_rows()[:6]
+    got = ips_listwise_loss(model, data, rows)["total"]
+    with torch.no_grad():
+        s = model.rank_scores(model(batch_for(data, rows, "all")))
+    want = 0.0
+    for k, r in enumerate(rows):
+        idx = np.arange(lists.offsets[r], lists.offsets[r + 1])
+        gain = np.maximum.reduce([1.0 * lists.click[idx], 2.0 * lists.cart[idx], 4.0 * lists.purchase[idx]])
+        w = np.where(shown[idx], gain / np.maximum(data.exposure()[idx], MIN_EXPOSURE), 0.0)
+        want -= float((torch.from_numpy(w).float() * torch.log_softmax(s[k, :len(idx)], 0)).sum())
+    assert want != 0.0
+    assert float(got.detach()) == pytest.approx(want / len(rows), rel=1e-5)
