@@ -69,8 +69,9 @@ class BehaviourConfig(StrictModel):
         "Plackett-Luce model over production score / temperature (a randomised ranker with known "
         "propensities, as in counterfactual learning-to-rank practice: Joachims et al. 2017 randomise the top "
         "of arXiv/Yahoo search, Oosterhuis & de Rijke 2021 log Plackett-Luce policies). The production "
-        "score spreads about 0.9 (std) over a request's ~50 candidates (tiny market), so 0.3 keeps the top "
-        "ranks mostly in score order and 1.0 is close to uniform among the top-scored ones")
+        "score spreads about 0.85 (std) over a request's ~50 candidates; at 0.5 (no exploration) the "
+        "best-scored candidate is shown first in 39% of lists and 71% of the shown are of the top n by score "
+        "(small market), at 1.0 (10% exploration) 17% and 56% (tiny market)")
     policy_exploration: float = Field(
         0.0, ge=0.0, le=1.0, description="share of each slot's draw that is uniform over the candidates not "
         "yet shown (an exploration bucket; shops that log for off-policy evaluation randomise a few "
