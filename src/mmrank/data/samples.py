@@ -208,6 +208,7 @@ def build_lists(events: pa.Table, items: pa.Table, split_ts: int, start_ts: int 
         if "propensity" in candidates.column_names:  # a stochastic production policy's propensities
             prop = candidates.column("propensity").to_numpy(zero_copy_only=False)[keep][o]
             policy["propensities"] = np.nan_to_num(prop.astype(np.float32), nan=0.0)
+        if "position_probs" in candidates.column_names:
             marg = candidates.column("position_probs").combine_chunks()
             width = marg.type.list_size
             policy["position_probs"] = marg.flatten().to_numpy().reshape(-1, width)[keep][o].astype(np.float32)
@@ -264,12 +265,14 @@ def _policy_columns(offsets: np.ndarray, policy: dict[str, np.ndarray]) -> dict[
     """With a stochastic production policy: ``propensities`` (each shown candidate's probability at its
     slot given the slots above; 0 where not shown) and ``position_probs`` (each candidate's probability
     of being shown at each position)."""
-    if not policy:
-        return {}
-    marg = policy["position_probs"]
-    inner = pa.FixedSizeListArray.from_arrays(pa.array(marg.ravel(), pa.float32()), marg.shape[1])
-    return {"propensities": _list(offsets, policy["propensities"], pa.float32()),
-            "position_probs": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), inner)}
+    out = {}
+    if "propensities" in policy:
+        out["propensities"] = _list(offsets, policy["propensities"], pa.float32())
+    if "position_probs" in policy:
+        marg = policy["position_probs"]
+        inner = pa.FixedSizeListArray.from_arrays(pa.array(marg.ravel(), pa.float32()), marg.shape[1])
+        out["position_probs"] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), inner)
+    return out
 
 
 def build_derived(run: str | Path, split_ts: int, history_len: int = HISTORY_LEN, start_ts: int = 0) -> dict[str, int]:
