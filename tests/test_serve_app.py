@@ -4,7 +4,6 @@ metrics, hot swap. Real bundle, real encoder, real table; no server process (see
 from __future__ import annotations
 
 import base64
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -15,25 +14,28 @@ torch.set_num_threads(1)
 KEY = "test-key-0123456789"
 
 
-@pytest.fixture(scope="module")
-def serving_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mmrank.serve.fixtures import build_serving_run
-
-    return build_serving_run(tmp_path_factory.mktemp("serve_app") / "run")
-
-
-@pytest.fixture()
-def client(serving_run: Path, tmp_path: Path):
+def _client(run: Path):
     from fastapi.testclient import TestClient
 
-    from mmrank.serve.app import Settings, create_app
+    from mmrank.serve.app import create_app
+    from mmrank.serve.config import Settings
 
-    run = tmp_path / "run"
-    shutil.copytree(serving_run, run)
     app = create_app(Settings(run=run, api_key=KEY, max_body_bytes=256 << 10, threads=1))
     with TestClient(app) as c:
         c.run = run
         yield c
+
+
+@pytest.fixture()
+def client(serving_run: Path):
+    """The app on the shared serving run (tests that only read, or are refused before writing)."""
+    yield from _client(serving_run)
+
+
+@pytest.fixture()
+def write_client(serving_run_copy: Path):
+    """The app on a private copy of the run (tests that write)."""
+    yield from _client(serving_run_copy)
 
 
 def _catalog(run: Path):
@@ -68,7 +70,8 @@ def test_rank_orders_known_candidates_and_reports_unknown_ones(client) -> None:
     assert {i["item_id"]: i["score"] for i in r2.json()["items"]} != {i["item_id"]: i["score"] for i in body["items"]}
 
 
-def test_posted_item_is_rankable_from_content_and_searchable_at_once(client) -> None:
+def test_posted_item_is_rankable_from_content_and_searchable_at_once(write_client) -> None:
+    client = write_client
     cat = _catalog(client.run)
     item = {"item_id": 777000111, "title": "emerald linen summer dress", "category": cat["category"][5],
             "image_b64": base64.b64encode(cat["image"][5]).decode()}
@@ -145,14 +148,13 @@ def test_writes_need_the_key_and_big_bodies_get_413(client) -> None:
     assert r.status_code == 413
 
 
-def test_no_key_configured_means_writes_are_refused(serving_run: Path, tmp_path: Path) -> None:
+def test_no_key_configured_means_writes_are_refused(serving_run: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from mmrank.serve.app import Settings, create_app
+    from mmrank.serve.app import create_app
+    from mmrank.serve.config import Settings
 
-    run = tmp_path / "run"
-    shutil.copytree(serving_run, run)
-    with TestClient(create_app(Settings(run=run, api_key=None, threads=1))) as c:
+    with TestClient(create_app(Settings(run=serving_run, api_key=None, threads=1))) as c:
         r = c.post("/v1/items", json={"item_id": 5, "title": "t", "image_b64": "AAAA"},
                    headers={"X-API-Key": ""})
         assert r.status_code == 401 and "no API key" in r.json()["error"]

@@ -43,14 +43,12 @@ def _photos_loaded(driver, column: str) -> list[str]:
         ".map(li => li.dataset.itemId);", column)
 
 
-def test_page_text_and_image_search_show_ranked_photos(browser, tmp_path: Path) -> None:
+def test_page_text_and_image_search_show_ranked_photos(browser, serving_run: Path, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    from mmrank.serve.fixtures import build_serving_run
-
-    run = build_serving_run(tmp_path / "run")
+    run = serving_run
     items = pq.read_table(run / "data" / "items.parquet", columns=["item_id", "title", "image"])
     photo = tmp_path / "query.jpg"
     photo.write_bytes(items.column("image")[11].as_py())
