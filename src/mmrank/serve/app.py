@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import warnings
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from PIL import Image
 
 from mmrank.serve import errors
 from mmrank.serve.batching import RankBatcher
@@ -50,6 +52,9 @@ def _lifespan(state: ServerState, bundle: Bundle | None):
         from mmrank import threads
 
         settings = state.settings
+        # images are checked against the server's own, lower pixel cap before they are decoded
+        # (mmrank.serve.images): the imaging library's warning for large ones is noise here
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         threads.configure(settings.threads)
         threads.serving_switch_interval()
         threads.reuse_freed_memory()

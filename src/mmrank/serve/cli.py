@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import Optional
@@ -10,15 +9,6 @@ from typing import Optional
 import typer
 
 from mmrank.errors import MMRankError
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def serve(
@@ -66,7 +56,8 @@ def serve(
     import uvicorn
 
     from mmrank.serve.bundle import pick_strategy
-    from mmrank.serve.config import ENV_KEY_FILE, ENV_READ_KEY_FILE, EndpointLimit, Settings, read_key_file
+    from mmrank.serve.config import (ENV_KEY_FILE, ENV_READ_KEY_FILE, EndpointLimit, Settings,
+                                     default_read_rate, read_key_file)
     from mmrank.threads import cores
 
     if not (run / "encoder").exists() or not (run / "embeddings").exists():
@@ -85,7 +76,7 @@ def serve(
         forward_workers=forward_workers or max(1, cores() // workers), max_wait_ms=max_wait_ms,
         max_batch_rows=max_batch_rows, max_body_bytes=int(max_body_mb * (1 << 20)),
         max_image_bytes=int(max_image_mb * (1 << 20)), max_image_pixels=int(max_image_mpx * 1e6),
-        deadline_ms=deadline_ms, rate_per_s=rate if rate is not None else (0.0 if _loopback(host) else 100.0),
+        deadline_ms=deadline_ms, rate_per_s=rate if rate is not None else default_read_rate(host),
         rate_burst=rate_burst, limits={"rank": limit(rank_concurrency), "search": limit(search_concurrency),
                                        "items": limit(items_concurrency)})
     os.environ.update({**settings.to_env(),  # read by each worker's app factory

@@ -92,6 +92,19 @@ class Settings(StrictModel):
         return cls.model_validate(doc)
 
 
+def default_read_rate(host: str) -> float:
+    """Reads per second per client when ``--rate`` is not given: none on loopback (the machine's own
+    users), 100 on any other address."""
+    import ipaddress
+
+    if host == "localhost":
+        return 0.0
+    try:
+        return 0.0 if ipaddress.ip_address(host).is_loopback else 100.0
+    except ValueError:  # a host name other than localhost
+        return 100.0
+
+
 def read_key_file(path: str | Path | None, env_var: str = "MMRANK_API_KEY") -> str | None:
     """A key from a file (first line, stripped) if given, else the environment variable ``env_var``."""
     if path:

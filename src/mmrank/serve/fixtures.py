@@ -43,6 +43,22 @@ def new_encoder(run: str | Path, seed: int = 0) -> str:
     return (Path(run) / "encoder" / "version.txt").read_text().strip()
 
 
+def bomb_png(width: int = 13_000, height: int = 13_000) -> bytes:
+    """A valid PNG that declares ``width`` x ``height`` 1-bit pixels, all black: a few tens of KB on the
+    wire, seconds of CPU and hundreds of MB to decode (a decompression bomb, for the limit tests)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    z = zlib.compressobj(9)
+    body = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
 # ---- real servers for tests and benchmarks ---------------------------------------------------------------
 def free_port() -> int:
     import socket
