@@ -1,6 +1,7 @@
 """The ASGI layer under the routes (pure ASGI, no per-request task): the body limit (413), the
 per-endpoint admission queues (503 with ``Retry-After``), the in-flight count the rank batcher reads,
-and request metrics by route template."""
+request metrics by route template, and a ``Server-Timing`` header on every answer (the server's own
+time, apart from the network and the client)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ async def _answer(send, status: int, doc: dict, headers: list | None = None) -> 
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
+
+
+def _timing(t0: float) -> tuple[bytes, bytes]:
+    """``Server-Timing: app;dur=MS``: the time from the request's arrival in the app to its answer."""
+    return b"server-timing", f"app;dur={(time.perf_counter() - t0) * 1e3:.2f}".encode()
 
 
 class Guard:
@@ -55,7 +61,7 @@ class Guard:
                 await _answer(send, 503, {"error": f"the server is busy ({path} cannot start within its "
                                                    f"deadline of {state.settings.deadline_ms:g} ms): retry "
                                                    f"after {r.retry_after} s", "field": None},
-                              [(b"retry-after", str(r.retry_after).encode())])
+                              [(b"retry-after", str(r.retry_after).encode()), _timing(t0)])
                 state.metrics.refused.labels(path, r.reason).inc()
                 state.metrics.request(scope, method, 503, time.perf_counter() - t0, route=path)
                 return
@@ -76,6 +82,7 @@ class Guard:
             nonlocal status
             if msg["type"] == "http.response.start":
                 status = msg["status"]
+                msg = {**msg, "headers": [*msg.get("headers", []), _timing(t0)]}
             await send(msg)
 
         batcher = state.batcher if endpoint == "rank" else None
