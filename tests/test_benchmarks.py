@@ -120,3 +120,23 @@ def test_serve_latency_states_its_goals_as_ratios_over_repeats(monkeypatch, caps
         assert r["ratios"]["overhead_c1_p99"] == (m1["p99_ms"] - raw["forward_p99_ms"]) / raw["forward_p99_ms"]
         assert r["ratios"]["speedup_c16"] == r["loads"]["mmrank@16"]["req_per_s"] / r["loads"]["plain@16"]["req_per_s"]
         assert all(v["errors"] == 0 and v["n"] == 8 for v in r["loads"].values())
+
+
+def test_serve_load_sweeps_every_endpoint_to_its_knee(monkeypatch, capsys, serving_run, tmp_path):
+    """Toy sweep (two short rates per endpoint, a deadline no toy rate reaches): every endpoint
+    answered, its knee the highest rate run, the rank/plain ratio from the two knees."""
+    import json
+
+    out_json = tmp_path / "serve_load.json"
+    _run_script(monkeypatch, "serve_load", [
+        "--run", str(serving_run), "--strategy", "simtier", "--candidates", "20", "--history", "10",
+        "--start", "4", "--step", "2", "--max-rate", "8", "--seconds", "0.5", "--deadline-ms", "20000",
+        "--json", str(out_json)])
+    out = capsys.readouterr().out
+    doc = json.loads(out_json.read_text())
+    (run,) = doc["runs"]
+    for e in ("rank", "search-text", "search-photo", "items", "plain-rank"):
+        assert [s["rate"] for s in run[e]["steps"]] == [4, 8] and run[e]["knee"] == 8, (e, run[e])
+        assert all(s["ok"] == s["n"] > 0 for s in run[e]["steps"]), (e, run[e])
+    assert run["ratio_rank_to_plain"] == 1.0 and doc["summary"]["rank"]["values"] == [8]
+    assert "ratio_rank_to_plain" in out and "knees (requests/s with p99 under 20000 ms)" in out
