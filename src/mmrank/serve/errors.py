@@ -33,6 +33,22 @@ async def on_http(request: Request, exc: HTTPException) -> JSONResponse:
                         headers=getattr(exc, "headers", None))
 
 
+STORE_RETRY_AFTER = 2  # seconds: a shared item store (Redis) restarting is back within a few
+
+
+async def on_store_down(request: Request, exc: Exception) -> JSONResponse:
+    """The shared item store (Redis) did not answer: 503, try again shortly (nothing is acknowledged)."""
+    return JSONResponse({"error": f"the item store is unavailable ({type(exc).__name__}): the request was not completed, "
+                                  f"retry after {STORE_RETRY_AFTER} s", "field": None},
+                        status_code=503, headers={"Retry-After": str(STORE_RETRY_AFTER)})
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)
+    try:
+        import redis
+    except ImportError:  # the redis extra is not installed: no Redis store to lose
+        return
+    for cls in (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        app.add_exception_handler(cls, on_store_down)

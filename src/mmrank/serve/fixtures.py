@@ -153,9 +153,10 @@ class ServerProcess:
             pass
 
 
-def redis_server(directory: str | Path):
-    """Start a private redis-server on a free port (fsync on every write); returns ``(proc, url)``.
-    Raises FileNotFoundError if redis-server is not installed."""
+def redis_server(directory: str | Path, port: int | None = None):
+    """Start a private redis-server on ``port`` (default: a free one), its data in ``directory`` (fsync
+    on every write; a restart on the same port and directory finds every acknowledged write);
+    returns ``(proc, url)``. Raises FileNotFoundError if redis-server is not installed."""
     import shutil
     import subprocess
     import time
@@ -165,7 +166,7 @@ def redis_server(directory: str | Path):
     exe = shutil.which("redis-server")
     if exe is None:
         raise FileNotFoundError("redis-server")
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
                              "--appendonly", "yes", "--appendfsync", "always", "--save", "",
                              "--protected-mode", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
