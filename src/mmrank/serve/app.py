@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import warnings
 from contextlib import asynccontextmanager
 
@@ -46,6 +47,19 @@ from mmrank.serve.scoring import run_batch
 from mmrank.serve.state import ServerState
 
 
+async def _first_bundle(settings: Settings, loop: asyncio.AbstractEventLoop) -> Bundle:
+    """The run's bundle; while the shared item store (Redis) does not answer, tried again every second
+    for up to ``settings.store_wait_s`` (a worker restarted during a Redis restart waits for it)."""
+    give_up = time.monotonic() + settings.store_wait_s
+    while True:
+        try:
+            return await loop.run_in_executor(None, load_bundle, settings.run, settings.strategy)
+        except Exception as err:  # noqa: BLE001 - only the store being down is waited out
+            if not errors.store_unavailable(err) or time.monotonic() > give_up:
+                raise
+        await asyncio.sleep(1.0)
+
+
 def _lifespan(state: ServerState, bundle: Bundle | None):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -59,7 +73,7 @@ def _lifespan(state: ServerState, bundle: Bundle | None):
         threads.serving_switch_interval()
         threads.reuse_freed_memory()
         loop = asyncio.get_running_loop()
-        state.bundle = bundle or await loop.run_in_executor(None, load_bundle, settings.run, settings.strategy)
+        state.bundle = bundle or await _first_bundle(settings, loop)
         # The first bundle's objects (histories, titles, vocabularies) and the libraries' live as long
         # as the server: keep the cyclic garbage collector from walking them again on every full
         # collection (a tail-latency pause that grows with the catalog). Not after a swap: a frozen

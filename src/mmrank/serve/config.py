@@ -67,6 +67,8 @@ class Settings(StrictModel):
     # shedding: a request that cannot start in time to finish within deadline_ms gets 503 at once
     deadline_ms: float = Field(500.0, gt=0)
     limits: dict[str, EndpointLimit] = Field(default_factory=_default_limits)
+    # a worker started while the shared item store (Redis) is down waits for it this long
+    store_wait_s: float = Field(60.0, ge=0)
     # reads: a token bucket per client (read key, else IP); 0 = off
     rate_per_s: float = Field(0.0, ge=0)
     rate_burst: int = Field(200, ge=1)
