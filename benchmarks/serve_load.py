@@ -89,6 +89,37 @@ def sweep(url: str, reqs, args: argparse.Namespace, deadline_ms: float, next_id:
     return {"knee": knee, "steps": steps}
 
 
+def run_soak(args: argparse.Namespace) -> dict:
+    """``--soak SECONDS``: :func:`mmrank.serve.soak.soak` on a copy of the run, and its verdicts."""
+    import json
+
+    from mmrank.serve.fixtures import build_serving_run
+    from mmrank.serve.soak import soak
+
+    if shutil.which("redis-server") is None:
+        raise SystemExit("--soak needs redis-server (apt-get install redis-server)")
+    with tempfile.TemporaryDirectory(prefix="serve-soak-") as tmp:
+        src = Path(args.run) if args.run else build_serving_run(Path(tmp) / "src", strategies=("id", "simtier"))
+        run = Path(tmp) / "run"
+        shutil.copytree(src, run)
+        (Path(tmp) / "redis").mkdir()
+        print(f"soak of {args.soak:g} s on a copy of {src}: rank, search, ingest on 2 workers; Redis restarts at "
+              f"20%, the bundle is swapped at 40%, a worker is killed at 60%", flush=True)
+        r = soak(run, Path(tmp) / "redis", seconds=args.soak, strategy=args.strategy or "simtier")
+    five = {k: {s: n for s, n in v.items() if s >= 500 and s != 503} for k, v in r["statuses"].items()}
+    growth = (r["rss_end_kb"] / r["rss_warm_kb"] - 1) if r.get("rss_end_kb") else float("nan")
+    print(f"answers: {r['statuses']}; bundle swap answered {r['swap_status']}; a worker died on its own: "
+          f"{r['worker_died_on_its_own']}; the killed worker replaced: {r['victim_replaced']}")
+    print(f"acknowledged items: {r['acknowledged']}, missing after the faults: {len(r['missing'])}")
+    print(f"5xx other than 503: {five}; 429/503 without Retry-After: {len(r['no_retry_after'])}")
+    print(f"connections cut (s after the kill): {r['dropped']}")
+    print(f"resident memory of a surviving worker: {r['rss_warm_kb']} kB after warm-up -> {r['rss_end_kb']} kB "
+          f"at the end ({growth:+.1%}; goal < +10%)")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"benchmark": "serve_soak", **r}, indent=1, default=str))
+    return r
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", help="a run with encoder/, embeddings/, ctr/ (default: build a small one)")
@@ -104,8 +135,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
+                   help="instead of the sweep: a soak with faults this long (Redis restart, bundle swap, "
+                        "a worker killed; needs redis-server), e.g. 600")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.soak:
+        return run_soak(args)
 
     import json
 
