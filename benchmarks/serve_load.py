@@ -11,6 +11,11 @@ it bounded in production (see ``mmrank serve --deadline-ms``).
 
     python benchmarks/serve_load.py --run runs/demo --repeat 3 --json serve_load.json
 
+Each rate's line also gives the server's own p99 (its ``Server-Timing`` header: from the moment the
+app sees the request) and how late the client sent its requests: a p99 far above the server's own
+is time spent before the app (the event loop or the kernel's queue), a late client is the client's
+limit, not the server's.
+
 The rate starts at ``--start`` requests/s and grows by ``--step`` until p99 passes the deadline (or
 ``--max-rate``); each rate runs ``--seconds``. The client (asyncio + httpx) shares the machine with
 the servers: on a 2-core machine its own cost is part of every figure, alike for every endpoint.
@@ -50,7 +55,7 @@ def requests_for(run: Path, n: int, n_cand: int, n_hist: int) -> dict[str, list[
     rows = rng.integers(0, len(titles), n)
     text = [("POST", "/v1/search", {"text": titles[r], "k": 10}) for r in rows]
     photo = [("POST", "/v1/search", {"image_b64": base64.b64encode(images[r]).decode(), "k": 10}) for r in rows]
-    return {"rank": rank, "search-text": text, "search-photo": photo,
+    return {"rank": rank, "search-text": text, "search-photo": photo, "healthz": [("GET", "/healthz", None)],
             "items": [(titles, images, cats)]}  # made per rate: every post a new id
 
 
@@ -80,7 +85,8 @@ def sweep(url: str, reqs, args: argparse.Namespace, deadline_ms: float, next_id:
         s["rate"] = rate
         steps.append(s)
         good = s["ok"] == s["n"] and s["p99_ms"] < deadline_ms
-        print(f"  {rate:8.1f}/s  p50 {s['p50_ms']:8.1f} ms  p99 {s['p99_ms']:8.1f} ms  "
+        print(f"  {rate:8.1f}/s  p50 {s['p50_ms']:8.1f} ms  p99 {s['p99_ms']:8.1f} ms  (server's own p99 "
+              f"{s['server_p99_ms']:7.1f} ms, client late p99 {s['client_late_p99_ms']:6.1f} ms)  "
               f"answered {s['status']}{'' if good else '  <- past the knee'}", flush=True)
         if not good:
             break
@@ -131,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--step", type=float, default=1.4, help="each rate is the last times this")
     p.add_argument("--max-rate", type=float, default=5000.0)
     p.add_argument("--seconds", type=float, default=5.0, help="seconds per rate")
-    p.add_argument("--endpoints", default="rank,search-text,search-photo,items,plain-rank")
+    p.add_argument("--endpoints", default="rank,search-text,search-photo,items,plain-rank",
+                   help="also 'healthz': the client's own ceiling (a rate past it measures the client)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)

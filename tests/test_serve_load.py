@@ -22,7 +22,7 @@ def _rank_requests(run: Path, n: int, n_cand: int = 50) -> list[tuple]:
     rng = np.random.default_rng(0)
     out = []
     for _ in range(n):
-        pick = rng.choice(ids, n_cand + 20, replace=False)
+        pick = rng.choice(ids, min(len(ids), n_cand + 20), replace=False)
         out.append(("POST", "/v1/rank", {"user": {"history": [int(x) for x in pick[n_cand:]]},
                                          "candidates": [int(x) for x in pick[:n_cand]]}))
     return out
@@ -33,7 +33,7 @@ def test_twice_the_capacity_is_shed_with_retry_after_and_accepted_p99_stays_unde
     from mmrank.serve.loadgen import closed_loop, open_loop, summary
 
     deadline_ms = 250.0
-    reqs = _rank_requests(serving_run, 32)
+    reqs = _rank_requests(serving_run, 32, n_cand=250)  # ~10 ms forwards: the server, not this client, is the limit
     args = ("--strategy", "simtier", "--forward-workers", "1", "--rank-concurrency", "2",
             "--queue-factor", "2", "--deadline-ms", str(deadline_ms))
     with ServerProcess(serving_run, extra_args=args) as srv:
@@ -48,7 +48,9 @@ def test_twice_the_capacity_is_shed_with_retry_after_and_accepted_p99_stays_unde
     assert refused > 0 and got["refused_with_retry_after"] == refused, got
     assert got["ok"] > 0.3 * got["n"], got  # shedding, not collapse: most of the capacity is still served
     # the server's own time (Server-Timing) of the requests it accepted: what its deadline bounds. The
-    # client's view adds this process's own lag on a shared machine (reported, not asserted).
+    # client's view adds the time before the app sees a request (uvicorn's event loop and the kernel's
+    # queue, which saturate too at twice the capacity on 2 cores) and this process's own lag: reported
+    # in the message, not asserted (measured 135 ms and 1,021 ms client p99 in two runs of this test).
     assert got["server_p99_ms"] < deadline_ms, (capacity, got)
     counted = sum(float(v) for v in re.findall(
         r'mmrank_refused_total\{reason="(?:deadline|queue full)",route="/v1/rank"\} (\S+)', metrics))

@@ -29,6 +29,7 @@ class Result:
     seconds: float           # from the scheduled send time to the answer
     retry_after: str | None
     server_seconds: float | None = None  # the server's own time (its Server-Timing header)
+    late: float = 0.0        # how late the client sent it (its own lag: past a few ms, the client is the limit)
 
 
 def _server_seconds(header: str | None) -> float | None:
@@ -45,12 +46,13 @@ async def _send(client, req: Request, scheduled: float) -> Result:
 
     method, path, body = req[:3]
     headers = req[3] if len(req) > 3 else None
+    late = time.perf_counter() - scheduled
     try:
         r = await client.request(method, path, json=body, headers=headers)
         return Result(r.status_code, time.perf_counter() - scheduled, r.headers.get("retry-after"),
-                      _server_seconds(r.headers.get("server-timing")))
+                      _server_seconds(r.headers.get("server-timing")), late)
     except httpx.HTTPError:
-        return Result(0, time.perf_counter() - scheduled, None)
+        return Result(0, time.perf_counter() - scheduled, None, None, late)
 
 
 async def _open_loop(url: str, reqs: list[Request], rate: float, seconds: float, timeout: float) -> list[Result]:
@@ -116,4 +118,6 @@ def summary(results: list[Result], ok: int = 200) -> dict:
     return {"n": len(results), "ok": int(len(lat)), "status": by_status,
             "refused_with_retry_after": sum(1 for r in results if r.status in (429, 503) and r.retry_after),
             "p50_ms": pct(50), "p99_ms": pct(99),
-            "server_p99_ms": float(np.percentile(srv, 99)) if len(srv) else float("nan")}
+            "server_p99_ms": float(np.percentile(srv, 99)) if len(srv) else float("nan"),
+            "client_late_p99_ms": float(np.percentile([r.late for r in results], 99) * 1e3) if results
+            else float("nan")}
