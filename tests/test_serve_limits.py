@@ -55,6 +55,17 @@ def test_admission_refuses_at_once_what_cannot_start_in_time_and_times_out_a_stu
     asyncio.run(go())
 
 
+def test_admission_takes_the_event_loops_lag_off_the_budget() -> None:
+    async def go() -> None:
+        a = Admission(concurrency=4, queue=4, deadline=0.2)
+        await a.acquire(time.perf_counter(), lag=0.05)  # a free slot and time left: admitted
+        with pytest.raises(Refused) as r:
+            await a.acquire(time.perf_counter(), lag=0.25)  # the loop alone is later than the deadline
+        assert r.value.reason == "overloaded" and a.running == 1
+
+    asyncio.run(go())
+
+
 def test_token_buckets_refill_at_their_rate_per_key() -> None:
     tb = TokenBuckets(rate=2.0, burst=3)
     for _ in range(3):

@@ -49,9 +49,11 @@ def test_twice_the_capacity_is_shed_with_retry_after_and_accepted_p99_stays_unde
     assert got["ok"] > 0.3 * got["n"], got  # shedding, not collapse: most of the capacity is still served
     # the server's own time (Server-Timing) of the requests it accepted: what its deadline bounds. The
     # client's view adds the time before the app sees a request (uvicorn's event loop and the kernel's
-    # queue, which saturate too at twice the capacity on 2 cores) and this process's own lag: reported
-    # in the message, not asserted (measured 135 ms and 1,021 ms client p99 in two runs of this test).
+    # queue; the admission takes the loop's lag off the budget, see mmrank.serve.limits.LoopLag) and
+    # this process's own lag on a shared machine: bounded loosely (without the lag term it reached
+    # 1,021 ms; with it 112-241 ms in three runs).
     assert got["server_p99_ms"] < deadline_ms, (capacity, got)
+    assert got["p99_ms"] < 2 * deadline_ms, (capacity, got)
     counted = sum(float(v) for v in re.findall(
-        r'mmrank_refused_total\{reason="(?:deadline|queue full)",route="/v1/rank"\} (\S+)', metrics))
+        r'mmrank_refused_total\{reason="(?:deadline|queue full|overloaded)",route="/v1/rank"\} (\S+)', metrics))
     assert counted == refused, (counted, got)

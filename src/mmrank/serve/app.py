@@ -85,7 +85,9 @@ def _lifespan(state: ServerState, bundle: Bundle | None):
                                         max_wait=settings.max_wait_ms / 1e3, on_batch=state.metrics.batch,
                                         workers=settings.forward_workers)
             state.batcher.start()
+        watcher = asyncio.create_task(state.loop_lag.watch())
         yield
+        watcher.cancel()
         if state.batcher is not None:
             await state.batcher.stop()
         if state.bundle is not None:

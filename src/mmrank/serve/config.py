@@ -8,7 +8,8 @@ Limits a server keeps by default (each one a flag of ``mmrank serve``):
   bomb limit is 179 Mpx);
 * each endpoint that does real work (``/v1/rank``, ``/v1/search``, ``POST /v1/items``) runs a bounded
   number of requests at once with a bounded queue behind them; a request that cannot start in time to
-  finish within the deadline (500 ms) gets 503 with ``Retry-After`` at once;
+  finish within the deadline (500 ms) gets 503 with ``Retry-After`` at once (the time a request
+  waited before the app saw it, estimated from the event loop's lag, counts against its deadline);
 * reads take no key and have no rate limit on loopback; on any other address every client (its read
   key, or its IP without one) gets a token bucket of 100 requests/s (burst 200), over it 429.
 """

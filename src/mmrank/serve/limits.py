@@ -45,12 +45,16 @@ class Admission:
             return 0.0
         return (len(self._waiting) + 1) / self.concurrency * self.service
 
-    async def acquire(self, arrived: float) -> None:
-        """Take a slot, or raise :class:`Refused`. ``arrived``: ``time.perf_counter()`` at arrival."""
+    async def acquire(self, arrived: float, lag: float = 0.0) -> None:
+        """Take a slot, or raise :class:`Refused`. ``arrived``: ``time.perf_counter()`` at arrival;
+        ``lag``: how late the event loop runs (:class:`LoopLag`), time a request spends before the app
+        sees it, so it is taken off the budget."""
+        budget = self.deadline - self.service - lag  # the latest start that can still finish in time
+        if budget <= 0:
+            raise Refused("overloaded", lag + self.service)
         if self.running < self.concurrency and not self._waiting:
             self.running += 1
             return
-        budget = self.deadline - self.service  # the latest start that can still finish in time
         if len(self._waiting) >= self.max_queue:
             raise Refused("queue full", self.expected_wait())
         if self.expected_wait() > budget:
@@ -88,6 +92,22 @@ class Admission:
                 fut.set_result(None)
                 return
         self.running -= 1
+
+
+class LoopLag:
+    """How late the event loop wakes a sleeper (seconds, decaying maximum): when the loop itself is
+    saturated, requests wait before the app sees them, and that wait counts against their deadline."""
+
+    def __init__(self, interval: float = 0.02, decay: float = 0.8) -> None:
+        self.interval, self.decay = interval, decay
+        self.seconds = 0.0
+
+    async def watch(self) -> None:
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(self.interval)
+            late = max(0.0, time.perf_counter() - t - self.interval)
+            self.seconds = max(late, self.seconds * self.decay)
 
 
 class TokenBuckets:

@@ -56,7 +56,7 @@ class Guard:
         admission = state.admission[endpoint] if endpoint else None
         if admission is not None:
             try:
-                await admission.acquire(t0)
+                await admission.acquire(t0, state.loop_lag.seconds)
             except Refused as r:
                 await _answer(send, 503, {"error": f"the server is busy ({path} cannot start within its "
                                                    f"deadline of {state.settings.deadline_ms:g} ms): retry "

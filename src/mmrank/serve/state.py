@@ -13,7 +13,7 @@ from mmrank.serve import schemas as S
 from mmrank.serve.batching import RankBatcher
 from mmrank.serve.bundle import Bundle
 from mmrank.serve.config import SHED_ENDPOINTS, Settings
-from mmrank.serve.limits import Admission, Refused, TokenBuckets
+from mmrank.serve.limits import Admission, LoopLag, Refused, TokenBuckets
 from mmrank.serve.metrics import Metrics
 
 # the error bodies a route documents in the OpenAPI schema
@@ -34,6 +34,7 @@ class ServerState:
         deadline = settings.deadline_ms / 1e3
         self.admission = {name: Admission(settings.limit(name).concurrency, settings.limit(name).queue,
                                           deadline) for name in SHED_ENDPOINTS}
+        self.loop_lag = LoopLag()
         self.rates = TokenBuckets(settings.rate_per_s, settings.rate_burst) if settings.rate_per_s > 0 else None
 
     def current(self) -> Bundle:
