@@ -92,7 +92,7 @@ def serve_plain(args: argparse.Namespace) -> None:
 
 class PlainServer:
     def __init__(self, run: Path, strategy: str | None, threads: int) -> None:
-        from mmrank.serve.fixtures import free_port
+        from mmrank.testing.serving import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     import torch
     from roofline import machine, machine_line
 
-    from mmrank.serve.fixtures import ServerProcess, build_serving_run
+    from mmrank.testing.serving import ServerProcess, build_serving_run
     from mmrank.threads import cores
 
     tmp = None

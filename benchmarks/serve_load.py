@@ -96,11 +96,11 @@ def sweep(url: str, reqs, args: argparse.Namespace, deadline_ms: float, next_id:
 
 
 def run_soak(args: argparse.Namespace) -> dict:
-    """``--soak SECONDS``: :func:`mmrank.serve.soak.soak` on a copy of the run, and its verdicts."""
+    """``--soak SECONDS``: :func:`mmrank.testing.soak.soak` on a copy of the run, and its verdicts."""
     import json
 
-    from mmrank.serve.fixtures import build_serving_run
-    from mmrank.serve.soak import soak
+    from mmrank.testing.serving import build_serving_run
+    from mmrank.testing.soak import soak
 
     if shutil.which("redis-server") is None:
         raise SystemExit("--soak needs redis-server (apt-get install redis-server)")
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from serve_latency import PlainServer
 
-    from mmrank.serve.fixtures import ServerProcess, build_serving_run
+    from mmrank.testing.serving import ServerProcess, build_serving_run
 
     tmp = tempfile.TemporaryDirectory(prefix="serve-load-")
     if args.run is None:

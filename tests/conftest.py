@@ -43,7 +43,7 @@ def serving_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     simtier+make) that every serving test reads; built once per session. Read-only: a test that
     writes (ingests, retrains, moves the table) takes ``serving_run_copy``. The session fails at its
     end if a file of it changed."""
-    from mmrank.serve.fixtures import build_serving_run
+    from mmrank.testing.serving import build_serving_run
 
     run = build_serving_run(tmp_path_factory.mktemp("serving") / "run",
                             strategies=("id", "simtier", "simtier+make"))

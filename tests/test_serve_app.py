@@ -215,7 +215,7 @@ def test_an_image_bomb_is_refused_in_milliseconds_and_the_next_request_is_served
     refused from its header, on /v1/search and /v1/items, well within 50 ms."""
     import time
 
-    from mmrank.serve.fixtures import bomb_png
+    from mmrank.testing.serving import bomb_png
 
     png = bomb_png(13_000, 13_000)
     assert len(png) < 200 << 10

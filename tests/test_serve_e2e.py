@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mmrank.serve.fixtures import ServerProcess
+from mmrank.testing.serving import ServerProcess
 
 pytestmark = pytest.mark.slow
 KEY = "e2e-key-9876543210"
@@ -58,7 +58,7 @@ def test_acknowledged_items_survive_kill_9(serving_run_copy: Path) -> None:
 
 def test_version_swap_under_concurrency_16_fails_no_request(serving_run_copy: Path) -> None:
     from mmrank.ctr.stage import train_strategy
-    from mmrank.serve.fixtures import new_encoder
+    from mmrank.testing.serving import new_encoder
     from mmrank.threads import limited
 
     cat = _catalog(serving_run_copy)
@@ -127,7 +127,7 @@ def test_two_uvicorn_workers_on_one_local_table_share_posted_items(serving_run_c
 
 @pytest.mark.redis
 def test_two_processes_on_one_redis_see_each_others_items(serving_run: Path, tmp_path: Path) -> None:
-    from mmrank.serve.fixtures import move_table_to_redis, redis_server
+    from mmrank.testing.serving import move_table_to_redis, redis_server
 
     try:
         proc, url = redis_server(tmp_path)

@@ -82,7 +82,7 @@ def test_token_buckets_refill_at_their_rate_per_key() -> None:
 def test_image_check_reads_the_header_only() -> None:
     from PIL import Image
 
-    from mmrank.serve.fixtures import bomb_png
+    from mmrank.testing.serving import bomb_png
     from mmrank.serve.images import TooLarge, check_image
 
     buf = io.BytesIO()

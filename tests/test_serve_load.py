@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mmrank.serve.fixtures import ServerProcess
+from mmrank.testing.serving import ServerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -75,7 +75,7 @@ def test_builder_gives_the_parquet_paths_logits(serving_run: Path, strategy: str
 def test_bundle_refuses_a_ctr_model_of_another_encoder_version_of_the_same_width(serving_run_copy: Path) -> None:
     from mmrank.ctr.artifacts import load_model
     from mmrank.serve.bundle import load_bundle
-    from mmrank.serve.fixtures import new_encoder
+    from mmrank.testing.serving import new_encoder
 
     old = (serving_run_copy / "encoder" / "version.txt").read_text().strip()
     new = new_encoder(serving_run_copy, seed=1)  # same architecture and width, other weights
@@ -196,7 +196,7 @@ def test_items_acknowledged_under_an_old_version_are_encoded_into_the_new_one(se
     import pyarrow.parquet as pq
 
     from mmrank.serve.bundle import load_bundle
-    from mmrank.serve.fixtures import new_encoder
+    from mmrank.testing.serving import new_encoder
 
     old = load_bundle(serving_run_copy, "id")
     items = pq.read_table(serving_run_copy / "data" / "items.parquet", columns=["image", "category"])

@@ -1,4 +1,4 @@
-"""A bounded soak with faults (about a minute, :mod:`mmrank.serve.soak`): rank, search and ingest
+"""A bounded soak with faults (about a minute, :mod:`mmrank.testing.soak`): rank, search and ingest
 against `mmrank serve --workers 2` on a Redis table, while Redis restarts, the bundle is swapped and
 one worker is killed with SIGKILL. No acknowledged item is lost, no answer is a 5xx other than the
 documented 503 (with Retry-After), and a surviving worker's resident memory grows under 10% after
@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 
 def test_soak_with_redis_restart_bundle_swap_and_a_killed_worker(serving_run_copy: Path, tmp_path: Path) -> None:
-    from mmrank.serve.soak import soak
+    from mmrank.testing.soak import soak
 
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server not installed (apt-get install redis-server; .ci/run does)")
@@ -42,7 +42,7 @@ def test_a_server_started_while_redis_is_down_waits_for_it(serving_run_copy: Pat
 
     import httpx
 
-    from mmrank.serve.fixtures import ServerProcess, move_table_to_redis, redis_server
+    from mmrank.testing.serving import ServerProcess, move_table_to_redis, redis_server
 
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server not installed (apt-get install redis-server; .ci/run does)")

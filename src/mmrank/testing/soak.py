@@ -53,7 +53,7 @@ def soak(run: Path, redis_dir: Path, seconds: float = 60.0, swap_strategy: str |
     import httpx
     import pyarrow.parquet as pq
 
-    from mmrank.serve.fixtures import ServerProcess, move_table_to_redis, redis_server
+    from mmrank.testing.serving import ServerProcess, move_table_to_redis, redis_server
 
     rproc, url = redis_server(redis_dir)
     port = int(url.rsplit(":", 1)[1].split("/")[0])
