@@ -41,9 +41,9 @@ def requests_for(run: Path, n: int, n_cand: int, n_hist: int) -> dict[str, list[
     """``n`` requests per endpoint, drawn from the run's catalog (seeded)."""
     import pyarrow.parquet as pq
 
-    from mmrank.store.table import EmbeddingTable
+    from mmrank.store.backends import open_table
 
-    ids = EmbeddingTable.open(run / "embeddings").ids()
+    ids = open_table(run / "embeddings").ids()
     t = pq.read_table(run / "data" / "items.parquet", columns=["item_id", "title", "image", "category"])
     titles, images, cats = (t.column(c).to_pylist() for c in ("title", "image", "category"))
     rng = np.random.default_rng(0)
