@@ -50,6 +50,9 @@ def build(run: Path = typer.Option(..., "--run", help="run directory with data/i
     if cfg.split_ts is None:
         raise MMRankError("data build: give --split-ts (or data.split_ts in --config)")
     counts = build_derived(run, cfg.split_ts, cfg.history_len, cfg.start_ts)
+    from mmrank.lineage import stamp_data
+
+    stamp_data(run / "data")
     record(run, "data", cfg)
     typer.echo(f"wrote {run}/data: {counts}")
 

@@ -49,6 +49,7 @@ from mmrank.data.content import beyond_type, content_scale, content_space, pixel
 from mmrank.data.io import write_table
 from mmrank.data.samples import build_ctr_samples, build_lists, build_pairs
 from mmrank.errors import ConfigError, DataError
+from mmrank.lineage import stamp_data
 
 DAY = 86_400
 HISTORY_LEN = 50
@@ -905,6 +906,7 @@ def generate_market(cfg: MarketConfig, out: str | Path) -> dict[str, Any]:
                               else {n: n for n in cat.vocab}),
     }
     (data_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    stamp_data(data_dir)  # the tables' digests (data/lineage.json, mmrank.lineage)
     save_yaml(cfg, out / "config.yaml", section="market")
     manifest["seconds"] = round(time.perf_counter() - started, 1)  # not written: files stay identical
     return manifest

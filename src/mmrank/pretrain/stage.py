@@ -36,6 +36,9 @@ class _Prepared:
     """Catalog, pairs and cached features for one (image encoder, text encoder, size) triple."""
 
     def __init__(self, run: Path, cfg: PretrainConfig, env: DistEnv) -> None:
+        from mmrank.lineage import encoder_inputs
+
+        self.inputs = encoder_inputs(run)  # the digests of the tables read next (lineage.json)
         self.catalog = read_catalog(run)
         self.pairs = read_pairs(run, self.catalog, cfg.seed)
         from mmrank.encoders import native_input_size
@@ -113,7 +116,8 @@ def run_variant(run: Path, cfg: PretrainConfig, out: Path, prep: _Prepared | Non
 
             own = CnnSmall(prep.image_size, 0, seed=0).own_state()
         extra = {f"image_backbone.{k}": v for k, v in own.items()}
-        version = save_encoder(out, model, _encoder_config(cfg, prep, model), metrics, extra)
+        version = save_encoder(out, model, _encoder_config(cfg, prep, model), metrics, extra,
+                               inputs=prep.inputs)
         metrics["version"] = version
         _say(env, f"{cfg.variant}: acc@1 image={_fmt(metrics['acc@1']['image'])} "
                   f"text={_fmt(metrics['acc@1']['text'])}  acc@5 image="
