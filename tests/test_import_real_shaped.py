@@ -17,7 +17,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 import torch
-from _import_support import FIXTURES, TINY_CONFIG, jpeg
+from mmrank.testing.presets import FIXTURES, TINY_CONFIG, jpeg
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(FIXTURES))
