@@ -175,8 +175,13 @@ def test_replaced_data_is_never_served_or_trained_on_stale_artifacts(tmp_path: P
     new_ids = _smaller_catalog(src, tmp_path / "src2")
     gone = old_ids - new_ids
     assert len(gone) == 80 and new_ids < old_ids
-    _import(run, tmp_path / "src2", "--replace")
+    out = _import(run, tmp_path / "src2", "--replace")
     assert lineage.data_digests(run)["data/items"] != first["data/items"]
+    said = out.strip().splitlines()[-1]  # the import names what is stale now, and how to rebuild it
+    assert said.startswith("made from the data replaced, refused until rebuilt: ")
+    for art, cmd in ((run / "encoder", "mmrank pretrain"), (run / "embeddings" / f"v-{version}", "mmrank embed"),
+                     (run / "ctr" / "simtier", "mmrank ctr train")):
+        assert f"{art} (`{cmd} --run {run}" in said
 
     # each stage stops with one line naming the most upstream stale artifact and its rebuild command
     line = _stops("search", "--run", run, "--text", "Dress 7 v2")

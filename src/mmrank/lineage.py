@@ -216,3 +216,24 @@ def check_embeddings(run: str | Path, version: str) -> bool:
         check_encoder(run)
     return check(run / "embeddings" / version_dirname(str(version)), embeddings_inputs(run, version),
                  f"mmrank embed --run {run}")
+
+
+def stale_artifacts(run: str | Path) -> list[tuple[Path, str]]:
+    """Every artifact of ``run`` whose recorded data digests differ from the run's now, with the command
+    that rebuilds it (what ``data import --replace`` lists once the new data is in place)."""
+    run = Path(run)
+    now = data_digests(run)
+    found: list[tuple[Path, str]] = []
+    places = [(run / "encoder", f"mmrank pretrain --run {run}")]
+    places += [(d, f"mmrank pretrain compare --run {run}") for d in sorted((run / "pretrain").glob("*"))]
+    places += [(d, f"mmrank embed --run {run}") for d in sorted((run / "embeddings").glob("v-*"))]
+    places += [(d, f"mmrank ctr train --run {run} --strategy {d.name}") for d in sorted((run / "ctr").glob("*"))]
+    places += [(d, f"mmrank rerank train --run {run} --model {d.name}") for d in sorted((run / "rerank").glob("*"))]
+    for d, cmd in places:
+        rec = read(d)
+        if rec is None:
+            continue
+        made = {k: v for k, v in rec["inputs"].items() if k.startswith("data/")}
+        if any(now.get(k) != v for k, v in made.items()):
+            found.append((d, cmd))
+    return found

@@ -92,6 +92,12 @@ def import_(
     typer.echo(format_summary(summary))
     typer.echo(format_profile(summary["profile"], short=True))
     typer.echo(f"wrote {run}/data (the full profile: mmrank data profile --run {run})")
+    from mmrank.lineage import stale_artifacts
+
+    stale = stale_artifacts(run)
+    if stale:
+        typer.echo("made from the data replaced, refused until rebuilt: "
+                   + "; ".join(f"{d} (`{cmd}`)" for d, cmd in stale))
 
 
 @app.command("profile")
