@@ -267,3 +267,23 @@ def test_a_model_made_before_lineage_loads_with_a_note(tiny_run: Path, capsys) -
     lineage.stamp(d, {"data/ctr_samples": "0" * 16})
     with pytest.raises(StaleArtifact, match="ctr/id is stale"):
         load_model(tiny_run, "id")
+
+
+def test_a_reranker_trained_on_other_lists_is_refused(tmp_path: Path) -> None:
+    from mmrank.rerank.artifacts import load_model
+    from mmrank.rerank.stage import train_model
+    from mmrank.rerank.trainer import RerankTrainConfig
+    from mmrank.store.tiny_encoder import TinyItemEncoder
+    from mmrank.testing.lists import write_tiny_lists
+
+    run = write_tiny_lists(tmp_path / "lists", n_requests=120, seed=5)
+    train_model(run, "dnn", encoder=TinyItemEncoder(dim=8), train_cfg=RerankTrainConfig(batch_size=64),
+                progress=False, one_thread_if_busy=False)
+    rec = lineage.read(run / "rerank" / "dnn")
+    assert rec["inputs"] == {**lineage.data_inputs(run, "lists", "items", "query_images"),
+                             "representations": f"encoder:{TinyItemEncoder(dim=8).version}"}
+    lists = run / "data" / "lists.parquet"
+    pq.write_table(pq.read_table(lists).slice(0, 60), lists)
+    with pytest.raises(StaleArtifact, match=rf"rerank/dnn is stale: made from data/lists .*"
+                                            rf"`mmrank rerank train --run {run} --model dnn`"):
+        load_model(run, "dnn")
