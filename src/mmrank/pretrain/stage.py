@@ -16,6 +16,7 @@ import torch
 from mmrank.config import record
 from mmrank.durable import fsync_dir, temp_path, write_text
 from mmrank.errors import ConfigError
+from mmrank.lineage import digest_inputs
 from mmrank.pretrain.item_encoder import save_encoder
 from mmrank.pretrain.config import REFERENCES, VARIANTS, PretrainConfig
 from mmrank.pretrain.data import build_features, native_image_size, read_catalog, read_pairs
@@ -100,7 +101,7 @@ def run_variant(run: Path, cfg: PretrainConfig, out: Path, prep: _Prepared | Non
         tail = copy.deepcopy(prep.image_tail) if prep.image_tail is not None else None
         model = train(cfg, prep.feats, prep.pairs, prep.catalog.item_ids, env,
                       ckpt_dir=run / "pretrain" / "ckpt" / cfg.variant, image_tail=tail,
-                      log=lambda m: _say(env, m))
+                      log=lambda m: _say(env, m), data_digest=digest_inputs(prep.inputs))
     train_s = time.time() - t0
     metrics: dict[str, Any] = {}
     if env.main:
