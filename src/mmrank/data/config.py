@@ -10,12 +10,14 @@ Example::
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field
 
-from mmrank.config import StrictModel
+from mmrank.config import StrictModel, build, load_yaml
 from mmrank.data.schemas import HISTORY_LEN
+from mmrank.errors import DataError
 
 
 class BehaviourConfig(StrictModel):
@@ -113,3 +115,14 @@ class DataConfig(StrictModel):
                             "next one; 'auto' = queries when the log has them")
     check_images: bool = Field(True, description="decode every image at import (a bad one names its row)")
     seed: int = Field(0, description="seed of sampled negatives and positions")
+
+
+def market_config(size: str = "default", config: str | Path | None = None, **overrides: Any) -> MarketConfig:
+    """Resolve a :class:`MarketConfig`: size preset, then YAML file, then explicit overrides."""
+    if size not in SIZES:
+        raise DataError(f"unknown size {size!r}; expected one of {', '.join(SIZES)}", column="size")
+    data: dict[str, Any] = dict(SIZES[size])
+    if config is not None:
+        data.update(load_yaml(MarketConfig, config).model_dump(exclude_unset=True))
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return build(MarketConfig, data, "market config")

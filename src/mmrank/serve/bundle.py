@@ -77,16 +77,19 @@ def load_reranker(run: Path, encoder_version: str) -> tuple[Reranker | None, str
     """``(re-ranker or None, status)``; raises :class:`ConfigError` on an encoder-version mismatch."""
     d = Path(run) / "rerank"
     if not d.exists():
-        return None, "absent (no R/rerank/)"
+        return None, ("absent: this run has no trained re-ranker (train one with "
+                      "`mmrank rerank train --run R`, then reload)")
     try:
         mod = importlib.import_module("mmrank.rerank.serving")
     except ModuleNotFoundError as err:
         if not (err.name or "").startswith("mmrank"):
             raise
-        return None, f"R/rerank/ exists but {err.name} is not installed on this server"
+        return None, ("a re-ranker was trained for this run, but re-ranking is not installed in this "
+                      "version of the server (upgrade mmrank to serve it)")
     rr = mod.load(Path(run), encoder_version=encoder_version)
     if rr is None:
-        return None, "R/rerank/ holds no trained re-ranker"
+        return None, ("absent: this run has no trained re-ranker (train one with "
+                      "`mmrank rerank train --run R`, then reload)")
     if getattr(rr, "encoder_version", None) != encoder_version:
         raise ConfigError(f"{d}: re-ranker {getattr(rr, 'name', '?')!r} was trained on encoder version "
                           f"{getattr(rr, 'encoder_version', None)!r}, the bundle's is {encoder_version!r}")

@@ -1,0 +1,135 @@
+"""The public tables under ``R/data/``: what a shop would have logged, and the tables derived from it.
+
+Implements the visible side of the market design (what is hidden goes to
+:mod:`~mmrank.data.market.hidden`): items, users, events (impression, click, cart, purchase, with the
+search query), query photos and the logged search candidates; then the train/test split in time
+(*burn-in* requests feed histories only) and the derived pairs, CTR samples and lists
+(:mod:`mmrank.data.samples`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from mmrank.data.config import MarketConfig
+from mmrank.data.io import write_table
+from mmrank.data.market.catalog import Catalog
+from mmrank.data.market.logs import Candidates, Slots
+from mmrank.data.market.queries import QueryColumns
+from mmrank.data.market.requests import Requests
+from mmrank.data.market.world import DAY, World
+from mmrank.data.samples import build_ctr_samples, build_lists, build_pairs
+from mmrank.data.schemas import HISTORY_LEN
+
+
+@dataclass
+class TimeSplit:
+    """Where the logs start (after the burn-in) and where test begins (the 80% quantile of logged
+    requests' times); items created from a day before the split count as new."""
+
+    start_ts: int
+    split_ts: int
+    logged: np.ndarray  # (n_requests,) bool: after the burn-in
+
+    @property
+    def new_item_ts(self) -> int:
+        return self.split_ts - DAY
+
+
+def time_split(cfg: MarketConfig, req: Requests) -> TimeSplit:
+    """The market's train/test split in time."""
+    start_ts = cfg.behaviour.burn_in_days * DAY
+    logged = req.ts >= start_ts
+    split_ts = int(np.quantile(req.ts[logged], 0.8)) if logged.any() else start_ts
+    return TimeSplit(start_ts, split_ts, logged)
+
+
+@dataclass
+class Tables:
+    """The tables written under ``R/data/`` (the manifest counts their rows)."""
+
+    items: pa.Table
+    users: pa.Table
+    events: pa.Table
+    candidates: pa.Table
+    pairs: pa.Table
+    samples: pa.Table
+    lists: pa.Table
+
+
+def write_tables(data_dir: Path, cfg: MarketConfig, cat: Catalog, world: World, req: Requests,
+                 slots: Slots, cands: Candidates, queries: QueryColumns, photos: list[bytes],
+                 split: TimeSplit) -> Tables:
+    """Write items, users, events, query photos, candidates, then pairs, CTR samples and lists."""
+    items = items_table(cat, world.price, world.created)
+    write_table(items, data_dir / "items.parquet", row_group_size=2048)
+    users = pa.table({"user_id": pa.array(np.arange(cfg.n_users, dtype=np.int64)),
+                      "region": pa.array(world.user_region)})
+    write_table(users, data_dir / "users.parquet")
+    events = events_table(cat, slots, req, queries)
+    write_table(events, data_dir / "events.parquet")
+    write_table(pa.table({"query_image": pa.array([queries.image[r] for r in queries.image_rows], pa.string()),
+                          "image": pa.array(photos, pa.binary())}), data_dir / "query_images.parquet",
+                row_group_size=2048)
+    candidates = pa.table({"request_id": pa.array(cands.req),
+                           "item_id": pa.array(cat.item_ids[cands.item]),
+                           "prod_score": pa.array(cands.score)})
+    write_table(candidates, data_dir / "candidates.parquet")
+
+    pairs = build_pairs(events, split.split_ts, split.start_ts)
+    write_table(pairs, data_dir / "pairs.parquet")
+    samples = build_ctr_samples(events, items, split.split_ts, HISTORY_LEN, split.start_ts)
+    write_table(samples, data_dir / "ctr_samples.parquet")
+    lists = build_lists(events, items, split.split_ts, split.start_ts, candidates, HISTORY_LEN)
+    write_table(lists, data_dir / "lists.parquet")
+    return Tables(items, users, events, candidates, pairs, samples, lists)
+
+
+def items_table(cat: Catalog, price: np.ndarray, created: np.ndarray) -> pa.Table:
+    """The catalog with its simulated prices and arrival times (a real catalog keeps its own columns)."""
+    cols: dict[str, pa.Array] = {
+        "item_id": pa.array(cat.item_ids, pa.int64()),
+        "title": pa.array(cat.titles, pa.string()),
+        "image": pa.array(cat.images, pa.binary()),
+        "category": pa.array([cat.vocab["article_type"][c] for c in cat.attrs["article_type"]],
+                             pa.string()),
+        "price": pa.array(price, pa.float64()),
+        "created_at": pa.array(created, pa.int64()),
+    }
+    if not cat.extra_columns:
+        for name, vocab in cat.vocab.items():
+            cols[name] = pa.array([vocab[c] for c in cat.attrs[name]], pa.string())
+    else:
+        for name, arr in cat.extra_columns.items():
+            cols[name] = arr
+    return pa.table(cols)
+
+
+def events_table(cat: Catalog, slots: Slots, req: Requests, queries: QueryColumns) -> pa.Table:
+    """One impression per shown slot, and a click, cart and purchase event where they happened."""
+    parts = []
+    for code, mask in enumerate([np.ones_like(slots.click), slots.click, slots.cart, slots.buy]):
+        parts.append((slots.req[mask], slots.pos[mask], slots.item[mask],
+                      np.full(int(mask.sum()), code, np.int8)))
+    r = np.concatenate([p[0] for p in parts])
+    p = np.concatenate([p[1] for p in parts])
+    it = np.concatenate([p_[2] for p_ in parts])
+    ev = np.concatenate([p_[3] for p_ in parts])
+    order = np.lexsort((ev, p, r))  # by request, position, then funnel step
+    r, p, it, ev = r[order], p[order], it[order], ev[order]
+    names = pa.array(["impression", "click", "cart", "purchase"])
+    take = pa.array(r)
+    surface = np.where(req.search, "search", "display")
+    return pa.table({
+        "ts": pa.array(req.ts[r]), "user_id": pa.array(req.user[r]),
+        "item_id": pa.array(cat.item_ids[it]), "request_id": pa.array(r),
+        "position": pa.array(p), "event": names.take(pa.array(ev)),
+        "query_text": pa.array(queries.text, pa.string()).take(take),
+        "query_image": pa.array(queries.image, pa.string()).take(take),
+        "region": pa.array(req.region[r].astype(np.int16)),
+        "surface": pa.array(surface[r]),
+    })
