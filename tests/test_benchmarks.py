@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from mmrank.pretrain.losses import InfoNCELoss, MomentumQueue
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
 
 
 @pytest.fixture
@@ -97,6 +98,23 @@ def test_rerank_latency_runs_small(monkeypatch, capsys):
     assert "ARMMT / DNN (request)" in out
 
 
+
+def _rendered(tmp_path, name: str, out_json) -> str:
+    """docs/serving.md after ``mmrank report docs --bench name=out_json`` on a copy of the docs."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from mmrank.cli import app
+
+    root = tmp_path / "repo"
+    shutil.copytree(ROOT / "docs", root / "docs", ignore=shutil.ignore_patterns("results"))
+    shutil.copyfile(ROOT / "README.md", root / "README.md")
+    res = CliRunner().invoke(app, ["report", "docs", "--root", str(root), "--bench", f"{name}={out_json}"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    return (root / "docs" / "serving.md").read_text()
+
+
 def test_serve_latency_states_its_goals_as_ratios_over_repeats(monkeypatch, capsys, serving_run, tmp_path):
     """Both servers up, two repeats at toy size: each goal a ratio with its mean and spread, and the
     JSON the docs are made from holds every run's figures."""
@@ -120,6 +138,10 @@ def test_serve_latency_states_its_goals_as_ratios_over_repeats(monkeypatch, caps
         assert r["ratios"]["overhead_c1_p99"] == (m1["p99_ms"] - raw["forward_p99_ms"]) / raw["forward_p99_ms"]
         assert r["ratios"]["speedup_c16"] == r["loads"]["mmrank@16"]["req_per_s"] / r["loads"]["plain@16"]["req_per_s"]
         assert all(v["errors"] == 0 and v["n"] == 8 for v in r["loads"].values())
+    page = _rendered(tmp_path, "serve_latency", out_json)   # the docs table is the JSON's summary
+    o = doc["summary"]["overhead_c1_p99"]
+    assert (f"| {o['mean']:.2f} | {o['min']:.2f} - {o['max']:.2f} | {o['std']:.2f} | "
+            f"{', '.join(f'{v:.2f}' for v in o['values'])} |") in page
 
 
 def test_serve_load_sweeps_every_endpoint_to_its_knee(monkeypatch, capsys, serving_run, tmp_path):
@@ -140,6 +162,9 @@ def test_serve_load_sweeps_every_endpoint_to_its_knee(monkeypatch, capsys, servi
         assert all(s["ok"] == s["n"] > 0 for s in run[e]["steps"]), (e, run[e])
     assert run["ratio_rank_to_plain"] == 1.0 and doc["summary"]["rank"]["values"] == [8]
     assert "ratio_rank_to_plain" in out and "knees (requests/s with p99 under 20000 ms)" in out
+    page = _rendered(tmp_path, "serve_load", out_json)
+    assert "| rank (requests/s) | 8.0 | 8.0 - 8.0 | 0.0 | 8.0 |" in page
+    assert "| ratio_rank_to_plain | 1.00 | 1.00 - 1.00 | 0.00 | 1.00 |" in page
 
 
 def test_serve_load_soak_mode_runs_short(monkeypatch, capsys, serving_run):
