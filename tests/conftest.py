@@ -29,3 +29,36 @@ def tiny_run(tiny_market: Path, tmp_path: Path) -> Path:
     run = tmp_path / "run"
     shutil.copytree(tiny_market, run)
     return run
+
+
+# ---- the serving run: built once per session, shared read-only ---------------------------------------------
+def _tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def serving_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small complete run (market, small encoder, table + index, CTR models id, simtier and
+    simtier+make) that every serving test reads; built once per session. Read-only: a test that
+    writes (ingests, retrains, moves the table) takes ``serving_run_copy``. The session fails at its
+    end if a file of it changed."""
+    from mmrank.testing.serving import build_serving_run
+
+    run = build_serving_run(tmp_path_factory.mktemp("serving") / "run",
+                            strategies=("id", "simtier", "simtier+make"))
+    before = _tree_state(run)
+    yield run
+    after = _tree_state(run)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"a test wrote into the shared serving run (use serving_run_copy): {changed[:10]}"
+
+
+@pytest.fixture()
+def serving_run_copy(serving_run: Path, tmp_path: Path) -> Path:
+    """A private copy of ``serving_run`` that a test may write into."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(serving_run, run)
+    return run

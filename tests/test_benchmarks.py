@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from mmrank.pretrain.losses import InfoNCELoss, MomentumQueue
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
 
 
 @pytest.fixture
@@ -95,3 +96,84 @@ def test_rerank_latency_runs_small(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "roofline dnn forward (p50):" in out and "roofline armmt forward (p50):" in out
     assert "ARMMT / DNN (request)" in out
+
+
+
+def _rendered(tmp_path, name: str, out_json) -> str:
+    """docs/serving.md after ``mmrank report docs --bench name=out_json`` on a copy of the docs."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from mmrank.cli import app
+
+    root = tmp_path / "repo"
+    shutil.copytree(ROOT / "docs", root / "docs", ignore=shutil.ignore_patterns("results"))
+    shutil.copyfile(ROOT / "README.md", root / "README.md")
+    res = CliRunner().invoke(app, ["report", "docs", "--root", str(root), "--bench", f"{name}={out_json}"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    return (root / "docs" / "serving.md").read_text()
+
+
+def test_serve_latency_states_its_goals_as_ratios_over_repeats(monkeypatch, capsys, serving_run, tmp_path):
+    """Both servers up, two repeats at toy size: each goal a ratio with its mean and spread, and the
+    JSON the docs are made from holds every run's figures."""
+    import json
+
+    out_json = tmp_path / "serve_latency.json"
+    _run_script(monkeypatch, "serve_latency", [
+        "--run", str(serving_run), "--strategy", "simtier", "--requests", "8", "--candidates", "20",
+        "--history", "10", "--also-candidates", "5", "--forward-repeats", "5", "--repeat", "2",
+        "--json", str(out_json)])
+    out = capsys.readouterr().out
+    assert "-- run 2 " in out and "over 2 run(s), mean (min - max, std):" in out
+    assert "(mmrank p99 - raw forward p99) / raw forward p99 = " in out and "mmrank / plain requests/s = " in out
+    doc = json.loads(out_json.read_text())
+    assert len(doc["runs"]) == 2 and set(doc["summary"]) == {"overhead_c1_p99", "speedup_c16", "speedup_c16_small"}
+    for name, s in doc["summary"].items():
+        values = [r["ratios"][name] for r in doc["runs"]]
+        assert s["values"] == values and s["min"] <= s["mean"] <= s["max"] and s["std"] >= 0
+    for r in doc["runs"]:  # the ratios are the printed figures' own
+        m1, raw = r["loads"]["mmrank@1"], r["raw"]
+        assert r["ratios"]["overhead_c1_p99"] == (m1["p99_ms"] - raw["forward_p99_ms"]) / raw["forward_p99_ms"]
+        assert r["ratios"]["speedup_c16"] == r["loads"]["mmrank@16"]["req_per_s"] / r["loads"]["plain@16"]["req_per_s"]
+        assert all(v["errors"] == 0 and v["n"] == 8 for v in r["loads"].values())
+    page = _rendered(tmp_path, "serve_latency", out_json)   # the docs table is the JSON's summary
+    o = doc["summary"]["overhead_c1_p99"]
+    assert (f"| {o['mean']:.2f} | {o['min']:.2f} - {o['max']:.2f} | {o['std']:.2f} | "
+            f"{', '.join(f'{v:.2f}' for v in o['values'])} |") in page
+
+
+def test_serve_load_sweeps_every_endpoint_to_its_knee(monkeypatch, capsys, serving_run, tmp_path):
+    """Toy sweep (two short rates per endpoint, a deadline no toy rate reaches): every endpoint
+    answered, its knee the highest rate run, the rank/plain ratio from the two knees."""
+    import json
+
+    out_json = tmp_path / "serve_load.json"
+    _run_script(monkeypatch, "serve_load", [
+        "--run", str(serving_run), "--strategy", "simtier", "--candidates", "20", "--history", "10",
+        "--start", "4", "--step", "2", "--max-rate", "8", "--seconds", "0.5", "--deadline-ms", "20000",
+        "--json", str(out_json)])
+    out = capsys.readouterr().out
+    doc = json.loads(out_json.read_text())
+    (run,) = doc["runs"]
+    for e in ("rank", "search-text", "search-photo", "items", "plain-rank"):
+        assert [s["rate"] for s in run[e]["steps"]] == [4, 8] and run[e]["knee"] == 8, (e, run[e])
+        assert all(s["ok"] == s["n"] > 0 for s in run[e]["steps"]), (e, run[e])
+    assert run["ratio_rank_to_plain"] == 1.0 and doc["summary"]["rank"]["values"] == [8]
+    assert "ratio_rank_to_plain" in out and "knees (requests/s with p99 under 20000 ms)" in out
+    page = _rendered(tmp_path, "serve_load", out_json)
+    assert "| rank (requests/s) | 8.0 | 8.0 - 8.0 | 0.0 | 8.0 |" in page
+    assert "| ratio_rank_to_plain | 1.00 | 1.00 - 1.00 | 0.00 | 1.00 |" in page
+
+
+def test_serve_load_soak_mode_runs_short(monkeypatch, capsys, serving_run):
+    """``--soak`` at a few seconds: the report's verdict lines (the real soak is test_serve_soak)."""
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed (apt-get install redis-server; .ci/run does)")
+    _run_script(monkeypatch, "serve_load", ["--run", str(serving_run), "--strategy", "simtier", "--soak", "12"])
+    out = capsys.readouterr().out
+    assert "missing after the faults: 0" in out and "bundle swap answered 200" in out
+    assert "resident memory of a surviving worker:" in out

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from mmrank.ctr.data import OOV, FeatureSpace, Vocab, concat_ranges, load_samples, make_batch, pad_rows
-from mmrank.ctr.synthetic import synthetic_samples
+from mmrank.testing.ctr import synthetic_samples
 from mmrank.data.io import write_table
 from mmrank.data.schemas import CTR_SAMPLES
 from mmrank.errors import DataError

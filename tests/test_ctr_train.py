@@ -15,7 +15,7 @@ from mmrank.ctr.data import FeatureSpace, load_samples
 from mmrank.models.layers import ItemVectors
 from mmrank.ctr.models import CtrConfig, CtrModel, MakeConfig, MakeModule, ModelSizes
 from mmrank.ctr.representations import vector_table
-from mmrank.ctr.synthetic import synthetic_samples
+from mmrank.testing.ctr import synthetic_samples
 from mmrank.ctr.trainer import TrainConfig, predict, pretrain_make, train
 from mmrank.data.io import write_table
 from mmrank.errors import ConfigError

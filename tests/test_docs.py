@@ -54,7 +54,7 @@ def test_readme_is_short_and_every_block_key_is_known():
     for page in pages(ROOT):
         used |= set(re.findall(r"<!-- generated: ([a-z0-9-]+) -->", page.read_text()))
     assert used <= set(BLOCKS) and {"readme-pretrain", "readme-ctr", "readme-rerank", "pretrain", "ctr",
-                                    "rerank", "market", "cold-start", "runs"} <= used
+                                    "rerank", "market", "cold-start", "runs", "serve-latency", "serve-load"} <= used
 
 
 # --------------------------------------------------------------------------------------------------

@@ -186,7 +186,8 @@ def test_serve_ranks_on_an_imported_run(fx: Path, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
     from mmrank.cli import app
-    from mmrank.serve.app import Settings, create_app
+    from mmrank.serve.app import create_app
+    from mmrank.serve.config import Settings
 
     run = tmp_path / "run"
     import_data(run, preset="hm", **preset_args(fx)["hm"])

@@ -4,7 +4,6 @@ metrics, hot swap. Real bundle, real encoder, real table; no server process (see
 from __future__ import annotations
 
 import base64
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -15,25 +14,28 @@ torch.set_num_threads(1)
 KEY = "test-key-0123456789"
 
 
-@pytest.fixture(scope="module")
-def serving_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mmrank.serve.fixtures import build_serving_run
-
-    return build_serving_run(tmp_path_factory.mktemp("serve_app") / "run")
-
-
-@pytest.fixture()
-def client(serving_run: Path, tmp_path: Path):
+def _client(run: Path):
     from fastapi.testclient import TestClient
 
-    from mmrank.serve.app import Settings, create_app
+    from mmrank.serve.app import create_app
+    from mmrank.serve.config import Settings
 
-    run = tmp_path / "run"
-    shutil.copytree(serving_run, run)
     app = create_app(Settings(run=run, api_key=KEY, max_body_bytes=256 << 10, threads=1))
     with TestClient(app) as c:
         c.run = run
         yield c
+
+
+@pytest.fixture()
+def client(serving_run: Path):
+    """The app on the shared serving run (tests that only read, or are refused before writing)."""
+    yield from _client(serving_run)
+
+
+@pytest.fixture()
+def write_client(serving_run_copy: Path):
+    """The app on a private copy of the run (tests that write)."""
+    yield from _client(serving_run_copy)
 
 
 def _catalog(run: Path):
@@ -68,7 +70,8 @@ def test_rank_orders_known_candidates_and_reports_unknown_ones(client) -> None:
     assert {i["item_id"]: i["score"] for i in r2.json()["items"]} != {i["item_id"]: i["score"] for i in body["items"]}
 
 
-def test_posted_item_is_rankable_from_content_and_searchable_at_once(client) -> None:
+def test_posted_item_is_rankable_from_content_and_searchable_at_once(write_client) -> None:
+    client = write_client
     cat = _catalog(client.run)
     item = {"item_id": 777000111, "title": "emerald linen summer dress", "category": cat["category"][5],
             "image_b64": base64.b64encode(cat["image"][5]).decode()}
@@ -145,14 +148,13 @@ def test_writes_need_the_key_and_big_bodies_get_413(client) -> None:
     assert r.status_code == 413
 
 
-def test_no_key_configured_means_writes_are_refused(serving_run: Path, tmp_path: Path) -> None:
+def test_no_key_configured_means_writes_are_refused(serving_run: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from mmrank.serve.app import Settings, create_app
+    from mmrank.serve.app import create_app
+    from mmrank.serve.config import Settings
 
-    run = tmp_path / "run"
-    shutil.copytree(serving_run, run)
-    with TestClient(create_app(Settings(run=run, api_key=None, threads=1))) as c:
+    with TestClient(create_app(Settings(run=serving_run, api_key=None, threads=1))) as c:
         r = c.post("/v1/items", json={"item_id": 5, "title": "t", "image_b64": "AAAA"},
                    headers={"X-API-Key": ""})
         assert r.status_code == 401 and "no API key" in r.json()["error"]
@@ -184,3 +186,108 @@ def test_reload_swaps_to_another_bundle_and_refuses_a_broken_one(client) -> None
     assert r.status_code == 409 and "still serving" in r.json()["error"]
     assert client.get("/v1/bundle").json()["strategy"] == "id"
     assert "mmrank_bundle_swaps_total 1.0" in client.get("/metrics").text
+
+
+def test_no_internal_module_names_reach_a_user(serving_run_copy: Path) -> None:
+    """A run with a trained re-ranker this server cannot load: the API and the page say what to do,
+    in words a user knows, never a Python module name."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from mmrank.serve.app import create_app
+    from mmrank.serve.config import Settings
+
+    (serving_run_copy / "rerank").mkdir()
+    module = re.compile(r"mmrank\.[a-z_]+")
+    with TestClient(create_app(Settings(run=serving_run_copy, threads=1))) as c:
+        status = c.get("/v1/bundle").json()["rerank"]
+        cat = _catalog(serving_run_copy)
+        ranked = c.post("/v1/rank", json={"candidates": cat["item_id"][:3]}).json()
+        texts = {"bundle": status, "rank": ranked["rerank_status"], "page": c.get("/").text,
+                 "openapi": c.get("/openapi.json").text}
+    assert "not installed" in status and "upgrade" in status
+    assert {k: module.findall(v) for k, v in texts.items()} == {k: [] for k in texts}
+
+
+def test_an_image_bomb_is_refused_in_milliseconds_and_the_next_request_is_served(client) -> None:
+    """A PNG of 20 KB that declares 13,000 x 13,000 pixels (seconds of CPU and ~500 MB to decode):
+    refused from its header, on /v1/search and /v1/items, well within 50 ms."""
+    import time
+
+    from mmrank.testing.serving import bomb_png
+
+    png = bomb_png(13_000, 13_000)
+    assert len(png) < 200 << 10
+    b64 = base64.b64encode(png).decode()
+    cat = _catalog(client.run)
+    client.post("/v1/search", json={"text": cat["title"][0], "k": 3})  # warm
+    for path, body, headers in (("/v1/search", {"image_b64": b64, "k": 3}, None),
+                                ("/v1/items", {"item_id": 991, "title": "huge", "image_b64": b64},
+                                 {"X-API-Key": KEY})):
+        t0 = time.perf_counter()
+        r = client.post(path, json=body, headers=headers)
+        elapsed = time.perf_counter() - t0
+        assert r.status_code == 413, r.text
+        assert r.json()["field"] == "image_b64" and "13000 x 13000 pixels" in r.json()["error"]
+        assert elapsed < 0.05, f"{path}: {elapsed * 1e3:.1f} ms"
+        r = client.post("/v1/search", json={"image_b64": base64.b64encode(cat["image"][3]).decode(), "k": 4})
+        assert r.status_code == 200 and len(r.json()["results"]) == 4
+    assert client.get("/v1/items/991").status_code == 404  # nothing was written
+
+
+def test_image_byte_cap(serving_run: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from mmrank.serve.app import create_app
+    from mmrank.serve.config import Settings
+
+    cat = _catalog(serving_run)
+    photo = cat["image"][3]
+    app = create_app(Settings(run=serving_run, api_key=KEY, threads=1, max_image_bytes=len(photo) - 1))
+    with TestClient(app) as c:
+        r = c.post("/v1/search", json={"image_b64": base64.b64encode(photo).decode()})
+        assert r.status_code == 413 and f"{len(photo)} bytes" in r.json()["error"]
+        r = c.post("/v1/items", headers={"X-API-Key": KEY},
+                   json={"item_id": 992, "title": "t", "image_b64": base64.b64encode(photo).decode()})
+        assert r.status_code == 413 and r.json()["field"] == "image_b64"
+        r = c.post("/v1/search", json={"image_b64": base64.b64encode(cat["image"][4][:40]).decode()})
+        assert r.status_code == 422  # a cut header is not an image: 422 as before
+
+
+def test_read_key_and_rate_limit(serving_run: Path) -> None:
+    """With a read key, reads need it (or the write key); writes still need the write key; each key
+    has its own token bucket, and a request without a token gets 429 with Retry-After, counted."""
+    from fastapi.testclient import TestClient
+
+    from mmrank.serve.app import create_app
+    from mmrank.serve.config import Settings
+
+    read = "read-key-abcdefgh"
+    cat = _catalog(serving_run)
+    body = {"candidates": cat["item_id"][:3]}
+    app = create_app(Settings(run=serving_run, api_key=KEY, read_key=read, threads=1,
+                              rate_per_s=0.01, rate_burst=3))
+    with TestClient(app) as c:
+        assert c.post("/v1/rank", json=body).status_code == 401
+        assert c.post("/v1/rank", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
+        assert c.get("/healthz").status_code == 200  # health and metrics take no key
+        got = [c.post("/v1/rank", json=body, headers={"X-API-Key": read}).status_code for _ in range(4)]
+        assert got == [200, 200, 200, 429]
+        r = c.get("/v1/users", headers={"X-API-Key": read})
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+        assert c.post("/v1/search", json={"text": "dress"}, headers={"X-API-Key": KEY}).status_code == 200
+        r = c.post("/v1/items", json={"item_id": 5, "title": "t", "image_b64": "AAAA"},
+                   headers={"X-API-Key": read})
+        assert r.status_code == 401  # the read key does not write
+        m = c.get("/metrics").text
+    assert 'mmrank_refused_total{reason="rate",route="/v1/rank"} 1.0' in m
+    assert 'mmrank_refused_total{reason="rate",route="/v1/users"} 1.0' in m
+
+
+def test_reads_are_not_rate_limited_on_loopback_by_default() -> None:
+    from mmrank.serve.config import Settings, default_read_rate
+
+    assert Settings(run=Path(".")).rate_per_s == 0 and Settings(run=Path(".")).read_key is None
+    assert default_read_rate("127.0.0.1") == default_read_rate("::1") == default_read_rate("localhost") == 0
+    assert default_read_rate("0.0.0.0") == default_read_rate("10.1.2.3") == default_read_rate("shop.example") == 100

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from mmrank.serve.fixtures import ServerProcess
+from mmrank.testing.serving import ServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -43,14 +43,12 @@ def _photos_loaded(driver, column: str) -> list[str]:
         ".map(li => li.dataset.itemId);", column)
 
 
-def test_page_text_and_image_search_show_ranked_photos(browser, tmp_path: Path) -> None:
+def test_page_text_and_image_search_show_ranked_photos(browser, serving_run: Path, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    from mmrank.serve.fixtures import build_serving_run
-
-    run = build_serving_run(tmp_path / "run")
+    run = serving_run
     items = pq.read_table(run / "data" / "items.parquet", columns=["item_id", "title", "image"])
     photo = tmp_path / "query.jpg"
     photo.write_bytes(items.column("image")[11].as_py())
@@ -77,3 +75,27 @@ def test_page_text_and_image_search_show_ranked_photos(browser, tmp_path: Path) 
         assert image_ids and image_ids != text_ids
         scores = browser.find_elements(By.CSS_SELECTOR, "#ranked .why")
         assert scores and "CTR score" in scores[0].text
+
+
+def test_page_asks_for_the_read_key_once_and_shows_photos(browser, serving_run: Path, tmp_path: Path) -> None:
+    """A server started with a read key: the page asks for it, then searches and shows the photos
+    (fetched with the key)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    key_file = tmp_path / "read.key"
+    key_file.write_text("page-read-key-123\n")
+    title = pq.read_table(serving_run / "data" / "items.parquet", columns=["title"]).column("title")[4].as_py()
+    wait = WebDriverWait(browser, 60)
+    with ServerProcess(serving_run, extra_args=("--read-key-file", str(key_file))) as srv:
+        browser.get(srv.url + "/")  # a new origin (port): nothing stored for it yet
+        alert = wait.until(EC.alert_is_present())  # the page's first read (/v1/bundle) got 401
+        assert "read key" in alert.text
+        alert.send_keys("page-read-key-123")
+        alert.accept()
+        wait.until(lambda d: "encoder" in d.find_element(By.ID, "bundle").text)
+        browser.find_element(By.ID, "text-query").send_keys(title)
+        browser.find_element(By.ID, "text-search").click()
+        wait.until(lambda d: len(_photos_loaded(d, "ranked")) >= 5)
+        assert browser.execute_script("return sessionStorage.getItem('mmrank-read-key')") == "page-read-key-123"

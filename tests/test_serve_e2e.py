@@ -14,24 +14,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mmrank.serve.fixtures import ServerProcess
+from mmrank.testing.serving import ServerProcess
 
 pytestmark = pytest.mark.slow
 KEY = "e2e-key-9876543210"
-
-
-@pytest.fixture(scope="module")
-def serving_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mmrank.serve.fixtures import build_serving_run
-
-    return build_serving_run(tmp_path_factory.mktemp("serve_e2e") / "run")
-
-
-@pytest.fixture()
-def run_copy(serving_run: Path, tmp_path: Path) -> Path:
-    run = tmp_path / "run"
-    shutil.copytree(serving_run, run)
-    return run
 
 
 def _catalog(run: Path) -> dict:
@@ -44,10 +30,10 @@ def _new_item(cat: dict, k: int, item_id: int) -> dict:
             "image_b64": base64.b64encode(cat["image"][k]).decode()}
 
 
-def test_acknowledged_items_survive_kill_9(run_copy: Path) -> None:
-    cat = _catalog(run_copy)
+def test_acknowledged_items_survive_kill_9(serving_run_copy: Path) -> None:
+    cat = _catalog(serving_run_copy)
     new_ids = [880_000_000 + k for k in range(6)]
-    srv = ServerProcess(run_copy, api_key=KEY).start()
+    srv = ServerProcess(serving_run_copy, api_key=KEY).start()
     try:
         with httpx.Client(base_url=srv.url, timeout=30) as c:
             for k, i in enumerate(new_ids):
@@ -59,7 +45,7 @@ def test_acknowledged_items_survive_kill_9(run_copy: Path) -> None:
         srv.kill9()
     finally:
         srv.stop()
-    with ServerProcess(run_copy, api_key=KEY) as srv2, httpx.Client(base_url=srv2.url, timeout=30) as c:
+    with ServerProcess(serving_run_copy, api_key=KEY) as srv2, httpx.Client(base_url=srv2.url, timeout=30) as c:
         rank = c.post("/v1/rank", json={"user": {"history": cat["item_id"][:5]},
                                         "candidates": new_ids + cat["item_id"][:3]}).json()
         assert rank["unknown"] == []
@@ -70,12 +56,12 @@ def test_acknowledged_items_survive_kill_9(run_copy: Path) -> None:
         assert new_ids[0] in [h["item_id"] for h in hits["results"]]
 
 
-def test_version_swap_under_concurrency_16_fails_no_request(run_copy: Path) -> None:
+def test_version_swap_under_concurrency_16_fails_no_request(serving_run_copy: Path) -> None:
     from mmrank.ctr.stage import train_strategy
-    from mmrank.serve.fixtures import new_encoder
+    from mmrank.testing.serving import new_encoder
     from mmrank.threads import limited
 
-    cat = _catalog(run_copy)
+    cat = _catalog(serving_run_copy)
     rng = np.random.default_rng(0)
     failures: list[str] = []
     bundles: set[str] = set()
@@ -83,7 +69,7 @@ def test_version_swap_under_concurrency_16_fails_no_request(run_copy: Path) -> N
     stop = threading.Event()
     lock = threading.Lock()
 
-    with ServerProcess(run_copy, api_key=KEY, extra_args=("--strategy", "simtier")) as srv:
+    with ServerProcess(serving_run_copy, api_key=KEY, extra_args=("--strategy", "simtier")) as srv:
         def loop(seed: int) -> None:
             r_ = np.random.default_rng(seed)
             with httpx.Client(base_url=srv.url, timeout=60) as c:
@@ -109,8 +95,8 @@ def test_version_swap_under_concurrency_16_fails_no_request(run_copy: Path) -> N
             time.sleep(1.0)
             old = httpx.get(srv.url + "/v1/bundle").json()
             with limited(1):  # a new encoder version: new table, CTR model retrained on it
-                new_version = new_encoder(run_copy, seed=int(rng.integers(1, 1000)))
-                train_strategy(run_copy, "simtier", make_epochs=1, progress=False)
+                new_version = new_encoder(serving_run_copy, seed=int(rng.integers(1, 1000)))
+                train_strategy(serving_run_copy, "simtier", make_epochs=1, progress=False)
             r = httpx.post(srv.url + "/v1/admin/reload", json={}, headers={"X-API-Key": KEY}, timeout=120)
             assert r.status_code == 200, r.text
             assert r.json()["encoder_version"] == new_version != old["encoder_version"]
@@ -124,10 +110,10 @@ def test_version_swap_under_concurrency_16_fails_no_request(run_copy: Path) -> N
     assert len(bundles) == 2 and any(b.startswith(new_version) for b in bundles)
 
 
-def test_two_uvicorn_workers_on_one_local_table_share_posted_items(run_copy: Path) -> None:
-    cat = _catalog(run_copy)
+def test_two_uvicorn_workers_on_one_local_table_share_posted_items(serving_run_copy: Path) -> None:
+    cat = _catalog(serving_run_copy)
     new_ids = [870_000_000 + k for k in range(4)]
-    with ServerProcess(run_copy, api_key=KEY, extra_args=("--workers", "2")) as srv, \
+    with ServerProcess(serving_run_copy, api_key=KEY, extra_args=("--workers", "2")) as srv, \
             httpx.Client(base_url=srv.url, timeout=30) as c:
         for k, i in enumerate(new_ids):  # each post lands on either worker (the kernel picks)
             assert c.post("/v1/items", json=_new_item(cat, k, i), headers={"X-API-Key": KEY}).status_code == 201
@@ -141,7 +127,7 @@ def test_two_uvicorn_workers_on_one_local_table_share_posted_items(run_copy: Pat
 
 @pytest.mark.redis
 def test_two_processes_on_one_redis_see_each_others_items(serving_run: Path, tmp_path: Path) -> None:
-    from mmrank.serve.fixtures import move_table_to_redis, redis_server
+    from mmrank.testing.serving import move_table_to_redis, redis_server
 
     try:
         proc, url = redis_server(tmp_path)
@@ -173,14 +159,14 @@ def test_two_processes_on_one_redis_see_each_others_items(serving_run: Path, tmp
         proc.wait(timeout=10)
 
 
-def test_schemathesis_500_generated_cases_no_server_error(run_copy: Path) -> None:
+def test_schemathesis_500_generated_cases_no_server_error(serving_run_copy: Path) -> None:
     import schemathesis
     from hypothesis import HealthCheck, given, settings
 
     per_operation = 80  # 7 operations take generated bodies: 560 cases and more
     calls: dict[str, int] = {}
     errors: list[str] = []
-    with ServerProcess(run_copy, api_key=KEY) as srv:
+    with ServerProcess(serving_run_copy, api_key=KEY) as srv:
         schema = schemathesis.openapi.from_url(srv.url + "/openapi.json")
         for op in schema.get_all_operations():
             op = op.ok()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,21 +15,6 @@ from mmrank.errors import ConfigError
 
 torch.set_num_threads(1)
 SRC = Path(__file__).resolve().parents[1] / "src" / "mmrank"
-
-
-@pytest.fixture(scope="module")
-def serving_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mmrank.serve.fixtures import build_serving_run
-
-    return build_serving_run(tmp_path_factory.mktemp("serve_seams") / "run",
-                             strategies=("id", "simtier", "simtier+make"))
-
-
-@pytest.fixture()
-def run_copy(serving_run: Path, tmp_path: Path) -> Path:
-    run = tmp_path / "run"
-    shutil.copytree(serving_run, run)
-    return run
 
 
 def _parquet_logits(run: Path, strategy: str, rows: np.ndarray) -> tuple[torch.Tensor, object]:
@@ -88,31 +72,31 @@ def test_builder_gives_the_parquet_paths_logits(serving_run: Path, strategy: str
         np.clip(samples.category_id[rows].astype(np.int64) + 1, 0, bundle.space.n_categories - 1)))
 
 
-def test_bundle_refuses_a_ctr_model_of_another_encoder_version_of_the_same_width(run_copy: Path) -> None:
+def test_bundle_refuses_a_ctr_model_of_another_encoder_version_of_the_same_width(serving_run_copy: Path) -> None:
     from mmrank.ctr.artifacts import load_model
     from mmrank.serve.bundle import load_bundle
-    from mmrank.serve.fixtures import new_encoder
+    from mmrank.testing.serving import new_encoder
 
-    old = (run_copy / "encoder" / "version.txt").read_text().strip()
-    new = new_encoder(run_copy, seed=1)  # same architecture and width, other weights
+    old = (serving_run_copy / "encoder" / "version.txt").read_text().strip()
+    new = new_encoder(serving_run_copy, seed=1)  # same architecture and width, other weights
     assert new != old
     with pytest.raises(ConfigError, match=re.escape(old)):
-        load_bundle(run_copy, "simtier")
+        load_bundle(serving_run_copy, "simtier")
     with pytest.raises(ConfigError, match="encoder version"):
-        load_model(run_copy, "simtier")  # the Parquet path checks the version too, not the width
-    b = load_bundle(run_copy, "id")  # the ID model reads no representations: it loads
+        load_model(serving_run_copy, "simtier")  # the Parquet path checks the version too, not the width
+    b = load_bundle(serving_run_copy, "id")  # the ID model reads no representations: it loads
     assert b.encoder_version == new and b.store.version == new
     b.close()
 
 
-def test_bundle_refuses_a_reranker_of_another_encoder_version(run_copy: Path, monkeypatch) -> None:
+def test_bundle_refuses_a_reranker_of_another_encoder_version(serving_run_copy: Path, monkeypatch) -> None:
     import sys
     import types
 
     from mmrank.serve.bundle import load_bundle
 
-    (run_copy / "rerank").mkdir()
-    b = load_bundle(run_copy, "id")
+    (serving_run_copy / "rerank").mkdir()
+    b = load_bundle(serving_run_copy, "id")
     assert b.reranker is None and "not installed" in b.rerank_status
     b.close()
 
@@ -124,18 +108,18 @@ def test_bundle_refuses_a_reranker_of_another_encoder_version(run_copy: Path, mo
     monkeypatch.setitem(sys.modules, "mmrank.rerank", types.ModuleType("mmrank.rerank"))
     monkeypatch.setitem(sys.modules, "mmrank.rerank.serving", mod)
     with pytest.raises(ConfigError, match="some-other-encoder"):
-        load_bundle(run_copy, "id")
+        load_bundle(serving_run_copy, "id")
 
 
-def test_serving_stores_are_independent_objects_and_see_each_others_writes(run_copy: Path) -> None:
+def test_serving_stores_are_independent_objects_and_see_each_others_writes(serving_run_copy: Path) -> None:
     import pyarrow.parquet as pq
 
     from mmrank.store.encoding import load_encoder
     from mmrank.store.items import ItemExists, ItemStore
 
-    enc = load_encoder(run_copy)
-    a, b = ItemStore.open(run_copy, enc), ItemStore.open(run_copy, enc)
-    items = pq.read_table(run_copy / "data" / "items.parquet", columns=["image", "category"])
+    enc = load_encoder(serving_run_copy)
+    a, b = ItemStore.open(serving_run_copy, enc), ItemStore.open(serving_run_copy, enc)
+    items = pq.read_table(serving_run_copy / "data" / "items.parquet", columns=["image", "category"])
     new_id = 9_000_000_001
     assert not a.vectors(np.array([new_id]))[1][0]
     a.ingest({"item_id": new_id, "title": "a brand new linen shirt", "image": items.column("image")[0].as_py(),
@@ -149,14 +133,14 @@ def test_serving_stores_are_independent_objects_and_see_each_others_writes(run_c
         b.ingest({"item_id": new_id, "title": "again", "image": items.column("image")[0].as_py()})
     a.close(), b.close()
     # a third store opened after both closed still has it (durable)
-    c = ItemStore.open(run_copy, enc)
+    c = ItemStore.open(serving_run_copy, enc)
     assert c.vectors(np.array([new_id]))[1][0]
     c.close()
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_batcher_coalesces_concurrent_requests_into_fewer_forwards(serving_run: Path, workers: int) -> None:
-    from mmrank.serve.app import run_batch
+    from mmrank.serve.scoring import run_batch
     from mmrank.serve.batching import RankBatcher
     from mmrank.serve.builder import RankQuery
     from mmrank.serve.bundle import load_bundle
@@ -208,21 +192,21 @@ def test_one_module_owns_thread_settings() -> None:
     assert threads.get() == before
 
 
-def test_items_acknowledged_under_an_old_version_are_encoded_into_the_new_one(run_copy: Path) -> None:
+def test_items_acknowledged_under_an_old_version_are_encoded_into_the_new_one(serving_run_copy: Path) -> None:
     import pyarrow.parquet as pq
 
     from mmrank.serve.bundle import load_bundle
-    from mmrank.serve.fixtures import new_encoder
+    from mmrank.testing.serving import new_encoder
 
-    old = load_bundle(run_copy, "id")
-    items = pq.read_table(run_copy / "data" / "items.parquet", columns=["image", "category"])
+    old = load_bundle(serving_run_copy, "id")
+    items = pq.read_table(serving_run_copy / "data" / "items.parquet", columns=["image", "category"])
     old.store.ingest({"item_id": 9_100_000_001, "title": "late arrival wool scarf",
                       "image": items.column("image")[2].as_py(), "category": items.column("category")[2].as_py()})
-    new_version = new_encoder(run_copy, seed=3)
+    new_version = new_encoder(serving_run_copy, seed=3)
     # posted to the old server after the new table was built (the window before a swap)
     old.store.ingest({"item_id": 9_100_000_002, "title": "later arrival cotton scarf",
                       "image": items.column("image")[3].as_py()})
-    new = load_bundle(run_copy, "id")
+    new = load_bundle(serving_run_copy, "id")
     try:
         assert new.encoder_version == new_version != old.encoder_version
         vecs, found = new.store.vectors(np.array([9_100_000_001, 9_100_000_002]))

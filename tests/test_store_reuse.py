@@ -55,14 +55,38 @@ def test_embed_reuses_the_cache_and_matches_reencoding(trained_run: Path, tmp_pa
     np.testing.assert_allclose(v_cached, v_fresh, atol=1e-5, rtol=0)
 
 
-def test_a_changed_items_file_is_reencoded(trained_run: Path, tmp_path: Path) -> None:
+def test_a_touched_items_file_still_comes_from_the_cache(trained_run: Path, tmp_path: Path) -> None:
+    """The cache vouches for the items' content (their digest), not for the file's mtime."""
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     items = run / "data" / "items.parquet"
     st = os.stat(items)
-    os.utime(items, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # the cache no longer vouches
+    os.utime(items, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     stats, ids, _ = _embed(run, reuse=True)
-    assert stats["from_cache"] == 0 and stats["encoded"] == len(ids)
+    assert stats["from_cache"] == len(ids) == 800
+
+
+def test_a_changed_items_file_is_neither_cached_nor_embedded_with_the_old_encoder(
+        trained_run: Path, tmp_path: Path) -> None:
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mmrank.lineage import StaleArtifact
+    from mmrank.pretrain.data import cached_item_features
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    items = run / "data" / "items.parquet"
+    t = pq.read_table(items)
+    titles = t.column("title").to_pylist()
+    titles[0] = titles[0] + " (renamed)"
+    pq.write_table(t.set_column(t.column_names.index("title"), "title", pa.array(titles)), items)
+    cfg = json.loads((run / "encoder" / "config.json").read_text())
+    assert cached_item_features(run, cfg) is None  # the cache no longer vouches
+    with pytest.raises(StaleArtifact, match=r"encoder is stale: made from data/items .*mmrank pretrain"):
+        _embed(run, reuse=True)
 
 
 def test_a_trainable_tail_is_not_taken_from_the_float16_cache(trained_run: Path) -> None:

@@ -206,7 +206,7 @@ def test_embed_ingest_search_on_the_backend(root: Path) -> None:
     from mmrank.store.items import ItemStore
     from mmrank.store.stage import embed_catalog
     from mmrank.store.tiny_encoder import TinyItemEncoder
-    from test_store_ingest import jpeg, make_items
+    from mmrank.testing.items import jpeg, make_items
 
     torch.set_num_threads(1)
     run = root.parent

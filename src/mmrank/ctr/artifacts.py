@@ -6,6 +6,7 @@ Layout (``R`` the run)::
     R/ctr/<strategy>/vocab.safetensors   the ID vocabularies the model was trained with
     R/ctr/<strategy>/config.json         CtrConfig, TrainConfig, sizes, MAKE epochs, representation source
     R/ctr/<strategy>/metrics.json        auc, gauc, logloss, groups (8, lowest frequency first), new_items
+    R/ctr/<strategy>/lineage.json        the digests of the tables and representations it was trained on
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from safetensors.numpy import load_file as load_np, save_file as save_np
 from safetensors.torch import load_file as load_torch, save_file as save_torch
 
+from mmrank import lineage
 from mmrank.ctr.data import FeatureSpace, Vocab
 from mmrank.ctr.models import CtrConfig, CtrModel, ModelSizes
 from mmrank.ctr.representations import (check_representation_version, item_vectors, representation_version,
@@ -26,8 +28,9 @@ from mmrank.errors import ConfigError, MMRankError
 
 
 def save_model(model: CtrModel, space: FeatureSpace, out: Path, *, train_cfg: TrainConfig,
-               extra: dict | None = None) -> None:
-    """Write weights, vocabularies and config (safetensors + JSON) to ``out``."""
+               extra: dict | None = None, inputs: dict | None = None) -> None:
+    """Write weights, vocabularies and config (safetensors + JSON) to ``out``; ``inputs`` (what it was
+    trained on, :mod:`mmrank.lineage`) to ``out/lineage.json``."""
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_torch(state, str(out / "model.safetensors"))
@@ -37,11 +40,14 @@ def save_model(model: CtrModel, space: FeatureSpace, out: Path, *, train_cfg: Tr
             "sizes": model.sizes.to_dict(), "make_frozen": model.freeze_make}
     conf.update(extra or {})
     (out / "config.json").write_text(json.dumps(conf, indent=2))
+    if inputs is not None:
+        lineage.stamp(out, inputs)
 
 
 def load_model(run: Path, strategy: str, *, attach_vectors: bool = True,
                encoder_version: str | None = None) -> tuple[CtrModel, FeatureSpace, dict]:
-    """Load ``R/ctr/<strategy>`` (in eval mode).
+    """Load ``R/ctr/<strategy>`` (in eval mode); :class:`mmrank.lineage.StaleArtifact` when it was
+    trained on other data than the run's now.
 
     With ``attach_vectors`` the run's current representations are re-attached (``space.vec_items``
     covers them), after checking that they come from the encoder version the model was trained on.
@@ -52,6 +58,8 @@ def load_model(run: Path, strategy: str, *, attach_vectors: bool = True,
     d = Path(run) / "ctr" / strategy
     if not (d / "model.safetensors").exists():
         raise MMRankError(f"{d}: no trained model (run `mmrank ctr train --run {run} --strategy {strategy}`)")
+    lineage.check(d, lineage.data_inputs(run, *lineage.CTR_TABLES),
+                  f"mmrank ctr train --run {run} --strategy {strategy}")
     conf = json.loads((d / "config.json").read_text())
     cfg = CtrConfig.model_validate(conf["model"])
     sizes = ModelSizes(**conf["sizes"])

@@ -24,7 +24,8 @@ def item_vectors(run: Path, item_ids: np.ndarray | None = None) -> tuple[np.ndar
     From the embedding table ``R/embeddings`` when it exists (ids missing there get zero rows), else
     from the pre-trained encoder ``R/encoder`` over the items' titles and images. Rows are L2-normalised
     so that SimTier's dot products lie in [-1, 1] (Eq. 2). ``item_ids`` defaults to every item of
-    ``R/data/items.parquet`` (or every id of the table).
+    ``R/data/items.parquet`` (or every id of the table). A table or an encoder made from other data
+    than the run's now is refused (:class:`mmrank.lineage.StaleArtifact`).
     """
     run = Path(run)
     items_path = run / "data" / "items.parquet"
@@ -32,6 +33,13 @@ def item_vectors(run: Path, item_ids: np.ndarray | None = None) -> tuple[np.ndar
         from mmrank.store.backends import open_table
 
         table = open_table(run / "embeddings")
+        try:
+            from mmrank.lineage import check_embeddings
+
+            check_embeddings(run, table.version)  # made from the run's catalog as it is now
+        except BaseException:
+            table.close()
+            raise
         if item_ids is None:
             if items_path.exists():
                 from mmrank.data.io import read_table

@@ -5,7 +5,7 @@ one strategy on them (:func:`fit_strategy`, with MAKE pre-training and the preco
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ class RunData:
     item_created_at: tuple[np.ndarray, np.ndarray] | None  # (sorted ids, created_at)
     manifest: dict
     train_idx: np.ndarray | None = None  # training rows used (default: the whole training split)
+    inputs: dict = field(default_factory=dict)  # the digests of the tables read (mmrank.lineage)
 
     def train_rows(self) -> np.ndarray:
         return self.enc.train_rows() if self.train_idx is None else self.train_idx
@@ -53,7 +54,10 @@ class RunData:
 def load_run(run: Path, *, with_vectors: bool = True, samples_path: Path | None = None,
              space: FeatureSpace | None = None) -> RunData:
     """Read ``R/data/ctr_samples.parquet`` (or ``samples_path``) and the run's representations."""
+    from mmrank.lineage import CTR_TABLES, data_inputs
+
     run = Path(run)
+    inputs = data_inputs(run, *CTR_TABLES)  # before the tables are read
     path = samples_path or run / "data" / "ctr_samples.parquet"
     samples = load_samples(path, require_split=samples_path is None)
     ids = vecs = None
@@ -79,7 +83,7 @@ def load_run(run: Path, *, with_vectors: bool = True, samples_path: Path | None 
         iid = t.column("item_id").to_numpy().astype(np.int64)
         order = np.argsort(iid)
         created = (iid[order], t.column("created_at").to_numpy().astype(np.int64)[order])
-    return RunData(samples, space, enc, table, source, created, manifest)
+    return RunData(samples, space, enc, table, source, created, manifest, inputs=inputs)
 
 def build_model(data: RunData, cfg: CtrConfig, make: MakeModule | None = None,
                 freeze_make: bool = False) -> CtrModel:

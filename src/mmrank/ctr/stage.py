@@ -60,9 +60,15 @@ def train_strategy(run: Path, strategy: str, *, seed: int = 0, make_epochs: int 
                     "make_pretrain_seconds": info.get("make_pretrain", {}).get("seconds")})
     out = run / "ctr" / strategy
     save_model(model, data.space, out, train_cfg=tcfg.model_copy(update={"seed": seed}),
-               extra={"make_epochs": info["make_epochs"], "representations": data.vec_source})
+               extra={"make_epochs": info["make_epochs"], "representations": data.vec_source},
+               inputs=lineage_of(data))
     (out / "metrics.json").write_text(json.dumps(json_ready(metrics), indent=2))
     return metrics
+
+
+def lineage_of(data: RunData) -> dict[str, str]:
+    """What a model trained on ``data`` is made from: the tables read and the representations."""
+    return {**data.inputs, **({"representations": data.vec_source} if data.vec_source else {})}
 
 
 def predict_file(run: Path, strategy: str, samples: Path, out: Path) -> int:
@@ -150,7 +156,8 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = STRATEGI
                           f"logloss {m['logloss']:.4f} ({info['train']['seconds']:.0f}s)")
             if seed == 0:
                 save_model(model, data.space, run / "ctr" / s, train_cfg=tcfg,
-                           extra={"make_epochs": info["make_epochs"], "representations": data.vec_source})
+                           extra={"make_epochs": info["make_epochs"], "representations": data.vec_source},
+                           inputs=lineage_of(data))
                 (run / "ctr" / s / "metrics.json").write_text(json.dumps(json_ready(m), indent=2))
             if seed == 0 and s == "make" and make_epochs in curve:
                 curve_res[make_epochs] = [m]

@@ -50,6 +50,9 @@ def build(run: Path = typer.Option(..., "--run", help="run directory with data/i
     if cfg.split_ts is None:
         raise MMRankError("data build: give --split-ts (or data.split_ts in --config)")
     counts = build_derived(run, cfg.split_ts, cfg.history_len, cfg.start_ts)
+    from mmrank.lineage import stamp_data
+
+    stamp_data(run / "data")
     record(run, "data", cfg)
     typer.echo(f"wrote {run}/data: {counts}")
 
@@ -89,6 +92,12 @@ def import_(
     typer.echo(format_summary(summary))
     typer.echo(format_profile(summary["profile"], short=True))
     typer.echo(f"wrote {run}/data (the full profile: mmrank data profile --run {run})")
+    from mmrank.lineage import stale_artifacts
+
+    stale = stale_artifacts(run)
+    if stale:
+        typer.echo("made from the data replaced, refused until rebuilt: "
+                   + "; ".join(f"{d} (`{cmd}`)" for d, cmd in stale))
 
 
 @app.command("profile")

@@ -16,8 +16,8 @@ remembering its file and row. :func:`import_source` is the pipeline, one step a 
 4. :func:`choose_split`, :func:`transaction_prices` (a price from the transactions, point-in-time),
    :func:`choose_pairs`, :func:`users_table`;
 5. :func:`write_run`: the tables, the derived ones (:func:`mmrank.data.samples.build_derived`, and
-   item-to-item pairs when the log has no queries), ``manifest.json`` and ``profile.json``
-   (:mod:`mmrank.data.profile`) go to a temporary run directory, and only then is ``data/`` moved into
+   item-to-item pairs when the log has no queries), ``manifest.json``, ``profile.json``
+   (:mod:`mmrank.data.profile`) and ``lineage.json`` (the tables' digests, :mod:`mmrank.lineage`) go to a temporary run directory, and only then is ``data/`` moved into
    the run directory. A failed import leaves the run directory as it was.
 
 Whatever is substituted is recorded in ``manifest.json["substitutes"]``
@@ -292,6 +292,9 @@ def write_run(run: Path, tables: dict[str, pa.Table | None], summary: dict[str, 
         phase("profiling")
         summary["profile"] = profile_run(tmp)
         (data / "profile.json").write_text(json.dumps(summary["profile"], indent=2, sort_keys=True))
+        from mmrank.lineage import stamp_data
+
+        stamp_data(data)  # the tables' digests, hashed once here (data/lineage.json)
         run.mkdir(parents=True, exist_ok=True)
         old = run / f".data.old-{os.getpid()}"
         if (run / "data").exists():

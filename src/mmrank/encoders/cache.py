@@ -2,7 +2,9 @@
 
 Each cached table is ``<tag>.npy`` (float32; float16 for un-pooled activation maps) next to
 ``<tag>.json`` holding the row count and a SHA-256 of the row keys (item ids, query strings, image
-refs) plus a source fingerprint; a mismatch re-encodes. Loading never unpickles (``allow_pickle=False``).
+refs) plus a source fingerprint (a run's table: its content digest, :mod:`mmrank.lineage`); a mismatch
+re-encodes. ``lineage.json`` in each directory records the source of every table cached there.
+Loading never unpickles (``allow_pickle=False``).
 """
 
 from __future__ import annotations
@@ -60,7 +62,14 @@ def encode(encoder: Any, preprocess: Callable[[list[Any]], Any], n: int,
 
 
 def source_fingerprint(path: Path) -> str:
-    """What cached rows of a source file depend on beyond their keys: its name, size and mtime."""
+    """What cached rows of a source file depend on beyond their keys: a run's table
+    (``R/data/<table>.parquet``) by its content digest (:func:`mmrank.lineage.table_digest`), any other
+    file by its name, size and mtime."""
+    from mmrank.lineage import table_digest
+
+    digest = table_digest(path)
+    if digest is not None:
+        return f"data/{Path(path).stem}:{digest}"
     st = os.stat(path)
     return f"{Path(path).name}:{st.st_size}:{st.st_mtime_ns}"
 
@@ -118,4 +127,8 @@ def cached_features(build: Callable[[], tuple[Any, Callable[[list[Any]], Any]]],
             np.save(f, store, allow_pickle=False)
         write_text(meta, json.dumps({"n": len(keys), "digest": digest, "encoder": encoder.name,
                                      "shape": list(store.shape), "dtype": str(store.dtype)}))
+        from mmrank import lineage
+
+        made = (lineage.read(d) or {}).get("inputs", {})
+        lineage.stamp(d, {**made, tag: fingerprint})
     return feats

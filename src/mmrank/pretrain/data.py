@@ -203,7 +203,9 @@ def build_features(run: Path, catalog: Catalog, pairs: PairTable, image_encoder:
 
     text_q = cached_features(build_txt, tkey, text_list, lambda a, z: text_list[a:z], cache_dir,
                              "queries_text", fp)
-    image_q = cached_features(build_img, ikey, ref_list, render, cache_dir, "queries_image", fp)
+    qpath = Path(run) / "data" / "query_images.parquet"
+    image_q = cached_features(build_img, ikey, ref_list, render, cache_dir, "queries_image",
+                              source_fingerprint(qpath) if qpath.exists() else fp)
     as_t = torch.from_numpy
     d_img_shape = item_img.shape[1:]
     if len(ref_list) == 0:

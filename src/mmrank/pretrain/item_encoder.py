@@ -5,7 +5,9 @@ Files:
 * ``weights.safetensors``: the towers' heads (and a fine-tuned backbone tail or a from-scratch CNN);
 * ``config.json`` / ``config.yaml``: encoder names, image size, dims, the stage config;
 * ``version.txt``: the encoder version id, SHA-256 of the config JSON and the weights file (16 hex);
-* ``metrics.json``: Acc@1 / Acc@5 per query modality (and per nested dimension).
+* ``metrics.json``: Acc@1 / Acc@5 per query modality (and per nested dimension);
+* ``lineage.json``: the digests of the data it was trained on (:mod:`mmrank.lineage`); loading it
+  from a run checks them against the run's data.
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ def version_of(config_json: str, weights_file: Path) -> str:
 
 def save_encoder(out: Path, model: torch.nn.Module, config: dict[str, Any],
                  metrics: dict[str, Any] | None = None,
-                 extra_tensors: dict[str, torch.Tensor] | None = None) -> str:
-    """Write the encoder directory ``out`` (replaced whole, atomically); returns the version id."""
+                 extra_tensors: dict[str, torch.Tensor] | None = None,
+                 inputs: dict[str, str] | None = None) -> str:
+    """Write the encoder directory ``out`` (replaced whole, atomically); returns the version id.
+    ``inputs``: what it was made from (:func:`mmrank.lineage.encoder_inputs`), kept in ``lineage.json``."""
     out = Path(out)
     tmp = temp_path(out)
     if tmp.exists():
@@ -64,6 +68,10 @@ def save_encoder(out: Path, model: torch.nn.Module, config: dict[str, Any],
     write_text(tmp / VERSION, version + "\n")
     if metrics is not None:
         write_text(tmp / METRICS, json.dumps({**metrics, "version": version}, indent=1))
+    if inputs is not None:
+        from mmrank.lineage import stamp
+
+        stamp(tmp, inputs, digest=version)
     if out.exists():
         old = out.with_name(f".{out.name}.{os.getpid()}.old.{time.time_ns()}")
         os.replace(out, old)
@@ -159,14 +167,18 @@ def build_model(config: dict[str, Any], image_tail: torch.nn.Module | None) -> t
 
 
 def load_item_encoder(run_dir: str | Path, subdir: str = "encoder") -> ItemEncoder:
-    """Load ``run_dir/encoder`` (or ``run_dir/<subdir>``); MMRankError naming what is missing."""
+    """Load ``run_dir/encoder`` (or ``run_dir/<subdir>``); MMRankError naming what is missing, and
+    :class:`mmrank.lineage.StaleArtifact` when it was trained on other data than the run's now."""
     from mmrank import encoders
+
+    from mmrank.lineage import check_encoder
 
     d = Path(run_dir) / subdir
     for f in (CONFIG, WEIGHTS, VERSION):
         if not (d / f).exists():
             raise MMRankError(f"{d / f}: missing; train an encoder first "
                               f"(`mmrank pretrain --run {run_dir}`)")
+    check_encoder(run_dir, subdir)  # trained on the run's data as it is now, or StaleArtifact
     cfg_json = (d / CONFIG).read_text()
     cfg = json.loads(cfg_json)
     if cfg.get("format") != FORMAT:

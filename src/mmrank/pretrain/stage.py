@@ -16,6 +16,7 @@ import torch
 from mmrank.config import record
 from mmrank.durable import fsync_dir, temp_path, write_text
 from mmrank.errors import ConfigError
+from mmrank.lineage import digest_inputs
 from mmrank.pretrain.item_encoder import save_encoder
 from mmrank.pretrain.config import REFERENCES, VARIANTS, PretrainConfig
 from mmrank.pretrain.data import build_features, native_image_size, read_catalog, read_pairs
@@ -36,6 +37,9 @@ class _Prepared:
     """Catalog, pairs and cached features for one (image encoder, text encoder, size) triple."""
 
     def __init__(self, run: Path, cfg: PretrainConfig, env: DistEnv) -> None:
+        from mmrank.lineage import encoder_inputs
+
+        self.inputs = encoder_inputs(run)  # the digests of the tables read next (lineage.json)
         self.catalog = read_catalog(run)
         self.pairs = read_pairs(run, self.catalog, cfg.seed)
         from mmrank.encoders import native_input_size
@@ -97,7 +101,7 @@ def run_variant(run: Path, cfg: PretrainConfig, out: Path, prep: _Prepared | Non
         tail = copy.deepcopy(prep.image_tail) if prep.image_tail is not None else None
         model = train(cfg, prep.feats, prep.pairs, prep.catalog.item_ids, env,
                       ckpt_dir=run / "pretrain" / "ckpt" / cfg.variant, image_tail=tail,
-                      log=lambda m: _say(env, m))
+                      log=lambda m: _say(env, m), data_digest=digest_inputs(prep.inputs))
     train_s = time.time() - t0
     metrics: dict[str, Any] = {}
     if env.main:
@@ -113,7 +117,8 @@ def run_variant(run: Path, cfg: PretrainConfig, out: Path, prep: _Prepared | Non
 
             own = CnnSmall(prep.image_size, 0, seed=0).own_state()
         extra = {f"image_backbone.{k}": v for k, v in own.items()}
-        version = save_encoder(out, model, _encoder_config(cfg, prep, model), metrics, extra)
+        version = save_encoder(out, model, _encoder_config(cfg, prep, model), metrics, extra,
+                               inputs=prep.inputs)
         metrics["version"] = version
         _say(env, f"{cfg.variant}: acc@1 image={_fmt(metrics['acc@1']['image'])} "
                   f"text={_fmt(metrics['acc@1']['text'])}  acc@5 image="

@@ -66,7 +66,7 @@ def _check(cfg: PretrainConfig, env: DistEnv) -> None:
 def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.ndarray,
           env: DistEnv | None = None, ckpt_dir: Path | None = None,
           image_tail: nn.Module | None = None,
-          log: Callable[[str], None] = print) -> SCLModel:
+          log: Callable[[str], None] = print, data_digest: str = "") -> SCLModel:
     """Train one variant (not ``off-the-shelf``) and return the online model.
 
     Args:
@@ -77,6 +77,8 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
         env: the process group (default: from torchrun's environment).
         ckpt_dir: where to checkpoint and resume from (None: no checkpoints).
         image_tail: the fine-tuned end of the image backbone (``trainable_blocks > 0``).
+        data_digest: the digest of the tables the features and pairs came from
+            (:mod:`mmrank.lineage`): a checkpoint made from other data is not resumed.
     """
     env = env or DistEnv.from_env()
     _check(cfg, env)
@@ -110,7 +112,7 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
         total = min(total, cfg.max_steps)
     # the checkpoint belongs to this config *and* this data (a regenerated market starts afresh)
     data_fp = hashlib.sha256(np.ascontiguousarray(pairs.pos).tobytes()
-                             + np.ascontiguousarray(item_ids).tobytes()).hexdigest()[:8]
+                             + np.ascontiguousarray(item_ids).tobytes() + data_digest.encode()).hexdigest()[:8]
     digest = f"{config_digest(cfg)}-{data_fp}"
 
     step = 0

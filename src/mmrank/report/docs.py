@@ -362,6 +362,48 @@ def cold_start_rows(res: Results) -> list[str]:
     return out + ["Source: `docs/results/bench/cold_start.json`, written by `benchmarks/cold_start.py --json`.", ""]
 
 
+def _spread_row(name: str, s: dict[str, Any], digits: int = 2) -> list[str]:
+    vals = ", ".join(f"{v:.{digits}f}" for v in s.get("values", []))
+    return [name, f"{s['mean']:.{digits}f}", f"{s['min']:.{digits}f} - {s['max']:.{digits}f}",
+            f"{s['std']:.{digits}f}", vals]
+
+
+def _no_bench(name: str, command: str) -> list[str]:
+    return [f"*No run in `docs/results/bench/{name}.json`.* Make it with:", "", "```bash",
+            f"{command} --json /tmp/{name}.json", f"mmrank report docs --bench {name}=/tmp/{name}.json",
+            "```", ""]
+
+
+def serve_latency_rows(res: Results) -> list[str]:
+    b = res.bench.get("serve_latency")
+    if b is None:
+        return _no_bench("serve_latency", "python benchmarks/serve_latency.py --run runs/demo --repeat 3")
+    g, cfg = b["goals"], b.get("config", {})
+    names = {"overhead_c1_p99": f"concurrency 1: (mmrank p99 - raw forward p99) / raw forward p99 "
+                                f"(goal <= {g['overhead_c1_p99_max']})",
+             "speedup_c16": f"concurrency 16: mmrank / plain requests/s (goal >= {g['speedup_c16_min']})",
+             "speedup_c16_small": "concurrency 16, small requests: mmrank / plain requests/s"}
+    rows = [_spread_row(names.get(k, k), v) for k, v in b["summary"].items()]
+    return [f"`benchmarks/serve_latency.py`, {len(b['runs'])} runs against one pair of servers; "
+            f"{cfg.get('candidates')} candidates x {cfg.get('history')} behaviour items per request, "
+            f"{b.get('machine', {}).get('cores')} cores.", "",
+            *_table(["ratio", "mean", "min - max", "std", "each run"], rows), "",
+            "Source: `docs/results/bench/serve_latency.json`, written by `benchmarks/serve_latency.py --json`.", ""]
+
+
+def serve_load_rows(res: Results) -> list[str]:
+    b = res.bench.get("serve_load")
+    if b is None:
+        return _no_bench("serve_load", "python benchmarks/serve_load.py --run runs/demo --repeat 3")
+    cfg = b.get("config", {})
+    rows = [_spread_row(k if k.startswith("ratio") else f"{k} (requests/s)", v, 1 if not k.startswith("ratio")
+                        else 2) for k, v in b["summary"].items()]
+    return [f"`benchmarks/serve_load.py`, {len(b['runs'])} runs: each endpoint's knee, the highest open-loop "
+            f"arrival rate whose p99 stays under {cfg.get('deadline_ms')} ms with every request answered.", "",
+            *_table(["endpoint", "mean", "min - max", "std", "each run"], rows), "",
+            "Source: `docs/results/bench/serve_load.json`, written by `benchmarks/serve_load.py --json`.", ""]
+
+
 BLOCKS: dict[str, Callable[[Results], list[str]]] = {
     "market": lambda r: _sections(r, "data/manifest.json", "market manifest", market_rows),
     "pretrain": lambda r: _sections(r, "pretrain/compare.json", "pre-training comparison", pretrain_rows),
@@ -373,6 +415,8 @@ BLOCKS: dict[str, Callable[[Results], list[str]]] = {
     "readme-ctr": lambda r: _headline(r, "ctr/compare.json", "CTR comparison", readme_ctr),
     "readme-rerank": lambda r: _headline(r, "rerank/compare.json", "re-ranking comparison", readme_rerank),
     "cold-start": cold_start_rows,
+    "serve-latency": serve_latency_rows,
+    "serve-load": serve_load_rows,
     "runs": runs_rows,
 }
 

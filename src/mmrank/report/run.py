@@ -1,11 +1,14 @@
 """`mmrank report --run R`: what every stage of a run produced, on one page, labelled with its source.
 
-Reads what exists (the data manifest, ``R/encoder/metrics.json`` or ``R/pretrain/compare.json``,
-``R/embeddings``, ``R/ctr/compare.json`` or ``R/ctr/<strategy>/metrics.json``) and writes
-``R/report/results.json``, ``results.md`` and ``report.html``. A stage that has not run is listed as
-such. The heading says where the data came from: simulated (the synthetic market, or behaviour
-simulated on a real catalog) or imported; and every substitute the import made (sampled negatives,
-item-to-item pairs, grey images...) is printed beside the results it affects.
+Reads what exists (the data manifest and profile, ``R/encoder/metrics.json`` or
+``R/pretrain/compare.json``, ``R/embeddings``, ``R/ctr/compare.json`` or
+``R/ctr/<strategy>/metrics.json``) and writes ``R/report/results.json``, ``results.md`` and
+``report.html``. A stage that has not run is listed as such. The heading says where the data came from:
+simulated (the synthetic market, or behaviour simulated on a real catalog) or imported; every
+substitute the import made (sampled negatives, item-to-item pairs, grey images...) is printed beside
+the results it affects, and the data profile's warnings (``R/data/profile.json``, written by the import
+and ``mmrank data profile``: figures too small to measure) beside them, its key figures in the data
+section.
 """
 
 from __future__ import annotations
@@ -89,6 +92,35 @@ def _ctr(run: Path) -> dict[str, Any]:
     return out
 
 
+def _profile(run: Path) -> dict[str, Any] | None:
+    """The key figures and warnings of ``R/data/profile.json`` (None when there is none)."""
+    p = _load(run / "data" / "profile.json")
+    if not isinstance(p, dict) or "items" not in p:
+        return None
+    from mmrank.data.profile import format_profile
+
+    it, ev, pairs = p.get("items") or {}, p.get("events") or {}, p.get("pairs") or {}
+
+    def per(name: str, key: str) -> Any:
+        return (ev.get(name) or {}).get(key)
+
+    figures = {"items": it.get("items"), "with_photo": it.get("with_photo"), "with_title": it.get("with_title"),
+               "with_price": it.get("with_price"), "photo_side_median": (it.get("photo_side") or {}).get("median"),
+               "events_per_user_median": per("events_per_user", "median"),
+               "events_per_item_median": per("events_per_item", "median"),
+               "buyers": per("purchases_per_user", "n"),
+               "buyers_with_one_purchase": per("purchases_per_user", "share_with_one"),
+               "pairs_train": pairs.get("train"), "pairs_test": pairs.get("test"),
+               "repeats_merged": p.get("repeats_merged") or {}}
+    acc = {k: f"{a['value']:.4f} (95% interval {a['interval'][0]:.3f}..{a['interval'][1]:.3f}, n={a['n']})"
+           for k, a in (p.get("acc") or {}).items()}
+    try:
+        text = format_profile(p)
+    except (KeyError, TypeError, ValueError):  # a profile written by another version
+        text = "\n".join(f"warning: {w}" for w in p.get("warnings") or [])
+    return {"figures": figures, "acc": acc, "warnings": list(p.get("warnings") or []), "text": text}
+
+
 def source_label(manifest: dict[str, Any]) -> str:
     """One line: where the run's data came from, and whether its behaviour is simulated."""
     if manifest.get("imported"):
@@ -120,6 +152,12 @@ def write_report(run: str | Path) -> dict[str, Any]:
         results["stages"]["data"].update(span=imp.get("span"), rates=imp.get("rates"),
                                          items_without=imp.get("items_without"),
                                          events_naming_unknown_items=imp.get("events_naming_unknown_items"))
+    profile = _profile(run)
+    if profile is not None:
+        results["profile_warnings"] = profile["warnings"]
+        results["stages"]["data"].update(profile=profile["figures"], acc=profile["acc"],
+                                         markdown="Data profile (`mmrank data profile`):\n\n"
+                                         + "\n".join(f"- {ln}" for ln in profile["text"].splitlines()))
     if (run / "ctr" / "compare.json").exists():
         for png in sorted((run / "ctr" / "plots").glob("*.png")) if (run / "ctr" / "plots").exists() else []:
             (run / "report" / "plots").mkdir(parents=True, exist_ok=True)
@@ -130,6 +168,9 @@ def write_report(run: str | Path) -> dict[str, Any]:
         lines += ["What the data lacked, and what stands in for it:", ""]
         lines += [f"- **{k}**: {v}" for k, v in subs.items()]
         lines.append("")
+    warns = results.get("profile_warnings") or []
+    if warns:
+        lines += ["What the data profile warns of:", ""] + [f"- **warning**: {w}" for w in warns] + [""]
     for name, res in results["stages"].items():
         lines += [f"## {name}", ""]
         if labels.get(name):
@@ -144,6 +185,7 @@ def write_report(run: str | Path) -> dict[str, Any]:
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     (out / "results.md").write_text("\n".join(lines) + "\n")
     note = html.escape(results["source"]) + "".join(
-        f"<br><b>{html.escape(k)}</b>: {html.escape(v)}" for k, v in subs.items())
+        f"<br><b>{html.escape(k)}</b>: {html.escape(v)}" for k, v in subs.items()) + "".join(
+        f"<br><b>warning</b>: {html.escape(w)}" for w in warns)
     write_html_report(results, out, title=f"mmrank report: {run.name}", note=note)
     return results

@@ -6,6 +6,7 @@ Layout (``R`` the run)::
     R/rerank/<model>/vocab.safetensors   the ID vocabularies the model was trained with
     R/rerank/<model>/config.json         ListModelConfig, RerankTrainConfig, sizes, representation source
     R/rerank/<model>/metrics.json        the metrics of :func:`mmrank.rerank.evaluate.evaluate_orders` (1 seed)
+    R/rerank/<model>/lineage.json        the digests of the tables and representations it was trained on
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from safetensors.numpy import load_file as load_np, save_file as save_np
 from safetensors.torch import load_file as load_torch, save_file as save_torch
 
+from mmrank import lineage
 from mmrank.errors import ConfigError, MMRankError
 from mmrank.rerank.data import ListSpace
 from mmrank.rerank.models import ListModel, ListModelConfig
@@ -30,13 +32,18 @@ def save_model(model: ListModel, data: RerankData, out: Path, train_cfg: RerankT
     conf = {"model": model.cfg.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json"),
             "representations": data.feats.source if data.feats is not None else None, **(extra or {})}
     (out / "config.json").write_text(json.dumps(conf, indent=2))
+    lineage.stamp(out, {**data.inputs, **({"representations": conf["representations"]}
+                                          if conf["representations"] else {})})
 
 
 def load_model(run: Path, name: str, data: RerankData | None = None) -> tuple[ListModel, RerankData]:
-    """Load ``R/rerank/<name>`` with the run's current representations re-attached."""
+    """Load ``R/rerank/<name>`` with the run's current representations re-attached;
+    :class:`mmrank.lineage.StaleArtifact` when it was trained on other data than the run's now."""
     d = Path(run) / "rerank" / name
     if not (d / "model.safetensors").exists():
         raise MMRankError(f"{d}: no trained model (run `mmrank rerank train --run {run} --model {name}`)")
+    lineage.check(d, lineage.data_inputs(run, *lineage.RERANK_TABLES),
+                  f"mmrank rerank train --run {run} --model {name}")
     conf = json.loads((d / "config.json").read_text())
     cfg = ListModelConfig.model_validate(conf["model"])
     data = data or load_data(run, with_features=cfg.backbone == "armmt")

@@ -143,7 +143,10 @@ def _item_features(run: Path, encoder: Any, cache: Path | None) -> tuple[np.ndar
 def _query_features(run: Path, lists: Lists, encoder: Any, cache: Path | None) -> np.ndarray:
     keys = sorted(set(q for q in lists.query if q))
     f = cache / "queries.safetensors" if cache else None
-    digest = _digest(keys)
+    from mmrank.encoders.cache import source_fingerprint
+
+    qpath = run / "data" / "query_images.parquet"
+    digest = _digest(keys + ([source_fingerprint(qpath)] if qpath.exists() else []))
     vecs = None
     if f is not None and f.exists() and json.loads((cache / "queries.json").read_text()).get("digest") == digest:
         vecs = load_file(str(f))["vectors"]

@@ -57,6 +57,7 @@ class RerankData:
     space: ListSpace
     feats: ModalFeatures | None
     manifest: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)  # the digests of the tables read (mmrank.lineage)
 
     _exposure: np.ndarray | None = None
 
@@ -85,13 +86,16 @@ class RerankData:
 def load_data(run: str | Path, *, encoder: Any | None = None, with_features: bool = True,
               lists_path: Path | None = None) -> RerankData:
     """Read ``R/data/lists.parquet`` (and the per-modality representations, see :mod:`.features`)."""
+    from mmrank.lineage import RERANK_TABLES, data_inputs
+
     run = Path(run)
+    inputs = data_inputs(run, *RERANK_TABLES)  # before the tables are read
     lists = load_lists(lists_path or run / "data" / "lists.parquet")
     feats = load_features(run, lists, encoder) if with_features else None
     space = ListSpace.fit(lists, feats.item_ids if feats is not None else None)
     mpath = run / "data" / "manifest.json"
     manifest = json.loads(mpath.read_text()) if mpath.exists() else {}
-    return RerankData(run, lists, space, feats, manifest)
+    return RerankData(run, lists, space, feats, manifest, inputs)
 
 
 def batch_for(data: RerankData, rows: np.ndarray, which: str = "shown",

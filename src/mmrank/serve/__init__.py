@@ -2,9 +2,16 @@
 
 * :mod:`mmrank.serve.bundle`: ``load_bundle(run)`` (encoder, table + index, CTR model, re-ranker, all
   of one encoder version).
-* :mod:`mmrank.serve.builder`: ``build(queries, bundle)`` (requests -> one CTR batch + its vectors).
+* :mod:`mmrank.serve.builder`: ``build(queries, bundle)`` (requests -> one CTR batch + its vectors);
+  :mod:`mmrank.serve.scoring`: ``run_batch`` (one forward over a batch, split per request).
 * :mod:`mmrank.serve.batching`: ``RankBatcher`` (concurrent requests -> one forward, bounded wait).
-* :mod:`mmrank.serve.app`: ``create_app(Settings(...))``; :mod:`mmrank.serve.cli`: ``mmrank serve``.
+* :mod:`mmrank.serve.config`: ``Settings`` (every limit and its default); :mod:`mmrank.serve.app`:
+  ``create_app(Settings(...))``, assembling :mod:`mmrank.serve.routes` (one router per concern) over
+  :mod:`mmrank.serve.state`, :mod:`mmrank.serve.middleware` (body limit, admission queues, metrics) and
+  :mod:`mmrank.serve.errors`.
+* :mod:`mmrank.serve.limits` (admission queues, token buckets), :mod:`mmrank.serve.images` (the
+  image header check), :mod:`mmrank.serve.loadgen` (open- and closed-loop load for the benchmarks).
+* :mod:`mmrank.serve.cli`: ``mmrank serve``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ encoder's config and weights), not only against the vector width:
 * the CTR model's ``config.json`` records the representations it was trained on
   (``"embeddings:<version>"``) and must name the same version
   (:func:`mmrank.ctr.representations.check_representation_version`);
-* a re-ranker (``R/rerank/``, when it exists) must report the same ``encoder_version``.
+* a re-ranker (``R/rerank/``, when it exists) must report the same ``encoder_version``;
+* the encoder, the table and the CTR model must have been made from the run's data as it is now
+  (:mod:`mmrank.lineage`: a stale one stops the load, naming the command that rebuilds it).
 
 A bundle is immutable once loaded; a server swaps a whole new bundle in (:mod:`mmrank.serve.app`).
 
@@ -75,16 +77,19 @@ def load_reranker(run: Path, encoder_version: str) -> tuple[Reranker | None, str
     """``(re-ranker or None, status)``; raises :class:`ConfigError` on an encoder-version mismatch."""
     d = Path(run) / "rerank"
     if not d.exists():
-        return None, "absent (no R/rerank/)"
+        return None, ("absent: this run has no trained re-ranker (train one with "
+                      "`mmrank rerank train --run R`, then reload)")
     try:
         mod = importlib.import_module("mmrank.rerank.serving")
     except ModuleNotFoundError as err:
         if not (err.name or "").startswith("mmrank"):
             raise
-        return None, f"R/rerank/ exists but {err.name} is not installed on this server"
+        return None, ("a re-ranker was trained for this run, but re-ranking is not installed in this "
+                      "version of the server (upgrade mmrank to serve it)")
     rr = mod.load(Path(run), encoder_version=encoder_version)
     if rr is None:
-        return None, "R/rerank/ holds no trained re-ranker"
+        return None, ("absent: this run has no trained re-ranker (train one with "
+                      "`mmrank rerank train --run R`, then reload)")
     if getattr(rr, "encoder_version", None) != encoder_version:
         raise ConfigError(f"{d}: re-ranker {getattr(rr, 'name', '?')!r} was trained on encoder version "
                           f"{getattr(rr, 'encoder_version', None)!r}, the bundle's is {encoder_version!r}")
@@ -178,6 +183,7 @@ class Bundle:
     users: UserHistories
     reranker: Reranker | None = None
     rerank_status: str = "absent"
+    lineage: dict = field(default_factory=dict)  # digests of the data and artifacts (mmrank.lineage)
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
     _copies: dict = field(default_factory=dict, repr=False)  # forward thread -> its model copy
@@ -202,7 +208,7 @@ class Bundle:
         return {"bundle": self.id, "encoder_version": self.encoder_version,
                 "table_version": self.store.version, "strategy": self.strategy,
                 "model_version": self.model_version, "rerank": self.rerank_status,
-                "items": len(self.store), "loaded_at": self.loaded_at,
+                "items": len(self.store), "lineage": self.lineage, "loaded_at": self.loaded_at,
                 "load_seconds": round(self.load_seconds, 3)}
 
     def close(self) -> None:
@@ -254,13 +260,25 @@ def load_bundle(run: str | Path, strategy: str | None = None, *, encoder: Any = 
         store.catch_up()  # items acknowledged under an older encoder version, re-encoded with this one
         reranker, status = load_reranker(run, version)
         users = UserHistories.from_run(run, history_len=model.cfg.history_len)
+        made = bundle_lineage(run, store, d)
     except BaseException:
         store.close()
         raise
     return Bundle(run=run, encoder_version=version, encoder=encoder, store=store, strategy=strategy,
                   model=model, space=space, model_version=model_version, n_tiers=model.cfg.n_tiers,
                   history_len=model.cfg.history_len, users=users, reranker=reranker, rerank_status=status,
-                  load_seconds=time.perf_counter() - t0)
+                  lineage=made, load_seconds=time.perf_counter() - t0)
+
+
+def bundle_lineage(run: Path, store: Any, ctr_dir: Path) -> dict:
+    """What a bundle is made from: the data's digest and those of its table and CTR model (each
+    checked against the run's data when it was opened; None for one made before lineage)."""
+    from mmrank import lineage
+    from mmrank.store.items import index_dir
+
+    return {"data": lineage.data_digests(run).get("data"),
+            "embeddings": (lineage.read(index_dir(store.table)) or {}).get("digest"),
+            "ctr": (lineage.read(ctr_dir) or {}).get("digest")}
 
 
 def read_json(path: Path) -> dict:

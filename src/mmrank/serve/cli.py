@@ -18,6 +18,9 @@ def serve(
     workers: int = typer.Option(1, "--workers", min=1, help="uvicorn worker processes"),
     api_key_file: Optional[Path] = typer.Option(None, "--api-key-file",
                                                 help="file holding the write key (else MMRANK_API_KEY)"),
+    read_key_path: Optional[Path] = typer.Option(None, "--read-key-file",
+                                                 help="file holding a key that reads must send (else "
+                                                      "MMRANK_READ_KEY; default: reads take no key)"),
     strategy: Optional[str] = typer.Option(None, "--strategy",
                                            help="CTR model under R/ctr/ (default: the best trained one)"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1,
@@ -30,28 +33,54 @@ def serve(
     max_batch_rows: int = typer.Option(512, "--max-batch-rows", min=1,
                                        help="candidate rows per forward (a larger request runs alone)"),
     max_body_mb: float = typer.Option(16.0, "--max-body-mb", min=0.001, help="larger bodies get 413"),
+    max_image_mb: float = typer.Option(8.0, "--max-image-mb", min=0.001, help="larger images get 413"),
+    max_image_mpx: float = typer.Option(25.0, "--max-image-mpx", min=0.001,
+                                        help="images whose header declares more megapixels get 413"),
+    deadline_ms: float = typer.Option(500.0, "--deadline-ms", min=1.0,
+                                      help="a request that cannot start in time to finish within this "
+                                           "gets 503 with Retry-After at once"),
+    rank_concurrency: int = typer.Option(32, "--rank-concurrency", min=1, help="/v1/rank requests at once"),
+    search_concurrency: int = typer.Option(4, "--search-concurrency", min=1,
+                                           help="/v1/search requests at once"),
+    items_concurrency: int = typer.Option(2, "--items-concurrency", min=1, help="POST /v1/items at once"),
+    queue_factor: float = typer.Option(2.0, "--queue-factor", min=0.0,
+                                       help="requests that may wait per endpoint, as a multiple of its "
+                                            "concurrency"),
+    rate: Optional[float] = typer.Option(None, "--rate", min=0.0,
+                                         help="reads per second per client (read key, else IP), 0 = off "
+                                              "(default: off on loopback, 100 elsewhere)"),
+    rate_burst: int = typer.Option(200, "--rate-burst", min=1, help="the rate limit's burst"),
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
     """Serve /v1/rank, /v1/items, /v1/search, /healthz, /metrics and the page at / over HTTP."""
     import uvicorn
 
-    from mmrank.serve.app import read_api_key
     from mmrank.serve.bundle import pick_strategy
+    from mmrank.serve.config import (ENV_KEY_FILE, ENV_READ_KEY_FILE, EndpointLimit, Settings,
+                                     default_read_rate, read_key_file)
     from mmrank.threads import cores
 
     if not (run / "encoder").exists() or not (run / "embeddings").exists():
         raise MMRankError(f"{run}: not a run with encoder/ and embeddings/ (make one with `mmrank demo`)")
     pick_strategy(run, strategy)  # fail here, with one line, rather than in every worker
-    key = read_api_key(api_key_file)
+    key = read_key_file(api_key_file, "MMRANK_API_KEY")
+    read_key_file(read_key_path, "MMRANK_READ_KEY")  # a bad file fails here, with one line
     if key is None:
         typer.echo("warning: no API key (MMRANK_API_KEY or --api-key-file): writes will get 401", err=True)
-    env = {"MMRANK_SERVE_RUN": str(run.resolve()), "MMRANK_SERVE_STRATEGY": strategy or "",
-           "MMRANK_SERVE_API_KEY_FILE": str(api_key_file.resolve()) if api_key_file else "",
-           "MMRANK_SERVE_THREADS": str(threads or 1),
-           "MMRANK_SERVE_FORWARD_WORKERS": str(forward_workers or max(1, cores() // workers)),
-           "MMRANK_SERVE_MAX_WAIT_MS": str(max_wait_ms),
-           "MMRANK_SERVE_MAX_BATCH_ROWS": str(max_batch_rows),
-           "MMRANK_SERVE_MAX_BODY": str(int(max_body_mb * (1 << 20)))}
-    os.environ.update(env)  # read by each worker's app factory
+
+    def limit(n: int) -> EndpointLimit:
+        return EndpointLimit(concurrency=n, queue=int(round(n * queue_factor)))
+
+    settings = Settings(
+        run=run.resolve(), strategy=strategy, threads=threads or 1,
+        forward_workers=forward_workers or max(1, cores() // workers), max_wait_ms=max_wait_ms,
+        max_batch_rows=max_batch_rows, max_body_bytes=int(max_body_mb * (1 << 20)),
+        max_image_bytes=int(max_image_mb * (1 << 20)), max_image_pixels=int(max_image_mpx * 1e6),
+        deadline_ms=deadline_ms, rate_per_s=rate if rate is not None else default_read_rate(host),
+        rate_burst=rate_burst, limits={"rank": limit(rank_concurrency), "search": limit(search_concurrency),
+                                       "items": limit(items_concurrency)})
+    os.environ.update({**settings.to_env(),  # read by each worker's app factory
+                       ENV_KEY_FILE: str(api_key_file.resolve()) if api_key_file else "",
+                       ENV_READ_KEY_FILE: str(read_key_path.resolve()) if read_key_path else ""})
     uvicorn.run("mmrank.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level, access_log=False)

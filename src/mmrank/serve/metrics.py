@@ -32,9 +32,12 @@ class Metrics:
         self.bundle_info = Gauge("mmrank_bundle_info", "the loaded bundle (value 1)",
                                  ["encoder_version", "strategy", "model_version", "rerank"], registry=r)
         self.swaps = Counter("mmrank_bundle_swaps_total", "bundles swapped in", registry=r)
+        self.refused = Counter("mmrank_refused_total", "requests refused before they started (503: the "
+                               "endpoint's queue is full or its deadline cannot be met; 429: over the "
+                               "client's rate)", ["route", "reason"], registry=r)
 
-    def request(self, scope: dict, method: str, status: int, seconds: float) -> None:
-        route = getattr(scope.get("route"), "path", None) or "unmatched"
+    def request(self, scope: dict, method: str, status: int, seconds: float, route: str | None = None) -> None:
+        route = route or getattr(scope.get("route"), "path", None) or "unmatched"
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route).observe(seconds)
 

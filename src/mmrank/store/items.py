@@ -222,7 +222,9 @@ class ItemStore:
     def open(cls, run: str | Path, encoder: ItemEncoder | None = None, *, version: str | None = None,
              hold_writer: bool = False) -> "ItemStore":
         """Open the table of ``version`` (default: the encoder's, else CURRENT) and its index, brought
-        up to date with the table. Refuses an encoder of another version.
+        up to date with the table. Refuses an encoder of another version, and a table made from
+        another catalog (or with an encoder trained on other data) than the run's now
+        (:class:`mmrank.lineage.StaleArtifact`, naming the command that rebuilds it).
 
         ``hold_writer``: open the table for writing and keep it (module docstring); the index is then
         saved when built here and on :meth:`close`.
@@ -237,7 +239,14 @@ class ItemStore:
                             f"{current_version(root)!r}); run `mmrank embed` with this encoder first",
                             file=str(root))
         table = open_table(root, version, writable=hold_writer)
-        return cls(run, table, index_for(table, save=hold_writer), encoder)
+        try:
+            from mmrank.lineage import check_embeddings
+
+            check_embeddings(run, table.version)  # made from the run's catalog as it is now
+            return cls(run, table, index_for(table, save=hold_writer), encoder)
+        except BaseException:
+            table.close()
+            raise
 
     @property
     def encoder(self) -> ItemEncoder:

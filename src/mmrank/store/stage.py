@@ -3,7 +3,9 @@
 * :func:`embed_catalog` encodes ``R/data/items.parquet`` (and the items ingested since) in batches into
   the table of the encoder's version, builds the ANN index, then makes that version CURRENT. It is
   resumable: items already in the table are skipped, so a killed run continues where it stopped and
-  never writes an item twice.
+  never writes an item twice. The table records what it was made from (``v-<version>/lineage.json``:
+  the encoder version and the catalog's digest, :mod:`mmrank.lineage`); a table made from another
+  catalog is dropped and rebuilt, and a log of items ingested into another catalog is set aside.
 * :func:`demo_stage` (the store's part of ``mmrank demo``) embeds the catalog with the newest few items
   held out, then ingests those one at a time, as they would arrive in production (Section 5,
   Figure 4): the figure is the time from arrival to being visible in search. Image-search recall@10
@@ -14,6 +16,8 @@
 from __future__ import annotations
 
 import itertools
+import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,14 +25,37 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from mmrank import threads as thread_settings
+from mmrank import lineage, threads as thread_settings
 from mmrank.data.io import read_items
 from mmrank.errors import ConfigError, DataError, MMRankError
 from mmrank.store.ann import AnnConfig, AnnIndex
 from mmrank.store.backends import create_table, open_table
 from mmrank.store.encoding import ItemEncoder, catalog_batches, encode_checked, load_encoder
 from mmrank.store.items import NEW_ITEMS, ItemStore, NewItemLog, embeddings_root, index_dir
-from mmrank.store.table import set_store_config
+from mmrank.store.table import set_store_config, store_config, version_dirname
+
+
+def drop_stale(run: Path, version: str, inputs: dict[str, str]) -> None:
+    """Before embedding: set ``R/embeddings/new_items.jsonl`` aside when its items were ingested into
+    another catalog than the run's now, and drop the table of ``version`` when it was made from another
+    catalog (a Redis table cannot be dropped here: StaleArtifact naming a fresh namespace)."""
+    root = embeddings_root(run)
+    items = {k: v for k, v in inputs.items() if k.startswith("data/")}
+    log = root / NEW_ITEMS
+    if lineage.matches(root, items) is False and log.exists():
+        old = (lineage.read(root) or {}).get("inputs", {}).get("data/items", "old")
+        aside = log.with_name(f"new_items.before-{old}.jsonl")
+        log.rename(aside)
+        print(f"note: {log} holds items ingested into another catalog: set aside as {aside.name}",
+              file=sys.stderr)
+    lineage.stamp(root, items)  # the catalog the log of ingested items belongs to
+    vdir = root / version_dirname(version)
+    if lineage.matches(vdir, inputs) is not False:
+        return
+    if store_config(root).get("backend", "local") != "local":
+        lineage.check(vdir, inputs, f"mmrank embed --run {run} --namespace <a new one>")
+    print(f"note: {vdir} was made from another catalog: rebuilding it", file=sys.stderr)
+    shutil.rmtree(vdir)
 
 
 # ---- bulk embedding ------------------------------------------------------------------------------------
@@ -59,6 +86,8 @@ def embed_catalog(run: str | Path, encoder: ItemEncoder | None = None, *, batch_
         raise DataError("no such file (generate a market or import a catalog first)",
                         file=str(items_path))
     t0 = time.perf_counter()
+    inputs = lineage.embeddings_inputs(run, encoder.version)  # before the catalog is read
+    drop_stale(run, encoder.version, inputs)
     table = create_table(root, version=encoder.version, dim=encoder.dim, encoder_name=encoder.name)
     try:
         done = table.ids()
@@ -109,6 +138,7 @@ def embed_catalog(run: str | Path, encoder: ItemEncoder | None = None, *, batch_
         index = AnnIndex.build(ids, table.get(ids), version=table.version, config=ann)
         index.save(index_dir(table))
         index_s = time.perf_counter() - t1
+        lineage.stamp(index_dir(table), inputs)
         table.publish()
         # Items ingested into the previous version while this one was built are in the log:
         # encode the ones this table still lacks (a store that had the old table open keeps

@@ -19,6 +19,7 @@ from mmrank.data.market.catalog import load_catalog
 from mmrank.data.market.hidden import write_truth
 from mmrank.data.market.logs import sort_log
 from mmrank.data.market.manifest import market_manifest, write_manifest
+from mmrank.lineage import stamp_data
 from mmrank.data.market.queries import query_columns, take_query_photos
 from mmrank.data.market.requests import draw_requests
 from mmrank.data.market.simulation import simulate
@@ -66,6 +67,7 @@ def generate_market(cfg: MarketConfig, out: str | Path) -> dict[str, Any]:
             "about": "candidates/lists carry each shown item's propensity (exact) and each candidate's "
                      "probability of each position (Monte Carlo, Rao-Blackwellised; standard errors above)"}
     write_manifest(data_dir, manifest)
+    stamp_data(data_dir)  # the tables' digests (data/lineage.json, mmrank.lineage)
     record(out, "market", cfg)
     manifest["seconds"] = round(time.perf_counter() - started, 1)  # not written: files stay identical
     return manifest

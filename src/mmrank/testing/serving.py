@@ -43,6 +43,22 @@ def new_encoder(run: str | Path, seed: int = 0) -> str:
     return (Path(run) / "encoder" / "version.txt").read_text().strip()
 
 
+def bomb_png(width: int = 13_000, height: int = 13_000) -> bytes:
+    """A valid PNG that declares ``width`` x ``height`` 1-bit pixels, all black: a few tens of KB on the
+    wire, seconds of CPU and hundreds of MB to decode (a decompression bomb, for the limit tests)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    z = zlib.compressobj(9)
+    body = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
 # ---- real servers for tests and benchmarks ---------------------------------------------------------------
 def free_port() -> int:
     import socket
@@ -137,9 +153,10 @@ class ServerProcess:
             pass
 
 
-def redis_server(directory: str | Path):
-    """Start a private redis-server on a free port (fsync on every write); returns ``(proc, url)``.
-    Raises FileNotFoundError if redis-server is not installed."""
+def redis_server(directory: str | Path, port: int | None = None):
+    """Start a private redis-server on ``port`` (default: a free one), its data in ``directory`` (fsync
+    on every write; a restart on the same port and directory finds every acknowledged write);
+    returns ``(proc, url)``. Raises FileNotFoundError if redis-server is not installed."""
     import shutil
     import subprocess
     import time
@@ -149,7 +166,7 @@ def redis_server(directory: str | Path):
     exe = shutil.which("redis-server")
     if exe is None:
         raise FileNotFoundError("redis-server")
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
                              "--appendonly", "yes", "--appendfsync", "always", "--save", "",
                              "--protected-mode", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
