@@ -87,3 +87,18 @@ def test_popularity_reference_row() -> None:
     assert res["acc@1"]["text"] == pytest.approx(0.40)  # only the most-bought item at rank 1
     assert res["acc@5"]["text"] == pytest.approx(1.0)   # S = {3, 5}: both in the top 5
     assert res["acc@1"]["image"] is None and res["n_test"]["text"] == 100
+
+
+def test_popularity_breaks_ties_at_random_not_by_catalog_row() -> None:
+    """Items bought equally often are tied: Acc@1 is the expected hit (1/2 for two tied items),
+    whichever of them the test buys, not 1 for the item that comes first in the catalog."""
+    from mmrank.pretrain.evaluate import popularity
+
+    _, pairs, _ = latent_pairs(n_items=50, n_pairs=400)
+    pairs.test[:] = np.arange(400) >= 300
+    pairs.pos[:300] = np.where(np.arange(300) < 150, 5, 6)     # 5 and 6 bought equally often in training
+    pairs.pos[300:] = np.where(np.arange(100) < 90, 5, 6)      # the test buys mostly 5 (the lower row)
+    pairs.modality[:] = 0
+    res = popularity(pairs)
+    assert res["acc@1"]["text"] == pytest.approx(0.5)
+    assert res["acc@5"]["text"] == pytest.approx(1.0)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from mmrank.eval.metrics import expected_hits
 from mmrank.pretrain.data import IMAGE, TEXT, Features, PairTable
 from mmrank.vectors import l2_normalise
 
@@ -78,7 +79,9 @@ def evaluate(model: torch.nn.Module, feats: Features, pairs: PairTable,
 def popularity(pairs: PairTable, ns: Sequence[int] = (1, 5)) -> dict:
     """Acc@N of the popularity-only reference: every query ranks S by training purchases.
 
-    The same list for every query (ties broken by catalog row), scored like :func:`evaluate`.
+    The same list for every query, scored like :func:`evaluate`: items with equal purchase counts are
+    tied, and a tie is broken uniformly at random (the expected hit, :func:`mmrank.eval.metrics.expected_hits`),
+    so the many items bought equally often neither help nor hurt the row.
     """
     out: dict = {f"acc@{n}": {} for n in ns}
     out["n_test"] = {}
@@ -86,11 +89,10 @@ def popularity(pairs: PairTable, ns: Sequence[int] = (1, 5)) -> dict:
     for name, m in MODALITIES:
         rows = np.flatnonzero(pairs.test & (pairs.modality == m))
         out["n_test"][name] = int(len(rows))
-        s_items = np.unique(pairs.pos[rows])
-        ranked = s_items[np.argsort(-train_counts[s_items], kind="stable")]
-        rank_of = np.zeros(len(train_counts), np.int64)
-        rank_of[ranked] = np.arange(len(ranked))
-        pos_rank = rank_of[pairs.pos[rows]]
+        s_counts = np.sort(train_counts[np.unique(pairs.pos[rows])])
+        c = train_counts[pairs.pos[rows]]
+        better = len(s_counts) - np.searchsorted(s_counts, c, side="right")
+        tied = np.searchsorted(s_counts, c, side="right") - np.searchsorted(s_counts, c, side="left") - 1
         for n in ns:
-            out[f"acc@{n}"][name] = float(np.mean(pos_rank < n)) if len(rows) else None
+            out[f"acc@{n}"][name] = float(expected_hits(better, tied, n).mean()) if len(rows) else None
     return out
