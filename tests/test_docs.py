@@ -54,7 +54,8 @@ def test_readme_is_short_and_every_block_key_is_known():
     for page in pages(ROOT):
         used |= set(re.findall(r"<!-- generated: ([a-z0-9-]+) -->", page.read_text()))
     assert used <= set(BLOCKS) and {"readme-pretrain", "readme-ctr", "readme-rerank", "pretrain", "ctr",
-                                    "rerank", "market", "cold-start", "runs", "serve-latency", "serve-load"} <= used
+                                    "rerank", "market", "cold-start", "runs", "serve-latency", "serve-load",
+                                    "readme-offpolicy", "offpolicy-estimators", "offpolicy-learners"} <= used
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,3 +172,73 @@ def test_cold_start_json_renders_with_its_ceilings(tmp_path):
     assert _rows(page, "test") == [["337 s", "600 s", "yes", "ok"]]
     assert _rows(page, "demo") == [["250 s", "240 s", "**no**", "ok"]]
     assert _rows(page, "41.50") == [["call", "`tests/test_demo.py::test_demo_tiny`"]]
+
+
+def _offpolicy_run(run: Path, exploration: float, list_effects: bool, learners: dict[str, tuple[float, float]],
+                   dr_bias: float) -> Path:
+    """A run directory with what `market generate` and `rerank compare` write for the off-policy tables:
+    the manifest's policy and behaviour, and compare.json's per-model figures and ``offpolicy`` key."""
+    def stat(mean: float, std: float = 0.0) -> dict:
+        return {"mean": mean, "std": std}
+
+    def model(p: float, sd: float = 0.0) -> dict:
+        return {"auc": {k: stat(0.7) for k in ("click", "cart", "purchase")}, "ndcg@10": stat(0.5),
+                "expected_purchases": stat(p), "expected_gmv": stat(10.0), "expected_purchases_all": stat(p, sd)}
+    models = {"logged": model(0.25), **{m: model(*v) for m, v in learners.items()}}
+    ests = ("ips", "snips", "dr", "pbm")
+    summary = {e: {k: {"bias": dr_bias + i / 10 + j, "rmse": 0.2 + i / 10 + j, "spearman": -0.5 + i / 10}
+                   for j, k in enumerate(("purchases", "gmv", "clicks"))} for i, e in enumerate(ests)}
+    estimates = {m: {e: {"clicks": 2.0, "purchases": 0.456 + i / 10, "gmv": 20.0} for i, e in enumerate(ests)}
+                 for m in learners}
+    comp = {**models, "offpolicy": {"logging": "stochastic (logged propensities)", "summary": summary,
+                                    "truth": {m: {"clicks": 1.9, "purchases": v[0], "gmv": 6.0}
+                                              for m, v in learners.items()}, "estimates": estimates},
+            "meta": {"seeds": 3, "models": list(models), "test_requests": 1234, "train_requests": 4000,
+                     "evaluator": "present"}}
+    behaviour = {"policy_exploration": exploration, "substitution": 0.8 if list_effects else 0.0,
+                 "region_price_sensitivity": [0.6, 1.0] if list_effects else [0.0]}
+    man = {"source": "synthetic market", "seed": 0, "config": {"behaviour": behaviour},
+           "search_policy": {"exploration": exploration, "temperature": 0.5}}
+    for rel, obj in (("data/manifest.json", man), ("rerank/compare.json", comp)):
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_text(json.dumps(obj))
+    return run
+
+
+def test_offpolicy_tables_render_from_compare_json(tmp_path):
+    """The estimator-vs-truth and counterfactual-learner tables, one row per run: exploration read from
+    the copied manifest, each estimator's bias / RMSE / rank correlation from compare.json's
+    ``offpolicy``, a learner beating the logged policy only by more than its std over seeds."""
+    root = _copy_docs(tmp_path / "repo", with_results=False)
+    write_docs(root)
+    assert "*No run with off-policy figures in `docs/results/`*" in (root / "README.md").read_text()
+    a = _offpolicy_run(tmp_path / "a", 0.1, True, {"dnn-ips": (0.30, 0.01), "armmt-ips": (0.255, 0.01)}, 0.1234)
+    b = _offpolicy_run(tmp_path / "b", 0.1, False, {"dnn-ips": (0.24, 0.001), "armmt-ips": (0.28, 0.02)}, -0.01)
+    _ok(["report", "docs", "--root", root, "--run", f"cf-e01={a}", "--run", f"cf-control={b}"])
+    page = (root / "docs" / "rerank.md").read_text()
+    readme = (root / "README.md").read_text()
+
+    # docs/rerank.md: per run and estimator, purchases / GMV / clicks: bias, RMSE, rank correlation
+    est = _rows(page, "0.1 (`cf-e01`)")
+    assert est[2] == ["DR", "0.3234", "0.4000", "-0.30", "1.32", "1.40", "-0.30", "2.323", "2.400", "-0.30"]
+    control = _rows(page, "0.1, no price comparison or substitution (`cf-control`)")
+    assert control[0][:4] == ["IPS", "-0.0100", "0.2000", "-0.50"]
+    # the learners' true expected purchases among every candidate (DR's estimate in brackets)
+    assert _rows(page, "`dnn-ips`") == [["0.3000 ± 0.0100 (DR 0.656)", "0.2400 ± 0.0010 (DR 0.656)"]]
+    assert _rows(page, "`logged`") == [["0.2500 ± 0.0000", "0.2500 ± 0.0000"]]
+    # beats logged by > 1 std: 0.30 - 0.25 > 0.01 yes; 0.255 - 0.25 < 0.01 no; 0.24 below; 0.28 - 0.25 > 0.02
+    assert [r for r in est if len(r) == 2] == [["**yes**", "no"]]
+    assert [r for r in control if len(r) == 2] == [["no", "**yes**"]]
+
+    # README: the short version, purchases only
+    assert _rows(readme, "0.1") == [["+0.123 / 0.200 / -0.50", "+0.223 / 0.300 / -0.40", "+0.323 / 0.400 / -0.30",
+                                     "+0.423 / 0.500 / -0.20"],
+                                    ["0.2500", "0.3000 ± 0.0100", "0.2550 ± 0.0100", "dnn-ips"]]
+    assert _rows(readme, "0.1, no price comparison or substitution")[1] == [
+        "0.2500", "0.2400 ± 0.0010", "0.2800 ± 0.0200", "armmt-ips"]
+    assert "1,234 test requests" in readme and "temperature 0.5" in readme
+
+    runs = (root / "docs" / "runs.md").read_text()
+    assert "In `docs/results/cf-control/`: `data/manifest.json`, `rerank/compare.json`." in runs
+    assert "region_price_sensitivity: [0.0]" in runs
+    assert "cf-e01" not in (root / "docs" / "ctr.md").read_text()     # no CTR figures, no empty section

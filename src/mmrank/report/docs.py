@@ -12,7 +12,10 @@ and the page. A benchmark's JSON (``benchmarks/cold_start.py --json F``) is copi
 A generated block is the text between ``<!-- generated: KEY -->`` and ``<!-- end generated -->``;
 the prose around it is written by hand and left alone. ``KEY`` is one of :data:`BLOCKS`. A known run
 label (:data:`KNOWN_RUNS`) whose copies are absent renders as a note naming the commands that make
-it and where its last figures are.
+it and where its last figures are. The off-policy study's runs (:data:`OFFPOLICY_RUNS`) have their own
+blocks (``readme-offpolicy``, ``offpolicy-estimators``, ``offpolicy-learners``, from
+``rerank/compare.json``'s ``offpolicy`` key and the manifest's policy) and appear in a stage's block
+only where they have that stage's figures.
 """
 
 from __future__ import annotations
@@ -71,6 +74,36 @@ KNOWN_RUNS: dict[str, dict[str, str]] = {
     },
 }
 
+
+def _cf_run(label: str, exploration: str, behaviour: str, about: str) -> dict[str, str]:
+    yaml = f"policy-{label}.yaml"
+    run = f"runs/{label}"
+    return {
+        "title": f"Off-policy study: small market, {about} (`{run}`)",
+        "commands": f"cat > {yaml} <<'EOF'\n"
+                    f"market: {{behaviour: {{policy_temperature: 0.5, policy_exploration: {exploration}, "
+                    f"policy_marginal_samples: 64{behaviour}}}}}\n"
+                    "EOF\n"
+                    f"mmrank market generate --run {run} --size small --config {yaml}\n"
+                    f"mkdir -p {run}/rerank && echo '{{\"encoder\": \"tiny\", \"dim\": 32}}' "
+                    f"> {run}/rerank/encoder.json   # the tiny representation, no pre-training\n"
+                    f"mmrank rerank compare --run {run} --seeds 3 --threads 1 "
+                    "--models logged,prod-order,dnn,dnn-ips,armmt,armmt-ips,prm,seqmd\n"
+                    f"mmrank report docs --run {label}={run}",
+    }
+
+
+# The off-policy study's runs (issue 23; docs/rerank.md): a stochastic production policy (Plackett-Luce,
+# temperature 0.5) at three exploration shares, and a control with the list effects off.
+OFFPOLICY_RUNS: dict[str, dict[str, str]] = {
+    "cf-e0": _cf_run("cf-e0", "0.0", "", "exploration 0"),
+    "cf-e01": _cf_run("cf-e01", "0.1", "", "exploration 0.1"),
+    "cf-e03": _cf_run("cf-e03", "0.3", "", "exploration 0.3"),
+    "cf-control": _cf_run("cf-control", "0.1", ", substitution: 0.0, region_price_sensitivity: [0.0]",
+                          "exploration 0.1, no price comparison or substitution"),
+}
+
+
 _BEGIN = re.compile(r"<!-- generated: ([a-z0-9-]+) -->\n")
 _END = "<!-- end generated -->"
 _LABEL = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -97,8 +130,9 @@ class Results:
             self.bench[f.stem] = _read(f)
 
     def labels(self) -> list[str]:
-        """Known labels first (page order), then the others sorted."""
-        return [k for k in KNOWN_RUNS if k in self.runs] + sorted(k for k in self.runs if k not in KNOWN_RUNS)
+        """Known labels first (page order), then the off-policy study's, then the others sorted."""
+        named = [*KNOWN_RUNS, *OFFPOLICY_RUNS]
+        return [k for k in named if k in self.runs] + sorted(k for k in self.runs if k not in named)
 
     def get(self, label: str, rel: str) -> Any:
         return self.runs.get(label, {}).get(rel)
@@ -146,11 +180,11 @@ def _absent(label: str, what: str) -> list[str]:
 def runs_rows(res: Results) -> list[str]:
     """Every known run: the commands that make it, and whether docs/results holds it."""
     out: list[str] = []
-    for label, known in KNOWN_RUNS.items():
+    for label, known in {**KNOWN_RUNS, **OFFPOLICY_RUNS}.items():
         have = ", ".join(f"`{rel}`" for rel in res.runs.get(label, {})) or "nothing yet"
         out += [f'<a id="{label}"></a>', f"### {known['title']}", "", "```bash", *known["commands"].splitlines(),
                 "```", "", f"In `docs/results/{label}/`: {have}.", ""]
-    others = [k for k in res.labels() if k not in KNOWN_RUNS]
+    others = [k for k in res.labels() if k not in KNOWN_RUNS and k not in OFFPOLICY_RUNS]
     if others:
         out += ["Other runs in `docs/results/`: " + ", ".join(f"`{k}`" for k in others) + ".", ""]
     return out
@@ -168,9 +202,12 @@ def _sections(res: Results, rel: str, what: str,
               render: Callable[[Results, str], list[str]], labels: Iterable[str] | None = None) -> list[str]:
     """One ``### title`` section per run label (known labels always, absent ones as a note)."""
     out: list[str] = []
-    labels = list(labels) if labels is not None else list(dict.fromkeys([*KNOWN_RUNS, *res.labels()]))
+    if labels is None:      # the off-policy study's runs only where they have this stage's figures
+        labels = [k for k in dict.fromkeys([*KNOWN_RUNS, *res.labels()])
+                  if k not in OFFPOLICY_RUNS or res.get(k, rel) is not None]
+    labels = list(labels)
     for label in labels:
-        title = KNOWN_RUNS.get(label, {}).get("title", f"run `{label}`")
+        title = {**KNOWN_RUNS, **OFFPOLICY_RUNS}.get(label, {}).get("title", f"run `{label}`")
         out += [f"### {title}", ""]
         out += render(res, label) if res.get(label, rel) is not None else _absent(label, what)
     return out
@@ -404,6 +441,151 @@ def serve_load_rows(res: Results) -> list[str]:
             "Source: `docs/results/bench/serve_load.json`, written by `benchmarks/serve_load.py --json`.", ""]
 
 
+# --------------------------------------------------------------------------------------------------
+# off-policy estimators against the truth, and the counterfactual learners (rerank/compare.json's
+# ``offpolicy``, written when the market's production policy is stochastic)
+
+ESTIMATOR_NAMES = {"ips": "IPS", "snips": "SNIPS", "dr": "DR", "pbm": "click model (PBM)"}
+
+
+def _offpolicy(res: Results, label: str) -> dict[str, Any]:
+    return (res.get(label, "rerank/compare.json") or {}).get("offpolicy") or {}
+
+
+def _offpolicy_labels(res: Results) -> list[str]:
+    return [label for label in res.labels() if _offpolicy(res, label).get("summary")]
+
+
+def _exploration(res: Results, label: str) -> str:
+    """The logging policy's exploration share, from the copied market manifest, and whether the
+    market's list effects (price comparison within the list, substitution) were off."""
+    man = res.get(label, "data/manifest.json") or {}
+    beh = (man.get("config") or {}).get("behaviour") or {}
+    e = (man.get("search_policy") or {}).get("exploration", beh.get("policy_exploration"))
+    text = "n/a" if e is None else f"{e:g}"
+    if beh.get("substitution") == 0 and not any(beh.get("region_price_sensitivity") or [1]):
+        text += ", no price comparison or substitution"
+    return text
+
+
+def _offpolicy_caption(res: Results, labels: list[str]) -> str:
+    def one(values: Iterable[Any]) -> str:
+        return " / ".join(dict.fromkeys(str(v) for v in values))
+    comps = [res.get(label, "rerank/compare.json") for label in labels]
+    temps = [((res.get(label, "data/manifest.json") or {}).get("search_policy") or {}).get("temperature")
+             for label in labels]
+    return (f"Small-market runs {', '.join(f'`{label}`' for label in labels)}: production policy Plackett-Luce at "
+            f"temperature {one(temps)}; {one(len(_offpolicy(res, label)['truth']) for label in labels)} orders "
+            f"judged; {one(c['meta'].get('seeds') for c in comps)} seeds; "
+            f"{one(format(c['meta'].get('test_requests', 0), ',') for c in comps)} test requests.")
+
+
+def _offpolicy_source(labels: list[str]) -> str:
+    return (f"Source: `docs/results/{{{','.join(labels)}}}/rerank/compare.json` (`offpolicy`; exploration from "
+            "`data/manifest.json`), written by `mmrank rerank compare` / `mmrank market generate`.")
+
+
+def _no_offpolicy() -> list[str]:
+    return ["*No run with off-policy figures in `docs/results/`* (a market logged by a stochastic production "
+            "policy). Make them with the commands in [runs.md](runs.md#cf-e01).", ""]
+
+
+def _learners(comp: dict) -> list[str]:
+    return [m for m in comp.get("meta", {}).get("models", []) if m.endswith("-ips") and m in comp]
+
+
+def _beats_logged(comp: dict, model: str) -> bool | None:
+    """Whether ``model``'s true expected purchases among every candidate exceed the logged policy's
+    by more than the model's std over seeds."""
+    m, lg = comp[model].get("expected_purchases_all") or {}, (comp.get("logged") or {}).get("expected_purchases_all") or {}
+    if m.get("mean") is None or lg.get("mean") is None:
+        return None
+    return m["mean"] - lg["mean"] > (m.get("std") or 0.0)
+
+
+def _yes_no(x: bool | None) -> str:
+    return {True: "**yes**", False: "no", None: "n/a"}[x]
+
+
+def readme_offpolicy_rows(res: Results) -> list[str]:
+    labels = _offpolicy_labels(res)
+    if not labels:
+        return _no_offpolicy()
+
+    def cell(v: dict) -> str:
+        sp = "n/a" if v.get("spearman") is None else f"{v['spearman']:.2f}"
+        return f"{v['bias']:+.3f} / {v['rmse']:.3f} / {sp}"
+    rows = [[_exploration(res, label), *(cell(_offpolicy(res, label)["summary"][e]["purchases"])
+                                         for e in ESTIMATOR_NAMES)] for label in labels]
+    comps = {label: res.get(label, "rerank/compare.json") for label in labels}
+    learners = list(dict.fromkeys(m for c in comps.values() for m in _learners(c)))
+    lrows = []
+    for label, c in comps.items():
+        n = c["meta"].get("seeds") or 1
+        beat = [m for m in learners if m in c and _beats_logged(c, m)]
+        lrows.append([_exploration(res, label), _f((c["logged"].get("expected_purchases_all") or {}).get("mean")),
+                      *(_pm(c[m].get("expected_purchases_all"), 4, n) if m in c else "n/a" for m in learners),
+                      ", ".join(beat) or "none"])
+    return [_offpolicy_caption(res, labels) + " Bias / RMSE / rank correlation of expected purchases per "
+            "request:", "", *_table(["exploration", *ESTIMATOR_NAMES.values()], rows), "",
+            "True expected purchases per request choosing among every candidate (counterfactual learners: "
+            "mean ± std over seeds):", "",
+            *_table(["exploration", "logged", *learners, "beats logged by > 1 std"], lrows), "",
+            _offpolicy_source(labels), ""]
+
+
+def offpolicy_estimator_rows(res: Results) -> list[str]:
+    labels = _offpolicy_labels(res)
+    if not labels:
+        return _no_offpolicy()
+    digits = {"purchases": 4, "gmv": 2, "clicks": 3}
+    head = ["exploration (run)", "estimator"]
+    for k, name in (("purchases", "purchases"), ("gmv", "GMV"), ("clicks", "clicks")):
+        head += [f"{name}: bias", "RMSE", "rank corr."]
+    rows = []
+    for label in labels:
+        summ = _offpolicy(res, label)["summary"]
+        for e, name in ESTIMATOR_NAMES.items():
+            row = [f"{_exploration(res, label)} (`{label}`)", name]
+            for k, d in digits.items():
+                v = summ[e][k]
+                row += [_f(v.get("bias"), d), _f(v.get("rmse"), d), _f(v.get("spearman"), 2)]
+            rows.append(row)
+    return [_offpolicy_caption(res, labels) + " Per estimator, across the orders: bias (mean estimate - "
+            "truth), RMSE, and the Spearman rank correlation of its order of the models with the true order "
+            "(clicks, purchases and GMV per request, choosing among every candidate).", "",
+            *_table(head, rows), "", _offpolicy_source(labels), ""]
+
+
+def offpolicy_learner_rows(res: Results) -> list[str]:
+    labels = _offpolicy_labels(res)
+    if not labels:
+        return _no_offpolicy()
+    comps = {label: res.get(label, "rerank/compare.json") for label in labels}
+    models = list(dict.fromkeys(m for c in comps.values() for m in _rerank_models(c)))
+    rows = []
+    for m in models:
+        row = [f"`{m}`"]
+        for label, c in comps.items():
+            if m not in c:
+                row.append("n/a")
+                continue
+            cell = _pm(c[m].get("expected_purchases_all"), 4, c["meta"].get("seeds") or 1)
+            dr = ((_offpolicy(res, label).get("estimates") or {}).get(m) or {}).get("dr", {}).get("purchases")
+            row.append(cell if dr is None else f"{cell} (DR {dr:.3f})")
+        rows.append(row)
+    learners = list(dict.fromkeys(m for c in comps.values() for m in _learners(c)))
+    brows = [[f"{_exploration(res, label)} (`{label}`)",
+              *(_yes_no(_beats_logged(c, m) if m in c else None) for m in learners)] for label, c in comps.items()]
+    return ["True expected purchases per request when each model chooses among every candidate (the "
+            "evaluator; mean ± std over seeds) and, in brackets, DR's estimate of it. " + _offpolicy_caption(res, labels),
+            "", *_table(["model", *(f"e = {_exploration(res, label)} (`{label}`)" for label in labels)], rows), "",
+            "Does a counterfactual learner beat the logged policy by more than one std (its mean - logged's "
+            "mean > its std over seeds)?", "",
+            *_table(["exploration (run)", *(f"`{m}`" for m in learners)], brows), "",
+            _offpolicy_source(labels), ""]
+
+
 BLOCKS: dict[str, Callable[[Results], list[str]]] = {
     "market": lambda r: _sections(r, "data/manifest.json", "market manifest", market_rows),
     "pretrain": lambda r: _sections(r, "pretrain/compare.json", "pre-training comparison", pretrain_rows),
@@ -418,6 +600,9 @@ BLOCKS: dict[str, Callable[[Results], list[str]]] = {
     "serve-latency": serve_latency_rows,
     "serve-load": serve_load_rows,
     "runs": runs_rows,
+    "readme-offpolicy": readme_offpolicy_rows,
+    "offpolicy-estimators": offpolicy_estimator_rows,
+    "offpolicy-learners": offpolicy_learner_rows,
 }
 
 
