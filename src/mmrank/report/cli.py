@@ -34,7 +34,7 @@ def report(ctx: typer.Context,
 
 @app.command("docs")
 def docs(run: list[str] = typer.Option([], "--run", help="LABEL=R: copy R's results JSON to "
-                                        "docs/results/LABEL/ (labels: demo, small, default, real, or new)"),
+                                        "docs/results/LABEL/ (a-z, 0-9, - and _; docs/runs.md lists the labels in use)"),
          bench: list[str] = typer.Option([], "--bench", help="NAME=FILE: copy a benchmark's JSON to "
                                          "docs/results/bench/NAME.json (e.g. cold_start=out.json)"),
          root: Path = typer.Option(Path("."), "--root", help="repository root (README.md, docs/)")) -> None:
