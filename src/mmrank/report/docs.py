@@ -453,7 +453,10 @@ def _offpolicy(res: Results, label: str) -> dict[str, Any]:
 
 
 def _offpolicy_labels(res: Results) -> list[str]:
-    return [label for label in res.labels() if _offpolicy(res, label).get("summary")]
+    """Runs with off-policy figures whose logs came from a stochastic production policy (the manifest's
+    ``search_policy``); on deterministic logs an order the policy never shows has no propensity."""
+    return [label for label in res.labels() if _offpolicy(res, label).get("summary")
+            and (res.get(label, "data/manifest.json") or {}).get("search_policy")]
 
 
 def _exploration(res: Results, label: str) -> str:
