@@ -436,7 +436,9 @@ def serve_load_rows(res: Results) -> list[str]:
     rows = [_spread_row(k if k.startswith("ratio") else f"{k} (requests/s)", v, 1 if not k.startswith("ratio")
                         else 2) for k, v in b["summary"].items()]
     return [f"`benchmarks/serve_load.py`, {len(b['runs'])} runs: each endpoint's knee, the highest open-loop "
-            f"arrival rate whose p99 stays under {cfg.get('deadline_ms')} ms with every request answered.", "",
+            f"arrival rate whose p99 stays under {cfg.get('deadline_ms')} ms with every request answered (rates "
+            f"from {cfg.get('start')}/s, each {cfg.get('step')} times the last, {cfg.get('seconds')} s each, so a "
+            f"knee is known to one step of the grid).", "",
             *_table(["endpoint", "mean", "min - max", "std", "each run"], rows), "",
             "Source: `docs/results/bench/serve_load.json`, written by `benchmarks/serve_load.py --json`.", ""]
 
