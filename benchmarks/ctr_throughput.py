@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from mmrank.ctr.data import FeatureSpace, iter_batches, load_samples, simtier_features
 from mmrank.ctr.models import CtrConfig, CtrModel, ModelSizes
-from mmrank.ctr.trainer import TrainConfig, _optimizer, _step, predict
+from mmrank.ctr.trainer import TrainConfig, make_optimizer, optimizer_step, predict
 from mmrank.data.schemas import CTR_SAMPLES, HISTORY_LEN
 from mmrank.models.layers import ItemVectors
 from roofline import count_flops, machine, machine_line, matmul_seconds, matmul_shapes, roofline_line
@@ -101,14 +101,14 @@ class MmrankRunner:
         sizes = ModelSizes(len(space.items), len(space.users), space.n_categories, space.n_regions,
                            vec_dim=0 if vectors is None else vectors.dim)
         self.enc, self.model = enc, CtrModel(cfg, sizes, vectors)
-        self.opt = _optimizer(self.model, TrainConfig(batch_size=BATCH))
+        self.opt = make_optimizer(self.model, TrainConfig(batch_size=BATCH))
         self.train_s = self.infer_s = 0.0
 
     def train_rows(self, rows: np.ndarray) -> None:
         t0 = time.perf_counter()
         self.model.train()
         for batch in iter_batches(self.enc, rows, BATCH, shuffle=True):
-            _step(self.opt, F.binary_cross_entropy_with_logits(self.model(batch)["logit"], batch["label"]))
+            optimizer_step(self.opt, F.binary_cross_entropy_with_logits(self.model(batch)["logit"], batch["label"]))
         self.train_s += time.perf_counter() - t0
 
     def predict_rows(self, rows: np.ndarray) -> None:

@@ -71,7 +71,9 @@ class _Optimizers:
             o.step()
 
 
-def _optimizer(model: CtrModel, cfg: TrainConfig) -> _Optimizers:
+def make_optimizer(model: CtrModel, cfg: TrainConfig) -> _Optimizers:
+    """The model's optimisers: fused Adam on the dense parameters (ID tables at ``id_lr``), LazyAdam on
+    the sparse embedding tables."""
     sparse_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse}
     id_params = {id(p) for p in model.id_parameters()}
     params = [p for p in model.parameters() if p.requires_grad]
@@ -106,7 +108,7 @@ def train(model: CtrModel, data: EncodedSamples, rows: np.ndarray | None = None,
                           "for more epochs with pretrain_make(), or pass allow_id_multi_epoch=True")
     rows = data.train_rows() if rows is None else np.asarray(rows)
     torch.manual_seed(cfg.seed)
-    opt = _optimizer(model, cfg)
+    opt = make_optimizer(model, cfg)
     n_batches = (len(rows) + cfg.batch_size - 1) // cfg.batch_size
     losses, seen, t0 = [], 0, time.perf_counter()
     model.train()
@@ -118,7 +120,7 @@ def train(model: CtrModel, data: EncodedSamples, rows: np.ndarray | None = None,
                                       history_len=model.cfg.history_len):
                 out = model(batch)
                 loss = model.loss(out, batch, cfg.aux_weight)["total"]   # click (+ MAKE's Eq. 5 when joint)
-                total += _step(opt, loss) * len(batch["label"])
+                total += optimizer_step(opt, loss) * len(batch["label"])
                 n += len(batch["label"])
                 bar.advance(task)
             losses.append(total / max(n, 1))
@@ -129,7 +131,7 @@ def train(model: CtrModel, data: EncodedSamples, rows: np.ndarray | None = None,
     return {"loss": losses, "seconds": secs, "samples_per_s": seen / max(secs, 1e-9)}
 
 
-def _step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
     """One optimiser step on ``loss``; returns its value."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -166,7 +168,7 @@ def pretrain_make(module: MakeModule, data: EncodedSamples, rows: np.ndarray | N
             for batch in iter_batches(data, rows, cfg.batch_size, shuffle=True, seed=cfg.seed + 1000 + epoch):
                 loss = F.binary_cross_entropy_with_logits(module.forward_batch(batch)["logit"],
                                                           batch["label"])   # Eq. 5
-                total += _step(opt, loss) * len(batch["label"])
+                total += optimizer_step(opt, loss) * len(batch["label"])
                 n += len(batch["label"])
                 bar.advance(task)
             losses.append(total / max(n, 1))
