@@ -242,3 +242,22 @@ def test_offpolicy_tables_render_from_compare_json(tmp_path):
     assert "In `docs/results/cf-control/`: `data/manifest.json`, `rerank/compare.json`." in runs
     assert "region_price_sensitivity: [0.0]" in runs
     assert "cf-e01" not in (root / "docs" / "ctr.md").read_text()     # no CTR figures, no empty section
+
+
+def test_offpolicy_rows_name_a_market_other_than_the_small_one(tmp_path):
+    """A run on a real catalog or on a market of another size says so in its row label (the small
+    market's rows stay as they were)."""
+    root = _copy_docs(tmp_path / "repo", with_results=False)
+    runs = {}
+    for label, extra in (("cf-e01", {}), ("cf-default", {"n_items": 20_000}),
+                         ("cf-real", {"catalog": "items.parquet", "n_items": 44_072})):
+        run = _offpolicy_run(tmp_path / label, 0.1, True, {"dnn-ips": (0.30, 0.01)}, 0.1)
+        man = json.loads((run / "data/manifest.json").read_text())
+        man["config"].update(extra)
+        (run / "data/manifest.json").write_text(json.dumps(man))
+        runs[label] = run
+    _ok(["report", "docs", "--root", root, *(a for k, v in runs.items() for a in ("--run", f"{k}={v}"))])
+    page = (root / "docs" / "rerank.md").read_text()
+    assert _rows(page, "0.1 (`cf-e01`)")
+    assert _rows(page, "20,000 items, 0.1 (`cf-default`)")
+    assert _rows(page, "real catalog, 0.1 (`cf-real`)")

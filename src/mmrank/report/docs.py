@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from mmrank.data.config import SIZES
 from mmrank.errors import MMRankError
 
 # What a run's commands write, relative to the run directory; copied under docs/results/<label>/.
@@ -75,17 +76,18 @@ KNOWN_RUNS: dict[str, dict[str, str]] = {
 }
 
 
-def _cf_run(label: str, exploration: str, behaviour: str, about: str) -> dict[str, str]:
+def _cf_run(label: str, exploration: str, behaviour: str, about: str, market: str = "small market",
+            generate: str = "--size small", dim: int = 32) -> dict[str, str]:
     yaml = f"policy-{label}.yaml"
     run = f"runs/{label}"
     return {
-        "title": f"Off-policy study: small market, {about} (`{run}`)",
+        "title": f"Off-policy study: {market}, {about} (`{run}`)",
         "commands": f"cat > {yaml} <<'EOF'\n"
                     f"market: {{behaviour: {{policy_temperature: 0.5, policy_exploration: {exploration}, "
                     f"policy_marginal_samples: 64{behaviour}}}}}\n"
                     "EOF\n"
-                    f"mmrank market generate --run {run} --size small --config {yaml}\n"
-                    f"mkdir -p {run}/rerank && echo '{{\"encoder\": \"tiny\", \"dim\": 32}}' "
+                    f"mmrank market generate --run {run} {generate} --config {yaml}\n"
+                    f"mkdir -p {run}/rerank && echo '{{\"encoder\": \"tiny\", \"dim\": {dim}}}' "
                     f"> {run}/rerank/encoder.json   # the tiny representation, no pre-training\n"
                     f"mmrank rerank compare --run {run} --seeds 3 --threads 1 "
                     "--models logged,prod-order,dnn,dnn-ips,armmt,armmt-ips,prm,seqmd\n"
@@ -94,13 +96,19 @@ def _cf_run(label: str, exploration: str, behaviour: str, about: str) -> dict[st
 
 
 # The off-policy study's runs (issue 23; docs/rerank.md): a stochastic production policy (Plackett-Luce,
-# temperature 0.5) at three exploration shares, and a control with the list effects off.
+# temperature 0.5) at three exploration shares, a control with the list effects off, and the default market and
+# the real catalog at exploration 0.1 (the acceptance runs).
 OFFPOLICY_RUNS: dict[str, dict[str, str]] = {
     "cf-e0": _cf_run("cf-e0", "0.0", "", "exploration 0"),
     "cf-e01": _cf_run("cf-e01", "0.1", "", "exploration 0.1"),
     "cf-e03": _cf_run("cf-e03", "0.3", "", "exploration 0.3"),
     "cf-control": _cf_run("cf-control", "0.1", ", substitution: 0.0, region_price_sensitivity: [0.0]",
                           "exploration 0.1, no price comparison or substitution"),
+    "cf-default": _cf_run("cf-default", "0.1", "", "exploration 0.1", market="default market",
+                          generate="--seed 7", dim=64),
+    "cf-real": _cf_run("cf-real", "0.1", "", "exploration 0.1",
+                       market="real catalog (44,072 items), behaviour simulated",
+                       generate="--seed 7 --catalog ../shared/data/fashion-catalog/items.parquet", dim=64),
 }
 
 
@@ -463,11 +471,17 @@ def _offpolicy_labels(res: Results) -> list[str]:
 
 def _exploration(res: Results, label: str) -> str:
     """The logging policy's exploration share, from the copied market manifest, and whether the
-    market's list effects (price comparison within the list, substitution) were off."""
+    market's list effects (price comparison within the list, substitution) were off; prefixed by the
+    market when it is not the small one (a real catalog, or its number of items)."""
     man = res.get(label, "data/manifest.json") or {}
     beh = (man.get("config") or {}).get("behaviour") or {}
     e = (man.get("search_policy") or {}).get("exploration", beh.get("policy_exploration"))
     text = "n/a" if e is None else f"{e:g}"
+    cfg = man.get("config") or {}
+    if cfg.get("catalog"):
+        text = f"real catalog, {text}"
+    elif cfg.get("n_items", SIZES["small"]["n_items"]) != SIZES["small"]["n_items"]:
+        text = f"{cfg['n_items']:,} items, {text}"
     if beh.get("substitution") == 0 and not any(beh.get("region_price_sensitivity") or [1]):
         text += ", no price comparison or substitution"
     return text
@@ -479,7 +493,7 @@ def _offpolicy_caption(res: Results, labels: list[str]) -> str:
     comps = [res.get(label, "rerank/compare.json") for label in labels]
     temps = [((res.get(label, "data/manifest.json") or {}).get("search_policy") or {}).get("temperature")
              for label in labels]
-    return (f"Small-market runs {', '.join(f'`{label}`' for label in labels)}: production policy Plackett-Luce at "
+    return (f"Runs {', '.join(f'`{label}`' for label in labels)}: production policy Plackett-Luce at "
             f"temperature {one(temps)}; {one(len(_offpolicy(res, label)['truth']) for label in labels)} orders "
             f"judged; {one(c['meta'].get('seeds') for c in comps)} seeds; "
             f"{one(format(c['meta'].get('test_requests', 0), ',') for c in comps)} test requests.")
