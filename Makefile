@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.mmrank-installed
-EXTRAS  := encoders,redis,serve,ray,test
+EXTRAS  := encoders,redis,serve,ray,export,test
 
 .PHONY: demo test install bench docs clean
 

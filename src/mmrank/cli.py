@@ -92,6 +92,7 @@ def demo(run: Path = typer.Option(Path("runs/demo"), "--run", help="run director
 # Stage commands, registered statically: each lives beside its stage as a thin shell.
 from mmrank.ctr.cli import app as _ctr_app  # noqa: E402
 from mmrank.data.cli import app as _data_app  # noqa: E402
+from mmrank.export.cli import export as _export  # noqa: E402
 from mmrank.pretrain.cli import app as _pretrain_app  # noqa: E402
 from mmrank.report.cli import app as _report_app  # noqa: E402
 from mmrank.rerank.cli import app as _rerank_app  # noqa: E402
@@ -106,6 +107,7 @@ app.add_typer(_report_app, name="report")
 app.command("embed")(_embed)
 app.command("search")(_search)
 app.command("serve")(_serve)
+app.command("export")(_export)
 
 
 def main() -> None:

@@ -49,6 +49,16 @@ def pack(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return idx, torch.div(idx, mask.shape[1], rounding_mode="floor")
 
 
+def segment_sum(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """``out[index[i]] += values[i]``: ``values (n, ...)``, ``index (n,)`` -> ``(size, ...)``. An
+    ``index_add``; while exporting to ONNX a ``scatter_add`` (ONNX's ScatterND, which ``index_add``
+    becomes, keeps one of repeated indices; ScatterElements with ``reduction="add"`` sums them)."""
+    out = values.new_zeros((size, *values.shape[1:]))
+    if torch.onnx.is_in_onnx_export():
+        return out.scatter_add(0, index.view(-1, *([1] * (values.dim() - 1))).expand_as(values), values)
+    return out.index_add(0, index, values)
+
+
 def lookup(emb: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     """``emb(ids)``, with a backward that sums the looked-up rows' gradients with one ``index_add_``
     (dense tables) or hands them over as they are (sparse tables) instead of ``nn.Embedding``'s, whose
@@ -196,6 +206,8 @@ class TargetAttention(nn.Module):
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         if groups is not None:
             return self._forward_groups(query, keys, groups)
+        if torch.onnx.is_in_onnx_export():  # one graph for any batch: no layout chosen from the data
+            return TargetAttention._packed_body(self, query, keys, rows)
         b, d = query.shape[0], keys.shape[1]
         length = uniform_length(rows, b)
         if length:  # every sample has `length` positions: the packed keys are a (B, L, D) block
@@ -239,8 +251,7 @@ class TargetAttention(nn.Module):
         q_rows = query.index_select(0, rows)
         h = self.kp_proj(torch.cat([keys, q_rows * keys], dim=-1)) + self.q_proj(query).index_select(0, rows)
         scores = self.score(self.act(h)).squeeze(-1)                       # (nnz,)
-        pooled = query.new_zeros(query.shape[0], keys.shape[1])
-        pooled = pooled.index_add(0, rows, scores.unsqueeze(-1) * keys)
+        pooled = segment_sum(scores.unsqueeze(-1) * keys, rows, query.shape[0])
         if self.pool == "mean":
             pooled = pooled / _counts(rows, query.shape[0]).unsqueeze(-1)
         return pooled, scores
@@ -408,6 +419,8 @@ def similarity(target: torch.Tensor, hist: "torch.Tensor | SharedRows", rows: to
 
 
 def _counts(rows: torch.Tensor, batch: int) -> torch.Tensor:
+    if torch.onnx.is_in_onnx_export():  # ONNX has no bincount
+        return segment_sum(torch.ones_like(rows, dtype=torch.float32), rows, batch).clamp(min=1)
     return torch.bincount(rows, minlength=batch).clamp_(min=1).to(torch.float32)
 
 
@@ -452,7 +465,7 @@ class SimTier(nn.Module):
     def counts_from_scores(self, s: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
         """Packed scores (nnz,) of rows (nnz,) -> (batch, N) counts."""
         flat = rows * self.n_tiers + self.tiers(s)
-        counts = s.new_zeros(batch * self.n_tiers).index_add_(0, flat, torch.ones_like(s))
+        counts = segment_sum(torch.ones_like(s), flat, batch * self.n_tiers)
         return counts.view(batch, self.n_tiers)
 
     def forward_packed(self, target: torch.Tensor, hist: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
