@@ -18,6 +18,13 @@ prints each ratio's mean and spread; ``--json FILE`` writes every figure (the do
 
     python benchmarks/serve_latency.py --repeat 3 --json serve_latency.json
 
+/v1/rerank (``--rerank-model``, default armmt): after the /v1/rank runs, a server with that re-ranker
+gets the run's test lists (every retrieved candidate, the server filling in history and sales) at
+concurrency 1 and 16; figures as ratios against the raw re-ranker forward (features + forward of one
+list, :meth:`mmrank.rerank.serving.ListReranker.score`) measured in the same run: the p99 overhead at
+concurrency 1, and requests/s at concurrency 16 over one forward per request (``1 / median``). No goal
+is set for them yet.
+
 Roofline (``benchmarks/roofline.py``): the fp32 matmul roof on the servers' torch threads, measured
 in this process at the start of the run, the model's FLOPs per request (one request's forward,
 counted by ``torch.utils.flop_counter``) and the share of that limit reached by the raw forward and
@@ -137,7 +144,7 @@ def payloads(run: Path, n: int, n_cand: int, n_hist: int, seed: int = 0) -> list
     return out
 
 
-async def _load(url: str, bodies: list[dict], total: int, concurrency: int) -> dict:
+async def _load(url: str, bodies: list[dict], total: int, concurrency: int, path: str = "/v1/rank") -> dict:
     import httpx
 
     lat: list[float] = []
@@ -151,13 +158,13 @@ async def _load(url: str, bodies: list[dict], total: int, concurrency: int) -> d
                 body = bodies[next_i % len(bodies)]
                 next_i += 1
                 t0 = time.perf_counter()
-                r = await client.post("/v1/rank", json=body)
+                r = await client.post(path, json=body)
                 lat.append(time.perf_counter() - t0)
                 if r.status_code != 200 or len(r.json()["items"]) != len(body["candidates"]):
                     errors += 1
 
         for b in bodies[:3]:  # warm-up
-            await client.post("/v1/rank", json=b)
+            await client.post(path, json=b)
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
@@ -165,7 +172,7 @@ async def _load(url: str, bodies: list[dict], total: int, concurrency: int) -> d
 
 
 def load(urls: dict[str, str], bodies: list[dict], total: int, concurrency: int,
-         rounds: int = 4) -> dict[str, dict]:
+         rounds: int = 4, path: str = "/v1/rank") -> dict[str, dict]:
     """``total`` requests to each server, in ``rounds`` alternating chunks (the order flips every
     round), so that a change in the machine's load during the run hits both servers alike."""
     parts: dict[str, list[dict]] = {name: [] for name in urls}
@@ -173,7 +180,7 @@ def load(urls: dict[str, str], bodies: list[dict], total: int, concurrency: int,
     for r in range(rounds):
         n = total // rounds + (total % rounds if r == rounds - 1 else 0)
         for name in (names if r % 2 == 0 else names[::-1]):
-            parts[name].append(asyncio.run(_load(urls[name], bodies, n, concurrency)))
+            parts[name].append(asyncio.run(_load(urls[name], bodies, n, concurrency, path)))
     out = {}
     for name, ps in parts.items():
         a = np.concatenate([np.asarray(p["lat"]) for p in ps]) * 1e3
@@ -220,6 +227,112 @@ def raw_forward(run: Path, strategy: str | None, threads: int, body: dict, repea
         info["per_request_ms"][k] = float(np.median(times) * 1e3 / k)
     bundle.close()
     return info
+
+
+# ---- /v1/rerank ---------------------------------------------------------------------------------------------
+def rerank_payloads(run: Path, n: int) -> list[dict]:
+    """The run's first ``n`` test lists as /v1/rerank bodies (user, query, region, ts, every retrieved
+    candidate with its production score; the server fills in history, sales, price, category)."""
+    from mmrank.rerank.data import load_lists
+
+    lists = load_lists(Path(run) / "data" / "lists.parquet")
+    out = []
+    for r in lists.test_rows()[:n]:
+        s = lists.candidates(int(r))
+        q = lists.query[r]
+        doc = {"user_id": int(lists.user_id[r]), "region": int(lists.region[r]), "ts": int(lists.ts[r]),
+               "candidates": [{"item_id": int(i), "prod_score": float(p)}
+                              for i, p in zip(lists.item_id[s], lists.prod_score[s])]}
+        if q.startswith("text:"):
+            doc["query"] = q[5:]
+        elif q.startswith("image:"):
+            doc["query_image"] = q[6:]
+        out.append(doc)
+    return out
+
+
+def rerank_raw_forward(run: Path, model: str, threads: int, bodies: list[dict], repeats: int = 200) -> dict:
+    """The re-ranker alone on one list at a time (prepared once: features + forward, ms), cycling
+    through ``bodies``."""
+    from mmrank import threads as thread_settings
+    from mmrank.rerank.serving import load_reranker
+
+    thread_settings.configure(threads)
+    rr = load_reranker(run, model)
+    prepared = [rr.prepare(b) for b in bodies]
+    rr.score(prepared[:1])  # warm-up (query encoding cached)
+    times = []
+    for k in range(repeats):
+        p = prepared[k % len(prepared)]
+        t0 = time.perf_counter()
+        rr.score([p])
+        times.append(time.perf_counter() - t0)
+    a = np.asarray(times) * 1e3
+    return {"model": rr.name, "version": rr.version, "forward_ms": float(np.median(a)),
+            "forward_p99_ms": float(np.percentile(a, 99)),
+            "candidates_mean": float(np.mean([len(p.candidates) for p in prepared]))}
+
+
+def measure_rerank(run: Path, args: argparse.Namespace, url: str, bodies: list[dict]) -> dict:
+    """One repeat for /v1/rerank: the raw forward, then the server at concurrency 1 and 16; ratios
+    against the raw forward of the same model in the same run."""
+    raw = rerank_raw_forward(run, args.rerank_model, args.threads, bodies, repeats=args.forward_repeats)
+    loads = {f"mmrank@{c}": load({"mmrank": url}, bodies, args.requests, c, path="/v1/rerank")["mmrank"]
+             for c in (1, 16)}
+    m1, m16 = loads["mmrank@1"], loads["mmrank@16"]
+    return {"raw": raw, "loads": loads, "load_average": os.getloadavg()[0],
+            "ratios": {"rerank_overhead_c1_p99": (m1["p99_ms"] - raw["forward_p99_ms"]) / raw["forward_p99_ms"],
+                       "rerank_c16_vs_forward": m16["req_per_s"] / (1e3 / raw["forward_ms"])}}
+
+
+def print_rerank(k: int, m: dict) -> None:
+    raw = m["raw"]
+    print(f"\n-- /v1/rerank run {k + 1} ({raw['model']}, {raw['candidates_mean']:.0f} candidates per list on "
+          f"average; load average {m['load_average']:.2f}) --")
+    print(f"raw re-ranker forward (features + forward, one list): median {raw['forward_ms']:.2f} ms, "
+          f"p99 {raw['forward_p99_ms']:.2f} ms")
+    print(f"{'server':<8} {'conc':>4} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
+    for key, r in m["loads"].items():
+        name, c = key.split("@")
+        print(f"{name:<8} {c:>4} {r['n']:>8} {r['errors']:>6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+              f"{r['req_per_s']:>8.1f}")
+    rt = m["ratios"]
+    print(f"concurrency 1: (p99 - raw forward p99) / raw forward p99 = {rt['rerank_overhead_c1_p99']:.2f}; "
+          f"concurrency 16: requests/s over the raw forward's (1 / median) = {rt['rerank_c16_vs_forward']:.2f}x")
+
+
+def rerank_phase(run: Path, args: argparse.Namespace, built: bool) -> dict | None:
+    """/v1/rerank on its own server (the re-ranker trained first on a run this benchmark built)."""
+    from mmrank.testing.serving import ServerProcess
+
+    if not args.rerank_model:
+        return None
+    have = (run / "rerank" / args.rerank_model / "model.safetensors").exists()
+    if not have and built:
+        from mmrank.rerank.stage import train_model
+        from mmrank.rerank.trainer import RerankTrainConfig
+
+        print(f"training {args.rerank_model} on the run's lists (latest 2,000 training lists) ...", flush=True)
+        train_model(run, args.rerank_model, train_cfg=RerankTrainConfig(max_train_lists=2000), progress=False)
+    elif not have:
+        print(f"\n/v1/rerank: skipped ({run}/rerank/{args.rerank_model} is not trained: `mmrank rerank train "
+              f"--run {run} --model {args.rerank_model}`)")
+        return None
+    bodies = rerank_payloads(run, 64)
+    extra = ("--rerank-model", args.rerank_model, "--rerank-concurrency", "1000", "--deadline-ms", "600000",
+             "--max-wait-ms", str(args.max_wait_ms), "--max-batch-rows", str(args.max_batch_rows)) + \
+        (("--strategy", args.strategy) if args.strategy else ())
+    runs = []
+    with ServerProcess(run, extra_args=extra, threads=args.threads) as srv:
+        for k in range(args.repeat):
+            runs.append(measure_rerank(run, args, srv.url, bodies))
+            print_rerank(k, runs[-1])
+    summary = {name: spread([m["ratios"][name] for m in runs]) for name in runs[0]["ratios"]}
+    o, t = summary["rerank_overhead_c1_p99"], summary["rerank_c16_vs_forward"]
+    print(f"/v1/rerank over {args.repeat} run(s): concurrency 1 p99 overhead {o['mean']:.2f} "
+          f"({o['min']:.2f} - {o['max']:.2f}); concurrency 16 requests/s over the raw forward's "
+          f"{t['mean']:.2f}x ({t['min']:.2f} - {t['max']:.2f})")
+    return {"summary": summary, "runs": runs}
 
 
 # The goals, as ratios measured in one run (so they hold on any machine that runs both sides at once):
@@ -291,6 +404,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--repeat", type=int, default=1, help="measure this many times; print each ratio's "
                                                          "mean and spread")
     p.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
+    p.add_argument("--rerank-model", default="armmt", help="also measure /v1/rerank with this re-ranker, on "
+                   "its own server after the /v1/rank runs (trained first on a run built here); '' skips it")
     p.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -349,7 +464,7 @@ def main(argv: list[str] | None = None) -> dict | None:
            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                       if k not in ("plain_server", "port", "json")},
            "machine": {"cores": os.cpu_count(), "fp32_gflops": roofs["fp32"]},
-           "summary": summary, "runs": runs}
+           "summary": summary, "runs": runs, "rerank": rerank_phase(run, args, built=tmp is not None)}
     if args.json is not None:
         args.json.write_text(json.dumps(doc, indent=1, default=str))
         print(f"figures written to {args.json}")

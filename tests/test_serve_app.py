@@ -189,7 +189,7 @@ def test_reload_swaps_to_another_bundle_and_refuses_a_broken_one(client) -> None
 
 
 def test_no_internal_module_names_reach_a_user(serving_run_copy: Path) -> None:
-    """A run with a trained re-ranker this server cannot load: the API and the page say what to do,
+    """A run with R/rerank/ but no re-ranker this server can load: the API and the page say what to do,
     in words a user knows, never a Python module name."""
     import re
 
@@ -206,7 +206,7 @@ def test_no_internal_module_names_reach_a_user(serving_run_copy: Path) -> None:
         ranked = c.post("/v1/rank", json={"candidates": cat["item_id"][:3]}).json()
         texts = {"bundle": status, "rank": ranked["rerank_status"], "page": c.get("/").text,
                  "openapi": c.get("/openapi.json").text}
-    assert "not installed" in status and "upgrade" in status
+    assert "absent" in status and "mmrank rerank train" in status  # R/rerank/ without a trained model
     assert {k: module.findall(v) for k, v in texts.items()} == {k: [] for k in texts}
 
 

@@ -94,3 +94,44 @@ def compare_cmd(
             beam=s.beam, progress=True, one_thread_if_busy=s.threads is None)
     record(run, "rerank", s)
     typer.echo((run / "rerank" / "compare.md").read_text())
+
+
+@app.command("apply")
+def apply_cmd(
+    run: Path = typer.Option(..., "--run", help="run directory with a trained re-ranker (RUN/rerank/<model>/)"),
+    lists: Path = typer.Option(..., "--lists", help="JSON lines, one candidate list per line "
+                               "(mmrank.rerank.serving.CandidateList: user_id or history, query, region, ts, "
+                               "candidates with item_id and optional price, sales, prod_score, category_id)"),
+    model: Optional[str] = typer.Option(None, "--model", help="the re-ranker under RUN/rerank/ (default: armmt, "
+                                        "else seqmd, else the first trained)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the JSON lines here (default: print them)"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="lists per forward"),
+    threads: Optional[int] = typer.Option(None, help="torch threads"),
+) -> None:
+    """Re-rank candidate lists offline, as `mmrank serve` answers /v1/rerank: one JSON line per list
+    (request_id, model, version, items best first with item_id, rank, score)."""
+    import json
+
+    from mmrank.errors import DataError
+    from mmrank.rerank.serving import load_reranker, read_lists
+
+    _threads(threads)
+    todo = read_lists(lists)
+    rr = load_reranker(run, model)
+    prepared = []
+    for n, lst in todo:
+        try:
+            prepared.append(rr.prepare(lst))
+        except DataError as err:
+            raise DataError(f"line {n}: {err.detail}", file=str(lists),
+                            column=err.column) from None
+    lines = []
+    for a in range(0, len(prepared), batch_size):
+        lines += [json.dumps(r) for r in rr.score(prepared[a:a + batch_size])]
+    text = "\n".join(lines) + "\n"
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        typer.echo(f"{len(lines)} lists re-ranked by {rr.name} ({rr.version}) -> {out}", err=True)
+    else:
+        typer.echo(text, nl=False)

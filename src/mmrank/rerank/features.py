@@ -140,6 +140,42 @@ def _item_features(run: Path, encoder: Any, cache: Path | None) -> tuple[np.ndar
     return out["item_ids"], {m: out[m] for m in MODALITIES}
 
 
+def encode_queries(run: str | Path, encoder: Any, keys: list[str]) -> np.ndarray:
+    """``(len(keys), D)`` L2-normalised query vectors for query keys as :class:`~mmrank.rerank.data.Lists`
+    holds them: ``"text:<query>"`` through the text tower, ``"image:<opaque id>"`` (a photo of
+    ``R/data/query_images.parquet``) through the image tower, ``""`` (no query) a zero row. The one
+    encoding path of training, ``mmrank rerank apply`` and the service's ``/v1/rerank``."""
+    run = Path(run)
+    texts = [k[5:] for k in keys if k.startswith("text:")]
+    img_ids = [k[6:] for k in keys if k.startswith("image:")]
+    images: dict[str, bytes] = {}
+    if img_ids:
+        qpath = run / "data" / "query_images.parquet"
+        if not qpath.exists():
+            raise DataError(f"{len(img_ids)} requests have photo queries but the file is missing",
+                            file=str(qpath))
+        t = pq.read_table(qpath, columns=["query_image", "image"])
+        wanted = set(img_ids)
+        for qid, img in zip(t.column("query_image").to_pylist(), t.column("image").to_pylist()):
+            if qid in wanted:
+                images[qid] = img
+        missing = [q for q in img_ids if q not in images]
+        if missing:
+            raise DataError(f"query photo {missing[0]!r} is not in the file ({len(missing)} missing)",
+                            file=str(qpath), column="query_image")
+    tv = _encode_batches(encoder.encode_text, texts, 256, "encoding text queries")
+    iv = _encode_batches(encoder.encode_images, [images[q] for q in img_ids], 64, "encoding photo queries")
+    dim = tv.shape[1] if len(texts) else (iv.shape[1] if len(img_ids) else int(encoder.dim))
+    vecs = np.zeros((len(keys), dim), np.float32)
+    kt = [i for i, k in enumerate(keys) if k.startswith("text:")]
+    ki = [i for i, k in enumerate(keys) if k.startswith("image:")]
+    if kt:
+        vecs[kt] = l2_normalise(tv)
+    if ki:
+        vecs[ki] = l2_normalise(iv)
+    return vecs
+
+
 def _query_features(run: Path, lists: Lists, encoder: Any, cache: Path | None) -> np.ndarray:
     keys = sorted(set(q for q in lists.query if q))
     f = cache / "queries.safetensors" if cache else None
@@ -151,33 +187,7 @@ def _query_features(run: Path, lists: Lists, encoder: Any, cache: Path | None) -
     if f is not None and f.exists() and json.loads((cache / "queries.json").read_text()).get("digest") == digest:
         vecs = load_file(str(f))["vectors"]
     if vecs is None:
-        texts = [k[5:] for k in keys if k.startswith("text:")]
-        img_ids = [k[6:] for k in keys if k.startswith("image:")]
-        images: dict[str, bytes] = {}
-        if img_ids:
-            qpath = run / "data" / "query_images.parquet"
-            if not qpath.exists():
-                raise DataError(f"{len(img_ids)} requests have photo queries but the file is missing",
-                                file=str(qpath))
-            t = pq.read_table(qpath, columns=["query_image", "image"])
-            wanted = set(img_ids)
-            for qid, img in zip(t.column("query_image").to_pylist(), t.column("image").to_pylist()):
-                if qid in wanted:
-                    images[qid] = img
-            missing = [q for q in img_ids if q not in images]
-            if missing:
-                raise DataError(f"query photo {missing[0]!r} is not in the file ({len(missing)} missing)",
-                                file=str(qpath), column="query_image")
-        tv = _encode_batches(encoder.encode_text, texts, 256, "encoding text queries")
-        iv = _encode_batches(encoder.encode_images, [images[q] for q in img_ids], 64, "encoding photo queries")
-        dim = tv.shape[1] if len(texts) else (iv.shape[1] if len(img_ids) else int(encoder.dim))
-        vecs = np.zeros((len(keys), dim), np.float32)
-        kt = [i for i, k in enumerate(keys) if k.startswith("text:")]
-        ki = [i for i, k in enumerate(keys) if k.startswith("image:")]
-        if kt:
-            vecs[kt] = l2_normalise(tv)
-        if ki:
-            vecs[ki] = l2_normalise(iv)
+        vecs = encode_queries(run, encoder, keys)
         if f is not None:
             cache.mkdir(parents=True, exist_ok=True)
             save_file({"vectors": vecs}, str(f))
@@ -190,8 +200,9 @@ def _query_features(run: Path, lists: Lists, encoder: Any, cache: Path | None) -
     return out
 
 
-def load_features(run: str | Path, lists: Lists, encoder: Any | None = None, cache: bool = True) -> ModalFeatures:
-    """Per-modality item vectors and one query vector per request (see the module doc)."""
+def feature_encoder(run: str | Path, encoder: Any | None = None) -> Any:
+    """The encoder the run's re-rankers read representations from: ``encoder`` if given, else the
+    small deterministic one ``R/rerank/encoder.json`` names, else the run's (``R/encoder``)."""
     run = Path(run)
     choice = run / "rerank" / "encoder.json"
     if encoder is None and choice.exists():
@@ -208,12 +219,28 @@ def load_features(run: str | Path, lists: Lists, encoder: Any | None = None, cac
         except ImportError as err:  # pragma: no cover
             raise MMRankError(f"no item encoder available (mmrank.pretrain: {err})") from None
         encoder = load_item_encoder(run)
+    return encoder
+
+
+def item_tables(run: str | Path, encoder: Any, cache: bool = True) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+    """``(item_ids (N,) sorted, {modality: (N + 2, D)})``: the catalog's frozen representations with
+    rows 0 and 1 zero (padding, unknown), as :class:`ModalFeatures` holds them (cached)."""
+    run = Path(run)
     d = run / "rerank" / "features" / str(encoder.version) if cache else None
     ids, tables = _item_features(run, encoder, d)
-    queries = _query_features(run, lists, encoder, d)
     full = {}
     for m, v in tables.items():
         t = np.zeros((len(ids) + 2, v.shape[1]), np.float32)
         t[2:] = v
         full[m] = torch.from_numpy(t)
+    return ids, full
+
+
+def load_features(run: str | Path, lists: Lists, encoder: Any | None = None, cache: bool = True) -> ModalFeatures:
+    """Per-modality item vectors and one query vector per request (see the module doc)."""
+    run = Path(run)
+    encoder = feature_encoder(run, encoder)
+    d = run / "rerank" / "features" / str(encoder.version) if cache else None
+    ids, full = item_tables(run, encoder, cache)
+    queries = _query_features(run, lists, encoder, d)
     return ModalFeatures(ids, full, torch.from_numpy(queries), f"encoder:{encoder.version}")

@@ -6,6 +6,9 @@ Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``):
 * ``POST /v1/rank``: a user (logged id and/or recent behaviour), a context (query, region) and up to
   1,000 candidates -> scores and an order. Candidates the ID model does not know are scored from their
   content (their vectors); candidates the embedding table does not know are listed in ``unknown``.
+* ``POST /v1/rerank``: one candidate list (:class:`mmrank.rerank.serving.CandidateList`) -> the
+  trained re-ranker's order and scores (``--rerank-model``; 409 when the run has none), batched like
+  /v1/rank with its own queue.
 * ``POST /v1/items`` (API key): a new item is encoded, written durably and indexed; the next
   /v1/rank and /v1/search see it (on every process sharing the table).
 * ``POST /v1/search``: text or a photo -> top-k items. ``GET /v1/items/{id}`` and ``.../image``.
@@ -29,6 +32,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import time
 import warnings
@@ -42,8 +46,8 @@ from mmrank.serve.batching import RankBatcher
 from mmrank.serve.bundle import Bundle, load_bundle
 from mmrank.serve.config import Settings
 from mmrank.serve.middleware import Guard
-from mmrank.serve.routes import health, items, page, rank, search
-from mmrank.serve.scoring import run_batch
+from mmrank.serve.routes import health, items, page, rank, rerank, search
+from mmrank.serve.scoring import run_batch, run_rerank_batch
 from mmrank.serve.state import ServerState
 
 
@@ -53,7 +57,8 @@ async def _first_bundle(settings: Settings, loop: asyncio.AbstractEventLoop) -> 
     give_up = time.monotonic() + settings.store_wait_s
     while True:
         try:
-            return await loop.run_in_executor(None, load_bundle, settings.run, settings.strategy)
+            return await loop.run_in_executor(None, functools.partial(load_bundle, settings.run, settings.strategy,
+                                                                      rerank_model=settings.rerank_model))
         except Exception as err:  # noqa: BLE001 - only the store being down is waited out
             if not errors.store_unavailable(err) or time.monotonic() > give_up:
                 raise
@@ -85,11 +90,16 @@ def _lifespan(state: ServerState, bundle: Bundle | None):
                                         max_wait=settings.max_wait_ms / 1e3, on_batch=state.metrics.batch,
                                         workers=settings.forward_workers)
             state.batcher.start()
+            state.rerank_batcher = RankBatcher(state.current, run_rerank_batch, max_rows=settings.max_batch_rows,
+                                               max_wait=settings.max_wait_ms / 1e3,
+                                               on_batch=state.metrics.rerank_batch)
+            state.rerank_batcher.start()
         watcher = asyncio.create_task(state.loop_lag.watch())
         yield
         watcher.cancel()
-        if state.batcher is not None:
-            await state.batcher.stop()
+        for b in (state.batcher, state.rerank_batcher):
+            if b is not None:
+                await b.stop()
         if state.bundle is not None:
             state.bundle.close()
 
@@ -105,7 +115,7 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
     app.state.mmrank = state
     app.add_middleware(Guard, state=state)
     errors.install(app)
-    for module in (page, health, rank, items, search):
+    for module in (page, health, rank, rerank, items, search):
         app.include_router(module.router)
     return app
 

@@ -14,9 +14,11 @@ encoder's config and weights), not only against the vector width:
 A bundle is immutable once loaded; a server swaps a whole new bundle in (:mod:`mmrank.serve.app`).
 
 The re-ranker seam: when ``R/rerank/`` exists, :func:`load_reranker` imports
-``mmrank.rerank.serving`` and calls its ``load(run, encoder_version=...)``, which returns an object
-with the :class:`Reranker` interface. Until that module exists the bundle loads without one and says
-why (``Bundle.rerank_status``); the page shows the CTR order on both sides then.
+``mmrank.rerank.serving`` and calls its ``load(run, encoder_version=...[, model=...])``, which returns
+a :class:`mmrank.rerank.serving.ListReranker` (the :class:`Reranker` interface, and the lists
+``/v1/rerank`` scores) or None when no re-ranker is trained. Without one the bundle loads and says
+why (``Bundle.rerank_status``); the page shows the CTR order on both sides then, and ``/v1/rerank``
+answers 409.
 """
 
 from __future__ import annotations
@@ -73,10 +75,12 @@ class Reranker(Protocol):
     def rerank(self, inp: RerankInput) -> RerankOutput: ...
 
 
-def load_reranker(run: Path, encoder_version: str) -> tuple[Reranker | None, str]:
-    """``(re-ranker or None, status)``; raises :class:`ConfigError` on an encoder-version mismatch."""
+def load_reranker(run: Path, encoder_version: str, model: str | None = None) -> tuple[Reranker | None, str]:
+    """``(re-ranker or None, status)``: ``R/rerank/<model>`` (default: the preferred one trained);
+    raises :class:`ConfigError` on an encoder-version mismatch, :class:`MMRankError` when ``model`` is
+    named but not trained."""
     d = Path(run) / "rerank"
-    if not d.exists():
+    if not d.exists() and model is None:
         return None, ("absent: this run has no trained re-ranker (train one with "
                       "`mmrank rerank train --run R`, then reload)")
     try:
@@ -86,7 +90,8 @@ def load_reranker(run: Path, encoder_version: str) -> tuple[Reranker | None, str
             raise
         return None, ("a re-ranker was trained for this run, but re-ranking is not installed in this "
                       "version of the server (upgrade mmrank to serve it)")
-    rr = mod.load(Path(run), encoder_version=encoder_version)
+    rr = (mod.load(Path(run), encoder_version=encoder_version) if model is None
+          else mod.load(Path(run), encoder_version=encoder_version, model=model))
     if rr is None:
         return None, ("absent: this run has no trained re-ranker (train one with "
                       "`mmrank rerank train --run R`, then reload)")
@@ -229,11 +234,13 @@ def pick_strategy(run: Path, strategy: str | None) -> str:
     raise MMRankError(f"{ctr}: no trained CTR model (run `mmrank ctr train --run {run}` or `mmrank demo`)")
 
 
-def load_bundle(run: str | Path, strategy: str | None = None, *, encoder: Any = None) -> Bundle:
+def load_bundle(run: str | Path, strategy: str | None = None, *, encoder: Any = None,
+                rerank_model: str | None = None) -> Bundle:
     """Load and cross-check a run's encoder, table, index, CTR model and re-ranker (module docstring).
 
     ``encoder`` (optional) replaces ``R/encoder`` (tests); it must have ``version`` and the
-    ``mmrank.store.encoding.ItemEncoder`` methods.
+    ``mmrank.store.encoding.ItemEncoder`` methods. ``rerank_model``: the re-ranker under ``R/rerank/``
+    (default: the preferred one trained, see :data:`mmrank.rerank.serving.PREFERENCE`).
     """
     from mmrank.ctr.artifacts import load_model
     from mmrank.store.encoding import load_encoder
@@ -258,7 +265,7 @@ def load_bundle(run: str | Path, strategy: str | None = None, *, encoder: Any = 
         model.share_history = True  # a request's candidates share its history: work per distinct item
         model_version = _file_hash(d / "model.safetensors", d / "vocab.safetensors", d / "config.json")
         store.catch_up()  # items acknowledged under an older encoder version, re-encoded with this one
-        reranker, status = load_reranker(run, version)
+        reranker, status = load_reranker(run, version, rerank_model)
         users = UserHistories.from_run(run, history_len=model.cfg.history_len)
         made = bundle_lineage(run, store, d)
     except BaseException:

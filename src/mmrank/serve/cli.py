@@ -23,6 +23,10 @@ def serve(
                                                       "MMRANK_READ_KEY; default: reads take no key)"),
     strategy: Optional[str] = typer.Option(None, "--strategy",
                                            help="CTR model under R/ctr/ (default: the best trained one)"),
+    rerank_model: Optional[str] = typer.Option(None, "--rerank-model",
+                                               help="re-ranker under R/rerank/ for /v1/rerank and the "
+                                                    "reranked side of /v1/rank (default: armmt, else seqmd, "
+                                                    "else the first trained)"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1,
                                           help="torch threads per forward thread (default: 1)"),
     forward_workers: Optional[int] = typer.Option(None, "--forward-workers", min=1,
@@ -40,6 +44,7 @@ def serve(
                                       help="a request that cannot start in time to finish within this "
                                            "gets 503 with Retry-After at once"),
     rank_concurrency: int = typer.Option(32, "--rank-concurrency", min=1, help="/v1/rank requests at once"),
+    rerank_concurrency: int = typer.Option(32, "--rerank-concurrency", min=1, help="/v1/rerank requests at once"),
     search_concurrency: int = typer.Option(4, "--search-concurrency", min=1,
                                            help="/v1/search requests at once"),
     items_concurrency: int = typer.Option(2, "--items-concurrency", min=1, help="POST /v1/items at once"),
@@ -52,7 +57,7 @@ def serve(
     rate_burst: int = typer.Option(200, "--rate-burst", min=1, help="the rate limit's burst"),
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
-    """Serve /v1/rank, /v1/items, /v1/search, /healthz, /metrics and the page at / over HTTP."""
+    """Serve /v1/rank, /v1/rerank, /v1/items, /v1/search, /healthz, /metrics and the page at / over HTTP."""
     import uvicorn
 
     from mmrank.serve.bundle import pick_strategy
@@ -63,6 +68,9 @@ def serve(
     if not (run / "encoder").exists() or not (run / "embeddings").exists():
         raise MMRankError(f"{run}: not a run with encoder/ and embeddings/ (make one with `mmrank demo`)")
     pick_strategy(run, strategy)  # fail here, with one line, rather than in every worker
+    if rerank_model is not None and not (run / "rerank" / rerank_model / "model.safetensors").exists():
+        raise MMRankError(f"{run / 'rerank' / rerank_model}: no trained re-ranker (run `mmrank rerank train "
+                          f"--run {run} --model {rerank_model}`)")
     key = read_key_file(api_key_file, "MMRANK_API_KEY")
     read_key_file(read_key_path, "MMRANK_READ_KEY")  # a bad file fails here, with one line
     if key is None:
@@ -72,12 +80,13 @@ def serve(
         return EndpointLimit(concurrency=n, queue=int(round(n * queue_factor)))
 
     settings = Settings(
-        run=run.resolve(), strategy=strategy, threads=threads or 1,
+        run=run.resolve(), strategy=strategy, rerank_model=rerank_model, threads=threads or 1,
         forward_workers=forward_workers or max(1, cores() // workers), max_wait_ms=max_wait_ms,
         max_batch_rows=max_batch_rows, max_body_bytes=int(max_body_mb * (1 << 20)),
         max_image_bytes=int(max_image_mb * (1 << 20)), max_image_pixels=int(max_image_mpx * 1e6),
         deadline_ms=deadline_ms, rate_per_s=rate if rate is not None else default_read_rate(host),
-        rate_burst=rate_burst, limits={"rank": limit(rank_concurrency), "search": limit(search_concurrency),
+        rate_burst=rate_burst, limits={"rank": limit(rank_concurrency), "rerank": limit(rerank_concurrency),
+                                       "search": limit(search_concurrency),
                                        "items": limit(items_concurrency)})
     os.environ.update({**settings.to_env(),  # read by each worker's app factory
                        ENV_KEY_FILE: str(api_key_file.resolve()) if api_key_file else "",

@@ -28,7 +28,7 @@ from mmrank.errors import MMRankError
 ENV = "MMRANK_SERVE_SETTINGS"          # the settings (keys excluded) as JSON, for the workers
 ENV_KEY_FILE = "MMRANK_SERVE_API_KEY_FILE"
 ENV_READ_KEY_FILE = "MMRANK_SERVE_READ_KEY_FILE"
-SHED_ENDPOINTS = ("rank", "search", "items")  # the endpoints with a bounded queue
+SHED_ENDPOINTS = ("rank", "rerank", "search", "items")  # the endpoints with a bounded queue
 
 
 class EndpointLimit(StrictModel):
@@ -42,6 +42,7 @@ def _default_limits() -> dict[str, EndpointLimit]:
     # rank: requests are coalesced into batches (mmrank.serve.batching), so many run at once;
     # search and ingest each hold the encoder lock: a few at once is all the encoder can use.
     return {"rank": EndpointLimit(concurrency=32, queue=64),
+            "rerank": EndpointLimit(concurrency=32, queue=64),
             "search": EndpointLimit(concurrency=4, queue=8),
             "items": EndpointLimit(concurrency=2, queue=4)}
 
@@ -51,6 +52,7 @@ class Settings(StrictModel):
 
     run: Path
     strategy: str | None = None
+    rerank_model: str | None = None   # R/rerank/<model> for /v1/rerank (None: the preferred one trained)
     api_key: str | None = Field(None, repr=False)
     read_key: str | None = Field(None, repr=False)
     max_body_bytes: int = Field(16 << 20, ge=1)

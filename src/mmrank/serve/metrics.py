@@ -27,6 +27,10 @@ class Metrics:
                                     buckets=(1, 10, 50, 100, 200, 500, 1000, 2000, 4000, 8000), registry=r)
         self.forward = Histogram("mmrank_forward_seconds", "build + forward time of one batch",
                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.rerank_batch_lists = Histogram("mmrank_rerank_batch_lists", "/v1/rerank lists per forward",
+                                            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.rerank_forward = Histogram("mmrank_rerank_forward_seconds", "build + forward time of one "
+                                        "/v1/rerank batch", buckets=LATENCY_BUCKETS, registry=r)
         self.ingested = Counter("mmrank_items_ingested_total", "items posted to /v1/items", registry=r)
         self.table_items = Gauge("mmrank_table_items", "items in the embedding table", registry=r)
         self.bundle_info = Gauge("mmrank_bundle_info", "the loaded bundle (value 1)",
@@ -45,6 +49,10 @@ class Metrics:
         self.batch_requests.observe(n_requests)
         self.batch_rows.observe(n_rows)
         self.forward.observe(seconds)
+
+    def rerank_batch(self, n_lists: int, n_rows: int, seconds: float) -> None:
+        self.rerank_batch_lists.observe(n_lists)
+        self.rerank_forward.observe(seconds)
 
     def set_bundle(self, bundle) -> None:  # noqa: ANN001
         if self.bundle_info._metrics:  # noqa: SLF001 - one series: the loaded bundle

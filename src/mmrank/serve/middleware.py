@@ -13,7 +13,8 @@ from fastapi import HTTPException
 from mmrank.serve.limits import Refused
 
 # (method, path) -> the endpoint whose admission queue it goes through
-SHED = {("POST", "/v1/rank"): "rank", ("POST", "/v1/search"): "search", ("POST", "/v1/items"): "items"}
+SHED = {("POST", "/v1/rank"): "rank", ("POST", "/v1/rerank"): "rerank", ("POST", "/v1/search"): "search",
+        ("POST", "/v1/items"): "items"}
 
 
 async def _answer(send, status: int, doc: dict, headers: list | None = None) -> None:
@@ -85,7 +86,7 @@ class Guard:
                 msg = {**msg, "headers": [*msg.get("headers", []), _timing(t0)]}
             await send(msg)
 
-        batcher = state.batcher if endpoint == "rank" else None
+        batcher = state.batcher if endpoint == "rank" else (state.rerank_batcher if endpoint == "rerank" else None)
         if batcher is not None:
             batcher.inflight += 1
         t1 = time.perf_counter()

@@ -70,6 +70,22 @@ class RerankedItem(BaseModel):
     modality_weights: dict[str, float] | None = None
 
 
+class RerankOutItem(BaseModel):
+    item_id: int
+    rank: int = Field(description="0 = best")
+    score: float = Field(description="the re-ranker's ranking head (its logit; higher is better)")
+
+
+class RerankOut(BaseModel):
+    """``POST /v1/rerank``: the list's candidates in the re-ranker's order."""
+
+    request_id: int | str | None = Field(None, description="as sent")
+    model: str = Field(description="the re-ranker (R/rerank/<model>)")
+    version: str = Field(description="hash of its weights, vocabularies and config")
+    bundle: str
+    items: list[RerankOutItem] = Field(description="every candidate, best first")
+
+
 class UnknownItem(BaseModel):
     item_id: int
     reason: str

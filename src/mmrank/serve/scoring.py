@@ -57,3 +57,18 @@ def _rerank(bundle: Bundle, built, q: RankQuery, rows, order: np.ndarray, prob: 
     w = r.modality_weights
     return [{"item_id": int(ids[i]), "rank": k, "score": float(r.scores[i]),
              "modality_weights": w[i] if w is not None else None} for k, i in enumerate(r.order)]
+
+
+def run_rerank_batch(bundle: Bundle, lists: list, explain: list[bool], worker: int = 0) -> list[dict]:
+    """Score a batch of /v1/rerank lists (prepared by :meth:`mmrank.rerank.serving.ListReranker.prepare`)
+    with the bundle's re-ranker in one forward."""
+    if bundle.reranker is None:
+        raise NoReranker(bundle.rerank_status)
+    out = bundle.reranker.score(lists)
+    for r in out:
+        r["bundle"] = bundle.id
+    return out
+
+
+class NoReranker(RuntimeError):
+    """The bundle swapped in while a /v1/rerank request waited has no re-ranker."""

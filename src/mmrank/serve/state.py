@@ -28,6 +28,7 @@ class ServerState:
         self.settings = settings
         self.bundle: Bundle | None = None
         self.batcher: RankBatcher | None = None
+        self.rerank_batcher: RankBatcher | None = None  # /v1/rerank's: its own queue and forwards
         self.metrics = Metrics()
         self.swap_lock = asyncio.Lock()
         self.swaps = 0

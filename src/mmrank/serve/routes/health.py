@@ -4,6 +4,7 @@ and ``POST /v1/admin/reload`` (write key: load the run's bundle again, swap it i
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -48,7 +49,8 @@ async def reload(body: S.ReloadIn | None = None, state: ServerState = Depends(ge
     async with state.swap_lock:
         old = state.bundle
         try:
-            new = await loop.run_in_executor(None, load_bundle, settings.run, strategy)
+            new = await loop.run_in_executor(None, functools.partial(load_bundle, settings.run, strategy,
+                                                                     rerank_model=settings.rerank_model))
         except MMRankError as err:
             return JSONResponse({"error": f"the new bundle was not loaded, still serving "
                                           f"{old.id if old else None}: {' '.join(str(err).split())}",
