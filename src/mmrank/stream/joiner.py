@@ -18,6 +18,9 @@ Event time, with W the watermark (the newest event time seen), w the window and 
 * a duplicate (an event id seen within the lateness horizon) is dropped and counted; a malformed
   event, an item outside the catalog, or an arrival with an unknown category is counted, logged with
   its id and dropped. Nothing in the input makes the joiner raise.
+  ``labels_unjoined`` counts labels whose slot had no sample impression within the window (labels of
+  search lists and of the burn-in are joined to nothing: they are not CTR samples); they still feed
+  histories (clicks).
 
 State is bounded by the horizon: per user the last L clicks older than ``W - w - l`` and all newer
 ones, the impressions in flight, and the ids seen within l. :meth:`Joiner.snapshot` pickles it, for a
@@ -260,7 +263,7 @@ class Joiner:
             if labels is None:
                 continue
             keep = [x for x in labels if x[1] >= cutoff]
-            self.counts["labels_unmatched"] += len(labels) - len(keep)
+            self.counts["labels_unjoined"] += len(labels) - len(keep)
             if keep:
                 self.early[key] = keep
             else:
