@@ -83,3 +83,16 @@ def test_wire_form_round_trip_and_bad_sources(tiny_market: Path) -> None:
         open_source(tiny_market, "redis")
     with pytest.raises(MMRankError, match="not found"):
         ReplaySource(tiny_market / "nope")
+
+
+def test_throughput_benchmark_runs_small(tiny_market: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture) -> None:
+    import runpy
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "stream_throughput.py"
+    monkeypatch.setattr(sys, "argv", ["stream_throughput.py", "--run", str(tiny_market), "--repeats", "1"])
+    runpy.run_path(str(script), run_name="__main__")
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["measure"] for x in lines] == ["replay", "replay+joiner"]
+    assert all(x["events"] > 30_000 and x["events_per_s_median"] > 0 for x in lines)
