@@ -98,12 +98,14 @@ from mmrank.report.cli import app as _report_app  # noqa: E402
 from mmrank.rerank.cli import app as _rerank_app  # noqa: E402
 from mmrank.serve.cli import serve as _serve  # noqa: E402
 from mmrank.store.cli import embed as _embed, search as _search  # noqa: E402
+from mmrank.stream.cli import app as _stream_app  # noqa: E402
 
 app.add_typer(_data_app, name="data")
 app.add_typer(_pretrain_app, name="pretrain")
 app.add_typer(_ctr_app, name="ctr")
 app.add_typer(_rerank_app, name="rerank")
 app.add_typer(_report_app, name="report")
+app.add_typer(_stream_app, name="stream")
 app.command("embed")(_embed)
 app.command("search")(_search)
 app.command("serve")(_serve)
