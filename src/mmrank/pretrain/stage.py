@@ -211,10 +211,11 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
     env = DistEnv.from_env()
     results: dict[str, Any] = {}
     prepared: dict[tuple, _Prepared] = {}
-    for v in variants:
+    for v in variants:  # every row checked before anything trains
         if v not in VARIANTS + REFERENCES:
             raise ConfigError(f"unknown variant {v!r}; expected one of "
                               f"{', '.join(VARIANTS + REFERENCES)}")
+    for v in variants:
         if v == "popularity":  # a reference that trains nothing: S ranked by training purchases
             if env.main:
                 catalog = read_catalog(run)
