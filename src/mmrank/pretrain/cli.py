@@ -92,8 +92,12 @@ def compare_cmd(
     seed: Optional[int] = _SEED,
     seeds: int = typer.Option(1, "--seeds", min=1, help="train each variant with this many seeds "
                               "(--seed, --seed+1, ...): mean ± std"),
+    variants: Optional[str] = typer.Option(None, "--variants", help="comma-separated rows (default: "
+                                           "popularity and the Table 2 rows); MOON2.0 rows: moe, "
+                                           "align, coaug, filter, moon2"),
 ) -> None:
-    """Table 2: popularity, off-the-shelf, clip-e, scl and its ablations ->
+    """Table 2: popularity, off-the-shelf, clip-e, scl and its ablations (--variants: any rows,
+    MOON2.0's moe/align/coaug/filter/moon2 included) ->
     R/pretrain/compare.json + compare.md (and the SCL encoder as R/encoder/)."""
     from mmrank.pretrain.stage import compare
 
@@ -101,7 +105,13 @@ def compare_cmd(
                   image_size=image_size, trainable_blocks=trainable_blocks, epochs=epochs,
                   batch_size=batch_size, queue_size=queue_size, max_steps=max_steps, seed=seed)
     _notes(run)
-    compare(run, cfg, seeds=seeds)
+    if variants is None:
+        compare(run, cfg, seeds=seeds)
+    else:
+        rows = tuple(v.strip() for v in variants.split(",") if v.strip())
+        if not rows:
+            raise MMRankError("--variants: name at least one row")
+        compare(run, cfg, variants=rows, seeds=seeds)
     md = run / "pretrain" / "compare.md"
     if md.exists():
         typer.echo(md.read_text())

@@ -8,10 +8,18 @@ from pydantic import Field
 
 from mmrank.config import StrictModel
 
-# The paper's Table 2 rows, in its order, then SCL without the logQ correction.
-VARIANTS = ("off-the-shelf", "clip-e", "scl", "scl-no-triplet", "scl-no-triplet-no-moco", "scl-no-logq")
+# MOON2.0's four additions (issue 20): each row is SCL with one switch on, ``moon2`` with all four.
+MOON_ROWS: dict[str, tuple[str, ...]] = {
+    "moe": ("moe",), "align": ("align",), "coaug": ("coaug",), "filter": ("filter",),
+    "moon2": ("moe", "align", "coaug", "filter"),
+}
+# The paper's Table 2 rows, in its order, then SCL without the logQ correction, then the MOON2.0 rows.
+VARIANTS = ("off-the-shelf", "clip-e", "scl", "scl-no-triplet", "scl-no-triplet-no-moco", "scl-no-logq",
+            *MOON_ROWS)
+# The rows `mmrank pretrain compare` trains unless --variants names others.
+TABLE2 = VARIANTS[:6]
 Variant = Literal["off-the-shelf", "clip-e", "scl", "scl-no-triplet", "scl-no-triplet-no-moco",
-                  "scl-no-logq"]
+                  "scl-no-logq", "moe", "align", "coaug", "filter", "moon2"]
 # Reference rows of the comparison that train nothing.
 REFERENCES = ("popularity",)
 
@@ -51,10 +59,33 @@ class PretrainConfig(StrictModel):
     resume: bool = Field(True, description="resume from R/pretrain/ckpt/<variant>/ when present")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (tests)")
     seed: int = 0
+    # MOON2.0 switches (issue 20); off by default. The rows moe/align/coaug/filter/moon2 turn them on.
+    moe: bool = Field(False, description="modality-driven mixture of experts in the item and query "
+                      "towers: an expert each for image-only, text-only and image+title inputs plus a "
+                      "shared expert; each sample is routed by its modality composition")
+    align: bool = Field(False, description="dual-level alignment: add an item-level image-title "
+                        "InfoNCE inside each product to the query-level objective")
+    align_weight: float = Field(0.5, ge=0, description="weight of the item-level alignment term")
+    coaug: bool = Field(False, description="image-text co-augmentation: train item keys on template "
+                        "titles over the item's own visible attributes and on augmented photo views")
+    coaug_views: int = Field(2, ge=1, le=4, description="photo views per item incl. the original "
+                             "(crop and flip only; features cached once)")
+    coaug_titles: int = Field(3, ge=1, le=6, description="titles per item incl. the original (the "
+                              "others: attribute templates)")
+    filter: bool = Field(False, description="dynamic sample filtering: after the warm-up, drop the "
+                         "training pairs whose current query-item similarity is lowest")
+    filter_warmup_epochs: int = Field(1, ge=0, description="epochs trained on every pair first")
+    filter_share: float = Field(0.1, ge=0, lt=1, description="share of training pairs dropped per "
+                                "epoch after the warm-up")
+
+    def switches(self) -> dict[str, bool]:
+        """The MOON2.0 switches in effect: the fields, or'ed with the variant's row."""
+        on = set(MOON_ROWS.get(self.variant, ()))
+        return {k: bool(getattr(self, k)) or k in on for k in ("moe", "align", "coaug", "filter")}
 
     def uses(self) -> dict[str, bool]:
         """Which parts of SCL this variant trains with."""
-        v = self.variant
+        v = "scl" if self.variant in MOON_ROWS else self.variant
         return {"train": v != "off-the-shelf", "queries": v.startswith("scl"),
                 "moco": v in ("scl", "scl-no-triplet", "scl-no-logq"),
                 "triplet": v in ("scl", "scl-no-logq"),

@@ -17,7 +17,7 @@ import torch
 from mmrank.encoders.cache import cache_key, cached_features, read_cached, source_fingerprint
 from mmrank.errors import DataError
 
-TEXT, IMAGE = 0, 1
+TEXT, IMAGE, BOTH = 0, 1, 2  # a pair's query: text, photo, or both (issue 20)
 
 
 @dataclass
@@ -60,13 +60,14 @@ def read_catalog(run: Path) -> Catalog:
 class PairTable:
     """Pairs as arrays (P rows): modality, query text or image ref, positive/negative item rows."""
 
-    modality: np.ndarray        # (P,) int8: TEXT | IMAGE
+    modality: np.ndarray        # (P,) int8: TEXT | IMAGE | BOTH
     query_text: list[str | None]
     query_image: list[str | None]
     pos: np.ndarray             # (P,) item row
     neg: np.ndarray             # (P,) item row of one hard negative, -1 if none
     test: np.ndarray            # (P,) bool
     ts: np.ndarray              # (P,)
+    request_id: np.ndarray | None = None  # (P,) the pair's request (names dropped pairs)
 
 
 def read_pairs(run: Path, catalog: Catalog, seed: int = 0) -> PairTable:
@@ -92,8 +93,13 @@ def read_pairs(run: Path, catalog: Catalog, seed: int = 0) -> PairTable:
                 raise DataError("image query without query_image", file=f, row=r,
                                 column="query_image")
             modality[r] = IMAGE
+        elif m == "both":
+            if not a or not b:
+                raise DataError("'both' query without query_text and query_image", file=f, row=r,
+                                column="query_text" if not a else "query_image")
+            modality[r] = BOTH
         else:
-            raise DataError(f"expected 'text' or 'image', got {m!r}", file=f, row=r,
+            raise DataError(f"expected 'text', 'image' or 'both', got {m!r}", file=f, row=r,
                             column="query_modality")
     split = t.column("split").to_pylist()
     for r, s in enumerate(split):
@@ -111,7 +117,8 @@ def read_pairs(run: Path, catalog: Catalog, seed: int = 0) -> PairTable:
     has = counts > 0
     neg[has] = flat_rows[pick[has]]
     return PairTable(modality, qt, qi, pos.astype(np.int64), neg,
-                     np.asarray([s == "test" for s in split]), t.column("ts").to_numpy())
+                     np.asarray([s == "test" for s in split]), t.column("ts").to_numpy(),
+                     t.column("request_id").to_numpy().astype(np.int64))
 
 
 def read_query_images(run: Path, wanted: set[str]) -> dict[str, bytes]:
@@ -141,7 +148,8 @@ class Features:
     item_txt: torch.Tensor      # (N, d_text)
     text_q: torch.Tensor        # (Nt, d_text) one row per distinct query text
     image_q: torch.Tensor       # (Ni, ...) one row per distinct image ref
-    qrow: np.ndarray            # (P,) row of each pair's query in text_q or image_q
+    qrow: np.ndarray            # (P,) row of each pair's query in text_q or image_q (BOTH: text_q)
+    qrow_image: np.ndarray | None = None  # (P,) a BOTH query's row in image_q (-1 for the others)
 
 
 def native_image_size(catalog: Catalog, cap: int = 224) -> tuple[int, str]:
@@ -188,13 +196,17 @@ def build_features(run: Path, catalog: Catalog, pairs: PairTable, image_encoder:
                                lambda a, z: catalog.titles[a:z], cache_dir, "items_title", fp)
 
     qrow = np.zeros(len(pairs.modality), np.int64)
+    qrow_image = np.full(len(pairs.modality), -1, np.int64)
     texts: dict[str, int] = {}
     refs: dict[str, int] = {}
     for r, m in enumerate(pairs.modality):
         if m == TEXT:
             qrow[r] = texts.setdefault(pairs.query_text[r], len(texts))
-        else:
+        elif m == IMAGE:
             qrow[r] = refs.setdefault(pairs.query_image[r], len(refs))
+        else:  # BOTH: the text row in qrow, the photo's row beside it
+            qrow[r] = texts.setdefault(pairs.query_text[r], len(texts))
+            qrow_image[r] = refs.setdefault(pairs.query_image[r], len(refs))
     text_list, ref_list = list(texts), list(refs)
     photos = read_query_images(run, set(ref_list))
 
@@ -211,7 +223,8 @@ def build_features(run: Path, catalog: Catalog, pairs: PairTable, image_encoder:
     if len(ref_list) == 0:
         image_q = np.zeros((0, *d_img_shape), np.float32)
     return Features(as_t(np.ascontiguousarray(item_img)), as_t(np.ascontiguousarray(item_txt)),
-                    as_t(np.ascontiguousarray(text_q)), as_t(np.ascontiguousarray(image_q)), qrow)
+                    as_t(np.ascontiguousarray(text_q)), as_t(np.ascontiguousarray(image_q)), qrow,
+                    qrow_image)
 
 
 def item_feature_keys(item_ids: np.ndarray, titles: list[str]) -> tuple[list[str], list[str]]:

@@ -163,7 +163,8 @@ def build_model(config: dict[str, Any], image_tail: torch.nn.Module | None) -> t
 
     if config["kind"] == "off-the-shelf":
         return OffTheShelf(config["d_image"], config["d_text"])
-    return SCLModel(config["d_image"], config["d_text"], config["dim"], config["hidden"], image_tail)
+    return SCLModel(config["d_image"], config["d_text"], config["dim"], config["hidden"], image_tail,
+                    moe=bool(config.get("moe", False)))
 
 
 def load_item_encoder(run_dir: str | Path, subdir: str = "encoder") -> ItemEncoder:

@@ -491,3 +491,38 @@ def momentum_update(online: nn.Module, momentum: nn.Module, m: float) -> None:
         pm.mul_(m).add_(po.detach(), alpha=1.0 - m)
     for bo, bm in zip(online.buffers(), momentum.buffers()):
         bm.copy_(bo)
+
+
+class AlignmentLoss(nn.Module):
+    """MOON2.0's item-level alignment: InfoNCE of each product's image against its own title, in batch.
+
+    ``forward(img, title, ids=None, present=None)``: ``img``, ``title`` (B, D) unit vectors of the same
+    B items; ``ids`` (B,) item ids (a second copy of an item in the batch is no negative);
+    ``present`` (B,) bool, the items with both a photo and a title (only they are anchors and keys).
+    Returns ``{name: weight * InfoNCE(img -> title)}`` with its own learnable temperature; an empty
+    selection gives 0.
+
+    Example::
+
+        >>> x = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+        >>> sorted(AlignmentLoss(weight=0.5)(x, x))
+        ['align_loss']
+    """
+
+    def __init__(self, weight: float = 0.5, init_temperature: float = 0.07,
+                 name: str = "align_loss") -> None:
+        super().__init__()
+        self.weight = float(weight)
+        self.name = name
+        self.nce = InfoNCELoss(init_temperature, name=name)
+
+    def forward(self, img: torch.Tensor, title: torch.Tensor, ids: torch.Tensor | None = None,
+                present: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if present is not None:
+            keep = torch.nonzero(present.bool()).squeeze(1)
+            img, title = img[keep], title[keep]
+            ids = ids[keep] if ids is not None else None
+        if img.shape[0] < 2:
+            return {self.name: img.new_zeros(())}
+        term = self.nce(img, title, q_ids=ids, k_ids=ids)[self.name]
+        return {self.name: self.weight * term}

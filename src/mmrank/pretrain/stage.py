@@ -18,12 +18,12 @@ from mmrank.durable import fsync_dir, temp_path, write_text
 from mmrank.errors import ConfigError
 from mmrank.lineage import digest_inputs
 from mmrank.pretrain.item_encoder import save_encoder
-from mmrank.pretrain.config import REFERENCES, VARIANTS, PretrainConfig
+from mmrank.pretrain.config import MOON_ROWS, REFERENCES, TABLE2, VARIANTS, PretrainConfig
 from mmrank.pretrain.data import build_features, native_image_size, read_catalog, read_pairs
 from mmrank.pretrain.distributed import DistEnv
 from mmrank.pretrain.evaluate import evaluate, popularity
 from mmrank.pretrain.model import OffTheShelf
-from mmrank.pretrain.train import train
+from mmrank.pretrain.train import modality_inputs, train
 
 OFF_THE_SHELF = {"image_encoder": "efficientnet-lite0", "text_encoder": "minilm"}
 
@@ -54,6 +54,8 @@ class _Prepared:
         env.barrier()
         if not env.main:
             self.feats = self._features(run, cfg)
+        self.modality = modality_inputs(self.catalog, self.pairs, len(self.catalog.item_ids))
+        self._aug: dict[tuple[int, int], Any] = {}
         if cfg.trainable_blocks:
             from mmrank import encoders
 
@@ -66,6 +68,29 @@ class _Prepared:
         return build_features(run, self.catalog, self.pairs, cfg.image_encoder, cfg.text_encoder,
                               self.image_size, cfg.trainable_blocks)
 
+    def augmented(self, run: Path, cfg: PretrainConfig, env: DistEnv):
+        """The co-augmented item features of ``cfg`` (built once per (views, titles), cached on disk
+        by rank 0 first); None when ``coaug`` is off."""
+        if not cfg.switches()["coaug"]:
+            return None
+        key = (cfg.coaug_views, cfg.coaug_titles)
+        if key not in self._aug:
+            from mmrank.pretrain.augment import VIEWS, build_augmented
+
+            def build():
+                return build_augmented(run, self.catalog, self.feats, cfg.image_encoder,
+                                       cfg.text_encoder, self.image_size, cfg.trainable_blocks,
+                                       cfg.coaug_views, cfg.coaug_titles)
+            if env.main:
+                self._aug[key] = build()
+                _say(env, f"co-augmentation: {cfg.coaug_views} photo views (original, "
+                          f"{', '.join(VIEWS[v] for v in range(1, cfg.coaug_views)) or 'no others'}), "
+                          f"{cfg.coaug_titles} titles per item (original + attribute templates)")
+            env.barrier()
+            if not env.main:
+                self._aug[key] = build()
+        return self._aug[key]
+
 
 def _encoder_config(cfg: PretrainConfig, prep: _Prepared, model: torch.nn.Module) -> dict[str, Any]:
     off = isinstance(model, OffTheShelf)
@@ -75,6 +100,7 @@ def _encoder_config(cfg: PretrainConfig, prep: _Prepared, model: torch.nn.Module
         "variant": cfg.variant, "image_encoder": cfg.image_encoder, "text_encoder": cfg.text_encoder,
         "image_size": prep.image_size, "trainable_blocks": cfg.trainable_blocks,
         "dim": int(model.dim), "hidden": cfg.hidden, "d_image": d_image,
+        "moe": bool(getattr(model, "moe", None) is not None),
         "d_text": int(prep.feats.item_txt.shape[1]),
         "nested_dims": [] if off else list(cfg.nested_dims),
         "pretrain_config": cfg.model_dump(mode="json"),
@@ -93,6 +119,7 @@ def run_variant(run: Path, cfg: PretrainConfig, out: Path, prep: _Prepared | Non
         raise ConfigError("off-the-shelf uses frozen backbones: trainable_blocks must be 0")
     prep = prep or _Prepared(run, cfg, env)
     t0 = time.time()
+    report: dict[str, Any] = {}
     if cfg.variant == "off-the-shelf":
         model: torch.nn.Module = OffTheShelf(int(np.prod(prep.feats.item_img.shape[1:])),
                                              int(prep.feats.item_txt.shape[1]))
@@ -101,7 +128,8 @@ def run_variant(run: Path, cfg: PretrainConfig, out: Path, prep: _Prepared | Non
         tail = copy.deepcopy(prep.image_tail) if prep.image_tail is not None else None
         model = train(cfg, prep.feats, prep.pairs, prep.catalog.item_ids, env,
                       ckpt_dir=run / "pretrain" / "ckpt" / cfg.variant, image_tail=tail,
-                      log=lambda m: _say(env, m), data_digest=digest_inputs(prep.inputs))
+                      log=lambda m: _say(env, m), data_digest=digest_inputs(prep.inputs),
+                      modality=prep.modality, aug=prep.augmented(run, cfg, env), report=report)
     train_s = time.time() - t0
     metrics: dict[str, Any] = {}
     if env.main:
@@ -109,6 +137,8 @@ def run_variant(run: Path, cfg: PretrainConfig, out: Path, prep: _Prepared | Non
                            [] if isinstance(model, OffTheShelf) else cfg.nested_dims)
         metrics.update(variant=cfg.variant, train_seconds=round(train_s, 2),
                        image_size=prep.image_size, world_size=env.world)
+        if report.get("epochs"):
+            metrics["epochs"] = report["epochs"]
         own: dict[str, torch.Tensor] = {}
         if prep.image_tail is not None:
             own = prep.image_encoder.own_state()
@@ -120,11 +150,27 @@ def run_variant(run: Path, cfg: PretrainConfig, out: Path, prep: _Prepared | Non
         version = save_encoder(out, model, _encoder_config(cfg, prep, model), metrics, extra,
                                inputs=prep.inputs)
         metrics["version"] = version
+        if "dropped" in report:  # the filter's dropped pairs, for evaluation code to score
+            write_text(out / "dropped.json", json.dumps(_dropped(prep, cfg, report["dropped"]),
+                                                        indent=1))
         _say(env, f"{cfg.variant}: acc@1 image={_fmt(metrics['acc@1']['image'])} "
                   f"text={_fmt(metrics['acc@1']['text'])}  acc@5 image="
                   f"{_fmt(metrics['acc@5']['image'])} text={_fmt(metrics['acc@5']['text'])} -> {out}")
     env.barrier()
     return metrics
+
+
+def _dropped(prep: _Prepared, cfg: PretrainConfig, dropped: dict[int, list[int]]) -> dict[str, Any]:
+    """``dropped.json``: per epoch, the dropped pairs' rows of ``R/data/pairs.parquet`` and their
+    request ids."""
+    rid = prep.pairs.request_id
+    return {"filter_share": cfg.filter_share, "filter_warmup_epochs": cfg.filter_warmup_epochs,
+            "n_train_pairs": int((~prep.pairs.test).sum()),
+            "note": "pair_rows index R/data/pairs.parquet; chosen from the model's query-item "
+                    "similarity only (R/truth is never read)",
+            "epochs": [{"epoch": e, "pair_rows": rows,
+                        "request_ids": [] if rid is None else [int(rid[r]) for r in rows]}
+                       for e, rows in sorted(dropped.items())]}
 
 
 def _fmt(x: float | None) -> str:
@@ -143,13 +189,15 @@ def pretrain(run: str | Path, cfg: PretrainConfig | None = None) -> dict[str, An
 
 
 def compare(run: str | Path, cfg: PretrainConfig | None = None,
-            variants: tuple[str, ...] = REFERENCES + VARIANTS, seeds: int = 1) -> dict[str, Any]:
+            variants: tuple[str, ...] = REFERENCES + TABLE2, seeds: int = 1) -> dict[str, Any]:
     """`mmrank pretrain compare --run R`: Table 2 on R's market.
 
     Every variant's encoder goes to ``R/pretrain/<variant>/``; ``R/pretrain/compare.json`` maps each
     variant (and nothing else) to ``{"acc@1": {"image", "text"}, "acc@5": {...}}``;
     ``compare_detail.json`` adds nested dims, timings and the config; ``compare.md`` is the table.
-    The SCL encoder is also installed as ``R/encoder/`` (the one later stages use). ``off-the-shelf``
+    ``metrics.json`` holds each trained row's per-epoch training log (per seed). The MOON2.0 rows
+    (``moe``, ``align``, ``coaug``, ``filter``, ``moon2``: SCL with those switches) run when named in
+    ``variants``. The SCL encoder is also installed as ``R/encoder/`` (the one later stages use). ``off-the-shelf``
     is always EfficientNet-Lite0 + MiniLM with no training; ``popularity`` ranks every query's
     candidates by training purchases (a reference row, no encoder).
 
@@ -163,10 +211,11 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
     env = DistEnv.from_env()
     results: dict[str, Any] = {}
     prepared: dict[tuple, _Prepared] = {}
-    for v in variants:
+    for v in variants:  # every row checked before anything trains
         if v not in VARIANTS + REFERENCES:
             raise ConfigError(f"unknown variant {v!r}; expected one of "
                               f"{', '.join(VARIANTS + REFERENCES)}")
+    for v in variants:
         if v == "popularity":  # a reference that trains nothing: S ranked by training purchases
             if env.main:
                 catalog = read_catalog(run)
@@ -176,6 +225,8 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
         upd: dict[str, Any] = {"variant": v}
         if v == "off-the-shelf":
             upd.update(OFF_THE_SHELF, trainable_blocks=0)
+        elif v in MOON_ROWS:  # SCL with the row's MOON2.0 switches on
+            upd.update({k: True for k in MOON_ROWS[v]})
         c = base.model_copy(update=upd)
         key = (c.image_encoder, c.text_encoder, c.image_size, c.trainable_blocks)
         if key not in prepared:
@@ -194,7 +245,13 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
                           "of their positives; behaviour is simulated"}
         out = run / "pretrain"
         out.mkdir(parents=True, exist_ok=True)
-        for name, payload in (("compare.json", table), ("compare_detail.json", detail)):
+        logs = {v: ([r.get("epochs", [])] if "per_seed_epochs" not in r else r["per_seed_epochs"])
+                for v, r in results.items() if r.get("epochs") or r.get("per_seed_epochs")}
+        training = {"note": "per variant, per seed: one record per epoch (losses by name; MoE rows: "
+                            "the router's mean gate per expert, by tower; filter rows: the dropped "
+                            "share of the training pairs)", "variants": logs}
+        for name, payload in (("compare.json", table), ("compare_detail.json", detail),
+                              ("metrics.json", training)):
             write_text(out / name, json.dumps(payload, indent=1))
         write_text(out / "compare.md", markdown_table(shown))
         if "scl" in results:
@@ -222,6 +279,8 @@ def _over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
             std[acc][m] = float(np.std(xs, ddof=1)) if len(xs) > 1 else None
     out.update(mean, std=std, seeds=len(per_seed),
                per_seed=[{"acc@1": r["acc@1"], "acc@5": r["acc@5"]} for r in per_seed])
+    if any("epochs" in r for r in per_seed):
+        out["per_seed_epochs"] = [r.get("epochs", []) for r in per_seed]
     return out
 
 

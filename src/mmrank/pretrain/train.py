@@ -1,6 +1,12 @@
 """The SCL trainer (Sec. 3.3): InfoNCE over in-batch keys (gathered across ranks) + a MoCo queue,
 triplet loss on hard negatives, nested dimensions. Runs unchanged under ``torchrun`` (gloo).
 
+MOON2.0's switches (issue 20, :meth:`PretrainConfig.switches`): ``moe`` (the towers' modality mixture
+of experts), ``align`` (the item-level image-title term), ``coaug`` (item keys from augmented views and
+template titles, :mod:`mmrank.pretrain.augment`), ``filter`` (:mod:`mmrank.pretrain.filtering`). Each
+epoch's record (losses by name, the router's load per expert, the dropped share) goes to the log and
+to ``report["epochs"]``.
+
 Determinism: batch ``s`` of epoch ``e`` is fixed by ``(seed, e)``, the torch RNG is re-seeded from
 ``(seed, step)`` each step, so a run resumed from a checkpoint replays the same batches, and a
 2-rank run sees the same global batches as a 1-rank run (each rank takes its slice).
@@ -14,6 +20,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +30,44 @@ from torch import nn
 from mmrank.errors import ConfigError, MMRankError
 from mmrank.pretrain.checkpoint import FILE, load_checkpoint, save_checkpoint
 from mmrank.pretrain.config import PretrainConfig
-from mmrank.pretrain.data import IMAGE, TEXT, Features, PairTable
+from mmrank.pretrain.augment import AugmentedFeatures
+from mmrank.pretrain.data import BOTH, IMAGE, TEXT, Catalog, Features, PairTable
 from mmrank.pretrain.distributed import DistEnv
-from mmrank.pretrain.losses import InfoNCELoss, MomentumQueue, TripletLoss, momentum_update
+from mmrank.pretrain.filtering import PairFilter
+from mmrank.pretrain.losses import (AlignmentLoss, InfoNCELoss, MomentumQueue, TripletLoss,
+                                    momentum_update)
 from mmrank.pretrain.model import SCLModel
+
+
+@dataclass
+class ModalityInputs:
+    """Which inputs each item and query has: ``item_img``, ``item_txt`` (N,) bool; ``query`` (P,)
+    int8 (``TEXT`` | ``IMAGE`` | ``BOTH``)."""
+
+    item_img: torch.Tensor
+    item_txt: torch.Tensor
+    query: np.ndarray
+
+
+def modality_inputs(catalog: Catalog | None, pairs: PairTable, n_items: int) -> ModalityInputs:
+    """The one place the modality flags are read. Items: the ``has_image`` / ``has_title`` columns of
+    the items file when present (bool; an absent column means every item has it; a null counts as
+    present); queries: ``pairs.modality`` (from ``query_modality``: text | image | both).
+    ``catalog`` None (features built in memory): every item has both."""
+    flags = {"has_image": np.ones(n_items, bool), "has_title": np.ones(n_items, bool)}
+    if catalog is not None:
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(catalog.path).names
+        cols = [c for c in flags if c in names]
+        if cols:
+            t = pq.read_table(catalog.path, columns=["item_id", *cols])
+            if not np.array_equal(t.column("item_id").to_numpy().astype(np.int64), catalog.item_ids):
+                raise MMRankError(f"{catalog.path}: item rows changed while reading {cols}")
+            for c in cols:
+                flags[c] = np.asarray([v is not False for v in t.column(c).to_pylist()], bool)
+    return ModalityInputs(torch.from_numpy(flags["has_image"]), torch.from_numpy(flags["has_title"]),
+                          np.asarray(pairs.modality))
 
 
 class Objective(nn.Module):
@@ -40,6 +81,8 @@ class Objective(nn.Module):
         self.i2q = (InfoNCELoss(cfg.temperature, nested_dims=nd, name="contrastive_loss_item")
                     if cfg.symmetric else None)
         self.triplet = TripletLoss(cfg.margin, cfg.triplet_weight, nd) if use["triplet"] else None
+        self.align = (AlignmentLoss(cfg.align_weight, cfg.temperature)
+                      if cfg.switches()["align"] and use["queries"] else None)
 
 
 def config_digest(cfg: PretrainConfig) -> str:
@@ -66,7 +109,9 @@ def _check(cfg: PretrainConfig, env: DistEnv) -> None:
 def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.ndarray,
           env: DistEnv | None = None, ckpt_dir: Path | None = None,
           image_tail: nn.Module | None = None,
-          log: Callable[[str], None] = print, data_digest: str = "") -> SCLModel:
+          log: Callable[[str], None] = print, data_digest: str = "",
+          modality: ModalityInputs | None = None, aug: AugmentedFeatures | None = None,
+          report: dict | None = None) -> SCLModel:
     """Train one variant (not ``off-the-shelf``) and return the online model.
 
     Args:
@@ -79,15 +124,25 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
         image_tail: the fine-tuned end of the image backbone (``trainable_blocks > 0``).
         data_digest: the digest of the tables the features and pairs came from
             (:mod:`mmrank.lineage`): a checkpoint made from other data is not resumed.
+        modality: the items' and queries' modality flags (:func:`modality_inputs`; None: all present).
+        aug: the co-augmented item features (needed with ``coaug``).
+        report: filled with ``epochs`` (one record per epoch) and ``dropped`` (filter: pair rows
+            dropped, by epoch).
     """
     env = env or DistEnv.from_env()
     _check(cfg, env)
     use = cfg.uses()
     if not use["train"]:
         raise ConfigError("the off-the-shelf variant has nothing to train")
+    sw = cfg.switches()
+    if sw["coaug"] and aug is None:
+        raise ConfigError("coaug: the augmented item features were not built (see pretrain.augment)")
+    if aug is not None and not sw["coaug"]:
+        aug = None
+    modality = modality or modality_inputs(None, pairs, len(item_ids))
     torch.manual_seed(cfg.seed)
     d_img = image_tail_dim(image_tail, feats)
-    model = SCLModel(d_img, feats.item_txt.shape[1], cfg.dim, cfg.hidden, image_tail)
+    model = SCLModel(d_img, feats.item_txt.shape[1], cfg.dim, cfg.hidden, image_tail, moe=sw["moe"])
     objective = Objective(cfg)
     momentum = copy.deepcopy(model) if use["moco"] else None
     queue = MomentumQueue(cfg.dim, cfg.queue_size) if use["moco"] else None
@@ -135,15 +190,76 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
 
     def queries(r: np.ndarray) -> torch.Tensor:
         """Query vectors of pair rows ``r``, in order: ``(b, D)``."""
-        mod = pairs.modality[r]
+        mod = modality.query[r]
         t_idx, i_idx = np.flatnonzero(mod == TEXT), np.flatnonzero(mod == IMAGE)
+        b_idx = np.flatnonzero(mod == BOTH)
         parts = []
         if len(t_idx):
             parts.append(model.text_query(feats.text_q[feats.qrow[r[t_idx]]]))
         if len(i_idx):
             parts.append(model.image_query(feats.image_q[feats.qrow[r[i_idx]]]))
-        inv = np.argsort(np.concatenate([t_idx, i_idx]), kind="stable")
+        if len(b_idx):
+            assert feats.qrow_image is not None
+            rb = r[b_idx]
+            parts.append(model.query(feats.image_q[feats.qrow_image[rb]], feats.text_q[feats.qrow[rb]],
+                                     torch.full((len(rb),), BOTH)))
+        inv = np.argsort(np.concatenate([t_idx, i_idx, b_idx]), kind="stable")
         return torch.cat(parts)[torch.from_numpy(inv)]
+
+    def item_inputs(ir: np.ndarray, augmented: bool) -> tuple[torch.Tensor, ...]:
+        """``(h_img, h_title, has_img, has_txt)`` of item rows ``ir``; with co-augmentation each
+        item takes a random view and title (the step's seeded torch RNG)."""
+        hi, ht = modality.item_img[ir], modality.item_txt[ir]
+        if not augmented or aug is None:
+            return feats.item_img[ir], feats.item_txt[ir], hi, ht
+        v = torch.randint(0, aug.images.shape[0], (len(ir),))
+        t = torch.randint(0, aug.titles.shape[0], (len(ir),))
+        ir_t = torch.as_tensor(np.asarray(ir), dtype=torch.long)
+        return aug.images[v, ir_t], aug.titles[t, ir_t], hi, ht
+
+    def items(ir: np.ndarray, augmented: bool = True, net: nn.Module | None = None) -> torch.Tensor:
+        return (net or model).item(*item_inputs(ir, augmented))
+
+    pair_filter = PairFilter(cfg.filter_warmup_epochs, cfg.filter_share) if sw["filter"] else None
+    kept_epoch: tuple[int, np.ndarray] | None = None
+
+    @torch.no_grad()
+    def similarity(r: np.ndarray) -> np.ndarray:
+        """Cosine of each training pair's query and positive item under the current model."""
+        was, tally = model.training, model.tally
+        model.eval()
+        model.tally = None
+        out = []
+        for a in range(0, len(r), 1024):
+            c = r[a:a + 1024]
+            out.append((queries(c) * items(pairs.pos[c], augmented=False)).sum(-1))
+        model.train(was)
+        model.tally = tally
+        return torch.cat(out).numpy() if out else np.zeros(0)
+
+    epochs_log: list[dict] = []
+    sums: dict[str, float] = {}
+    n_terms = 0
+    model.tally = {} if sw["moe"] else None
+
+    def close_epoch(epoch: int) -> None:
+        nonlocal sums, n_terms
+        rec: dict = {"epoch": epoch, "steps": n_terms,
+                     "loss": {k: v / max(n_terms, 1) for k, v in sums.items()}}
+        if sw["moe"]:
+            rec["router_load"] = model.router_load()
+            model.tally = {}
+        if pair_filter is not None:
+            rec["dropped_share"] = pair_filter.dropped_share(epoch, len(rows))
+        epochs_log.append(rec)
+        if env.main:
+            parts = [f"{k}={v:.4f}" for k, v in rec["loss"].items()]
+            for role, load in rec.get("router_load", {}).items():
+                parts.append(f"router[{role}]=" + "/".join(f"{e}:{x:.2f}" for e, x in load.items()))
+            if "dropped_share" in rec:
+                parts.append(f"dropped_share={rec['dropped_share']:.3f}")
+            log(f"epoch {epoch} ({cfg.variant}): " + " ".join(parts))
+        sums, n_terms = {}, 0
 
     model.train()
     t0, seen = time.time(), 0
@@ -157,8 +273,16 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
     try:
         while step < total:
             epoch, j = divmod(step, steps_per_epoch)
-            perm = np.random.default_rng([cfg.seed, epoch]).permutation(len(rows))
-            glob = rows[perm[j * batch:(j + 1) * batch]]
+            if pair_filter is not None and pair_filter.active(epoch):
+                if kept_epoch is None or kept_epoch[0] != epoch:  # (a resumed run re-scores here)
+                    kept_epoch = (epoch, pair_filter.select(epoch, rows, similarity(rows)))
+                kept = kept_epoch[1]
+                perm = np.random.default_rng([cfg.seed, epoch]).permutation(len(kept))
+                # as many steps as an unfiltered epoch: the kept pairs, wrapped around
+                glob = kept[perm[np.arange(j * batch, (j + 1) * batch) % len(kept)]]
+            else:
+                perm = np.random.default_rng([cfg.seed, epoch]).permutation(len(rows))
+                glob = rows[perm[j * batch:(j + 1) * batch]]
             local = glob[env.rank * per_rank:(env.rank + 1) * per_rank]
             torch.manual_seed(cfg.seed * 1_000_003 + step)
             for g in opt.param_groups:
@@ -169,11 +293,12 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
             if use["queries"]:
                 item_rows = pairs.pos[local]
                 q = queries(local)
-                k = model.item(feats.item_img[item_rows], feats.item_txt[item_rows])
+                k_in = item_inputs(item_rows, True)
+                k = model.item(*k_in)
                 if momentum is not None and cfg.key_path == "momentum":
                     with torch.no_grad():  # MoCo keys: the momentum encoder of this step
                         momentum.train()
-                        km = momentum.item(feats.item_img[item_rows], feats.item_txt[item_rows])
+                        km = momentum.item(*k_in)
             else:  # CLIP-E: an item's image against its own title
                 item_rows = local
                 q = model.image_query(feats.item_img[item_rows])
@@ -191,8 +316,11 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
                 neg = pairs.neg[local]
                 valid = torch.from_numpy(neg >= 0)
                 nr = np.where(neg >= 0, neg, item_rows)
-                kn = model.item(feats.item_img[nr], feats.item_txt[nr])
+                kn = items(nr)
                 terms.update(objective.triplet(q, k, kn, valid))
+            if objective.align is not None:  # MOON2.0's item level: each item's image vs its title
+                img_v, txt_v = model.item_image_title(k_in[0], k_in[1])
+                terms.update(objective.align(img_v, txt_v, ids, k_in[2] & k_in[3]))
             loss = sum(terms.values())
             if not torch.isfinite(loss):
                 raise MMRankError(f"pretrain {cfg.variant}: loss is {float(loss)} at step {step} "
@@ -206,12 +334,17 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
                     momentum_update(model, momentum, cfg.momentum)
                     with torch.no_grad():
                         momentum.train()
-                        km = momentum.item(feats.item_img[item_rows], feats.item_txt[item_rows])
+                        km = momentum.item(*k_in)
                 else:  # MoCo: enqueue this step's keys, then move the momentum encoder
                     momentum_update(model, momentum, cfg.momentum)
                 queue.enqueue(env.gather(km), ids_all)
+            for name, v in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(v.detach())
+            n_terms += 1
             step += 1
             seen += batch
+            if step % steps_per_epoch == 0 or step == total:
+                close_epoch(epoch)
             if progress is not None:
                 progress.update(task, completed=step,
                                 description=f"pretrain {cfg.variant} loss={float(loss.detach()):.3f}")
@@ -223,6 +356,11 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
     finally:
         if progress is not None:
             progress.stop()
+    model.tally = None
+    if report is not None:
+        report["epochs"] = epochs_log
+        if pair_filter is not None:
+            report["dropped"] = pair_filter.dropped
     if env.main and seen:
         dt = time.time() - t0
         log(f"pretrain {cfg.variant}: {step} steps, {seen / max(dt, 1e-9):.0f} pairs/s, "
