@@ -15,7 +15,7 @@ import numpy as np
 from mmrank.config import record
 from mmrank.data.config import MarketConfig
 from mmrank.data.market.calibration import calibrate_if_asked
-from mmrank.data.market.catalog import load_catalog
+from mmrank.data.market.catalog import drop_modalities, load_catalog
 from mmrank.data.market.hidden import write_truth
 from mmrank.data.market.logs import sort_log
 from mmrank.data.market.manifest import market_manifest, write_manifest
@@ -42,6 +42,7 @@ def generate_market(cfg: MarketConfig, out: str | Path) -> dict[str, Any]:
     r_cat, r_world, r_req, r_beh, r_q, r_photo = (np.random.default_rng(s) for s in root.spawn(6))
 
     cat = load_catalog(cfg, r_cat)
+    drop_modalities(cfg, cat)
     world = build_world(cfg, cat, r_world)
     cfg, calibration = calibrate_if_asked(cfg, cat, world)
     req = draw_requests(cfg, world, r_req)

@@ -97,10 +97,16 @@ def write_tables(data_dir: Path, cfg: MarketConfig, cat: Catalog, world: World, 
 
 def items_table(cat: Catalog, price: np.ndarray, created: np.ndarray) -> pa.Table:
     """The catalog with its simulated prices and arrival times (a real catalog keeps its own columns)."""
+    from mmrank.data.photos import placeholder_image
+
+    n = len(cat.item_ids)
+    has_image = cat.has_image if cat.has_image is not None else np.ones(n, bool)
+    has_title = cat.has_title if cat.has_title is not None else np.ones(n, bool)
+    grey = placeholder_image()
     cols: dict[str, pa.Array] = {
         "item_id": pa.array(cat.item_ids, pa.int64()),
-        "title": pa.array(cat.titles, pa.string()),
-        "image": pa.array(cat.images, pa.binary()),
+        "title": pa.array([t if h else "" for t, h in zip(cat.titles, has_title)], pa.string()),
+        "image": pa.array([b if h else grey for b, h in zip(cat.images, has_image)], pa.binary()),
         "category": pa.array([cat.vocab["article_type"][c] for c in cat.attrs["article_type"]],
                              pa.string()),
         "price": pa.array(price, pa.float64()),
@@ -112,6 +118,9 @@ def items_table(cat: Catalog, price: np.ndarray, created: np.ndarray) -> pa.Tabl
     else:
         for name, arr in cat.extra_columns.items():
             cols[name] = arr
+    # appended last, so the columns before them keep their place (issue 20)
+    cols["has_image"] = pa.array(has_image, pa.bool_())
+    cols["has_title"] = pa.array(has_title, pa.bool_())
     return pa.table(cols)
 
 

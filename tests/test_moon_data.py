@@ -1,0 +1,80 @@
+"""Issue 20 (data side): items without a photo or a title, in the market and in `mmrank data import`."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mmrank.data.photos import placeholder_image
+
+
+@pytest.fixture(scope="module")
+def gappy_market(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mmrank.data.market import generate_market, market_config
+
+    run = tmp_path_factory.mktemp("gappy")
+    generate_market(market_config(size="tiny", seed=3, n_items=1000, n_users=200, n_impressions=2000,
+                                  missing_image_share=0.2, missing_title_share=0.1), run)
+    return run
+
+
+def test_market_shares_of_missing_photos_and_titles_are_honoured(gappy_market: Path) -> None:
+    items = pq.read_table(gappy_market / "data" / "items.parquet")
+    has_image = np.asarray(items.column("has_image").to_pylist())
+    has_title = np.asarray(items.column("has_title").to_pylist())
+    # 1000 items: a binomial share's std is ~0.013 at 0.2 and ~0.009 at 0.1
+    assert abs((~has_image).mean() - 0.2) < 0.04
+    assert abs((~has_title).mean() - 0.1) < 0.03
+    assert not (~has_image & ~has_title).any()  # an item keeps one of the two
+    grey = placeholder_image()
+    images, titles = items.column("image").to_pylist(), items.column("title").to_pylist()
+    assert all((b == grey) == (not h) for b, h in zip(images, has_image))
+    assert all((t == "") == (not h) for t, h in zip(titles, has_title))
+    # the columns come last: the ones before them keep their place
+    assert items.column_names[-2:] == ["has_image", "has_title"]
+
+
+def test_default_market_has_every_modality(tiny_market: Path) -> None:
+    items = pq.read_table(tiny_market / "data" / "items.parquet", columns=["has_image", "has_title", "title"])
+    assert all(items.column("has_image").to_pylist()) and all(items.column("has_title").to_pylist())
+    assert all(items.column("title").to_pylist())
+
+
+def test_shares_that_leave_an_item_nothing_are_refused() -> None:
+    from mmrank.data.market import market_config
+    from mmrank.errors import MMRankError
+
+    with pytest.raises((MMRankError, ValueError), match="at most 1"):
+        market_config(size="tiny", missing_image_share=0.7, missing_title_share=0.5)
+
+
+def _jpeg() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_import_accepts_rows_without_photo_or_title(tmp_path: Path) -> None:
+    from mmrank.data.importer import import_data
+
+    photo = _jpeg()
+    t = pa.table({"item_id": pa.array([1, 2, 3, 4], pa.int64()),
+                  "title": pa.array(["red shirt", None, "  ", "blue bag"], pa.string()),
+                  "image": pa.array([photo, photo, None, None], pa.binary()),
+                  "category": ["shirt", "shirt", "bag", "bag"]})
+    pq.write_table(t, tmp_path / "items.parquet")
+    (tmp_path / "events.csv").write_text("ts,user_id,item_id,event\n" + "\n".join(
+        f"{1000 + 10 * i},{i % 2},{1 + i % 4},click" for i in range(8)) + "\n")
+    s = import_data(tmp_path / "run", items=tmp_path / "items.parquet", events=tmp_path / "events.csv")
+    assert s["items_without"]["image"] == 2 and s["items_without"]["title"] == 2
+    items = pq.read_table(tmp_path / "run" / "data" / "items.parquet")
+    assert items.column("has_image").to_pylist() == [True, True, False, False]
+    assert items.column("has_title").to_pylist() == [True, False, False, True]
+    assert items.column("image").to_pylist()[2] == placeholder_image()
