@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from mmrank.data.photos import placeholder_image
 
@@ -78,3 +79,57 @@ def test_import_accepts_rows_without_photo_or_title(tmp_path: Path) -> None:
     assert items.column("has_image").to_pylist() == [True, True, False, False]
     assert items.column("has_title").to_pylist() == [True, False, False, True]
     assert items.column("image").to_pylist()[2] == placeholder_image()
+
+
+class _Toy(torch.nn.Module):
+    """A tower that passes features through (L2-normalised): Acc@N is then a property of the data."""
+
+    dim = 8
+
+    def _n(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(x.float(), dim=-1)
+
+    def text_query(self, x):
+        return self._n(x)
+
+    def image_query(self, x):
+        return self._n(x)
+
+    def item(self, img, txt):
+        return self._n(img + txt)
+
+
+def test_acc_by_item_modality_adds_up_to_the_query_modality(tmp_path: Path) -> None:
+    from mmrank.pretrain.data import IMAGE, TEXT, Features, PairTable
+    from mmrank.pretrain.evaluate import ITEM_MODALITIES, evaluate, item_modality
+
+    rng = np.random.default_rng(0)
+    n_items, n_pairs = 60, 200
+    item_img = torch.from_numpy(rng.normal(size=(n_items, 8)).astype(np.float32))
+    item_txt = torch.from_numpy(rng.normal(size=(n_items, 8)).astype(np.float32))
+    pos = rng.integers(0, n_items, n_pairs)
+    modality = np.where(rng.random(n_pairs) < 0.4, IMAGE, TEXT).astype(np.int8)
+    noisy = (item_img + item_txt).numpy()[pos] + rng.normal(scale=1.5, size=(n_pairs, 8))
+    q = torch.from_numpy(noisy.astype(np.float32))
+    pairs = PairTable(modality, [None] * n_pairs, [None] * n_pairs, pos, np.full(n_pairs, -1),
+                      rng.random(n_pairs) < 0.7, np.arange(n_pairs))
+    feats = Features(item_img, item_txt, q, q, np.arange(n_pairs))
+    # the items file gives the item modalities
+    ids = np.arange(n_items, dtype=np.int64) + 500
+    has_image, has_title = rng.random(n_items) < 0.7, np.ones(n_items, bool)
+    has_title[has_image] = rng.random(int(has_image.sum())) < 0.7
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.table({"item_id": ids[::-1].copy(), "has_image": has_image[::-1].copy(),
+                             "has_title": has_title[::-1].copy()}), tmp_path / "data" / "items.parquet")
+    codes = item_modality(tmp_path, ids)
+    assert (codes == np.where(has_image & has_title, 0, np.where(has_image, 1, 2))).all()
+    out = evaluate(_Toy(), feats, pairs, item_codes=codes)
+    by = out["by_item_modality"]
+    for m in ("image", "text"):
+        counts = by["n_test"][m]
+        assert sum(counts.values()) == out["n_test"][m]
+        assert min(counts.values()) > 0
+        for n in (1, 5):
+            total = sum(by[f"acc@{n}"][m][g] * counts[g] for g in ITEM_MODALITIES)
+            assert total / out["n_test"][m] == pytest.approx(out[f"acc@{n}"][m], abs=1e-9)
+            assert 0.0 < out[f"acc@{n}"][m] < 1.0  # neither trivial nor empty

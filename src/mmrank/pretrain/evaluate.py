@@ -4,6 +4,11 @@ For each query modality, D = the test pairs with that modality and S = the set o
 (the paper's test set is one modality at a time). Scores are dot products of L2-normalised vectors;
 ``mmrank.eval.acc_at_n`` counts the hits (exact search over all of S; a test cross-checks it against
 a FAISS ``IndexFlatIP``).
+
+Issue 20: ``by_item_modality`` splits each query modality's Acc@N by what its positive item has
+(``both`` = photo and title, ``image_only``, ``text_only``; from ``items.parquet``'s ``has_image`` /
+``has_title``, all ``both`` when the columns are absent). Each query still ranks all of S, so the
+groups' hits, weighted by their ``n_test``, add up to the query modality's Acc@N.
 """
 
 from __future__ import annotations
@@ -18,6 +23,32 @@ from mmrank.pretrain.data import IMAGE, TEXT, Features, PairTable
 from mmrank.vectors import l2_normalise
 
 MODALITIES = (("image", IMAGE), ("text", TEXT))
+ITEM_MODALITIES = ("both", "image_only", "text_only")
+
+
+def item_modality(run, catalog_ids: np.ndarray) -> np.ndarray:
+    """``(N,)`` codes into :data:`ITEM_MODALITIES` of the catalog rows (``catalog_ids`` order), from
+    ``R/data/items.parquet``'s ``has_image`` / ``has_title`` (absent columns: every item has both)."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    path = Path(run) / "data" / "items.parquet"
+    names = pq.read_schema(path).names
+    codes = np.zeros(len(catalog_ids), np.int8)
+    if "has_image" not in names and "has_title" not in names:
+        return codes
+    cols = ["item_id"] + [c for c in ("has_image", "has_title") if c in names]
+    t = pq.read_table(path, columns=cols)
+    ids = t.column("item_id").to_numpy()
+    n = len(ids)
+    img = np.asarray(t.column("has_image").to_pylist(), bool) if "has_image" in names else np.ones(n, bool)
+    txt = np.asarray(t.column("has_title").to_pylist(), bool) if "has_title" in names else np.ones(n, bool)
+    code = np.where(img & txt, 0, np.where(img, 1, 2)).astype(np.int8)
+    order = np.argsort(ids, kind="stable")
+    pos = np.clip(np.searchsorted(ids[order], catalog_ids), 0, max(n - 1, 0))
+    codes[:] = code[order[pos]]
+    return codes
 
 
 @torch.no_grad()
@@ -41,12 +72,17 @@ def test_vectors(model: torch.nn.Module, feats: Features, pairs: PairTable,
 
 
 def evaluate(model: torch.nn.Module, feats: Features, pairs: PairTable,
-             nested_dims: Sequence[int] = (), ns: Sequence[int] = (1, 5)) -> dict:
-    """``{"acc@1": {"image": x, "text": y}, "acc@5": {...}, "n_test": {...}, "nested": {d: {...}}}``.
+             nested_dims: Sequence[int] = (), ns: Sequence[int] = (1, 5),
+             item_codes: np.ndarray | None = None) -> dict:
+    """``{"acc@1": {"image": x, "text": y}, "acc@5": {...}, "n_test": {...}, "nested": {d: {...}},
+    "by_item_modality": {"acc@1": {"image": {"both": .., "image_only": .., "text_only": ..}, ...},
+    "n_test": {...}}}``.
 
-    A modality with no test pairs gets ``None``.
+    A modality (or item-modality group) with no test pairs gets ``None``. ``item_codes``: each catalog
+    row's code into :data:`ITEM_MODALITIES` (:func:`item_modality`); None: every item has both.
     """
     from mmrank.eval import acc_at_n
+    from mmrank.eval.metrics import retrieval_ranks
 
     was = model.training
     model.eval()
@@ -55,16 +91,27 @@ def evaluate(model: torch.nn.Module, feats: Features, pairs: PairTable,
     nested: dict[str, dict] = {}
     full = getattr(model, "dim", None)
     dims = [d for d in nested_dims if full is None or d < full]
+    codes = item_codes if item_codes is not None else np.zeros(int(pairs.pos.max(initial=0)) + 1, np.int8)
+    by_item: dict = {f"acc@{n}": {} for n in ns}
+    by_item["n_test"] = {}
     for name, m in MODALITIES:
         q, p = test_vectors(model, feats, pairs, m)
         out["n_test"][name] = int(q.shape[0])
+        group = codes[pairs.pos[np.flatnonzero(pairs.test & (pairs.modality == m))]]
+        by_item["n_test"][name] = {g: int((group == k).sum()) for k, g in enumerate(ITEM_MODALITIES)}
         if q.shape[0] == 0:
             for n in ns:
                 out[f"acc@{n}"][name] = None
+                by_item[f"acc@{n}"][name] = {g: None for g in ITEM_MODALITIES}
             continue
         acc = acc_at_n(q, p, list(ns))
         for n in ns:
             out[f"acc@{n}"][name] = float(acc[n])
+        ranks = retrieval_ranks(q, p)
+        for n in ns:
+            hits = expected_hits(ranks.better, ranks.tied, n)
+            by_item[f"acc@{n}"][name] = {g: float(hits[group == k].mean()) if (group == k).any() else None
+                                         for k, g in enumerate(ITEM_MODALITIES)}
         for d in dims:
             acc_d = acc_at_n(l2_normalise(q[:, :d]), l2_normalise(p[:, :d]), list(ns))
             slot = nested.setdefault(str(d), {f"acc@{n}": {} for n in ns})
@@ -72,6 +119,7 @@ def evaluate(model: torch.nn.Module, feats: Features, pairs: PairTable,
                 slot[f"acc@{n}"][name] = float(acc_d[n])
     if nested:
         out["nested"] = nested
+    out["by_item_modality"] = by_item
     model.train(was)
     return out
 

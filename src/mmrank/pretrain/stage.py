@@ -21,7 +21,7 @@ from mmrank.pretrain.item_encoder import save_encoder
 from mmrank.pretrain.config import REFERENCES, VARIANTS, PretrainConfig
 from mmrank.pretrain.data import build_features, native_image_size, read_catalog, read_pairs
 from mmrank.pretrain.distributed import DistEnv
-from mmrank.pretrain.evaluate import evaluate, popularity
+from mmrank.pretrain.evaluate import evaluate, item_modality, popularity
 from mmrank.pretrain.model import OffTheShelf
 from mmrank.pretrain.train import train
 
@@ -106,7 +106,8 @@ def run_variant(run: Path, cfg: PretrainConfig, out: Path, prep: _Prepared | Non
     metrics: dict[str, Any] = {}
     if env.main:
         metrics = evaluate(model, prep.feats, prep.pairs,
-                           [] if isinstance(model, OffTheShelf) else cfg.nested_dims)
+                           [] if isinstance(model, OffTheShelf) else cfg.nested_dims,
+                           item_codes=item_modality(run, prep.catalog.item_ids))
         metrics.update(variant=cfg.variant, train_seconds=round(train_s, 2),
                        image_size=prep.image_size, world_size=env.world)
         own: dict[str, torch.Tensor] = {}
