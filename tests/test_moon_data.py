@@ -133,3 +133,46 @@ def test_acc_by_item_modality_adds_up_to_the_query_modality(tmp_path: Path) -> N
             total = sum(by[f"acc@{n}"][m][g] * counts[g] for g in ITEM_MODALITIES)
             assert total / out["n_test"][m] == pytest.approx(out[f"acc@{n}"][m], abs=1e-9)
             assert 0.0 < out[f"acc@{n}"][m] < 1.0  # neither trivial nor empty
+
+
+@pytest.fixture(scope="module")
+def noisy_market(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mmrank.data.market import generate_market, market_config
+
+    run = tmp_path_factory.mktemp("noisy")
+    generate_market(market_config(size="tiny", seed=1, n_items=400, n_users=300, n_impressions=20_000,
+                                  noisy_pair_share=0.2), run)
+    return run
+
+
+def test_noisy_pairs_are_flagged_only_under_truth(noisy_market: Path, tiny_market: Path) -> None:
+    pairs = pq.read_table(noisy_market / "data" / "pairs.parquet")
+    noisy = pq.read_table(noisy_market / "truth" / "noisy_pairs.parquet")
+    train = np.asarray(pairs.column("split").to_pylist()) == "train"
+    ids = noisy.column("pair_id").to_numpy()
+    assert train[ids].all()  # test pairs stay clean
+    assert abs(len(ids) / train.sum() - 0.2) < 0.06
+    # the pairs table carries the noisy item, and no column says so
+    assert (pairs.column("pos_item_id").to_numpy()[ids] == noisy.column("logged_item_id").to_numpy()).all()
+    assert (noisy.column("logged_item_id").to_numpy() != noisy.column("sought_item_id").to_numpy()).all()
+    assert pairs.column_names == pq.read_schema(tiny_market / "data" / "pairs.parquet").names
+    assert not [p for p in (noisy_market / "data").rglob("*") if "noisy" in p.name]
+    assert not (tiny_market / "truth" / "noisy_pairs.parquet").exists()  # share 0: no file, same data
+
+
+def test_evaluator_measures_a_filters_precision(noisy_market: Path) -> None:
+    from mmrank.data.truth import Evaluator
+    from mmrank.errors import DataError
+
+    ev = Evaluator(noisy_market)
+    noisy = pq.read_table(noisy_market / "truth" / "noisy_pairs.parquet").column("pair_id").to_numpy()
+    split = pq.read_table(noisy_market / "data" / "pairs.parquet").column("split").to_pylist()
+    clean = [i for i, s in enumerate(split) if s == "train" and i not in set(noisy.tolist())]
+    dropped = list(noisy[:3]) + clean[:1]  # 3 of 4 dropped are noise
+    out = ev.filter_precision(dropped)
+    assert out["precision"] == pytest.approx(0.75)
+    assert out["recall"] == pytest.approx(3 / len(noisy))
+    assert out["dropped"] == 4 and out["dropped_noisy"] == 3 and out["noisy"] == len(noisy)
+    assert ev.filter_precision([])["precision"] is None
+    with pytest.raises(DataError, match="not a row of pairs.parquet"):
+        ev.filter_precision([len(split)])

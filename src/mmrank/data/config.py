@@ -114,6 +114,12 @@ class MarketConfig(StrictModel):
         "shop catalog at hand (../shared/data/fashion-catalog, 44,072 Myntra products) has no item without a "
         "photo (measured), and no other shop's share was measured here; set it for missing-modality studies "
         "(issue 20). Only the logged row lacks the photo: simulated users see the item as generated")
+    noisy_pair_share: float = Field(
+        0.0, ge=0.0, lt=1.0, description="share of the training <query, purchased item> pairs whose item "
+        "was not what the query sought (a mis-attributed purchase: the pair's item is replaced by a "
+        "uniformly drawn catalog item of another article type); flagged only in R/truth/noisy_pairs.parquet "
+        "(pair_id = row of R/data/pairs.parquet), for measuring a noise filter. Test pairs stay clean. "
+        "Default 0: the market's pairs are as the simulation logged them")
     missing_title_share: float = Field(
         0.0, ge=0.0, le=1.0, description="share of items whose logged title is empty (has_title = false). "
         "Default 0 for the same reason: the fashion catalog has no item without a title (measured)")

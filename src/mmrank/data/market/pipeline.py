@@ -15,6 +15,7 @@ import numpy as np
 from mmrank.config import record
 from mmrank.data.config import MarketConfig
 from mmrank.data.market.calibration import calibrate_if_asked
+from mmrank.data.io import write_table
 from mmrank.data.market.catalog import drop_modalities, load_catalog
 from mmrank.data.market.hidden import write_truth
 from mmrank.data.market.logs import sort_log
@@ -54,6 +55,8 @@ def generate_market(cfg: MarketConfig, out: str | Path) -> dict[str, Any]:
     split = time_split(cfg, req)
     tables = write_tables(data_dir, cfg, cat, world, req, slots, cands, queries, photos, split)
     write_truth(truth_dir, cfg, cat, world, req, slots, cands, intents)
+    if tables.noisy is not None:  # issue 20: which pairs are noise, for evaluation code only
+        write_table(tables.noisy, truth_dir / "noisy_pairs.parquet")
 
     surfaces = surface_stats(cfg, cat, world, req, slots, split.start_ts, split.split_ts)
     manifest = market_manifest(cfg, cat, req, slots, tables, len(photos), split, surfaces, calibration)

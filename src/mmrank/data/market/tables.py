@@ -60,6 +60,34 @@ class Tables:
     pairs: pa.Table
     samples: pa.Table
     lists: pa.Table
+    noisy: pa.Table | None = None  # R/truth/noisy_pairs.parquet (only with a noisy-pair share)
+
+
+def add_noisy_pairs(cfg: MarketConfig, cat: Catalog, pairs: pa.Table) -> tuple[pa.Table, pa.Table | None]:
+    """Replace ``cfg.noisy_pair_share`` of the training pairs' items by an item of another article type
+    (own stream of the seed; nothing drawn at share 0). Returns the pairs and the truth table
+    (``pair_id`` = row of ``pairs.parquet``, ``sought_item_id``, ``logged_item_id``) or None."""
+    if cfg.noisy_pair_share <= 0 or pairs.num_rows == 0:
+        return pairs, None
+    rng = np.random.default_rng([cfg.seed, 0x4E4F4953])
+    train = np.asarray(pairs.column("split").to_pylist()) == "train"
+    pick = np.flatnonzero(train & (rng.random(pairs.num_rows) < cfg.noisy_pair_share))
+    pos = pairs.column("pos_item_id").to_numpy().copy()
+    order = np.argsort(cat.item_ids, kind="stable")
+    types = cat.attrs["article_type"]
+    sought = pos[pick]
+    rows = order[np.searchsorted(cat.item_ids[order], sought)]
+    new = np.empty(len(pick), np.int64)
+    for j, r in enumerate(rows):
+        other = np.flatnonzero(types != types[r])
+        new[j] = cat.item_ids[other[rng.integers(len(other))]] if len(other) else \
+            cat.item_ids[(r + 1 + rng.integers(len(types) - 1)) % len(types)]
+    pos[pick] = new
+    i = pairs.column_names.index("pos_item_id")
+    pairs = pairs.set_column(i, "pos_item_id", pa.array(pos, pa.int64()))
+    truth = pa.table({"pair_id": pa.array(pick.astype(np.int64)), "sought_item_id": pa.array(sought),
+                      "logged_item_id": pa.array(new)})
+    return pairs, truth
 
 
 def write_tables(data_dir: Path, cfg: MarketConfig, cat: Catalog, world: World, req: Requests,
@@ -86,13 +114,13 @@ def write_tables(data_dir: Path, cfg: MarketConfig, cat: Catalog, world: World, 
     candidates = pa.table(cols)
     write_table(candidates, data_dir / "candidates.parquet")
 
-    pairs = build_pairs(events, split.split_ts, split.start_ts)
+    pairs, noisy = add_noisy_pairs(cfg, cat, build_pairs(events, split.split_ts, split.start_ts))
     write_table(pairs, data_dir / "pairs.parquet")
     samples = build_ctr_samples(events, items, split.split_ts, HISTORY_LEN, split.start_ts)
     write_table(samples, data_dir / "ctr_samples.parquet")
     lists = build_lists(events, items, split.split_ts, split.start_ts, candidates, HISTORY_LEN)
     write_table(lists, data_dir / "lists.parquet")
-    return Tables(items, users, events, candidates, pairs, samples, lists)
+    return Tables(items, users, events, candidates, pairs, samples, lists, noisy)
 
 
 def items_table(cat: Catalog, price: np.ndarray, created: np.ndarray) -> pa.Table:
