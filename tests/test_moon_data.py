@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -20,7 +21,8 @@ def gappy_market(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     run = tmp_path_factory.mktemp("gappy")
     generate_market(market_config(size="tiny", seed=3, n_items=1000, n_users=200, n_impressions=2000,
-                                  missing_image_share=0.2, missing_title_share=0.1), run)
+                                  missing_image_share=0.2, missing_title_share=0.1,
+                                  both_query_share=0.25), run)
     return run
 
 
@@ -176,3 +178,26 @@ def test_evaluator_measures_a_filters_precision(noisy_market: Path) -> None:
     assert ev.filter_precision([])["precision"] is None
     with pytest.raises(DataError, match="not a row of pairs.parquet"):
         ev.filter_precision([len(split)])
+
+
+def test_market_both_queries_carry_words_and_a_photo(gappy_market: Path, tiny_market: Path) -> None:
+    pairs = pq.read_table(gappy_market / "data" / "pairs.parquet")
+    mod = np.asarray(pairs.column("query_modality").to_pylist())
+    text, image = pairs.column("query_text").to_pylist(), pairs.column("query_image").to_pylist()
+    assert set(mod) == {"text", "image", "both"}
+    for m, t, i in zip(mod, text, image):
+        assert (t is not None) == (m != "image") and (i is not None) == (m != "text")
+    ev = pq.read_table(gappy_market / "truth" / "requests.parquet", columns=["surface", "photo_query"])
+    events = pq.read_table(gappy_market / "data" / "events.parquet", columns=["request_id", "query_text",
+                                                                              "query_image", "surface"])
+    search = pa.compute.equal(events.column("surface"), "search")
+    e = events.filter(search)
+    _, first = np.unique(e.column("request_id").to_numpy(), return_index=True)
+    t_ok = ~np.asarray(pa.compute.is_null(e.column("query_text")).to_pylist())[first]
+    i_ok = ~np.asarray(pa.compute.is_null(e.column("query_image")).to_pylist())[first]
+    both = (t_ok & i_ok).mean()
+    assert abs(both - 0.25) < 0.06 and abs((i_ok & ~t_ok).mean() - 0.3) < 0.06  # request shares
+    photos = set(pq.read_table(gappy_market / "data" / "query_images.parquet",
+                               columns=["query_image"]).column("query_image").to_pylist())
+    assert {i for i in image if i is not None} <= photos
+    assert "both" not in pq.read_table(tiny_market / "data" / "pairs.parquet").column("query_modality").to_pylist()

@@ -108,6 +108,10 @@ class MarketConfig(StrictModel):
     n_days: int = Field(30, ge=2)
     initial_item_share: float = Field(0.7, gt=0.0, le=1.0, description="items that exist on day 0")
     image_query_share: float = Field(0.3, ge=0.0, le=1.0)
+    both_query_share: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of search queries made of words and a photo together "
+        "(query_modality 'both'; taken from the text queries, so image_query_share + both_query_share <= 1). "
+        "Default 0: no measured share of such queries was at hand; set it for issue 20's per-modality study")
     missing_image_share: float = Field(
         0.0, ge=0.0, le=1.0, description="share of items whose logged catalog row has no photo (the "
         "placeholder the importer uses stands in; items.parquet has_image = false). Default 0: the one real "
@@ -136,6 +140,8 @@ class MarketConfig(StrictModel):
 
     @model_validator(mode="after")
     def _missing_shares_fit(self) -> "MarketConfig":
+        if self.image_query_share + self.both_query_share > 1.0:
+            raise ValueError("image_query_share + both_query_share must be at most 1")
         if self.missing_image_share + self.missing_title_share > 1.0:
             raise ValueError("missing_image_share + missing_title_share must be at most 1 (an item keeps "
                              "its photo or its title)")
