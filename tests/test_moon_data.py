@@ -201,3 +201,37 @@ def test_market_both_queries_carry_words_and_a_photo(gappy_market: Path, tiny_ma
                                columns=["query_image"]).column("query_image").to_pylist())
     assert {i for i in image if i is not None} <= photos
     assert "both" not in pq.read_table(tiny_market / "data" / "pairs.parquet").column("query_modality").to_pylist()
+
+
+def test_both_queries_use_the_mean_of_text_and_image_vectors() -> None:
+    from mmrank.pretrain.data import IMAGE, TEXT, Features, PairTable
+    from mmrank.pretrain.evaluate import BOTH, evaluate
+
+    rng = np.random.default_rng(1)
+    n_items, n = 30, 90
+    item = torch.from_numpy(rng.normal(size=(n_items, 8)).astype(np.float32))
+    pos = rng.integers(0, n_items, n)
+    modality = np.array([TEXT, IMAGE, BOTH] * 30, np.int8)
+    target = (2 * item).numpy()[pos]
+    text_q = torch.from_numpy((target + rng.normal(scale=2.0, size=(n, 8))).astype(np.float32))
+    image_q = torch.from_numpy((target + rng.normal(scale=2.0, size=(n, 8))).astype(np.float32))
+    pairs = PairTable(modality, [None] * n, [None] * n, pos, np.full(n, -1), np.ones(n, bool), np.arange(n))
+    feats = Features(item, item, text_q, image_q, np.arange(n))
+    plain = evaluate(_Toy(), feats, pairs)
+    assert "both" not in plain["acc@1"]  # no rows for both queries without their two query rows
+    feats.qrow_text, feats.qrow_image = np.arange(n), np.arange(n)
+    out = evaluate(_Toy(), feats, pairs)
+    assert out["n_test"]["both"] == 30 and out["acc@1"]["text"] == plain["acc@1"]["text"]
+    # the mean of two independent noisy views finds its item at least as often as either (here: more)
+    assert out["acc@5"]["both"] > max(out["acc@5"]["text"], out["acc@5"]["image"])
+
+    class _WithBoth(_Toy):
+        def both_query(self, t, i):
+            return self._n(i)  # a model's own rule is used when it has one
+
+    own = evaluate(_WithBoth(), feats, pairs)
+    img_rows = np.flatnonzero(modality == BOTH)
+    feats2 = Features(item, item, text_q, image_q[img_rows], np.arange(n))
+    check = evaluate(_Toy(), feats2, PairTable(np.full(30, IMAGE, np.int8), [None] * 30, [None] * 30,
+                                               pos[img_rows], np.full(30, -1), np.ones(30, bool), np.arange(30)))
+    assert own["acc@1"]["both"] == pytest.approx(check["acc@1"]["image"])

@@ -24,6 +24,13 @@ from mmrank.vectors import l2_normalise
 
 MODALITIES = (("image", IMAGE), ("text", TEXT))
 ITEM_MODALITIES = ("both", "image_only", "text_only")
+BOTH = 2  # PairTable.modality of a query with words and a photo (pretrain.data may define BOTH)
+
+
+def _both_code() -> int:
+    from mmrank.pretrain import data
+
+    return int(getattr(data, "BOTH", BOTH))
 
 
 def item_modality(run, catalog_ids: np.ndarray) -> np.ndarray:
@@ -59,12 +66,23 @@ def _batched(fn, x: torch.Tensor, bs: int = 1024) -> torch.Tensor:
 @torch.no_grad()
 def test_vectors(model: torch.nn.Module, feats: Features, pairs: PairTable,
                  modality: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(D, dim)`` query vectors and ``(D, dim)`` positive item vectors of one modality's test pairs."""
+    """``(D, dim)`` query vectors and ``(D, dim)`` positive item vectors of one modality's test pairs
+    (``BOTH`` needs ``feats.qrow_text`` / ``feats.qrow_image``: each pair's row in ``text_q`` / ``image_q``)."""
     rows = np.flatnonzero(pairs.test & (pairs.modality == modality))
     if modality == TEXT:
         q = _batched(model.text_query, feats.text_q[feats.qrow[rows]])
-    else:
+    elif modality == IMAGE:
         q = _batched(model.image_query, feats.image_q[feats.qrow[rows]])
+    else:  # words and a photo: the model's both_query if it has one, else the mean of the two vectors
+        t = feats.text_q[feats.qrow_text[rows]]  # type: ignore[attr-defined]
+        i = feats.image_q[feats.qrow_image[rows]]  # type: ignore[attr-defined]
+        both = getattr(model, "both_query", None)
+        if both is not None:
+            q = both(t, i)
+        else:
+            norm = torch.nn.functional.normalize
+            q = norm(norm(_batched(model.text_query, t), dim=-1) + norm(_batched(model.image_query, i), dim=-1),
+                     dim=-1) if len(rows) else t
     uniq, inv = np.unique(pairs.pos[rows], return_inverse=True)
     items = _batched(lambda i: model.item(feats.item_img[i], feats.item_txt[i]),
                      torch.from_numpy(uniq))
@@ -94,7 +112,11 @@ def evaluate(model: torch.nn.Module, feats: Features, pairs: PairTable,
     codes = item_codes if item_codes is not None else np.zeros(int(pairs.pos.max(initial=0)) + 1, np.int8)
     by_item: dict = {f"acc@{n}": {} for n in ns}
     by_item["n_test"] = {}
-    for name, m in MODALITIES:
+    mods = list(MODALITIES)
+    b = _both_code()
+    if (pairs.test & (pairs.modality == b)).any() and hasattr(feats, "qrow_text") and hasattr(feats, "qrow_image"):
+        mods.append(("both", b))  # only when there are such test pairs: other outputs keep their shape
+    for name, m in mods:
         q, p = test_vectors(model, feats, pairs, m)
         out["n_test"][name] = int(q.shape[0])
         group = codes[pairs.pos[np.flatnonzero(pairs.test & (pairs.modality == m))]]
