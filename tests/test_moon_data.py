@@ -235,3 +235,13 @@ def test_both_queries_use_the_mean_of_text_and_image_vectors() -> None:
     check = evaluate(_Toy(), feats2, PairTable(np.full(30, IMAGE, np.int8), [None] * 30, [None] * 30,
                                                pos[img_rows], np.full(30, -1), np.ones(30, bool), np.arange(30)))
     assert own["acc@1"]["both"] == pytest.approx(check["acc@1"]["image"])
+
+
+def test_by_item_modality_is_averaged_over_seeds() -> None:
+    from mmrank.pretrain.evaluate import mean_by_item_modality
+
+    one = {"by_item_modality": {"n_test": {"text": {"both": 2}}, "acc@1": {"text": {"both": 0.5, "text_only": None}}}}
+    two = {"by_item_modality": {"n_test": {"text": {"both": 2}}, "acc@1": {"text": {"both": 1.0, "text_only": None}}}}
+    got = mean_by_item_modality([one, two])
+    assert got["acc@1"]["text"] == {"both": 0.75, "text_only": None}
+    assert mean_by_item_modality([{}]) is None

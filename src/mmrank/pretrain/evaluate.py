@@ -146,6 +146,22 @@ def evaluate(model: torch.nn.Module, feats: Features, pairs: PairTable,
     return out
 
 
+def mean_by_item_modality(per_seed: list[dict]) -> dict | None:
+    """``by_item_modality`` averaged over seeds (a group None in every seed stays None)."""
+    got = [r["by_item_modality"] for r in per_seed if r.get("by_item_modality")]
+    if not got:
+        return None
+    out: dict = {"n_test": got[0]["n_test"]}
+    for key in (k for k in got[0] if k.startswith("acc@")):
+        out[key] = {}
+        for m, groups in got[0][key].items():
+            out[key][m] = {}
+            for g in groups:
+                xs = [r[key][m][g] for r in got if r[key][m][g] is not None]
+                out[key][m][g] = float(np.mean(xs)) if xs else None
+    return out
+
+
 def popularity(pairs: PairTable, ns: Sequence[int] = (1, 5)) -> dict:
     """Acc@N of the popularity-only reference: every query ranks S by training purchases.
 
