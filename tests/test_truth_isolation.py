@@ -32,8 +32,12 @@ def test_pretrain_embed_and_ctr_run_without_the_truth(tmp_path: Path) -> None:
     from mmrank.data.market import generate_market, market_config
 
     run = tmp_path / "run"
-    generate_market(market_config(size="tiny", n_items=300, n_users=400, n_impressions=12_000, seed=3), run)
+    # issue 20: with noisy pairs (flagged under truth/ only) and items missing a photo or a title
+    generate_market(market_config(size="tiny", n_items=300, n_users=400, n_impressions=12_000, seed=3,
+                                  noisy_pair_share=0.2, missing_image_share=0.1, missing_title_share=0.1),
+                    run)
     hidden = tmp_path / "hidden-truth"
+    assert (run / "truth" / "noisy_pairs.parquet").exists()
     shutil.move(run / "truth", hidden)  # unreadable because absent; and any open of it is recorded
     _WATCH["root"] = hidden
     try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_serializer
+from pydantic import Field, model_serializer, model_validator
 
 from mmrank.config import StrictModel, build, load_yaml
 from mmrank.data.schemas import HISTORY_LEN
@@ -108,6 +108,25 @@ class MarketConfig(StrictModel):
     n_days: int = Field(30, ge=2)
     initial_item_share: float = Field(0.7, gt=0.0, le=1.0, description="items that exist on day 0")
     image_query_share: float = Field(0.3, ge=0.0, le=1.0)
+    both_query_share: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of search queries made of words and a photo together "
+        "(query_modality 'both'; taken from the text queries, so image_query_share + both_query_share <= 1). "
+        "Default 0: no measured share of such queries was at hand; set it for issue 20's per-modality study")
+    missing_image_share: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of items whose logged catalog row has no photo (the "
+        "placeholder the importer uses stands in; items.parquet has_image = false). Default 0: the one real "
+        "shop catalog at hand (../shared/data/fashion-catalog, 44,072 Myntra products) has no item without a "
+        "photo (measured), and no other shop's share was measured here; set it for missing-modality studies "
+        "(issue 20). Only the logged row lacks the photo: simulated users see the item as generated")
+    noisy_pair_share: float = Field(
+        0.0, ge=0.0, lt=1.0, description="share of the training <query, purchased item> pairs whose item "
+        "was not what the query sought (a mis-attributed purchase: the pair's item is replaced by a "
+        "uniformly drawn catalog item of another article type); flagged only in R/truth/noisy_pairs.parquet "
+        "(pair_id = row of R/data/pairs.parquet), for measuring a noise filter. Test pairs stay clean. "
+        "Default 0: the market's pairs are as the simulation logged them")
+    missing_title_share: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of items whose logged title is empty (has_title = false). "
+        "Default 0 for the same reason: the fashion catalog has no item without a title (measured)")
     zipf_exponent: float = Field(0.8, gt=0.0, description="exposure ~ 1 / rank ** exponent")
     drift: float = Field(0.3, ge=0.0, description="how far interest centres drift over the simulation")
     image_size: int = Field(64, ge=16, le=256)
@@ -118,6 +137,15 @@ class MarketConfig(StrictModel):
                                    "on for a real catalog (its content spreads differently), off for the "
                                    "synthetic one, whose hand-set intercepts land near the targets")
     behaviour: BehaviourConfig = Field(default_factory=BehaviourConfig)
+
+    @model_validator(mode="after")
+    def _missing_shares_fit(self) -> "MarketConfig":
+        if self.image_query_share + self.both_query_share > 1.0:
+            raise ValueError("image_query_share + both_query_share must be at most 1")
+        if self.missing_image_share + self.missing_title_share > 1.0:
+            raise ValueError("missing_image_share + missing_title_share must be at most 1 (an item keeps "
+                             "its photo or its title)")
+        return self
 
 
 SIZES: dict[str, dict[str, int]] = {

@@ -1,10 +1,11 @@
 """The import's items step: check a source's items and fill what they lack, counting it.
 
-Duplicate ids stop the import (naming the row); a missing title becomes ``<category> item <id>``, a
+Duplicate ids stop the import (naming the row); a missing (or blank) title becomes ``<category> item <id>``, a
 missing category ``unknown``, a missing price 0, a missing ``created_at`` the item's first event, a
 missing photo the grey placeholder (:func:`mmrank.data.photos.placeholder_image`). Every photo is
 decoded (``DataConfig.check_images``); an undecodable one names the items file, the row and the image
-column (or the photo file).
+column (or the photo file). The items table records ``has_image`` / ``has_title`` (false where a
+stand-in was filled), the market's columns of the same name.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def _text(t: pa.Table, ids: np.ndarray, counts: Counter) -> tuple[list[str], lis
     cats = [c if c is not None else "unknown" for c in raw_cats]
     titles = to_str(t.column("title")) if "title" in t.column_names else [None] * n
     for i, tt in enumerate(titles):
-        if tt is None:
+        if tt is None or not tt.strip():
             titles[i] = f"{cats[i]} item {int(ids[i])}"
             counts["without_title"] += 1
     return titles, cats
@@ -117,12 +118,19 @@ def item_table(src: Source, first_ts: dict[int, int], fallback_ts: int,
     counts: Counter = Counter()
     titles, cats = _text(t, ids, counts)
     price, created = _numbers(t, ids, first_ts, fallback_ts, counts)
+    raw_titles = (to_str(t.column("title")) if "title" in t.column_names else [None] * t.num_rows)
+    has_title = [x is not None and bool(x.strip()) for x in raw_titles]
     image, image_path, sizes = _photos(src, check_images, counts)
+    grey = placeholder_image()
+    has_image = [not (p is None and (b is None or b == grey)) for b, p in zip(image, image_path)]
     out = {"item_id": pa.array(ids), "title": pa.array(titles, pa.string()),
            "image": pa.array(image, pa.binary()), "image_path": pa.array(image_path, pa.string()),
            "category": pa.array(cats, pa.string()), "price": pa.array(price),
            "created_at": pa.array(created)}
     for c in t.column_names:
-        if c not in out:
+        if c not in out and c not in ("has_image", "has_title"):
             out[c] = t.column(c)
+    # issue 20: which items came without a photo / a usable title (the stand-ins above fill them)
+    out["has_image"] = pa.array(has_image, pa.bool_())
+    out["has_title"] = pa.array(has_title, pa.bool_())
     return pa.table(out), dict(counts), photo_stats(sizes)

@@ -91,12 +91,14 @@ def build_pairs(events: pa.Table, split_ts: int, start_ts: int = 0) -> pa.Table:
     offsets, flat = _ranges(lo, hi - lo)
     idx = np.flatnonzero(buy)
     q_img = events.column("query_image").take(pa.array(idx))
+    q_txt = events.column("query_text").take(pa.array(idx))
     ts = _np(events, "ts", buy)
     return pa.table({
         "request_id": pa.array(b_req), "ts": pa.array(ts),
         "user_id": pa.array(_np(events, "user_id", buy)),
-        "query_modality": pc.if_else(pc.is_null(q_img), "text", "image"),
-        "query_text": events.column("query_text").take(pa.array(idx)),
+        "query_modality": pc.if_else(pc.is_null(q_img), "text",
+                                     pc.if_else(pc.is_null(q_txt), "image", "both")),
+        "query_text": q_txt,
         "query_image": q_img,
         "pos_item_id": pa.array(b_item),
         "hard_neg_item_ids": _list(offsets, n_item[flat], pa.int64()),

@@ -33,6 +33,7 @@ class Evaluator:
 
     def __init__(self, run: str | Path) -> None:
         truth = Path(run) / "truth"
+        self._truth = truth
         if not (truth / "candidates.parquet").exists():
             raise DataError("no market truth here (the evaluator needs a run made by "
                             "`mmrank market generate`)", file=str(truth / "candidates.parquet"))
@@ -51,6 +52,32 @@ class Evaluator:
         self._c_base = np.stack([cand.column(c).to_numpy() for c in
                                  ("base_click", "base_cart", "base_buy")], axis=1)
         self._c_start = np.searchsorted(self._c_req, np.arange(len(self._req["request_id"]) + 1))
+
+    def filter_precision(self, dropped_pair_ids) -> dict[str, float | int | None]:
+        """How well a noise filter did: ``dropped_pair_ids`` are rows of ``R/data/pairs.parquet`` it
+        dropped (e.g. ``R/pretrain/<row>/dropped.json``), against ``R/truth/noisy_pairs.parquet``
+        (no file: the market has no noisy pairs).
+
+        Returns ``precision`` (share of the dropped that are noise; None if none dropped), ``recall``
+        (share of the noise dropped; None without noise), ``noise_share`` (noisy pairs / training pairs),
+        ``dropped``, ``noisy`` and ``dropped_noisy`` counts.
+        """
+        dropped = np.unique(np.asarray(list(dropped_pair_ids), np.int64))
+        path = self._truth / "noisy_pairs.parquet"
+        noisy = (pq.read_table(path, columns=["pair_id"]).column("pair_id").to_numpy()
+                 if path.exists() else np.zeros(0, np.int64))
+        pairs = self._truth.parent / "data" / "pairs.parquet"
+        split = pq.read_table(pairs, columns=["split"]).column("split").to_pylist()
+        if len(dropped) and (dropped.min() < 0 or dropped.max() >= len(split)):
+            bad = int(dropped[(dropped < 0) | (dropped >= len(split))][0])
+            raise DataError(f"pair id {bad} is not a row of pairs.parquet ({len(split)} rows)",
+                            file=str(pairs))
+        hit = int(np.isin(dropped, noisy).sum())
+        n_train = sum(s == "train" for s in split)
+        return {"precision": hit / len(dropped) if len(dropped) else None,
+                "recall": hit / len(noisy) if len(noisy) else None,
+                "noise_share": len(noisy) / n_train if n_train else 0.0,
+                "dropped": int(len(dropped)), "noisy": int(len(noisy)), "dropped_noisy": hit}
 
     def _rows(self, ids: np.ndarray) -> np.ndarray:
         pos = np.clip(np.searchsorted(self._item_ids[self._order], ids), 0, len(self._order) - 1)

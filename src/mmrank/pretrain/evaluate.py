@@ -4,6 +4,11 @@ For each query modality, D = the test pairs with that modality and S = the set o
 (the paper's test set is one modality at a time). Scores are dot products of L2-normalised vectors;
 ``mmrank.eval.acc_at_n`` counts the hits (exact search over all of S; a test cross-checks it against
 a FAISS ``IndexFlatIP``).
+
+Issue 20: ``by_item_modality`` splits each query modality's Acc@N by what its positive item has
+(``both`` = photo and title, ``image_only``, ``text_only``; from ``items.parquet``'s ``has_image`` /
+``has_title``, all ``both`` when the columns are absent). Each query still ranks all of S, so the
+groups' hits, weighted by their ``n_test``, add up to the query modality's Acc@N.
 """
 
 from __future__ import annotations
@@ -18,6 +23,39 @@ from mmrank.pretrain.data import IMAGE, TEXT, Features, PairTable
 from mmrank.vectors import l2_normalise
 
 MODALITIES = (("image", IMAGE), ("text", TEXT))
+ITEM_MODALITIES = ("both", "image_only", "text_only")
+BOTH = 2  # PairTable.modality of a query with words and a photo (pretrain.data may define BOTH)
+
+
+def _both_code() -> int:
+    from mmrank.pretrain import data
+
+    return int(getattr(data, "BOTH", BOTH))
+
+
+def item_modality(run, catalog_ids: np.ndarray) -> np.ndarray:
+    """``(N,)`` codes into :data:`ITEM_MODALITIES` of the catalog rows (``catalog_ids`` order), from
+    ``R/data/items.parquet``'s ``has_image`` / ``has_title`` (absent columns: every item has both)."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    path = Path(run) / "data" / "items.parquet"
+    names = pq.read_schema(path).names
+    codes = np.zeros(len(catalog_ids), np.int8)
+    if "has_image" not in names and "has_title" not in names:
+        return codes
+    cols = ["item_id"] + [c for c in ("has_image", "has_title") if c in names]
+    t = pq.read_table(path, columns=cols)
+    ids = t.column("item_id").to_numpy()
+    n = len(ids)
+    img = np.asarray(t.column("has_image").to_pylist(), bool) if "has_image" in names else np.ones(n, bool)
+    txt = np.asarray(t.column("has_title").to_pylist(), bool) if "has_title" in names else np.ones(n, bool)
+    code = np.where(img & txt, 0, np.where(img, 1, 2)).astype(np.int8)
+    order = np.argsort(ids, kind="stable")
+    pos = np.clip(np.searchsorted(ids[order], catalog_ids), 0, max(n - 1, 0))
+    codes[:] = code[order[pos]]
+    return codes
 
 
 @torch.no_grad()
@@ -28,12 +66,23 @@ def _batched(fn, x: torch.Tensor, bs: int = 1024) -> torch.Tensor:
 @torch.no_grad()
 def test_vectors(model: torch.nn.Module, feats: Features, pairs: PairTable,
                  modality: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(D, dim)`` query vectors and ``(D, dim)`` positive item vectors of one modality's test pairs."""
+    """``(D, dim)`` query vectors and ``(D, dim)`` positive item vectors of one modality's test pairs
+    (``BOTH`` needs ``feats.qrow_text`` / ``feats.qrow_image``: each pair's row in ``text_q`` / ``image_q``)."""
     rows = np.flatnonzero(pairs.test & (pairs.modality == modality))
     if modality == TEXT:
         q = _batched(model.text_query, feats.text_q[feats.qrow[rows]])
-    else:
+    elif modality == IMAGE:
         q = _batched(model.image_query, feats.image_q[feats.qrow[rows]])
+    else:  # words and a photo: the model's both_query if it has one, else the mean of the two vectors
+        t = feats.text_q[feats.qrow_text[rows]]  # type: ignore[attr-defined]
+        i = feats.image_q[feats.qrow_image[rows]]  # type: ignore[attr-defined]
+        both = getattr(model, "both_query", None)
+        if both is not None:
+            q = both(t, i)
+        else:
+            norm = torch.nn.functional.normalize
+            q = norm(norm(_batched(model.text_query, t), dim=-1) + norm(_batched(model.image_query, i), dim=-1),
+                     dim=-1) if len(rows) else t
     uniq, inv = np.unique(pairs.pos[rows], return_inverse=True)
     items = _batched(lambda i: model.item(feats.item_img[i], feats.item_txt[i]),
                      torch.from_numpy(uniq))
@@ -41,12 +90,17 @@ def test_vectors(model: torch.nn.Module, feats: Features, pairs: PairTable,
 
 
 def evaluate(model: torch.nn.Module, feats: Features, pairs: PairTable,
-             nested_dims: Sequence[int] = (), ns: Sequence[int] = (1, 5)) -> dict:
-    """``{"acc@1": {"image": x, "text": y}, "acc@5": {...}, "n_test": {...}, "nested": {d: {...}}}``.
+             nested_dims: Sequence[int] = (), ns: Sequence[int] = (1, 5),
+             item_codes: np.ndarray | None = None) -> dict:
+    """``{"acc@1": {"image": x, "text": y}, "acc@5": {...}, "n_test": {...}, "nested": {d: {...}},
+    "by_item_modality": {"acc@1": {"image": {"both": .., "image_only": .., "text_only": ..}, ...},
+    "n_test": {...}}}``.
 
-    A modality with no test pairs gets ``None``.
+    A modality (or item-modality group) with no test pairs gets ``None``. ``item_codes``: each catalog
+    row's code into :data:`ITEM_MODALITIES` (:func:`item_modality`); None: every item has both.
     """
     from mmrank.eval import acc_at_n
+    from mmrank.eval.metrics import retrieval_ranks
 
     was = model.training
     model.eval()
@@ -55,16 +109,31 @@ def evaluate(model: torch.nn.Module, feats: Features, pairs: PairTable,
     nested: dict[str, dict] = {}
     full = getattr(model, "dim", None)
     dims = [d for d in nested_dims if full is None or d < full]
-    for name, m in MODALITIES:
+    codes = item_codes if item_codes is not None else np.zeros(int(pairs.pos.max(initial=0)) + 1, np.int8)
+    by_item: dict = {f"acc@{n}": {} for n in ns}
+    by_item["n_test"] = {}
+    mods = list(MODALITIES)
+    b = _both_code()
+    if (pairs.test & (pairs.modality == b)).any() and hasattr(feats, "qrow_text") and hasattr(feats, "qrow_image"):
+        mods.append(("both", b))  # only when there are such test pairs: other outputs keep their shape
+    for name, m in mods:
         q, p = test_vectors(model, feats, pairs, m)
         out["n_test"][name] = int(q.shape[0])
+        group = codes[pairs.pos[np.flatnonzero(pairs.test & (pairs.modality == m))]]
+        by_item["n_test"][name] = {g: int((group == k).sum()) for k, g in enumerate(ITEM_MODALITIES)}
         if q.shape[0] == 0:
             for n in ns:
                 out[f"acc@{n}"][name] = None
+                by_item[f"acc@{n}"][name] = {g: None for g in ITEM_MODALITIES}
             continue
         acc = acc_at_n(q, p, list(ns))
         for n in ns:
             out[f"acc@{n}"][name] = float(acc[n])
+        ranks = retrieval_ranks(q, p)
+        for n in ns:
+            hits = expected_hits(ranks.better, ranks.tied, n)
+            by_item[f"acc@{n}"][name] = {g: float(hits[group == k].mean()) if (group == k).any() else None
+                                         for k, g in enumerate(ITEM_MODALITIES)}
         for d in dims:
             acc_d = acc_at_n(l2_normalise(q[:, :d]), l2_normalise(p[:, :d]), list(ns))
             slot = nested.setdefault(str(d), {f"acc@{n}": {} for n in ns})
@@ -72,7 +141,24 @@ def evaluate(model: torch.nn.Module, feats: Features, pairs: PairTable,
                 slot[f"acc@{n}"][name] = float(acc_d[n])
     if nested:
         out["nested"] = nested
+    out["by_item_modality"] = by_item
     model.train(was)
+    return out
+
+
+def mean_by_item_modality(per_seed: list[dict]) -> dict | None:
+    """``by_item_modality`` averaged over seeds (a group None in every seed stays None)."""
+    got = [r["by_item_modality"] for r in per_seed if r.get("by_item_modality")]
+    if not got:
+        return None
+    out: dict = {"n_test": got[0]["n_test"]}
+    for key in (k for k in got[0] if k.startswith("acc@")):
+        out[key] = {}
+        for m, groups in got[0][key].items():
+            out[key][m] = {}
+            for g in groups:
+                xs = [r[key][m][g] for r in got if r[key][m][g] is not None]
+                out[key][m][g] = float(np.mean(xs)) if xs else None
     return out
 
 

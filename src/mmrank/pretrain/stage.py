@@ -21,7 +21,7 @@ from mmrank.pretrain.item_encoder import save_encoder
 from mmrank.pretrain.config import MOON_ROWS, REFERENCES, TABLE2, VARIANTS, PretrainConfig
 from mmrank.pretrain.data import build_features, native_image_size, read_catalog, read_pairs
 from mmrank.pretrain.distributed import DistEnv
-from mmrank.pretrain.evaluate import evaluate, popularity
+from mmrank.pretrain.evaluate import evaluate, item_modality, mean_by_item_modality, popularity
 from mmrank.pretrain.model import OffTheShelf
 from mmrank.pretrain.train import modality_inputs, train
 
@@ -134,7 +134,8 @@ def run_variant(run: Path, cfg: PretrainConfig, out: Path, prep: _Prepared | Non
     metrics: dict[str, Any] = {}
     if env.main:
         metrics = evaluate(model, prep.feats, prep.pairs,
-                           [] if isinstance(model, OffTheShelf) else cfg.nested_dims)
+                           [] if isinstance(model, OffTheShelf) else cfg.nested_dims,
+                           item_codes=item_modality(run, prep.catalog.item_ids))
         metrics.update(variant=cfg.variant, train_seconds=round(train_s, 2),
                        image_size=prep.image_size, world_size=env.world)
         if report.get("epochs"):
@@ -277,6 +278,7 @@ def _over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
             xs = [r[acc][m] for r in per_seed if r[acc][m] is not None]
             mean[acc][m] = float(np.mean(xs)) if xs else None
             std[acc][m] = float(np.std(xs, ddof=1)) if len(xs) > 1 else None
+    out["by_item_modality"] = mean_by_item_modality(per_seed)  # issue 20: mean over seeds
     out.update(mean, std=std, seeds=len(per_seed),
                per_seed=[{"acc@1": r["acc@1"], "acc@5": r["acc@5"]} for r in per_seed])
     if any("epochs" in r for r in per_seed):

@@ -42,6 +42,24 @@ class Catalog:
     extra_columns: dict[str, pa.Array]
     continuous: np.ndarray
     latent: np.ndarray | None = None  # (N, 6) the synthetic look, in [-1, 1]
+    has_image: np.ndarray | None = None  # (N,) bool: the logged row has its photo (None: all)
+    has_title: np.ndarray | None = None  # (N,) bool: the logged row has its title (None: all)
+
+
+def drop_modalities(cfg: MarketConfig, cat: Catalog) -> None:
+    """Mark ``cfg.missing_image_share`` / ``missing_title_share`` of the items as logged without their
+    photo / title (drawn from their own stream of the seed, and only when a share is set, so a market
+    without missing modalities draws exactly as before). An item keeps at least one of the two."""
+    n = len(cat.item_ids)
+    cat.has_image, cat.has_title = np.ones(n, bool), np.ones(n, bool)
+    if cfg.missing_image_share <= 0 and cfg.missing_title_share <= 0:
+        return
+    rng = np.random.default_rng([cfg.seed, 0x4D4F4F4E])
+    u = rng.random(n)
+    # disjoint draws: an item misses its photo, its title, or neither (never both)
+    cat.has_image = ~(u < cfg.missing_image_share)
+    cat.has_title = ~((u >= cfg.missing_image_share) &
+                      (u < cfg.missing_image_share + cfg.missing_title_share))
 
 
 def load_catalog(cfg: MarketConfig, rng: np.random.Generator) -> Catalog:

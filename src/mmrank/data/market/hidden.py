@@ -52,7 +52,7 @@ def write_truth(truth_dir: Path, cfg: MarketConfig, cat: Catalog, world: World, 
     target = np.full(len(req.ts), -1, np.int64)
     target[s_idx] = cat.item_ids[intents.target]
     image = np.zeros(len(req.ts), bool)
-    image[s_idx] = intents.is_image
+    image[s_idx] = intents.has_photo
     write_table(pa.table({
         "request_id": pa.array(np.arange(len(req.ts), dtype=np.int64)),
         "surface": pa.array(np.where(req.search, "search", "display")),

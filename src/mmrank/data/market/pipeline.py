@@ -15,7 +15,8 @@ import numpy as np
 from mmrank.config import record
 from mmrank.data.config import MarketConfig
 from mmrank.data.market.calibration import calibrate_if_asked
-from mmrank.data.market.catalog import load_catalog
+from mmrank.data.io import write_table
+from mmrank.data.market.catalog import drop_modalities, load_catalog
 from mmrank.data.market.hidden import write_truth
 from mmrank.data.market.logs import sort_log
 from mmrank.data.market.manifest import market_manifest, write_manifest
@@ -42,6 +43,7 @@ def generate_market(cfg: MarketConfig, out: str | Path) -> dict[str, Any]:
     r_cat, r_world, r_req, r_beh, r_q, r_photo = (np.random.default_rng(s) for s in root.spawn(6))
 
     cat = load_catalog(cfg, r_cat)
+    drop_modalities(cfg, cat)
     world = build_world(cfg, cat, r_world)
     cfg, calibration = calibrate_if_asked(cfg, cat, world)
     req = draw_requests(cfg, world, r_req)
@@ -53,6 +55,8 @@ def generate_market(cfg: MarketConfig, out: str | Path) -> dict[str, Any]:
     split = time_split(cfg, req)
     tables = write_tables(data_dir, cfg, cat, world, req, slots, cands, queries, photos, split)
     write_truth(truth_dir, cfg, cat, world, req, slots, cands, intents)
+    if tables.noisy is not None:  # issue 20: which pairs are noise, for evaluation code only
+        write_table(tables.noisy, truth_dir / "noisy_pairs.parquet")
 
     surfaces = surface_stats(cfg, cat, world, req, slots, split.start_ts, split.split_ts)
     manifest = market_manifest(cfg, cat, req, slots, tables, len(photos), split, surfaces, calibration)

@@ -41,6 +41,12 @@ class Intents:
     text: list[str]          # (S,) the text query's words
     live_type: np.ndarray    # (S,) items of the target's type alive in the region at the request
     row: np.ndarray          # (n_requests,) request -> its row here (-1 for display requests)
+    is_both: np.ndarray | None = None  # (S,) bool: words and a photo (None: no such query)
+
+    @property
+    def has_photo(self) -> np.ndarray:
+        """(S,) bool: the query carries a photo (photo-only or both)."""
+        return self.is_image if self.is_both is None else self.is_image | self.is_both
 
 
 def draw_intents(cfg: MarketConfig, cat: Catalog, world: World, req: Requests, by_region: Groups,
@@ -67,7 +73,12 @@ def draw_intents(cfg: MarketConfig, cat: Catalog, world: World, req: Requests, b
                              req.ts[s_idx])
     row = np.full(len(req.ts), -1, np.int64)
     row[s_idx] = np.arange(n_s)
-    return Intents(target, is_image, say, say_latent, text, live_type, row)
+    is_both = None
+    if cfg.both_query_share > 0:  # own stream: a market without such queries draws as before
+        rng_b = np.random.default_rng([cfg.seed, 0x424F5448])
+        p = cfg.both_query_share / max(1.0 - cfg.image_query_share, 1e-12)
+        is_both = ~is_image & (rng_b.random(n_s) < p)
+    return Intents(target, is_image, say, say_latent, text, live_type, row, is_both)
 
 
 def attribute_words(cat: Catalog) -> dict[str, list[list[str]]]:
@@ -126,7 +137,10 @@ def match(cat: Catalog, world: World, intents: Intents, q: np.ndarray, items: np
     # Looks like the photo: a Gaussian kernel twice as wide as the look-alike one (power 1/4).
     looks = near_similarity(world.content[items], world.content[target][:, None, :]) ** 0.25
     photo = 1.0 * same_type + 3.0 * looks
-    return np.where(intents.is_image[q][:, None], photo, text)
+    out = np.where(intents.is_image[q][:, None], photo, text)
+    if intents.is_both is not None:  # words and a photo: both count, half each
+        out = np.where(intents.is_both[q][:, None], 0.5 * (photo + text), out)
+    return out
 
 
 @dataclass
@@ -144,11 +158,11 @@ def query_columns(cfg: MarketConfig, req: Requests, intents: Intents) -> QueryCo
     image: list[str | None] = [None] * len(req.ts)
     text: list[str | None] = [None] * len(req.ts)
     for i, r in enumerate(s_idx):
-        if intents.is_image[i]:
+        if intents.has_photo[i]:
             image[r] = render.query_image_id(cfg.seed, int(r))
-        else:
+        if not intents.is_image[i]:
             text[r] = intents.text[i]
-    return QueryColumns(text, image, s_idx[intents.is_image])
+    return QueryColumns(text, image, s_idx[intents.has_photo])
 
 
 def photo_chunk(args: tuple[list[bytes], list[int], int]) -> list[bytes]:
@@ -165,7 +179,7 @@ def photo_chunk(args: tuple[list[bytes], list[int], int]) -> list[bytes]:
 def take_query_photos(cfg: MarketConfig, cat: Catalog, intents: Intents, n: int,
                       rng: np.random.Generator) -> list[bytes]:
     """The user's photo of each photo query's target item (``n`` of them, in request order)."""
-    targets = intents.target[intents.is_image]
+    targets = intents.target[intents.has_photo]
     seeds = rng.integers(0, 1 << 31, size=n)
     chunks = [([cat.images[t] for t in targets[i:i + 1000]], list(seeds[i:i + 1000]), cfg.image_size)
               for i in range(0, n, 1000)]

@@ -60,6 +60,34 @@ class Tables:
     pairs: pa.Table
     samples: pa.Table
     lists: pa.Table
+    noisy: pa.Table | None = None  # R/truth/noisy_pairs.parquet (only with a noisy-pair share)
+
+
+def add_noisy_pairs(cfg: MarketConfig, cat: Catalog, pairs: pa.Table) -> tuple[pa.Table, pa.Table | None]:
+    """Replace ``cfg.noisy_pair_share`` of the training pairs' items by an item of another article type
+    (own stream of the seed; nothing drawn at share 0). Returns the pairs and the truth table
+    (``pair_id`` = row of ``pairs.parquet``, ``sought_item_id``, ``logged_item_id``) or None."""
+    if cfg.noisy_pair_share <= 0 or pairs.num_rows == 0:
+        return pairs, None
+    rng = np.random.default_rng([cfg.seed, 0x4E4F4953])
+    train = np.asarray(pairs.column("split").to_pylist()) == "train"
+    pick = np.flatnonzero(train & (rng.random(pairs.num_rows) < cfg.noisy_pair_share))
+    pos = pairs.column("pos_item_id").to_numpy().copy()
+    order = np.argsort(cat.item_ids, kind="stable")
+    types = cat.attrs["article_type"]
+    sought = pos[pick]
+    rows = order[np.searchsorted(cat.item_ids[order], sought)]
+    new = np.empty(len(pick), np.int64)
+    for j, r in enumerate(rows):
+        other = np.flatnonzero(types != types[r])
+        new[j] = cat.item_ids[other[rng.integers(len(other))]] if len(other) else \
+            cat.item_ids[(r + 1 + rng.integers(len(types) - 1)) % len(types)]
+    pos[pick] = new
+    i = pairs.column_names.index("pos_item_id")
+    pairs = pairs.set_column(i, "pos_item_id", pa.array(pos, pa.int64()))
+    truth = pa.table({"pair_id": pa.array(pick.astype(np.int64)), "sought_item_id": pa.array(sought),
+                      "logged_item_id": pa.array(new)})
+    return pairs, truth
 
 
 def write_tables(data_dir: Path, cfg: MarketConfig, cat: Catalog, world: World, req: Requests,
@@ -86,21 +114,27 @@ def write_tables(data_dir: Path, cfg: MarketConfig, cat: Catalog, world: World, 
     candidates = pa.table(cols)
     write_table(candidates, data_dir / "candidates.parquet")
 
-    pairs = build_pairs(events, split.split_ts, split.start_ts)
+    pairs, noisy = add_noisy_pairs(cfg, cat, build_pairs(events, split.split_ts, split.start_ts))
     write_table(pairs, data_dir / "pairs.parquet")
     samples = build_ctr_samples(events, items, split.split_ts, HISTORY_LEN, split.start_ts)
     write_table(samples, data_dir / "ctr_samples.parquet")
     lists = build_lists(events, items, split.split_ts, split.start_ts, candidates, HISTORY_LEN)
     write_table(lists, data_dir / "lists.parquet")
-    return Tables(items, users, events, candidates, pairs, samples, lists)
+    return Tables(items, users, events, candidates, pairs, samples, lists, noisy)
 
 
 def items_table(cat: Catalog, price: np.ndarray, created: np.ndarray) -> pa.Table:
     """The catalog with its simulated prices and arrival times (a real catalog keeps its own columns)."""
+    from mmrank.data.photos import placeholder_image
+
+    n = len(cat.item_ids)
+    has_image = cat.has_image if cat.has_image is not None else np.ones(n, bool)
+    has_title = cat.has_title if cat.has_title is not None else np.ones(n, bool)
+    grey = placeholder_image()
     cols: dict[str, pa.Array] = {
         "item_id": pa.array(cat.item_ids, pa.int64()),
-        "title": pa.array(cat.titles, pa.string()),
-        "image": pa.array(cat.images, pa.binary()),
+        "title": pa.array([t if h else "" for t, h in zip(cat.titles, has_title)], pa.string()),
+        "image": pa.array([b if h else grey for b, h in zip(cat.images, has_image)], pa.binary()),
         "category": pa.array([cat.vocab["article_type"][c] for c in cat.attrs["article_type"]],
                              pa.string()),
         "price": pa.array(price, pa.float64()),
@@ -112,6 +146,9 @@ def items_table(cat: Catalog, price: np.ndarray, created: np.ndarray) -> pa.Tabl
     else:
         for name, arr in cat.extra_columns.items():
             cols[name] = arr
+    # appended last, so the columns before them keep their place (issue 20)
+    cols["has_image"] = pa.array(has_image, pa.bool_())
+    cols["has_title"] = pa.array(has_title, pa.bool_())
     return pa.table(cols)
 
 
