@@ -62,8 +62,8 @@ class FollowConfig(StrictModel):
     checkpoint_every: int = Field(200, ge=1, description="batches between checkpoints")
     ingest_latency: float = Field(1.0, ge=0, description="seconds from an item's created_at until its "
                                   "representation is readable (benchmarks/ingest_latency.py measures it)")
-    item_capacity: int = Field(50_000, ge=1, description="rows of the dynamic item ID table (LRU beyond)")
-    user_capacity: int = Field(100_000, ge=1, description="rows of the dynamic user ID table (LRU beyond)")
+    item_capacity: int = Field(25_000, ge=1, description="rows of the dynamic item ID table (LRU beyond)")
+    user_capacity: int = Field(60_000, ge=1, description="rows of the dynamic user ID table (LRU beyond)")
     admit_after: int = Field(2, ge=1, description="sightings before an id gets its own row")
     expire_after: int | None = Field(14 * DAY, ge=1, description="seconds unseen before a row is freed")
     seed: int = 0
@@ -236,7 +236,7 @@ class StrategyState:
         self.model = CtrModel(mcfg, self.sizes, self.vectors)
         self.tcfg = cfg.train.model_copy(update={"seed": cfg.seed})
         self.opt = make_optimizer(self.model, self.tcfg)
-        self.published: tuple[CtrModel, FeatureSpace] | None = None
+        self.published: tuple[CtrModel, DynamicIdTable, DynamicIdTable] | None = None
         self.version = 0
         self.assigned_total = 0
 
@@ -286,15 +286,23 @@ class StrategyState:
         return optimizer_step(self.opt, loss)
 
     # -- publishing
+    def publish(self) -> None:
+        """Freeze the current model and ID tables as the published version (in memory)."""
+        model = copy.deepcopy(self.model)
+        model.eval()
+        self.published = (model, self.items.copy(), self.users.copy())
+        self.version += 1
+
     def snapshot(self) -> tuple[CtrModel, FeatureSpace]:
-        """The model as serving loads it: ID rows re-laid in sorted-id order (a plain Vocab)."""
-        item_ids, item_rows = self.items.items()
-        user_ids, user_rows = self.users.items()
+        """The published model as serving loads it: ID rows re-laid in sorted-id order (a plain Vocab)."""
+        pub, items, users = self.published
+        item_ids, item_rows = items.items()
+        user_ids, user_rows = users.items()
         space = FeatureSpace(items=Vocab(item_ids), users=Vocab(user_ids), n_categories=self.n_categories,
                              n_regions=self.n_regions)
         sizes = ModelSizes(n_items=len(item_ids) + 2, n_users=len(user_ids) + 2,
                            n_categories=self.n_categories, n_regions=self.n_regions, vec_dim=self.sizes.vec_dim)
-        state = dict(self.model.state_dict())
+        state = dict(pub.state_dict())
         head = np.r_[0, 1]
         state["ids.item_emb.weight"] = state["ids.item_emb.weight"][torch.from_numpy(np.r_[head, item_rows])]
         if "ids.user_emb.weight" in state:
@@ -304,16 +312,13 @@ class StrategyState:
         model.eval()
         return model, space
 
-    def publish(self) -> None:
-        self.published = self.snapshot()
-        self.version += 1
-
     @torch.no_grad()
     def score(self, s: CtrSamples) -> np.ndarray:
-        """Click probabilities of ``s`` by the last published model (IDs it has not seen: unknown)."""
-        model, space = self.published
-        enc = encode_batch(s, space.items.lookup(s.item_id), space.users.lookup(s.user_id),
-                           space.items.lookup(s.hist_item_id), self.n_categories, self.n_regions, self.reps)
+        """Click probabilities of ``s`` by the last published model (IDs it had no row for: unknown);
+        representations as of each sample's time (serving reads the live table)."""
+        model, items, users = self.published
+        enc = encode_batch(s, items.lookup(s.item_id), users.lookup(s.user_id), items.lookup(s.hist_item_id),
+                           self.n_categories, self.n_regions, self.reps)
         batch = make_batch(self._with_simtier(enc), np.arange(len(s)), self.mcfg.history_len)
         return torch.sigmoid(model(batch)["logit"]).double().numpy()
 
@@ -401,9 +406,12 @@ class Follower:
             confs[s] = c
             arrays[f"{s}.probs"] = torch.from_numpy(self.probs[s].copy())
             if st.published is not None:
-                model, space = st.published
-                arrays.update({f"{s}.pub.model.{k}": v.contiguous() for k, v in model.state_dict().items()})
-                arrays.update({f"{s}.pub.{k}": torch.from_numpy(v.copy()) for k, v in space.to_arrays().items()})
+                model, items, users = st.published
+                arrays.update({f"{s}.pub.model.{k}": v.detach().clone().contiguous()
+                               for k, v in model.state_dict().items()})
+                for name, table in (("items", items), ("users", users)):
+                    arrays.update({k: torch.from_numpy(v) for k, v in table.to_arrays(f"{s}.pub.{name}").items()})
+                confs[s]["published"] = {"items": items.config(), "users": users.config()}
         serial = int(time.time() * 1e6)
         name = f"checkpoint-{serial}.safetensors"
         tmp = self.dir / f".{name}.tmp"
@@ -436,15 +444,13 @@ class Follower:
             pre = f"{s}.pub.model."
             pub_state = {k[len(pre):]: v for k, v in arrays.items() if k.startswith(pre)}
             if pub_state:
-                space = FeatureSpace.from_arrays({k[len(s) + 5:]: v.numpy() for k, v in arrays.items()
-                                                  if k.startswith(f"{s}.pub.vocab.")})
-                sizes = ModelSizes(n_items=len(space.items), n_users=len(space.users),
-                                   n_categories=st.n_categories, n_regions=st.n_regions,
-                                   vec_dim=st.sizes.vec_dim)
-                model = CtrModel(st.mcfg, sizes, st.vectors)
+                conf = state["strategies"][s]["published"]
+                np_arrays = {k: v.numpy() for k, v in arrays.items() if k.startswith(f"{s}.pub.")}
+                model = copy.deepcopy(st.model)
                 model.load_state_dict(pub_state, strict=True)
                 model.eval()
-                st.published = (model, space)
+                st.published = (model, DynamicIdTable.from_arrays(conf["items"], np_arrays, f"{s}.pub.items"),
+                                DynamicIdTable.from_arrays(conf["users"], np_arrays, f"{s}.pub.users"))
         self.cursor, self.next_publish = int(state["cursor"]), state["next_publish"]
         self.publishes = int(state["publishes"])
         return True
@@ -466,7 +472,7 @@ class Follower:
         name = f"v{st.version:06d}"
         tmp = base / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        model, space = st.published
+        model, space = st.snapshot()
         save_model(model, space, tmp, train_cfg=st.tcfg, inputs=self.inputs,
                    extra={"representations": None if st.reps is None else st.reps.source,
                           "follow": {"version": st.version, "event_time": at, "cursor": self.cursor,
@@ -559,3 +565,141 @@ class Follower:
 def follow(run: Path, cfg: FollowConfig | None = None, *, progress: bool = True) -> FollowResult:
     """`mmrank ctr follow`: one pass (resuming from a checkpoint), bundles published, final checkpoint."""
     return Follower(Path(run), cfg or FollowConfig()).run_pass(progress=progress)
+
+
+# ------------------------------------------------------------------------------------- the freshness table
+
+def _metrics(y: np.ndarray, p: np.ndarray, users: np.ndarray) -> dict:
+    from mmrank.eval.metrics import UndefinedMetricError, auc, gauc, logloss
+
+    out = {"n": int(len(y))}
+    for name, fn in (("auc", lambda: auc(y, p)), ("gauc", lambda: gauc(y, p, users)),
+                     ("logloss", lambda: logloss(y, p))):
+        try:
+            out[name] = float(fn())
+        except UndefinedMetricError:
+            out[name] = float("nan")
+    return out
+
+
+def _delay_name(d: float | None) -> str:
+    if d is None:
+        return "never (ID only)"
+    return {0: "0 s", 3600: "1 h", DAY: "1 day"}.get(d, f"{d:g} s")
+
+
+def _interval_name(p: int) -> str:
+    return {300: "5 min", 3600: "1 h", DAY: "1 day"}.get(p, f"{p} s")
+
+
+def freshness_table(run: Path, *, seeds: int = 3, strategy: str = "simtier",
+                    delays: tuple[float | None, ...] = (0, 3600, DAY, None),
+                    publish: tuple[int, ...] = (300, 3600, DAY), base_publish: int = 3600,
+                    batch_size: int = 256, model: CtrConfig | None = None, train: TrainConfig | None = None,
+                    progress: bool = True) -> dict:
+    """Monolith's protocol on the run's samples: every pass scores each window with the last published
+    model, then trains on it; figures on the test split (the rows after the first days), overall and on
+    items in their first day (``ts - created_at < 1 day``). Variants: (a) ``strategy`` with the
+    representation readable ``delays`` after arrival (None: never, the ID model), publishing every
+    ``base_publish``; (b) ``strategy`` at delay 0 publishing every ``publish``; and the batch model
+    (:func:`mmrank.ctr.rundata.fit_strategy` once on the training split, then frozen). Writes
+    ``R/ctr/follow/freshness.{json,md}``. Market behaviour is simulated."""
+    from mmrank.ctr.evaluate import json_ready
+    from mmrank.ctr.rundata import fit_strategy, load_run
+    from mmrank.ctr.trainer import predict
+    from mmrank.data.io import read_table
+    from mmrank.durable import write_text
+
+    run = Path(run)
+    model = model or CtrConfig()
+    train = train or TrainConfig()
+    src = ReplaySource(run)
+    s = src.all
+    base = Representations.load(run, 0.0)
+    t = read_table(run / "data" / "items.parquet", "items", columns=["item_id", "created_at"])
+    iid = t.column("item_id").to_numpy().astype(np.int64)
+    created = t.column("created_at").to_numpy().astype(np.int64)
+    order = np.argsort(iid)
+    pos = np.clip(np.searchsorted(iid[order], s.item_id), 0, len(iid) - 1)
+    item_created = np.where(iid[order][pos] == s.item_id, created[order][pos], np.iinfo(np.int64).min // 2)
+    test = ~s.is_train
+    first_day = test & (s.ts - item_created < DAY)
+    stream = s.ts >= s.ts.min() + DAY                       # every window after the first day
+    stream_first = stream & (s.ts - item_created < DAY)
+    parts = {"all": test, "first_day": first_day, "stream": stream, "stream_first_day": stream_first}
+    y = s.label.astype(np.int64)
+    variants: list[tuple[str, str, float | None, int]] = []
+    for d in delays:
+        variants.append(("representation delay", _delay_name(d), d, base_publish))
+    for p in publish:
+        if p != base_publish:
+            variants.append(("publish interval", _interval_name(p), 0.0, p))
+    rows: dict[tuple[str, str], list[dict]] = {}
+    for seed in range(seeds):
+        for group, label, d, p in variants:
+            strat = strategy if d is not None else "id"
+            reps = None
+            if d is not None:
+                reps = Representations(base.vocab, base.table, base.visible_from + d, base.source)
+            cfg = FollowConfig(strategies=[strat], batch_size=batch_size, publish_every=p, seed=seed,
+                               ingest_latency=d or 0.0, model=model, train=train)
+            f = Follower(run, cfg, write=False, source=src, reps=reps)
+            r = f.run_pass(progress=progress, resume=False)
+            prob = r.probs[strat]
+            m = {k: _metrics(y[v], prob[v], s.user_id[v]) for k, v in parts.items()}
+            m.update(samples_per_s=r.samples_per_s, publishes=r.publishes)
+            rows.setdefault((group, label), []).append(m)
+        data = load_run(run)
+        mdl, _ = fit_strategy(data, strategy, seed=seed, make_epochs=0, cfg=model,
+                              train_cfg=train.model_copy(update={"batch_size": batch_size}), progress=False)
+        rows_test = data.enc.test_rows()
+        prob = np.full(len(s), np.nan)
+        prob[rows_test] = predict(mdl, data.enc, rows_test)
+        rows.setdefault(("batch", f"{strategy}, trained once on the training split"), []).append(
+            {k: _metrics(y[v], prob[v], s.user_id[v]) if k in ("all", "first_day") else
+             {"n": int(v.sum()), "auc": float("nan"), "gauc": float("nan"), "logloss": float("nan")}
+             for k, v in parts.items()})
+
+    def agg(ms: list[dict], part: str, k: str) -> dict:
+        v = np.array([m[part][k] for m in ms], float)
+        return {"mean": float(np.nanmean(v)) if np.isfinite(v).any() else float("nan"),
+                "std": float(np.nanstd(v)) if np.isfinite(v).any() else float("nan"), "runs": v.tolist()}
+
+    table = []
+    for (group, label), ms in rows.items():
+        table.append({"group": group, "variant": label,
+                      **{part: {"n": ms[0][part]["n"], **{k: agg(ms, part, k) for k in ("auc", "gauc", "logloss")}}
+                         for part in parts}})
+    out = {"run": str(run), "strategy": strategy, "seeds": seeds, "batch_size": batch_size,
+           "base_publish": base_publish, "protocol": "each window scored by the last published model, then "
+           "trained on (Monolith); figures on the test split; market behaviour simulated",
+           "rows": table}
+    d = run / "ctr" / "follow"
+    d.mkdir(parents=True, exist_ok=True)
+    write_text(d / "freshness.json", json.dumps(json_ready(out), indent=1))
+    lines = [f"# Freshness: near-line `{strategy}` (simulated market behaviour)", "",
+             f"Monolith's protocol on `{run.name}`: each window is scored by the last published model, then "
+             f"trained on; one pass, batch {batch_size} (cut at each publish), ID admission after "
+             f"{FollowConfig().admit_after} sightings; {seeds} seeds (mean ± std over seeds). Representation delay rows "
+             f"publish every {_interval_name(base_publish)}; publish interval rows read representations at "
+             "arrival. GAUC by user (n/a: no user with both labels). The batch model: the same strategy trained "
+             "once (one epoch, same batch size) on the training split, then frozen.", "",
+             ]
+
+    def cell(x: dict) -> str:
+        return "n/a" if not np.isfinite(x["mean"]) else f"{x['mean']:.4f} ± {x['std']:.4f}"
+
+    for title, pair in ((f"Test split ({int(test.sum())} impressions, {int(first_day.sum())} of items in "
+                         "their first day); the batch model is comparable here", ("all", "first_day")),
+                        (f"Every window after the first day ({int(stream.sum())} impressions, "
+                         f"{int(stream_first.sum())} of items in their first day); near-line variants only",
+                         ("stream", "stream_first_day"))):
+        lines += [f"**{title}**", "",
+                  "| group | variant | AUC | GAUC | LogLoss | first-day AUC | first-day GAUC | first-day LogLoss |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in table:
+            lines.append(f"| {r['group']} | {r['variant']} | " + " | ".join(
+                cell(r[part][k]) for part in pair for k in ("auc", "gauc", "logloss")) + " |")
+        lines.append("")
+    write_text(d / "freshness.md", "\n".join(lines) + "\n")
+    return out
