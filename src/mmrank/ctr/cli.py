@@ -139,3 +139,45 @@ def predict_cmd(
     _threads(s.threads)
     n = predict_file(run, strategy, samples, out)
     typer.echo(json.dumps({"rows": n, "out": str(out)}))
+
+
+@app.command("follow")
+def follow_cmd(
+    run: Path = typer.Option(..., "--run", help="run directory (reads RUN/data, RUN/embeddings; never "
+                             "RUN/truth)"),
+    source: str = typer.Option("replay", help="replay (RUN/data/ctr_samples.parquet in event time) | redis"),
+    strategies: Optional[str] = typer.Option(None, help="comma-separated (default all six)"),
+    publish_every: int = typer.Option(3600, min=1, help="seconds of event time between published bundles"),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="samples per mini-batch (default 256)"),
+    ingest_latency: Optional[float] = typer.Option(None, min=0, help="seconds from an item's created_at to "
+                                                   "its representation being readable (default 1)"),
+    freshness: bool = typer.Option(False, "--freshness", help="then write RUN/ctr/follow/freshness.{json,md} "
+                                   "(representation delays, publish intervals, the batch model)"),
+    seeds: int = typer.Option(3, min=1, help="--freshness: seeds"),
+    threads: Optional[int] = typer.Option(None, help="torch threads"),
+    config: Optional[Path] = _CONFIG,
+) -> None:
+    """Near-line training: one pass over the sample stream in event time for every strategy, each batch
+    scored by the last published model before it is trained on; bundles under RUN/ctr/follow/bundles/,
+    RUN/ctr/follow-<strategy> the newest; resumes from RUN/ctr/follow/checkpoint.json."""
+    from mmrank.ctr.follow import FollowConfig, follow, freshness_table
+    from mmrank.ctr.models import STRATEGIES
+
+    strats = None
+    if strategies is not None:
+        strats = [x.strip() for x in strategies.split(",") if x.strip()]
+        for x in strats:
+            if x not in STRATEGIES:
+                raise ConfigError(f"--strategies: unknown strategy {x!r}; expected {', '.join(STRATEGIES)}")
+    s = _settings(config, threads=threads)
+    _threads(s.threads)
+    flags = {k: v for k, v in dict(strategies=strats, source=source, publish_every=publish_every,
+                                   batch_size=batch_size, ingest_latency=ingest_latency).items() if v is not None}
+    cfg = FollowConfig(model=s.model, train=s.train, **flags)
+    res = follow(run, cfg)
+    typer.echo(json.dumps({"samples": int(res.trained.sum()), "publishes": res.publishes,
+                           "samples_per_s": round(res.samples_per_s, 1),
+                           "bundles": {x: str(run / "ctr" / f"follow-{x}") for x in cfg.strategies}}))
+    if freshness:
+        freshness_table(run, seeds=seeds, model=s.model, train=s.train)
+        typer.echo((run / "ctr" / "follow" / "freshness.md").read_text())

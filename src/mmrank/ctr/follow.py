@@ -1,0 +1,705 @@
+"""Near-line CTR training: one pass over the sample stream in event-time order (issue 31, Monolith's
+online training, arXiv 2209.07663).
+
+* :func:`sample_batches` is the one seam to the event source: mini-batches of CTR samples (the columns
+  of :func:`mmrank.data.samples.build_ctr_samples`) with an ``event_id`` each, in event-time order, from a
+  cursor on. ``replay`` reads the run's ``R/data/ctr_samples.parquet`` sorted by ``ts`` (ties: file
+  order; ``event_id`` = the row in that file). ``redis`` (the online joiner) is not wired in yet.
+* :class:`Follower` trains every strategy on each batch after scoring it with the strategy's last
+  published model (Monolith's protocol: each window is predicted before it is learnt from). Item and
+  user IDs get rows from a :class:`~mmrank.ctr.dynamic_ids.DynamicIdTable` (admission, expiry, bound).
+  A sample's item representation is read as of its time: an item created at ``created_at`` is visible
+  from ``created_at + ingest_latency`` on, and before that it is the unknown (zero) row, for the target
+  and for history items alike.
+* Every ``publish_every`` seconds of event time each strategy is published as a versioned directory in
+  the layout :func:`mmrank.ctr.artifacts.load_model` (and so ``mmrank serve``) reads, written under a
+  temporary name and renamed; ``R/ctr/follow-<strategy>`` is a symlink swapped atomically to the newest
+  (serve it with ``--strategy follow-<strategy>``, reload with ``POST /v1/admin/reload``).
+* Checkpoints (safetensors + JSON, no pickle) hold the models, optimiser states, ID tables, the cursor and
+  a per-event training count; a restart after ``kill -9`` resumes from the last one, so every event is
+  trained exactly once in the state that survives.
+
+The trainer never reads ``R/truth/``: it reads ``R/data`` (samples, items), ``R/embeddings`` and the
+run's lineage digests only.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import Field
+from safetensors.torch import load_file as load_torch, save_file as save_torch
+
+from mmrank.config import StrictModel
+from mmrank.ctr.data import (MAX_POSITION, OOV, CtrSamples, EncodedSamples, FeatureSpace, Vocab, concat_ranges,
+                             load_samples, make_batch, simtier_features)
+from mmrank.ctr.dynamic_ids import DynamicIdTable
+from mmrank.ctr.models import STRATEGIES, CtrConfig, CtrModel, ModelSizes, Strategy
+from mmrank.ctr.trainer import TrainConfig, make_optimizer, optimizer_step
+from mmrank.errors import ConfigError, MMRankError
+from mmrank.models.layers import ItemVectors
+
+DAY = 86_400
+
+
+class FollowConfig(StrictModel):
+    """`mmrank ctr follow`: the near-line trainer's settings."""
+
+    strategies: list[Strategy] = Field(default_factory=lambda: list(STRATEGIES))
+    source: str = Field("replay", description="replay (R/data/ctr_samples.parquet by ts) | redis")
+    batch_size: int = Field(256, ge=1, description="samples per mini-batch (a batch never spans a publish)")
+    publish_every: int = Field(3600, ge=1, description="seconds of event time between published bundles")
+    keep_bundles: int = Field(3, ge=1, description="published versions kept on disk per strategy")
+    checkpoint_every: int = Field(200, ge=1, description="batches between checkpoints")
+    ingest_latency: float = Field(1.0, ge=0, description="seconds from an item's created_at until its "
+                                  "representation is readable (benchmarks/ingest_latency.py measures it)")
+    item_capacity: int = Field(25_000, ge=1, description="rows of the dynamic item ID table (LRU beyond)")
+    user_capacity: int = Field(60_000, ge=1, description="rows of the dynamic user ID table (LRU beyond)")
+    admit_after: int = Field(2, ge=1, description="sightings before an id gets its own row")
+    expire_after: int | None = Field(14 * DAY, ge=1, description="seconds unseen before a row is freed")
+    seed: int = 0
+    model: CtrConfig = Field(default_factory=CtrConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+# ----------------------------------------------------------------------------------------------- source
+
+@dataclass
+class SampleBatch:
+    """Samples in event-time order, their event ids, and the cursor after them."""
+
+    samples: CtrSamples
+    event_id: np.ndarray
+    cursor: int
+
+
+def take(s: CtrSamples, rows: np.ndarray) -> CtrSamples:
+    """Rows ``rows`` of ``s`` (histories included) as a new :class:`CtrSamples`."""
+    rows = np.asarray(rows, np.int64)
+    lens = s.hist_offsets[rows + 1] - s.hist_offsets[rows]
+    idx = concat_ranges(s.hist_offsets[rows], lens)
+    off = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(lens, out=off[1:])
+    return CtrSamples(ts=s.ts[rows], user_id=s.user_id[rows], item_id=s.item_id[rows],
+                      request_id=s.request_id[rows], position=s.position[rows], region=s.region[rows],
+                      category_id=s.category_id[rows], label=s.label[rows], is_train=s.is_train[rows],
+                      hist_offsets=off, hist_item_id=s.hist_item_id[idx],
+                      hist_category_id=s.hist_category_id[idx], source=s.source)
+
+
+class ReplaySource:
+    """A run's CTR samples as a stream: sorted by ``ts`` (stable), ``event_id`` = row in the file."""
+
+    def __init__(self, run: Path) -> None:
+        path = Path(run) / "data" / "ctr_samples.parquet"
+        if not path.exists():
+            raise MMRankError(f"{path}: no CTR samples (run `mmrank data build --run {run}`)")
+        self.all = load_samples(path, require_split=False)
+        self.order = np.argsort(self.all.ts, kind="stable")
+        self.n_events = len(self.all)
+
+    def batches(self, batch_size: int, start: int = 0) -> Iterator[SampleBatch]:
+        for a in range(start, len(self.order), batch_size):
+            rows = self.order[a:a + batch_size]
+            yield SampleBatch(take(self.all, rows), rows.astype(np.int64), a + len(rows))
+
+
+def open_source(run: Path, source: str = "replay") -> ReplaySource:
+    if source == "replay":
+        return ReplaySource(run)
+    if source == "redis":
+        raise ConfigError("--source redis: the Redis Streams joiner (issue 31 part 1-2) is not wired in yet; "
+                          "use --source replay")
+    raise ConfigError(f"--source: expected replay or redis, got {source!r}")
+
+
+def sample_batches(run: Path, source: str = "replay", batch_size: int = 256,
+                   start: int = 0) -> Iterator[SampleBatch]:
+    """The seam: mini-batches of the run's samples in event-time order from cursor ``start`` on."""
+    return open_source(run, source).batches(batch_size, start)
+
+
+# ------------------------------------------------------------------------------- representations in time
+
+@dataclass
+class Representations:
+    """The run's item vectors (rows of ``vocab``) and when each becomes readable."""
+
+    vocab: Vocab
+    table: torch.Tensor          # (V, D), rows 0 and 1 zero
+    visible_from: np.ndarray     # (V,) int64/float event time each row becomes readable
+    source: str
+
+    @classmethod
+    def load(cls, run: Path, latency: float) -> Representations:
+        from mmrank.ctr.representations import item_vectors
+        from mmrank.data.io import read_table
+
+        ids, vecs, source = item_vectors(run)
+        vocab = Vocab.of(ids)
+        table = np.zeros((len(vocab), vecs.shape[1]), np.float32)
+        table[vocab.lookup(ids)] = vecs
+        table[:2] = 0.0
+        t = read_table(Path(run) / "data" / "items.parquet", "items", columns=["item_id", "created_at"])
+        iid = t.column("item_id").to_numpy().astype(np.int64)
+        created = t.column("created_at").to_numpy().astype(np.float64)
+        vis = np.full(len(vocab), np.inf)
+        rows = vocab.lookup(iid)
+        ok = rows >= 2
+        vis[rows[ok]] = created[ok] + latency
+        vis[:2] = np.inf
+        return cls(vocab, torch.from_numpy(table), vis, source)
+
+    def rows_as_of(self, ids: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Rows of ``ids`` at event times ``ts`` (same shape): OOV (zero) before an item is visible."""
+        rows = self.vocab.lookup(ids)
+        return np.where(self.visible_from[rows] <= ts, rows, OOV).astype(np.int32)
+
+
+def encode_batch(s: CtrSamples, item_rows: np.ndarray, user_rows: np.ndarray, hist_rows: np.ndarray,
+                 n_categories: int, n_regions: int, reps: Representations | None) -> EncodedSamples:
+    """A batch's index arrays (as :meth:`FeatureSpace.encode`, ID rows given), with representation rows
+    as of each sample's time."""
+    hist_ts = np.repeat(s.ts, s.hist_lengths())
+    return EncodedSamples(
+        raw=s, item=item_rows.astype(np.int32), user=user_rows.astype(np.int32),
+        category=np.clip(s.category_id.astype(np.int64) + 1, 0, n_categories - 1).astype(np.int32),
+        region=np.clip(s.region.astype(np.int64) + 1, 0, n_regions - 1).astype(np.int32),
+        position=np.clip(s.position.astype(np.int64) + 1, 1, MAX_POSITION - 1).astype(np.int32),
+        hist_item=hist_rows.astype(np.int32),
+        hist_category=np.clip(s.hist_category_id.astype(np.int64) + 1, 0, n_categories - 1).astype(np.int32),
+        item_v=None if reps is None else reps.rows_as_of(s.item_id, s.ts),
+        hist_item_v=None if reps is None else reps.rows_as_of(s.hist_item_id, hist_ts))
+
+
+# ---------------------------------------------------------------------------------------- one strategy
+
+def _opt_arrays(opt, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimiser's per-parameter state as tensors, and which entries were Python numbers."""
+    tensors, ints = {}, {}
+    for i, o in enumerate(opt.opts):
+        for j, st in o.state_dict()["state"].items():
+            for k, v in st.items():
+                key = f"{prefix}.opt{i}.{j}.{k}"
+                if isinstance(v, torch.Tensor):
+                    tensors[key] = v.detach().clone().contiguous()
+                else:
+                    tensors[key] = torch.tensor(float(v))
+                    ints[key] = type(v).__name__
+    return tensors, ints
+
+
+def _load_opt(opt, arrays: dict[str, torch.Tensor], kinds: dict, prefix: str) -> None:
+    for i, o in enumerate(opt.opts):
+        sd = o.state_dict()
+        state: dict = {}
+        head = f"{prefix}.opt{i}."
+        for key, v in arrays.items():
+            if key.startswith(head):
+                j, k = key[len(head):].split(".", 1)
+                kind = kinds.get(key)
+                state.setdefault(int(j), {})[k] = (v if kind is None else
+                                                   int(v.item()) if kind == "int" else float(v.item()))
+        sd["state"] = state
+        o.load_state_dict(sd)
+
+
+class StrategyState:
+    """One strategy's model, optimiser, ID tables and last published model."""
+
+    def __init__(self, strategy: str, cfg: FollowConfig, sizes: tuple[int, int],
+                 reps: Representations | None) -> None:
+        self.strategy = strategy
+        self.cfg = cfg
+        mcfg = CtrConfig.model_validate({**cfg.model.model_dump(), "strategy": strategy})
+        self.mcfg = mcfg
+        self.reps = reps if mcfg.uses_vectors else None
+        if mcfg.uses_vectors and reps is None:
+            raise ConfigError(f"strategy {strategy!r} needs item representations (R/embeddings)")
+        self.n_categories, self.n_regions = sizes
+        self.items = DynamicIdTable(cfg.item_capacity, cfg.admit_after, cfg.expire_after)
+        self.users = DynamicIdTable(cfg.user_capacity, cfg.admit_after, cfg.expire_after)
+        torch.manual_seed(cfg.seed)
+        self.sizes = ModelSizes(n_items=self.items.n_rows, n_users=self.users.n_rows,
+                                n_categories=self.n_categories, n_regions=self.n_regions,
+                                vec_dim=0 if self.reps is None else int(self.reps.table.shape[1]))
+        self.vectors = ItemVectors(self.reps.table) if self.reps is not None else None
+        self.model = CtrModel(mcfg, self.sizes, self.vectors)
+        self.tcfg = cfg.train.model_copy(update={"seed": cfg.seed})
+        self.opt = make_optimizer(self.model, self.tcfg)
+        self.published: tuple[CtrModel, DynamicIdTable, DynamicIdTable] | None = None
+        self.version = 0
+        self.assigned_total = 0
+
+    # -- dynamic rows
+    def _reset_rows(self, emb: torch.nn.Embedding, rows: np.ndarray) -> None:
+        if not len(rows):
+            return
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.assigned_total)
+        idx = torch.from_numpy(rows)
+        with torch.no_grad():
+            emb.weight[idx] = torch.randn(len(rows), emb.weight.shape[1], generator=g) * 0.01
+        for o in self.opt.opts:
+            st = o.state.get(emb.weight)
+            if st:
+                for k in ("exp_avg", "exp_avg_sq"):
+                    if k in st:
+                        st[k][idx] = 0.0
+        self.assigned_total += len(rows)
+
+    def encode_train(self, s: CtrSamples) -> EncodedSamples:
+        now = int(s.ts.max()) if len(s) else 0
+        ids = self.model.ids
+        for table, emb in ((self.items, ids.item_emb), (self.users, ids.user_emb)):
+            freed = table.expire(now)
+            if emb is not None and len(freed):
+                self._reset_rows(emb, freed)
+        it = self.items.observe(s.item_id, s.ts)
+        self._reset_rows(ids.item_emb, it.assigned)
+        us = self.users.observe(s.user_id, s.ts)
+        if ids.user_emb is not None:
+            self._reset_rows(ids.user_emb, us.assigned)
+        enc = encode_batch(s, it.rows, us.rows, self.items.lookup(s.hist_item_id), self.n_categories,
+                           self.n_regions, self.reps)
+        return self._with_simtier(enc)
+
+    def _with_simtier(self, enc: EncodedSamples) -> EncodedSamples:
+        if self.mcfg.uses_simtier and self.mcfg.simtier_in == "pipeline":
+            enc.extra["simtier"] = simtier_features(enc, self.reps.table, self.mcfg.n_tiers, self.mcfg.history_len)
+        return enc
+
+    def train_step(self, s: CtrSamples) -> float:
+        enc = self.encode_train(s)
+        batch = make_batch(enc, np.arange(len(s)), self.mcfg.history_len)
+        self.model.train()
+        out = self.model(batch)
+        loss = self.model.loss(out, batch, self.tcfg.aux_weight)["total"]
+        return optimizer_step(self.opt, loss)
+
+    # -- publishing
+    def publish(self) -> None:
+        """Freeze the current model and ID tables as the published version (in memory)."""
+        model = copy.deepcopy(self.model)
+        model.eval()
+        self.published = (model, self.items.copy(), self.users.copy())
+        self.version += 1
+
+    def snapshot(self) -> tuple[CtrModel, FeatureSpace]:
+        """The published model as serving loads it: ID rows re-laid in sorted-id order (a plain Vocab)."""
+        pub, items, users = self.published
+        item_ids, item_rows = items.items()
+        user_ids, user_rows = users.items()
+        space = FeatureSpace(items=Vocab(item_ids), users=Vocab(user_ids), n_categories=self.n_categories,
+                             n_regions=self.n_regions)
+        sizes = ModelSizes(n_items=len(item_ids) + 2, n_users=len(user_ids) + 2,
+                           n_categories=self.n_categories, n_regions=self.n_regions, vec_dim=self.sizes.vec_dim)
+        state = dict(pub.state_dict())
+        head = np.r_[0, 1]
+        state["ids.item_emb.weight"] = state["ids.item_emb.weight"][torch.from_numpy(np.r_[head, item_rows])]
+        if "ids.user_emb.weight" in state:
+            state["ids.user_emb.weight"] = state["ids.user_emb.weight"][torch.from_numpy(np.r_[head, user_rows])]
+        model = CtrModel(self.mcfg, sizes, self.vectors)
+        model.load_state_dict(state, strict=True)
+        model.eval()
+        return model, space
+
+    @torch.no_grad()
+    def score(self, s: CtrSamples) -> np.ndarray:
+        """Click probabilities of ``s`` by the last published model (IDs it had no row for: unknown);
+        representations as of each sample's time (serving reads the live table)."""
+        model, items, users = self.published
+        enc = encode_batch(s, items.lookup(s.item_id), users.lookup(s.user_id), items.lookup(s.hist_item_id),
+                           self.n_categories, self.n_regions, self.reps)
+        batch = make_batch(self._with_simtier(enc), np.arange(len(s)), self.mcfg.history_len)
+        return torch.sigmoid(model(batch)["logit"]).double().numpy()
+
+    # -- checkpoint state
+    def arrays(self) -> tuple[dict[str, torch.Tensor], dict]:
+        p = self.strategy
+        out = {f"{p}.model.{k}": v.detach().clone().contiguous() for k, v in self.model.state_dict().items()}
+        opt, kinds = _opt_arrays(self.opt, p)
+        out.update(opt)
+        for name, table in (("items", self.items), ("users", self.users)):
+            out.update({k: torch.from_numpy(v) for k, v in table.to_arrays(f"{p}.{name}").items()})
+        conf = {"version": self.version, "assigned_total": self.assigned_total, "opt_kinds": kinds,
+                "items": self.items.config(), "users": self.users.config()}
+        return out, conf
+
+    def restore(self, arrays: dict[str, torch.Tensor], conf: dict) -> None:
+        p = self.strategy
+        self.model.load_state_dict({k[len(p) + 7:]: v for k, v in arrays.items()
+                                    if k.startswith(f"{p}.model.")}, strict=True)
+        np_arrays = {k: v.numpy() for k, v in arrays.items()}
+        self.items = DynamicIdTable.from_arrays(conf["items"], np_arrays, f"{p}.items")
+        self.users = DynamicIdTable.from_arrays(conf["users"], np_arrays, f"{p}.users")
+        _load_opt(self.opt, arrays, conf["opt_kinds"], p)
+        self.version, self.assigned_total = int(conf["version"]), int(conf["assigned_total"])
+
+
+# ------------------------------------------------------------------------------------------- the trainer
+
+@dataclass
+class FollowResult:
+    """What a pass did: per-event scores by the last published model (Monolith's protocol)."""
+
+    event_ts: np.ndarray
+    probs: dict[str, np.ndarray]        # strategy -> (n_events,) float64, NaN where not scored
+    trained: np.ndarray                 # (n_events,) uint8: times each event was trained
+    publishes: int
+    samples_per_s: float
+    seconds: float
+    bundles: dict[str, list[str]] = field(default_factory=dict)
+
+
+class Follower:
+    """One pass of every strategy over the stream; see the module docstring."""
+
+    def __init__(self, run: Path, cfg: FollowConfig, *, write: bool = True, source: ReplaySource | None = None,
+                 reps: Representations | None | str = "load") -> None:
+        from mmrank.lineage import CTR_TABLES, data_inputs
+
+        self.run, self.cfg, self.write = Path(run), cfg, write
+        for s in cfg.strategies:
+            if s not in STRATEGIES:
+                raise ConfigError(f"--strategies: unknown strategy {s!r}; expected {', '.join(STRATEGIES)}")
+        self.inputs = data_inputs(self.run, *CTR_TABLES)
+        self.source = source or open_source(self.run, cfg.source)
+        all_s = self.source.all
+        sizes = (int(max(all_s.category_id.max(initial=0), all_s.hist_category_id.max(initial=0))) + 2,
+                 int(all_s.region.max(initial=0)) + 2)  # the schema's small vocabularies
+        needs = any(s != "id" for s in cfg.strategies)
+        if reps == "load":
+            reps = Representations.load(self.run, cfg.ingest_latency) if needs else None
+        self.reps = reps
+        self.states = {s: StrategyState(s, cfg, sizes, reps) for s in cfg.strategies}
+        n = self.source.n_events
+        self.probs = {s: np.full(n, np.nan) for s in cfg.strategies}
+        self.trained = np.zeros(n, np.uint8)
+        self.cursor = 0
+        self.next_publish: int | None = None
+        self.publishes = 0
+        self.dir = self.run / "ctr" / "follow"
+
+    # -- checkpoints
+    @property
+    def ckpt_json(self) -> Path:
+        return self.dir / "checkpoint.json"
+
+    def save_checkpoint(self) -> None:
+        from mmrank.durable import commit_file, write_text
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, torch.Tensor] = {"trained": torch.from_numpy(self.trained.copy())}
+        confs = {}
+        for s, st in self.states.items():
+            a, c = st.arrays()
+            arrays.update(a)
+            confs[s] = c
+            arrays[f"{s}.probs"] = torch.from_numpy(self.probs[s].copy())
+            if st.published is not None:
+                model, items, users = st.published
+                arrays.update({f"{s}.pub.model.{k}": v.detach().clone().contiguous()
+                               for k, v in model.state_dict().items()})
+                for name, table in (("items", items), ("users", users)):
+                    arrays.update({k: torch.from_numpy(v) for k, v in table.to_arrays(f"{s}.pub.{name}").items()})
+                confs[s]["published"] = {"items": items.config(), "users": users.config()}
+        serial = int(time.time() * 1e6)
+        name = f"checkpoint-{serial}.safetensors"
+        tmp = self.dir / f".{name}.tmp"
+        save_torch(arrays, str(tmp))
+        commit_file(tmp, self.dir / name)
+        old = json.loads(self.ckpt_json.read_text()).get("file") if self.ckpt_json.exists() else None
+        state = {"file": name, "cursor": self.cursor, "next_publish": self.next_publish,
+                 "publishes": self.publishes, "strategies": confs, "inputs": self.inputs,
+                 "config": self.cfg.model_dump(mode="json")}
+        write_text(self.ckpt_json, json.dumps(state, indent=1))
+        if old and old != name:
+            (self.dir / old).unlink(missing_ok=True)
+
+    def load_checkpoint(self) -> bool:
+        """Resume from ``R/ctr/follow/checkpoint.json`` if there is one; True when resumed."""
+        if not self.ckpt_json.exists():
+            return False
+        state = json.loads(self.ckpt_json.read_text())
+        if state.get("inputs") != self.inputs:
+            raise MMRankError(f"{self.ckpt_json}: the checkpoint was made from other data than the run's "
+                              "now; remove R/ctr/follow/ to start over")
+        if sorted(state["strategies"]) != sorted(self.states):
+            raise ConfigError(f"{self.ckpt_json}: checkpoint of strategies {sorted(state['strategies'])}, "
+                              f"asked for {sorted(self.states)}; remove R/ctr/follow/ to start over")
+        arrays = load_torch(str(self.dir / state["file"]))
+        self.trained = arrays["trained"].numpy().copy()
+        for s, st in self.states.items():
+            st.restore(arrays, state["strategies"][s])
+            self.probs[s] = arrays[f"{s}.probs"].numpy().copy()
+            pre = f"{s}.pub.model."
+            pub_state = {k[len(pre):]: v for k, v in arrays.items() if k.startswith(pre)}
+            if pub_state:
+                conf = state["strategies"][s]["published"]
+                np_arrays = {k: v.numpy() for k, v in arrays.items() if k.startswith(f"{s}.pub.")}
+                model = copy.deepcopy(st.model)
+                model.load_state_dict(pub_state, strict=True)
+                model.eval()
+                st.published = (model, DynamicIdTable.from_arrays(conf["items"], np_arrays, f"{s}.pub.items"),
+                                DynamicIdTable.from_arrays(conf["users"], np_arrays, f"{s}.pub.users"))
+        self.cursor, self.next_publish = int(state["cursor"]), state["next_publish"]
+        self.publishes = int(state["publishes"])
+        return True
+
+    # -- publishing
+    def _publish(self, at: int) -> None:
+        for st in self.states.values():
+            st.publish()
+            if self.write:
+                self._write_bundle(st, at)
+        self.publishes += 1
+
+    def _write_bundle(self, st: StrategyState, at: int) -> None:
+        from mmrank.ctr.artifacts import save_model
+        from mmrank.durable import fsync_dir
+
+        base = self.dir / "bundles" / st.strategy
+        base.mkdir(parents=True, exist_ok=True)
+        name = f"v{st.version:06d}"
+        tmp = base / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model, space = st.snapshot()
+        save_model(model, space, tmp, train_cfg=st.tcfg, inputs=self.inputs,
+                   extra={"representations": None if st.reps is None else st.reps.source,
+                          "follow": {"version": st.version, "event_time": at, "cursor": self.cursor,
+                                     "ingest_latency": self.cfg.ingest_latency}})
+        for f in tmp.iterdir():
+            fd = os.open(f, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+        final = base / name
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        fsync_dir(base)
+        link = self.run / "ctr" / f"follow-{st.strategy}"
+        tmp_link = link.with_name(f".{link.name}.tmp")
+        tmp_link.unlink(missing_ok=True)
+        os.symlink(os.path.relpath(final, link.parent), tmp_link)
+        os.replace(tmp_link, link)                 # the swap: readers see the old version or the new one
+        fsync_dir(link.parent)
+        versions = sorted(p for p in base.glob("v*") if p.is_dir())
+        for old in versions[:-self.cfg.keep_bundles]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    # -- the pass
+    def _step(self, b: SampleBatch) -> None:
+        """Score ``b`` with each published model, then train on it (a batch never spans a publish)."""
+        for s, st in self.states.items():
+            self.probs[s][b.event_id] = st.score(b.samples)
+            st.train_step(b.samples)
+        self.trained[b.event_id] += 1
+
+    def run_pass(self, *, progress: bool = True, resume: bool = True,
+                 stop_after: int | None = None, on_batch: Callable[[int], None] | None = None) -> FollowResult:
+        """One pass from the checkpoint's cursor (or the start) to the end of the stream.
+
+        ``stop_after``: stop after that many batches without a final checkpoint (tests: a crash).
+        """
+        from rich.progress import Progress, TextColumn
+
+        resumed = self.load_checkpoint() if (resume and self.write) else False
+        publish_every = self.cfg.publish_every
+        t0, n_done, batches = time.perf_counter(), 0, 0
+        total = self.source.n_events
+        with Progress(TextColumn("{task.description}"), disable=not progress, transient=True) as bar:
+            task = bar.add_task("follow", total=total)
+            for b in self.source.batches(self.cfg.batch_size, self.cursor):
+                if self.next_publish is None:  # the first model (untrained) scores the first window
+                    self.next_publish = (int(b.samples.ts[0]) // publish_every + 1) * publish_every
+                    if not resumed:
+                        self._publish(int(b.samples.ts[0]))
+                ts = b.samples.ts
+                start = 0
+                while start < len(ts):
+                    cut = int(np.searchsorted(ts, self.next_publish, side="left"))
+                    stop = max(cut, start)
+                    if stop > start:
+                        part = np.arange(start, stop)
+                        self._step(SampleBatch(take(b.samples, part), b.event_id[part], b.cursor))
+                        n_done += len(part)
+                        start = stop
+                    if start < len(ts):               # crossing a publish boundary
+                        self._publish(self.next_publish)
+                        self.next_publish = (int(ts[start]) // publish_every + 1) * publish_every
+                self.cursor = b.cursor
+                batches += 1
+                secs = time.perf_counter() - t0
+                bar.update(task, description=(
+                    f"follow {','.join(self.states)}  event time {int(ts[-1]) / DAY:7.2f} d  "
+                    f"{self.cursor}/{total} samples  {n_done / max(secs, 1e-9):,.0f} samples/s  "
+                    f"published {self.publishes}"))
+                if on_batch is not None:
+                    on_batch(batches)
+                if stop_after is not None and batches >= stop_after:
+                    secs = time.perf_counter() - t0
+                    return self._result(n_done, secs)
+                if self.write and batches % self.cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+        secs = time.perf_counter() - t0
+        if self.write:
+            self._publish(int(self.source.all.ts.max()))
+            self.save_checkpoint()
+        return self._result(n_done, secs)
+
+    def _result(self, n_done: int, secs: float) -> FollowResult:
+        ts = np.zeros(self.source.n_events, np.int64)
+        ts[:] = self.source.all.ts
+        return FollowResult(event_ts=ts, probs=self.probs, trained=self.trained, publishes=self.publishes,
+                            samples_per_s=n_done / max(secs, 1e-9), seconds=secs)
+
+
+def follow(run: Path, cfg: FollowConfig | None = None, *, progress: bool = True) -> FollowResult:
+    """`mmrank ctr follow`: one pass (resuming from a checkpoint), bundles published, final checkpoint."""
+    return Follower(Path(run), cfg or FollowConfig()).run_pass(progress=progress)
+
+
+# ------------------------------------------------------------------------------------- the freshness table
+
+def _metrics(y: np.ndarray, p: np.ndarray, users: np.ndarray) -> dict:
+    from mmrank.eval.metrics import UndefinedMetricError, auc, gauc, logloss
+
+    out = {"n": int(len(y))}
+    for name, fn in (("auc", lambda: auc(y, p)), ("gauc", lambda: gauc(y, p, users)),
+                     ("logloss", lambda: logloss(y, p))):
+        try:
+            out[name] = float(fn())
+        except UndefinedMetricError:
+            out[name] = float("nan")
+    return out
+
+
+def _delay_name(d: float | None) -> str:
+    if d is None:
+        return "never (ID only)"
+    return {0: "0 s", 3600: "1 h", DAY: "1 day"}.get(d, f"{d:g} s")
+
+
+def _interval_name(p: int) -> str:
+    return {300: "5 min", 3600: "1 h", DAY: "1 day"}.get(p, f"{p} s")
+
+
+def freshness_table(run: Path, *, seeds: int = 3, strategy: str = "simtier",
+                    delays: tuple[float | None, ...] = (0, 3600, DAY, None),
+                    publish: tuple[int, ...] = (300, 3600, DAY), base_publish: int = 3600,
+                    batch_size: int = 256, model: CtrConfig | None = None, train: TrainConfig | None = None,
+                    progress: bool = True) -> dict:
+    """Monolith's protocol on the run's samples: every pass scores each window with the last published
+    model, then trains on it; figures on the test split (the rows after the first days), overall and on
+    items in their first day (``ts - created_at < 1 day``). Variants: (a) ``strategy`` with the
+    representation readable ``delays`` after arrival (None: never, the ID model), publishing every
+    ``base_publish``; (b) ``strategy`` at delay 0 publishing every ``publish``; and the batch model
+    (:func:`mmrank.ctr.rundata.fit_strategy` once on the training split, then frozen). Writes
+    ``R/ctr/follow/freshness.{json,md}``. Market behaviour is simulated."""
+    from mmrank.ctr.evaluate import json_ready
+    from mmrank.ctr.rundata import fit_strategy, load_run
+    from mmrank.ctr.trainer import predict
+    from mmrank.data.io import read_table
+    from mmrank.durable import write_text
+
+    run = Path(run)
+    model = model or CtrConfig()
+    train = train or TrainConfig()
+    src = ReplaySource(run)
+    s = src.all
+    base = Representations.load(run, 0.0)
+    t = read_table(run / "data" / "items.parquet", "items", columns=["item_id", "created_at"])
+    iid = t.column("item_id").to_numpy().astype(np.int64)
+    created = t.column("created_at").to_numpy().astype(np.int64)
+    order = np.argsort(iid)
+    pos = np.clip(np.searchsorted(iid[order], s.item_id), 0, len(iid) - 1)
+    item_created = np.where(iid[order][pos] == s.item_id, created[order][pos], np.iinfo(np.int64).min // 2)
+    test = ~s.is_train
+    first_day = test & (s.ts - item_created < DAY)
+    stream = s.ts >= s.ts.min() + DAY                       # every window after the first day
+    stream_first = stream & (s.ts - item_created < DAY)
+    parts = {"all": test, "first_day": first_day, "stream": stream, "stream_first_day": stream_first}
+    y = s.label.astype(np.int64)
+    variants: list[tuple[str, str, float | None, int]] = []
+    for d in delays:
+        variants.append(("representation delay", _delay_name(d), d, base_publish))
+    for p in publish:
+        if p != base_publish:
+            variants.append(("publish interval", _interval_name(p), 0.0, p))
+    rows: dict[tuple[str, str], list[dict]] = {}
+    for seed in range(seeds):
+        for group, label, d, p in variants:
+            strat = strategy if d is not None else "id"
+            reps = None
+            if d is not None:
+                reps = Representations(base.vocab, base.table, base.visible_from + d, base.source)
+            cfg = FollowConfig(strategies=[strat], batch_size=batch_size, publish_every=p, seed=seed,
+                               ingest_latency=d or 0.0, model=model, train=train)
+            f = Follower(run, cfg, write=False, source=src, reps=reps)
+            r = f.run_pass(progress=progress, resume=False)
+            prob = r.probs[strat]
+            m = {k: _metrics(y[v], prob[v], s.user_id[v]) for k, v in parts.items()}
+            m.update(samples_per_s=r.samples_per_s, publishes=r.publishes)
+            rows.setdefault((group, label), []).append(m)
+        data = load_run(run)
+        mdl, _ = fit_strategy(data, strategy, seed=seed, make_epochs=0, cfg=model,
+                              train_cfg=train.model_copy(update={"batch_size": batch_size}), progress=False)
+        rows_test = data.enc.test_rows()
+        prob = np.full(len(s), np.nan)
+        prob[rows_test] = predict(mdl, data.enc, rows_test)
+        rows.setdefault(("batch", f"{strategy}, trained once on the training split"), []).append(
+            {k: _metrics(y[v], prob[v], s.user_id[v]) if k in ("all", "first_day") else
+             {"n": int(v.sum()), "auc": float("nan"), "gauc": float("nan"), "logloss": float("nan")}
+             for k, v in parts.items()})
+
+    def agg(ms: list[dict], part: str, k: str) -> dict:
+        v = np.array([m[part][k] for m in ms], float)
+        return {"mean": float(np.nanmean(v)) if np.isfinite(v).any() else float("nan"),
+                "std": float(np.nanstd(v)) if np.isfinite(v).any() else float("nan"), "runs": v.tolist()}
+
+    table = []
+    for (group, label), ms in rows.items():
+        table.append({"group": group, "variant": label,
+                      **{part: {"n": ms[0][part]["n"], **{k: agg(ms, part, k) for k in ("auc", "gauc", "logloss")}}
+                         for part in parts}})
+    out = {"run": str(run), "strategy": strategy, "seeds": seeds, "batch_size": batch_size,
+           "base_publish": base_publish, "protocol": "each window scored by the last published model, then "
+           "trained on (Monolith); figures on the test split; market behaviour simulated",
+           "rows": table}
+    d = run / "ctr" / "follow"
+    d.mkdir(parents=True, exist_ok=True)
+    write_text(d / "freshness.json", json.dumps(json_ready(out), indent=1))
+    lines = [f"# Freshness: near-line `{strategy}` (simulated market behaviour)", "",
+             f"Monolith's protocol on `{run.name}`: each window is scored by the last published model, then "
+             f"trained on; one pass, batch {batch_size} (cut at each publish), ID admission after "
+             f"{FollowConfig().admit_after} sightings; {seeds} seeds (mean ± std over seeds). Representation delay rows "
+             f"publish every {_interval_name(base_publish)}; publish interval rows read representations at "
+             "arrival. GAUC by user (n/a: no user with both labels). The batch model: the same strategy trained "
+             "once (one epoch, same batch size) on the training split, then frozen.", "",
+             ]
+
+    def cell(x: dict) -> str:
+        return "n/a" if not np.isfinite(x["mean"]) else f"{x['mean']:.4f} ± {x['std']:.4f}"
+
+    for title, pair in ((f"Test split ({int(test.sum())} impressions, {int(first_day.sum())} of items in "
+                         "their first day); the batch model is comparable here", ("all", "first_day")),
+                        (f"Every window after the first day ({int(stream.sum())} impressions, "
+                         f"{int(stream_first.sum())} of items in their first day); near-line variants only",
+                         ("stream", "stream_first_day"))):
+        lines += [f"**{title}**", "",
+                  "| group | variant | AUC | GAUC | LogLoss | first-day AUC | first-day GAUC | first-day LogLoss |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in table:
+            lines.append(f"| {r['group']} | {r['variant']} | " + " | ".join(
+                cell(r[part][k]) for part in pair for k in ("auc", "gauc", "logloss")) + " |")
+        lines.append("")
+    write_text(d / "freshness.md", "\n".join(lines) + "\n")
+    return out
