@@ -219,14 +219,15 @@ def test_both_queries_use_the_mean_of_text_and_image_vectors() -> None:
     feats = Features(item, item, text_q, image_q, np.arange(n))
     plain = evaluate(_Toy(), feats, pairs)
     assert "both" not in plain["acc@1"]  # no rows for both queries without their two query rows
-    feats.qrow_text, feats.qrow_image = np.arange(n), np.arange(n)
+    feats.qrow_image = np.arange(n)  # a both query's photo row (its words' row is qrow)
     out = evaluate(_Toy(), feats, pairs)
     assert out["n_test"]["both"] == 30 and out["acc@1"]["text"] == plain["acc@1"]["text"]
     # the mean of two independent noisy views finds its item at least as often as either (here: more)
     assert out["acc@5"]["both"] > max(out["acc@5"]["text"], out["acc@5"]["image"])
 
     class _WithBoth(_Toy):
-        def both_query(self, t, i):
+        def query(self, i, t, modality):
+            assert (modality == BOTH).all()
             return self._n(i)  # a model's own rule is used when it has one
 
     own = evaluate(_WithBoth(), feats, pairs)
@@ -245,3 +246,36 @@ def test_by_item_modality_is_averaged_over_seeds() -> None:
     got = mean_by_item_modality([one, two])
     assert got["acc@1"]["text"] == {"both": 0.75, "text_only": None}
     assert mean_by_item_modality([{}]) is None
+
+
+def test_missing_modalities_and_noisy_pairs_end_to_end(tmp_path: Path) -> None:
+    """A market with items lacking a photo or a title, both-queries and noisy training pairs runs through
+    `pretrain compare` (plain tower and moon2): Acc@N for both-queries and per item modality come out,
+    and the filter's dropped pairs are scored against the truth by evaluation code."""
+    import json
+
+    from mmrank.data.market import generate_market, market_config
+    from mmrank.data.truth import Evaluator
+    from mmrank.pretrain.config import PretrainConfig
+    from mmrank.pretrain.stage import compare
+
+    run = tmp_path / "run"
+    generate_market(market_config(size="tiny", seed=5, n_items=400, n_users=300, n_impressions=6000,
+                                  missing_image_share=0.2, missing_title_share=0.1, both_query_share=0.25,
+                                  noisy_pair_share=0.2), run)
+    cfg = PretrainConfig(image_encoder="cnn-small", text_encoder="hash-bow", image_size=32, epochs=2,
+                         batch_size=32, queue_size=128, dim=32, nested_dims=[32], hidden=32)
+    compare(run, cfg, variants=("scl", "moon2"))
+    detail = json.loads((run / "pretrain" / "compare_detail.json").read_text())
+    for row in ("scl", "moon2"):
+        v = detail["variants"][row]
+        assert v["n_test"]["both"] >= 1 and 0.0 <= v["acc@5"]["both"] <= 1.0
+        by = v["by_item_modality"]["n_test"]
+        assert set(by) == {"image", "text", "both"}
+        assert sum(by["image"].values()) == v["n_test"]["image"]
+        assert by["image"]["text_only"] + by["text"]["text_only"] > 0   # items without a photo were tested
+    dropped = json.loads((run / "pretrain" / "moon2" / "dropped.json").read_text())
+    ids = sorted({r for e in dropped["epochs"] for r in e["pair_rows"]})
+    assert ids
+    score = Evaluator(run).filter_precision(ids)
+    assert 0.0 <= score["precision"] <= 1.0 and score["dropped"] == len(ids)

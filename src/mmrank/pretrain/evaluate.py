@@ -19,18 +19,11 @@ import numpy as np
 import torch
 
 from mmrank.eval.metrics import expected_hits
-from mmrank.pretrain.data import IMAGE, TEXT, Features, PairTable
+from mmrank.pretrain.data import BOTH, IMAGE, TEXT, Features, PairTable
 from mmrank.vectors import l2_normalise
 
 MODALITIES = (("image", IMAGE), ("text", TEXT))
 ITEM_MODALITIES = ("both", "image_only", "text_only")
-BOTH = 2  # PairTable.modality of a query with words and a photo (pretrain.data may define BOTH)
-
-
-def _both_code() -> int:
-    from mmrank.pretrain import data
-
-    return int(getattr(data, "BOTH", BOTH))
 
 
 def item_modality(run, catalog_ids: np.ndarray) -> np.ndarray:
@@ -65,27 +58,40 @@ def _batched(fn, x: torch.Tensor, bs: int = 1024) -> torch.Tensor:
 
 @torch.no_grad()
 def test_vectors(model: torch.nn.Module, feats: Features, pairs: PairTable,
-                 modality: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(D, dim)`` query vectors and ``(D, dim)`` positive item vectors of one modality's test pairs
-    (``BOTH`` needs ``feats.qrow_text`` / ``feats.qrow_image``: each pair's row in ``text_q`` / ``image_q``)."""
+                 modality: int, item_codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(D, dim)`` query vectors and ``(D, dim)`` positive item vectors of one modality's test pairs.
+    A ``BOTH`` query (``feats.qrow``: its words' row in ``text_q``, ``feats.qrow_image``: its photo's
+    row in ``image_q``) goes through the model's ``query(h_img, h_txt, modality)`` when it has one
+    (the MOON2.0 tower), else it is the mean of the text and image query vectors. ``item_codes``
+    (:data:`ITEM_MODALITIES` codes per catalog row) tell a tower that takes them which items lack a
+    photo or a title."""
+    import inspect
+
     rows = np.flatnonzero(pairs.test & (pairs.modality == modality))
     if modality == TEXT:
         q = _batched(model.text_query, feats.text_q[feats.qrow[rows]])
     elif modality == IMAGE:
         q = _batched(model.image_query, feats.image_q[feats.qrow[rows]])
-    else:  # words and a photo: the model's both_query if it has one, else the mean of the two vectors
-        t = feats.text_q[feats.qrow_text[rows]]  # type: ignore[attr-defined]
-        i = feats.image_q[feats.qrow_image[rows]]  # type: ignore[attr-defined]
-        both = getattr(model, "both_query", None)
-        if both is not None:
-            q = both(t, i)
+    else:
+        t = feats.text_q[feats.qrow[rows]]
+        i = feats.image_q[feats.qrow_image[rows]]
+        query = getattr(model, "query", None)
+        if query is not None:
+            q = query(i, t, torch.full((len(rows),), BOTH, dtype=torch.long))
         else:
             norm = torch.nn.functional.normalize
             q = norm(norm(_batched(model.text_query, t), dim=-1) + norm(_batched(model.image_query, i), dim=-1),
                      dim=-1) if len(rows) else t
     uniq, inv = np.unique(pairs.pos[rows], return_inverse=True)
-    items = _batched(lambda i: model.item(feats.item_img[i], feats.item_txt[i]),
-                     torch.from_numpy(uniq))
+    takes_flags = "has_img" in inspect.signature(model.item).parameters
+    if item_codes is not None and takes_flags:
+        codes = torch.from_numpy(np.asarray(item_codes, np.int64))
+        items = _batched(lambda r: model.item(feats.item_img[r], feats.item_txt[r],
+                                              codes[r] != ITEM_MODALITIES.index("text_only"),
+                                              codes[r] != ITEM_MODALITIES.index("image_only")),
+                         torch.from_numpy(uniq))
+    else:
+        items = _batched(lambda r: model.item(feats.item_img[r], feats.item_txt[r]), torch.from_numpy(uniq))
     return q.numpy(), items.numpy()[inv.reshape(-1)]
 
 
@@ -113,11 +119,10 @@ def evaluate(model: torch.nn.Module, feats: Features, pairs: PairTable,
     by_item: dict = {f"acc@{n}": {} for n in ns}
     by_item["n_test"] = {}
     mods = list(MODALITIES)
-    b = _both_code()
-    if (pairs.test & (pairs.modality == b)).any() and hasattr(feats, "qrow_text") and hasattr(feats, "qrow_image"):
-        mods.append(("both", b))  # only when there are such test pairs: other outputs keep their shape
+    if (pairs.test & (pairs.modality == BOTH)).any() and getattr(feats, "qrow_image", None) is not None:
+        mods.append(("both", BOTH))  # only when there are such test pairs: other outputs keep their shape
     for name, m in mods:
-        q, p = test_vectors(model, feats, pairs, m)
+        q, p = test_vectors(model, feats, pairs, m, item_codes)
         out["n_test"][name] = int(q.shape[0])
         group = codes[pairs.pos[np.flatnonzero(pairs.test & (pairs.modality == m))]]
         by_item["n_test"][name] = {g: int((group == k).sum()) for k, g in enumerate(ITEM_MODALITIES)}
