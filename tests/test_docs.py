@@ -261,3 +261,20 @@ def test_offpolicy_rows_name_a_market_other_than_the_small_one(tmp_path):
     assert _rows(page, "0.1 (`cf-e01`)")
     assert _rows(page, "20,000 items, 0.1 (`cf-default`)")
     assert _rows(page, "real catalog, 0.1 (`cf-real`)")
+
+
+def test_filter_report_renders_per_row_and_epoch(tmp_path):
+    """`pretrain/filter_report.json` renders as the pretrain-filter block: each row's epochs and their
+    union, precision and recall from the JSON, Acc@1 with its std."""
+    root = _copy_docs(tmp_path / "repo", with_results=False)
+    run = tmp_path / "noisy"
+    (run / "pretrain").mkdir(parents=True)
+    rep = {"noise_share": 0.2, "rows": {"filter": {
+        "epochs": [{"epoch": 1, "precision": 0.5, "recall": 0.25, "dropped": 40, "noisy": 80, "dropped_noisy": 20}],
+        "all": {"precision": 0.4, "recall": 0.3, "dropped": 60, "noisy": 80, "dropped_noisy": 24}}},
+        "acc@1": {"scl": {"image": {"mean": 0.25, "std": 0.01}, "text": {"mean": 0.2, "std": 0.02}}}}
+    (run / "pretrain" / "filter_report.json").write_text(json.dumps(rep))
+    _ok(["report", "docs", "--root", root, "--run", f"moon-noisy={run}"])
+    page = (root / "docs" / "pretrain.md").read_text()
+    assert _rows(page, "`filter`") == [["1", "40", "0.500", "0.250"], ["all", "60", "0.400", "0.300"]]
+    assert _rows(page, "`scl`") == [["0.2500 ± 0.0100", "0.2000 ± 0.0200"]]

@@ -14,7 +14,8 @@ the prose around it is written by hand and left alone. ``KEY`` is one of :data:`
 label (:data:`KNOWN_RUNS`) whose copies are absent renders as a note naming the commands that make
 it and where its last figures are. The off-policy study's runs (:data:`OFFPOLICY_RUNS`) have their own
 blocks (``readme-offpolicy``, ``offpolicy-estimators``, ``offpolicy-learners``, from
-``rerank/compare.json``'s ``offpolicy`` key and the manifest's policy) and appear in a stage's block
+``rerank/compare.json``'s ``offpolicy`` key and the manifest's policy); the MOON2.0 study's
+(:data:`MOON_RUNS`) the ``pretrain-filter`` block. Both (:data:`STUDY_RUNS`) appear in a stage's block
 only where they have that stage's figures.
 """
 
@@ -32,7 +33,8 @@ from mmrank.errors import MMRankError
 
 # What a run's commands write, relative to the run directory; copied under docs/results/<label>/.
 RUN_FILES = ("data/manifest.json", "report/results.json", "pretrain/compare.json",
-             "pretrain/compare_detail.json", "ctr/compare.json", "rerank/compare.json")
+             "pretrain/compare_detail.json", "pretrain/filter_report.json", "ctr/compare.json",
+             "rerank/compare.json")
 LAST_FIGURES = "`git show 49d227b:README.md`"
 
 # The runs the pages describe, in page order: a title, and the commands that make the run.
@@ -112,6 +114,29 @@ OFFPOLICY_RUNS: dict[str, dict[str, str]] = {
 }
 
 
+# The MOON2.0 study's runs (issue 20; docs/pretrain.md): the switches on a small market, and the sample
+# filter on one with noisy pairs.
+MOON_RUNS: dict[str, dict[str, str]] = {
+    "moon-small": {
+        "title": "MOON2.0 switches, small market (`runs/moon-small`)",
+        "commands": "mmrank market generate --run runs/moon-small --size small\n"
+                    "mmrank pretrain compare --run runs/moon-small --seeds 3 "
+                    "--variants popularity,off-the-shelf,scl,moe,align,coaug,filter,moon2\n"
+                    "mmrank report docs --run moon-small=runs/moon-small",
+    },
+    "moon-noisy": {
+        "title": "The sample filter on a small market with 20% noisy pairs (`runs/moon-noisy`)",
+        "commands": "echo 'market: {noisy_pair_share: 0.2}' > noisy.yaml\n"
+                    "mmrank market generate --run runs/moon-noisy --size small --seed 0 --config noisy.yaml\n"
+                    "mmrank pretrain compare --run runs/moon-noisy --seeds 3 --variants scl,filter\n"
+                    "mmrank pretrain filter-report --run runs/moon-noisy   # precision against the truth\n"
+                    "mmrank report docs --run moon-noisy=runs/moon-noisy",
+    },
+}
+
+# Study runs appear in a page only where they have that page's figures (not as "nothing yet" notes).
+STUDY_RUNS: dict[str, dict[str, str]] = {**MOON_RUNS, **OFFPOLICY_RUNS}
+
 _BEGIN = re.compile(r"<!-- generated: ([a-z0-9-]+) -->\n")
 _END = "<!-- end generated -->"
 _LABEL = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -139,7 +164,7 @@ class Results:
 
     def labels(self) -> list[str]:
         """Known labels first (page order), then the off-policy study's, then the others sorted."""
-        named = [*KNOWN_RUNS, *OFFPOLICY_RUNS]
+        named = [*KNOWN_RUNS, *STUDY_RUNS]
         return [k for k in named if k in self.runs] + sorted(k for k in self.runs if k not in named)
 
     def get(self, label: str, rel: str) -> Any:
@@ -179,20 +204,21 @@ def _table(head: list[str], rows: Iterable[list[str]], align: str = "---:") -> l
 
 
 def _absent(label: str, what: str) -> list[str]:
-    where = (f"the commands in [runs.md](runs.md#{label})" if label in KNOWN_RUNS
+    where = (f"the commands in [runs.md](runs.md#{label})" if label in KNOWN_RUNS or label in STUDY_RUNS
              else f"`mmrank report docs --run {label}=R`")
-    return [f"*No {what} in `docs/results/{label}/`.* Make it with {where}; the last figures measured "
-            f"are in {LAST_FIGURES}.", ""]
+    last = ("" if label in STUDY_RUNS    # studies added since: no earlier figures
+            else f"; the last figures measured are in {LAST_FIGURES}")
+    return [f"*No {what} in `docs/results/{label}/`.* Make it with {where}{last}.", ""]
 
 
 def runs_rows(res: Results) -> list[str]:
     """Every known run: the commands that make it, and whether docs/results holds it."""
     out: list[str] = []
-    for label, known in {**KNOWN_RUNS, **OFFPOLICY_RUNS}.items():
+    for label, known in {**KNOWN_RUNS, **STUDY_RUNS}.items():
         have = ", ".join(f"`{rel}`" for rel in res.runs.get(label, {})) or "nothing yet"
         out += [f'<a id="{label}"></a>', f"### {known['title']}", "", "```bash", *known["commands"].splitlines(),
                 "```", "", f"In `docs/results/{label}/`: {have}.", ""]
-    others = [k for k in res.labels() if k not in KNOWN_RUNS and k not in OFFPOLICY_RUNS]
+    others = [k for k in res.labels() if k not in KNOWN_RUNS and k not in STUDY_RUNS]
     if others:
         out += ["Other runs in `docs/results/`: " + ", ".join(f"`{k}`" for k in others) + ".", ""]
     return out
@@ -212,10 +238,10 @@ def _sections(res: Results, rel: str, what: str,
     out: list[str] = []
     if labels is None:      # the off-policy study's runs only where they have this stage's figures
         labels = [k for k in dict.fromkeys([*KNOWN_RUNS, *res.labels()])
-                  if k not in OFFPOLICY_RUNS or res.get(k, rel) is not None]
+                  if k not in STUDY_RUNS or res.get(k, rel) is not None]
     labels = list(labels)
     for label in labels:
-        title = {**KNOWN_RUNS, **OFFPOLICY_RUNS}.get(label, {}).get("title", f"run `{label}`")
+        title = {**KNOWN_RUNS, **STUDY_RUNS}.get(label, {}).get("title", f"run `{label}`")
         out += [f"### {title}", ""]
         out += render(res, label) if res.get(label, rel) is not None else _absent(label, what)
     return out
@@ -261,6 +287,25 @@ def pretrain_rows(res: Results, label: str) -> list[str]:
     return [note, "", *_table(head, rows), "",
             _source(label, "pretrain/compare.json", "mmrank pretrain compare")
             + (" Std: `pretrain/compare_detail.json`." if std else ""), ""]
+
+
+def filter_rows(res: Results, label: str) -> list[str]:
+    """The sample filter against the market's noisy pairs (``pretrain/filter_report.json``)."""
+    rep = res.get(label, "pretrain/filter_report.json")
+    rows = []
+    for row, r in rep["rows"].items():
+        for e in [*r["epochs"], {**r["all"], "epoch": "all"}]:
+            rows.append([f"`{row}`", str(e["epoch"]), f"{e['dropped']:,}", _f(e.get("precision"), 3),
+                         _f(e.get("recall"), 3)])
+    acc = [[f"`{v}`", *(_pm(a[m], 4, 3) for m in ("image", "text"))] for v, a in rep.get("acc@1", {}).items()]
+    return [f"Noise share of the training pairs (the truth's `noisy_pairs.parquet`): "
+            f"{_f(rep.get('noise_share'), 3)}. Per filtering row (`R/pretrain/<row>/dropped.json`, one seed "
+            "directory each) and epoch: pairs dropped, precision (share of them that are noise), recall "
+            "(share of the noise dropped).", "",
+            *_table(["row", "epoch", "dropped", "precision", "recall"], rows), "",
+            "Acc@1 of the rows (mean ± std over seeds):", "",
+            *_table(["row", "Acc@1 image", "Acc@1 text"], acc), "",
+            _source(label, "pretrain/filter_report.json", "mmrank pretrain filter-report"), ""]
 
 
 def _ctr_strategies(comp: dict) -> list[str]:
@@ -608,6 +653,9 @@ def offpolicy_learner_rows(res: Results) -> list[str]:
 BLOCKS: dict[str, Callable[[Results], list[str]]] = {
     "market": lambda r: _sections(r, "data/manifest.json", "market manifest", market_rows),
     "pretrain": lambda r: _sections(r, "pretrain/compare.json", "pre-training comparison", pretrain_rows),
+    "pretrain-filter": lambda r: _sections(r, "pretrain/filter_report.json", "filter report", filter_rows,
+                                           [k for k in r.labels() if r.get(k, "pretrain/filter_report.json")]
+                                           or ["moon-noisy"]),
     "ctr": lambda r: _sections(r, "ctr/compare.json", "CTR comparison", ctr_rows),
     "rerank": lambda r: _sections(r, "rerank/compare.json", "re-ranking comparison", rerank_rows),
     "store": lambda r: _sections(r, "report/results.json", "demo results", store_rows, ["demo"]),
