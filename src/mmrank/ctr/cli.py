@@ -145,7 +145,15 @@ def predict_cmd(
 def follow_cmd(
     run: Path = typer.Option(..., "--run", help="run directory (reads RUN/data, RUN/embeddings; never "
                              "RUN/truth)"),
-    source: str = typer.Option("replay", help="replay (RUN/data/ctr_samples.parquet in event time) | redis"),
+    source: str = typer.Option("replay", help="replay (RUN/data/ctr_samples.parquet in event time) | redis "
+                               "(the run's event stream through the online joiner)"),
+    redis: Optional[str] = typer.Option(None, "--redis", help="--source redis: redis://host:port/db"),
+    stream: Optional[str] = typer.Option(None, help="--source redis: stream key (default mmrank:events:<run>)"),
+    idle_stop_s: Optional[float] = typer.Option(None, min=0, help="--source redis: stop when no entry came "
+                                                "for this long (default 2)"),
+    batch_events: Optional[int] = typer.Option(None, min=1, help="--source redis: events per read (1000)"),
+    checkpoint_every: Optional[int] = typer.Option(None, min=1, help="batches (redis: reads) between "
+                                                   "checkpoints (default 200)"),
     strategies: Optional[str] = typer.Option(None, help="comma-separated (default all six)"),
     publish_every: int = typer.Option(3600, min=1, help="seconds of event time between published bundles"),
     batch_size: Optional[int] = typer.Option(None, min=1, help="samples per mini-batch (default 256)"),
@@ -172,7 +180,9 @@ def follow_cmd(
     s = _settings(config, threads=threads)
     _threads(s.threads)
     flags = {k: v for k, v in dict(strategies=strats, source=source, publish_every=publish_every,
-                                   batch_size=batch_size, ingest_latency=ingest_latency).items() if v is not None}
+                                   batch_size=batch_size, ingest_latency=ingest_latency, redis_url=redis,
+                                   stream=stream, idle_stop_s=idle_stop_s, batch_events=batch_events,
+                                   checkpoint_every=checkpoint_every).items() if v is not None}
     cfg = FollowConfig(model=s.model, train=s.train, **flags)
     res = follow(run, cfg)
     typer.echo(json.dumps({"samples": int(res.trained.sum()), "publishes": res.publishes,

@@ -4,7 +4,14 @@ online training, arXiv 2209.07663).
 * :func:`sample_batches` is the one seam to the event source: mini-batches of CTR samples (the columns
   of :func:`mmrank.data.samples.build_ctr_samples`) with an ``event_id`` each, in event-time order, from a
   cursor on. ``replay`` reads the run's ``R/data/ctr_samples.parquet`` sorted by ``ts`` (ties: file
-  order; ``event_id`` = the row in that file). ``redis`` (the online joiner) is not wired in yet.
+  order; ``event_id`` = the row in that file). ``redis`` (:class:`RedisSamples`) reads the run's event
+  stream from Redis (a consumer group) through the online joiner (:func:`mmrank.stream.stage.make_joiner`):
+  each event batch's joined samples are trained, then the checkpoint saves the Redis cursor and the
+  joiner's snapshot, and only then are the entries acknowledged (``XACK``); a restart restores the
+  joiner, skips pending entries at or below the cursor and redoes the others. There a sample's slot is
+  its position in the order samples came (``event_id`` = that slot; the checkpoint's ``event_ids`` holds
+  the impression's stream event id of each slot). The pass ends when no entry came for ``idle_stop_s``:
+  the joiner is then flushed (samples whose window is still open are emitted and trained).
 * :class:`Follower` trains every strategy on each batch after scoring it with the strategy's last
   published model (Monolith's protocol: each window is predicted before it is learnt from). Item and
   user IDs get rows from a :class:`~mmrank.ctr.dynamic_ids.DynamicIdTable` (admission, expiry, bound).
@@ -35,6 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from pydantic import Field
 from safetensors.torch import load_file as load_torch, save_file as save_torch
@@ -45,6 +55,7 @@ from mmrank.ctr.data import (MAX_POSITION, OOV, CtrSamples, EncodedSamples, Feat
 from mmrank.ctr.dynamic_ids import DynamicIdTable
 from mmrank.ctr.models import STRATEGIES, CtrConfig, CtrModel, ModelSizes, Strategy
 from mmrank.ctr.trainer import TrainConfig, make_optimizer, optimizer_step
+from mmrank.data.schemas import HISTORY_LEN
 from mmrank.errors import ConfigError, MMRankError
 from mmrank.models.layers import ItemVectors
 
@@ -56,6 +67,16 @@ class FollowConfig(StrictModel):
 
     strategies: list[Strategy] = Field(default_factory=lambda: list(STRATEGIES))
     source: str = Field("replay", description="replay (R/data/ctr_samples.parquet by ts) | redis")
+    redis_url: str | None = Field(None, description="--source redis: redis://host:port/db")
+    stream: str | None = Field(None, description="--source redis: stream key (None: mmrank:events:<run name>)")
+    group: str = Field("ctr-follow", description="--source redis: consumer group")
+    consumer: str = Field("trainer", description="--source redis: consumer name (a restart with the same "
+                          "name resumes its pending entries)")
+    batch_events: int = Field(1000, ge=1, description="--source redis: events per read (a checkpoint falls "
+                              "between reads)")
+    block_ms: int = Field(200, ge=1, description="--source redis: how long one read waits for entries")
+    idle_stop_s: float = Field(2.0, ge=0.0, description="--source redis: end the pass when no entry came "
+                               "for this long")
     batch_size: int = Field(256, ge=1, description="samples per mini-batch (a batch never spans a publish)")
     publish_every: int = Field(3600, ge=1, description="seconds of event time between published bundles")
     keep_bundles: int = Field(3, ge=1, description="published versions kept on disk per strategy")
@@ -75,11 +96,14 @@ class FollowConfig(StrictModel):
 
 @dataclass
 class SampleBatch:
-    """Samples in event-time order, their event ids, and the cursor after them."""
+    """Samples in event-time order, their slots (``event_id``), and the cursor after them; ``ids``: the
+    source's event ids (None: the slots); ``last``: a checkpoint may follow (the end of a source read)."""
 
     samples: CtrSamples
     event_id: np.ndarray
-    cursor: int
+    cursor: int | dict
+    ids: np.ndarray | None = None
+    last: bool = True
 
 
 def take(s: CtrSamples, rows: np.ndarray) -> CtrSamples:
@@ -107,25 +131,152 @@ class ReplaySource:
         self.order = np.argsort(self.all.ts, kind="stable")
         self.n_events = len(self.all)
 
+    def vocab_sizes(self) -> tuple[int, int]:
+        """(categories, regions) of the model's small vocabularies."""
+        s = self.all
+        return (int(max(s.category_id.max(initial=0), s.hist_category_id.max(initial=0))) + 2,
+                int(s.region.max(initial=0)) + 2)
+
     def batches(self, batch_size: int, start: int = 0) -> Iterator[SampleBatch]:
         for a in range(start, len(self.order), batch_size):
             rows = self.order[a:a + batch_size]
             yield SampleBatch(take(self.all, rows), rows.astype(np.int64), a + len(rows))
 
 
-def open_source(run: Path, source: str = "replay") -> ReplaySource:
+def samples_from_arrow(rb: pa.RecordBatch, history_len: int = HISTORY_LEN,
+                       source: str = "") -> tuple[CtrSamples, np.ndarray]:
+    """A batch of joined samples (:data:`mmrank.stream.joiner.SAMPLE_SCHEMA`) as :class:`CtrSamples`
+    (histories cut to the last ``history_len`` clicks, as :func:`~mmrank.ctr.data.load_samples` does)
+    and the impressions' event ids."""
+    def col(name: str) -> np.ndarray:
+        return rb.column(name).to_numpy(zero_copy_only=False)
+
+    def flat(name: str) -> tuple[np.ndarray, np.ndarray]:
+        c = rb.column(name)
+        return (pc.fill_null(pc.list_value_length(c), 0).to_numpy(zero_copy_only=False).astype(np.int64),
+                pc.list_flatten(c).to_numpy(zero_copy_only=False))
+
+    li, vi = flat("hist_item_ids")
+    lc, vc = flat("hist_category_ids")
+    if not np.array_equal(li, lc):
+        row = int(np.flatnonzero(li != lc)[0])
+        raise MMRankError(f"joined samples row {row}: history has {li[row]} item ids but {lc[row]} category ids")
+    keep = np.minimum(li, history_len)
+    ends = np.cumsum(li)
+    idx = concat_ranges(ends - keep, keep)
+    off = np.zeros(len(keep) + 1, np.int64)
+    np.cumsum(keep, out=off[1:])
+    s = CtrSamples(ts=col("ts").astype(np.int64), user_id=col("user_id").astype(np.int64),
+                   item_id=col("item_id").astype(np.int64), request_id=col("request_id").astype(np.int64),
+                   position=col("position").astype(np.int16), region=col("region").astype(np.int16),
+                   category_id=col("category_id").astype(np.int32), label=col("label").astype(np.int8),
+                   is_train=col("split") == "train", hist_offsets=off,
+                   hist_item_id=np.asarray(vi, np.int64)[idx], hist_category_id=np.asarray(vc, np.int32)[idx],
+                   source=source)
+    return s, col("event_id").astype(np.int64)
+
+
+class RedisSamples:
+    """The run's event stream from Redis through the online joiner, as mini-batches of samples.
+
+    The cursor is ``{"samples": slots handed out, "redis": the RedisSource cursor}``; :meth:`state` is the
+    joiner's snapshot at the last batch handed out with ``last`` set (save it with that batch's cursor),
+    :meth:`restore` sets it before :meth:`batches`; :meth:`commit` acknowledges a checkpointed cursor.
+    """
+
+    n_events = None  # unknown in advance
+
+    def __init__(self, run: Path, cfg: FollowConfig) -> None:
+        from mmrank.stream.sources import run_stream_key
+
+        if not cfg.redis_url:
+            raise ConfigError("--source redis: give --redis URL (redis://host:port/db)")
+        self.run, self.cfg = Path(run), cfg
+        self.stream = cfg.stream or run_stream_key(run)
+        self._joiner_state: bytes | None = None
+        self.joiner = None
+        self.src = None
+        self.skipped = 0
+
+    def vocab_sizes(self) -> tuple[int, int]:
+        """(categories, regions): the catalog's categories, the log's regions (R/data)."""
+        from mmrank.data.io import read_table
+        from mmrank.stream.joiner import category_vocab
+
+        items = read_table(self.run / "data" / "items.parquet", "items", columns=["item_id", "category"])
+        n_cat = len(category_vocab(items)[1]) + 1
+        ev = self.run / "data" / "events.parquet"
+        n_reg = 2
+        if ev.exists():
+            n_reg = int(pq.read_table(ev, columns=["region"]).column("region").to_numpy().max(initial=0)) + 2
+        return n_cat, n_reg
+
+    def restore(self, state: bytes) -> None:
+        self._joiner_state = state
+
+    def state(self) -> bytes:
+        return self.joiner.snapshot()
+
+    def commit(self, cursor: dict) -> None:
+        if self.src is not None and cursor.get("redis", {}).get("last_id"):
+            self.src.ack(cursor["redis"])
+
+    def batches(self, batch_size: int, start: int | dict = 0) -> Iterator[SampleBatch]:
+        from mmrank.stream.joiner import Joiner
+        from mmrank.stream.sources import RedisSource
+        from mmrank.stream.stage import make_joiner
+
+        cfg = self.cfg
+        cur = start if isinstance(start, dict) else {"samples": 0, "redis": None}
+        seq = int(cur["samples"])
+        self.joiner = Joiner.restore(self._joiner_state) if self._joiner_state else make_joiner(self.run)
+        hist_len = HISTORY_LEN  # as the replay source's load_samples
+        self.src = src = RedisSource(cfg.redis_url, self.stream, cfg.group, cfg.consumer, cur["redis"],
+                                     cfg.batch_events, cfg.block_ms)
+        last_cursor = cur["redis"]
+        idle_since: float | None = None
+        try:
+            while True:
+                b = src.read()
+                if b is None:
+                    idle_since = idle_since or time.perf_counter()
+                    if time.perf_counter() - idle_since < cfg.idle_stop_s:
+                        continue
+                    rb = self.joiner.flush()
+                else:
+                    idle_since = None
+                    rb = self.joiner.push(b.records)
+                    last_cursor = b.cursor
+                s, ids = samples_from_arrow(rb, hist_len, source=f"redis:{self.stream}")
+                n = len(s)
+                cuts = list(range(0, n, batch_size)) or [0]
+                for a in cuts:
+                    rows = np.arange(a, min(a + batch_size, n))
+                    seq_rows = seq + rows
+                    yield SampleBatch(take(s, rows), seq_rows.astype(np.int64),
+                                      {"samples": int(seq + rows[-1] + 1) if len(rows) else seq,
+                                       "redis": last_cursor},
+                                      ids=ids[rows], last=a == cuts[-1])
+                seq += n
+                if b is None:
+                    self.skipped = src.skipped
+                    return
+        finally:
+            self.skipped = src.skipped
+
+
+def open_source(run: Path, source: str = "replay", cfg: FollowConfig | None = None) -> ReplaySource | RedisSamples:
     if source == "replay":
         return ReplaySource(run)
     if source == "redis":
-        raise ConfigError("--source redis: the Redis Streams joiner (issue 31 part 1-2) is not wired in yet; "
-                          "use --source replay")
+        return RedisSamples(run, cfg or FollowConfig(source="redis"))
     raise ConfigError(f"--source: expected replay or redis, got {source!r}")
 
 
 def sample_batches(run: Path, source: str = "replay", batch_size: int = 256,
-                   start: int = 0) -> Iterator[SampleBatch]:
+                   start: int | dict = 0, cfg: FollowConfig | None = None) -> Iterator[SampleBatch]:
     """The seam: mini-batches of the run's samples in event-time order from cursor ``start`` on."""
-    return open_source(run, source).batches(batch_size, start)
+    return open_source(run, source, cfg).batches(batch_size, start)
 
 
 # ------------------------------------------------------------------------------- representations in time
@@ -358,12 +509,14 @@ class FollowResult:
     samples_per_s: float
     seconds: float
     bundles: dict[str, list[str]] = field(default_factory=dict)
+    event_ids: np.ndarray | None = None  # (n_events,) the source's event id of each slot
 
 
 class Follower:
     """One pass of every strategy over the stream; see the module docstring."""
 
-    def __init__(self, run: Path, cfg: FollowConfig, *, write: bool = True, source: ReplaySource | None = None,
+    def __init__(self, run: Path, cfg: FollowConfig, *, write: bool = True,
+                 source: ReplaySource | RedisSamples | None = None,
                  reps: Representations | None | str = "load") -> None:
         from mmrank.lineage import CTR_TABLES, data_inputs
 
@@ -372,19 +525,19 @@ class Follower:
             if s not in STRATEGIES:
                 raise ConfigError(f"--strategies: unknown strategy {s!r}; expected {', '.join(STRATEGIES)}")
         self.inputs = data_inputs(self.run, *CTR_TABLES)
-        self.source = source or open_source(self.run, cfg.source)
-        all_s = self.source.all
-        sizes = (int(max(all_s.category_id.max(initial=0), all_s.hist_category_id.max(initial=0))) + 2,
-                 int(all_s.region.max(initial=0)) + 2)  # the schema's small vocabularies
+        self.source = source or open_source(self.run, cfg.source, cfg)
+        sizes = self.source.vocab_sizes()  # the schema's small vocabularies
         needs = any(s != "id" for s in cfg.strategies)
         if reps == "load":
             reps = Representations.load(self.run, cfg.ingest_latency) if needs else None
         self.reps = reps
         self.states = {s: StrategyState(s, cfg, sizes, reps) for s in cfg.strategies}
-        n = self.source.n_events
+        n = self.source.n_events or 0
         self.probs = {s: np.full(n, np.nan) for s in cfg.strategies}
         self.trained = np.zeros(n, np.uint8)
-        self.cursor = 0
+        self.event_ids = np.arange(n, dtype=np.int64)   # slot -> the source's event id
+        self.event_ts = (np.asarray(self.source.all.ts, np.int64).copy() if n else np.zeros(0, np.int64))
+        self.cursor: int | dict = 0
         self.next_publish: int | None = None
         self.publishes = 0
         self.dir = self.run / "ctr" / "follow"
@@ -398,7 +551,11 @@ class Follower:
         from mmrank.durable import commit_file, write_text
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        arrays: dict[str, torch.Tensor] = {"trained": torch.from_numpy(self.trained.copy())}
+        arrays: dict[str, torch.Tensor] = {"trained": torch.from_numpy(self.trained.copy()),
+                                           "event_ids": torch.from_numpy(self.event_ids.copy()),
+                                           "event_ts": torch.from_numpy(self.event_ts.copy())}
+        if hasattr(self.source, "state"):  # the joiner's snapshot (its own pickle), beside the cursor
+            arrays["source.state"] = torch.from_numpy(np.frombuffer(self.source.state(), np.uint8).copy())
         confs = {}
         for s, st in self.states.items():
             a, c = st.arrays()
@@ -424,6 +581,8 @@ class Follower:
         write_text(self.ckpt_json, json.dumps(state, indent=1))
         if old and old != name:
             (self.dir / old).unlink(missing_ok=True)
+        if hasattr(self.source, "commit"):  # acknowledge only what the checkpoint holds
+            self.source.commit(self.cursor)
 
     def load_checkpoint(self) -> bool:
         """Resume from ``R/ctr/follow/checkpoint.json`` if there is one; True when resumed."""
@@ -437,7 +596,15 @@ class Follower:
             raise ConfigError(f"{self.ckpt_json}: checkpoint of strategies {sorted(state['strategies'])}, "
                               f"asked for {sorted(self.states)}; remove R/ctr/follow/ to start over")
         arrays = load_torch(str(self.dir / state["file"]))
+        if state.get("config", {}).get("source", "replay") != self.cfg.source:
+            raise ConfigError(f"{self.ckpt_json}: checkpoint of source {state['config'].get('source')!r}, "
+                              f"asked for {self.cfg.source!r}; remove R/ctr/follow/ to start over")
         self.trained = arrays["trained"].numpy().copy()
+        if "event_ids" in arrays:
+            self.event_ids = arrays["event_ids"].numpy().copy()
+            self.event_ts = arrays["event_ts"].numpy().copy()
+        if "source.state" in arrays and hasattr(self.source, "restore"):
+            self.source.restore(arrays["source.state"].numpy().tobytes())
         for s, st in self.states.items():
             st.restore(arrays, state["strategies"][s])
             self.probs[s] = arrays[f"{s}.probs"].numpy().copy()
@@ -451,7 +618,8 @@ class Follower:
                 model.eval()
                 st.published = (model, DynamicIdTable.from_arrays(conf["items"], np_arrays, f"{s}.pub.items"),
                                 DynamicIdTable.from_arrays(conf["users"], np_arrays, f"{s}.pub.users"))
-        self.cursor, self.next_publish = int(state["cursor"]), state["next_publish"]
+        cur = state["cursor"]
+        self.cursor, self.next_publish = (cur if isinstance(cur, dict) else int(cur)), state["next_publish"]
         self.publishes = int(state["publishes"])
         return True
 
@@ -496,8 +664,24 @@ class Follower:
             shutil.rmtree(old, ignore_errors=True)
 
     # -- the pass
+    def _grow(self, n: int) -> None:
+        """Room for ``n`` slots (a source of unknown length)."""
+        if n <= len(self.trained):
+            return
+        m = max(n, 2 * len(self.trained), 1024)
+        extra = m - len(self.trained)
+        self.trained = np.concatenate([self.trained, np.zeros(extra, np.uint8)])
+        self.event_ids = np.concatenate([self.event_ids, np.full(extra, -1, np.int64)])
+        self.event_ts = np.concatenate([self.event_ts, np.zeros(extra, np.int64)])
+        for s in self.probs:
+            self.probs[s] = np.concatenate([self.probs[s], np.full(extra, np.nan)])
+
     def _step(self, b: SampleBatch) -> None:
         """Score ``b`` with each published model, then train on it (a batch never spans a publish)."""
+        if b.ids is not None:
+            self._grow(int(b.event_id.max()) + 1)
+            self.event_ids[b.event_id] = b.ids
+            self.event_ts[b.event_id] = b.samples.ts
         for s, st in self.states.items():
             self.probs[s][b.event_id] = st.score(b.samples)
             st.train_step(b.samples)
@@ -517,7 +701,15 @@ class Follower:
         total = self.source.n_events
         with Progress(TextColumn("{task.description}"), disable=not progress, transient=True) as bar:
             task = bar.add_task("follow", total=total)
+            since = 0
             for b in self.source.batches(self.cfg.batch_size, self.cursor):
+                if not len(b.samples):           # a read that completed no sample: only the cursor moves
+                    self.cursor = b.cursor
+                    since += 1
+                    if self.write and b.last and since >= self.cfg.checkpoint_every:
+                        self.save_checkpoint()
+                        since = 0
+                    continue
                 if self.next_publish is None:  # the first model (untrained) scores the first window
                     self.next_publish = (int(b.samples.ts[0]) // publish_every + 1) * publish_every
                     if not resumed:
@@ -529,7 +721,8 @@ class Follower:
                     stop = max(cut, start)
                     if stop > start:
                         part = np.arange(start, stop)
-                        self._step(SampleBatch(take(b.samples, part), b.event_id[part], b.cursor))
+                        self._step(SampleBatch(take(b.samples, part), b.event_id[part], b.cursor,
+                                               None if b.ids is None else b.ids[part]))
                         n_done += len(part)
                         start = stop
                     if start < len(ts):               # crossing a publish boundary
@@ -537,29 +730,39 @@ class Follower:
                         self.next_publish = (int(ts[start]) // publish_every + 1) * publish_every
                 self.cursor = b.cursor
                 batches += 1
+                since += 1
                 secs = time.perf_counter() - t0
                 bar.update(task, description=(
                     f"follow {','.join(self.states)}  event time {int(ts[-1]) / DAY:7.2f} d  "
-                    f"{self.cursor}/{total} samples  {n_done / max(secs, 1e-9):,.0f} samples/s  "
+                    f"{self._n_slots()}/{total or '?'} samples  {n_done / max(secs, 1e-9):,.0f} samples/s  "
                     f"published {self.publishes}"))
                 if on_batch is not None:
                     on_batch(batches)
                 if stop_after is not None and batches >= stop_after:
                     secs = time.perf_counter() - t0
                     return self._result(n_done, secs)
-                if self.write and batches % self.cfg.checkpoint_every == 0:
+                if self.write and b.last and since >= self.cfg.checkpoint_every:
                     self.save_checkpoint()
+                    since = 0
         secs = time.perf_counter() - t0
         if self.write:
-            self._publish(int(self.source.all.ts.max()))
+            done = self.trained[:self._n_slots()] > 0
+            if done.any():
+                self._publish(int(self.event_ts[:self._n_slots()][done].max()))
             self.save_checkpoint()
         return self._result(n_done, secs)
 
+    def _n_slots(self) -> int:
+        """Slots handed out so far (replay: every sample)."""
+        if isinstance(self.cursor, dict):
+            return int(self.cursor["samples"])
+        return len(self.trained) if self.source.n_events else int(self.cursor)
+
     def _result(self, n_done: int, secs: float) -> FollowResult:
-        ts = np.zeros(self.source.n_events, np.int64)
-        ts[:] = self.source.all.ts
-        return FollowResult(event_ts=ts, probs=self.probs, trained=self.trained, publishes=self.publishes,
-                            samples_per_s=n_done / max(secs, 1e-9), seconds=secs)
+        n = self._n_slots()
+        return FollowResult(event_ts=self.event_ts[:n].copy(), probs={s: p[:n] for s, p in self.probs.items()},
+                            trained=self.trained[:n], publishes=self.publishes,
+                            samples_per_s=n_done / max(secs, 1e-9), seconds=secs, event_ids=self.event_ids[:n])
 
 
 def follow(run: Path, cfg: FollowConfig | None = None, *, progress: bool = True) -> FollowResult:
