@@ -126,3 +126,11 @@ def test_killed_follower_resumes_every_sample_trained_once(micro_run: Path, redi
     assert client.xpending("ev", "ctr-follow")["pending"] == 0
     assert client.xinfo_groups("ev")[0]["entries-read"] == info["events"]
     assert (run / "ctr" / "follow-id").is_symlink()
+
+
+def test_redis_source_without_url_is_a_config_error(micro_run: Path) -> None:
+    from mmrank.ctr.follow import FollowConfig, open_source
+    from mmrank.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--source redis: give --redis URL"):
+        open_source(micro_run, "redis", FollowConfig(source="redis"))
