@@ -163,3 +163,19 @@ def test_snapshot_restore_resumes_exactly(tiny_market: Path) -> None:
     src2 = ReplaySource(tiny_market, cursor=json.loads(json.dumps(cursor)), batch_events=2048)
     out += [j2.push(b.records) for b in src2] + [j2.flush()]
     assert pa.Table.from_batches(out, schema=SAMPLE_SCHEMA).equals(whole)
+
+
+def test_a_snapshot_that_names_code_is_refused() -> None:
+    """Restoring reads plain data only: a pickle that would call a function (here ``os.system``) is
+    refused before anything runs."""
+    import os
+    import pickle
+
+    from mmrank.stream.joiner import Joiner
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    with pytest.raises(pickle.UnpicklingError, match="not plain data"):
+        Joiner.restore(pickle.dumps({"x": Evil()}))

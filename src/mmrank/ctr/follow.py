@@ -22,8 +22,9 @@ online training, arXiv 2209.07663).
   the layout :func:`mmrank.ctr.artifacts.load_model` (and so ``mmrank serve``) reads, written under a
   temporary name and renamed; ``R/ctr/follow-<strategy>`` is a symlink swapped atomically to the newest
   (serve it with ``--strategy follow-<strategy>``, reload with ``POST /v1/admin/reload``).
-* Checkpoints (safetensors + JSON, no pickle) hold the models, optimiser states, ID tables, the cursor and
-  a per-event training count; a restart after ``kill -9`` resumes from the last one, so every event is
+* Checkpoints (safetensors + JSON) hold the models, optimiser states, ID tables, the cursor and a
+  per-event training count (with ``--source redis`` also the joiner's snapshot: plain data that
+  :meth:`mmrank.stream.joiner.Joiner.restore` loads with a restricted unpickler); a restart after ``kill -9`` resumes from the last one, so every event is
   trained exactly once in the state that survives.
 
 The trainer never reads ``R/truth/``: it reads ``R/data`` (samples, items), ``R/embeddings`` and the
@@ -554,7 +555,7 @@ class Follower:
         arrays: dict[str, torch.Tensor] = {"trained": torch.from_numpy(self.trained.copy()),
                                            "event_ids": torch.from_numpy(self.event_ids.copy()),
                                            "event_ts": torch.from_numpy(self.event_ts.copy())}
-        if hasattr(self.source, "state"):  # the joiner's snapshot (its own pickle), beside the cursor
+        if hasattr(self.source, "state"):  # the joiner's snapshot (plain data only), beside the cursor
             arrays["source.state"] = torch.from_numpy(np.frombuffer(self.source.state(), np.uint8).copy())
         confs = {}
         for s, st in self.states.items():

@@ -23,13 +23,14 @@ Event time, with W the watermark (the newest event time seen), w the window and 
   histories (clicks).
 
 State is bounded by the horizon: per user the last L clicks older than ``W - w - l`` and all newer
-ones, the impressions in flight, and the ids seen within l. :meth:`Joiner.snapshot` pickles it, for a
+ones, the impressions in flight, and the ids seen within l. :meth:`Joiner.snapshot` pickles it (plain data; :meth:`Joiner.restore` refuses anything else), for a
 checkpoint beside the source cursor (restart = restore the snapshot, reopen the source at the cursor).
 """
 
 from __future__ import annotations
 
 import heapq
+import io
 import logging
 import pickle
 from bisect import bisect_left, insort
@@ -57,6 +58,21 @@ def category_vocab(items: pa.Table) -> tuple[dict[int, int], list[str]]:
     cats = np.asarray(items.column("category").to_pylist(), dtype=object).astype(str)
     vocab, cat_ids = np.unique(cats, return_inverse=True)
     return dict(zip(ids.tolist(), cat_ids.astype(np.int64).tolist())), vocab.tolist()
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: a global outside :data:`_PLAIN` is refused (the Python docs'
+    "restricting globals" recipe), so loading a snapshot never imports or calls anything else."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _PLAIN:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"joiner snapshot: {module}.{name} is not plain data; refused")
+
+
+_PLAIN = {("builtins", n) for n in ("set", "frozenset", "list", "dict", "tuple", "int", "float", "str",
+                                     "bytes", "bool")} | {("collections", "deque"), ("collections", "Counter"),
+                                                         ("collections", "OrderedDict")}
 
 
 class Joiner:
@@ -314,6 +330,9 @@ class Joiner:
 
     @classmethod
     def restore(cls, state: bytes) -> "Joiner":
+        """A joiner from :meth:`snapshot`'s bytes. Only plain data is accepted (numbers, strings, lists,
+        tuples, dicts, sets, ``deque``, ``Counter``): a checkpoint that names any other class or function
+        is refused (:class:`pickle.UnpicklingError`), so a tampered file runs no code."""
         j = cls.__new__(cls)
-        j.__dict__.update(pickle.loads(state))
+        j.__dict__.update(_PlainUnpickler(io.BytesIO(state)).load())
         return j
