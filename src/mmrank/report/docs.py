@@ -109,7 +109,7 @@ OFFPOLICY_RUNS: dict[str, dict[str, str]] = {
     "cf-default": _cf_run("cf-default", "0.1", "", "exploration 0.1", market="default market",
                           generate="--seed 7", dim=64),
     "cf-real": _cf_run("cf-real", "0.1", "", "exploration 0.1",
-                       market="real catalog (44,072 items), behaviour simulated",
+                       market="real catalog (20,000-item subset), behaviour simulated",
                        generate="--seed 7 --catalog ../shared/data/fashion-catalog/items.parquet", dim=64),
 }
 
