@@ -145,7 +145,7 @@ def export_encoder(run: Path, out: Path, rng: np.random.Generator) -> dict[str, 
         entries[path.name] = {"max_abs_diff": diff, **_describe(path)}
 
     size = int(cfg.get("image_size") or 64)
-    backbone = _Tower(enc._img_enc, "frozen").eval()
+    backbone = _Tower(enc.image_backbone, "frozen").eval()
     path = out / "image_backbone.onnx"
     _export(backbone, (gen(2, 3, size, size),), ["pixels"], path, {"pixels": {0: "batch"}})
     diff = _check(path, backbone, ["pixels"], (gen(3, 3, size, size),))

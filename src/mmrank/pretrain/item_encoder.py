@@ -91,6 +91,9 @@ class ItemEncoder:
         version: the encoder version id (``R/encoder/version.txt``).
         dim: the vector size.
         name: ``<variant>:<image encoder>+<text encoder>``.
+        image_backbone, image_preprocess: the frozen image backbone (``.frozen(pixels)``) and what turns
+            photos into its input; text_backbone, text_preprocess: the same for titles and queries
+            (the feature cache and the ONNX export use them).
     """
 
     def __init__(self, model: torch.nn.Module, config: dict[str, Any], version: str,
@@ -100,16 +103,16 @@ class ItemEncoder:
         self.version = version
         self.dim = int(config["dim"])
         self.name = f"{config['variant']}:{config['image_encoder']}+{config['text_encoder']}"
-        self._img_enc, self._img_pre = image
-        self._txt_enc, self._txt_pre = text
-        self._img_enc.eval()
-        self._txt_enc.eval()
+        self.image_backbone, self.image_preprocess = image
+        self.text_backbone, self.text_preprocess = text
+        self.image_backbone.eval()
+        self.text_backbone.eval()
 
     def _img_h(self, images: list[Any]) -> torch.Tensor:
-        return self._img_enc.frozen(self._img_pre(list(images)))
+        return self.image_backbone.frozen(self.image_preprocess(list(images)))
 
     def _txt_h(self, texts: list[str]) -> torch.Tensor:
-        return self._txt_enc.frozen(self._txt_pre(list(texts)))
+        return self.text_backbone.frozen(self.text_preprocess(list(texts)))
 
     @staticmethod
     def _out(x: torch.Tensor) -> np.ndarray:

@@ -76,7 +76,8 @@ def _encode_batches(fn, inputs: list[Any], batch: int, label: str) -> np.ndarray
 
 def _is_run_encoder(encoder: Any) -> bool:
     """A :class:`mmrank.pretrain.item_encoder.ItemEncoder` (its frozen backbone features are cached)."""
-    return all(hasattr(encoder, a) for a in ("model", "config", "_img_enc", "_img_pre", "_txt_enc", "_txt_pre"))
+    return all(hasattr(encoder, a) for a in ("model", "config", "image_backbone", "image_preprocess",
+                                             "text_backbone", "text_preprocess"))
 
 
 @torch.inference_mode()
@@ -92,9 +93,9 @@ def _frozen_cached(run: Path, encoder: Any, modality: str, keys: list[str], inpu
 
     ikey, tkey = encoder_cache_keys(encoder.config)
     if modality == "image":
-        key, build = ikey, lambda: (encoder._img_enc, encoder._img_pre)  # noqa: E731
+        key, build = ikey, lambda: (encoder.image_backbone, encoder.image_preprocess)  # noqa: E731
     else:
-        key, build = tkey, lambda: (encoder._txt_enc, encoder._txt_pre)  # noqa: E731
+        key, build = tkey, lambda: (encoder.text_backbone, encoder.text_preprocess)  # noqa: E731
     fp = source_fingerprint(run / "data" / "items.parquet")
     return cached_features(build, key, keys, inputs, run / "features", tag, fp)
 
