@@ -257,7 +257,7 @@ def test_missing_modalities_and_noisy_pairs_end_to_end(tmp_path: Path) -> None:
     from mmrank.data.market import generate_market, market_config
     from mmrank.data.truth import Evaluator
     from mmrank.pretrain.config import PretrainConfig
-    from mmrank.pretrain.noise_report import filter_report
+    from mmrank.report.filter import filter_report
     from mmrank.pretrain.stage import compare
 
     run = tmp_path / "run"
@@ -280,7 +280,7 @@ def test_missing_modalities_and_noisy_pairs_end_to_end(tmp_path: Path) -> None:
     assert ids
     score = Evaluator(run).filter_precision(ids)
     assert 0.0 <= score["precision"] <= 1.0 and score["dropped"] == len(ids)
-    report = filter_report(run)  # `mmrank pretrain filter-report`: the same figures, per row and epoch
+    report = filter_report(run)  # `mmrank report filter`: the same figures, per row and epoch
     assert report["rows"]["moon2"]["all"] == score and report["noise_share"] == score["noise_share"]
     assert set(report["acc@1"]) == {"scl", "moon2"}
     assert (run / "pretrain" / "filter_report.json").exists()

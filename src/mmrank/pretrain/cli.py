@@ -116,29 +116,3 @@ def compare_cmd(
     if md.exists():
         typer.echo(md.read_text())
 
-
-@app.command("filter-report")
-def filter_report_cmd(run: Path = typer.Option(..., "--run", help="run directory (a market with R/truth/)")) -> None:
-    """Evaluation: the dynamic sample filter's precision (share of dropped pairs that are noise) and recall
-    against the market's noisy pairs, per row and epoch, beside Acc@1 of each row ->
-    R/pretrain/filter_report.json. Reads R/truth/ (training never does)."""
-    from mmrank.pretrain.noise_report import filter_report
-
-    out = filter_report(run)
-
-    def f(x) -> str:
-        return "n/a" if x is None else f"{x:.3f}"
-    typer.echo(f"noise share of the training pairs (R/truth/noisy_pairs.parquet): {f(out['noise_share'])}")
-    typer.echo("| row | epoch | dropped | precision | recall |\n|---|---:|---:|---:|---:|")
-    for row, r in out["rows"].items():
-        for e in r["epochs"]:
-            typer.echo(f"| {row} | {e['epoch']} | {e['dropped']} | {f(e['precision'])} | {f(e['recall'])} |")
-        a = r["all"]
-        typer.echo(f"| {row} | all | {a['dropped']} | {f(a['precision'])} | {f(a['recall'])} |")
-    if out["acc@1"]:
-        typer.echo("\n| row | Acc@1 image | Acc@1 text |\n|---|---:|---:|")
-        for row, acc in out["acc@1"].items():
-            cells = [f(acc[m]["mean"]) + ("" if acc[m]["std"] is None else f" ± {acc[m]['std']:.3f}")
-                     for m in ("image", "text")]
-            typer.echo(f"| {row} | {cells[0]} | {cells[1]} |")
-    typer.echo(f"-> {run}/pretrain/filter_report.json")

@@ -129,7 +129,7 @@ MOON_RUNS: dict[str, dict[str, str]] = {
         "commands": "echo 'market: {noisy_pair_share: 0.2}' > noisy.yaml\n"
                     "mmrank market generate --run runs/moon-noisy --size small --seed 0 --config noisy.yaml\n"
                     "mmrank pretrain compare --run runs/moon-noisy --seeds 3 --variants scl,filter\n"
-                    "mmrank pretrain filter-report --run runs/moon-noisy   # precision against the truth\n"
+                    "mmrank report filter --run runs/moon-noisy   # precision against the truth\n"
                     "mmrank report docs --run moon-noisy=runs/moon-noisy",
     },
 }
@@ -305,7 +305,7 @@ def filter_rows(res: Results, label: str) -> list[str]:
             *_table(["row", "epoch", "dropped", "precision", "recall"], rows), "",
             "Acc@1 of the rows (mean ± std over seeds):", "",
             *_table(["row", "Acc@1 image", "Acc@1 text"], acc), "",
-            _source(label, "pretrain/filter_report.json", "mmrank pretrain filter-report"), ""]
+            _source(label, "pretrain/filter_report.json", "mmrank report filter"), ""]
 
 
 def _ctr_strategies(comp: dict) -> list[str]:

@@ -1,9 +1,9 @@
 """Evaluation code: how well the dynamic sample filter found the market's noisy pairs.
 
-Training never reads ``R/truth/``; this module does, through :class:`mmrank.data.truth.Evaluator`, after
-the fact: each ``R/pretrain/<row>/dropped.json`` (the pairs the filter dropped, per epoch) is scored
+Training never reads ``R/truth/``; this module (reporting, not a training stage) does, through
+:class:`mmrank.data.truth.Evaluator`, after the fact: each ``R/pretrain/<row>/dropped.json`` (the pairs the filter dropped, per epoch) is scored
 against ``R/truth/noisy_pairs.parquet``, and each filtering row's Acc@1 is put beside the plain row's
-(``scl``) from ``R/pretrain/compare_detail.json``. `mmrank pretrain filter-report --run R`.
+(``scl``) from ``R/pretrain/compare_detail.json``. `mmrank report filter --run R`.
 """
 
 from __future__ import annotations
