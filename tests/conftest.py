@@ -62,3 +62,17 @@ def serving_run_copy(serving_run: Path, tmp_path: Path) -> Path:
     run = tmp_path / "run"
     shutil.copytree(serving_run, run)
     return run
+
+
+@pytest.fixture()
+def redis_url(tmp_path: Path):
+    """A private redis-server for one test (skips when redis-server is not installed); its URL."""
+    from mmrank.testing.serving import redis_server
+
+    try:
+        proc, url = redis_server(tmp_path)
+    except FileNotFoundError:
+        pytest.skip("redis-server not installed (apt-get install redis-server): redis source untested")
+    yield url
+    proc.kill()
+    proc.wait(timeout=10)

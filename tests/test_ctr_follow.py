@@ -5,7 +5,6 @@ read of R/truth/."""
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,18 +15,7 @@ from typer.testing import CliRunner
 from mmrank.ctr.dynamic_ids import UNKNOWN_ROW, DynamicIdTable
 from mmrank.ctr.follow import FollowConfig, Follower, ReplaySource, StrategyState
 from mmrank.errors import ConfigError
-
-_WATCH: dict[str, object] = {"root": None, "opened": []}
-
-
-def _audit(event: str, args: tuple) -> None:
-    root = _WATCH["root"]
-    if root is not None and event == "open" and args and isinstance(args[0], (str, Path)):
-        if str(args[0]).startswith(str(root)):
-            _WATCH["opened"].append(str(args[0]))  # type: ignore[union-attr]
-
-
-sys.addaudithook(_audit)
+from mmrank.testing.audit import opens_under
 
 
 @pytest.fixture(scope="module")
@@ -186,14 +174,11 @@ def test_follow_command_publishes_bundles_serving_loads_and_never_opens_the_trut
     shutil.copytree(follow_run, run)
     hidden = tmp_path / "hidden-truth"
     shutil.move(run / "truth", hidden)
-    _WATCH["root"] = hidden
-    try:
+    with opens_under(hidden) as opened:
         res = CliRunner().invoke(app, ["ctr", "follow", "--run", str(run), "--strategies", "id,simtier",
                                        "--publish-every", "86400", "--threads", "1"])
-    finally:
-        _WATCH["root"] = None
     assert res.exit_code == 0, (res.output, res.exception)
-    assert _WATCH["opened"] == []
+    assert opened == []
     for s in ("id", "simtier"):
         link = run / "ctr" / f"follow-{s}"
         assert link.is_symlink() and (link / "model.safetensors").exists()

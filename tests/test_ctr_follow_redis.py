@@ -35,18 +35,6 @@ def micro_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return micro_market(tmp_path_factory.mktemp("follow_redis") / "run", seed=3)
 
 
-@pytest.fixture()
-def redis_url(tmp_path: Path):
-    from mmrank.testing.serving import redis_server
-
-    try:
-        proc, url = redis_server(tmp_path)
-    except FileNotFoundError:
-        pytest.skip("redis-server not installed (apt-get install redis-server): redis source untested")
-    yield url
-    proc.kill()
-    proc.wait(timeout=10)
-
 
 def _replay_join(run: Path, limit: int | None = None) -> pa.Table:
     """The joiner over the replay of the run's first ``limit`` events (all: None), flushed at the end."""

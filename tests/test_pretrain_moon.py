@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from mmrank.pretrain.config import PretrainConfig
 from mmrank.pretrain.model import BOTH, EXPERTS, IMAGE_ONLY, TEXT_ONLY, ModalityMoE, SCLModel
 from mmrank.pretrain.train import modality_inputs, train
+from mmrank.testing.audit import opens_under
 from mmrank.testing.markets import micro_market
 from mmrank.testing.pretrain import latent_pairs
 
@@ -27,18 +27,6 @@ TINY = dict(epochs=3, batch_size=128, queue_size=256, dim=32, nested_dims=[16, 3
             lr=3e-3, warmup_steps=2)
 FAST = dict(image_encoder="cnn-small", text_encoder="hash-bow", epochs=3, batch_size=32,
             queue_size=128, dim=32, nested_dims=[16, 32], hidden=32)
-
-_WATCH: dict[str, object] = {"root": None, "opened": []}
-
-
-def _audit(event: str, args: tuple) -> None:
-    root = _WATCH["root"]
-    if root is not None and event == "open" and args and isinstance(args[0], (str, Path)):
-        if str(args[0]).startswith(str(root)):
-            _WATCH["opened"].append(str(args[0]))  # type: ignore[union-attr]
-
-
-sys.addaudithook(_audit)
 
 
 @pytest.fixture(scope="module")
@@ -271,12 +259,9 @@ def test_compare_gains_the_moon_rows_without_reading_the_truth(tmp_path) -> None
     hidden = tmp_path / "hidden-truth"
     shutil.move(run / "truth", hidden)
     rows = ("scl", "moe", "align", "coaug", "filter", "moon2")
-    _WATCH["root"] = hidden
-    try:
+    with opens_under(hidden) as opened:
         compare(run, PretrainConfig(**FAST), variants=rows)
-    finally:
-        _WATCH["root"] = None
-    assert _WATCH["opened"] == []
+    assert opened == []
     table = json.loads((run / "pretrain" / "compare.json").read_text())
     assert list(table) == list(rows)
     logs = json.loads((run / "pretrain" / "metrics.json").read_text())["variants"]

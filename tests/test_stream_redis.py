@@ -26,18 +26,6 @@ redis = pytest.importorskip("redis", reason="redis-py not installed (pip install
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture()
-def redis_url(tmp_path: Path):
-    from mmrank.testing.serving import redis_server
-
-    try:
-        proc, url = redis_server(tmp_path)
-    except FileNotFoundError:
-        pytest.skip("redis-server not installed (apt-get install redis-server): redis source untested")
-    yield url
-    proc.kill()
-    proc.wait(timeout=10)
-
 
 # The trainer stand-in: read a batch, join it, "train" (record every event id and every sample's id),
 # checkpoint (state + cursor, atomically), acknowledge. It can stop at a chosen batch, after the read or

@@ -7,23 +7,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-_WATCH: dict[str, object] = {"root": None, "opened": []}
-
-
-def _audit(event: str, args: tuple) -> None:
-    root = _WATCH["root"]
-    if root is not None and event == "open" and args and isinstance(args[0], (str, Path)):
-        if str(args[0]).startswith(str(root)):
-            _WATCH["opened"].append(str(args[0]))  # type: ignore[union-attr]
-
-
-sys.addaudithook(_audit)
+from mmrank.testing.audit import opens_under
 
 
 @pytest.mark.slow
@@ -39,8 +28,7 @@ def test_pretrain_embed_and_ctr_run_without_the_truth(tmp_path: Path) -> None:
     hidden = tmp_path / "hidden-truth"
     assert (run / "truth" / "noisy_pairs.parquet").exists()
     shutil.move(run / "truth", hidden)  # unreadable because absent; and any open of it is recorded
-    _WATCH["root"] = hidden
-    try:
+    with opens_under(hidden) as opened:
         runner = CliRunner()
         for args in (["pretrain", "--run", str(run), "--image-encoder", "cnn-small", "--text-encoder",
                       "hash-bow", "--epochs", "1", "--batch-size", "64", "--queue-size", "256"],
@@ -50,10 +38,8 @@ def test_pretrain_embed_and_ctr_run_without_the_truth(tmp_path: Path) -> None:
                      ["rerank", "train", "--run", str(run), "--model", "armmt", "--threads", "1"]):
             res = runner.invoke(app, args)
             assert res.exit_code == 0, (args[0], res.output, res.exception)
-    finally:
-        _WATCH["root"] = None
     assert not (run / "truth").exists()
-    assert _WATCH["opened"] == []
+    assert opened == []
     assert (run / "encoder" / "weights.safetensors").exists()
     assert (run / "ctr" / "simtier" / "metrics.json").exists()
     rerank = json.loads((run / "rerank" / "armmt" / "metrics.json").read_text())
@@ -73,14 +59,11 @@ def test_offpolicy_estimators_and_counterfactual_learners_run_without_the_truth(
     (run / "rerank" / "encoder.json").write_text(json.dumps({"encoder": "tiny", "dim": 8}))
     hidden = tmp_path / "hidden-truth"
     shutil.move(run / "truth", hidden)
-    _WATCH["root"] = hidden
-    try:
+    with opens_under(hidden) as opened:
         res = CliRunner().invoke(app, ["rerank", "compare", "--run", str(run), "--seeds", "1", "--threads", "1",
                                        "--models", "logged,prod-order,dnn-ips,armmt-ips"])
         assert res.exit_code == 0, (res.output, res.exception)
-    finally:
-        _WATCH["root"] = None
-    assert _WATCH["opened"] == []
+    assert opened == []
     out = json.loads((run / "rerank" / "compare.json").read_text())
     assert out["meta"]["evaluator"].startswith("absent")
     for m in ("prod-order", "dnn-ips", "armmt-ips"):
@@ -88,3 +71,16 @@ def test_offpolicy_estimators_and_counterfactual_learners_run_without_the_truth(
         assert all(est[e]["purchases"] is not None for e in ("ips", "snips", "dr", "pbm")), m
         assert out["offpolicy"]["truth"][m]["purchases"] is None
     assert out["offpolicy"]["logging"].startswith("stochastic")
+
+
+def test_the_open_watch_records_an_open_under_its_root(tmp_path: Path) -> None:
+    """The watch these tests rely on sees a read under its root (so an empty list means none), and
+    nothing outside it or after the block."""
+    (tmp_path / "truth").mkdir()
+    (tmp_path / "truth" / "x.parquet").write_bytes(b"x")
+    (tmp_path / "other.txt").write_text("y")
+    with opens_under(tmp_path / "truth") as opened:
+        (tmp_path / "truth" / "x.parquet").read_bytes()
+        (tmp_path / "other.txt").read_text()
+    (tmp_path / "truth" / "x.parquet").read_bytes()
+    assert opened == [str(tmp_path / "truth" / "x.parquet")]
