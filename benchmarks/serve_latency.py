@@ -234,21 +234,10 @@ def rerank_payloads(run: Path, n: int) -> list[dict]:
     """The run's first ``n`` test lists as /v1/rerank bodies (user, query, region, ts, every retrieved
     candidate with its production score; the server fills in history, sales, price, category)."""
     from mmrank.rerank.data import load_lists
+    from mmrank.rerank.serving import logged_list_bodies
 
     lists = load_lists(Path(run) / "data" / "lists.parquet")
-    out = []
-    for r in lists.test_rows()[:n]:
-        s = lists.candidates(int(r))
-        q = lists.query[r]
-        doc = {"user_id": int(lists.user_id[r]), "region": int(lists.region[r]), "ts": int(lists.ts[r]),
-               "candidates": [{"item_id": int(i), "prod_score": float(p)}
-                              for i, p in zip(lists.item_id[s], lists.prod_score[s])]}
-        if q.startswith("text:"):
-            doc["query"] = q[5:]
-        elif q.startswith("image:"):
-            doc["query_image"] = q[6:]
-        out.append(doc)
-    return out
+    return logged_list_bodies(lists, lists.test_rows()[:n])
 
 
 def rerank_raw_forward(run: Path, model: str, threads: int, bodies: list[dict], repeats: int = 200) -> dict:

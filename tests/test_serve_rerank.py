@@ -40,22 +40,11 @@ def _lists(run: Path) -> tuple[list[dict], np.ndarray]:
     """The first test lists of the run as /v1/rerank bodies: context and candidates with their
     production scores only (history, sales, price and category are the server's to fill in)."""
     from mmrank.rerank.data import load_lists
+    from mmrank.rerank.serving import logged_list_bodies
 
     lists = load_lists(run / "data" / "lists.parquet")
     rows = lists.test_rows()[:N_LISTS]
-    docs = []
-    for r in rows:
-        s = lists.candidates(int(r))
-        q = lists.query[r]
-        doc = {"request_id": int(lists.request_id[r]), "user_id": int(lists.user_id[r]),
-               "region": int(lists.region[r]), "ts": int(lists.ts[r]),
-               "candidates": [{"item_id": int(i), "prod_score": float(p)}
-                              for i, p in zip(lists.item_id[s], lists.prod_score[s])]}
-        if q.startswith("text:"):
-            doc["query"] = q[5:]
-        elif q.startswith("image:"):
-            doc["query_image"] = q[6:]
-        docs.append(doc)
+    docs = logged_list_bodies(lists, rows, with_request_id=True)
     return docs, rows
 
 

@@ -38,6 +38,19 @@ def _ints(text: Optional[str], name: str) -> Optional[list[int]]:
         raise ConfigError(f"{name}: expected comma-separated integers, got {text!r}") from None
 
 
+def _strategies(text: Optional[str]) -> Optional[list[str]]:
+    """``--strategies a,b``: the names, each checked against :data:`mmrank.ctr.models.STRATEGIES`."""
+    from mmrank.ctr.models import STRATEGIES
+
+    if text is None:
+        return None
+    strats = [x.strip() for x in text.split(",") if x.strip()]
+    for x in strats:
+        if x not in STRATEGIES:
+            raise ConfigError(f"--strategies: unknown strategy {x!r}; expected {', '.join(STRATEGIES)}")
+    return strats
+
+
 def _settings(config: Optional[Path], **flags: Any):
     from mmrank.run_config import stage_config
 
@@ -100,14 +113,8 @@ def compare_cmd(
     """Train every strategy over SEEDS seeds; write RUN/ctr/compare.json, compare.md and plots."""
     from mmrank.config import record
     from mmrank.ctr.stage import compare
-    from mmrank.ctr.models import STRATEGIES
 
-    strats = None
-    if strategies is not None:
-        strats = [x.strip() for x in strategies.split(",") if x.strip()]
-        for x in strats:
-            if x not in STRATEGIES:
-                raise ConfigError(f"--strategies: unknown strategy {x!r}; expected {', '.join(STRATEGIES)}")
+    strats = _strategies(strategies)
     if knowledge is not None and knowledge not in ("compact", "full"):
         raise ConfigError(f"--knowledge: expected compact or full, got {knowledge!r}")
     s = _settings(config, seeds=seeds, make_epochs=make_epochs, curve=_ints(curve, "--curve"),
@@ -169,14 +176,8 @@ def follow_cmd(
     scored by the last published model before it is trained on; bundles under RUN/ctr/follow/bundles/,
     RUN/ctr/follow-<strategy> the newest; resumes from RUN/ctr/follow/checkpoint.json."""
     from mmrank.ctr.follow import FollowConfig, follow, freshness_table
-    from mmrank.ctr.models import STRATEGIES
 
-    strats = None
-    if strategies is not None:
-        strats = [x.strip() for x in strategies.split(",") if x.strip()]
-        for x in strats:
-            if x not in STRATEGIES:
-                raise ConfigError(f"--strategies: unknown strategy {x!r}; expected {', '.join(STRATEGIES)}")
+    strats = _strategies(strategies)
     s = _settings(config, threads=threads)
     _threads(s.threads)
     flags = {k: v for k, v in dict(strategies=strats, source=source, publish_every=publish_every,

@@ -434,6 +434,26 @@ def load(run: Path, encoder_version: str, model: str | None = None) -> ListReran
     return rr
 
 
+def logged_list_bodies(lists: Lists, rows: np.ndarray, with_request_id: bool = False) -> list[dict[str, Any]]:
+    """Logged lists (rows of ``lists``) as :class:`CandidateList` bodies (``/v1/rerank``, ``rerank
+    apply``): user, query (words or a query photo id), region, ts and every retrieved candidate with its
+    production score; history, sales, price and category are left to the re-ranker to fill in."""
+    out = []
+    for r in rows:
+        s = lists.candidates(int(r))
+        q = lists.query[r]
+        doc: dict[str, Any] = {"request_id": int(lists.request_id[r])} if with_request_id else {}
+        doc.update({"user_id": int(lists.user_id[r]), "region": int(lists.region[r]), "ts": int(lists.ts[r]),
+                    "candidates": [{"item_id": int(i), "prod_score": float(p)}
+                                   for i, p in zip(lists.item_id[s], lists.prod_score[s])]})
+        if q.startswith("text:"):
+            doc["query"] = q[5:]
+        elif q.startswith("image:"):
+            doc["query_image"] = q[6:]
+        out.append(doc)
+    return out
+
+
 def read_lists(path: Path) -> list[tuple[int, CandidateList]]:
     """``(line number, list)`` for each non-blank line of a JSON-lines file; :class:`DataError` naming
     the file, line and field of the first bad one."""
