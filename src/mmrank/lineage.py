@@ -70,6 +70,15 @@ def digest_of(paths: Iterable[str | Path]) -> str:
     return h.hexdigest()[:HEX]
 
 
+def model_version(*paths: str | Path) -> str:
+    """A trained model's version id (12 hex): SHA-256 over its files' bytes, in the order given (the id
+    ``/v1/rank`` and ``/v1/rerank`` report, so a swapped model shows a new one)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()[:12]
+
+
 def digest_inputs(inputs: Mapping[str, Any]) -> str:
     """SHA-256 (16 hex) of a mapping of input names to digests (key order does not matter)."""
     return hashlib.sha256(json.dumps(dict(inputs), sort_keys=True).encode()).hexdigest()[:HEX]

@@ -36,7 +36,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from dataclasses import dataclass
@@ -203,13 +202,6 @@ class RerankResult:
     order: np.ndarray
     scores: np.ndarray
     modality_weights: list[dict[str, float]] | None = None
-
-
-def _file_hash(*paths: Path) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(p.read_bytes())
-    return h.hexdigest()[:12]
 
 
 class ListReranker:
@@ -418,7 +410,7 @@ def load_reranker(run: str | Path, model: str | None = None, *, encoder: Any | N
     net = ListModel(cfg, n_items=len(space.items), n_users=len(space.users), n_categories=space.n_categories,
                     n_regions=max(space.n_regions, 1), tables=tables, query_dim=qdim)
     net.load_state_dict(load_torch(str(d / "model.safetensors")), strict=True)
-    version = _file_hash(d / "model.safetensors", d / "vocab.safetensors", d / "config.json")
+    version = lineage.model_version(d / "model.safetensors", d / "vocab.safetensors", d / "config.json")
     return ListReranker(run, model, net, space, enc, enc_version, version)
 
 

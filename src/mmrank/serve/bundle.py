@@ -24,7 +24,6 @@ answers 409.
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib
 import json
 import threading
@@ -35,6 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mmrank import lineage
 from mmrank.data.schemas import HISTORY_LEN
 from mmrank.errors import ConfigError, MMRankError
 
@@ -164,13 +164,6 @@ class UserHistories:
                 for u, h in ranked]
 
 
-def _file_hash(*paths: Path) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(p.read_bytes())
-    return h.hexdigest()[:12]
-
-
 @dataclass
 class Bundle:
     """Everything one request is served with. Loaded by :func:`load_bundle`; never mutated."""
@@ -263,7 +256,8 @@ def load_bundle(run: str | Path, strategy: str | None = None, *, encoder: Any = 
             raise ConfigError(f"{d}: trained on {conf['sizes']['vec_dim']}-d vectors, the table of "
                               f"{version!r} has {store.dim}-d ones")
         model.share_history = True  # a request's candidates share its history: work per distinct item
-        model_version = _file_hash(d / "model.safetensors", d / "vocab.safetensors", d / "config.json")
+        model_version = lineage.model_version(d / "model.safetensors", d / "vocab.safetensors",
+                                              d / "config.json")
         store.catch_up()  # items acknowledged under an older encoder version, re-encoded with this one
         reranker, status = load_reranker(run, version, rerank_model)
         users = UserHistories.from_run(run, history_len=model.cfg.history_len)
@@ -280,7 +274,6 @@ def load_bundle(run: str | Path, strategy: str | None = None, *, encoder: Any = 
 def bundle_lineage(run: Path, store: Any, ctr_dir: Path) -> dict:
     """What a bundle is made from: the data's digest and those of its table and CTR model (each
     checked against the run's data when it was opened; None for one made before lineage)."""
-    from mmrank import lineage
     from mmrank.store.items import index_dir
 
     return {"data": lineage.data_digests(run).get("data"),
