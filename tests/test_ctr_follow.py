@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from mmrank.ctr.dynamic_ids import UNKNOWN_ROW, DynamicIdTable
-from mmrank.ctr.follow import FollowConfig, Follower, ReplaySource, StrategyState
+from mmrank.ctr.follow import FollowConfig, Follower, ReplaySamples, StrategyState
 from mmrank.errors import ConfigError
 from mmrank.testing.audit import opens_under
 
@@ -96,7 +96,7 @@ def _trace(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
 def _new_item(run: Path, min_count: int) -> tuple[int, int]:
     from mmrank.data.io import read_table
 
-    src = ReplaySource(run).all
+    src = ReplaySamples(run).all
     t = read_table(run / "data" / "items.parquet", "items", columns=["item_id", "created_at"])
     created = dict(zip(t.column("item_id").to_pylist(), t.column("created_at").to_pylist()))
     ids, counts = np.unique(src.item_id, return_counts=True)

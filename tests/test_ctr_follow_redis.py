@@ -117,8 +117,8 @@ def test_killed_follower_resumes_every_sample_trained_once(micro_run: Path, redi
 
 
 def test_redis_source_without_url_is_a_config_error(micro_run: Path) -> None:
-    from mmrank.ctr.follow import FollowConfig, open_source
+    from mmrank.ctr.follow import FollowConfig, open_samples
     from mmrank.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--source redis: give --redis URL"):
-        open_source(micro_run, "redis", FollowConfig(source="redis"))
+        open_samples(micro_run, "redis", FollowConfig(source="redis"))

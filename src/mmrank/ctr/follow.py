@@ -121,7 +121,7 @@ def take(s: CtrSamples, rows: np.ndarray) -> CtrSamples:
                       hist_category_id=s.hist_category_id[idx], source=s.source)
 
 
-class ReplaySource:
+class ReplaySamples:
     """A run's CTR samples as a stream: sorted by ``ts`` (stable), ``event_id`` = row in the file."""
 
     def __init__(self, run: Path) -> None:
@@ -266,9 +266,12 @@ class RedisSamples:
             self.skipped = src.skipped
 
 
-def open_source(run: Path, source: str = "replay", cfg: FollowConfig | None = None) -> ReplaySource | RedisSamples:
+def open_samples(run: Path, source: str = "replay", cfg: FollowConfig | None = None,
+                 ) -> ReplaySamples | RedisSamples:
+    """The trainer's sample source: the run's CTR samples replayed in time order, or the Redis event
+    stream joined online (not :func:`mmrank.stream.sources.open_source`, which yields raw events)."""
     if source == "replay":
-        return ReplaySource(run)
+        return ReplaySamples(run)
     if source == "redis":
         return RedisSamples(run, cfg or FollowConfig(source="redis"))
     raise ConfigError(f"--source: expected replay or redis, got {source!r}")
@@ -277,7 +280,7 @@ def open_source(run: Path, source: str = "replay", cfg: FollowConfig | None = No
 def sample_batches(run: Path, source: str = "replay", batch_size: int = 256,
                    start: int | dict = 0, cfg: FollowConfig | None = None) -> Iterator[SampleBatch]:
     """The seam: mini-batches of the run's samples in event-time order from cursor ``start`` on."""
-    return open_source(run, source, cfg).batches(batch_size, start)
+    return open_samples(run, source, cfg).batches(batch_size, start)
 
 
 # ------------------------------------------------------------------------------- representations in time
@@ -517,7 +520,7 @@ class Follower:
     """One pass of every strategy over the stream; see the module docstring."""
 
     def __init__(self, run: Path, cfg: FollowConfig, *, write: bool = True,
-                 source: ReplaySource | RedisSamples | None = None,
+                 source: ReplaySamples | RedisSamples | None = None,
                  reps: Representations | None | str = "load") -> None:
         from mmrank.lineage import CTR_TABLES, data_inputs
 
@@ -526,7 +529,7 @@ class Follower:
             if s not in STRATEGIES:
                 raise ConfigError(f"--strategies: unknown strategy {s!r}; expected {', '.join(STRATEGIES)}")
         self.inputs = data_inputs(self.run, *CTR_TABLES)
-        self.source = source or open_source(self.run, cfg.source, cfg)
+        self.source = source or open_samples(self.run, cfg.source, cfg)
         sizes = self.source.vocab_sizes()  # the schema's small vocabularies
         needs = any(s != "id" for s in cfg.strategies)
         if reps == "load":
@@ -817,7 +820,7 @@ def freshness_table(run: Path, *, seeds: int = 3, strategy: str = "simtier",
     run = Path(run)
     model = model or CtrConfig()
     train = train or TrainConfig()
-    src = ReplaySource(run)
+    src = ReplaySamples(run)
     s = src.all
     base = Representations.load(run, 0.0)
     t = read_table(run / "data" / "items.parquet", "items", columns=["item_id", "created_at"])
