@@ -93,6 +93,7 @@ def demo(run: Path = typer.Option(Path("runs/demo"), "--run", help="run director
 from mmrank.ctr.cli import app as _ctr_app  # noqa: E402
 from mmrank.data.cli import app as _data_app  # noqa: E402
 from mmrank.export.cli import export as _export  # noqa: E402
+from mmrank.posttrain.cli import posttrain as _posttrain  # noqa: E402
 from mmrank.pretrain.cli import app as _pretrain_app  # noqa: E402
 from mmrank.report.cli import app as _report_app  # noqa: E402
 from mmrank.rerank.cli import app as _rerank_app  # noqa: E402
@@ -102,6 +103,7 @@ from mmrank.stream.cli import app as _stream_app  # noqa: E402
 
 app.add_typer(_data_app, name="data")
 app.add_typer(_pretrain_app, name="pretrain")
+app.command("posttrain")(_posttrain)
 app.add_typer(_ctr_app, name="ctr")
 app.add_typer(_rerank_app, name="rerank")
 app.add_typer(_report_app, name="report")

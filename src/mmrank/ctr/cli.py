@@ -40,14 +40,14 @@ def _ints(text: Optional[str], name: str) -> Optional[list[int]]:
 
 def _strategies(text: Optional[str]) -> Optional[list[str]]:
     """``--strategies a,b``: the names, each checked against :data:`mmrank.ctr.models.STRATEGIES`."""
-    from mmrank.ctr.models import STRATEGIES
+    from mmrank.ctr.models import ALL_STRATEGIES
 
     if text is None:
         return None
     strats = [x.strip() for x in text.split(",") if x.strip()]
     for x in strats:
-        if x not in STRATEGIES:
-            raise ConfigError(f"--strategies: unknown strategy {x!r}; expected {', '.join(STRATEGIES)}")
+        if x not in ALL_STRATEGIES:
+            raise ConfigError(f"--strategies: unknown strategy {x!r}; expected {', '.join(ALL_STRATEGIES)}")
     return strats
 
 
@@ -69,7 +69,7 @@ def _notes(run: Path) -> None:
 def train_cmd(
     run: Path = typer.Option(..., "--run", help="run directory (reads RUN/data, RUN/embeddings)"),
     strategy: Optional[str] = typer.Option(None, help="id | vector | simscore | simtier | make | "
-                                           "simtier+make (default id)"),
+                                           "simtier+make | post | post+simtier+make (default id)"),
     seed: Optional[int] = typer.Option(None, help="default 0"),
     make_epochs: Optional[int] = typer.Option(None, help="MAKE pre-training epochs E (0 = joint training; "
                                               "default 4)"),
@@ -78,11 +78,11 @@ def train_cmd(
 ) -> None:
     """Train one strategy (ID parameters: one epoch); writes RUN/ctr/<strategy>/."""
     from mmrank.config import record
-    from mmrank.ctr.models import STRATEGIES
+    from mmrank.ctr.models import ALL_STRATEGIES
     from mmrank.ctr.stage import train_strategy
 
-    if strategy is not None and strategy not in STRATEGIES:
-        raise ConfigError(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if strategy is not None and strategy not in ALL_STRATEGIES:
+        raise ConfigError(f"--strategy: expected one of {', '.join(ALL_STRATEGIES)}, got {strategy!r}")
     s = _settings(config, strategy=strategy, seed=seed, make_epochs=make_epochs, threads=threads)
     s = s.model_copy(update={"model": s.model.model_copy(update={"strategy": s.strategy})})
     _threads(s.threads)

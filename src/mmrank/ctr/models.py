@@ -12,6 +12,8 @@ strategies of Sheng et al. (CIKM'24, Sec. 4 and Table 3) over frozen pre-trained
   join the MLP input of the one-epoch ID model. E = 0 trains it jointly (with its own loss, Eq. 5, as
   an auxiliary term).
 * ``simtier+make``: both.
+* ``post`` and ``post+simtier+make`` (MOON's post-training, issue 21): ``simtier`` and ``simtier+make``
+  on the post-trained table ``R/posttrain`` (:mod:`mmrank.posttrain`) instead of the pre-trained one.
 
 Each model is a composition of named blocks (:mod:`mmrank.models.blocks`, created by name by
 :func:`mmrank.models.create`). ``forward(batch)`` returns ``{"logits": {"click": (B,)}, "logit": (B,),
@@ -51,8 +53,10 @@ from mmrank.models.blocks import (IdFeatures, InterestEncoder, MakeKnowledge, Mu
 from mmrank.models.layers import (MLP, ItemVectors, SharedRows, TargetAttention, dense, history_groups, pack,
                                   row_map, similarity)
 
-STRATEGIES = ("id", "vector", "simscore", "simtier", "make", "simtier+make")
-Strategy = Literal["id", "vector", "simscore", "simtier", "make", "simtier+make"]
+STRATEGIES = ("id", "vector", "simscore", "simtier", "make", "simtier+make")  # Table 3, the default set
+POST_STRATEGIES = ("post", "post+simtier+make")      # on the post-trained table (mmrank.posttrain)
+ALL_STRATEGIES = STRATEGIES + POST_STRATEGIES
+Strategy = Literal["id", "vector", "simscore", "simtier", "make", "simtier+make", "post", "post+simtier+make"]
 
 
 class MakeConfig(StrictModel):
@@ -112,11 +116,16 @@ class CtrConfig(StrictModel):
 
     @property
     def uses_simtier(self) -> bool:
-        return self.strategy in ("simtier", "simtier+make")
+        return self.strategy in ("simtier", "simtier+make", "post", "post+simtier+make")
 
     @property
     def uses_make(self) -> bool:
-        return self.strategy in ("make", "simtier+make")
+        return self.strategy in ("make", "simtier+make", "post+simtier+make")
+
+    @property
+    def uses_posttrained(self) -> bool:
+        """Its representations are the post-trained table ``R/posttrain``, not the pre-trained one."""
+        return self.strategy in POST_STRATEGIES
 
 
 @dataclass
@@ -209,8 +218,9 @@ class CtrModel(nn.Module):
     ``vector`` VectorFeature  vector: joins the target and every history key
     ``simscore``              simscore: the target-history similarity joins every history key
     ``interest``              all: DIN target attention over the history
-    ``simtier``               simtier, simtier+make: tier counts / L join the head's input
-    ``knowledge``             make, simtier+make: MakeKnowledge (a MakeModule's knowledge)
+    ``simtier``               simtier, simtier+make, post, post+simtier+make: tier counts / L join
+                              the head's input
+    ``knowledge``             make, simtier+make, post+simtier+make: MakeKnowledge
     ``head`` TaskHeads        all: one tower, ``{"click": logit}``
     ========================  ====================================================================
 
@@ -301,7 +311,7 @@ class CtrModel(nn.Module):
         if self.simtier is not None and cfg.simtier_in == "pipeline" and "simtier" in batch:
             counts = batch["simtier"].to(q.dtype)
         v_c = v_h = None                                               # (B, D), (nnz, D)
-        if self.vectors is not None and not (cfg.strategy == "simtier" and counts is not None):
+        if self.vectors is not None and not (cfg.strategy in ("simtier", "post") and counts is not None):
             v_c, v_h = lookup_vectors(self.vectors, batch, idx, self.share_history)
         if self.vector is not None:                                    # Vector
             q = torch.cat([q, self.vector(v_c)], dim=-1)

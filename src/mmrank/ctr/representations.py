@@ -18,8 +18,12 @@ from mmrank.errors import ConfigError, MMRankError
 from mmrank.vectors import l2_normalise
 
 
-def item_vectors(run: Path, item_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+def item_vectors(run: Path, item_ids: np.ndarray | None = None,
+                 posttrained: bool = False) -> tuple[np.ndarray, np.ndarray, str]:
     """Frozen item representations of the run: ``(ids (N,) int64, vectors (N, D) float32, source)``.
+
+    With ``posttrained``, the post-trained table ``R/posttrain`` (:mod:`mmrank.posttrain`; source
+    ``posttrain:<version>``), refused when made from other representations or clicks than the run's now.
 
     From the embedding table ``R/embeddings`` when it exists (ids missing there get zero rows), else
     from the pre-trained encoder ``R/encoder`` over the items' titles and images. Rows are L2-normalised
@@ -29,6 +33,8 @@ def item_vectors(run: Path, item_ids: np.ndarray | None = None) -> tuple[np.ndar
     """
     run = Path(run)
     items_path = run / "data" / "items.parquet"
+    if posttrained:
+        return _posttrained_vectors(run, item_ids)
     if (run / "embeddings").exists():
         from mmrank.store.backends import open_table
 
@@ -69,6 +75,22 @@ def item_vectors(run: Path, item_ids: np.ndarray | None = None) -> tuple[np.ndar
                       f"nor {run}/encoder (run `mmrank pretrain`) exists")
 
 
+def _posttrained_vectors(run: Path, item_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, str]:
+    from mmrank.posttrain.stage import check_posttrain, posttrain_root
+    from mmrank.store.backends import open_table
+
+    root = posttrain_root(run)
+    if not (root / "CURRENT").exists():
+        raise MMRankError(f"{root}: no post-trained table (run `mmrank posttrain --run {run}`)")
+    check_posttrain(run)
+    table = open_table(root)
+    try:
+        ids = np.unique(np.asarray(table.ids() if item_ids is None else item_ids, np.int64))
+        return ids, l2_normalise(table.get(ids, missing="zero")), f"posttrain:{table.version}"
+    finally:
+        table.close()
+
+
 def vector_table(space: FeatureSpace, ids: np.ndarray, vecs: np.ndarray) -> torch.Tensor:
     """Rows of ``space.vec_items`` (0 = padding, 1 = unknown, zero vectors) from ``(ids, vecs)``."""
     table = np.zeros((len(space.vec_items), vecs.shape[1]), np.float32)
@@ -77,12 +99,13 @@ def vector_table(space: FeatureSpace, ids: np.ndarray, vecs: np.ndarray) -> torc
     return torch.from_numpy(table)
 
 def representation_version(source: str | None) -> str | None:
-    """The encoder version in a representation source (``"embeddings:<v>"`` or ``"encoder:<v>"``, as
+    """The version in a representation source (``"embeddings:<v>"``, ``"encoder:<v>"`` or
+    ``"posttrain:<v>"``, the post-trained table's version, which hashes the encoder's, as
     :func:`item_vectors` returns and ``config.json`` records); None when there is none."""
     if not source:
         return None
     kind, _, version = str(source).partition(":")
-    return version or None if kind in ("embeddings", "encoder") else None
+    return version or None if kind in ("embeddings", "encoder", "posttrain") else None
 
 
 def check_representation_version(conf: dict, where: Path, version: str | None) -> None:

@@ -5,7 +5,7 @@ one strategy on them (:func:`fit_strategy`, with MAKE pre-training and the preco
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from mmrank.ctr.data import CtrSamples, EncodedSamples, FeatureSpace, Vocab, load_samples, simtier_features
-from mmrank.ctr.models import STRATEGIES, CtrConfig, CtrModel, MakeModule, ModelSizes
+from mmrank.ctr.models import ALL_STRATEGIES, CtrConfig, CtrModel, MakeModule, ModelSizes
 from mmrank.ctr.representations import item_vectors, vector_table
 from mmrank.ctr.trainer import TrainConfig, pretrain_make, train
 from mmrank.errors import ConfigError
@@ -45,6 +45,17 @@ class RunData:
             rows = np.sort(rows[order[-max_rows:]])
         self.train_idx = rows
 
+    def with_posttrained(self, run: Path) -> RunData:
+        """The same samples, vocabularies and training rows with the post-trained representations of
+        ``R/posttrain`` (own SimTier counts; the pre-trained ones stay with ``self``)."""
+        ids, vecs, source = item_vectors(run, posttrained=True)
+        space = replace(self.space, vec_items=Vocab.of(ids))
+        enc = replace(self.enc, extra={k: v for k, v in self.enc.extra.items() if k != "simtier"})
+        if self.space.vec_items is None or not np.array_equal(ids, self.space.vec_items.ids):
+            enc = space.encode(self.samples)
+        return replace(self, space=space, enc=enc, vectors=vector_table(space, ids, vecs), vec_source=source,
+                       train_idx=None if self.train_idx is None else self.train_idx.copy())
+
     def sizes(self) -> ModelSizes:
         return ModelSizes(n_items=len(self.space.items), n_users=len(self.space.users),
                           n_categories=self.space.n_categories, n_regions=self.space.n_regions,
@@ -52,8 +63,9 @@ class RunData:
 
 
 def load_run(run: Path, *, with_vectors: bool = True, samples_path: Path | None = None,
-             space: FeatureSpace | None = None) -> RunData:
-    """Read ``R/data/ctr_samples.parquet`` (or ``samples_path``) and the run's representations."""
+             space: FeatureSpace | None = None, posttrained: bool = False) -> RunData:
+    """Read ``R/data/ctr_samples.parquet`` (or ``samples_path``) and the run's representations (the
+    post-trained ones of ``R/posttrain`` with ``posttrained``)."""
     from mmrank.lineage import CTR_TABLES, data_inputs
 
     run = Path(run)
@@ -63,7 +75,7 @@ def load_run(run: Path, *, with_vectors: bool = True, samples_path: Path | None 
     ids = vecs = None
     source = ""
     if with_vectors:
-        ids, vecs, source = item_vectors(run)
+        ids, vecs, source = item_vectors(run, posttrained=posttrained)
     if space is None:
         space = FeatureSpace.fit(samples, ids)
     elif ids is not None:
@@ -118,10 +130,14 @@ def fit_strategy(data: RunData, strategy: str, *, seed: int = 0, make_epochs: in
 
     Returns ``(model, info)``; ``info`` holds training losses and times.
     """
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if strategy not in ALL_STRATEGIES:
+        raise ConfigError(f"--strategy: expected one of {', '.join(ALL_STRATEGIES)}, got {strategy!r}")
     cfg = (cfg or CtrConfig()).model_copy(update={"strategy": strategy})
     cfg = CtrConfig.model_validate(cfg.model_dump())
+    if cfg.uses_vectors and cfg.uses_posttrained != data.vec_source.startswith("posttrain:"):
+        raise ConfigError(f"strategy {strategy!r} needs the {'post' if cfg.uses_posttrained else 'pre'}-trained "
+                          f"representations, the data loaded has {data.vec_source or 'none'!r} "
+                          f"(load_run(..., posttrained={cfg.uses_posttrained}))")
     tcfg = (train_cfg or TrainConfig()).model_copy(update={"seed": seed})
     info: dict[str, Any] = {"make_epochs": make_epochs if cfg.uses_make else None}
     if cfg.uses_make and make is None:

@@ -4,9 +4,10 @@
 :func:`compare` trains every strategy over several seeds, with the frequency-group and new-item
 breakdowns (Figure 6b) and the MAKE epochs curve (Figure 6c); it writes ``R/ctr/compare.json``, a
 markdown table ``R/ctr/compare.md`` and PNG plots under ``R/report/plots/``. MAKE is pre-trained once
-per seed and shared by ``make`` and ``simtier+make``; the epochs curve pre-trains one MAKE (seed 0) for
-``max(curve)`` epochs and snapshots it at each E of the curve. Each trained strategy is written as
-:mod:`mmrank.ctr.artifacts` lays out.
+per seed and shared by ``make`` and ``simtier+make`` (``post+simtier+make`` pre-trains its own, on the
+post-trained table, which :func:`compare` makes first when ``R/posttrain`` is missing); the epochs
+curve pre-trains one MAKE (seed 0) for ``max(curve)`` epochs and snapshots it at each E of the curve.
+Each trained strategy is written as :mod:`mmrank.ctr.artifacts` lays out.
 
 Example::
 
@@ -28,7 +29,7 @@ from rich.console import Console
 from mmrank.ctr.artifacts import load_model, save_model
 from mmrank.ctr.data import load_samples
 from mmrank.ctr.evaluate import N_GROUPS, evaluate, json_ready
-from mmrank.ctr.models import STRATEGIES, CtrConfig
+from mmrank.ctr.models import POST_STRATEGIES, STRATEGIES, CtrConfig
 from mmrank.ctr.rundata import RunData, build_model, fit_strategy, load_run, new_make
 from mmrank.ctr.trainer import TrainConfig, predict, pretrain_make
 from mmrank.ctr.trainer import train as trainer_train
@@ -49,7 +50,12 @@ def train_strategy(run: Path, strategy: str, *, seed: int = 0, make_epochs: int 
     """Train ``strategy`` on the run, evaluate on the test split, write ``R/ctr/<strategy>/``."""
     run = Path(run)
     cfg = cfg or CtrConfig()
-    data = data or load_run(run, with_vectors=strategy != "id")
+    post = strategy in POST_STRATEGIES
+    if post and data is None:
+        from mmrank.posttrain.stage import ensure_posttrain
+
+        ensure_posttrain(run, progress=progress)
+    data = data or load_run(run, with_vectors=strategy != "id", posttrained=post)
     tcfg = train_cfg or TrainConfig()
     model, info = fit_strategy(data, strategy, seed=seed, make_epochs=make_epochs, cfg=cfg,
                                train_cfg=tcfg, progress=progress)
@@ -133,6 +139,12 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = STRATEGI
     per: dict[str, list[dict]] = {s: [] for s in strategies}
     curve_res: dict[int, list[dict]] = {}
     needs_make = any(s in ("make", "simtier+make") for s in strategies)
+    post_data = None
+    if any(s in POST_STRATEGIES for s in strategies):                  # on demand (issue 21)
+        from mmrank.posttrain.stage import ensure_posttrain
+
+        ensure_posttrain(run, progress=progress)
+        post_data = data.with_posttrained(run)
     for seed in range(seeds):
         snapshots: dict[int, Any] = {}
         if needs_make or (seed == 0 and curve):
@@ -147,17 +159,18 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = STRATEGI
                               if e in stops else None)
         for s in strategies:
             mk = copy.deepcopy(snapshots[make_epochs]) if s in ("make", "simtier+make") else None
-            model, info = fit_strategy(data, s, seed=seed, make_epochs=make_epochs, make=mk, cfg=cfg,
+            d = post_data if s in POST_STRATEGIES else data   # post+simtier+make: MAKE pre-trained on it
+            model, info = fit_strategy(d, s, seed=seed, make_epochs=make_epochs, make=mk, cfg=cfg,
                                        train_cfg=tcfg, progress=progress)
-            m = evaluate(data, predict(model, data.enc))
+            m = evaluate(d, predict(model, d.enc))
             m.update({"seed": seed, "train_seconds": info["train"]["seconds"]})
             per[s].append(m)
             console.print(f"[ctr] seed {seed} {s:13s} auc {m['auc']:.4f} gauc {m['gauc']:.4f} "
                           f"logloss {m['logloss']:.4f} ({info['train']['seconds']:.0f}s)")
             if seed == 0:
-                save_model(model, data.space, run / "ctr" / s, train_cfg=tcfg,
-                           extra={"make_epochs": info["make_epochs"], "representations": data.vec_source},
-                           inputs=lineage_of(data))
+                save_model(model, d.space, run / "ctr" / s, train_cfg=tcfg,
+                           extra={"make_epochs": info["make_epochs"], "representations": d.vec_source},
+                           inputs=lineage_of(d))
                 (run / "ctr" / s / "metrics.json").write_text(json.dumps(json_ready(m), indent=2))
             if seed == 0 and s == "make" and make_epochs in curve:
                 curve_res[make_epochs] = [m]
@@ -175,6 +188,7 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = STRATEGI
                               "oracle_auc_test": data.manifest.get("oracle_auc_test"),
                               "seeds": seeds, "make_epochs": make_epochs,
                               "representations": data.vec_source,
+                              **({"posttrain": post_data.vec_source} if post_data is not None else {}),
                               "n_train": int(len(data.train_rows())),
                               "n_test": int((~data.samples.is_train).sum())}
     for s in strategies:
@@ -218,7 +232,8 @@ def markdown_table(result: dict, strategies: tuple[str, ...] = STRATEGIES) -> st
     oracle = result.get("oracle_auc")
     oracle_text = f"oracle AUC {oracle:.4f}" if oracle is not None else "no oracle (logged data)"
     lines = [f"CTR strategies ({result['seeds']} seed(s); {oracle_text}; "
-             f"representations: {result.get('representations')})", "",
+             f"representations: {result.get('representations')}"
+             + (f"; post-trained: {result['posttrain']}" if result.get("posttrain") else "") + ")", "",
              "| strategy | AUC | GAUC | LogLoss | ΔAUC | ΔGAUC | ΔAUC group 1 | ΔAUC group 8 | ΔAUC new "
              "| ΔGAUC group 1 | ΔGAUC group 8 | ΔGAUC new |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
