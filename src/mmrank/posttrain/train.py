@@ -141,6 +141,9 @@ class InfoNCELoss(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
         self.max_log_scale = math.log(max_scale)
 
+    def temperature(self) -> float:
+        return float(1.0 / self.log_scale.detach().clamp(max=self.max_log_scale).exp())
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, q_ids: torch.Tensor | None = None,
                 k_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         scale = self.log_scale.clamp(max=self.max_log_scale).exp()
@@ -254,8 +257,7 @@ def train_adapter(base: np.ndarray, pairs: Pairs, cfg: PosttrainConfig | None = 
                 bar.update(task, advance=1, epoch=epoch,
                            losses=" ".join(f"{o} {sums[o] / (step + 1):.3f}" for o in pairs))
             row = {"epoch": epoch, **{o: sums[o] / steps for o in pairs},
-                   "temperature": {o: float(1.0 / model.losses[o].log_scale.clamp(
-                       max=model.losses[o].max_log_scale).exp()) for o in pairs}}
+                   "temperature": {o: model.losses[o].temperature() for o in pairs}}
             history["epochs"].append(row)
             if log is not None:
                 log(f"[posttrain] epoch {epoch}: " + ", ".join(f"{o} loss {row[o]:.4f}" for o in pairs)
