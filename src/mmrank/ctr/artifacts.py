@@ -66,7 +66,12 @@ def load_model(run: Path, strategy: str, *, attach_vectors: bool = True,
     space = FeatureSpace.from_arrays(load_np(str(d / "vocab.safetensors")))
     vecs = None
     if cfg.uses_vectors and attach_vectors:
-        ids, v, source = item_vectors(run, posttrained=cfg.uses_posttrained)
+        if cfg.uses_posttrained:
+            from mmrank.posttrain.stage import posttrained_vectors
+
+            ids, v, source = posttrained_vectors(run)
+        else:
+            ids, v, source = item_vectors(run)
         check_representation_version(conf, d, representation_version(source))
         if v.shape[1] != sizes.vec_dim:
             raise ConfigError(f"{d}: trained on {sizes.vec_dim}-d representations, the run now has "

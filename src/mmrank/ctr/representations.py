@@ -18,12 +18,10 @@ from mmrank.errors import ConfigError, MMRankError
 from mmrank.vectors import l2_normalise
 
 
-def item_vectors(run: Path, item_ids: np.ndarray | None = None,
-                 posttrained: bool = False) -> tuple[np.ndarray, np.ndarray, str]:
+def item_vectors(run: Path, item_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """Frozen item representations of the run: ``(ids (N,) int64, vectors (N, D) float32, source)``.
 
-    With ``posttrained``, the post-trained table ``R/posttrain`` (:mod:`mmrank.posttrain`; source
-    ``posttrain:<version>``), refused when made from other representations or clicks than the run's now.
+    (The post-trained ones, ``R/posttrain``, come from :func:`mmrank.posttrain.stage.posttrained_vectors`.)
 
     From the embedding table ``R/embeddings`` when it exists (ids missing there get zero rows), else
     from the pre-trained encoder ``R/encoder`` over the items' titles and images. Rows are L2-normalised
@@ -33,8 +31,6 @@ def item_vectors(run: Path, item_ids: np.ndarray | None = None,
     """
     run = Path(run)
     items_path = run / "data" / "items.parquet"
-    if posttrained:
-        return _posttrained_vectors(run, item_ids)
     if (run / "embeddings").exists():
         from mmrank.store.backends import open_table
 
@@ -73,22 +69,6 @@ def item_vectors(run: Path, item_ids: np.ndarray | None = None,
         return ids[sel][order], l2_normalise(vecs[order]), f"encoder:{version}"
     raise MMRankError(f"{run}: no item representations: neither {run}/embeddings (run `mmrank embed`) "
                       f"nor {run}/encoder (run `mmrank pretrain`) exists")
-
-
-def _posttrained_vectors(run: Path, item_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, str]:
-    from mmrank.posttrain.stage import check_posttrain, posttrain_root
-    from mmrank.store.backends import open_table
-
-    root = posttrain_root(run)
-    if not (root / "CURRENT").exists():
-        raise MMRankError(f"{root}: no post-trained table (run `mmrank posttrain --run {run}`)")
-    check_posttrain(run)
-    table = open_table(root)
-    try:
-        ids = np.unique(np.asarray(table.ids() if item_ids is None else item_ids, np.int64))
-        return ids, l2_normalise(table.get(ids, missing="zero")), f"posttrain:{table.version}"
-    finally:
-        table.close()
 
 
 def vector_table(space: FeatureSpace, ids: np.ndarray, vecs: np.ndarray) -> torch.Tensor:

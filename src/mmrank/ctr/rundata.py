@@ -48,7 +48,9 @@ class RunData:
     def with_posttrained(self, run: Path) -> RunData:
         """The same samples, vocabularies and training rows with the post-trained representations of
         ``R/posttrain`` (own SimTier counts; the pre-trained ones stay with ``self``)."""
-        ids, vecs, source = item_vectors(run, posttrained=True)
+        from mmrank.posttrain.stage import posttrained_vectors
+
+        ids, vecs, source = posttrained_vectors(run)
         space = replace(self.space, vec_items=Vocab.of(ids))
         enc = replace(self.enc, extra={k: v for k, v in self.enc.extra.items() if k != "simtier"})
         if self.space.vec_items is None or not np.array_equal(ids, self.space.vec_items.ids):
@@ -75,7 +77,12 @@ def load_run(run: Path, *, with_vectors: bool = True, samples_path: Path | None 
     ids = vecs = None
     source = ""
     if with_vectors:
-        ids, vecs, source = item_vectors(run, posttrained=posttrained)
+        if posttrained:
+            from mmrank.posttrain.stage import posttrained_vectors
+
+            ids, vecs, source = posttrained_vectors(run)
+        else:
+            ids, vecs, source = item_vectors(run)
     if space is None:
         space = FeatureSpace.fit(samples, ids)
     elif ids is not None:

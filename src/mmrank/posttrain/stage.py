@@ -176,6 +176,26 @@ def ensure_posttrain(run: str | Path, cfg: PosttrainConfig | None = None, *, pro
     return True
 
 
+def posttrained_vectors(run: str | Path, item_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """The post-trained table as :func:`mmrank.ctr.representations.item_vectors` gives the pre-trained
+    one: ``(ids (N,), vectors (N, D) unit rows, "posttrain:<version>")``; refused (``StaleArtifact``)
+    when made from other representations, cutoff or clicks than the run's now."""
+    from mmrank.store.backends import open_table
+    from mmrank.vectors import l2_normalise
+
+    run = Path(run)
+    root = posttrain_root(run)
+    if not (root / "CURRENT").exists():
+        raise MMRankError(f"{root}: no post-trained table (run `mmrank posttrain --run {run}`)")
+    check_posttrain(run)
+    table = open_table(root)
+    try:
+        ids = np.unique(np.asarray(table.ids() if item_ids is None else item_ids, np.int64))
+        return ids, l2_normalise(table.get(ids, missing="zero")), f"posttrain:{table.version}"
+    finally:
+        table.close()
+
+
 def check_posttrain(run: str | Path) -> None:
     """Refuse a post-trained table made from other representations, cutoff or clicks than the run's now
     (:class:`mmrank.lineage.StaleArtifact`); the config it was made with is taken as given."""
