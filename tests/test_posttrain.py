@@ -167,3 +167,18 @@ def test_ctr_compare_runs_the_post_strategies_and_posttrains_on_demand(run, tmp_
     r = CliRunner().invoke(app, ["ctr", "predict", "--run", str(run), "--strategy", "post", "--samples",
                                  str(run / "data" / "ctr_samples.parquet"), "--out", str(out)])
     assert r.exit_code != 0 and "posttrain" in str(r.exception)
+
+
+def test_bad_input_is_a_one_line_error_naming_what_is_missing(run, tmp_path):
+    from mmrank.cli import app
+    from mmrank.errors import MMRankError
+
+    r = CliRunner().invoke(app, ["posttrain", "--run", str(run), "--objective", "nope"])
+    assert isinstance(r.exception, MMRankError) and "objective" in str(r.exception)
+    shutil.rmtree(run / "embeddings")
+    r = CliRunner().invoke(app, ["posttrain", "--run", str(run)])
+    assert isinstance(r.exception, MMRankError) and "mmrank pretrain" in str(r.exception)
+    empty = tmp_path / "empty"
+    (empty / "data").mkdir(parents=True)
+    r = CliRunner().invoke(app, ["posttrain", "--run", str(empty)])
+    assert isinstance(r.exception, MMRankError) and "ctr_samples.parquet" in str(r.exception)
