@@ -19,7 +19,16 @@ from mmrank.posttrain.train import InfoNCELoss, ResidualAdapter, behaviour_pairs
 from mmrank.store.backends import create_table, open_table
 from mmrank.testing.markets import micro_market
 
-FAST = PosttrainConfig(epochs=1, batch_size=128, hidden=32)
+FAST = PosttrainConfig(epochs=1, batch_size=256, hidden=32)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small matrices: one torch thread is faster than two fighting over a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +142,7 @@ def test_loss_falls_on_co_click_pairs_and_every_item_keeps_a_representation(run)
     items = pq.read_table(run / "data" / "items.parquet", columns=["item_id"]).column("item_id").to_numpy()
     assert np.array_equal(ids, np.sort(items))                  # never-clicked items too (content only)
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
-    both = run_posttrain(run, PosttrainConfig(epochs=2, batch_size=128, hidden=32), progress=False)
+    both = run_posttrain(run, FAST, progress=False)
     assert set(both["epochs"][0]) >= {"session", "next"}        # both losses logged by name
 
 
