@@ -224,3 +224,24 @@ def test_cli_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert res.returncode == 2, res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith(
         f"error: {f}: row 0, column 'embedding': value 0 of the vector is NaN")
+
+
+def test_ids_are_read_as_the_catalog_reads_them(tmp_path: Path) -> None:
+    """Text ids in the vector file match integer catalog ids, zero padding or not ('007' is item 7)."""
+    ids = [f"{i:03d}" for i in range(1, N_MMCTR + 1)]
+    vecs = _rand(N_MMCTR, 4, seed=3)
+    f = _vectors_file(tmp_path / "e.parquet", ids, vecs, id_type=pa.string())
+    run = tmp_path / "run"
+    import_data(run, preset="mmctr", events=MMCTR, item_vectors=f)
+    with open_table(run / "embeddings") as t:
+        np.testing.assert_array_equal(t.get(np.array([7])), vecs[6:7])
+
+
+def test_a_redis_run_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "embeddings").mkdir(parents=True)
+    (run / "embeddings" / "STORE.json").write_text('{"backend": "redis", "url": "redis://x"}')
+    f = _vectors_file(tmp_path / "e.parquet", list(range(1, N_MMCTR + 1)), _rand(N_MMCTR, 4))
+    with pytest.raises(DataError) as err:
+        import_data(run, preset="mmctr", events=MMCTR, item_vectors=f)
+    assert err.value.file == str(run / "embeddings" / "STORE.json") and not (run / "data").exists()

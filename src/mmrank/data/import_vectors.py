@@ -78,6 +78,15 @@ def _key(v: Any) -> str:
     return str(v).strip()
 
 
+def _as_int(key: str) -> str:
+    """A key as an integer catalog id reads (``"0108775015"`` -> ``"108775015"``, as the importer
+    reads such ids); a key that is not an integer stays as it is (and is reported unknown)."""
+    try:
+        return str(int(key))
+    except ValueError:
+        return key
+
+
 def check_matrix(matrix: np.ndarray, where: str, field_name: str, row_of: np.ndarray | None = None) -> np.ndarray:
     """A ``(N, D)`` float matrix -> float32, or :class:`DataError` naming the first non-finite row."""
     if matrix.ndim != 2:
@@ -273,7 +282,8 @@ def match_vectors(vec: ItemVectors, items: pa.Table) -> tuple[np.ndarray, np.nda
         ids = run_ids
     else:
         pos = {k: i for i, k in enumerate(cat)}
-        at = np.array([pos.get(k, -1) for k in vec.keys], np.int64)
+        keys = vec.keys if "source_item_id" in items.column_names else [_as_int(k) for k in vec.keys]
+        at = np.array([pos.get(k, -1) for k in keys], np.int64)
         unknown = np.flatnonzero(at < 0)
         if len(unknown):
             named = ", ".join(repr(vec.keys[r]) for r in unknown[:FIRST_IDS])
@@ -295,6 +305,17 @@ def vectors_version(vec: ItemVectors) -> str:
     return "import-" + digest_of(vec.files)
 
 
+def check_local_store(run: str | Path) -> None:
+    """Imported vectors go to a local table: a run whose tables are in Redis (``STORE.json``) is
+    refused before anything is written."""
+    from mmrank.store.table import STORE_FILE, store_config
+
+    root = Path(run) / "embeddings"
+    if store_config(root).get("backend", "local") != "local":
+        raise DataError("imported vectors go to a local table; this run's embeddings are in Redis: "
+                        "import into a new run directory", file=str(root / STORE_FILE))
+
+
 def write_vectors(run: str | Path, ids: np.ndarray, matrix: np.ndarray, version: str,
                   source: dict[str, Any]) -> dict[str, Any]:
     """Write ``(ids, matrix)`` as the run's embedding table of ``version``, build its ANN index, stamp
@@ -304,13 +325,11 @@ def write_vectors(run: str | Path, ids: np.ndarray, matrix: np.ndarray, version:
     from mmrank.store.ann import AnnIndex
     from mmrank.store.backends import create_table
     from mmrank.store.items import embeddings_root, index_dir
-    from mmrank.store.table import store_config, version_dirname
+    from mmrank.store.table import version_dirname
 
     run = Path(run)
     root = embeddings_root(run)
-    if store_config(root).get("backend", "local") != "local":
-        raise DataError("imported vectors go to a local table; this run's embeddings are in Redis "
-                        "(STORE.json): import into a new run directory", file=str(root / "STORE.json"))
+    check_local_store(run)
     vdir = root / version_dirname(version)
     if vdir.exists():
         shutil.rmtree(vdir)  # the same file imported again (perhaps against another catalog)

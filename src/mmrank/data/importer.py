@@ -95,7 +95,9 @@ def _import_source(run: Path, src: Source, cfg: DataConfig, replace: bool, stric
     items, item_counts, photos = item_table(src, first_ts, fallback, cfg.check_images)
     vectors = None
     if src.vectors is not None:  # checked against the catalog before anything is written
-        from mmrank.data.import_vectors import match_vectors, vectors_version
+        from mmrank.data.import_vectors import check_local_store, match_vectors, vectors_version
+
+        check_local_store(run)
 
         phase(f"matching {len(src.vectors.matrix)} item vectors to the catalog")
         v_ids, v_mat, v_summary = match_vectors(src.vectors, items)
