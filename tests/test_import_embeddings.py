@@ -245,3 +245,15 @@ def test_a_redis_run_is_refused_before_anything_is_written(tmp_path: Path) -> No
     with pytest.raises(DataError) as err:
         import_data(run, preset="mmctr", events=MMCTR, item_vectors=f)
     assert err.value.file == str(run / "embeddings" / "STORE.json") and not (run / "data").exists()
+
+
+def test_mmrec_feature_files_of_different_lengths_are_refused(tmp_path: Path) -> None:
+    import shutil
+
+    d = tmp_path / "baby"
+    shutil.copytree(PRESET_EVENTS["mmrec"], d, ignore=shutil.ignore_patterns("*.py"))
+    np.save(d / "text_feat.npy", np.load(d / "text_feat.npy")[:30])
+    with pytest.raises(DataError) as err:
+        import_data(tmp_path / "run", preset="mmrec", events=d)
+    assert "image_feat.npy 36" in str(err.value) and "text_feat.npy 30" in str(err.value)
+    assert not (tmp_path / "run").exists()

@@ -244,7 +244,7 @@ def fuse(parts: list[ItemVectors], name: str) -> ItemVectors:
     modality weighs the same and every row has norm 1 (a zero row stays zero)."""
     n = {len(p.matrix) for p in parts}
     if len(n) != 1:
-        raise DataError(f"the feature files have different numbers of rows: "
+        raise DataError("the feature files have different numbers of rows: "
                         + ", ".join(f"{p.where} {len(p.matrix)}" for p in parts), file=parts[-1].where)
     normed = []
     for p in parts:
