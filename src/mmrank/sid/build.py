@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmrank.errors import ConfigError, DataError
+from mmrank.threads import faiss_limited
 
 
 def assign(codebooks: np.ndarray, vectors: np.ndarray, chunk: int = 8192) -> np.ndarray:
@@ -105,9 +106,7 @@ def residual_kmeans(vectors: np.ndarray, levels: int, codes: int, *, seed: int =
     books = np.zeros((levels, codes, dim), np.float32)
     out = np.zeros((n, levels), np.int64)
     resid = x.astype(np.float64)
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
+    with faiss_limited(1):
         for lvl in range(levels):
             rng = np.random.default_rng([seed, lvl])
             r32 = np.ascontiguousarray(resid, np.float32)
@@ -125,8 +124,6 @@ def residual_kmeans(vectors: np.ndarray, levels: int, codes: int, *, seed: int =
             c = np.concatenate([_nearest(book, resid[s:s + 8192]) for s in range(0, n, 8192)])
             out[:, lvl] = c
             resid = resid - book[c]                                    # as assign() does
-    finally:
-        faiss.omp_set_num_threads(threads)
     return books, out, level_stats(x, books, out)
 
 
