@@ -204,8 +204,9 @@ class Bundle:
         return f"{self.encoder_version}/{self.strategy}/{self.model_version}"
 
     def describe(self) -> dict:
-        return {"sid": None if self.sid is None else self.sid.version,"bundle": self.id, "encoder_version": self.encoder_version,
+        return {"bundle": self.id, "encoder_version": self.encoder_version,
                 "table_version": self.store.version, "strategy": self.strategy,
+                "sid": None if self.sid is None else self.sid.version,
                 "model_version": self.model_version, "rerank": self.rerank_status,
                 "items": len(self.store), "lineage": self.lineage, "loaded_at": self.loaded_at,
                 "load_seconds": round(self.load_seconds, 3)}
