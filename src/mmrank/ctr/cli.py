@@ -69,7 +69,7 @@ def _notes(run: Path) -> None:
 def train_cmd(
     run: Path = typer.Option(..., "--run", help="run directory (reads RUN/data, RUN/embeddings)"),
     strategy: Optional[str] = typer.Option(None, help="id | vector | simscore | simtier | make | "
-                                           "simtier+make (default id)"),
+                                           "simtier+make | sid | sid+simtier+make (default id)"),
     seed: Optional[int] = typer.Option(None, help="default 0"),
     make_epochs: Optional[int] = typer.Option(None, help="MAKE pre-training epochs E (0 = joint training; "
                                               "default 4)"),
@@ -101,7 +101,8 @@ def compare_cmd(
     make_epochs: Optional[int] = typer.Option(None, help="E for make and simtier+make (default 4)"),
     curve: Optional[str] = typer.Option(None, help="MAKE epochs curve (Figure 6c), comma-separated; '' "
                                         "for none (default 0,1,2,4,8)"),
-    strategies: Optional[str] = typer.Option(None, help="comma-separated (default all six)"),
+    strategies: Optional[str] = typer.Option(None, help="comma-separated (default the paper's six; sid and "
+                                             "sid+simtier+make when named, codes built on demand)"),
     max_train_rows: Optional[int] = typer.Option(None, help="train on the latest N training rows only"),
     threads: Optional[int] = typer.Option(None),
     epochs_curve: Optional[int] = typer.Option(None, min=0, help="Figure 3: ID vs multimodal test AUC over N "

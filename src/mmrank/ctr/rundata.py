@@ -33,6 +33,8 @@ class RunData:
     manifest: dict
     train_idx: np.ndarray | None = None  # training rows used (default: the whole training split)
     inputs: dict = field(default_factory=dict)  # the digests of the tables read (mmrank.lineage)
+    codes: torch.Tensor | None = None  # (V, L) semantic IDs (code + 1) indexed by enc.item_v
+    sid: Any = None                     # mmrank.sid.stage.SidCodes they come from
 
     def train_rows(self) -> np.ndarray:
         return self.enc.train_rows() if self.train_idx is None else self.train_idx
@@ -48,7 +50,9 @@ class RunData:
     def sizes(self) -> ModelSizes:
         return ModelSizes(n_items=len(self.space.items), n_users=len(self.space.users),
                           n_categories=self.space.n_categories, n_regions=self.space.n_regions,
-                          vec_dim=0 if self.vectors is None else int(self.vectors.shape[1]))
+                          vec_dim=0 if self.vectors is None else int(self.vectors.shape[1]),
+                          sid_levels=0 if self.sid is None else self.sid.levels,
+                          sid_codes=0 if self.sid is None else self.sid.n_codes)
 
 
 def load_run(run: Path, *, with_vectors: bool = True, samples_path: Path | None = None,
@@ -89,10 +93,17 @@ def build_model(data: RunData, cfg: CtrConfig, make: MakeModule | None = None,
                 freeze_make: bool = False) -> CtrModel:
     if cfg.uses_vectors and data.vectors is None:
         raise ConfigError(f"strategy {cfg.strategy!r} needs item representations; none were loaded")
+    if cfg.uses_sid and data.codes is None:
+        raise ConfigError(f"strategy {cfg.strategy!r} needs semantic IDs; none were attached "
+                          f"(mmrank.ctr.representations.attach_codes)")
     vecs = ItemVectors(data.vectors) if data.vectors is not None and cfg.uses_vectors else None
     if make is not None and vecs is not None:
         make.vectors = vecs
-    return CtrModel(cfg, data.sizes(), vecs, make=make, freeze_make=freeze_make)
+    sizes = data.sizes()
+    if not cfg.uses_sid:
+        sizes.sid_levels = sizes.sid_codes = 0
+    return CtrModel(cfg, sizes, vecs, make=make, freeze_make=freeze_make,
+                    codes=data.codes if cfg.uses_sid else None)
 
 
 def new_make(data: RunData, cfg: CtrConfig, seed: int) -> MakeModule:
