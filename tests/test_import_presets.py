@@ -77,6 +77,10 @@ def test_preset_fixture_imports(preset: str, fx: Path, tmp_path: Path) -> None:
         "hm": lambda: (s["items_without"]["image"] == 1 and set(events.column("region").to_pylist()) == {0, 1}
                        and s["counts"]["purchases"] == s["counts"]["clicks"]
                        and "age" in _table(run, "users").column_names),
+        "mmrec": lambda: (s["counts"]["items"] == 36 and "impressions" in subs
+                          and (s["vectors"]["rows"], s["vectors"]["dim"]) == (36, 24)),
+        "mmctr": lambda: (s["split_ts"] == 600 and s["counts"]["impressions"] == 780 and "time" in subs
+                          and (s["vectors"]["rows"], s["vectors"]["dim"]) == (40, 128)),
     }
     assert facts[preset](), s
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mmrank.models.layers import ItemVectors
-from mmrank.ctr.models import STRATEGIES, CtrConfig, MakeConfig, ModelSizes
+from mmrank.ctr.models import PAPER_STRATEGIES as STRATEGIES, CtrConfig, MakeConfig, ModelSizes  # the pre-refactor six
 from mmrank.errors import ConfigError
 from mmrank.models import create, describe_blocks, list_blocks
 from mmrank.models.blocks import (CAFU, ESMMHeads, MMoEHeads, MultiPerspectiveSelfAttention, MultiTaskLoss,

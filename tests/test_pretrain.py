@@ -157,6 +157,28 @@ def test_compare_over_seeds_reports_mean_and_std_of_each_seed(tmp_path):
     assert md.count("±") == 4 and "| popularity | " in md
 
 
+def test_compare_rerun_keeps_finished_seeds_and_retrains_a_changed_config(tmp_path, monkeypatch):
+    """A killed comparison restarts from its finished seeds: a rerun with the same config and data
+    trains nothing and reports the same figures; a changed config trains again."""
+    import mmrank.pretrain.stage as stage
+
+    run = micro_market(tmp_path / "run", seed=1)
+    cfg = PretrainConfig(**{**FAST, "epochs": 1, "seed": 5})
+    first = stage.compare(run, cfg, variants=("scl",), seeds=2)
+    made = {d: (run / "pretrain" / d / "weights.safetensors").stat().st_mtime_ns for d in ("scl", "scl.seed6")}
+
+    def refuse(*a, **k):
+        raise AssertionError("trained a seed that had finished")
+
+    monkeypatch.setattr(stage, "train", refuse)
+    again = stage.compare(run, cfg, variants=("scl",), seeds=2)
+    assert again["scl"]["acc@1"] == first["scl"]["acc@1"]
+    assert again["scl"]["per_seed"] == first["scl"]["per_seed"]
+    assert {d: (run / "pretrain" / d / "weights.safetensors").stat().st_mtime_ns for d in made} == made
+    with pytest.raises(AssertionError, match="trained a seed"):
+        stage.compare(run, cfg.model_copy(update={"lr": cfg.lr * 2}), variants=("scl",), seeds=2)
+
+
 def test_matryoshka_prefix_still_retrieves():
     """Trained with nested dims, a 4-d prefix of a 64-d vector still retrieves (Acc@5 near the
     whole vector's), much better than the 4-d prefix of the same model trained without nesting."""

@@ -98,6 +98,7 @@ from mmrank.pretrain.cli import app as _pretrain_app  # noqa: E402
 from mmrank.report.cli import app as _report_app  # noqa: E402
 from mmrank.rerank.cli import app as _rerank_app  # noqa: E402
 from mmrank.serve.cli import serve as _serve  # noqa: E402
+from mmrank.sid.cli import app as _sid_app  # noqa: E402
 from mmrank.store.cli import embed as _embed, search as _search  # noqa: E402
 from mmrank.stream.cli import app as _stream_app  # noqa: E402
 
@@ -108,6 +109,7 @@ app.add_typer(_ctr_app, name="ctr")
 app.add_typer(_rerank_app, name="rerank")
 app.add_typer(_report_app, name="report")
 app.add_typer(_stream_app, name="stream")
+app.add_typer(_sid_app, name="sid")
 app.command("embed")(_embed)
 app.command("search")(_search)
 app.command("serve")(_serve)

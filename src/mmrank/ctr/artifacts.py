@@ -5,6 +5,7 @@ Layout (``R`` the run)::
     R/ctr/<strategy>/model.safetensors   weights (MAKE's too; never the representations)
     R/ctr/<strategy>/vocab.safetensors   the ID vocabularies the model was trained with
     R/ctr/<strategy>/config.json         CtrConfig, TrainConfig, sizes, MAKE epochs, representation source
+                                         (and ``sid``: the semantic IDs' version, for sid strategies)
     R/ctr/<strategy>/metrics.json        auc, gauc, logloss, groups (8, lowest frequency first), new_items
     R/ctr/<strategy>/lineage.json        the digests of the tables and representations it was trained on
 """
@@ -21,8 +22,8 @@ from safetensors.torch import load_file as load_torch, save_file as save_torch
 from mmrank import lineage
 from mmrank.ctr.data import FeatureSpace, Vocab
 from mmrank.ctr.models import CtrConfig, CtrModel, ModelSizes
-from mmrank.ctr.representations import (check_representation_version, item_vectors, representation_version,
-                                        vector_table)
+from mmrank.ctr.representations import (check_representation_version, code_table, item_vectors,
+                                        representation_version, vector_table)
 from mmrank.ctr.trainer import TrainConfig
 from mmrank.errors import ConfigError, MMRankError
 
@@ -64,7 +65,7 @@ def load_model(run: Path, strategy: str, *, attach_vectors: bool = True,
     cfg = CtrConfig.model_validate(conf["model"])
     sizes = ModelSizes(**conf["sizes"])
     space = FeatureSpace.from_arrays(load_np(str(d / "vocab.safetensors")))
-    vecs = None
+    vecs = codes = None
     if cfg.uses_vectors and attach_vectors:
         if cfg.uses_posttrained:
             from mmrank.posttrain.stage import posttrained_vectors
@@ -78,10 +79,31 @@ def load_model(run: Path, strategy: str, *, attach_vectors: bool = True,
                               f"{v.shape[1]}-d ones")
         space.vec_items = Vocab.of(ids)
         vecs = vector_table(space, ids, v)
+        if cfg.uses_sid:
+            codes = code_table(space, ids, v, load_codes(run, d, conf, representation_version(source)))
     elif cfg.uses_vectors:
         check_representation_version(conf, d, encoder_version)
         vecs = torch.zeros(2, sizes.vec_dim)
-    model = CtrModel(cfg, sizes, vecs, freeze_make=bool(conf.get("make_frozen")))
+        if cfg.uses_sid:
+            codes = torch.zeros(2, sizes.sid_levels, dtype=torch.int64)
+    model = CtrModel(cfg, sizes, vecs, freeze_make=bool(conf.get("make_frozen")), codes=codes)
     model.load_state_dict(load_torch(str(d / "model.safetensors")), strict=True)
     model.eval()
     return model, space, conf
+
+
+def load_codes(run: Path, where: Path, conf: dict, version: str | None):  # noqa: ANN201 (SidCodes)
+    """The run's semantic IDs for a sid model trained at ``where``: the codes of encoder ``version``,
+    refused (:class:`ConfigError`) unless they are the ones it was trained with (``conf["sid"]``) and
+    of its sizes."""
+    from mmrank.sid.stage import load_sid
+
+    sid = load_sid(run, str(version))
+    if conf.get("sid") != sid.version:
+        raise ConfigError(f"{where}: trained on semantic IDs {conf.get('sid')!r}, the run now has "
+                          f"{sid.version!r} (rebuilt by `mmrank sid build`): retrain it")
+    sizes = conf["sizes"]
+    if (sizes.get("sid_levels"), sizes.get("sid_codes")) != (sid.levels, sid.n_codes):
+        raise ConfigError(f"{where}: trained on {sizes.get('sid_levels')} x {sizes.get('sid_codes')} codes, "
+                          f"the run's are {sid.levels} x {sid.n_codes}")
+    return sid

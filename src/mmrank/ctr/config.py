@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from mmrank.config import StrictModel
-from mmrank.ctr.models import STRATEGIES, CtrConfig, Strategy
+from mmrank.ctr.models import PAPER_STRATEGIES, CtrConfig, Strategy
 from mmrank.ctr.trainer import TrainConfig
 
 
@@ -17,8 +17,9 @@ class CtrStageConfig(StrictModel):
                                "set from it)")
     seed: int = Field(0, description="`ctr train`: seed")
     seeds: int = Field(3, ge=1, description="`ctr compare`: seeds per strategy")
-    strategies: list[Strategy] = Field(default_factory=lambda: list(STRATEGIES),
-                                       description="`ctr compare`: the strategies compared")
+    strategies: list[Strategy] = Field(default_factory=lambda: list(PAPER_STRATEGIES),
+                                       description="`ctr compare`: the strategies compared "
+                                       "(default the paper's six; sid, sid+simtier+make when named)")
     make_epochs: int = Field(4, ge=0, description="MAKE pre-training epochs E (0 = joint training)")
     curve: list[int] = Field(default_factory=lambda: [0, 1, 2, 4, 8],
                              description="`ctr compare`: MAKE epochs curve (Figure 6c); [] for none")

@@ -54,7 +54,7 @@ from mmrank.config import StrictModel
 from mmrank.ctr.data import (MAX_POSITION, OOV, CtrSamples, EncodedSamples, FeatureSpace, Vocab, concat_ranges,
                              load_samples, make_batch, simtier_features)
 from mmrank.ctr.dynamic_ids import DynamicIdTable
-from mmrank.ctr.models import STRATEGIES, CtrConfig, CtrModel, ModelSizes, Strategy
+from mmrank.ctr.models import PAPER_STRATEGIES, CtrConfig, CtrModel, ModelSizes, Strategy
 from mmrank.ctr.trainer import TrainConfig, make_optimizer, optimizer_step
 from mmrank.data.schemas import HISTORY_LEN
 from mmrank.errors import ConfigError, MMRankError
@@ -66,7 +66,7 @@ DAY = 86_400
 class FollowConfig(StrictModel):
     """`mmrank ctr follow`: the near-line trainer's settings."""
 
-    strategies: list[Strategy] = Field(default_factory=lambda: list(STRATEGIES))
+    strategies: list[Strategy] = Field(default_factory=lambda: list(PAPER_STRATEGIES))
     source: str = Field("replay", description="replay (R/data/ctr_samples.parquet by ts) | redis")
     redis_url: str | None = Field(None, description="--source redis: redis://host:port/db")
     stream: str | None = Field(None, description="--source redis: stream key (None: mmrank:events:<run name>)")
@@ -526,8 +526,9 @@ class Follower:
 
         self.run, self.cfg, self.write = Path(run), cfg, write
         for s in cfg.strategies:
-            if s not in STRATEGIES:
-                raise ConfigError(f"--strategies: unknown strategy {s!r}; expected {', '.join(STRATEGIES)}")
+            if s not in PAPER_STRATEGIES:  # the semantic-ID strategies are not followed (yet)
+                raise ConfigError(f"--strategies: strategy {s!r} cannot be followed; expected "
+                                  f"{', '.join(PAPER_STRATEGIES)}")
         self.inputs = data_inputs(self.run, *CTR_TABLES)
         self.source = source or open_samples(self.run, cfg.source, cfg)
         sizes = self.source.vocab_sizes()  # the schema's small vocabularies

@@ -12,6 +12,11 @@ strategies of Sheng et al. (CIKM'24, Sec. 4 and Table 3) over frozen pre-trained
   join the MLP input of the one-epoch ID model. E = 0 trains it jointly (with its own loss, Eq. 5, as
   an auxiliary term).
 * ``simtier+make``: both.
+* ``sid``: semantic IDs (issue 25): each item's residual k-means codes ``(c_1..c_L)``
+  (:mod:`mmrank.sid`) learned as ID features, one embedding table per level, summed
+  (:class:`SemanticIdFeature`), joined to the target and to every history key before the attention,
+  so the behaviour sequence is pooled as the item IDs are. The codes come from item content only.
+* ``sid+simtier+make``: ``sid`` with SimTier and MAKE.
 * ``post`` and ``post+simtier+make`` (MOON's post-training, issue 21): ``simtier`` and ``simtier+make``
   on the post-trained table ``R/posttrain`` (:mod:`mmrank.posttrain`) instead of the pre-trained one.
 
@@ -53,10 +58,13 @@ from mmrank.models.blocks import (IdFeatures, InterestEncoder, MakeKnowledge, Mu
 from mmrank.models.layers import (MLP, ItemVectors, SharedRows, TargetAttention, dense, history_groups, pack,
                                   row_map, similarity)
 
-STRATEGIES = ("id", "vector", "simscore", "simtier", "make", "simtier+make")  # Table 3, the default set
+# The paper's six (Table 3), the defaults of `ctr compare`, the demo and `ctr follow`; then the
+# semantic-ID strategies (issue 25) and the post-trained ones (issue 21), run when named.
+PAPER_STRATEGIES = ("id", "vector", "simscore", "simtier", "make", "simtier+make")
 POST_STRATEGIES = ("post", "post+simtier+make")      # on the post-trained table (mmrank.posttrain)
-ALL_STRATEGIES = STRATEGIES + POST_STRATEGIES
-Strategy = Literal["id", "vector", "simscore", "simtier", "make", "simtier+make", "post", "post+simtier+make"]
+STRATEGIES = PAPER_STRATEGIES + ("sid", "sid+simtier+make") + POST_STRATEGIES
+Strategy = Literal["id", "vector", "simscore", "simtier", "make", "simtier+make", "sid", "sid+simtier+make",
+                   "post", "post+simtier+make"]
 
 
 class MakeConfig(StrictModel):
@@ -116,11 +124,15 @@ class CtrConfig(StrictModel):
 
     @property
     def uses_simtier(self) -> bool:
-        return self.strategy in ("simtier", "simtier+make", "post", "post+simtier+make")
+        return self.strategy in ("simtier", "simtier+make", "sid+simtier+make", "post", "post+simtier+make")
 
     @property
     def uses_make(self) -> bool:
-        return self.strategy in ("make", "simtier+make", "post+simtier+make")
+        return self.strategy in ("make", "simtier+make", "sid+simtier+make", "post+simtier+make")
+
+    @property
+    def uses_sid(self) -> bool:
+        return self.strategy.startswith("sid")
 
     @property
     def uses_posttrained(self) -> bool:
@@ -138,6 +150,8 @@ class ModelSizes:
     n_regions: int
     n_positions: int = MAX_POSITION
     vec_dim: int = 0
+    sid_levels: int = 0   # semantic IDs: L levels of C codes (0 when the strategy has none)
+    sid_codes: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -153,6 +167,56 @@ def lookup_vectors(vectors: ItemVectors, batch: dict[str, torch.Tensor], idx: to
                        "(encode the samples with a FeatureSpace that has vec_items)")
     hist = batch["hist_item_v"].reshape(-1).index_select(0, idx)
     return vectors(batch["item_v"]), (SharedRows.of(hist, vectors) if share else vectors(hist))
+
+
+class ItemCodes(nn.Module):
+    """A frozen table of semantic IDs, ``(V, L)`` int64, rows indexed as the representations are
+    (``item_v``): ``code + 1`` per level, 0 for no code (padding, unknown, an item without a vector).
+
+    Not saved with a model's weights: the codes belong to the run's embedding table (``mmrank sid
+    build``) and are re-attached at load time, as :class:`ItemVectors` are.
+
+    ``forward(index (...)) -> (..., L)`` int64.
+    """
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        if table.dim() != 2:
+            raise ValueError(f"item codes must be (V, L), got {tuple(table.shape)}")
+        self.register_buffer("table", table.detach().to(torch.int64).contiguous(), persistent=False)
+
+    @property
+    def levels(self) -> int:
+        return int(self.table.shape[1])
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        return self.table.index_select(0, index.reshape(-1)).view(*index.shape, self.table.shape[1])
+
+
+class SemanticIdFeature(nn.Module):
+    """Semantic IDs as learned ID features (TIGER; QARM / OneRec): one embedding table per level of
+    ``codes + 1`` rows (row 0: no code), summed over the levels.
+
+    Args:
+        levels: L; codes: C codewords per level; dim: embedding width E.
+
+    ``forward(codes (..., L)) -> (..., E)``, ``codes`` as :class:`ItemCodes` holds them (``code + 1``).
+    """
+
+    def __init__(self, levels: int, codes: int, dim: int) -> None:
+        super().__init__()
+        self.tables = nn.ModuleList(nn.Embedding(codes + 1, dim, padding_idx=0) for _ in range(levels))
+        for t in self.tables:
+            nn.init.normal_(t.weight, std=0.01)
+            with torch.no_grad():
+                t.weight[0].zero_()
+        self.out_dim = dim
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        out = self.tables[0](codes[..., 0])
+        for lvl in range(1, len(self.tables)):
+            out = out + self.tables[lvl](codes[..., lvl])
+        return out
 
 
 class MakeModule(nn.Module):
@@ -218,9 +282,11 @@ class CtrModel(nn.Module):
     ``vector`` VectorFeature  vector: joins the target and every history key
     ``simscore``              simscore: the target-history similarity joins every history key
     ``interest``              all: DIN target attention over the history
-    ``simtier``               simtier, simtier+make, post, post+simtier+make: tier counts / L join
-                              the head's input
-    ``knowledge``             make, simtier+make, post+simtier+make: MakeKnowledge
+    ``simtier``               simtier, simtier+make, sid+simtier+make, post, post+simtier+make:
+                              tier counts / L join the head's input
+    ``knowledge``             make, simtier+make, sid+simtier+make, post+simtier+make: MakeKnowledge
+    ``sid`` SemanticIdFeature sid, sid+simtier+make: summed per-level code embeddings join the
+                              target and every history key (codes from ``codes``, an ItemCodes)
     ``head`` TaskHeads        all: one tower, ``{"click": logit}``
     ========================  ====================================================================
 
@@ -244,7 +310,8 @@ class CtrModel(nn.Module):
     share_history = False
 
     def __init__(self, cfg: CtrConfig, sizes: ModelSizes, vectors: torch.Tensor | ItemVectors | None = None,
-                 make: MakeModule | None = None, freeze_make: bool = False) -> None:
+                 make: MakeModule | None = None, freeze_make: bool = False,
+                 codes: torch.Tensor | ItemCodes | None = None) -> None:
         super().__init__()
         self.cfg, self.sizes = cfg, sizes
         e = cfg.emb_dim
@@ -257,6 +324,17 @@ class CtrModel(nn.Module):
                 raise ValueError(f"strategy {cfg.strategy!r} needs item representations (vectors=)")
             self.vectors = vectors if isinstance(vectors, ItemVectors) else ItemVectors(vectors)
         q_dim = 2 * e
+        self.codes: ItemCodes | None = None
+        self.sid: SemanticIdFeature | None = None
+        if cfg.uses_sid:
+            if codes is None or sizes.sid_levels < 1 or sizes.sid_codes < 2:
+                raise ValueError(f"strategy {cfg.strategy!r} needs semantic IDs (codes=, sizes.sid_levels, "
+                                 f"sizes.sid_codes)")
+            self.codes = codes if isinstance(codes, ItemCodes) else ItemCodes(codes)
+            if self.codes.levels != sizes.sid_levels:
+                raise ValueError(f"item codes have {self.codes.levels} levels, sizes say {sizes.sid_levels}")
+            self.sid = SemanticIdFeature(sizes.sid_levels, sizes.sid_codes, e)
+            q_dim += self.sid.out_dim
         self.vector = VectorFeature(self.vectors.dim, cfg.vector_dim) if cfg.strategy == "vector" else None
         if self.vector is not None:
             q_dim += self.vector.out_dim
@@ -294,7 +372,7 @@ class CtrModel(nn.Module):
 
     def id_parameters(self) -> list[nn.Parameter]:
         """Parameters of ID embeddings: trained for one epoch only (the one-epoch rule)."""
-        return self.ids.id_parameters()
+        return self.ids.id_parameters() + ([] if self.sid is None else list(self.sid.parameters()))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | dict[str, torch.Tensor]]:
         """History features are computed at the valid positions only (packed, see :func:`pack`)."""
@@ -310,8 +388,16 @@ class CtrModel(nn.Module):
         counts = None                                                  # SimTier from the pipeline
         if self.simtier is not None and cfg.simtier_in == "pipeline" and "simtier" in batch:
             counts = batch["simtier"].to(q.dtype)
+        if self.sid is not None:                                       # semantic IDs, (B, E), (nnz, E)
+            if "item_v" not in batch or "hist_item_v" not in batch:
+                raise KeyError("strategy sid needs the representation index: the batch has no "
+                               "'item_v'/'hist_item_v' (encode with a FeatureSpace that has vec_items)")
+            q = torch.cat([q, self.sid(self.codes(batch["item_v"]))], dim=-1)
+            k = torch.cat([k, self.sid(self.codes(packed("hist_item_v")))], dim=-1)
         v_c = v_h = None                                               # (B, D), (nnz, D)
-        if self.vectors is not None and not (cfg.strategy in ("simtier", "post") and counts is not None):
+        needs_v = (self.vector is not None or self.simscore is not None or self.knowledge is not None
+                   or (self.simtier is not None and counts is None))
+        if self.vectors is not None and needs_v:
             v_c, v_h = lookup_vectors(self.vectors, batch, idx, self.share_history)
         if self.vector is not None:                                    # Vector
             q = torch.cat([q, self.vector(v_c)], dim=-1)

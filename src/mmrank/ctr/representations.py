@@ -78,6 +78,40 @@ def vector_table(space: FeatureSpace, ids: np.ndarray, vecs: np.ndarray) -> torc
     table[:2] = 0.0
     return torch.from_numpy(table)
 
+def code_table(space: FeatureSpace, ids: np.ndarray, vecs: np.ndarray, sid) -> torch.Tensor:  # noqa: ANN001
+    """Semantic-ID rows of ``space.vec_items``, ``(V, L)`` int64 ``code + 1`` (0: no code), from the
+    run's :class:`mmrank.sid.stage.SidCodes`: the catalog's codes where built, codes assigned with its
+    codebooks for items with a vector but none built (items ingested since); zero-vector rows (items
+    missing from the table) get no code."""
+    table = np.zeros((len(space.vec_items), sid.levels), np.int64)
+    ids = np.asarray(ids, np.int64)
+    has = np.linalg.norm(vecs, axis=1) > 0 if len(ids) else np.zeros(0, bool)
+    if has.any():
+        table[space.vec_items.lookup(ids[has])] = sid.codes_for(ids[has], vecs[has]) + 1
+    table[:2] = 0
+    return torch.from_numpy(table)
+
+
+def attach_codes(run: Path, data, cfg=None, log=print) -> None:  # noqa: ANN001
+    """Give ``data`` (a :class:`mmrank.ctr.rundata.RunData` loaded with vectors) the run's semantic IDs
+    (``data.codes``, ``data.sid``), built first with ``cfg`` (:class:`mmrank.sid.config.SidConfig`)
+    when the run has none for its encoder version. Needs the embedding table (codes are built beside
+    it)."""
+    from mmrank.sid.stage import ensure_sid
+
+    if data.vectors is None:
+        raise ConfigError("semantic IDs need the item representations; none were loaded")
+    version = representation_version(data.vec_source)
+    if not str(data.vec_source).startswith("embeddings:") or version is None:
+        raise MMRankError(f"{run}: semantic IDs are built from the embedding table, the run has none "
+                          f"(representations: {data.vec_source!r}); run `mmrank embed --run {run}` first")
+    sid = ensure_sid(run, version, cfg, log=log)
+    ids = np.asarray(data.space.vec_items.ids, np.int64)
+    vecs = data.vectors.numpy()[2:]                     # rows 2.. are vec_items' ids, in order
+    data.codes = code_table(data.space, ids, vecs, sid)
+    data.sid = sid
+
+
 def representation_version(source: str | None) -> str | None:
     """The version in a representation source (``"embeddings:<v>"``, ``"encoder:<v>"`` or
     ``"posttrain:<v>"``, the post-trained table's version, which hashes the encoder's, as

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from mmrank.ctr.data import CtrSamples, EncodedSamples, FeatureSpace, Vocab, load_samples, simtier_features
-from mmrank.ctr.models import ALL_STRATEGIES, CtrConfig, CtrModel, MakeModule, ModelSizes
+from mmrank.ctr.models import STRATEGIES, CtrConfig, CtrModel, MakeModule, ModelSizes
 from mmrank.ctr.representations import item_vectors, vector_table
 from mmrank.ctr.trainer import TrainConfig, pretrain_make, train
 from mmrank.errors import ConfigError
@@ -33,6 +33,8 @@ class RunData:
     manifest: dict
     train_idx: np.ndarray | None = None  # training rows used (default: the whole training split)
     inputs: dict = field(default_factory=dict)  # the digests of the tables read (mmrank.lineage)
+    codes: torch.Tensor | None = None  # (V, L) semantic IDs (code + 1) indexed by enc.item_v
+    sid: Any = None                     # mmrank.sid.stage.SidCodes they come from
 
     def train_rows(self) -> np.ndarray:
         return self.enc.train_rows() if self.train_idx is None else self.train_idx
@@ -47,7 +49,7 @@ class RunData:
 
     def with_posttrained(self, run: Path) -> RunData:
         """The same samples, vocabularies and training rows with the post-trained representations of
-        ``R/posttrain`` (own SimTier counts; the pre-trained ones stay with ``self``)."""
+        ``R/posttrain`` (own SimTier counts; the pre-trained ones stay with ``self``; no semantic IDs)."""
         from mmrank.posttrain.stage import posttrained_vectors
 
         ids, vecs, source = posttrained_vectors(run)
@@ -56,12 +58,14 @@ class RunData:
         if self.space.vec_items is None or not np.array_equal(ids, self.space.vec_items.ids):
             enc = space.encode(self.samples)
         return replace(self, space=space, enc=enc, vectors=vector_table(space, ids, vecs), vec_source=source,
-                       train_idx=None if self.train_idx is None else self.train_idx.copy())
+                       train_idx=None if self.train_idx is None else self.train_idx.copy(), codes=None, sid=None)
 
     def sizes(self) -> ModelSizes:
         return ModelSizes(n_items=len(self.space.items), n_users=len(self.space.users),
                           n_categories=self.space.n_categories, n_regions=self.space.n_regions,
-                          vec_dim=0 if self.vectors is None else int(self.vectors.shape[1]))
+                          vec_dim=0 if self.vectors is None else int(self.vectors.shape[1]),
+                          sid_levels=0 if self.sid is None else self.sid.levels,
+                          sid_codes=0 if self.sid is None else self.sid.n_codes)
 
 
 def load_run(run: Path, *, with_vectors: bool = True, samples_path: Path | None = None,
@@ -108,10 +112,17 @@ def build_model(data: RunData, cfg: CtrConfig, make: MakeModule | None = None,
                 freeze_make: bool = False) -> CtrModel:
     if cfg.uses_vectors and data.vectors is None:
         raise ConfigError(f"strategy {cfg.strategy!r} needs item representations; none were loaded")
+    if cfg.uses_sid and data.codes is None:
+        raise ConfigError(f"strategy {cfg.strategy!r} needs semantic IDs; none were attached "
+                          f"(mmrank.ctr.representations.attach_codes)")
     vecs = ItemVectors(data.vectors) if data.vectors is not None and cfg.uses_vectors else None
     if make is not None and vecs is not None:
         make.vectors = vecs
-    return CtrModel(cfg, data.sizes(), vecs, make=make, freeze_make=freeze_make)
+    sizes = data.sizes()
+    if not cfg.uses_sid:
+        sizes.sid_levels = sizes.sid_codes = 0
+    return CtrModel(cfg, sizes, vecs, make=make, freeze_make=freeze_make,
+                    codes=data.codes if cfg.uses_sid else None)
 
 
 def new_make(data: RunData, cfg: CtrConfig, seed: int) -> MakeModule:
@@ -137,8 +148,8 @@ def fit_strategy(data: RunData, strategy: str, *, seed: int = 0, make_epochs: in
 
     Returns ``(model, info)``; ``info`` holds training losses and times.
     """
-    if strategy not in ALL_STRATEGIES:
-        raise ConfigError(f"--strategy: expected one of {', '.join(ALL_STRATEGIES)}, got {strategy!r}")
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
     cfg = (cfg or CtrConfig()).model_copy(update={"strategy": strategy})
     cfg = CtrConfig.model_validate(cfg.model_dump())
     if cfg.uses_vectors and cfg.uses_posttrained != data.vec_source.startswith("posttrain:"):

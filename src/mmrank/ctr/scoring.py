@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from mmrank.ctr.data import CtrSamples, EncodedSamples, FeatureSpace, Vocab, make_batch
-from mmrank.ctr.models import CtrModel
+from mmrank.ctr.models import CtrModel, ItemCodes
 from mmrank.data.schemas import HISTORY_LEN
 from mmrank.errors import DataError
 from mmrank.models.layers import ItemVectors
@@ -66,21 +66,25 @@ def batch_of(enc: EncodedSamples, history_len: int = HISTORY_LEN) -> dict[str, t
 
 @torch.inference_mode()
 def score(model: CtrModel, batch: dict[str, torch.Tensor],
-          vectors: torch.Tensor | None = None) -> torch.Tensor:
+          vectors: torch.Tensor | None = None, codes: torch.Tensor | None = None) -> torch.Tensor:
     """Logits ``(B,)`` of one batch.
 
     ``vectors (V, D)`` (rows 0 and 1 zero) replaces the model's representation table for this call:
     rows indexed by ``batch["item_v"]``/``batch["hist_item_v"]`` (see :func:`encode_for_scoring`), so
     items created after the model was loaded are scored from their content. One call at a time per
-    model object (the table is swapped in place for the call).
+    model object (the table is swapped in place for the call). ``codes (V, L)`` likewise replaces the
+    semantic-ID table of a sid model (same rows).
     """
     model.eval()
     tables = [m for m in model.modules() if isinstance(m, ItemVectors)] if vectors is not None else []
-    saved = [t.table for t in tables]
+    code_tables = [m for m in model.modules() if isinstance(m, ItemCodes)] if codes is not None else []
+    saved = [t.table for t in tables] + [t.table for t in code_tables]
     try:
         for t in tables:
             t.table = vectors
+        for t in code_tables:
+            t.table = codes
         return model(batch)["logit"]
     finally:
-        for t, old in zip(tables, saved):
+        for t, old in zip(tables + code_tables, saved):
             t.table = old

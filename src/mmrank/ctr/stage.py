@@ -29,7 +29,7 @@ from rich.console import Console
 from mmrank.ctr.artifacts import load_model, save_model
 from mmrank.ctr.data import load_samples
 from mmrank.ctr.evaluate import N_GROUPS, evaluate, json_ready
-from mmrank.ctr.models import POST_STRATEGIES, STRATEGIES, CtrConfig
+from mmrank.ctr.models import PAPER_STRATEGIES, POST_STRATEGIES, CtrConfig
 from mmrank.ctr.rundata import RunData, build_model, fit_strategy, load_run, new_make
 from mmrank.ctr.trainer import TrainConfig, predict, pretrain_make
 from mmrank.ctr.trainer import train as trainer_train
@@ -56,6 +56,7 @@ def train_strategy(run: Path, strategy: str, *, seed: int = 0, make_epochs: int 
 
         ensure_posttrain(run, progress=progress)
     data = data or load_run(run, with_vectors=strategy != "id", posttrained=post)
+    ensure_codes(run, data, (strategy,))
     tcfg = train_cfg or TrainConfig()
     model, info = fit_strategy(data, strategy, seed=seed, make_epochs=make_epochs, cfg=cfg,
                                train_cfg=tcfg, progress=progress)
@@ -66,10 +67,27 @@ def train_strategy(run: Path, strategy: str, *, seed: int = 0, make_epochs: int 
                     "make_pretrain_seconds": info.get("make_pretrain", {}).get("seconds")})
     out = run / "ctr" / strategy
     save_model(model, data.space, out, train_cfg=tcfg.model_copy(update={"seed": seed}),
-               extra={"make_epochs": info["make_epochs"], "representations": data.vec_source},
-               inputs=lineage_of(data))
+               extra=model_extra(data, strategy, info), inputs=lineage_of(data))
     (out / "metrics.json").write_text(json.dumps(json_ready(metrics), indent=2))
     return metrics
+
+
+def ensure_codes(run: Path, data: RunData, strategies: tuple[str, ...]) -> None:
+    """Attach the run's semantic IDs to ``data`` when a strategy needs them (built on demand, with
+    the default :class:`mmrank.sid.config.SidConfig`, when the run has none)."""
+    from mmrank.ctr.representations import attach_codes
+
+    if data.codes is None and any(CtrConfig(strategy=s).uses_sid for s in strategies):
+        attach_codes(run, data, log=console.print)
+
+
+def model_extra(data: RunData, strategy: str, info: dict) -> dict:
+    """What ``config.json`` records beside the model: MAKE epochs, the representations and, for the
+    semantic-ID strategies, the version of the codes (a hash of their codebooks)."""
+    extra = {"make_epochs": info["make_epochs"], "representations": data.vec_source}
+    if CtrConfig(strategy=strategy).uses_sid and data.sid is not None:
+        extra["sid"] = data.sid.version
+    return extra
 
 
 def lineage_of(data: RunData) -> dict[str, str]:
@@ -120,7 +138,7 @@ def _rel(v: float, base: float) -> float:
     return float((v - base) / abs(base)) if base else float("nan")
 
 
-def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = STRATEGIES, make_epochs: int = 4,
+def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_STRATEGIES, make_epochs: int = 4,
             curve: tuple[int, ...] = (0, 1, 2, 4, 8), cfg: CtrConfig | None = None,
             train_cfg: TrainConfig | None = None, data: RunData | None = None, plots: bool = True,
             progress: bool = True, max_train_rows: int | None = None, epochs_curve: int = 0) -> dict:
@@ -136,9 +154,12 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = STRATEGI
     multimodal = any(s != "id" for s in strategies) or bool(curve) or epochs_curve > 0  # MAKE needs them
     data = data or load_run(run, with_vectors=multimodal)
     data.limit_train(max_train_rows)
+    ensure_codes(run, data, strategies)
     per: dict[str, list[dict]] = {s: [] for s in strategies}
     curve_res: dict[int, list[dict]] = {}
-    needs_make = any(s in ("make", "simtier+make") for s in strategies)
+    # MAKE pre-trained once per seed on the pre-trained table; post+simtier+make pre-trains its own
+    shared_make = [s for s in strategies if CtrConfig(strategy=s).uses_make and s not in POST_STRATEGIES]
+    needs_make = bool(shared_make)
     post_data = None
     if any(s in POST_STRATEGIES for s in strategies):                  # on demand (issue 21)
         from mmrank.posttrain.stage import ensure_posttrain
@@ -158,7 +179,7 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = STRATEGI
                               on_epoch_end=lambda e, m=make: snapshots.__setitem__(e, copy.deepcopy(m))
                               if e in stops else None)
         for s in strategies:
-            mk = copy.deepcopy(snapshots[make_epochs]) if s in ("make", "simtier+make") else None
+            mk = copy.deepcopy(snapshots[make_epochs]) if s in shared_make else None
             d = post_data if s in POST_STRATEGIES else data   # post+simtier+make: MAKE pre-trained on it
             model, info = fit_strategy(d, s, seed=seed, make_epochs=make_epochs, make=mk, cfg=cfg,
                                        train_cfg=tcfg, progress=progress)
@@ -169,8 +190,7 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = STRATEGI
                           f"logloss {m['logloss']:.4f} ({info['train']['seconds']:.0f}s)")
             if seed == 0:
                 save_model(model, d.space, run / "ctr" / s, train_cfg=tcfg,
-                           extra={"make_epochs": info["make_epochs"], "representations": d.vec_source},
-                           inputs=lineage_of(d))
+                           extra=model_extra(d, s, info), inputs=lineage_of(d))
                 (run / "ctr" / s / "metrics.json").write_text(json.dumps(json_ready(m), indent=2))
             if seed == 0 and s == "make" and make_epochs in curve:
                 curve_res[make_epochs] = [m]
@@ -227,7 +247,7 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = STRATEGI
     return result
 
 
-def markdown_table(result: dict, strategies: tuple[str, ...] = STRATEGIES) -> str:
+def markdown_table(result: dict, strategies: tuple[str, ...] = PAPER_STRATEGIES) -> str:
     """Table 3 analogue in markdown (mean ± std over seeds, relative change against ``id``)."""
     oracle = result.get("oracle_auc")
     oracle_text = f"oracle AUC {oracle:.4f}" if oracle is not None else "no oracle (logged data)"
@@ -309,7 +329,7 @@ def demo_stage(run: Path, size: str) -> dict:
     r = compare(Path(run), seeds=1, progress=False, **DEMO[size])
     out = {"oracle_auc": r.get("oracle_auc"), "representations": r.get("representations"),
            "seconds": r.get("seconds"), "plots": r.get("plots", [])}
-    for s in STRATEGIES:
+    for s in PAPER_STRATEGIES:
         rel = r[s].get("relative", {})
         out[s] = {"auc": r[s]["auc"]["mean"], "gauc": r[s]["gauc"]["mean"],
                   "logloss": r[s]["logloss"]["mean"], "rel_gauc": rel.get("gauc"),

@@ -68,12 +68,20 @@ def import_(
                                            "(query_image, image)"),
     mapping: Optional[Path] = typer.Option(None, "--mapping", help="YAML column mapping (see the README)"),
     preset: Optional[str] = typer.Option(None, "--preset", help="taobao | ali-ccp | alimama | aliexpress | "
-                                         "amazon | hm"),
+                                         "amazon | hm | mmrec | mmctr"),
     split_ts: Optional[int] = typer.Option(None, "--split-ts", help="train/test boundary (seconds)"),
     negatives: Optional[int] = typer.Option(None, "--negatives", help="sampled negatives per interaction "
                                             "(logs without impressions; default 4)"),
     strict: bool = typer.Option(False, "--strict", help="an event naming an unknown item stops the import"),
     replace: bool = typer.Option(False, "--replace", help="replace RUN/data if it exists"),
+    item_vectors: Optional[Path] = typer.Option(None, "--item-vectors", help="item embeddings: Parquet (an id "
+                                                "column and a list<float> column) or a .npy matrix; they "
+                                                "become RUN/embeddings (no pre-training needed)"),
+    vector_ids: Optional[Path] = typer.Option(None, "--vector-ids", help="the ids of a .npy matrix's rows "
+                                              "(.txt, one a line, or .parquet); default: the catalog's order"),
+    vector_id_column: str = typer.Option("item_id", "--vector-id-column", help="id column of the vectors file"),
+    vector_column: str = typer.Option("embedding", "--vector-column", help="list<float> column of the "
+                                      "vectors file"),
     config: Optional[Path] = _CONFIG,
 ) -> None:
     """Import a catalog and logs (checked row by row) into RUN/data/, then build the derived tables.
@@ -88,7 +96,8 @@ def import_(
     cfg = stage_config("data", config, {"split_ts": split_ts, "negatives_per_positive": negatives})
     summary = import_data(run, items=items, events=events, images=images, queries=queries,
                           mapping=mapping, preset=preset, cfg=cfg, replace=replace, strict=strict,
-                          progress=True)
+                          progress=True, item_vectors=item_vectors, vector_ids=vector_ids,
+                          vector_id_column=vector_id_column, vector_column=vector_column)
     typer.echo(format_summary(summary))
     typer.echo(format_profile(summary["profile"], short=True))
     typer.echo(f"wrote {run}/data (the full profile: mmrank data profile --run {run})")

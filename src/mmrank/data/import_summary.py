@@ -152,6 +152,11 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append("source rows not used as events: " + ", ".join(f"{v} {k}" for k, v in s["ignored"].items()))
     lines += _list_lines(s)
     lines.append("derived: " + ", ".join(f"{k} {c[k]}" for k in ("pairs", "ctr_samples", "lists") if k in c))
+    v = s.get("vectors")
+    if v:
+        lines.append(f"item vectors: {v['rows']} x {v['dim']} from {v['file']} ({v['order']}), the embedding "
+                     f"table of version {v['version']}; {v['items_without_vector']} catalog items without one")
+        lines += [f"note: {n}" for n in v.get("notes", [])]
     for k, v in s.get("substitutes", {}).items():
         lines.append(f"substitute ({k}): {v}")
     for note in s.get("notes", []):

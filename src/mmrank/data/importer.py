@@ -93,6 +93,15 @@ def _import_source(run: Path, src: Source, cfg: DataConfig, replace: bool, stric
     phase(f"checking {src.items.num_rows} items and their photos")
     first_ts, fallback = first_seen(src)
     items, item_counts, photos = item_table(src, first_ts, fallback, cfg.check_images)
+    vectors = None
+    if src.vectors is not None:  # checked against the catalog before anything is written
+        from mmrank.data.import_vectors import check_local_store, match_vectors, vectors_version
+
+        check_local_store(run)
+
+        phase(f"matching {len(src.vectors.matrix)} item vectors to the catalog")
+        v_ids, v_mat, v_summary = match_vectors(src.vectors, items)
+        vectors = (v_ids, v_mat, {**v_summary, "version": vectors_version(src.vectors)})
     phase(f"arranging {int(known.sum())} events into lists")
     events, list_info = events_table(src, known, items, cfg)
     split_ts = choose_split(src, events, cfg)
@@ -103,8 +112,20 @@ def _import_source(run: Path, src: Source, cfg: DataConfig, replace: bool, stric
     summary = summarise(src, items, events, user_tbl.num_rows, item_counts=item_counts, photos=photos,
                         unknown=unknown, list_info=list_info, split_ts=split_ts, has_queries=has_queries)
     subs = substitutes(src, cfg, pairs_kind, item_counts, items.num_rows, list_info)
+    if vectors is not None:
+        summary["vectors"] = vectors[2]
+        if vectors[2]["items_without_vector"]:
+            subs["vectors"] = (f"{vectors[2]['items_without_vector']} of {items.num_rows} items have no "
+                               f"vector in {vectors[2]['file']}: the CTR models give them the zero vector "
+                               "(as an unknown item) and search never returns them")
     tables = {"items": items, "events": events, "users": user_tbl, "query_images": src.query_images}
     write_run(run, tables, summary, subs, src, cfg, split_ts, pairs_kind, tx, phase)
+    if vectors is not None:
+        from mmrank.data.import_vectors import write_vectors
+
+        phase(f"writing {len(vectors[1])} item vectors as the embedding table")
+        written = write_vectors(run, vectors[0], vectors[1], vectors[2]["version"], vectors[2])
+        summary["vectors"]["index"] = written["index"]
     from mmrank.config import record
 
     record(run, "data", cfg.model_copy(update={"split_ts": split_ts}))
@@ -320,10 +341,24 @@ def import_data(run: str | Path, *, items: str | Path | None = None, events: str
                 images: str | Path | None = None, queries: str | Path | None = None,
                 mapping: str | Path | None = None, preset: str | None = None,
                 cfg: DataConfig | None = None, replace: bool = False, strict: bool = False,
-                progress: bool = False) -> dict[str, Any]:
-    """Read the files with a preset or a mapping, then :func:`import_source`."""
+                progress: bool = False, item_vectors: str | Path | None = None,
+                vector_ids: str | Path | None = None, vector_id_column: str = "item_id",
+                vector_column: str = "embedding") -> dict[str, Any]:
+    """Read the files with a preset or a mapping, then :func:`import_source`.
+
+    ``item_vectors``: a Parquet file (``vector_id_column`` + ``vector_column``) or a ``.npy`` matrix
+    (row order: ``vector_ids``, else the catalog's rows) that becomes the run's embedding table
+    (:mod:`mmrank.data.import_vectors`); it replaces the vectors a preset brings."""
     from mmrank.data.presets import load_source
 
+    if vector_ids is not None and item_vectors is None:
+        raise DataError("--vector-ids names the rows of --item-vectors; give --item-vectors too",
+                        file=str(vector_ids))
     src = load_source(preset=preset, mapping=mapping, items=items, events=events, images=images,
                       queries=queries)
+    if item_vectors is not None:
+        from mmrank.data.import_vectors import read_vectors
+
+        src.vectors = read_vectors(item_vectors, ids=vector_ids, id_column=vector_id_column,
+                                   vector_column=vector_column)
     return import_source(run, src, cfg, replace=replace, strict=strict, progress=progress)

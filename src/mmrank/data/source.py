@@ -49,6 +49,7 @@ class Source:
     event_columns: dict[str, str] = field(default_factory=dict)
     defaults: dict[str, str] = field(default_factory=dict)  # optional source column -> the default it took
     images_folder: str | None = None  # the folder photos were found in, and its layout (summary)
+    vectors: Any = None  # mmrank.data.import_vectors.ItemVectors: item vectors the source brings
 
 
 class Builder:

@@ -16,8 +16,8 @@ import torch
 from mmrank.config import record
 from mmrank.durable import fsync_dir, temp_path, write_text
 from mmrank.errors import ConfigError
-from mmrank.lineage import digest_inputs
-from mmrank.pretrain.item_encoder import save_encoder
+from mmrank.lineage import digest_inputs, matches
+from mmrank.pretrain.item_encoder import CONFIG, METRICS, save_encoder
 from mmrank.pretrain.config import MOON_ROWS, REFERENCES, TABLE2, VARIANTS, PretrainConfig
 from mmrank.pretrain.data import build_features, native_image_size, read_catalog, read_pairs
 from mmrank.pretrain.distributed import DistEnv
@@ -233,9 +233,14 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
         if key not in prepared:
             prepared[key] = _Prepared(run, c, env)
         n = 1 if v == "off-the-shelf" else seeds
-        per_seed = [run_variant(run, c.model_copy(update={"seed": c.seed + i}),
-                                run / "pretrain" / (v if i == 0 else f"{v}.seed{c.seed + i}"),
-                                prepared[key], env) for i in range(n)]
+        per_seed = []
+        for i in range(n):
+            ci = c.model_copy(update={"seed": c.seed + i})
+            out = run / "pretrain" / (v if i == 0 else f"{v}.seed{c.seed + i}")
+            done = finished(out, ci, prepared[key].inputs)
+            if done is not None:
+                _say(env, f"{v} seed {ci.seed}: finished before with this config and data, kept ({out})")
+            per_seed.append(done if done is not None else run_variant(run, ci, out, prepared[key], env))
         results[v] = per_seed[0] if n == 1 else _over_seeds(per_seed)
     if env.main:
         table = {v: {"acc@1": r["acc@1"], "acc@5": r["acc@5"]} for v, r in results.items()}
@@ -264,6 +269,20 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
             fsync_dir(run)
         record(run, "pretrain", base)
     return results
+
+
+def finished(out: Path, cfg: PretrainConfig, inputs: dict[str, str]) -> dict[str, Any] | None:
+    """The metrics of a variant seed already trained into ``out`` with exactly ``cfg`` on the same data
+    (``inputs``), or None. ``compare`` keeps such a seed instead of training it again, so a killed
+    comparison restarts from its finished seeds."""
+    try:
+        made = json.loads((out / CONFIG).read_text())["pretrain_config"]
+        metrics = json.loads((out / METRICS).read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if made != cfg.model_dump(mode="json") or not matches(out, inputs):
+        return None
+    return metrics
 
 
 def _over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:

@@ -72,6 +72,7 @@ class Built:
     vec_ids: np.ndarray              # (V - 2,) ids of rows 2.. of ``vectors``
     vec_rows: np.ndarray             # the same rows as NumPy (for explanations)
     queries: list[QueryRows]
+    codes: torch.Tensor | None = None  # (V, L) semantic IDs (code + 1) of the same rows (sid strategies)
 
 
 def build(queries: list[RankQuery], bundle) -> Built:  # noqa: ANN001 (Bundle: avoid an import cycle)
@@ -134,7 +135,16 @@ def build(queries: list[RankQuery], bundle) -> Built:  # noqa: ANN001 (Bundle: a
         table = np.zeros((len(known_ids) + 2, store.dim), np.float32)
         table[2:] = vec_rows
         vectors = torch.from_numpy(table)
-    return Built(batch=batch, vectors=vectors, vec_ids=known_ids, vec_rows=vec_rows, queries=out_rows)
+    codes = None
+    if getattr(bundle, "sid", None) is not None and bundle.model.cfg.uses_sid:
+        # the catalog's codes, or codes assigned now from the stored codebooks (an item ingested a
+        # moment ago): the same rows as the vectors
+        rows = np.zeros((len(known_ids) + 2, bundle.sid.levels), np.int64)
+        if len(known_ids):
+            rows[2:] = bundle.sid.codes_for(known_ids, vec_rows) + 1
+        codes = torch.from_numpy(rows)
+    return Built(batch=batch, vectors=vectors, vec_ids=known_ids, vec_rows=vec_rows, queries=out_rows,
+                 codes=codes)
 
 
 def simtier_histograms(built: Built, q: QueryRows, n_tiers: int) -> np.ndarray:

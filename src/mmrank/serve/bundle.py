@@ -182,6 +182,7 @@ class Bundle:
     reranker: Reranker | None = None
     rerank_status: str = "absent"
     lineage: dict = field(default_factory=dict)  # digests of the data and artifacts (mmrank.lineage)
+    sid: Any = None                  # mmrank.sid.stage.SidCodes for a sid strategy (codebooks: new items)
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
     _copies: dict = field(default_factory=dict, repr=False)  # forward thread -> its model copy
@@ -205,6 +206,7 @@ class Bundle:
     def describe(self) -> dict:
         return {"bundle": self.id, "encoder_version": self.encoder_version,
                 "table_version": self.store.version, "strategy": self.strategy,
+                "sid": None if self.sid is None else self.sid.version,
                 "model_version": self.model_version, "rerank": self.rerank_status,
                 "items": len(self.store), "lineage": self.lineage, "loaded_at": self.loaded_at,
                 "load_seconds": round(self.load_seconds, 3)}
@@ -255,6 +257,11 @@ def load_bundle(run: str | Path, strategy: str | None = None, *, encoder: Any = 
         if model.cfg.uses_vectors and conf["sizes"]["vec_dim"] != store.dim:
             raise ConfigError(f"{d}: trained on {conf['sizes']['vec_dim']}-d vectors, the table of "
                               f"{version!r} has {store.dim}-d ones")
+        sid = None
+        if model.cfg.uses_sid:  # the codes it was trained with; new items get theirs from the codebooks
+            from mmrank.ctr.artifacts import load_codes
+
+            sid = load_codes(run, d, conf, version)
         model.share_history = True  # a request's candidates share its history: work per distinct item
         model_version = lineage.model_version(d / "model.safetensors", d / "vocab.safetensors",
                                               d / "config.json")
@@ -268,7 +275,7 @@ def load_bundle(run: str | Path, strategy: str | None = None, *, encoder: Any = 
     return Bundle(run=run, encoder_version=version, encoder=encoder, store=store, strategy=strategy,
                   model=model, space=space, model_version=model_version, n_tiers=model.cfg.n_tiers,
                   history_len=model.cfg.history_len, users=users, reranker=reranker, rerank_status=status,
-                  lineage=made, load_seconds=time.perf_counter() - t0)
+                  lineage=made, sid=sid, load_seconds=time.perf_counter() - t0)
 
 
 def bundle_lineage(run: Path, store: Any, ctr_dir: Path) -> dict:

@@ -124,6 +124,7 @@ class ItemOut(BaseModel):
     item_id: int
     encoder_version: str
     timings_ms: dict[str, float]
+    sid_codes: list[int] | None = None  # semantic IDs assigned at ingest (a bundle of a sid strategy)
 
 
 class ItemInfo(BaseModel):

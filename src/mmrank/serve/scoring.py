@@ -16,7 +16,7 @@ def run_batch(bundle: Bundle, queries: list[RankQuery], explain: list[bool], wor
 
     built = build(queries, bundle)
     n_rows = sum(len(q.scored) for q in built.queries)
-    logits = (score(bundle.model_for(worker), built.batch, built.vectors).numpy() if n_rows
+    logits = (score(bundle.model_for(worker), built.batch, built.vectors, built.codes).numpy() if n_rows
               else np.zeros(0, np.float32))
     out = []
     for q, rows, ex in zip(queries, built.queries, explain):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json as jsonlib
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -74,16 +74,21 @@ def search(
     text: Optional[str] = typer.Option(None, "--text", help="a text query"),
     image: Optional[Path] = typer.Option(None, "--image", help="an image file (JPEG/PNG) as query"),
     item: Optional[int] = typer.Option(None, "--item", help="an item id: its nearest items"),
+    vector: Optional[str] = typer.Option(None, "--vector", help="a query vector: a .npy file of D floats, "
+                                         "or D comma-separated numbers"),
     k: int = typer.Option(10, "--k", min=1, help="number of results"),
     as_json: bool = typer.Option(False, "--json", help="print the results as one JSON document"),
 ) -> None:
-    """Top-k items by text, image or item id: one line per result (item id, score, title)."""
+    """Top-k items by text, image, item id or vector: one line per result (item id, score, title).
+
+    Text and image queries go through the run's encoder (its query towers); a table of imported
+    vectors (`data import --item-vectors`) has none, so it answers --item and --vector only."""
     from mmrank.store.items import ItemStore
 
-    given = [name for name, v in (("--text", text), ("--image", image), ("--item", item))
+    given = [name for name, v in (("--text", text), ("--image", image), ("--item", item), ("--vector", vector))
              if v is not None]
     if len(given) != 1:
-        raise MMRankError(f"give exactly one of --text, --image, --item (got {len(given)}: "
+        raise MMRankError(f"give exactly one of --text, --image, --item, --vector (got {len(given)}: "
                           f"{' '.join(given) or 'none'})")
     store = ItemStore.open(run)
     try:
@@ -95,6 +100,9 @@ def search(
             except OSError as err:
                 raise MMRankError(f"{image}: cannot read ({err.strerror})") from None
             hits, query = store.search_image(data, k), {"image": str(image)}
+        elif vector is not None:
+            q, where = _query_vector(vector)
+            hits, query = store.search_vector(store.check_query(q, where), k), {"vector": where}
         else:
             hits, query = store.search_item(int(item), k), {"item": int(item)}
     finally:
@@ -105,3 +113,20 @@ def search(
     else:
         for h in hits:
             typer.echo(f"{h['item_id']}\t{h['score']:.4f}\t{h['title']}")
+
+
+def _query_vector(value: str) -> tuple[Any, str]:
+    """``--vector``: a ``.npy`` file, or comma-separated numbers -> ``(values, where)``."""
+    import numpy as np
+
+    from mmrank.errors import DataError
+
+    if value.strip().endswith(".npy"):
+        try:
+            return np.load(value, allow_pickle=False), value
+        except (OSError, ValueError) as err:
+            raise DataError(f"cannot read as a NumPy .npy vector ({err})", file=value) from None
+    try:
+        return [float(x) for x in value.split(",")], "--vector"
+    except ValueError:
+        raise DataError("expected comma-separated numbers or a .npy file", file="--vector") from None

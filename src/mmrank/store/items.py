@@ -252,12 +252,28 @@ class ItemStore:
     def encoder(self) -> ItemEncoder:
         """The encoder given to :meth:`open`, else the run's (``R/encoder/``), loaded on first use."""
         if self._encoder is None:
+            imported = self.imported
+            enc_version = self.run / "encoder" / "version.txt"
+            if imported is not None and not (enc_version.exists()
+                                             and enc_version.read_text().strip() == self.version):
+                raise DataError(f"text and image queries need an encoder's query towers, and this table "
+                                f"holds vectors imported from {imported.get('file')} (version "
+                                f"{self.version!r}, `mmrank data import --item-vectors`), which come with "
+                                "none: search by item (--item) or by vector (--vector)", file=str(self.root))
             enc = load_encoder(self.run)
             if enc.version != self.version:
                 raise DataError(f"the run's encoder is version {enc.version!r}, the table "
                                 f"{self.version!r}; run `mmrank embed`", file=str(self.run / "encoder"))
             self._encoder = enc
         return self._encoder
+
+    @property
+    def imported(self) -> dict | None:
+        """What ``mmrank data import --item-vectors`` recorded for this table (file, rows, order), or
+        None when an encoder made it."""
+        from mmrank import lineage
+
+        return (lineage.read(self.root / version_dirname(self.version)) or {}).get("imported")
 
     def close(self) -> None:
         """Save the index (when this store holds the writer) and release the table."""
@@ -400,6 +416,16 @@ class ItemStore:
     def search_image(self, image: bytes, k: int = 10) -> list[dict]:
         """Image query -> top-k items."""
         return self.search_vector(self.encode_image(image), k)
+
+    def check_query(self, query: np.ndarray, where: str = "vector") -> np.ndarray:
+        """A ``(D,)`` query vector of this table's size, finite: float32; else :class:`DataError`."""
+        q = np.asarray(query, np.float32).reshape(-1)
+        if q.shape[0] != self.dim:
+            raise DataError(f"query vector of {q.shape[0]} values; the table's vectors have {self.dim}",
+                            file=where)
+        if not np.isfinite(q).all():
+            raise DataError("query vector has a NaN or infinite value", file=where)
+        return q
 
     def search_item(self, item_id: int, k: int = 10) -> list[dict]:
         """The k items nearest to item ``item_id`` (itself left out)."""

@@ -78,6 +78,8 @@ def preset_args(fx: Path) -> dict[str, dict[str, Path]]:
         "amazon": dict(items=fx / "amazon" / "meta_All_Beauty.jsonl", events=fx / "amazon" / "All_Beauty.jsonl",
                        images=fx / "amazon" / "images"),
         "hm": dict(items=fx / "hm" / "articles.csv", events=fx / "hm" / "transactions_train.csv"),
+        "mmrec": dict(events=fx / "mmrec" / "baby"),
+        "mmctr": dict(events=fx / "mmctr"),
     }
 
 

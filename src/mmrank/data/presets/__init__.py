@@ -26,7 +26,9 @@ the importer (``data.session_gap``).
 
 **Presets** (``--preset NAME``), each a module here with a tiny fixture in ``tests/fixtures/``:
 ``taobao`` (UserBehavior), ``ali-ccp``, ``alimama`` (display ads), ``aliexpress`` (multi-country
-search LTR), ``amazon`` (Reviews 2023), ``hm`` (H&M Personalized Fashion).
+search LTR), ``amazon`` (Reviews 2023), ``hm`` (H&M Personalized Fashion); with item vectors (the run's embedding
+table, :mod:`mmrank.data.import_vectors`): ``mmrec`` (MMRec's ``*.inter`` with ``image_feat.npy`` /
+``text_feat.npy``) and ``mmctr`` (MicroLens MMCTR, ``item_emb.parquet``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ PRESETS = {
     "aliexpress": "mmrank.data.presets.aliexpress",
     "amazon": "mmrank.data.presets.amazon",
     "hm": "mmrank.data.presets.hm",
+    "mmrec": "mmrank.data.presets.mmrec",
+    "mmctr": "mmrank.data.presets.mmctr",
 }
 
 ITEM_KEYS = ("item_id", "title", "image", "image_path", "category", "price", "created_at")

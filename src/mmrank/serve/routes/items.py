@@ -26,7 +26,12 @@ def _ingest(b: Bundle, body: S.ItemIn, max_bytes: int, max_pixels: int) -> dict:
     item = {"item_id": body.item_id, "title": body.title, "image": image, "category": body.category,
             "created_at": body.created_at if body.created_at is not None else int(time.time()),
             "attributes": body.attributes}
-    return b.store.ingest(item)
+    t = b.store.ingest(item)
+    if b.sid is not None:  # semantic IDs at once: nearest codewords on the residuals (stored codebooks)
+        ids = np.array([body.item_id], np.int64)
+        vec, _ = b.store.vectors(ids)
+        t["sid_codes"] = [int(c) for c in b.sid.codes_for(ids, vec)[0]]
+    return t
 
 
 @router.post("/v1/items", response_model=S.ItemOut, status_code=201, responses=ERRORS,
@@ -49,7 +54,7 @@ async def add_item(body: S.ItemIn, state: ServerState = Depends(get_state)) -> A
         return data_error(err)
     state.metrics.ingested.inc()
     return {"item_id": body.item_id, "encoder_version": b.encoder_version,
-            "timings_ms": {k: v for k, v in t.items() if k.endswith("_ms")}}
+            "timings_ms": {k: v for k, v in t.items() if k.endswith("_ms")}, "sid_codes": t.get("sid_codes")}
 
 
 @router.get("/v1/items/{item_id}", response_model=S.ItemInfo, responses={404: {"model": S.ErrorOut}},
