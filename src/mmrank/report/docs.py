@@ -124,6 +124,15 @@ MOON_RUNS: dict[str, dict[str, str]] = {
                     "--variants popularity,off-the-shelf,scl,moe,align,coaug,filter,moon2\n"
                     "mmrank report docs --run moon-small=runs/moon-small",
     },
+    "moon-default": {
+        "title": "MOON2.0 switches, default market (`runs/moon-default`)",
+        "commands": "mmrank market generate --run runs/moon-default --seed 7\n"
+                    "mmrank pretrain compare --run runs/moon-default --config cfg.yaml --seeds 3 "
+                    "--variants popularity,off-the-shelf,scl,moe,align,coaug,filter,moon2   "
+                    "# cfg: the default run's (pretrain: {epochs: 6, batch_size: 512, queue_size: 16384, "
+                    "hidden: 256, lr: 0.002, nested_dims: [64, 256]})\n"
+                    "mmrank report docs --run moon-default=runs/moon-default",
+    },
     "moon-noisy": {
         "title": "The sample filter on a small market with 20% noisy pairs (`runs/moon-noisy`)",
         "commands": "echo 'market: {noisy_pair_share: 0.2}' > noisy.yaml\n"
