@@ -143,8 +143,28 @@ MOON_RUNS: dict[str, dict[str, str]] = {
     },
 }
 
+
+def _ctr_run(label: str, about: str, build: str, strategies: str) -> dict[str, str]:
+    run = f"runs/{label}"
+    return {
+        "title": f"{about}, small market (`{run}`)",
+        "commands": f"mmrank demo --run {run} --size small   # the small market and the demo's SCL encoder\n"
+                    + (f"{build}\n" if build else "")
+                    + f"mmrank ctr compare --run {run} --seeds 3 --strategies {strategies} --curve '' --threads 1\n"
+                    f"mmrank report docs --run {label}={run}",
+    }
+
+
+# The CTR strategies beyond the paper's six (issues 21, 22, 25), each on a copy of the demo's run.
+CTR_RUNS: dict[str, dict[str, str]] = {
+    "sid-small": _ctr_run("sid-small", "Semantic IDs", "mmrank sid build --run runs/sid-small",
+                          "id,simtier+make,sid,sid+simtier+make"),
+    "post-small": _ctr_run("post-small", "Post-training", "mmrank posttrain --run runs/post-small",
+                           "id,simtier,simtier+make,post,post+simtier+make"),
+}
+
 # Study runs appear in a page only where they have that page's figures (not as "nothing yet" notes).
-STUDY_RUNS: dict[str, dict[str, str]] = {**MOON_RUNS, **OFFPOLICY_RUNS}
+STUDY_RUNS: dict[str, dict[str, str]] = {**MOON_RUNS, **OFFPOLICY_RUNS, **CTR_RUNS}
 
 _BEGIN = re.compile(r"<!-- generated: ([a-z0-9-]+) -->\n")
 _END = "<!-- end generated -->"
