@@ -17,6 +17,8 @@ strategies of Sheng et al. (CIKM'24, Sec. 4 and Table 3) over frozen pre-trained
   (:class:`SemanticIdFeature`), joined to the target and to every history key before the attention,
   so the behaviour sequence is pooled as the item IDs are. The codes come from item content only.
 * ``sid+simtier+make``: ``sid`` with SimTier and MAKE.
+* ``debias``: ``simtier+make`` with the :class:`~mmrank.ctr.debias.VisualDebias` block: the target's
+  representation, adjusted against its exposure, joins the MLP input (issue 22).
 
 Each model is a composition of named blocks (:mod:`mmrank.models.blocks`, created by name by
 :func:`mmrank.models.create`). ``forward(batch)`` returns ``{"logits": {"click": (B,)}, "logit": (B,),
@@ -50,6 +52,7 @@ from torch import nn
 
 from mmrank.config import StrictModel
 from mmrank.ctr.data import MAX_POSITION
+from mmrank.ctr.debias import DebiasConfig, VisualDebias
 from mmrank.data.schemas import HISTORY_LEN
 from mmrank.models.blocks import (IdFeatures, InterestEncoder, MakeKnowledge, MultiTaskLoss, SimScoreFeature,
                                   SimTierFeature, TaskHeads, VectorFeature)
@@ -57,10 +60,11 @@ from mmrank.models.layers import (MLP, ItemVectors, SharedRows, TargetAttention,
                                   row_map, similarity)
 
 # The paper's six (Table 3), the defaults of `ctr compare`, the demo and `ctr follow`; then the
-# semantic-ID strategies (issue 25), run when named.
+# semantic-ID strategies (issue 25) and the visual debiasing (issue 22), run when named.
 PAPER_STRATEGIES = ("id", "vector", "simscore", "simtier", "make", "simtier+make")
-STRATEGIES = PAPER_STRATEGIES + ("sid", "sid+simtier+make")
-Strategy = Literal["id", "vector", "simscore", "simtier", "make", "simtier+make", "sid", "sid+simtier+make"]
+STRATEGIES = PAPER_STRATEGIES + ("sid", "sid+simtier+make", "debias")
+Strategy = Literal["id", "vector", "simscore", "simtier", "make", "simtier+make", "sid", "sid+simtier+make",
+                   "debias"]
 
 
 class MakeConfig(StrictModel):
@@ -108,6 +112,8 @@ class CtrConfig(StrictModel):
                                 "by mmrank.ctr.data.simtier_features (falls back to the model when absent)")
     vector_dim: int = Field(16, ge=1, description="Vector: width the representation is mapped to")
     make: MakeConfig = Field(default_factory=MakeConfig)
+    debias: DebiasConfig = Field(default_factory=DebiasConfig, description="strategy debias: the "
+                                 "VisualDebias block (mmrank.ctr.debias)")
     # Speed with and without: benchmarks/ctr_throughput.py --full-history.
     compile_attention: bool = Field(False, description="run DIN's attention unit through torch.compile "
                                     "(needs a C++ compiler; compiles on first use; same values)")
@@ -120,15 +126,19 @@ class CtrConfig(StrictModel):
 
     @property
     def uses_simtier(self) -> bool:
-        return self.strategy in ("simtier", "simtier+make", "sid+simtier+make")
+        return self.strategy in ("simtier", "simtier+make", "sid+simtier+make", "debias")
 
     @property
     def uses_make(self) -> bool:
-        return self.strategy in ("make", "simtier+make", "sid+simtier+make")
+        return self.strategy in ("make", "simtier+make", "sid+simtier+make", "debias")
 
     @property
     def uses_sid(self) -> bool:
         return self.strategy.startswith("sid")
+
+    @property
+    def uses_debias(self) -> bool:
+        return self.strategy == "debias"
 
 
 @dataclass
@@ -273,10 +283,13 @@ class CtrModel(nn.Module):
     ``vector`` VectorFeature  vector: joins the target and every history key
     ``simscore``              simscore: the target-history similarity joins every history key
     ``interest``              all: DIN target attention over the history
-    ``simtier``               simtier, simtier+make: tier counts / L join the head's input
-    ``knowledge``             make, simtier+make: MakeKnowledge (a MakeModule's knowledge)
+    ``simtier``               simtier, simtier+make, sid+simtier+make, debias: tier counts / L join the
+                              head's input
+    ``knowledge``             make, simtier+make, sid+simtier+make, debias: MakeKnowledge (a MakeModule's
+                              knowledge)
     ``sid`` SemanticIdFeature sid, sid+simtier+make: summed per-level code embeddings join the
                               target and every history key (codes from ``codes``, an ItemCodes)
+    ``debias`` VisualDebias   debias: the target's representation adjusted against its exposure
     ``head`` TaskHeads        all: one tower, ``{"click": logit}``
     ========================  ====================================================================
 
@@ -342,6 +355,9 @@ class CtrModel(nn.Module):
             module.vectors = self.vectors
             self.knowledge = MakeKnowledge(module, frozen=freeze_make)
             head_in += self.knowledge.out_dim
+        self.debias = VisualDebias(self.vectors.dim, cfg.debias) if cfg.uses_debias else None
+        if self.debias is not None:
+            head_in += self.debias.out_dim
         self.head = TaskHeads(head_in, [self.TASK], cfg.mlp_hidden, act=cfg.act)
         for m in self.modules():
             if isinstance(m, TargetAttention):
@@ -411,12 +427,28 @@ class CtrModel(nn.Module):
             if make_logit is not None:
                 aux["make"] = make_logit                               # Eq. 5 as an auxiliary loss
             parts.append(knowledge)
+        aux_losses: dict[str, torch.Tensor] = {}
+        if self.debias is not None:                                    # VisualDebias (issue 22)
+            adjusted = self.debias(v_c)
+            parts.append(adjusted)
+            if self.training and "impressions" in batch:
+                aux_losses = self.debias.losses(v_c, adjusted, batch["impressions"], batch["item_v"])
         logits = self.head(torch.cat(parts, dim=-1))
-        return {"logit": logits[self.TASK], "logits": logits, "aux_logits": aux}
+        out = {"logit": logits[self.TASK], "logits": logits, "aux_logits": aux}
+        if aux_losses:
+            out["aux_losses"] = aux_losses
+        return out
 
     def loss(self, out: dict, batch: dict[str, torch.Tensor], aux_weight: float = 1.0) -> dict[str, torch.Tensor]:
         """One named term per label: ``click`` (and ``make``, MAKE's Eq. 5 on the click, when MAKE trains
-        with the model), plus ``total``."""
+        with the model), the debiasing terms ``debias_adv`` and ``debias_con`` (weighted by
+        ``cfg.debias``) when the batch carries impression counts, plus ``total``."""
         weights = {self.TASK: 1.0, **{name: aux_weight for name in out["aux_logits"]}}
         logits = {**out["logits"], **out["aux_logits"]}
-        return MultiTaskLoss(weights)(logits, {name: batch["label"] for name in weights})
+        terms = MultiTaskLoss(weights)(logits, {name: batch["label"] for name in weights})
+        d = self.cfg.debias
+        for name, w in (("debias_adv", d.adv_weight), ("debias_con", d.con_weight)):
+            if name in out.get("aux_losses", {}):
+                terms[name] = w * out["aux_losses"][name]
+                terms["total"] = terms["total"] + terms[name]
+        return terms

@@ -125,7 +125,33 @@ def _aggregate(runs: list[dict]) -> dict[str, Any]:
                         "auc": _mean_std([r["new_items"]["auc"] for r in runs])["mean"],
                         "gauc": _mean_std([r["new_items"]["gauc"] for r in runs])["mean"]}
     out["seeds"] = [{k: r[k] for k in ("seed", "auc", "gauc", "logloss", "train_seconds")} for r in runs]
+    if all("bias" in r for r in runs):
+        from mmrank.report.bias import BIAS_KEYS
+
+        out["bias"] = {k: _mean_std([r["bias"][k] for r in runs]) for k in BIAS_KEYS}
+        out["bias"].update({k: runs[0]["bias"][k] for k in ("n_items", "low_n", "low_max")})
+        for r, seed in zip(runs, out["seeds"]):
+            seed["bias"] = {k: r["bias"][k] for k in BIAS_KEYS}
     return out
+
+
+def bias_appeal(run: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The items' true appeal for the exposure-bias measure (:mod:`mmrank.report.bias`, evaluation
+    code), or None when the run has no market truth (e.g. a real log)."""
+    from mmrank.report.bias import has_appeal, run_appeal
+
+    return run_appeal(run) if has_appeal(run) else None
+
+
+def bias_of(data: RunData, probs: np.ndarray, appeal: tuple[np.ndarray, np.ndarray]) -> dict:
+    """:func:`mmrank.report.bias.exposure_bias` of test-split scores ``probs``; exposure = the item's
+    impressions in the training split."""
+    from mmrank.report.bias import exposure_bias
+
+    s = data.samples
+    rows = data.enc.test_rows()
+    return exposure_bias(s.item_id[rows], probs, s.user_id[rows], s.label[rows],
+                         s.item_id[data.enc.train_rows()], *appeal)
 
 
 def _rel(v: float, base: float) -> float:
@@ -152,6 +178,7 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
     per: dict[str, list[dict]] = {s: [] for s in strategies}
     curve_res: dict[int, list[dict]] = {}
     needs_make = any(CtrConfig(strategy=s).uses_make for s in strategies)
+    appeal = bias_appeal(run)   # evaluation only: the market's true appeal, None without R/truth/
     for seed in range(seeds):
         snapshots: dict[int, Any] = {}
         if needs_make or (seed == 0 and curve):
@@ -168,11 +195,16 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
             mk = copy.deepcopy(snapshots[make_epochs]) if CtrConfig(strategy=s).uses_make else None
             model, info = fit_strategy(data, s, seed=seed, make_epochs=make_epochs, make=mk, cfg=cfg,
                                        train_cfg=tcfg, progress=progress)
-            m = evaluate(data, predict(model, data.enc))
+            probs = predict(model, data.enc)
+            m = evaluate(data, probs)
             m.update({"seed": seed, "train_seconds": info["train"]["seconds"]})
+            if appeal is not None:
+                m["bias"] = bias_of(data, probs, appeal)
             per[s].append(m)
             console.print(f"[ctr] seed {seed} {s:13s} auc {m['auc']:.4f} gauc {m['gauc']:.4f} "
-                          f"logloss {m['logloss']:.4f} ({info['train']['seconds']:.0f}s)")
+                          f"logloss {m['logloss']:.4f} ({info['train']['seconds']:.0f}s)"
+                          + (f" exposure bias {m['bias']['partial_spearman']:+.3f} low-imp gauc "
+                             f"{m['bias']['low_gauc']:.4f}" if "bias" in m else ""))
             if seed == 0:
                 save_model(model, data.space, run / "ctr" / s, train_cfg=tcfg,
                            extra=model_extra(data, s, info), inputs=lineage_of(data))
@@ -264,6 +296,20 @@ def markdown_table(result: dict, strategies: tuple[str, ...] = PAPER_STRATEGIES)
             vals = result[s].get("relative", {}).get("groups_logloss", [None] * N_GROUPS)
             lines.append(f"| {s} | " + " | ".join(
                 "—" if v is None or np.isnan(v) else f"{100 * v:+.2f}%" for v in vals) + " |")
+    if any("bias" in result[s] for s in strategies):
+        lines += ["", "Exposure bias (simulated behaviour; evaluation reads the items' true appeal from "
+                  "R/truth/, training does not): Spearman of the mean test score per item with its training "
+                  "impressions, partial on true appeal (and within appeal deciles, averaged; and raw); GAUC "
+                  "on the test impressions of the bottom quartile of items by training impressions:", "",
+                  "| strategy | partial Spearman (appeal) | within appeal deciles | raw Spearman | "
+                  "GAUC low-impression |", "|---|---:|---:|---:|---:|"]
+        for s in strategies:
+            b = result[s].get("bias")
+            if b:
+                lines.append(f"| {s} | " + " | ".join(
+                    f"{b[k]['mean']:+.3f} ± {b[k]['std']:.3f}" if k != "low_gauc"
+                    else f"{b[k]['mean']:.4f} ± {b[k]['std']:.4f}" for k in
+                    ("partial_spearman", "spearman_within_deciles", "spearman", "low_gauc")) + " |")
     if "make_epochs_curve" in result:
         lines += ["", "MAKE pre-training epochs (Figure 6c): "
                   + ", ".join(f"E={c['epochs']}: GAUC {c['gauc']:.4f}" for c in result["make_epochs_curve"])]
