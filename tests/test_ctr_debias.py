@@ -119,6 +119,14 @@ def test_bias_measure_is_near_zero_for_appeal_scores_and_high_for_exposure_score
     assert abs(b_fair["spearman_within_deciles"]) < 0.2, b_fair
     assert b_fair["spearman"] > 0.3                 # raw correlation exists: appeal drives exposure
     assert b_exp["partial_spearman"] > 0.5 and b_exp["spearman_within_deciles"] > 0.5, b_exp
+    # controlled for each impression's true click probability instead (appeal and a varying context):
+    # a scorer of that probability has no exposure bias, one that follows exposure has
+    true_p = 1 / (1 + np.exp(-(appeal[idx] + 0.5 * rng.normal(size=len(idx)))))
+    b_fair = exposure_bias(test_items, true_p + 1e-4 * rng.normal(size=len(idx)), users, labels, train_items,
+                           ids, appeal, true_p=true_p)
+    b_exp = exposure_bias(test_items, follows, users, labels, train_items, ids, appeal, true_p=true_p)
+    assert abs(b_fair["partial_spearman_true_ctr"]) < 0.1 and abs(b_fair["oracle_partial_spearman"]) < 0.1
+    assert b_exp["partial_spearman_true_ctr"] > 0.5, b_exp
     assert b_fair["n_items"] == 400 and 0 < b_fair["low_n"] < len(test_items)
     assert b_fair["low_gauc"] > 0.5                 # appeal scores rank clicks on rare items too
 
@@ -176,3 +184,4 @@ def test_debias_trains_without_reading_the_truth_and_compare_reports_the_bias(tm
     for s in ("id", "simtier+make", "debias"):
         b = saved[s]["bias"]
         assert -1 <= b["partial_spearman"]["mean"] <= 1 and 0 <= b["low_gauc"]["mean"] <= 1, b
+        assert -1 <= b["partial_spearman_true_ctr"]["mean"] <= 1, b   # every test impression has its slot

@@ -135,15 +135,18 @@ def _aggregate(runs: list[dict]) -> dict[str, Any]:
     return out
 
 
-def bias_appeal(run: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """The items' true appeal for the exposure-bias measure (:mod:`mmrank.report.bias`, evaluation
-    code), or None when the run has no market truth (e.g. a real log)."""
-    from mmrank.report.bias import has_appeal, run_appeal
+def bias_truth(run: Path, data: RunData) -> dict[str, np.ndarray] | None:
+    """The items' true appeal and the test impressions' true click probabilities for the exposure-bias
+    measure (:mod:`mmrank.report.bias`, evaluation code), or None when the run has no market truth."""
+    from mmrank.report.bias import has_appeal, run_truth
 
-    return run_appeal(run) if has_appeal(run) else None
+    if not has_appeal(run):
+        return None
+    rows = data.enc.test_rows()
+    return run_truth(run, data.samples.request_id[rows], data.samples.position[rows])
 
 
-def bias_of(data: RunData, probs: np.ndarray, appeal: tuple[np.ndarray, np.ndarray]) -> dict:
+def bias_of(data: RunData, probs: np.ndarray, truth: dict[str, np.ndarray]) -> dict:
     """:func:`mmrank.report.bias.exposure_bias` of test-split scores ``probs``; exposure = the item's
     impressions in the training split."""
     from mmrank.report.bias import exposure_bias
@@ -151,7 +154,7 @@ def bias_of(data: RunData, probs: np.ndarray, appeal: tuple[np.ndarray, np.ndarr
     s = data.samples
     rows = data.enc.test_rows()
     return exposure_bias(s.item_id[rows], probs, s.user_id[rows], s.label[rows],
-                         s.item_id[data.enc.train_rows()], *appeal)
+                         s.item_id[data.enc.train_rows()], **truth)
 
 
 def _rel(v: float, base: float) -> float:
@@ -178,7 +181,7 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
     per: dict[str, list[dict]] = {s: [] for s in strategies}
     curve_res: dict[int, list[dict]] = {}
     needs_make = any(CtrConfig(strategy=s).uses_make for s in strategies)
-    appeal = bias_appeal(run)   # evaluation only: the market's true appeal, None without R/truth/
+    truth = bias_truth(run, data)   # evaluation only: the market's truth, None without R/truth/
     for seed in range(seeds):
         snapshots: dict[int, Any] = {}
         if needs_make or (seed == 0 and curve):
@@ -198,8 +201,8 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
             probs = predict(model, data.enc)
             m = evaluate(data, probs)
             m.update({"seed": seed, "train_seconds": info["train"]["seconds"]})
-            if appeal is not None:
-                m["bias"] = bias_of(data, probs, appeal)
+            if truth is not None:
+                m["bias"] = bias_of(data, probs, truth)
             per[s].append(m)
             console.print(f"[ctr] seed {seed} {s:13s} auc {m['auc']:.4f} gauc {m['gauc']:.4f} "
                           f"logloss {m['logloss']:.4f} ({info['train']['seconds']:.0f}s)"
@@ -297,19 +300,28 @@ def markdown_table(result: dict, strategies: tuple[str, ...] = PAPER_STRATEGIES)
             lines.append(f"| {s} | " + " | ".join(
                 "—" if v is None or np.isnan(v) else f"{100 * v:+.2f}%" for v in vals) + " |")
     if any("bias" in result[s] for s in strategies):
-        lines += ["", "Exposure bias (simulated behaviour; evaluation reads the items' true appeal from "
-                  "R/truth/, training does not): Spearman of the mean test score per item with its training "
-                  "impressions, partial on true appeal (and within appeal deciles, averaged; and raw); GAUC "
-                  "on the test impressions of the bottom quartile of items by training impressions:", "",
+        lines += ["", "Exposure bias (simulated behaviour; evaluation reads the market's truth, training "
+                  "does not): Spearman of the mean test score per item with its training impressions, partial "
+                  "on true appeal (and within appeal deciles, averaged; and raw), partial on the item's mean "
+                  "true click probability over its test impressions (true CTR); GAUC on the test impressions "
+                  "of the bottom quartile of items by training impressions:", "",
                   "| strategy | partial Spearman (appeal) | within appeal deciles | raw Spearman | "
-                  "GAUC low-impression |", "|---|---:|---:|---:|---:|"]
+                  "partial Spearman (true CTR) | GAUC low-impression |", "|---|---:|---:|---:|---:|---:|"]
+        oracle_bias = None
         for s in strategies:
             b = result[s].get("bias")
             if b:
+                oracle_bias = b["oracle_partial_spearman"]["mean"]
                 lines.append(f"| {s} | " + " | ".join(
+                    "—" if b[k]["mean"] is None or np.isnan(b[k]["mean"]) else
                     f"{b[k]['mean']:+.3f} ± {b[k]['std']:.3f}" if k != "low_gauc"
                     else f"{b[k]['mean']:.4f} ± {b[k]['std']:.4f}" for k in
-                    ("partial_spearman", "spearman_within_deciles", "spearman", "low_gauc")) + " |")
+                    ("partial_spearman", "spearman_within_deciles", "spearman", "partial_spearman_true_ctr",
+                     "low_gauc")) + " |")
+        if oracle_bias is not None and not np.isnan(oracle_bias):
+            lines += ["", f"Reference: scoring each impression with its true click probability gives "
+                      f"{oracle_bias:+.3f} in the first column (the simulated market's own exposure-CTR "
+                      "relation at equal appeal)."]
     if "make_epochs_curve" in result:
         lines += ["", "MAKE pre-training epochs (Figure 6c): "
                   + ", ".join(f"E={c['epochs']}: GAUC {c['gauc']:.4f}" for c in result["make_epochs_curve"])]

@@ -168,3 +168,22 @@ def item_appeal(run: str | Path) -> tuple[np.ndarray, np.ndarray]:
         t.column("hidden_appeal").to_numpy().astype(np.float64)
     order = np.argsort(ids, kind="stable")
     return ids[order], appeal[order]
+
+
+def slot_click_probability(run: str | Path, request_ids, positions) -> np.ndarray:
+    """The true click probability of logged impressions (``p_click`` of ``R/truth/slots.parquet``: the
+    item in its shown context, position included), by ``(request_id, position)``; NaN where no slot
+    matches. For evaluation code only (the exposure-bias measure, :mod:`mmrank.report.bias`)."""
+    path = Path(run) / "truth" / "slots.parquet"
+    if not path.exists():
+        raise DataError("no market truth here (the slots' click probabilities need a run made by "
+                        "`mmrank market generate`)", file=str(path))
+    t = pq.read_table(path, columns=["request_id", "position", "p_click"])
+    key = t.column("request_id").to_numpy().astype(np.int64) * 4096 + t.column("position").to_numpy()
+    order = np.argsort(key, kind="stable")
+    key, p = key[order], t.column("p_click").to_numpy().astype(np.float64)[order]
+    want = np.asarray(request_ids, np.int64) * 4096 + np.asarray(positions, np.int64)
+    if len(key) == 0:
+        return np.full(len(want), np.nan)
+    at = np.clip(np.searchsorted(key, want), 0, len(key) - 1)
+    return np.where(key[at] == want, p[at], np.nan)

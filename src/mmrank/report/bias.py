@@ -11,6 +11,12 @@ The measure, per strategy, on the test split (the market's behaviour is simulate
 * ``spearman_within_deciles``: the same question asked another way, the Spearman correlation of score
   and impressions within each decile of true appeal, averaged over the deciles (those with >= 3 items).
 * ``spearman``: the plain Spearman correlation of score and impressions (appeal not controlled).
+* ``partial_spearman_true_ctr``: the partial Spearman of the same two, controlling instead for the
+  item's mean *true click probability* over the same test impressions (``p_click`` of
+  ``R/truth/slots.parquet``: appeal, the users' match and the shown position together), so that an item
+  scored for the contexts it is shown in is not counted as biased. ``oracle_partial_spearman``: what a
+  scorer predicting the true click probability gets on the first measure (the market's own
+  exposure-CTR relation at equal appeal, the reference for the first column).
 * ``low_gauc``: GAUC (by user) on the test impressions of low-impression items, the bottom quartile of
   the test split's items by training impressions (``low_max``: the largest count in it).
 
@@ -32,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-BIAS_KEYS = ("partial_spearman", "spearman_within_deciles", "spearman", "low_gauc")
+BIAS_KEYS = ("partial_spearman", "spearman_within_deciles", "spearman", "partial_spearman_true_ctr",
+             "oracle_partial_spearman", "low_gauc")
 
 
 def ranks(x: np.ndarray) -> np.ndarray:
@@ -83,7 +90,8 @@ def spearman_within_bins(x: np.ndarray, y: np.ndarray, z: np.ndarray, n_bins: in
 
 
 def exposure_bias(test_items: np.ndarray, scores: np.ndarray, users: np.ndarray, labels: np.ndarray,
-                  train_items: np.ndarray, appeal_ids: np.ndarray, appeal: np.ndarray) -> dict[str, Any]:
+                  train_items: np.ndarray, appeal_ids: np.ndarray, appeal: np.ndarray,
+                  true_p: np.ndarray | None = None) -> dict[str, Any]:
     """The measure of the module docstring.
 
     Args:
@@ -91,6 +99,8 @@ def exposure_bias(test_items: np.ndarray, scores: np.ndarray, users: np.ndarray,
             user id, click.
         train_items: ``(M,)`` item id of every training impression (exposure = count per item).
         appeal_ids, appeal: items' true appeal, ``appeal_ids`` sorted.
+        true_p: ``(N,)`` true click probability of each test impression (None: the two measures that
+            need it are NaN).
 
     Returns ``partial_spearman``, ``spearman_within_deciles``, ``spearman``, ``n_items``, ``low_gauc``,
     ``low_n`` (test impressions of low-impression items) and ``low_max``.
@@ -112,7 +122,16 @@ def exposure_bias(test_items: np.ndarray, scores: np.ndarray, users: np.ndarray,
     s, e, a = mean_score[known], imp[known], np.asarray(appeal, np.float64)[apos[known]]
     out: dict[str, Any] = {"partial_spearman": partial_spearman(s, e, a),
                            "spearman_within_deciles": spearman_within_bins(s, e, a, 10),
-                           "spearman": spearman(s, e), "n_items": int(known.sum())}
+                           "spearman": spearman(s, e), "n_items": int(known.sum()),
+                           "partial_spearman_true_ctr": float("nan"), "oracle_partial_spearman": float("nan")}
+    if true_p is not None:
+        p = np.asarray(true_p, np.float64)
+        ok = ~np.isnan(p)
+        mean_p = np.bincount(inv[ok], weights=p[ok], minlength=len(items)) / np.maximum(
+            np.bincount(inv[ok], minlength=len(items)), 1)
+        has = known & (np.bincount(inv[ok], minlength=len(items)) > 0)
+        out["partial_spearman_true_ctr"] = partial_spearman(mean_score[has], imp[has], mean_p[has])
+        out["oracle_partial_spearman"] = partial_spearman(mean_p[known], e, a)
     low_max = float(np.quantile(imp, 0.25)) if len(imp) else float("nan")
     low_rows = imp[inv] <= low_max
     try:
@@ -128,8 +147,11 @@ def has_appeal(run: str | Path) -> bool:
     return (Path(run) / "truth" / "items.parquet").exists()
 
 
-def run_appeal(run: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(item ids sorted, true appeal)`` from the run's truth (evaluation only)."""
-    from mmrank.data.truth import item_appeal
+def run_truth(run: str | Path, request_ids: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
+    """What the measure needs from the run's truth (evaluation only): ``appeal_ids``, ``appeal`` and
+    ``true_p`` of the impressions ``(request_ids, positions)``."""
+    from mmrank.data.truth import item_appeal, slot_click_probability
 
-    return item_appeal(run)
+    ids, appeal = item_appeal(run)
+    return {"appeal_ids": ids, "appeal": appeal,
+            "true_p": slot_click_probability(run, request_ids, positions)}
