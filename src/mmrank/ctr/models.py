@@ -402,7 +402,7 @@ class CtrModel(nn.Module):
             k = torch.cat([k, self.sid(self.codes(packed("hist_item_v")))], dim=-1)
         v_c = v_h = None                                               # (B, D), (nnz, D)
         needs_v = (self.vector is not None or self.simscore is not None or self.knowledge is not None
-                   or (self.simtier is not None and counts is None))
+                   or self.debias is not None or (self.simtier is not None and counts is None))
         if self.vectors is not None and needs_v:
             v_c, v_h = lookup_vectors(self.vectors, batch, idx, self.share_history)
         if self.vector is not None:                                    # Vector
