@@ -19,6 +19,8 @@ strategies of Sheng et al. (CIKM'24, Sec. 4 and Table 3) over frozen pre-trained
 * ``sid+simtier+make``: ``sid`` with SimTier and MAKE.
 * ``post`` and ``post+simtier+make`` (MOON's post-training, issue 21): ``simtier`` and ``simtier+make``
   on the post-trained table ``R/posttrain`` (:mod:`mmrank.posttrain`) instead of the pre-trained one.
+* ``debias``: ``simtier+make`` with the :class:`~mmrank.ctr.debias.VisualDebias` block: the target's
+  representation, adjusted against its exposure, joins the MLP input (issue 22).
 
 Each model is a composition of named blocks (:mod:`mmrank.models.blocks`, created by name by
 :func:`mmrank.models.create`). ``forward(batch)`` returns ``{"logits": {"click": (B,)}, "logit": (B,),
@@ -52,6 +54,7 @@ from torch import nn
 
 from mmrank.config import StrictModel
 from mmrank.ctr.data import MAX_POSITION
+from mmrank.ctr.debias import DebiasConfig, VisualDebias
 from mmrank.data.schemas import HISTORY_LEN
 from mmrank.models.blocks import (IdFeatures, InterestEncoder, MakeKnowledge, MultiTaskLoss, SimScoreFeature,
                                   SimTierFeature, TaskHeads, VectorFeature)
@@ -59,12 +62,13 @@ from mmrank.models.layers import (MLP, ItemVectors, SharedRows, TargetAttention,
                                   row_map, similarity)
 
 # The paper's six (Table 3), the defaults of `ctr compare`, the demo and `ctr follow`; then the
-# semantic-ID strategies (issue 25) and the post-trained ones (issue 21), run when named.
+# semantic-ID strategies (issue 25), the post-trained ones (issue 21) and the visual debiasing (issue 22),
+# run when named.
 PAPER_STRATEGIES = ("id", "vector", "simscore", "simtier", "make", "simtier+make")
 POST_STRATEGIES = ("post", "post+simtier+make")      # on the post-trained table (mmrank.posttrain)
-STRATEGIES = PAPER_STRATEGIES + ("sid", "sid+simtier+make") + POST_STRATEGIES
+STRATEGIES = PAPER_STRATEGIES + ("sid", "sid+simtier+make") + POST_STRATEGIES + ("debias",)
 Strategy = Literal["id", "vector", "simscore", "simtier", "make", "simtier+make", "sid", "sid+simtier+make",
-                   "post", "post+simtier+make"]
+                   "post", "post+simtier+make", "debias"]
 
 
 class MakeConfig(StrictModel):
@@ -112,6 +116,8 @@ class CtrConfig(StrictModel):
                                 "by mmrank.ctr.data.simtier_features (falls back to the model when absent)")
     vector_dim: int = Field(16, ge=1, description="Vector: width the representation is mapped to")
     make: MakeConfig = Field(default_factory=MakeConfig)
+    debias: DebiasConfig = Field(default_factory=DebiasConfig, description="strategy debias: the "
+                                 "VisualDebias block (mmrank.ctr.debias)")
     # Speed with and without: benchmarks/ctr_throughput.py --full-history.
     compile_attention: bool = Field(False, description="run DIN's attention unit through torch.compile "
                                     "(needs a C++ compiler; compiles on first use; same values)")
@@ -124,11 +130,12 @@ class CtrConfig(StrictModel):
 
     @property
     def uses_simtier(self) -> bool:
-        return self.strategy in ("simtier", "simtier+make", "sid+simtier+make", "post", "post+simtier+make")
+        return self.strategy in ("simtier", "simtier+make", "sid+simtier+make", "post", "post+simtier+make",
+                                 "debias")
 
     @property
     def uses_make(self) -> bool:
-        return self.strategy in ("make", "simtier+make", "sid+simtier+make", "post+simtier+make")
+        return self.strategy in ("make", "simtier+make", "sid+simtier+make", "post+simtier+make", "debias")
 
     @property
     def uses_sid(self) -> bool:
@@ -138,6 +145,10 @@ class CtrConfig(StrictModel):
     def uses_posttrained(self) -> bool:
         """Its representations are the post-trained table ``R/posttrain``, not the pre-trained one."""
         return self.strategy in POST_STRATEGIES
+
+    @property
+    def uses_debias(self) -> bool:
+        return self.strategy == "debias"
 
 
 @dataclass
@@ -282,11 +293,13 @@ class CtrModel(nn.Module):
     ``vector`` VectorFeature  vector: joins the target and every history key
     ``simscore``              simscore: the target-history similarity joins every history key
     ``interest``              all: DIN target attention over the history
-    ``simtier``               simtier, simtier+make, sid+simtier+make, post, post+simtier+make:
+    ``simtier``               simtier, simtier+make, sid+simtier+make, post, post+simtier+make, debias:
                               tier counts / L join the head's input
-    ``knowledge``             make, simtier+make, sid+simtier+make, post+simtier+make: MakeKnowledge
+    ``knowledge``             make, simtier+make, sid+simtier+make, post+simtier+make, debias:
+                              MakeKnowledge (a MakeModule's knowledge)
     ``sid`` SemanticIdFeature sid, sid+simtier+make: summed per-level code embeddings join the
                               target and every history key (codes from ``codes``, an ItemCodes)
+    ``debias`` VisualDebias   debias: the target's representation adjusted against its exposure
     ``head`` TaskHeads        all: one tower, ``{"click": logit}``
     ========================  ====================================================================
 
@@ -352,6 +365,9 @@ class CtrModel(nn.Module):
             module.vectors = self.vectors
             self.knowledge = MakeKnowledge(module, frozen=freeze_make)
             head_in += self.knowledge.out_dim
+        self.debias = VisualDebias(self.vectors.dim, cfg.debias) if cfg.uses_debias else None
+        if self.debias is not None:
+            head_in += self.debias.out_dim
         self.head = TaskHeads(head_in, [self.TASK], cfg.mlp_hidden, act=cfg.act)
         for m in self.modules():
             if isinstance(m, TargetAttention):
@@ -396,7 +412,7 @@ class CtrModel(nn.Module):
             k = torch.cat([k, self.sid(self.codes(packed("hist_item_v")))], dim=-1)
         v_c = v_h = None                                               # (B, D), (nnz, D)
         needs_v = (self.vector is not None or self.simscore is not None or self.knowledge is not None
-                   or (self.simtier is not None and counts is None))
+                   or self.debias is not None or (self.simtier is not None and counts is None))
         if self.vectors is not None and needs_v:
             v_c, v_h = lookup_vectors(self.vectors, batch, idx, self.share_history)
         if self.vector is not None:                                    # Vector
@@ -421,12 +437,28 @@ class CtrModel(nn.Module):
             if make_logit is not None:
                 aux["make"] = make_logit                               # Eq. 5 as an auxiliary loss
             parts.append(knowledge)
+        aux_losses: dict[str, torch.Tensor] = {}
+        if self.debias is not None:                                    # VisualDebias (issue 22)
+            adjusted = self.debias(v_c)
+            parts.append(adjusted)
+            if self.training and "impressions" in batch:
+                aux_losses = self.debias.losses(v_c, adjusted, batch["impressions"], batch["item_v"])
         logits = self.head(torch.cat(parts, dim=-1))
-        return {"logit": logits[self.TASK], "logits": logits, "aux_logits": aux}
+        out = {"logit": logits[self.TASK], "logits": logits, "aux_logits": aux}
+        if aux_losses:
+            out["aux_losses"] = aux_losses
+        return out
 
     def loss(self, out: dict, batch: dict[str, torch.Tensor], aux_weight: float = 1.0) -> dict[str, torch.Tensor]:
         """One named term per label: ``click`` (and ``make``, MAKE's Eq. 5 on the click, when MAKE trains
-        with the model), plus ``total``."""
+        with the model), the debiasing terms ``debias_adv`` and ``debias_con`` (weighted by
+        ``cfg.debias``) when the batch carries impression counts, plus ``total``."""
         weights = {self.TASK: 1.0, **{name: aux_weight for name in out["aux_logits"]}}
         logits = {**out["logits"], **out["aux_logits"]}
-        return MultiTaskLoss(weights)(logits, {name: batch["label"] for name in weights})
+        terms = MultiTaskLoss(weights)(logits, {name: batch["label"] for name in weights})
+        d = self.cfg.debias
+        for name, w in (("debias_adv", d.adv_weight), ("debias_con", d.con_weight)):
+            if name in out.get("aux_losses", {}):
+                terms[name] = w * out["aux_losses"][name]
+                terms["total"] = terms["total"] + terms[name]
+        return terms

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from mmrank.ctr.data import CtrSamples, EncodedSamples, FeatureSpace, Vocab, load_samples, simtier_features
+from mmrank.ctr.debias import ensure_impressions
 from mmrank.ctr.models import STRATEGIES, CtrConfig, CtrModel, MakeModule, ModelSizes
 from mmrank.ctr.representations import item_vectors, vector_table
 from mmrank.ctr.trainer import TrainConfig, pretrain_make, train
@@ -165,6 +166,8 @@ def fit_strategy(data: RunData, strategy: str, *, seed: int = 0, make_epochs: in
                                                   progress=progress)
     if cfg.uses_simtier and cfg.simtier_in == "pipeline":
         ensure_simtier(data, cfg)
+    if cfg.uses_debias:
+        ensure_impressions(data.enc)   # point-in-time, from the training samples (mmrank.ctr.debias)
     torch.manual_seed(seed)
     freeze = cfg.uses_make and make_epochs > 0 and cfg.make.after_pretrain == "freeze"
     model = build_model(data, cfg, make=make, freeze_make=freeze)

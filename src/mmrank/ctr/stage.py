@@ -131,7 +131,36 @@ def _aggregate(runs: list[dict]) -> dict[str, Any]:
                         "auc": _mean_std([r["new_items"]["auc"] for r in runs])["mean"],
                         "gauc": _mean_std([r["new_items"]["gauc"] for r in runs])["mean"]}
     out["seeds"] = [{k: r[k] for k in ("seed", "auc", "gauc", "logloss", "train_seconds")} for r in runs]
+    if all("bias" in r for r in runs):
+        from mmrank.report.bias import BIAS_KEYS
+
+        out["bias"] = {k: _mean_std([r["bias"][k] for r in runs]) for k in BIAS_KEYS}
+        out["bias"].update({k: runs[0]["bias"][k] for k in ("n_items", "low_n", "low_max")})
+        for r, seed in zip(runs, out["seeds"]):
+            seed["bias"] = {k: r["bias"][k] for k in BIAS_KEYS}
     return out
+
+
+def bias_truth(run: Path, data: RunData) -> dict[str, np.ndarray] | None:
+    """The items' true appeal and the test impressions' true click probabilities for the exposure-bias
+    measure (:mod:`mmrank.report.bias`, evaluation code), or None when the run has no market truth."""
+    from mmrank.report.bias import has_appeal, run_truth
+
+    if not has_appeal(run):
+        return None
+    rows = data.enc.test_rows()
+    return run_truth(run, data.samples.request_id[rows], data.samples.position[rows])
+
+
+def bias_of(data: RunData, probs: np.ndarray, truth: dict[str, np.ndarray]) -> dict:
+    """:func:`mmrank.report.bias.exposure_bias` of test-split scores ``probs``; exposure = the item's
+    impressions in the training split."""
+    from mmrank.report.bias import exposure_bias
+
+    s = data.samples
+    rows = data.enc.test_rows()
+    return exposure_bias(s.item_id[rows], probs, s.user_id[rows], s.label[rows],
+                         s.item_id[data.enc.train_rows()], **truth)
 
 
 def _rel(v: float, base: float) -> float:
@@ -166,6 +195,7 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
 
         ensure_posttrain(run, progress=progress)
         post_data = data.with_posttrained(run)
+    truth = bias_truth(run, data)   # evaluation only: the market's truth, None without R/truth/
     for seed in range(seeds):
         snapshots: dict[int, Any] = {}
         if needs_make or (seed == 0 and curve):
@@ -183,11 +213,16 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
             d = post_data if s in POST_STRATEGIES else data   # post+simtier+make: MAKE pre-trained on it
             model, info = fit_strategy(d, s, seed=seed, make_epochs=make_epochs, make=mk, cfg=cfg,
                                        train_cfg=tcfg, progress=progress)
-            m = evaluate(d, predict(model, d.enc))
+            probs = predict(model, d.enc)
+            m = evaluate(d, probs)
             m.update({"seed": seed, "train_seconds": info["train"]["seconds"]})
+            if truth is not None:
+                m["bias"] = bias_of(d, probs, truth)
             per[s].append(m)
             console.print(f"[ctr] seed {seed} {s:13s} auc {m['auc']:.4f} gauc {m['gauc']:.4f} "
-                          f"logloss {m['logloss']:.4f} ({info['train']['seconds']:.0f}s)")
+                          f"logloss {m['logloss']:.4f} ({info['train']['seconds']:.0f}s)"
+                          + (f" exposure bias {m['bias']['partial_spearman']:+.3f} low-imp gauc "
+                             f"{m['bias']['low_gauc']:.4f}" if "bias" in m else ""))
             if seed == 0:
                 save_model(model, d.space, run / "ctr" / s, train_cfg=tcfg,
                            extra=model_extra(d, s, info), inputs=lineage_of(d))
@@ -281,6 +316,29 @@ def markdown_table(result: dict, strategies: tuple[str, ...] = PAPER_STRATEGIES)
             vals = result[s].get("relative", {}).get("groups_logloss", [None] * N_GROUPS)
             lines.append(f"| {s} | " + " | ".join(
                 "—" if v is None or np.isnan(v) else f"{100 * v:+.2f}%" for v in vals) + " |")
+    if any("bias" in result[s] for s in strategies):
+        lines += ["", "Exposure bias (simulated behaviour; evaluation reads the market's truth, training "
+                  "does not): Spearman of the mean test score per item with its training impressions, partial "
+                  "on true appeal (and within appeal deciles, averaged; and raw), partial on the item's mean "
+                  "true click probability over its test impressions (true CTR); GAUC on the test impressions "
+                  "of the bottom quartile of items by training impressions:", "",
+                  "| strategy | partial Spearman (appeal) | within appeal deciles | raw Spearman | "
+                  "partial Spearman (true CTR) | GAUC low-impression |", "|---|---:|---:|---:|---:|---:|"]
+        oracle_bias = None
+        for s in strategies:
+            b = result[s].get("bias")
+            if b:
+                oracle_bias = b["oracle_partial_spearman"]["mean"]
+                lines.append(f"| {s} | " + " | ".join(
+                    "—" if b[k]["mean"] is None or np.isnan(b[k]["mean"]) else
+                    f"{b[k]['mean']:+.3f} ± {b[k]['std']:.3f}" if k != "low_gauc"
+                    else f"{b[k]['mean']:.4f} ± {b[k]['std']:.4f}" for k in
+                    ("partial_spearman", "spearman_within_deciles", "spearman", "partial_spearman_true_ctr",
+                     "low_gauc")) + " |")
+        if oracle_bias is not None and not np.isnan(oracle_bias):
+            lines += ["", f"Reference: scoring each impression with its true click probability gives "
+                      f"{oracle_bias:+.3f} in the first column (the simulated market's own exposure-CTR "
+                      "relation at equal appeal)."]
     if "make_epochs_curve" in result:
         lines += ["", "MAKE pre-training epochs (Figure 6c): "
                   + ", ".join(f"E={c['epochs']}: GAUC {c['gauc']:.4f}" for c in result["make_epochs_curve"])]

@@ -152,3 +152,38 @@ class Evaluator:
         p, price, _ = self.probabilities(request_ids, orders)
         return {"clicks": p["click"].sum(axis=1), "carts": p["cart"].sum(axis=1),
                 "purchases": p["purchase"].sum(axis=1), "gmv": (p["purchase"] * price).sum(axis=1)}
+
+
+def item_appeal(run: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's true appeal (``visible_appeal + hidden_appeal`` of ``R/truth/items.parquet``: what its
+    content shows plus what only behaviour reveals), for evaluation code only (the exposure-bias measure,
+    :mod:`mmrank.report.bias`). Returns ``(item_ids sorted, appeal)``."""
+    path = Path(run) / "truth" / "items.parquet"
+    if not path.exists():
+        raise DataError("no market truth here (the item appeal needs a run made by "
+                        "`mmrank market generate`)", file=str(path))
+    t = pq.read_table(path, columns=["item_id", "visible_appeal", "hidden_appeal"])
+    ids = t.column("item_id").to_numpy().astype(np.int64)
+    appeal = t.column("visible_appeal").to_numpy().astype(np.float64) + \
+        t.column("hidden_appeal").to_numpy().astype(np.float64)
+    order = np.argsort(ids, kind="stable")
+    return ids[order], appeal[order]
+
+
+def slot_click_probability(run: str | Path, request_ids, positions) -> np.ndarray:
+    """The true click probability of logged impressions (``p_click`` of ``R/truth/slots.parquet``: the
+    item in its shown context, position included), by ``(request_id, position)``; NaN where no slot
+    matches. For evaluation code only (the exposure-bias measure, :mod:`mmrank.report.bias`)."""
+    path = Path(run) / "truth" / "slots.parquet"
+    if not path.exists():
+        raise DataError("no market truth here (the slots' click probabilities need a run made by "
+                        "`mmrank market generate`)", file=str(path))
+    t = pq.read_table(path, columns=["request_id", "position", "p_click"])
+    key = t.column("request_id").to_numpy().astype(np.int64) * 4096 + t.column("position").to_numpy()
+    order = np.argsort(key, kind="stable")
+    key, p = key[order], t.column("p_click").to_numpy().astype(np.float64)[order]
+    want = np.asarray(request_ids, np.int64) * 4096 + np.asarray(positions, np.int64)
+    if len(key) == 0:
+        return np.full(len(want), np.nan)
+    at = np.clip(np.searchsorted(key, want), 0, len(key) - 1)
+    return np.where(key[at] == want, p[at], np.nan)
