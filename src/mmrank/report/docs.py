@@ -161,6 +161,7 @@ CTR_RUNS: dict[str, dict[str, str]] = {
                           "id,simtier+make,sid,sid+simtier+make"),
     "post-small": _ctr_run("post-small", "Post-training", "mmrank posttrain --run runs/post-small",
                            "id,simtier,simtier+make,post,post+simtier+make"),
+    "debias-small": _ctr_run("debias-small", "Visual debiasing", "", "id,simtier+make,debias"),
 }
 
 # Study runs appear in a page only where they have that page's figures (not as "nothing yet" notes).
@@ -365,6 +366,20 @@ def ctr_rows(res: Results, label: str) -> list[str]:
                 "better):", "",
                 *_table(["strategy", *(f"G{i}" for i in range(1, n + 1))],
                         [[s, *(_pct(x) for x in comp[s]["relative"]["groups_logloss"])] for s in groups]), ""]
+    biased = [s for s in strategies if comp[s].get("bias")]
+    if biased:
+        b0 = comp[biased[0]]["bias"]
+        out += ["Exposure bias (`mmrank.report.bias`, evaluation code against the market's truth): partial "
+                "Spearman between an item's mean test score and its training impressions, controlling for its "
+                "true appeal, or for its mean true click probability; Spearman within appeal deciles; GAUC on "
+                f"the low-impression items (at most {_f(b0.get('low_max'), 0)} training impressions, "
+                f"{b0.get('low_n', 0):,} test impressions). A scorer of the true click probability gives "
+                f"{_f((b0.get('oracle_partial_spearman') or {}).get('mean'), 3)} in the appeal column.", "",
+                *_table(["strategy", "partial Spearman (appeal)", "within appeal deciles",
+                         "partial Spearman (true CTR)", "GAUC low-impression"],
+                        [[s, *(_pm(comp[s]["bias"].get(k), 3 if k != "low_gauc" else 4, seeds=n)
+                               for k in ("partial_spearman", "spearman_within_deciles",
+                                         "partial_spearman_true_ctr", "low_gauc"))] for s in biased]), ""]
     if comp.get("make_epochs_curve"):
         out += ["MAKE pre-training epochs (Figure 6c): " + ", ".join(
             f"E={c['epochs']}: GAUC {_f(c.get('gauc'))}" for c in comp["make_epochs_curve"]) + ".", ""]
