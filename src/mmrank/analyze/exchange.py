@@ -55,7 +55,8 @@ def checkpoint_names(run: Path, specs: list[str]) -> list[str]:
     return out
 
 
-def _flat(metrics: dict[str, Any]) -> dict[str, float]:
+def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """``{"acc@1": {"image": x, ...}, ...}`` -> ``{"acc@1.image": x, ...}`` (None values left out)."""
     out = {}
     for n in (1, 5):
         for m, v in (metrics.get(f"acc@{n}") or {}).items():
@@ -112,7 +113,7 @@ def exchange_rate_analysis(run: str | Path, cfg: AnalyzeConfig | None = None) ->
                 for seed in range(cfg.seeds):
                     d = bench.downstream("simtier+make", seed, enc["vectors"], f"analysis:{name}")
                     per_seed.append({**d, "seed": seed})
-                return {"metrics": _flat(enc["metrics"]), "encoder_seconds": enc["seconds"],
+                return {"metrics": flat_metrics(enc["metrics"]), "encoder_seconds": enc["seconds"],
                         "dim": int(enc["vectors"].shape[1]), "simtier+make": per_seed}
             r = book.get(name, spec, compute)
             gains = [s["gauc"] - ids[s["seed"]]["gauc"] for s in r["simtier+make"]]

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from mmrank.analyze.config import AnalyzeConfig
-from mmrank.analyze.exchange import _flat, console, progress
+from mmrank.analyze.exchange import flat_metrics, console, progress
 from mmrank.analyze.fit import saturation, try_power_law
 from mmrank.analyze.points import PointBook
 from mmrank.durable import write_text
@@ -79,7 +79,7 @@ def scaling_analysis(run: str | Path, cfg: AnalyzeConfig | None = None) -> dict[
     def measure(enc: dict[str, Any], L: int | None) -> dict[str, Any]:
         per = [bench.downstream("simtier+make", s, enc["vectors"], "analysis:scaling", history_len=L)
                for s in range(cfg.seeds)]
-        return {"metrics": _flat(enc["metrics"]), "n_train_pairs": enc.get("n_train_pairs"),
+        return {"metrics": flat_metrics(enc["metrics"]), "n_train_pairs": enc.get("n_train_pairs"),
                 "encoder_seconds": enc["seconds"], "simtier+make": per}
 
     plan: list[tuple[str, str, float, dict[str, Any]]] = []
