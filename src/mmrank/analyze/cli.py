@@ -21,7 +21,8 @@ _MAKE = typer.Option(None, "--make-epochs", min=0, help="MAKE pre-training epoch
 _ROWS = typer.Option(None, "--max-train-rows", min=1, help="CTR: train on the latest N training rows")
 _EPOCHS = typer.Option(None, "--pretrain-epochs", min=1, help="epochs of the encoders trained here "
                        "(default: the run's pretrain.epochs)")
-_THREADS = typer.Option(None, "--threads", min=1, help="torch threads")
+_THREADS = typer.Option(None, "--threads", min=1, help="torch threads (default: 1 when the machine is "
+                        "busy, load average >= cores; else torch's default)")
 
 
 def _list(text: Optional[str], name: str, kind: type) -> Optional[list[Any]]:
@@ -44,9 +45,14 @@ def _config(**flags: Any):
 
 
 def _threads(n: Optional[int]) -> None:
-    from mmrank.threads import configure
+    """``--threads``, else one thread on a busy machine (mmrank.threads: spin-waiting threads are
+    slower than one when the load average is at least the number of cores)."""
+    from mmrank.threads import configure, machine_busy
 
-    configure(n or None)
+    if n is None and machine_busy():
+        typer.echo("machine busy (load average >= cores): 1 torch thread (--threads to override)", err=True)
+        n = 1
+    configure(n)
 
 
 @app.command("exchange-rate")
