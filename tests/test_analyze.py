@@ -217,3 +217,16 @@ def test_scaling_end_to_end(analysis_market, tmp_path, one_thread):
     assert (run / "analysis" / "scaling.png").exists()
     again = scaling_analysis(run, cfg)
     assert again["computed"] == [] and again["axes"] == json.loads(json.dumps(r["axes"]))
+
+
+def test_bad_points_and_axes_are_one_line_errors(tmp_path):
+    from mmrank.testing.presets import run_mmrank
+
+    r = run_mmrank("analyze", "exchange-rate", "--run", tmp_path, "--points", "scl@x3,scl")
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and "bad modifier 'x3'" in errors[0]
+    assert "Traceback" not in r.stderr
+    r = run_mmrank("analyze", "exchange-rate", "--run", tmp_path, "--points", "scl")
+    assert r.returncode == 2 and "need at least 2" in r.stderr
+    r = run_mmrank("analyze", "scaling", "--run", tmp_path, "--history-lens", "5,80")
+    assert r.returncode == 2 and "history_lens must lie in [1, 50]" in r.stderr
