@@ -76,6 +76,9 @@ def test_saturation_is_the_first_point_after_which_doublings_stop_paying():
     assert saturation(x, np.array([0.1, 0.2, 0.3, 0.4, 0.5]), 0.01)["x"] is None  # still rising
     # a late jump un-saturates the earlier plateau
     assert saturation(x, np.array([0.1, 0.1, 0.1, 0.1, 0.3]), 0.01)["x"] is None
+    # two points at one x (a run's full pairs and another market of that size) are averaged
+    s = saturation(np.array([1.0, 2, 2]), np.array([0.1, 0.2, 0.4]), 0.01)
+    assert s["gain_per_doubling"] == pytest.approx([0.2]) and s["x"] is None
 
 
 # ---- resumable points ------------------------------------------------------------------------------
@@ -198,14 +201,22 @@ def test_scaling_end_to_end(analysis_market, tmp_path, one_thread):
     from mmrank.analyze.scaling import scaling_analysis
 
     run = _tiny_run(analysis_market, tmp_path / "run")
+    # another market on the pairs axis: here a copy of the run itself, which must reproduce the
+    # point of all its pairs (same settings, same seeds)
+    other = _tiny_run(analysis_market, tmp_path / "other")
     cfg = AnalyzeConfig(fractions=[0.5, 1.0], queue_sizes=[32, 64], history_lens=[5, 20],
-                        n_boot=200, pretrain_epochs=1, max_train_rows=3000)
+                        n_boot=200, pretrain_epochs=1, max_train_rows=3000, extra_runs=[str(other)])
     r = scaling_analysis(run, cfg)
     assert set(r["axes"]) == {"pairs", "K", "L"}
     pairs = r["axes"]["pairs"]["points"]
     assert [p["x"] for p in pairs] == sorted(p["x"] for p in pairs) and pairs[0]["x"] < pairs[-1]["x"]
+    full = {p["name"]: p for p in pairs if p["x"] == pairs[-1]["x"]}
+    assert set(full) == {"pairs-f1", "pairs-run0-other"}
+    for k in ("acc@1.image", "acc@1.text", "gain", "id_gauc"):
+        assert full["pairs-f1"][k] == pytest.approx(full["pairs-run0-other"][k])
+    assert len(r["axes"]["pairs"]["points"]) == 3
     for axis, a in r["axes"].items():
-        assert len(a["points"]) == 2
+        assert len(a["points"]) >= 2
         assert ("acc@1.image" in a["curves"]) == (axis != "L")
         for c in a["curves"].values():
             pl = c["power_law"]

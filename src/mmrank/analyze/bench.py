@@ -51,7 +51,10 @@ def parse_point(spec: str) -> tuple[str, dict[str, Any]]:
 class Bench:
     """One run's pre-training inputs (catalog, pairs, cached features) and CTR samples, in memory."""
 
-    def __init__(self, run: Path, cfg: AnalyzeConfig, with_ctr: bool = True) -> None:
+    def __init__(self, run: Path, cfg: AnalyzeConfig, with_ctr: bool = True,
+                 settings_from: Path | None = None) -> None:
+        """``settings_from``: take the pre-training and CTR settings from that run's config.yaml
+        instead of ``run``'s (a larger market measured with the main run's settings)."""
         from mmrank.encoders import native_input_size
         from mmrank.lineage import digest_inputs, encoder_inputs
         from mmrank.pretrain.data import build_features, native_image_size, read_catalog, read_pairs
@@ -61,7 +64,7 @@ class Bench:
 
         self.run = Path(run)
         self.cfg = cfg
-        rc = load_run_config(run=self.run)
+        rc = load_run_config(run=Path(settings_from) if settings_from is not None else self.run)
         base = rc.pretrain.model_copy(update={"trainable_blocks": 0, "resume": False})
         if cfg.pretrain_epochs is not None:
             base = base.model_copy(update={"epochs": cfg.pretrain_epochs})

@@ -102,6 +102,9 @@ def scaling_cmd(
                                               "256,1024,4096,16384)"),
     history_lens: Optional[str] = typer.Option(None, "--history-lens", help="CTR behaviour lengths L "
                                                "(default 5,10,20,50)"),
+    extra_run: Optional[list[Path]] = typer.Option(None, "--extra-run", help="another run (a larger "
+                                                   "market) whose full pairs add a point to the pairs "
+                                                   "axis; repeatable"),
     make_epochs: Optional[int] = _MAKE, max_train_rows: Optional[int] = _ROWS,
     pretrain_epochs: Optional[int] = _EPOCHS, threads: Optional[int] = _THREADS,
 ) -> None:
@@ -113,6 +116,7 @@ def scaling_cmd(
     cfg = _config(seeds=seeds, fractions=_list(fractions, "--fractions", float),
                   queue_sizes=_list(queue_sizes, "--queue-sizes", int),
                   history_lens=_list(history_lens, "--history-lens", int), make_epochs=make_epochs,
+                  extra_runs=[str(p) for p in extra_run] if extra_run else None,
                   max_train_rows=max_train_rows, pretrain_epochs=pretrain_epochs)
     r = scaling_analysis(run, cfg)
     typer.echo("| axis | curve | points | exponent b | 95% interval | saturates at |")

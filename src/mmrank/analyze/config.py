@@ -34,6 +34,9 @@ class AnalyzeConfig(StrictModel):
                                         "train (None: the run's pretrain.epochs)")
     fractions: list[float] = Field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0],
                                    description="scaling: shares of the run's training pairs")
+    extra_runs: list[str] = Field(default_factory=list, description="scaling: other runs (e.g. larger "
+                                  "`market generate` sizes) whose full pairs add points to the pairs axis, "
+                                  "trained with this run's settings")
     queue_sizes: list[int] = Field(default_factory=lambda: [256, 1024, 4096, 16384],
                                    description="scaling: MoCo queue sizes K")
     history_lens: list[int] = Field(default_factory=lambda: [5, 10, 20, 50],

@@ -128,13 +128,13 @@ def try_power_law(x: np.ndarray, y: np.ndarray, **kw: Any) -> dict[str, Any]:
 def saturation(x: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, Any]:
     """Where a curve saturates: the first x from which every later step gains less than ``threshold``
     per doubling of x, i.e. ``(y[i+1] - y[i]) / log2(x[i+1] / x[i]) < threshold`` for all i >= that
-    point (points sorted by x). ``x`` None when the last step still gains ``threshold`` or more (not
-    saturated within the measured range).
+    point (points sorted by x; points at one x are averaged first). ``x`` None when the last step
+    still gains ``threshold`` or more (not saturated within the measured range).
 
-    Returns ``{"x", "threshold", "gain_per_doubling": [...]}``.
+    Returns ``{"x", "threshold", "gain_per_doubling": [...]}`` (one value per step between distinct x).
     """
-    order = np.argsort(np.asarray(x, np.float64))
-    xs, ys = np.asarray(x, np.float64)[order], np.asarray(y, np.float64)[order]
+    xs, inv = np.unique(np.asarray(x, np.float64), return_inverse=True)
+    ys = np.bincount(inv, weights=np.asarray(y, np.float64)) / np.bincount(inv)
     per = [(ys[i + 1] - ys[i]) / np.log2(xs[i + 1] / xs[i]) for i in range(len(xs) - 1)]
     at = None
     for i in range(len(per) - 1, -1, -1):

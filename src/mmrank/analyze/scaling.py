@@ -2,7 +2,8 @@
 downstream gain ``GAUC(simtier+make) - GAUC(id)`` against
 
 * ``pairs``: the number of training pairs (seeded nested subsamples of the run's training pairs;
-  Acc@N always on the run's full test pairs);
+  Acc@N always on the run's full test pairs), plus the full pairs of each ``extra_runs`` market
+  (larger `market generate` sizes, trained with this run's settings, measured on their own splits);
 * ``K``: the MoCo queue size (the number of negatives);
 * ``L``: the CTR behaviour length (the history the CTR model reads; the encoder is the run's, so its
   Acc@1 does not move on this axis and only the downstream curves are fitted).
@@ -91,7 +92,11 @@ def scaling_analysis(run: str | Path, cfg: AnalyzeConfig | None = None) -> dict[
         plan.append(("L", f"L-{L}", L, {}))
     axes: dict[str, list[dict[str, Any]]] = {a: [] for a in AXES}
     with progress() as bar:
-        task = bar.add_task("scaling", total=len(plan))
+        task = bar.add_task("scaling", total=len(plan) + len(cfg.extra_runs))
+        for i, other in enumerate(cfg.extra_runs):
+            bar.update(task, description=f"scaling: pairs of {other}")
+            axes["pairs"].append(extra_run_point(run, Path(other), i, cfg, book, common))
+            bar.advance(task)
         for axis, name, x, mods in plan:
             bar.update(task, description=f"scaling: {name}")
             L = int(x) if axis == "L" else None
@@ -141,6 +146,42 @@ def scaling_analysis(run: str | Path, cfg: AnalyzeConfig | None = None) -> dict[
     result["plot"] = str(plot_scaling(result, out / "scaling.png"))
     write_text(out / "scaling.json", json.dumps(result, indent=1))
     return result
+
+
+def extra_run_point(run: Path, other: Path, i: int, cfg: AnalyzeConfig, book: PointBook,
+                    common: dict[str, Any]) -> dict[str, Any]:
+    """A pairs-axis point from another run (a larger market): SCL with ``run``'s settings on all of
+    ``other``'s training pairs, Acc@1 on ``other``'s test pairs, the gain over an ID model trained on
+    ``other``'s CTR samples with the same seeds (each market is measured on its own test splits)."""
+    import re
+
+    from mmrank.analyze.bench import Bench
+    from mmrank.lineage import digest_inputs, encoder_inputs
+
+    if not (other / "data" / "pairs.parquet").exists():
+        raise ConfigError(f"--extra-run {other}: no {other}/data/pairs.parquet (run `mmrank market generate "
+                          f"--run {other}` first)")
+    name = f"pairs-run{i}-" + re.sub(r"[^A-Za-z0-9._+-]", "_", other.resolve().name)
+    spec = {**common, "axis": "pairs", "run": str(other.resolve()),
+            "data": digest_inputs(encoder_inputs(other))}
+
+    def compute() -> dict[str, Any]:
+        b = Bench(other, cfg, settings_from=run)
+        enc = b.train_encoder("scl", {})
+        ids = [b.downstream("id", s) for s in range(cfg.seeds)]
+        per = [b.downstream("simtier+make", s, enc["vectors"], "analysis:scaling") for s in range(cfg.seeds)]
+        return {"metrics": flat_metrics(enc["metrics"]), "n_train_pairs": enc["n_train_pairs"],
+                "encoder_seconds": enc["seconds"], "simtier+make": per, "id": ids}
+
+    r = book.get(name, spec, compute)
+    gains = [s["gauc"] - i_["gauc"] for s, i_ in zip(r["simtier+make"], r["id"])]
+    pt = {"name": name, "x": float(r["n_train_pairs"]), **r["metrics"], "gain": float(np.mean(gains)),
+          "gauc": float(np.mean([s["gauc"] for s in r["simtier+make"]])),
+          "id_gauc": float(np.mean([i_["gauc"] for i_ in r["id"]])), "gain_per_seed": gains,
+          "run": str(other)}
+    console.print(f"[analyze] {name} x={pt['x']:g} acc@1 image {pt.get('acc@1.image', float('nan')):.4f} "
+                  f"gain {pt['gain']:+.4f} GAUC")
+    return pt
 
 
 def plot_scaling(result: dict[str, Any], path: Path) -> Path:
