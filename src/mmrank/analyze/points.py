@@ -28,7 +28,7 @@ class PointBook:
 
     Attributes:
         computed: names computed by this process (not read back), in order.
-        reused: names read back from an earlier run, in order.
+        reused: names read back from an earlier run, in order (each once).
     """
 
     def __init__(self, root: Path) -> None:
@@ -60,7 +60,8 @@ class PointBook:
         ``compute()`` and written (atomically) before it is returned."""
         have = self.done(name, spec)
         if have is not None:
-            self.reused.append(name)
+            if name not in self.reused:
+                self.reused.append(name)
             return have
         result = compute()
         write_text(self.path(name), json.dumps({"name": name, "spec": spec, "result": result}, indent=1))

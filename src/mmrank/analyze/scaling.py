@@ -191,6 +191,7 @@ def plot_scaling(result: dict[str, Any], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker.NullFormatter below)
 
     fig, axs = plt.subplots(len(AXES), 3, figsize=(13, 3.2 * len(AXES)), squeeze=False)
     for row, (axis, a) in enumerate(result["axes"].items()):
@@ -211,7 +212,10 @@ def plot_scaling(result: dict[str, Any], path: Path) -> Path:
                 sat = a["curves"][c]["saturation"]["x"]
                 if sat is not None:
                     ax.axvline(sat, color=line.get_color(), ls=":", lw=1)
+            if col == 2:  # the ID model's GAUC beside simtier+make's (it moves on the L axis)
+                ax.plot(x, [p["id_gauc"] for p in pts], "x", color="grey", label="id (GAUC)")
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             if all(p.get(c, 0) > 0 for c in group for p in pts if c in a["curves"]) and a["curves"]:
                 ax.set_yscale("log")
             ax.set_xlabel(a["label"])
