@@ -163,7 +163,7 @@ def plot_exchange_rate(result: dict[str, Any], path: Path) -> Path:
     rates = result["exchange_rates"]
     pts = result["checkpoints"]
     n = max(1, len(rates))
-    cols = min(3, n)
+    cols = 2 if n == 4 else min(3, n)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
     gain = np.array([p["gain"] for p in pts]) * 100
