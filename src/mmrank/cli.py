@@ -90,6 +90,7 @@ def demo(run: Path = typer.Option(Path("runs/demo"), "--run", help="run director
 
 
 # Stage commands, registered statically: each lives beside its stage as a thin shell.
+from mmrank.analyze.cli import app as _analyze_app  # noqa: E402
 from mmrank.ctr.cli import app as _ctr_app  # noqa: E402
 from mmrank.data.cli import app as _data_app  # noqa: E402
 from mmrank.export.cli import export as _export  # noqa: E402
@@ -108,6 +109,7 @@ app.command("posttrain")(_posttrain)
 app.add_typer(_ctr_app, name="ctr")
 app.add_typer(_rerank_app, name="rerank")
 app.add_typer(_report_app, name="report")
+app.add_typer(_analyze_app, name="analyze")
 app.add_typer(_stream_app, name="stream")
 app.add_typer(_sid_app, name="sid")
 app.command("embed")(_embed)

@@ -70,9 +70,11 @@ class RunData:
 
 
 def load_run(run: Path, *, with_vectors: bool = True, samples_path: Path | None = None,
-             space: FeatureSpace | None = None, posttrained: bool = False) -> RunData:
+             space: FeatureSpace | None = None, posttrained: bool = False,
+             vectors: tuple[np.ndarray, np.ndarray, str] | None = None) -> RunData:
     """Read ``R/data/ctr_samples.parquet`` (or ``samples_path``) and the run's representations (the
-    post-trained ones of ``R/posttrain`` with ``posttrained``)."""
+    post-trained ones of ``R/posttrain`` with ``posttrained``; ``vectors``: ``(ids, vectors, source)``
+    given instead of the run's, as :func:`item_vectors` returns)."""
     from mmrank.lineage import CTR_TABLES, data_inputs
 
     run = Path(run)
@@ -81,7 +83,9 @@ def load_run(run: Path, *, with_vectors: bool = True, samples_path: Path | None 
     samples = load_samples(path, require_split=samples_path is None)
     ids = vecs = None
     source = ""
-    if with_vectors:
+    if vectors is not None:
+        ids, vecs, source = vectors
+    elif with_vectors:
         if posttrained:
             from mmrank.posttrain.stage import posttrained_vectors
 
@@ -108,6 +112,17 @@ def load_run(run: Path, *, with_vectors: bool = True, samples_path: Path | None 
         order = np.argsort(iid)
         created = (iid[order], t.column("created_at").to_numpy().astype(np.int64)[order])
     return RunData(samples, space, enc, table, source, created, manifest, inputs=inputs)
+
+def set_vectors(data: RunData, ids: np.ndarray, vecs: np.ndarray, source: str) -> None:
+    """Swap the representations of ``data`` for ``(ids, vecs)`` (e.g. another encoder's), keeping the
+    samples and their encoding; the precomputed SimTier counts and any semantic IDs are dropped (they
+    belong to the old vectors). ``ids`` must be covered by ``data.space.vec_items`` (ids it lacks get no
+    row)."""
+    data.vectors = vector_table(data.space, np.asarray(ids, np.int64), np.asarray(vecs, np.float32))
+    data.vec_source = source
+    data.codes, data.sid = None, None
+    data.enc.extra.pop("simtier", None)
+
 
 def build_model(data: RunData, cfg: CtrConfig, make: MakeModule | None = None,
                 freeze_make: bool = False) -> CtrModel:
