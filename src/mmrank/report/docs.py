@@ -34,7 +34,9 @@ from mmrank.errors import MMRankError
 # What a run's commands write, relative to the run directory; copied under docs/results/<label>/.
 RUN_FILES = ("data/manifest.json", "report/results.json", "pretrain/compare.json",
              "pretrain/compare_detail.json", "pretrain/filter_report.json", "ctr/compare.json",
-             "rerank/compare.json")
+             "rerank/compare.json", "analysis/exchange_rate.json", "analysis/scaling.json")
+# Plots copied beside them (when the run has them) and shown by the pages that render their JSON.
+RUN_PLOTS = ("analysis/exchange_rate.png", "analysis/scaling.png")
 LAST_FIGURES = "`git show 49d227b:README.md`"
 
 # The runs the pages describe, in page order: a title, and the commands that make the run.
@@ -144,7 +146,7 @@ MOON_RUNS: dict[str, dict[str, str]] = {
 }
 
 
-def _ctr_run(label: str, about: str, build: str, strategies: str) -> dict[str, str]:
+def _ctr_run(label: str, about: str, build: str, strategies: str) -> dict[str, Any]:
     run = f"runs/{label}"
     return {
         "title": f"{about}, small market (`{run}`)",
@@ -152,11 +154,12 @@ def _ctr_run(label: str, about: str, build: str, strategies: str) -> dict[str, s
                     + (f"{build}\n" if build else "")
                     + f"mmrank ctr compare --run {run} --seeds 3 --strategies {strategies} --curve '' --threads 1\n"
                     f"mmrank report docs --run {label}={run}",
+        "files": ("ctr/compare.json",),    # the demo's other tables are the demo run's
     }
 
 
 # The CTR strategies beyond the paper's six (issues 21, 22, 25), each on a copy of the demo's run.
-CTR_RUNS: dict[str, dict[str, str]] = {
+CTR_RUNS: dict[str, dict[str, Any]] = {
     "sid-small": _ctr_run("sid-small", "Semantic IDs", "mmrank sid build --run runs/sid-small",
                           "id,simtier+make,sid,sid+simtier+make"),
     "post-small": _ctr_run("post-small", "Post-training", "mmrank posttrain --run runs/post-small",
@@ -164,8 +167,22 @@ CTR_RUNS: dict[str, dict[str, str]] = {
     "debias-small": _ctr_run("debias-small", "Visual debiasing", "", "id,simtier+make,debias"),
 }
 
+# MOON's analyses (issue 21; docs/analyze.md) on a copy of the demo's run.
+ANALYSIS_RUNS: dict[str, dict[str, Any]] = {
+    "an-small": {
+        "title": "Exchange rate and scaling, small market (`runs/an-small`)",
+        "commands": "mmrank demo --run runs/an-small --size small   # the small market and its Table 2 encoders\n"
+                    "mmrank analyze exchange-rate --run runs/an-small --seeds 2 --make-epochs 2 "
+                    "--max-train-rows 120000 --points clip-e,scl,scl-no-triplet,scl-no-triplet-no-moco,"
+                    "scl-no-logq,scl@e1,scl@d16,scl@f0.25,off-the-shelf\n"
+                    "mmrank analyze scaling --run runs/an-small --seeds 1 --make-epochs 2 --max-train-rows 120000\n"
+                    "mmrank report docs --run an-small=runs/an-small",
+        "files": ("analysis/exchange_rate.json", "analysis/scaling.json"),
+    },
+}
+
 # Study runs appear in a page only where they have that page's figures (not as "nothing yet" notes).
-STUDY_RUNS: dict[str, dict[str, str]] = {**MOON_RUNS, **OFFPOLICY_RUNS, **CTR_RUNS}
+STUDY_RUNS: dict[str, dict[str, Any]] = {**MOON_RUNS, **OFFPOLICY_RUNS, **CTR_RUNS, **ANALYSIS_RUNS}
 
 _BEGIN = re.compile(r"<!-- generated: ([a-z0-9-]+) -->\n")
 _END = "<!-- end generated -->"
@@ -694,6 +711,60 @@ def offpolicy_learner_rows(res: Results) -> list[str]:
             _offpolicy_source(labels), ""]
 
 
+def _plot(res: Results, label: str, rel: str, what: str) -> list[str]:
+    return [f"![{what}](results/{label}/{rel})", ""] if (res.root / label / rel).is_file() else []
+
+
+def _point_seconds(points: Iterable[dict]) -> float:
+    """The compute time the points themselves recorded (encoders and CTR models), summed."""
+    total = 0.0
+    for p in points:
+        total += float(p.get("encoder_seconds") or 0)
+        for r in p.get("simtier+make", []) if isinstance(p.get("simtier+make"), list) else []:
+            total += float(r.get("seconds") or 0)
+    return total
+
+
+def exchange_rows(res: Results, label: str) -> list[str]:
+    ex = res.get(label, "analysis/exchange_rate.json")
+    cps = ex.get("checkpoints", [])
+    metrics = list(ex.get("exchange_rates", {}))
+    ids = ex.get("id", {})
+    out = [f"{len(cps)} checkpoints; gain = GAUC(simtier+make) − GAUC(id), mean over {ex.get('seeds')} seed(s) "
+           "(the same seeds for every checkpoint); ID model GAUC per seed: "
+           + ", ".join(f"{_f(v.get('gauc'))}" for v in ids.values()) + f". {ex.get('note', '')}.", "",
+           *_table(["checkpoint", *metrics, "gain", "gain per seed"],
+                   [[c["checkpoint"], *(_f(c["metrics"].get(m)) for m in metrics), f"{c['gain']:+.4f}",
+                     ", ".join(f"{g:+.4f}" for g in c.get("gain_per_seed", []))] for c in cps]), "",
+           *_table(["metric", "slope", "95% interval", "Spearman"],
+                   [[m, f"{r['slope']:+.4f}", f"[{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}]", f"{r['spearman']:+.3f}"]
+                    for m, r in ex.get("exchange_rates", {}).items()]), "",
+           f"Best exchange rate: `{ex.get('best_metric')}` ({ex.get('rule')}). The points' own compute time, "
+           f"summed: {_point_seconds(cps):,.0f} s.", ""]
+    return out + _plot(res, label, "analysis/exchange_rate.png", "gain against each metric (Figure 6a)") + [
+        _source(label, "analysis/exchange_rate.json", "mmrank analyze exchange-rate"), ""]
+
+
+def scaling_rows(res: Results, label: str) -> list[str]:
+    sc = res.get(label, "analysis/scaling.json")
+    rows = []
+    for axis, a in sc.get("axes", {}).items():
+        pts = a.get("points", [])
+        rows.append([f"{axis}: {a.get('label', axis)}", "x", ", ".join(f"{p.get('x', 0):,.0f}" for p in pts), "", ""])
+        for curve, c in (a.get("curves") or {}).items():
+            law, sat = c.get("power_law") or {}, (c.get("saturation") or {}).get("x")
+            b, ci = law.get("exponent"), law.get("ci") or [None, None]
+            rows.append(["", curve, ", ".join(_f(p.get(curve)) for p in pts),
+                         f"not fitted ({law.get('reason')})" if b is None else
+                         f"{b:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]",
+                         "not within range" if sat is None else f"{sat:,.0f}"])
+    out = [f"{sc.get('seeds')} seed(s). Fit: {sc.get('fit')}. Saturation: {sc.get('saturation_rule')}. "
+           f"{sc.get('note', '')}.", "",
+           *_table(["axis", "curve", "values at the axis' points", "exponent b [95%]", "saturates at"], rows), ""]
+    return out + _plot(res, label, "analysis/scaling.png", "scaling curves") + [
+        _source(label, "analysis/scaling.json", "mmrank analyze scaling"), ""]
+
+
 BLOCKS: dict[str, Callable[[Results], list[str]]] = {
     "market": lambda r: _sections(r, "data/manifest.json", "market manifest", market_rows),
     "pretrain": lambda r: _sections(r, "pretrain/compare.json", "pre-training comparison", pretrain_rows),
@@ -707,6 +778,13 @@ BLOCKS: dict[str, Callable[[Results], list[str]]] = {
     "readme-pretrain": lambda r: _headline(r, "pretrain/compare.json", "pre-training comparison", readme_pretrain),
     "readme-ctr": lambda r: _headline(r, "ctr/compare.json", "CTR comparison", readme_ctr),
     "readme-rerank": lambda r: _headline(r, "rerank/compare.json", "re-ranking comparison", readme_rerank),
+    "analyze-exchange": lambda r: _sections(r, "analysis/exchange_rate.json", "exchange-rate analysis",
+                                            exchange_rows, [k for k in r.labels()
+                                                            if r.get(k, "analysis/exchange_rate.json")]
+                                            or ["an-small"]),
+    "analyze-scaling": lambda r: _sections(r, "analysis/scaling.json", "scaling analysis", scaling_rows,
+                                           [k for k in r.labels() if r.get(k, "analysis/scaling.json")]
+                                           or ["an-small"]),
     "cold-start": cold_start_rows,
     "serve-latency": serve_latency_rows,
     "serve-load": serve_load_rows,
@@ -729,16 +807,17 @@ def _label_path(spec: str, flag: str) -> tuple[str, Path]:
     return label, Path(path)
 
 
-def copy_run(run: Path, dest: Path) -> list[str]:
-    """Copy the JSON files of :data:`RUN_FILES` that ``run`` has into ``dest`` (replacing it)."""
-    found = [rel for rel in RUN_FILES if (run / rel).is_file()]
+def copy_run(run: Path, dest: Path, only: Iterable[str] | None = None) -> list[str]:
+    """Copy the JSON files of :data:`RUN_FILES` (or of ``only``, a study run's own) that ``run`` has into
+    ``dest`` (replacing it), and the plots of :data:`RUN_PLOTS` beside them."""
+    found = [rel for rel in (only or RUN_FILES) if (run / rel).is_file()]
     if not found:
         raise MMRankError(f"{run}: none of {', '.join(RUN_FILES)} found (is this a run directory?)")
     for rel in found:
         _read(run / rel)                         # refuse to copy a file that is not JSON
     if dest.exists():
         shutil.rmtree(dest)
-    for rel in found:
+    for rel in found + [rel for rel in RUN_PLOTS if (run / rel).is_file()]:
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(run / rel, dest / rel)
     return found
@@ -787,7 +866,8 @@ def write_docs(root: str | Path = ".", runs: Iterable[str] = (), bench: Iterable
         if not f.is_file():
             raise MMRankError(f"--bench {name}={f}: no such file")
         _read(f)
-    copied = {label: copy_run(run, results_dir / label) for label, run in specs}
+    copied = {label: copy_run(run, results_dir / label, STUDY_RUNS.get(label, {}).get("files"))
+              for label, run in specs}
     for name, f in benches:
         (results_dir / "bench").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(f, results_dir / "bench" / f"{name}.json")
