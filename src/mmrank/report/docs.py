@@ -785,6 +785,8 @@ BLOCKS: dict[str, Callable[[Results], list[str]]] = {
     "analyze-scaling": lambda r: _sections(r, "analysis/scaling.json", "scaling analysis", scaling_rows,
                                            [k for k in r.labels() if r.get(k, "analysis/scaling.json")]
                                            or ["an-small"]),
+    "readme-moon": lambda r: (pretrain_rows(r, "moon-default") if r.get("moon-default", "pretrain/compare.json")
+                              else _absent("moon-default", "pre-training comparison")),
     "cold-start": cold_start_rows,
     "serve-latency": serve_latency_rows,
     "serve-load": serve_load_rows,
