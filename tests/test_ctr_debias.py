@@ -11,15 +11,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mmrank.ctr.data import FeatureSpace, load_samples
 from mmrank.ctr.debias import DebiasConfig, VisualDebias, ensure_impressions, impressions_so_far
-from mmrank.ctr.models import STRATEGIES, CtrConfig, CtrModel, MakeConfig, ModelSizes
-from mmrank.ctr.representations import vector_table
+from mmrank.ctr.models import STRATEGIES, CtrConfig, CtrModel, MakeConfig
 from mmrank.ctr.trainer import TrainConfig, predict, train
-from mmrank.data.io import write_table
 from mmrank.report.bias import exposure_bias, partial_spearman, spearman_within_bins
 from mmrank.testing.audit import opens_under
-from mmrank.testing.ctr import synthetic_samples
+from mmrank.testing.ctr import planted_batches
 
 torch.set_num_threads(2)
 SMALL = CtrConfig(strategy="debias", emb_dim=8, att_hidden=[16, 8], mlp_hidden=[32, 16], n_tiers=10,
@@ -39,15 +36,9 @@ def test_impressions_are_counted_point_in_time_from_training_rows_only() -> None
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    d = tmp_path_factory.mktemp("debias")
-    table, vecs = synthetic_samples(n_rows=6000, n_items=200, n_users=200, history_len=20, min_len=1, seed=4)
-    data = load_samples(write_table(table, d / "s.parquet"), history_len=20)
-    ids = 1000 + np.arange(200)
-    space = FeatureSpace.fit(data, ids)
-    enc = space.encode(data)
-    sizes = ModelSizes(len(space.items), len(space.users), space.n_categories, space.n_regions,
-                       vec_dim=vecs.shape[1])
-    return enc, sizes, vector_table(space, ids, vecs)
+    _, enc, sizes, vecs = planted_batches(tmp_path_factory.mktemp("debias"), n_rows=6000, n_items=200,
+                                          n_users=200, seed=4)
+    return enc, sizes, vecs
 
 
 def test_the_block_trains_and_changes_the_features(planted) -> None:

@@ -5,19 +5,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from mmrank.ctr.data import FeatureSpace, load_samples
 from mmrank.models.layers import ItemVectors
-from mmrank.ctr.models import CtrConfig, CtrModel, MakeConfig, MakeModule, ModelSizes
-from mmrank.ctr.representations import vector_table
-from mmrank.testing.ctr import synthetic_samples
+from mmrank.ctr.models import CtrConfig, CtrModel, MakeConfig, MakeModule
+from mmrank.testing.ctr import planted_batches, synthetic_run
 from mmrank.ctr.trainer import TrainConfig, predict, pretrain_make, train
-from mmrank.data.io import write_table
 from mmrank.errors import ConfigError
 from mmrank.eval import auc
 
@@ -29,16 +25,8 @@ SMALL = CtrConfig(emb_dim=8, att_hidden=[16, 8], mlp_hidden=[32, 16], n_tiers=10
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """Clicks driven by target-vs-interest similarity (what SimTier sees) and an item bias."""
-    d = tmp_path_factory.mktemp("ctr")
-    table, vecs = synthetic_samples(n_rows=12_000, n_items=300, n_users=300, history_len=20, min_len=1,
-                                    sim_weight=4.0, seed=3)
-    data = load_samples(write_table(table, d / "s.parquet"), history_len=20)
-    ids = 1000 + np.arange(300)
-    space = FeatureSpace.fit(data, ids)
-    enc = space.encode(data)
-    sizes = ModelSizes(len(space.items), len(space.users), space.n_categories, space.n_regions,
-                       vec_dim=vecs.shape[1])
-    return data, enc, sizes, vector_table(space, ids, vecs)
+    return planted_batches(tmp_path_factory.mktemp("ctr"), n_rows=12_000, n_items=300, n_users=300, seed=3,
+                           sim_weight=4.0)
 
 
 def _cfg(strategy: str) -> CtrConfig:
@@ -93,23 +81,7 @@ def test_simtier_and_make_learn_what_ids_cannot(planted):
 
 
 def _make_run(tmp_path, n_rows=6000):
-    from mmrank.store.backends import create_table
-
-    run = tmp_path / "run"
-    table, vecs = synthetic_samples(n_rows=n_rows, n_items=200, n_users=200, history_len=20, seed=5)
-    write_table(table, run / "data" / "ctr_samples.parquet")
-    ids = 1000 + np.arange(200, dtype=np.int64)
-    created = np.where(np.arange(200) % 5 == 0, 10_000_000, 0).astype(np.int64)  # every 5th item is new
-    pq.write_table(pa.table({"item_id": ids, "title": [f"item {i}" for i in ids],
-                             "image": pa.array([b""] * 200, pa.binary()),
-                             "category": ["c"] * 200, "price": np.ones(200), "created_at": created}),
-                   run / "data" / "items.parquet")
-    (run / "data" / "manifest.json").write_text(json.dumps({"oracle_auc": 0.9, "new_item_ts": 5_000_000}))
-    t = create_table(run / "embeddings", version="test-v1", dim=vecs.shape[1])
-    t.put(ids, vecs, version="test-v1")
-    t.publish()
-    t.close()
-    return run
+    return synthetic_run(tmp_path / "run", n_rows=n_rows)
 
 
 @pytest.mark.slow

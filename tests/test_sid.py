@@ -12,9 +12,8 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 from typer.testing import CliRunner
 
-from mmrank.data.io import write_table
 from mmrank.sid.build import assign, disambiguate, level_stats, residual_kmeans
-from mmrank.testing.ctr import synthetic_samples
+from mmrank.testing.ctr import synthetic_run
 
 torch.set_num_threads(1)
 
@@ -92,24 +91,7 @@ def test_bad_input_is_refused_with_a_clear_error():
 
 def _run(tmp_path, n_rows: int = 4000):
     """A run of synthetic CTR samples (mmrank.testing.ctr) with its embedding table."""
-    import pyarrow as pa
-
-    from mmrank.store.backends import create_table
-
-    run = tmp_path / "run"
-    table, vecs = synthetic_samples(n_rows=n_rows, n_items=200, n_users=150, history_len=20, seed=5)
-    write_table(table, run / "data" / "ctr_samples.parquet")
-    ids = 1000 + np.arange(200, dtype=np.int64)
-    created = np.where(np.arange(200) % 5 == 0, 10_000_000, 0).astype(np.int64)
-    pq.write_table(pa.table({"item_id": ids, "title": [f"item {i}" for i in ids],
-                             "image": pa.array([b""] * 200, pa.binary()), "category": ["c"] * 200,
-                             "price": np.ones(200), "created_at": created}), run / "data" / "items.parquet")
-    (run / "data" / "manifest.json").write_text(json.dumps({"oracle_auc": 0.9, "new_item_ts": 5_000_000}))
-    t = create_table(run / "embeddings", version="test-v1", dim=vecs.shape[1])
-    t.put(ids, vecs, version="test-v1")
-    t.publish()
-    t.close()
-    return run
+    return synthetic_run(tmp_path / "run", n_rows=n_rows, n_users=150)
 
 
 def test_sid_build_writes_codes_beside_the_table_stamped_with_the_encoder_version(tmp_path):

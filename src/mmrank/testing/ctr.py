@@ -14,6 +14,10 @@ Example::
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 
@@ -73,3 +77,48 @@ def synthetic_samples(n_rows: int, n_items: int = 1000, n_users: int = 500, dim:
         "split": pa.array(split),
     }, schema=CTR_SAMPLES)
     return table, vec.astype(np.float32)
+
+
+def synthetic_run(run: Path, n_rows: int = 6000, n_users: int = 200, seed: int = 5) -> Path:
+    """A run directory over :func:`synthetic_samples` (200 items, history 20): ``data/ctr_samples.parquet``,
+    ``data/items.parquet`` (every 5th item new: created at ts 10,000,000), ``data/manifest.json`` and the
+    items' vectors as the embedding table (version ``test-v1``). Returns ``run``."""
+    import pyarrow.parquet as pq
+
+    from mmrank.data.io import write_table
+    from mmrank.store.backends import create_table
+
+    run = Path(run)
+    table, vecs = synthetic_samples(n_rows=n_rows, n_items=200, n_users=n_users, history_len=20, seed=seed)
+    write_table(table, run / "data" / "ctr_samples.parquet")
+    ids = 1000 + np.arange(200, dtype=np.int64)
+    created = np.where(np.arange(200) % 5 == 0, 10_000_000, 0).astype(np.int64)
+    pq.write_table(pa.table({"item_id": ids, "title": [f"item {i}" for i in ids],
+                             "image": pa.array([b""] * 200, pa.binary()), "category": ["c"] * 200,
+                             "price": np.ones(200), "created_at": created}), run / "data" / "items.parquet")
+    (run / "data" / "manifest.json").write_text(json.dumps({"oracle_auc": 0.9, "new_item_ts": 5_000_000}))
+    t = create_table(run / "embeddings", version="test-v1", dim=vecs.shape[1])
+    t.put(ids, vecs, version="test-v1")
+    t.publish()
+    t.close()
+    return run
+
+
+def planted_batches(d: Path, n_rows: int, n_items: int, n_users: int, seed: int,
+                    **kw: Any) -> tuple[Any, Any, Any, Any]:
+    """``(samples, encoded samples, ModelSizes, item vector table)`` of a :func:`synthetic_samples`
+    table (history 20, at least one behaviour) written under ``d``: what a CTR model test trains on."""
+    from mmrank.ctr.data import FeatureSpace, load_samples
+    from mmrank.ctr.models import ModelSizes
+    from mmrank.ctr.representations import vector_table
+    from mmrank.data.io import write_table
+
+    table, vecs = synthetic_samples(n_rows=n_rows, n_items=n_items, n_users=n_users, history_len=20, min_len=1,
+                                    seed=seed, **kw)
+    data = load_samples(write_table(table, Path(d) / "s.parquet"), history_len=20)
+    ids = 1000 + np.arange(n_items)
+    space = FeatureSpace.fit(data, ids)
+    enc = space.encode(data)
+    sizes = ModelSizes(len(space.items), len(space.users), space.n_categories, space.n_regions,
+                       vec_dim=vecs.shape[1])
+    return data, enc, sizes, vector_table(space, ids, vecs)
