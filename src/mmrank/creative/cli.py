@@ -40,3 +40,17 @@ def generate(run: Path = _RUN,
     typer.echo(f"wrote {out['creatives']} creatives ({out['per_item']} per item) and a creative log of "
                f"{out['impressions']} impressions (exploration {out['exploration']:g}, assumed; simulated "
                f"clicks, CTR {out['log_ctr']:.4f}) under {run}/data")
+
+
+@app.command("compare")
+def compare(run: Path = _RUN,
+            seeds: int = typer.Option(3, "--seeds", min=1, help="selector training seeds"),
+            epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="selector epochs (default 8)"),
+            ) -> None:
+    """Expected CTR (and purchases) of default, logged, random, selector and oracle creatives over the
+    log's test impressions (evaluated against the hidden truth); writes R/creative/compare.{json,md}."""
+    from mmrank.creative.stage import compare as run_compare, render_md
+
+    out = run_compare(_config(epochs=epochs), run, seeds)
+    typer.echo(render_md(out), nl=False)
+    typer.echo(f"wrote {run}/creative/compare.json, compare.md and selector.json")

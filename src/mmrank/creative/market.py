@@ -128,7 +128,11 @@ def generate_creatives(cfg: CreativeConfig, run: str | Path) -> dict:
     region_w = rng.normal(0.0, cfg.region_scale, (n_regions, n_attr))
     quality = rng.normal(0.0, cfg.quality_scale, n_items * k)
     quality[::k] = 0.0                                              # the default's effect is exactly 1
-    appeal_region = quality[:, None] + flat @ region_w.T            # (C, R)
+    # centred so that a non-default look is no better than the default on average over regions and
+    # users (E[exp(z)] = exp(var / 2) for normal z): the gain has to come from choosing per user/region
+    centre = 0.5 * (flat.sum(axis=1) * (cfg.region_scale ** 2 + cfg.taste_scale ** 2)
+                    + np.where(np.arange(n_items * k) % k == 0, 0.0, cfg.quality_scale ** 2))
+    appeal_region = (quality - centre)[:, None] + flat @ region_w.T  # (C, R)
     appeal_taste = flat.astype(np.float64)                          # (C, A): loading per taste dimension
     taste = rng.normal(0.0, cfg.taste_scale, (len(user_ids), n_attr))
     truth.mkdir(parents=True, exist_ok=True)
