@@ -8,3 +8,7 @@
   besides the generator): expected CTR of default, logged, random, selector and oracle choices.
 """
 
+from mmrank.creative.config import ATTRIBUTES, CreativeConfig
+from mmrank.creative.selector import Selector, explain
+
+__all__ = ["ATTRIBUTES", "CreativeConfig", "Selector", "explain"]
