@@ -59,7 +59,8 @@ def test_propensities_sum_to_one_and_the_log_is_consistent(run: Path) -> None:
     # default creatives have the default look; the others differ from it in at least one attribute
     assert (cr.attrs[:, 0] == 0).all() and (cr.attrs[:, 1:].sum(-1) > 0).all()
     # nothing hidden in R/data; the default's true effect is exactly 1
-    assert not {"appeal_region", "appeal_taste"} & set(pq.read_schema(run / "data" / "creatives.parquet").names)
+    hidden = {"appeal_region", "appeal_taste"}
+    assert not hidden & set(pq.read_schema(run / "data" / "creatives.parquet").names)
     eff = CreativeTruth(run).effects(log["user_id"].to_numpy()[:50], log["region"].to_numpy()[:50],
                                      cr.creative_ids[rows[:50]])
     np.testing.assert_allclose(eff[:, 0], 1.0)
@@ -74,7 +75,8 @@ def test_generate_is_deterministic_per_seed(market: Path, tmp_path: Path) -> Non
     for f in ("data/creatives.parquet", "data/creative_log.parquet", "truth/creatives.parquet",
               "truth/creative_users.parquet"):
         assert pq.read_table(a / f).equals(pq.read_table(b / f)), f
-    assert not pq.read_table(a / "data/creative_log.parquet").equals(pq.read_table(c / "data/creative_log.parquet"))
+    log = "data/creative_log.parquet"
+    assert not pq.read_table(a / log).equals(pq.read_table(c / log))
 
 
 def test_the_selector_trains_without_opening_the_truth(run: Path, tmp_path: Path) -> None:

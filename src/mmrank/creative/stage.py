@@ -180,7 +180,8 @@ def render_md(out: dict) -> str:
     share = out["selector_share_of_oracle_gain"]
     lines += ["", "Selector's share of the oracle's CTR gain over the default: "
               + (f"{100 * share:.1f}%" if share is not None else "n/a (the oracle gains nothing)")
-              + f"; it changes the creative on {100 * out['selector_changed_share']:.1f}% of impressions.", ""]
+              + f"; it changes the creative on {100 * out['selector_changed_share']:.1f}% of impressions.",
+              ""]
     if out["examples"]:
         lines += ["Example explanations:", ""]
         lines += [f"- item {e['item_id']}, creative {e['chosen']} over default {e['default']}: {e['reason']}"
