@@ -152,3 +152,52 @@ def test_cli_generate_and_compare_errors_name_the_file(market: Path, tmp_path: P
     assert "exploration 0.1" in res.output and "assumed" in res.output
     assert len(load_log(r)) == 500 and Creatives.load(r).attrs.shape[1] == 2
     assert prepare(CFG, r).n_regions == 3
+
+
+def _client(run: Path):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from mmrank.serve import errors
+    from mmrank.serve.config import Settings
+    from mmrank.serve.routes import creative
+    from mmrank.serve.state import ServerState
+
+    app = FastAPI()
+    app.state.mmrank = ServerState(Settings(run=run))
+    errors.install(app)
+    app.include_router(creative.router)
+    return TestClient(app)
+
+
+def test_v1_creative_returns_the_choice_and_its_reason(run: Path, tmp_path: Path) -> None:
+    from mmrank.creative.selector import Selector
+    from mmrank.serve.app import create_app
+    from mmrank.serve.config import Settings
+
+    r = _copy(run, tmp_path / "r")
+    assert "/v1/creative" in create_app(Settings(run=r)).openapi()["paths"]
+    client = _client(r)
+    cr = Creatives.load(r)
+    res = client.post("/v1/creative", json={"item_id": int(cr.item_ids[0])})
+    assert res.status_code == 409 and "selector" in res.json()["error"]
+    # a hand-set selector: every non-default word costs 5, except a dark background for users whose
+    # recent clicks were on dark photos
+    Selector(0.0, np.array([0.0, -5, -5, -5]), np.zeros((3, 4)), np.array([5.0, 0, 0, 0])).save(
+        r / "creative" / "selector.json")
+    only_dark = np.flatnonzero((cr.attrs == [1, 0, 0, 0]).all(-1).any(-1))[0]
+    dark = [int(c) for c in np.flatnonzero(cr.attr_by_creative[:, 0] == 1)[:3]]
+    body = {"item_id": int(cr.item_ids[only_dark]), "region": 1, "recent_clicks": dark}
+    out = client.post("/v1/creative", json=body).json()
+    assert out["attributes"]["background"] == "dark" and out["k"] > 0
+    assert out["creative_id"] == int(cr.creative_ids[only_dark, out["k"]])
+    assert out["reason"] == "dark background: 3 of your last 3 clicks were on dark photos"
+    out = client.post("/v1/creative", json={**body, "recent_clicks": []}).json()
+    assert out["k"] == 0 and out["reason"].startswith("default creative kept")
+    for item in (-1, 10 ** 30):
+        res = client.post("/v1/creative", json={"item_id": item})
+        assert res.status_code == 422 and res.json()["field"] == "item_id"
+    res = client.post("/v1/creative", json={**body, "region": 9})
+    assert res.status_code == 422 and res.json()["field"] == "region"
+    res = client.post("/v1/creative", json={**body, "recent_clicks": [10 ** 9]})
+    assert res.status_code == 422 and res.json()["field"] == "recent_clicks"
