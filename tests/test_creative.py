@@ -120,7 +120,7 @@ def test_compare_oracle_bounds_every_policy_and_is_deterministic(run: Path, tmp_
     r = _copy(run, tmp_path / "r")
     out = compare(CFG, r, seeds=2)
     pol = out["policies"]
-    for name in ("default", "logged", "random", "selector"):
+    for name in ("default", "logged", "random", "selector", "selector (no user context)"):
         assert pol["oracle"]["ctr"] >= pol[name]["ctr"] - 1e-12, name
         assert pol["oracle"]["purchases"] >= pol[name]["purchases"] - 1e-12, name
     assert len(out["selector_per_seed"]) == 2 and out["test_impressions"] > 0

@@ -71,14 +71,15 @@ def prepare(cfg: CreativeConfig, run: str | Path) -> Prepared:
 
 
 def train_selector(cfg: CreativeConfig, run: str | Path, seed: int = 0,
-                   prepared: Prepared | None = None) -> Selector:
+                   prepared: Prepared | None = None, context: bool = True) -> Selector:
     """Fit the selector on the log's ``train`` rows (IPW by the logged propensities). Reads only
-    ``R/data/``."""
+    ``R/data/``. ``context=False``: without the user context (an ablation: region and attributes only)."""
     p = prepared or prepare(cfg, run)
     tr = (p.log["split"] == "train").to_numpy()
     shown = p.log["creative_id"].to_numpy()[tr]
-    return Selector.fit(p.creatives.attr_by_creative[shown], p.log["region"].to_numpy()[tr], p.alt[tr],
-                        p.n[tr], p.log["click"].to_numpy()[tr], p.log["propensity"].to_numpy()[tr], cfg,
+    alt, n = (p.alt[tr], p.n[tr]) if context else (np.zeros_like(p.alt[tr]), np.zeros_like(p.n[tr]))
+    return Selector.fit(p.creatives.attr_by_creative[shown], p.log["region"].to_numpy()[tr], alt, n,
+                        p.log["click"].to_numpy()[tr], p.log["propensity"].to_numpy()[tr], cfg,
                         seed=seed, n_regions=p.n_regions)
 
 
@@ -118,6 +119,8 @@ def compare(cfg: CreativeConfig, run: str | Path, seeds: int = 3) -> dict:
     attrs = p.creatives.attrs[p.rows[te]]
     reg, alt, n = test["region"].to_numpy(), p.alt[te], p.n[te]
     picks = [s.choose(attrs, reg, alt, n) for s in sels]
+    plain = [train_selector(cfg, run, seed=s, prepared=p, context=False) for s in range(seeds)]
+    plain_picks = [s.choose(attrs, reg, np.zeros_like(alt), np.zeros_like(n)) for s in plain]
     # --- evaluation: the only part that reads R/truth/ ---
     truth = CreativeTruth(run)
     pc, pp = truth.probabilities(test, cids)
@@ -132,9 +135,10 @@ def compare(cfg: CreativeConfig, run: str | Path, seeds: int = 3) -> dict:
     rows = {"default": policy(one(np.zeros(len(te), np.int64))), "logged": policy(prop),
             "random": policy(np.full((len(te), k), 1.0 / k))}
     per_seed = [policy(one(pk)) for pk in picks]
-    rows["selector"] = {m: float(np.mean([s[m] for s in per_seed])) for m in ("ctr", "purchases")}
-    rows["selector"].update({f"{m}_std": float(np.std([s[m] for s in per_seed])) for m in
-                             ("ctr", "purchases")})
+    for name, runs in (("selector (no user context)", [policy(one(pk)) for pk in plain_picks]),
+                       ("selector", per_seed)):
+        rows[name] = {m: float(np.mean([s[m] for s in runs])) for m in ("ctr", "purchases")}
+        rows[name].update({f"{m}_std": float(np.std([s[m] for s in runs])) for m in ("ctr", "purchases")})
     rows["oracle"] = policy(one(np.argmax(pc, axis=1)))
     gain = rows["oracle"]["ctr"] - rows["default"]["ctr"]
     share = (rows["selector"]["ctr"] - rows["default"]["ctr"]) / gain if gain > 0 else None
@@ -155,7 +159,8 @@ def compare(cfg: CreativeConfig, run: str | Path, seeds: int = 3) -> dict:
            "note": "SIMULATED market: creative effects and clicks are drawn by `mmrank creative generate`; "
                    "expected values are computed from the hidden truth. Purchases assume a creative scales "
                    "P(purchase) as it scales P(click). Selector seeds vary its initialisation and minibatch "
-                   "order on one log."}
+                   "order on one log. 'selector (no user context)' is an ablation: the same model trained "
+                   "and applied without the user's recent clicks."}
     d = run / "creative"
     d.mkdir(parents=True, exist_ok=True)
     sels[0].save(d / "selector.json")
@@ -172,8 +177,8 @@ def render_md(out: dict) -> str:
              f"{out['seeds']} training seeds.", "",
              "| policy | expected CTR | expected purchases / impression |", "|---|---:|---:|"]
     for name, r in out["policies"].items():
-        if name == "selector":
-            lines.append(f"| selector | {r['ctr']:.5f} ± {r['ctr_std']:.5f} | {r['purchases']:.5f} ± "
+        if "ctr_std" in r:
+            lines.append(f"| {name} | {r['ctr']:.5f} ± {r['ctr_std']:.5f} | {r['purchases']:.5f} ± "
                          f"{r['purchases_std']:.5f} |")
         else:
             lines.append(f"| {name} | {r['ctr']:.5f} | {r['purchases']:.5f} |")
