@@ -126,7 +126,6 @@ def compare(cfg: CreativeConfig, run: str | Path, seeds: int = 3) -> dict:
     pc, pp = truth.probabilities(test, cids)
     prop = np.stack(test["propensities"].to_numpy())
     k = cids.shape[1]
-    at = np.arange(len(te))
 
     def policy(w: np.ndarray) -> dict[str, float]:
         return {"ctr": float((pc * w).sum(1).mean()), "purchases": float((pp * w).sum(1).mean())}

@@ -53,8 +53,8 @@ async def creative(body: CreativeIn, state: ServerState = Depends(get_state)) ->
     try:
         chooser = _chooser(Path(state.settings.run))
     except DataError as err:
-        return JSONResponse({"error": f"this server has no creative selector to serve ({err})", "field": None},
-                            status_code=409)
+        return JSONResponse({"error": f"this server has no creative selector to serve ({err})",
+                             "field": None}, status_code=409)
     try:
         return JSONResponse(chooser.choose(body.item_id, body.region, body.recent_clicks))
     except DataError as err:
