@@ -91,6 +91,7 @@ def demo(run: Path = typer.Option(Path("runs/demo"), "--run", help="run director
 
 # Stage commands, registered statically: each lives beside its stage as a thin shell.
 from mmrank.analyze.cli import app as _analyze_app  # noqa: E402
+from mmrank.creative.cli import app as _creative_app  # noqa: E402
 from mmrank.ctr.cli import app as _ctr_app  # noqa: E402
 from mmrank.data.cli import app as _data_app  # noqa: E402
 from mmrank.export.cli import export as _export  # noqa: E402
@@ -112,6 +113,7 @@ app.add_typer(_report_app, name="report")
 app.add_typer(_analyze_app, name="analyze")
 app.add_typer(_stream_app, name="stream")
 app.add_typer(_sid_app, name="sid")
+app.add_typer(_creative_app, name="creative")
 app.command("embed")(_embed)
 app.command("search")(_search)
 app.command("serve")(_serve)

@@ -9,6 +9,8 @@ Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``):
 * ``POST /v1/rerank``: one candidate list (:class:`mmrank.rerank.serving.CandidateList`) -> the
   trained re-ranker's order and scores (``--rerank-model``; 409 when the run has none), batched like
   /v1/rank with its own queue.
+* ``POST /v1/creative``: an item, a region and the user's recent creative clicks -> the creative
+  selector's choice and its reason (:mod:`mmrank.serve.routes.creative`; 409 without a selector).
 * ``POST /v1/items`` (API key): a new item is encoded, written durably and indexed; the next
   /v1/rank and /v1/search see it (on every process sharing the table).
 * ``POST /v1/search``: text or a photo -> top-k items. ``GET /v1/items/{id}`` and ``.../image``.
@@ -46,7 +48,7 @@ from mmrank.serve.batching import RankBatcher
 from mmrank.serve.bundle import Bundle, load_bundle
 from mmrank.serve.config import Settings
 from mmrank.serve.middleware import Guard
-from mmrank.serve.routes import health, items, page, rank, rerank, search
+from mmrank.serve.routes import creative, health, items, page, rank, rerank, search
 from mmrank.serve.scoring import run_batch, run_rerank_batch
 from mmrank.serve.state import ServerState
 
@@ -115,7 +117,7 @@ def create_app(settings: Settings, bundle: Bundle | None = None) -> FastAPI:
     app.state.mmrank = state
     app.add_middleware(Guard, state=state)
     errors.install(app)
-    for module in (page, health, rank, rerank, items, search):
+    for module in (page, health, rank, rerank, items, search, creative):
         app.include_router(module.router)
     return app
 
