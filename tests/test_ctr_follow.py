@@ -194,3 +194,32 @@ def test_follow_command_publishes_bundles_serving_loads_and_never_opens_the_trut
         bundle.close()
     bad = CliRunner().invoke(app, ["ctr", "follow", "--run", str(run), "--source", "kafka"])
     assert isinstance(bad.exception, ConfigError) and "--source" in str(bad.exception)
+
+
+def test_freshness_table_has_every_variant_and_renders_in_the_docs(follow_run: Path, tmp_path: Path) -> None:
+    """The freshness protocol on a micro market: one row per representation delay (the ID model for
+    "never"), per extra publish interval and the batch model; the near-line rows score every test
+    impression; the docs page renders the JSON."""
+    import json
+
+    from mmrank.ctr.follow import freshness_table
+    from mmrank.report.docs import Results, freshness_rows
+
+    run = tmp_path / "run"
+    shutil.copytree(follow_run, run)
+    out = freshness_table(run, seeds=1, delays=(0, None), publish=(86_400, 604_800), base_publish=86_400,
+                          progress=False)
+    variants = [(r["group"], r["variant"]) for r in out["rows"]]
+    assert [g for g, _ in variants] == ["representation delay", "representation delay", "publish interval",
+                                        "batch"], variants
+    saved = json.loads((run / "ctr" / "follow" / "freshness.json").read_text())
+    n_test = saved["rows"][0]["all"]["n"]
+    assert n_test > 0 and all(r["all"]["n"] == n_test for r in saved["rows"])
+    for r in saved["rows"][:3]:                        # the near-line rows score every test impression
+        assert 0.0 < r["all"]["auc"]["mean"] < 1.0
+    root = tmp_path / "results"
+    (root / "fresh" / "ctr" / "follow").mkdir(parents=True)
+    shutil.copyfile(run / "ctr" / "follow" / "freshness.json", root / "fresh" / "ctr" / "follow" / "freshness.json")
+    text = "\n".join(freshness_rows(Results(root), "fresh"))
+    assert text.count("| representation delay |") == 4 and "| batch |" in text   # two tables, one row each
+    assert f"{saved['rows'][0]['all']['auc']['mean']:.4f}" in text

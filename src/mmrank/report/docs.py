@@ -22,6 +22,7 @@ only where they have that stage's figures.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from collections.abc import Callable, Iterable
@@ -34,7 +35,8 @@ from mmrank.errors import MMRankError
 # What a run's commands write, relative to the run directory; copied under docs/results/<label>/.
 RUN_FILES = ("data/manifest.json", "report/results.json", "pretrain/compare.json",
              "pretrain/compare_detail.json", "pretrain/filter_report.json", "ctr/compare.json",
-             "rerank/compare.json", "analysis/exchange_rate.json", "analysis/scaling.json")
+             "rerank/compare.json", "analysis/exchange_rate.json", "analysis/scaling.json",
+             "ctr/follow/freshness.json")
 # Plots copied beside them (when the run has them) and shown by the pages that render their JSON.
 RUN_PLOTS = ("analysis/exchange_rate.png", "analysis/scaling.png")
 LAST_FIGURES = "`git show 49d227b:README.md`"
@@ -765,6 +767,32 @@ def scaling_rows(res: Results, label: str) -> list[str]:
         _source(label, "analysis/scaling.json", "mmrank analyze scaling"), ""]
 
 
+def freshness_rows(res: Results, label: str) -> list[str]:
+    fr = res.get(label, "ctr/follow/freshness.json")
+    rows = fr.get("rows", [])
+    seeds = fr.get("seeds") or 1
+
+    def cells(r: dict, part: str) -> list[str]:
+        def one(stat: dict) -> str:
+            m = stat.get("mean")
+            return "n/a" if m is None or not math.isfinite(m) else _pm(stat, seeds=seeds)
+        return [one(r[part][k]) for k in ("auc", "gauc", "logloss")]
+
+    out = [f"Near-line `{fr.get('strategy')}`, {seeds} seed(s), batch {fr.get('batch_size')}; protocol: "
+           f"{fr.get('protocol')}. Representation-delay rows publish every {fr.get('base_publish'):,} s of "
+           "event time; publish-interval rows read representations at arrival.", ""]
+    head = ["group", "variant", "AUC", "GAUC", "LogLoss", "first-day AUC", "first-day GAUC", "first-day LogLoss"]
+    for title, (a, b) in ((f"Test split ({rows[0]['all']['n']:,} impressions, {rows[0]['first_day']['n']:,} "
+                           "of items in their first day; the batch model is comparable here)" if rows else "Test split",
+                           ("all", "first_day")),
+                          (f"Every window after the first day ({rows[0]['stream']['n']:,} impressions, "
+                           f"{rows[0]['stream_first_day']['n']:,} of items in their first day; near-line rows only)"
+                           if rows else "Every window after the first day", ("stream", "stream_first_day"))):
+        out += [f"{title}:", "", *_table(head, [[r["group"], r["variant"], *cells(r, a), *cells(r, b)]
+                                                for r in rows]), ""]
+    return out + [_source(label, "ctr/follow/freshness.json", "mmrank ctr follow --freshness"), ""]
+
+
 BLOCKS: dict[str, Callable[[Results], list[str]]] = {
     "market": lambda r: _sections(r, "data/manifest.json", "market manifest", market_rows),
     "pretrain": lambda r: _sections(r, "pretrain/compare.json", "pre-training comparison", pretrain_rows),
@@ -787,6 +815,9 @@ BLOCKS: dict[str, Callable[[Results], list[str]]] = {
                                            or ["an-small"]),
     "readme-moon": lambda r: (pretrain_rows(r, "moon-default") if r.get("moon-default", "pretrain/compare.json")
                               else _absent("moon-default", "pre-training comparison")),
+    "follow-freshness": lambda r: _sections(r, "ctr/follow/freshness.json", "freshness table", freshness_rows,
+                                            [k for k in r.labels() if r.get(k, "ctr/follow/freshness.json")]
+                                            or ["moon-default"]),
     "cold-start": cold_start_rows,
     "serve-latency": serve_latency_rows,
     "serve-load": serve_load_rows,
