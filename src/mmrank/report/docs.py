@@ -36,7 +36,7 @@ from mmrank.errors import MMRankError
 RUN_FILES = ("data/manifest.json", "report/results.json", "pretrain/compare.json",
              "pretrain/compare_detail.json", "pretrain/filter_report.json", "ctr/compare.json",
              "rerank/compare.json", "analysis/exchange_rate.json", "analysis/scaling.json",
-             "ctr/follow/freshness.json")
+             "ctr/follow/freshness.json", "creative/compare.json")
 # Plots copied beside them (when the run has them) and shown by the pages that render their JSON.
 RUN_PLOTS = ("analysis/exchange_rate.png", "analysis/scaling.png")
 LAST_FIGURES = "`git show 49d227b:README.md`"
@@ -183,8 +183,21 @@ ANALYSIS_RUNS: dict[str, dict[str, Any]] = {
     },
 }
 
+# Creatives and their selector (issue 22; docs/creative.md) on a copy of the demo's market.
+CREATIVE_RUNS: dict[str, dict[str, Any]] = {
+    "creative-small": {
+        "title": "Creatives, small market (`runs/creative-small`)",
+        "commands": "mmrank market generate --run runs/creative-small --size small --seed 0\n"
+                    "mmrank creative generate --run runs/creative-small\n"
+                    "mmrank creative compare --run runs/creative-small --seeds 3\n"
+                    "mmrank report docs --run creative-small=runs/creative-small",
+        "files": ("creative/compare.json",),
+    },
+}
+
 # Study runs appear in a page only where they have that page's figures (not as "nothing yet" notes).
-STUDY_RUNS: dict[str, dict[str, Any]] = {**MOON_RUNS, **OFFPOLICY_RUNS, **CTR_RUNS, **ANALYSIS_RUNS}
+STUDY_RUNS: dict[str, dict[str, Any]] = {**MOON_RUNS, **OFFPOLICY_RUNS, **CTR_RUNS, **ANALYSIS_RUNS,
+                                          **CREATIVE_RUNS}
 
 _BEGIN = re.compile(r"<!-- generated: ([a-z0-9-]+) -->\n")
 _END = "<!-- end generated -->"
@@ -793,6 +806,25 @@ def freshness_rows(res: Results, label: str) -> list[str]:
     return out + [_source(label, "ctr/follow/freshness.json", "mmrank ctr follow --freshness"), ""]
 
 
+def creative_rows(res: Results, label: str) -> list[str]:
+    c = res.get(label, "creative/compare.json")
+    seeds = c.get("seeds") or 1
+
+    def cell(p: dict, k: str, digits: int) -> str:
+        return _pm({"mean": p.get(k), "std": p.get(f"{k}_std")}, digits, seeds=seeds)
+
+    rows = [[name, cell(p, "ctr", 5), cell(p, "purchases", 5)] for name, p in c.get("policies", {}).items()]
+    out = [f"{c.get('test_impressions', 0):,} test impressions (the latest by time), {c.get('per_item')} creatives "
+           f"per item, logging exploration {c.get('exploration')} (assumed); selectors: mean ± std over {seeds} "
+           "training seeds. Expected values from the hidden truth (simulated).", "",
+           *_table(["policy", "expected CTR", "expected purchases / impression"], rows), "",
+           f"The selector's share of the oracle's CTR gain over the default: "
+           f"{100 * (c.get('selector_share_of_oracle_gain') or 0):.1f}%; it changes the creative on "
+           f"{100 * (c.get('selector_changed_share') or 0):.1f}% of the test impressions. An explanation: "
+           + (f"\"{c['examples'][0]['reason']}\"" if c.get("examples") else "none") + ".", ""]
+    return out + [_source(label, "creative/compare.json", "mmrank creative compare"), ""]
+
+
 BLOCKS: dict[str, Callable[[Results], list[str]]] = {
     "market": lambda r: _sections(r, "data/manifest.json", "market manifest", market_rows),
     "pretrain": lambda r: _sections(r, "pretrain/compare.json", "pre-training comparison", pretrain_rows),
@@ -818,6 +850,9 @@ BLOCKS: dict[str, Callable[[Results], list[str]]] = {
     "follow-freshness": lambda r: _sections(r, "ctr/follow/freshness.json", "freshness table", freshness_rows,
                                             [k for k in r.labels() if r.get(k, "ctr/follow/freshness.json")]
                                             or ["moon-default"]),
+    "creative-compare": lambda r: _sections(r, "creative/compare.json", "creative comparison", creative_rows,
+                                            [k for k in r.labels() if r.get(k, "creative/compare.json")]
+                                            or ["creative-small"]),
     "cold-start": cold_start_rows,
     "serve-latency": serve_latency_rows,
     "serve-load": serve_load_rows,
