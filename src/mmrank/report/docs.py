@@ -129,12 +129,17 @@ MOON_RUNS: dict[str, dict[str, str]] = {
                     "mmrank report docs --run moon-small=runs/moon-small",
     },
     "moon-default": {
-        "title": "MOON2.0 switches, default market (`runs/moon-default`)",
+        "title": "Default market, seed 7 (`runs/moon-default`)",
         "commands": "mmrank market generate --run runs/moon-default --seed 7\n"
                     "mmrank pretrain compare --run runs/moon-default --config cfg.yaml --seeds 3 "
                     "--variants popularity,off-the-shelf,scl,moe,align,coaug,filter,moon2   "
                     "# cfg: the default run's (pretrain: {epochs: 6, batch_size: 512, queue_size: 16384, "
                     "hidden: 256, lr: 0.002, nested_dims: [64, 256]})\n"
+                    "mmrank embed --run runs/moon-default\n"
+                    "mmrank ctr compare --run runs/moon-default --seeds 3 --curve '' --threads 1 "
+                    "--strategies id,simtier+make,sid,sid+simtier+make,post,post+simtier+make,debias\n"
+                    "mmrank ctr follow --run runs/moon-default --source replay --strategies simtier --freshness "
+                    "--seeds 1 --threads 1\n"
                     "mmrank report docs --run moon-default=runs/moon-default",
     },
     "moon-noisy": {
