@@ -90,34 +90,34 @@ def demo(run: Path = typer.Option(Path("runs/demo"), "--run", help="run director
 
 
 # Stage commands, registered statically: each lives beside its stage as a thin shell.
-from mmrank.analyze.cli import app as _analyze_app  # noqa: E402
-from mmrank.creative.cli import app as _creative_app  # noqa: E402
-from mmrank.ctr.cli import app as _ctr_app  # noqa: E402
-from mmrank.data.cli import app as _data_app  # noqa: E402
-from mmrank.export.cli import export as _export  # noqa: E402
-from mmrank.posttrain.cli import posttrain as _posttrain  # noqa: E402
-from mmrank.pretrain.cli import app as _pretrain_app  # noqa: E402
-from mmrank.report.cli import app as _report_app  # noqa: E402
-from mmrank.rerank.cli import app as _rerank_app  # noqa: E402
-from mmrank.serve.cli import serve as _serve  # noqa: E402
-from mmrank.sid.cli import app as _sid_app  # noqa: E402
-from mmrank.store.cli import embed as _embed, search as _search  # noqa: E402
-from mmrank.stream.cli import app as _stream_app  # noqa: E402
+from mmrank.analyze.cli import app as analyze_app  # noqa: E402
+from mmrank.creative.cli import app as creative_app  # noqa: E402
+from mmrank.ctr.cli import app as ctr_app  # noqa: E402
+from mmrank.data.cli import app as data_app  # noqa: E402
+from mmrank.export.cli import export as export_command  # noqa: E402
+from mmrank.posttrain.cli import posttrain as posttrain_command  # noqa: E402
+from mmrank.pretrain.cli import app as pretrain_app  # noqa: E402
+from mmrank.report.cli import app as report_app  # noqa: E402
+from mmrank.rerank.cli import app as rerank_app  # noqa: E402
+from mmrank.serve.cli import serve as serve_command  # noqa: E402
+from mmrank.sid.cli import app as sid_app  # noqa: E402
+from mmrank.store.cli import embed as embed_command, search as search_command  # noqa: E402
+from mmrank.stream.cli import app as stream_app  # noqa: E402
 
-app.add_typer(_data_app, name="data")
-app.add_typer(_pretrain_app, name="pretrain")
-app.command("posttrain")(_posttrain)
-app.add_typer(_ctr_app, name="ctr")
-app.add_typer(_rerank_app, name="rerank")
-app.add_typer(_report_app, name="report")
-app.add_typer(_analyze_app, name="analyze")
-app.add_typer(_stream_app, name="stream")
-app.add_typer(_sid_app, name="sid")
-app.add_typer(_creative_app, name="creative")
-app.command("embed")(_embed)
-app.command("search")(_search)
-app.command("serve")(_serve)
-app.command("export")(_export)
+app.add_typer(data_app, name="data")
+app.add_typer(pretrain_app, name="pretrain")
+app.command("posttrain")(posttrain_command)
+app.add_typer(ctr_app, name="ctr")
+app.add_typer(rerank_app, name="rerank")
+app.add_typer(report_app, name="report")
+app.add_typer(analyze_app, name="analyze")
+app.add_typer(stream_app, name="stream")
+app.add_typer(sid_app, name="sid")
+app.add_typer(creative_app, name="creative")
+app.command("embed")(embed_command)
+app.command("search")(search_command)
+app.command("serve")(serve_command)
+app.command("export")(export_command)
 
 
 def main() -> None:
