@@ -141,28 +141,6 @@ def _aggregate(runs: list[dict]) -> dict[str, Any]:
     return out
 
 
-def bias_truth(run: Path, data: RunData) -> dict[str, np.ndarray] | None:
-    """The items' true appeal and the test impressions' true click probabilities for the exposure-bias
-    measure (:mod:`mmrank.report.bias`, evaluation code), or None when the run has no market truth."""
-    from mmrank.report.bias import has_appeal, run_truth
-
-    if not has_appeal(run):
-        return None
-    rows = data.enc.test_rows()
-    return run_truth(run, data.samples.request_id[rows], data.samples.position[rows])
-
-
-def bias_of(data: RunData, probs: np.ndarray, truth: dict[str, np.ndarray]) -> dict:
-    """:func:`mmrank.report.bias.exposure_bias` of test-split scores ``probs``; exposure = the item's
-    impressions in the training split."""
-    from mmrank.report.bias import exposure_bias
-
-    s = data.samples
-    rows = data.enc.test_rows()
-    return exposure_bias(s.item_id[rows], probs, s.user_id[rows], s.label[rows],
-                         s.item_id[data.enc.train_rows()], **truth)
-
-
 def _rel(v: float, base: float) -> float:
     return float((v - base) / abs(base)) if base else float("nan")
 
@@ -195,7 +173,9 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
 
         ensure_posttrain(run, progress=progress)
         post_data = data.with_posttrained(run)
-    truth = bias_truth(run, data)   # evaluation only: the market's truth, None without R/truth/
+    from mmrank.report.bias import RunBias   # evaluation code; None on a real log (no hidden appeal)
+
+    exposure = RunBias.of_run(run, data.samples, data.enc.test_rows(), data.enc.train_rows())
     for seed in range(seeds):
         snapshots: dict[int, Any] = {}
         if needs_make or (seed == 0 and curve):
@@ -216,8 +196,8 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
             probs = predict(model, d.enc)
             m = evaluate(d, probs)
             m.update({"seed": seed, "train_seconds": info["train"]["seconds"]})
-            if truth is not None:
-                m["bias"] = bias_of(d, probs, truth)
+            if exposure is not None:
+                m["bias"] = exposure(probs)
             per[s].append(m)
             console.print(f"[ctr] seed {seed} {s:13s} auc {m['auc']:.4f} gauc {m['gauc']:.4f} "
                           f"logloss {m['logloss']:.4f} ({info['train']['seconds']:.0f}s)"
@@ -317,8 +297,8 @@ def markdown_table(result: dict, strategies: tuple[str, ...] = PAPER_STRATEGIES)
             lines.append(f"| {s} | " + " | ".join(
                 "—" if v is None or np.isnan(v) else f"{100 * v:+.2f}%" for v in vals) + " |")
     if any("bias" in result[s] for s in strategies):
-        lines += ["", "Exposure bias (simulated behaviour; evaluation reads the market's truth, training "
-                  "does not): Spearman of the mean test score per item with its training impressions, partial "
+        lines += ["", "Exposure bias (simulated behaviour; measured by evaluation code against the items' "
+                  "true appeal, which training never sees): Spearman of the mean test score per item with its training impressions, partial "
                   "on true appeal (and within appeal deciles, averaged; and raw), partial on the item's mean "
                   "true click probability over its test impressions (true CTR); GAUC on the test impressions "
                   "of the bottom quartile of items by training impressions:", "",

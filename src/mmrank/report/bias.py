@@ -155,3 +155,23 @@ def run_truth(run: str | Path, request_ids: np.ndarray, positions: np.ndarray) -
     ids, appeal = item_appeal(run)
     return {"appeal_ids": ids, "appeal": appeal,
             "true_p": slot_click_probability(run, request_ids, positions)}
+
+
+class RunBias:
+    """The measure on one CTR run's test split: built once per comparison (it reads the run's truth),
+    then called with each model's test-split scores. ``samples``: the run's CTR samples (``item_id``,
+    ``user_id``, ``label``, ``request_id``, ``position``); ``test_rows`` / ``train_rows`` index them."""
+
+    def __init__(self, run: str | Path, samples: Any, test_rows: np.ndarray, train_rows: np.ndarray) -> None:
+        self.items, self.users = samples.item_id[test_rows], samples.user_id[test_rows]
+        self.labels, self.train_items = samples.label[test_rows], samples.item_id[train_rows]
+        self.truth = run_truth(run, samples.request_id[test_rows], samples.position[test_rows])
+
+    @classmethod
+    def of_run(cls, run: str | Path, samples: Any, test_rows: np.ndarray,
+               train_rows: np.ndarray) -> RunBias | None:
+        """The measure of the run, or None when the run has no market truth (a real log)."""
+        return cls(run, samples, test_rows, train_rows) if has_appeal(run) else None
+
+    def __call__(self, scores: np.ndarray) -> dict[str, Any]:
+        return exposure_bias(self.items, scores, self.users, self.labels, self.train_items, **self.truth)
