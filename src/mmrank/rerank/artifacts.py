@@ -36,15 +36,21 @@ def save_model(model: ListModel, data: RerankData, out: Path, train_cfg: RerankT
                                           if conf["representations"] else {})})
 
 
+def trained_config(run: Path, name: str, what: str = "trained model") -> tuple[Path, dict]:
+    """``R/rerank/<name>`` and its ``config.json``, checked: trained (else :class:`MMRankError` naming
+    ``what`` and the command to train it), and on the run's data now (:func:`mmrank.lineage.check`)."""
+    d = Path(run) / "rerank" / name
+    if not (d / "model.safetensors").exists():
+        raise MMRankError(f"{d}: no {what} (run `mmrank rerank train --run {run} --model {name}`)")
+    lineage.check(d, lineage.data_inputs(run, *lineage.RERANK_TABLES),
+                  f"mmrank rerank train --run {run} --model {name}")
+    return d, json.loads((d / "config.json").read_text())
+
+
 def load_model(run: Path, name: str, data: RerankData | None = None) -> tuple[ListModel, RerankData]:
     """Load ``R/rerank/<name>`` with the run's current representations re-attached;
     :class:`mmrank.lineage.StaleArtifact` when it was trained on other data than the run's now."""
-    d = Path(run) / "rerank" / name
-    if not (d / "model.safetensors").exists():
-        raise MMRankError(f"{d}: no trained model (run `mmrank rerank train --run {run} --model {name}`)")
-    lineage.check(d, lineage.data_inputs(run, *lineage.RERANK_TABLES),
-                  f"mmrank rerank train --run {run} --model {name}")
-    conf = json.loads((d / "config.json").read_text())
+    d, conf = trained_config(run, name)
     cfg = ListModelConfig.model_validate(conf["model"])
     data = data or load_data(run, with_features=cfg.backbone == "armmt")
     if data.feats is not None and conf.get("representations") not in (None, data.feats.source):

@@ -378,6 +378,7 @@ def load_reranker(run: str | Path, model: str | None = None, *, encoder: Any | N
     from safetensors.torch import load_file as load_torch
 
     from mmrank import lineage
+    from mmrank.rerank.artifacts import trained_config
     from mmrank.rerank.features import feature_encoder, item_tables
 
     run = Path(run)
@@ -387,12 +388,7 @@ def load_reranker(run: str | Path, model: str | None = None, *, encoder: Any | N
             raise MMRankError(f"{run}/rerank: no trained re-ranker (run `mmrank rerank train --run {run} "
                               f"--model armmt`)")
         model = have[0]
-    d = run / "rerank" / model
-    if not (d / "model.safetensors").exists():
-        raise MMRankError(f"{d}: no trained re-ranker (run `mmrank rerank train --run {run} --model {model}`)")
-    lineage.check(d, lineage.data_inputs(run, *lineage.RERANK_TABLES),
-                  f"mmrank rerank train --run {run} --model {model}")
-    conf = json.loads((d / "config.json").read_text())
+    d, conf = trained_config(run, model, "trained re-ranker")
     cfg = ListModelConfig.model_validate(conf["model"])
     space = ListSpace.from_arrays(load_np(str(d / "vocab.safetensors")))
     tables, enc, enc_version, qdim = None, None, None, 0
