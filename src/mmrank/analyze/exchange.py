@@ -16,7 +16,6 @@ market.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mmrank.analyze.config import AnalyzeConfig
 from mmrank.analyze.fit import best_metric, exchange_rate
-from mmrank.analyze.points import PointBook
-from mmrank.durable import write_text
+from mmrank.analyze.points import PointBook, write_result
 from mmrank.errors import ConfigError
 
 console = Console(stderr=True)
@@ -130,11 +128,7 @@ def exchange_rate_analysis(run: str | Path, cfg: AnalyzeConfig | None = None) ->
                   computed=book.computed, reused=book.reused, settings=common,
                   note="behaviour is simulated (synthetic market); gain = GAUC(simtier+make) - GAUC(id) "
                        "on the CTR test split, mean over the same seeds for every checkpoint")
-    out = run / "analysis"
-    out.mkdir(parents=True, exist_ok=True)
-    result["plot"] = str(plot_exchange_rate(result, out / "exchange_rate.png"))
-    write_text(out / "exchange_rate.json", json.dumps(result, indent=1))
-    return result
+    return write_result(run, "exchange_rate", result, plot_exchange_rate)
 
 
 def summarise(points: list[dict[str, Any]], ids: dict[int, dict[str, Any]],

@@ -67,3 +67,14 @@ class PointBook:
         write_text(self.path(name), json.dumps({"name": name, "spec": spec, "result": result}, indent=1))
         self.computed.append(name)
         return result
+
+
+def write_result(run: Path, name: str, result: dict[str, Any],
+                 plot: Callable[[dict[str, Any], Path], Path]) -> dict[str, Any]:
+    """An analysis' outputs: ``R/analysis/<name>.png`` drawn by ``plot``, then ``R/analysis/<name>.json``
+    (``result`` with the plot's path under ``"plot"``). Returns ``result``."""
+    out = Path(run) / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    result["plot"] = str(plot(result, out / f"{name}.png"))
+    write_text(out / f"{name}.json", json.dumps(result, indent=1))
+    return result

@@ -28,8 +28,7 @@ import numpy as np
 from mmrank.analyze.config import AnalyzeConfig
 from mmrank.analyze.exchange import flat_metrics, console, progress
 from mmrank.analyze.fit import saturation, try_power_law
-from mmrank.analyze.points import PointBook
-from mmrank.durable import write_text
+from mmrank.analyze.points import PointBook, write_result
 from mmrank.errors import ConfigError
 
 AXES = {"pairs": "training pairs", "K": "queue size K (negatives)", "L": "behaviour length L"}
@@ -141,11 +140,7 @@ def scaling_analysis(run: str | Path, cfg: AnalyzeConfig | None = None) -> dict[
                   reused=book.reused, settings=common,
                   note="behaviour is simulated (synthetic market); L axis: the run's scl encoder "
                        "settings, only the CTR history length changes")
-    out = run / "analysis"
-    out.mkdir(parents=True, exist_ok=True)
-    result["plot"] = str(plot_scaling(result, out / "scaling.png"))
-    write_text(out / "scaling.json", json.dumps(result, indent=1))
-    return result
+    return write_result(run, "scaling", result, plot_scaling)
 
 
 def extra_run_point(run: Path, other: Path, i: int, cfg: AnalyzeConfig, book: PointBook,
