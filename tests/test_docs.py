@@ -53,7 +53,7 @@ def test_readme_is_short_and_every_block_key_is_known():
     used = set()
     for page in pages(ROOT):
         used |= set(re.findall(r"<!-- generated: ([a-z0-9-]+) -->", page.read_text()))
-    assert used <= set(BLOCKS) and {"readme-pretrain", "readme-ctr", "readme-rerank", "pretrain", "ctr",
+    assert used <= set(BLOCKS) and {"readme-pretrain", "readme-table3", "readme-rerank", "pretrain", "ctr",
                                     "rerank", "market", "cold-start", "runs", "serve-latency", "serve-load",
                                     "readme-offpolicy", "offpolicy-estimators", "offpolicy-learners"} <= used
 
@@ -107,11 +107,7 @@ def test_docs_tables_regenerate_from_a_tiny_run(tiny_compared_run, tmp_path):
     readme = (root / "README.md").read_text()
     docs = {p.stem: p.read_text() for p in (root / "docs").glob("*.md")}
 
-    # README: the demo's headline figures, four decimals, every strategy and model
-    for s in ("id", "simtier", "make"):
-        assert _rows(readme, s) == [[f"{ctr[s]['auc']['mean']:.4f}", f"{ctr[s]['gauc']['mean']:.4f}",
-                                     f"{ctr[s]['logloss']['mean']:.4f}",
-                                     f"{100 * ctr[s]['relative']['gauc']:+.2f}%"]]
+    # README: the demo's headline figures, four decimals, every model (its Table 3 is the larger markets')
     assert _rows(readme, "scl") == [[f"{pre['scl'][a][m]:.4f}" for a in ("acc@1", "acc@5")
                                      for m in ("image", "text")]]
     assert _rows(readme, "dnn")[0][0] == f"{rr['dnn']['auc']['purchase']['mean']:.4f}"
@@ -141,8 +137,8 @@ def test_docs_tables_regenerate_from_a_tiny_run(tiny_compared_run, tmp_path):
     edited = json.loads(copy.read_text())
     edited["simtier"]["gauc"]["mean"] = 0.123456
     copy.write_text(json.dumps(edited))
-    assert write_docs(root)["changed"] == [str(root / "README.md"), str(root / "docs" / "ctr.md")]
-    assert "| simtier | " in readme and "| 0.1235 |" in (root / "README.md").read_text()
+    assert write_docs(root)["changed"] == [str(root / "docs" / "ctr.md")]
+    assert "| 0.1235 ± " in (root / "docs" / "ctr.md").read_text()
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path):
@@ -282,3 +278,35 @@ def test_filter_report_renders_per_row_and_epoch(tmp_path):
     page = (root / "docs" / "pretrain.md").read_text()
     assert _rows(page, "`filter`") == [["1", "40", "0.500", "0.250"], ["all", "60", "0.400", "0.300"]]
     assert _rows(page, "`scl`") == [["0.2500 ± 0.0100", "0.2000 ± 0.0200"]]
+
+
+def _ctr_compare(gauc: dict[str, tuple[float, float]], seeds: int = 3) -> dict:
+    """A ctr/compare.json of mean/std GAUCs, ``relative`` as `ctr compare` writes it (against id's mean)."""
+    base = gauc["id"][0]
+    out: dict = {"seeds": seeds}
+    for s, (m, sd) in gauc.items():
+        out[s] = {"auc": {"mean": m, "std": sd}, "gauc": {"mean": m, "std": sd}, "logloss": {"mean": 0.2, "std": 0.0},
+                  "relative": {"gauc": m / base - 1, "groups_gauc": [2 * (m / base - 1)], "new_items_gauc": None},
+                  "bias": {"partial_spearman": {"mean": -0.25, "std": 0.02}}}
+    return out
+
+
+def test_readme_table3_has_one_row_per_market_and_strategy(tmp_path):
+    """README's Table 3: the default market's rows, then the real catalog's, each as it came out (mean ± std,
+    change against that market's own `id`); a market without figures has no rows."""
+    root = _copy_docs(tmp_path / "repo", with_results=False)
+    write_docs(root)
+    assert "*No CTR comparison in `docs/results/moon-default/`.*" in (root / "README.md").read_text()
+    runs = {}
+    for label, gauc in (("moon-default", {"id": (0.70, 0.001), "sid": (0.707, 0.002)}),
+                        ("moon-real", {"id": (0.80, 0.002), "post": (0.78, 0.004)})):
+        run = tmp_path / label
+        (run / "ctr").mkdir(parents=True)
+        (run / "ctr" / "compare.json").write_text(json.dumps(_ctr_compare(gauc)))
+        runs[label] = run
+    _ok(["report", "docs", "--root", root, *(a for k, v in runs.items() for a in ("--run", f"{k}={v}"))])
+    readme = (root / "README.md").read_text()
+    assert _rows(readme, "default") == [["id", "0.7000 ± 0.0010", "+0.00%", "+0.00%", "n/a", "-0.250 ± 0.020"],
+                                        ["sid", "0.7070 ± 0.0020", "+1.00%", "+2.00%", "n/a", "-0.250 ± 0.020"]]
+    assert _rows(readme, "real catalog") == [["id", "0.8000 ± 0.0020", "+0.00%", "+0.00%", "n/a", "-0.250 ± 0.020"],
+                                             ["post", "0.7800 ± 0.0040", "-2.50%", "-5.00%", "n/a", "-0.250 ± 0.020"]]

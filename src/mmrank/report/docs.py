@@ -499,11 +499,33 @@ def readme_pretrain(res: Results, label: str) -> list[str]:
                       _f(r["acc@5"]["text"])] for v, r in table.items()]), ""]
 
 
-def readme_ctr(res: Results, label: str) -> list[str]:
-    comp = res.get(label, "ctr/compare.json")
-    return [*_table(["CTR strategy", "AUC", "GAUC", "LogLoss", "GAUC vs id"],
-                    [[s, _f(comp[s]["auc"]["mean"]), _f(comp[s]["gauc"]["mean"]), _f(comp[s]["logloss"]["mean"]),
-                      _pct((comp[s].get("relative") or {}).get("gauc"))] for s in _ctr_strategies(comp)]), ""]
+# The markets of the README's Table 3 rows beyond the paper's (issues 21, 22, 25), in this order.
+TABLE3_MARKETS = {"moon-default": "default", "moon-real": "real catalog"}
+
+
+def readme_table3_rows(res: Results) -> list[str]:
+    """Table 3 on the default market and the real catalog: GAUC (mean ± std), its change against `id`
+    overall, on the rarest item-frequency group and on new items, and the exposure bias."""
+    have = [label for label in TABLE3_MARKETS if res.get(label, "ctr/compare.json")]
+    if not have:
+        return _absent("moon-default", "CTR comparison")
+    rows, seeds = [], set()
+    for label in have:
+        comp = res.get(label, "ctr/compare.json")
+        n = comp.get("seeds") or 1
+        seeds.add(n)
+        for s in _ctr_strategies(comp):
+            r, rel = comp[s], comp[s].get("relative") or {}
+            rows.append([TABLE3_MARKETS[label], s, _pm(r["gauc"], seeds=n), _pct(rel.get("gauc")),
+                         _pct((rel.get("groups_gauc") or [None])[0]), _pct(rel.get("new_items_gauc")),
+                         _pm((r.get("bias") or {}).get("partial_spearman"), 3, n)])
+    head = ["market", "strategy", "GAUC", "vs id", "vs id, rarest items", "vs id, new items", "exposure bias"]
+    n_seeds = " / ".join(str(n) for n in sorted(seeds))
+    return [f"Mean ± std over {n_seeds} seed(s); changes are relative to `id`'s mean GAUC; exposure bias: "
+            "partial Spearman of an item's mean score and its training impressions at equal true appeal "
+            "(`mmrank.report.bias`; 0 is unbiased).", "", *_table(head, rows), "",
+            "Source: " + ", ".join(f"`docs/results/{label}/ctr/compare.json`" for label in have)
+            + ", written by `mmrank ctr compare`.", ""]
 
 
 def readme_rerank(res: Results, label: str) -> list[str]:
@@ -841,7 +863,6 @@ BLOCKS: dict[str, Callable[[Results], list[str]]] = {
     "store": lambda r: _sections(r, "report/results.json", "demo results", store_rows, ["demo"]),
     "readme-market": lambda r: _headline(r, "data/manifest.json", "market manifest", readme_market),
     "readme-pretrain": lambda r: _headline(r, "pretrain/compare.json", "pre-training comparison", readme_pretrain),
-    "readme-ctr": lambda r: _headline(r, "ctr/compare.json", "CTR comparison", readme_ctr),
     "readme-rerank": lambda r: _headline(r, "rerank/compare.json", "re-ranking comparison", readme_rerank),
     "analyze-exchange": lambda r: _sections(r, "analysis/exchange_rate.json", "exchange-rate analysis",
                                             exchange_rows, [k for k in r.labels()
@@ -863,6 +884,7 @@ BLOCKS: dict[str, Callable[[Results], list[str]]] = {
     "serve-load": serve_load_rows,
     "runs": runs_rows,
     "readme-offpolicy": readme_offpolicy_rows,
+    "readme-table3": readme_table3_rows,
     "offpolicy-estimators": offpolicy_estimator_rows,
     "offpolicy-learners": offpolicy_learner_rows,
 }
