@@ -310,3 +310,23 @@ def test_readme_table3_has_one_row_per_market_and_strategy(tmp_path):
                                         ["sid", "0.7070 ± 0.0020", "+1.00%", "+2.00%", "n/a", "-0.250 ± 0.020"]]
     assert _rows(readme, "real catalog") == [["id", "0.8000 ± 0.0020", "+0.00%", "+0.00%", "n/a", "-0.250 ± 0.020"],
                                              ["post", "0.7800 ± 0.0040", "-2.50%", "-5.00%", "n/a", "-0.250 ± 0.020"]]
+
+
+def test_readme_moon_rows_put_each_market_in_its_own_columns(tmp_path):
+    """README's MOON2.0 rows: Acc@1 image / text per market (mean ± std from compare_detail.json); a
+    variant one market did not run says so instead of borrowing the other's figure."""
+    root = _copy_docs(tmp_path / "repo", with_results=False)
+    runs = {}
+    for label, acc in (("moon-default", {"scl": 0.30, "moe": 0.28}), ("moon-real", {"scl": 0.20})):
+        run = tmp_path / label
+        (run / "pretrain").mkdir(parents=True)
+        (run / "pretrain" / "compare.json").write_text(json.dumps(
+            {v: {"acc@1": {"image": a, "text": a / 2}, "acc@5": {"image": 1.0, "text": 1.0}} for v, a in acc.items()}))
+        (run / "pretrain" / "compare_detail.json").write_text(json.dumps({"variants": {
+            v: {"seeds": 3, "std": {"acc@1": {"image": 0.01, "text": 0.002}}} for v in acc}}))
+        runs[label] = run
+    _ok(["report", "docs", "--root", root, *(a for k, v in runs.items() for a in ("--run", f"{k}={v}"))])
+    readme = (root / "README.md").read_text()
+    assert "| variant | default: Acc@1 image | default: Acc@1 text | real catalog: Acc@1 image |" in readme
+    assert _rows(readme, "scl")[0] == ["0.3000 ± 0.0100", "0.1500 ± 0.0020", "0.2000 ± 0.0100", "0.1000 ± 0.0020"]
+    assert _rows(readme, "moe")[0] == ["0.2800 ± 0.0100", "0.1400 ± 0.0020", "not run", "not run"]

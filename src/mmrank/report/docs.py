@@ -499,14 +499,39 @@ def readme_pretrain(res: Results, label: str) -> list[str]:
                       _f(r["acc@5"]["text"])] for v, r in table.items()]), ""]
 
 
-# The markets of the README's Table 3 rows beyond the paper's (issues 21, 22, 25), in this order.
-TABLE3_MARKETS = {"moon-default": "default", "moon-real": "real catalog"}
+# The markets of the README's MOON2.0 rows (issue 20) and Table 3 rows beyond the paper's (issues 21, 22,
+# 25), in this order.
+STUDY_MARKETS = {"moon-default": "default", "moon-real": "real catalog"}
+
+
+def readme_moon_rows(res: Results) -> list[str]:
+    """The MOON2.0 rows' Acc@1 (mean ± std over seeds) on each study market, one column pair per market;
+    Acc@5 is in docs/pretrain.md."""
+    have = [label for label in STUDY_MARKETS if res.get(label, "pretrain/compare.json")]
+    if not have:
+        return _absent("moon-default", "pre-training comparison")
+    variants = list(dict.fromkeys(v for label in have for v in res.get(label, "pretrain/compare.json")))
+    cols, seeds = {}, set()
+    for label in have:
+        table, std = res.get(label, "pretrain/compare.json"), _pretrain_std(res, label)
+        detail = res.get(label, "pretrain/compare_detail.json") or {}
+        n = max([r.get("seeds", 1) for r in detail.get("variants", {}).values()] or [1])
+        seeds.add(n)
+        cols[label] = {v: [_pm({"mean": table[v]["acc@1"][m], "std": ((std.get(v) or {}).get("acc@1") or {}).get(m)},
+                               seeds=n) if v in table else "not run" for m in ("image", "text")]
+                       for v in variants}
+    head = ["variant", *(f"{STUDY_MARKETS[label]}: Acc@1 {m}" for label in have for m in ("image", "text"))]
+    return [f"Acc@1, mean ± std over {' / '.join(map(str, sorted(seeds)))} training seeds (the reference rows "
+            "train nothing).", "", *_table(head, [[v, *(c for label in have for c in cols[label][v])]
+                                                   for v in variants]), "",
+            "Source: " + ", ".join(f"`docs/results/{label}/pretrain/compare.json`" for label in have)
+            + ", written by `mmrank pretrain compare`; std from `pretrain/compare_detail.json`.", ""]
 
 
 def readme_table3_rows(res: Results) -> list[str]:
     """Table 3 on the default market and the real catalog: GAUC (mean ± std), its change against `id`
     overall, on the rarest item-frequency group and on new items, and the exposure bias."""
-    have = [label for label in TABLE3_MARKETS if res.get(label, "ctr/compare.json")]
+    have = [label for label in STUDY_MARKETS if res.get(label, "ctr/compare.json")]
     if not have:
         return _absent("moon-default", "CTR comparison")
     rows, seeds = [], set()
@@ -516,7 +541,7 @@ def readme_table3_rows(res: Results) -> list[str]:
         seeds.add(n)
         for s in _ctr_strategies(comp):
             r, rel = comp[s], comp[s].get("relative") or {}
-            rows.append([TABLE3_MARKETS[label], s, _pm(r["gauc"], seeds=n), _pct(rel.get("gauc")),
+            rows.append([STUDY_MARKETS[label], s, _pm(r["gauc"], seeds=n), _pct(rel.get("gauc")),
                          _pct((rel.get("groups_gauc") or [None])[0]), _pct(rel.get("new_items_gauc")),
                          _pm((r.get("bias") or {}).get("partial_spearman"), 3, n)])
     head = ["market", "strategy", "GAUC", "vs id", "vs id, rarest items", "vs id, new items", "exposure bias"]
@@ -871,8 +896,7 @@ BLOCKS: dict[str, Callable[[Results], list[str]]] = {
     "analyze-scaling": lambda r: _sections(r, "analysis/scaling.json", "scaling analysis", scaling_rows,
                                            [k for k in r.labels() if r.get(k, "analysis/scaling.json")]
                                            or ["an-small"]),
-    "readme-moon": lambda r: (pretrain_rows(r, "moon-default") if r.get("moon-default", "pretrain/compare.json")
-                              else _absent("moon-default", "pre-training comparison")),
+    "readme-moon": readme_moon_rows,
     "follow-freshness": lambda r: _sections(r, "ctr/follow/freshness.json", "freshness table", freshness_rows,
                                             [k for k in r.labels() if r.get(k, "ctr/follow/freshness.json")]
                                             or ["moon-default"]),
