@@ -232,3 +232,29 @@ def test_page_says_when_the_run_has_no_creatives(browser, serving_run: Path) -> 
         assert not browser.find_element(By.ID, "creative-show").is_enabled()
         assert browser.find_element(By.ID, "status").text == ""    # no error on the page
         assert not browser.find_elements(By.CSS_SELECTOR, "#creatives li")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_page_fetches_the_creatives_with_the_read_key(browser, creative_serving_run: Path, tmp_path: Path) -> None:
+    """A server with a read key: the key is asked for once, and the creatives' images (an <img> cannot
+    send the key) are fetched with it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    key_file = tmp_path / "read.key"
+    key_file.write_text("crpage-read-key\n")
+    item = int(Creatives.load(creative_serving_run).item_ids[5])
+    wait = WebDriverWait(browser, 60)
+    with ServerProcess(creative_serving_run, extra_args=("--read-key-file", str(key_file))) as srv:
+        browser.get(srv.url + "/")  # a new origin (port): nothing stored for it yet
+        alert = wait.until(EC.alert_is_present())
+        alert.send_keys("crpage-read-key")
+        alert.accept()
+        wait.until(lambda d: "creatives each" in d.find_element(By.ID, "creative-note").text)
+        browser.find_element(By.ID, "creative-item").send_keys(str(item))
+        browser.find_element(By.ID, "creative-show").click()
+        wait.until(lambda d: _all_decoded(d, item))
+        assert len(_creatives_shown(browser)) == 3 and sum(c["chosen"] for c in _creatives_shown(browser)) == 1
+        assert browser.find_element(By.ID, "creative-reason").text
