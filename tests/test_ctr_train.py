@@ -186,3 +186,27 @@ def test_simtier_pipeline_counts_equal_the_models(planted, history_len):
         batch["simtier"] = torch.from_numpy(counts[rows])
         piped = model(batch)["logit"]
     torch.testing.assert_close(piped, in_model)
+
+
+def test_compare_add_keeps_the_earlier_rows_and_refuses_another_setup(tmp_path):
+    """`ctr compare --add`: a new strategy's rows join the earlier comparison (its rows unchanged, the new
+    row's change computed against the kept `id`); a comparison made with other seeds is refused, and
+    without --add the comparison is replaced."""
+    from mmrank.ctr.stage import compare
+
+    run = _make_run(tmp_path, n_rows=3000)
+    kw = dict(make_epochs=0, curve=(), cfg=SMALL, progress=False, train_cfg=TrainConfig(batch_size=512),
+              plots=False)
+    first = compare(run, seeds=1, strategies=("id", "simtier"), **kw)
+    added = compare(run, seeds=1, strategies=("vector",), add=True, **kw)
+    saved = json.loads((run / "ctr" / "compare.json").read_text())
+    assert [k for k in saved if k in ("id", "simtier", "vector")] == ["id", "simtier", "vector"]
+    assert saved["kept"] == ["id", "simtier"]
+    assert saved["id"]["gauc"] == first["id"]["gauc"] and saved["simtier"]["auc"] == first["simtier"]["auc"]
+    assert added["vector"]["relative"]["gauc"] == pytest.approx(
+        added["vector"]["gauc"]["mean"] / first["id"]["gauc"]["mean"] - 1)
+    assert "| vector |" in (run / "ctr" / "compare.md").read_text()
+    with pytest.raises(ConfigError, match="seeds"):
+        compare(run, seeds=2, strategies=("simscore",), add=True, **kw)
+    compare(run, seeds=1, strategies=("vector",), **kw)              # no --add: replaced
+    assert "id" not in json.loads((run / "ctr" / "compare.json").read_text())

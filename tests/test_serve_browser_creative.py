@@ -22,8 +22,6 @@ from mmrank.testing.markets import micro_market
 from mmrank.testing.serving import ServerProcess
 
 CFG = CreativeConfig(max_impressions=3000, epochs=2)
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 
 
 def _add_creatives(run: Path) -> Path:
@@ -122,25 +120,6 @@ def test_a_run_without_creatives_or_selector_is_a_409_and_a_status(tmp_path: Pat
 
 
 # ---- the page, in a browser --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        pytest.skip("chromium / chromium-driver not installed (apt-get install chromium chromium-driver; "
-                    ".ci/run does)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,1600"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
-
-
 @pytest.fixture(scope="module")
 def creative_serving_run(serving_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the shared serving run with creatives and a selector (read-only)."""

@@ -110,6 +110,9 @@ def compare_cmd(
                                                "epochs (default 0: none)"),
     knowledge: Optional[str] = typer.Option(None, help="MAKE knowledge: compact | full (Sec. 4.3; "
                                             "ctr.model.make.knowledge)"),
+    add: bool = typer.Option(False, "--add", help="keep the rows of RUN/ctr/compare.json that --strategies "
+                             "does not name (same seeds, data and settings, else an error), instead of "
+                             "replacing the comparison"),
     config: Optional[Path] = _CONFIG,
 ) -> None:
     """Train every strategy over SEEDS seeds; write RUN/ctr/compare.json, compare.md and plots."""
@@ -127,7 +130,7 @@ def compare_cmd(
     _notes(run)
     compare(run, seeds=s.seeds, make_epochs=s.make_epochs, curve=tuple(s.curve),
             strategies=tuple(s.strategies), cfg=s.model, train_cfg=s.train, max_train_rows=s.max_train_rows,
-            epochs_curve=s.epochs_curve)
+            epochs_curve=s.epochs_curve, add=add)
     record(run, "ctr", s)
     typer.echo((run / "ctr" / "compare.md").read_text())
 

@@ -148,12 +148,16 @@ def _rel(v: float, base: float) -> float:
 def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_STRATEGIES, make_epochs: int = 4,
             curve: tuple[int, ...] = (0, 1, 2, 4, 8), cfg: CtrConfig | None = None,
             train_cfg: TrainConfig | None = None, data: RunData | None = None, plots: bool = True,
-            progress: bool = True, max_train_rows: int | None = None, epochs_curve: int = 0) -> dict:
+            progress: bool = True, max_train_rows: int | None = None, epochs_curve: int = 0,
+            add: bool = False) -> dict:
     """Train every strategy for ``seeds`` seeds, evaluate on the test split, write the comparison.
 
     ``max_train_rows`` trains on the latest rows of the training split only (the demo's budget).
     ``epochs_curve`` > 0 adds Figure 3: test AUC of the ID model and of the multimodal MAKE module
-    alone after each of that many epochs (seed 0; the ID model is let past the one-epoch rule here)."""
+    alone after each of that many epochs (seed 0; the ID model is let past the one-epoch rule here).
+    ``add`` keeps the rows of the run's existing comparison that ``strategies`` does not name (it must
+    have been made with the same seeds, MAKE epochs, training and test rows and representations: see
+    :func:`kept_rows`), so a new strategy joins a long comparison without training the others again."""
     run = Path(run)
     t0 = time.perf_counter()
     cfg = cfg or CtrConfig()
@@ -176,6 +180,16 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
     from mmrank.report.bias import RunBias   # evaluation code; None on a real log (no hidden appeal)
 
     exposure = RunBias.of_run(run, data.samples, data.enc.test_rows(), data.enc.train_rows())
+    settings = {"model": cfg.model_dump(mode="json"), "train": tcfg.model_dump(mode="json"),
+                "max_train_rows": max_train_rows}
+    result: dict[str, Any] = {"oracle_auc": data.manifest.get("oracle_auc"),
+                              "oracle_auc_test": data.manifest.get("oracle_auc_test"),
+                              "seeds": seeds, "make_epochs": make_epochs,
+                              "representations": data.vec_source,
+                              **({"posttrain": post_data.vec_source} if post_data is not None else {}),
+                              "n_train": int(len(data.train_rows())),
+                              "n_test": int((~data.samples.is_train).sum()), "settings": settings}
+    kept, post_source = kept_rows(run / "ctr" / "compare.json", result, strategies) if add else ({}, None)
     for seed in range(seeds):
         snapshots: dict[int, Any] = {}
         if needs_make or (seed == 0 and curve):
@@ -219,15 +233,15 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
                 m = evaluate(data, predict(model, data.enc))
                 curve_res[e] = [m]
                 console.print(f"[ctr] MAKE E={e}: auc {m['auc']:.4f} gauc {m['gauc']:.4f}")
-    result: dict[str, Any] = {"oracle_auc": data.manifest.get("oracle_auc"),
-                              "oracle_auc_test": data.manifest.get("oracle_auc_test"),
-                              "seeds": seeds, "make_epochs": make_epochs,
-                              "representations": data.vec_source,
-                              **({"posttrain": post_data.vec_source} if post_data is not None else {}),
-                              "n_train": int(len(data.train_rows())),
-                              "n_test": int((~data.samples.is_train).sum())}
     for s in strategies:
         result[s] = _aggregate(per[s])
+    if kept:   # checked before any training (kept_rows above): the earlier rows first, then these
+        console.print(f"[ctr] --add: kept {', '.join(kept)} from the earlier {run}/ctr/compare.json")
+        rows = {s: result.pop(s) for s in strategies}
+        result.update({"kept": list(kept), **kept, **rows})
+        strategies = (*kept, *strategies)
+        if post_source and "posttrain" not in result:
+            result["posttrain"] = post_source
     if "id" in strategies:
         base = result["id"]
         for s in strategies:
@@ -260,6 +274,32 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
         result["plots"] = [str(p) for p in plot_ctr_compare(result, strategies, run / "report" / "plots")]
         (out / "compare.json").write_text(json.dumps(json_ready(result), indent=2))
     return result
+
+
+# What must match for `ctr compare --add` to put its rows beside an earlier comparison's.
+SAME_COMPARISON = ("seeds", "make_epochs", "n_train", "n_test", "representations", "settings")
+
+
+def kept_rows(path: Path, result: dict[str, Any],
+              strategies: tuple[str, ...]) -> tuple[dict[str, Any], str | None]:
+    """The rows of the comparison at ``path`` that ``strategies`` does not name, in their order, without
+    their ``relative`` block (it is recomputed against the merged ``id``), and that comparison's
+    post-trained table (or None). Raises when it was made otherwise (any of :data:`SAME_COMPARISON`
+    differs; a file older than ``settings`` is compared on the other keys). No file: nothing kept."""
+    if not path.exists():
+        return {}, None
+    old = json.loads(path.read_text())
+    diff = [k for k in SAME_COMPARISON if k in old and old[k] != result.get(k)]
+    if diff:
+        raise ConfigError(f"--add: {path} was made with other {', '.join(diff)} "
+                          f"({'; '.join(f'{k}={old[k]!r}' for k in diff)}); rerun without --add")
+    kept = {k: {f: v for f, v in old[k].items() if f != "relative"} for k in _strategy_rows(old)
+            if k not in strategies}
+    return kept, old.get("posttrain") if any(k in POST_STRATEGIES for k in kept) else None
+
+
+def _strategy_rows(comp: dict[str, Any]) -> list[str]:
+    return [k for k, v in comp.items() if isinstance(v, dict) and "gauc" in v and "auc" in v]
 
 
 def markdown_table(result: dict, strategies: tuple[str, ...] = PAPER_STRATEGIES) -> str:
