@@ -71,6 +71,10 @@ def load_model(run: Path, strategy: str, *, attach_vectors: bool = True,
             from mmrank.posttrain.stage import posttrained_vectors
 
             ids, v, source = posttrained_vectors(run)
+        elif cfg.uses_click_visual:
+            from mmrank.pretrain.stage import variant_vectors
+
+            ids, v, source = variant_vectors(run, "click-visual")
         else:
             ids, v, source = item_vectors(run)
         check_representation_version(conf, d, representation_version(source))

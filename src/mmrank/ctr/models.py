@@ -21,6 +21,9 @@ strategies of Sheng et al. (CIKM'24, Sec. 4 and Table 3) over frozen pre-trained
   on the post-trained table ``R/posttrain`` (:mod:`mmrank.posttrain`) instead of the pre-trained one.
 * ``debias``: ``simtier+make`` with the :class:`~mmrank.ctr.debias.VisualDebias` block: the target's
   representation, adjusted against its exposure, joins the MLP input (issue 22).
+* ``click-visual``: ``simtier+make`` on the item table of the click-supervised visual encoder
+  ``R/pretrain/click-visual`` (the pre-training row of that name, issue 22;
+  :func:`mmrank.pretrain.stage.variant_vectors`) instead of the run's table.
 
 Each model is a composition of named blocks (:mod:`mmrank.models.blocks`, created by name by
 :func:`mmrank.models.create`). ``forward(batch)`` returns ``{"logits": {"click": (B,)}, "logit": (B,),
@@ -66,9 +69,12 @@ from mmrank.models.layers import (MLP, ItemVectors, SharedRows, TargetAttention,
 # run when named.
 PAPER_STRATEGIES = ("id", "vector", "simscore", "simtier", "make", "simtier+make")
 POST_STRATEGIES = ("post", "post+simtier+make")      # on the post-trained table (mmrank.posttrain)
-STRATEGIES = PAPER_STRATEGIES + ("sid", "sid+simtier+make") + POST_STRATEGIES + ("debias",)
+# on the table of the click-supervised visual encoder R/pretrain/click-visual (issue 22)
+CLICK_VISUAL_STRATEGIES = ("click-visual",)
+STRATEGIES = (PAPER_STRATEGIES + ("sid", "sid+simtier+make") + POST_STRATEGIES + ("debias",)
+              + CLICK_VISUAL_STRATEGIES)
 Strategy = Literal["id", "vector", "simscore", "simtier", "make", "simtier+make", "sid", "sid+simtier+make",
-                   "post", "post+simtier+make", "debias"]
+                   "post", "post+simtier+make", "debias", "click-visual"]
 
 
 class MakeConfig(StrictModel):
@@ -131,11 +137,12 @@ class CtrConfig(StrictModel):
     @property
     def uses_simtier(self) -> bool:
         return self.strategy in ("simtier", "simtier+make", "sid+simtier+make", "post", "post+simtier+make",
-                                 "debias")
+                                 "debias", "click-visual")
 
     @property
     def uses_make(self) -> bool:
-        return self.strategy in ("make", "simtier+make", "sid+simtier+make", "post+simtier+make", "debias")
+        return self.strategy in ("make", "simtier+make", "sid+simtier+make", "post+simtier+make", "debias",
+                                 "click-visual")
 
     @property
     def uses_sid(self) -> bool:
@@ -145,6 +152,11 @@ class CtrConfig(StrictModel):
     def uses_posttrained(self) -> bool:
         """Its representations are the post-trained table ``R/posttrain``, not the pre-trained one."""
         return self.strategy in POST_STRATEGIES
+
+    @property
+    def uses_click_visual(self) -> bool:
+        """Its representations are the click-visual encoder's table, not the run's."""
+        return self.strategy in CLICK_VISUAL_STRATEGIES
 
     @property
     def uses_debias(self) -> bool:
@@ -293,10 +305,10 @@ class CtrModel(nn.Module):
     ``vector`` VectorFeature  vector: joins the target and every history key
     ``simscore``              simscore: the target-history similarity joins every history key
     ``interest``              all: DIN target attention over the history
-    ``simtier``               simtier, simtier+make, sid+simtier+make, post, post+simtier+make, debias:
-                              tier counts / L join the head's input
-    ``knowledge``             make, simtier+make, sid+simtier+make, post+simtier+make, debias:
-                              MakeKnowledge (a MakeModule's knowledge)
+    ``simtier``               simtier, simtier+make, sid+simtier+make, post, post+simtier+make, debias,
+                              click-visual: tier counts / L join the head's input
+    ``knowledge``             make, simtier+make, sid+simtier+make, post+simtier+make, debias,
+                              click-visual: MakeKnowledge (a MakeModule's knowledge)
     ``sid`` SemanticIdFeature sid, sid+simtier+make: summed per-level code embeddings join the
                               target and every history key (codes from ``codes``, an ItemCodes)
     ``debias`` VisualDebias   debias: the target's representation adjusted against its exposure

@@ -5,7 +5,8 @@
 breakdowns (Figure 6b) and the MAKE epochs curve (Figure 6c); it writes ``R/ctr/compare.json``, a
 markdown table ``R/ctr/compare.md`` and PNG plots under ``R/report/plots/``. MAKE is pre-trained once
 per seed and shared by ``make`` and ``simtier+make`` (``post+simtier+make`` pre-trains its own, on the
-post-trained table, which :func:`compare` makes first when ``R/posttrain`` is missing); the epochs
+post-trained table, which :func:`compare` makes first when ``R/posttrain`` is missing; ``click-visual``
+pre-trains its own, on the click-visual encoder's item table, embedded once); the epochs
 curve pre-trains one MAKE (seed 0) for ``max(curve)`` epochs and snapshots it at each E of the curve.
 Each trained strategy is written as :mod:`mmrank.ctr.artifacts` lays out.
 
@@ -29,7 +30,7 @@ from rich.console import Console
 from mmrank.ctr.artifacts import load_model, save_model
 from mmrank.ctr.data import load_samples
 from mmrank.ctr.evaluate import N_GROUPS, evaluate, json_ready
-from mmrank.ctr.models import PAPER_STRATEGIES, POST_STRATEGIES, CtrConfig
+from mmrank.ctr.models import CLICK_VISUAL_STRATEGIES, PAPER_STRATEGIES, POST_STRATEGIES, CtrConfig
 from mmrank.ctr.rundata import RunData, build_model, fit_strategy, load_run, new_make
 from mmrank.ctr.trainer import TrainConfig, predict, pretrain_make
 from mmrank.ctr.trainer import train as trainer_train
@@ -55,6 +56,10 @@ def train_strategy(run: Path, strategy: str, *, seed: int = 0, make_epochs: int 
         from mmrank.posttrain.stage import ensure_posttrain
 
         ensure_posttrain(run, progress=progress)
+    if strategy in CLICK_VISUAL_STRATEGIES and data is None:   # the click-visual encoder's table
+        from mmrank.pretrain.stage import variant_vectors
+
+        data = load_run(run, vectors=variant_vectors(run, "click-visual"))
     data = data or load_run(run, with_vectors=strategy != "id", posttrained=post)
     ensure_codes(run, data, (strategy,))
     tcfg = train_cfg or TrainConfig()
@@ -70,6 +75,25 @@ def train_strategy(run: Path, strategy: str, *, seed: int = 0, make_epochs: int 
                extra=model_extra(data, strategy, info), inputs=lineage_of(data))
     (out / "metrics.json").write_text(json.dumps(json_ready(metrics), indent=2))
     return metrics
+
+
+def with_click_visual(run: Path, data: RunData) -> RunData:
+    """The same samples, vocabularies and training rows with the item table of the click-visual
+    encoder ``R/pretrain/click-visual`` (embedded once, :func:`mmrank.pretrain.stage.variant_vectors`;
+    own SimTier counts; no semantic IDs)."""
+    from dataclasses import replace
+
+    from mmrank.ctr.data import Vocab
+    from mmrank.ctr.representations import vector_table
+    from mmrank.pretrain.stage import variant_vectors
+
+    ids, vecs, source = variant_vectors(run, "click-visual")
+    space = replace(data.space, vec_items=Vocab.of(ids))
+    enc = replace(data.enc, extra={k: v for k, v in data.enc.extra.items() if k != "simtier"})
+    if data.space.vec_items is None or not np.array_equal(ids, data.space.vec_items.ids):
+        enc = space.encode(data.samples)
+    return replace(data, space=space, enc=enc, vectors=vector_table(space, ids, vecs), vec_source=source,
+                   train_idx=None if data.train_idx is None else data.train_idx.copy(), codes=None, sid=None)
 
 
 def ensure_codes(run: Path, data: RunData, strategies: tuple[str, ...]) -> None:
@@ -168,8 +192,10 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
     ensure_codes(run, data, strategies)
     per: dict[str, list[dict]] = {s: [] for s in strategies}
     curve_res: dict[int, list[dict]] = {}
-    # MAKE pre-trained once per seed on the pre-trained table; post+simtier+make pre-trains its own
-    shared_make = [s for s in strategies if CtrConfig(strategy=s).uses_make and s not in POST_STRATEGIES]
+    # MAKE pre-trained once per seed on the pre-trained table; post+simtier+make and click-visual
+    # pre-train their own, on their tables
+    own_table = POST_STRATEGIES + CLICK_VISUAL_STRATEGIES
+    shared_make = [s for s in strategies if CtrConfig(strategy=s).uses_make and s not in own_table]
     needs_make = bool(shared_make)
     post_data = None
     if any(s in POST_STRATEGIES for s in strategies):                  # on demand (issue 21)
@@ -177,6 +203,9 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
 
         ensure_posttrain(run, progress=progress)
         post_data = data.with_posttrained(run)
+    cv_data = None
+    if any(s in CLICK_VISUAL_STRATEGIES for s in strategies):           # issue 22
+        cv_data = with_click_visual(run, data)
     from mmrank.report.bias import RunBias   # evaluation code; None on a real log (no hidden appeal)
 
     exposure = RunBias.of_run(run, data.samples, data.enc.test_rows(), data.enc.train_rows())
@@ -187,6 +216,7 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
                               "seeds": seeds, "make_epochs": make_epochs,
                               "representations": data.vec_source,
                               **({"posttrain": post_data.vec_source} if post_data is not None else {}),
+                              **({"click_visual": cv_data.vec_source} if cv_data is not None else {}),
                               "n_train": int(len(data.train_rows())),
                               "n_test": int((~data.samples.is_train).sum()), "settings": settings}
     kept, post_source = kept_rows(run / "ctr" / "compare.json", result, strategies) if add else ({}, None)
@@ -204,7 +234,8 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
                               if e in stops else None)
         for s in strategies:
             mk = copy.deepcopy(snapshots[make_epochs]) if s in shared_make else None
-            d = post_data if s in POST_STRATEGIES else data   # post+simtier+make: MAKE pre-trained on it
+            d = (post_data if s in POST_STRATEGIES else cv_data if s in CLICK_VISUAL_STRATEGIES
+                 else data)   # post+simtier+make, click-visual: MAKE pre-trained on their own table
             model, info = fit_strategy(d, s, seed=seed, make_epochs=make_epochs, make=mk, cfg=cfg,
                                        train_cfg=tcfg, progress=progress)
             probs = predict(model, d.enc)
@@ -242,6 +273,8 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
         strategies = (*kept, *strategies)
         if post_source and "posttrain" not in result:
             result["posttrain"] = post_source
+        if "click_visual" not in result and any(k in CLICK_VISUAL_STRATEGIES for k in kept):
+            result["click_visual"] = json.loads((run / "ctr" / "compare.json").read_text()).get("click_visual")
     if "id" in strategies:
         base = result["id"]
         for s in strategies:
@@ -308,7 +341,8 @@ def markdown_table(result: dict, strategies: tuple[str, ...] = PAPER_STRATEGIES)
     oracle_text = f"oracle AUC {oracle:.4f}" if oracle is not None else "no oracle (logged data)"
     lines = [f"CTR strategies ({result['seeds']} seed(s); {oracle_text}; "
              f"representations: {result.get('representations')}"
-             + (f"; post-trained: {result['posttrain']}" if result.get("posttrain") else "") + ")", "",
+             + (f"; post-trained: {result['posttrain']}" if result.get("posttrain") else "")
+             + (f"; click-visual: {result['click_visual']}" if result.get("click_visual") else "") + ")", "",
              "| strategy | AUC | GAUC | LogLoss | ΔAUC | ΔGAUC | ΔAUC group 1 | ΔAUC group 8 | ΔAUC new "
              "| ΔGAUC group 1 | ΔGAUC group 8 | ΔGAUC new |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -13,13 +13,18 @@ MOON_ROWS: dict[str, tuple[str, ...]] = {
     "moe": ("moe",), "align": ("align",), "coaug": ("coaug",), "filter": ("filter",),
     "moon2": ("moe", "align", "coaug", "filter"),
 }
-# The paper's Table 2 rows, in its order, then SCL without the logQ correction, then the MOON2.0 rows.
+# Click-supervised visual encoding (issue 22): SCL with the ``click_visual`` switch on.
+CLICK_ROWS: dict[str, tuple[str, ...]] = {"click-visual": ("click_visual",)}
+# Every row that is SCL with switches on, and the switches it turns on.
+SWITCH_ROWS: dict[str, tuple[str, ...]] = {**MOON_ROWS, **CLICK_ROWS}
+# The paper's Table 2 rows, in its order, then SCL without the logQ correction, then the MOON2.0 rows
+# and the click-supervised visual row.
 VARIANTS = ("off-the-shelf", "clip-e", "scl", "scl-no-triplet", "scl-no-triplet-no-moco", "scl-no-logq",
-            *MOON_ROWS)
+            *MOON_ROWS, *CLICK_ROWS)
 # The rows `mmrank pretrain compare` trains unless --variants names others.
 TABLE2 = VARIANTS[:6]
 Variant = Literal["off-the-shelf", "clip-e", "scl", "scl-no-triplet", "scl-no-triplet-no-moco",
-                  "scl-no-logq", "moe", "align", "coaug", "filter", "moon2"]
+                  "scl-no-logq", "moe", "align", "coaug", "filter", "moon2", "click-visual"]
 # Reference rows of the comparison that train nothing.
 REFERENCES = ("popularity",)
 
@@ -78,14 +83,34 @@ class PretrainConfig(StrictModel):
     filter_share: float = Field(0.1, ge=0, lt=1, description="share of training pairs dropped per "
                                 "epoch after the warm-up")
 
+    # Click-supervised visual encoding (issue 22); off by default. The row click-visual turns it on.
+    click_visual: bool = Field(False, description="click-supervised visual encoding: add an "
+                               "image-tower InfoNCE over click pairs (the photo of an item a user "
+                               "clicked against the photo of the item the same user clicked next; "
+                               "clicks before the pre-training split only, mmrank.pretrain.clicks) "
+                               "and an unbiased self-supervised InfoNCE between two augmented views "
+                               "of one photo (items drawn uniformly from the catalog)")
+    click_visual_weight: float = Field(0.5, ge=0, description="weight of the click-pair term "
+                                       "(click_visual_loss)")
+    click_visual_view_weight: float = Field(0.5, ge=0, description="weight of the two-view "
+                                            "self-supervised term (view_ssl_loss)")
+    click_visual_views: int = Field(4, ge=2, le=4, description="photo views per item incl. the "
+                                    "original, for the self-supervised term (geometry only: flip, "
+                                    "crop, crop+flip; no colour change; features cached once)")
+    click_visual_batch: int = Field(256, ge=2, description="click pairs, and catalog items, per "
+                                    "step for the two terms (global; split over torchrun ranks)")
+    click_visual_max_gap_s: int | None = Field(None, ge=1, description="drop a click pair whose two "
+                                               "clicks lie further apart (seconds); None: keep all")
+
     def switches(self) -> dict[str, bool]:
-        """The MOON2.0 switches in effect: the fields, or'ed with the variant's row."""
-        on = set(MOON_ROWS.get(self.variant, ()))
-        return {k: bool(getattr(self, k)) or k in on for k in ("moe", "align", "coaug", "filter")}
+        """The MOON2.0 and click-visual switches in effect: the fields, or'ed with the variant's row."""
+        on = set(SWITCH_ROWS.get(self.variant, ()))
+        return {k: bool(getattr(self, k)) or k in on
+                for k in ("moe", "align", "coaug", "filter", "click_visual")}
 
     def uses(self) -> dict[str, bool]:
         """Which parts of SCL this variant trains with."""
-        v = "scl" if self.variant in MOON_ROWS else self.variant
+        v = "scl" if self.variant in SWITCH_ROWS else self.variant
         return {"train": v != "off-the-shelf", "queries": v.startswith("scl"),
                 "moco": v in ("scl", "scl-no-triplet", "scl-no-logq"),
                 "triplet": v in ("scl", "scl-no-logq"),

@@ -7,6 +7,8 @@ Every loss is an ``nn.Module`` whose ``forward`` returns a dict of named terms; 
 * :class:`MomentumQueue`: MoCo's memory bank of K keys (K up to the paper's 196,800).
 * :func:`momentum_update`: the momentum (EMA) key encoder update.
 * :class:`TripletLoss`: margin loss on <query, positive, hard negative>.
+* :class:`AlignmentLoss`: MOON2.0's item-level image-title InfoNCE.
+* :class:`ClickVisualLoss`: click-supervised image-tower InfoNCE + a two-view self-supervised term.
 
 Example::
 
@@ -526,3 +528,92 @@ class AlignmentLoss(nn.Module):
             return {self.name: img.new_zeros(())}
         term = self.nce(img, title, q_ids=ids, k_ids=ids)[self.name]
         return {self.name: self.weight * term}
+
+
+class ClickVisualLoss(nn.Module):
+    """Click-supervised contrastive visual encoding with an unbiased self-supervised term (issue 22).
+
+    Two InfoNCE terms on the image tower's unit vectors, each over in-batch negatives with its own
+    learnable temperature:
+
+    * ``click_visual_loss`` = ``click_weight`` * InfoNCE(photo of a clicked item -> photo of the item
+      the same user clicked next): the click data's supervision (fine-grained: what users treat as
+      alike). A key showing the anchor's own item, or the positive's item again, is no negative.
+    * ``view_ssl_loss`` = ``view_weight`` * InfoNCE(view x -> view y of the same photo): the
+      unbiased term (items drawn uniformly from the catalog, not by exposure). A key of the same
+      item is no negative.
+
+    ``forward(first, second, view_a, view_b, ...)`` returns both terms; :meth:`click_term` and
+    :meth:`view_term` compute one each (the trainer gathers keys across ranks between them).
+
+    Args:
+        click_weight, view_weight: the terms' weights.
+        init_temperature: tau at the start (learnable, as ``log(1/tau)``, clamped at 1/100).
+
+    Example::
+
+        >>> x = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+        >>> sorted(ClickVisualLoss()(x, x, x, x))
+        ['click_visual_loss', 'view_ssl_loss']
+    """
+
+    CLICK, VIEW = "click_visual_loss", "view_ssl_loss"
+
+    def __init__(self, click_weight: float = 0.5, view_weight: float = 0.5,
+                 init_temperature: float = 0.07, max_scale: float = 100.0) -> None:
+        super().__init__()
+        self.click_weight, self.view_weight = float(click_weight), float(view_weight)
+        init = torch.tensor(math.log(1.0 / init_temperature))
+        self.click_scale = nn.Parameter(init.clone())
+        self.view_scale = nn.Parameter(init.clone())
+        self.max_log_scale = math.log(max_scale)
+
+    def _nce(self, q: torch.Tensor, k: torch.Tensor, pos_index: torch.Tensor,
+             not_negative: torch.Tensor | None, log_scale: torch.Tensor) -> torch.Tensor:
+        """Eq. 1 over in-batch keys: ``q`` (B, D), ``k`` (M, D), ``pos_index`` (B,), ``not_negative``
+        (B, M) bool keys masked out (the positive itself never is)."""
+        logits = (q @ k.t()) * log_scale.clamp(max=self.max_log_scale).exp()
+        if not_negative is not None:
+            drop = not_negative.clone()
+            drop[torch.arange(q.shape[0], device=q.device), pos_index] = False
+            logits = logits.masked_fill(drop, float("-inf"))
+        return F.cross_entropy(logits, pos_index)
+
+    def click_term(self, first: torch.Tensor, second: torch.Tensor, pos_index: torch.Tensor | None = None,
+                   first_ids: torch.Tensor | None = None, second_ids: torch.Tensor | None = None,
+                   key_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``first`` (B, D) anchors, ``second`` (M, D) keys (all ranks'); ``pos_index`` (B,) each
+        anchor's next click in ``second``; ``first_ids``, ``second_ids`` (B,) the anchors' and their
+        positives' items, ``key_ids`` (M,) the keys' items."""
+        b = first.shape[0]
+        if b == 0:
+            return {self.CLICK: first.new_zeros(())}
+        if pos_index is None:
+            pos_index = torch.arange(b, device=first.device)
+        mask = None
+        if key_ids is not None and second_ids is not None:
+            mask = second_ids[:, None] == key_ids[None, :]
+            if first_ids is not None:
+                mask |= first_ids[:, None] == key_ids[None, :]
+        return {self.CLICK: self.click_weight * self._nce(first, second, pos_index, mask, self.click_scale)}
+
+    def view_term(self, view_a: torch.Tensor, view_b: torch.Tensor, pos_index: torch.Tensor | None = None,
+                  ids: torch.Tensor | None = None, key_ids: torch.Tensor | None = None
+                  ) -> dict[str, torch.Tensor]:
+        """``view_a`` (B, D) one view of B photos, ``view_b`` (M, D) another view (all ranks');
+        ``ids`` (B,), ``key_ids`` (M,) their items."""
+        b = view_a.shape[0]
+        if b == 0:
+            return {self.VIEW: view_a.new_zeros(())}
+        if pos_index is None:
+            pos_index = torch.arange(b, device=view_a.device)
+        mask = None if ids is None or key_ids is None else ids[:, None] == key_ids[None, :]
+        return {self.VIEW: self.view_weight * self._nce(view_a, view_b, pos_index, mask, self.view_scale)}
+
+    def forward(self, first: torch.Tensor, second: torch.Tensor, view_a: torch.Tensor,
+                view_b: torch.Tensor, first_ids: torch.Tensor | None = None,
+                second_ids: torch.Tensor | None = None, view_ids: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
+        """Both terms, in one process (keys = this batch)."""
+        return {**self.click_term(first, second, None, first_ids, second_ids, second_ids),
+                **self.view_term(view_a, view_b, None, view_ids, view_ids)}

@@ -18,7 +18,7 @@ from mmrank.durable import fsync_dir, temp_path, write_text
 from mmrank.errors import ConfigError
 from mmrank.lineage import digest_inputs, matches
 from mmrank.pretrain.item_encoder import CONFIG, METRICS, save_encoder
-from mmrank.pretrain.config import MOON_ROWS, REFERENCES, TABLE2, VARIANTS, PretrainConfig
+from mmrank.pretrain.config import REFERENCES, SWITCH_ROWS, TABLE2, VARIANTS, PretrainConfig
 from mmrank.pretrain.data import build_features, native_image_size, read_catalog, read_pairs
 from mmrank.pretrain.distributed import DistEnv
 from mmrank.pretrain.evaluate import evaluate, item_modality, mean_by_item_modality, popularity
@@ -56,6 +56,7 @@ class _Prepared:
             self.feats = self._features(run, cfg)
         self.modality = modality_inputs(self.catalog, self.pairs, len(self.catalog.item_ids))
         self._aug: dict[tuple[int, int], Any] = {}
+        self._clicks: dict[tuple[int, int | None], Any] = {}
         if cfg.trainable_blocks:
             from mmrank import encoders
 
@@ -92,6 +93,51 @@ class _Prepared:
         return self._aug[key]
 
 
+    def click_visual(self, run: Path, cfg: PretrainConfig, env: DistEnv):
+        """The click pairs (clicks before the pre-training split, :mod:`mmrank.pretrain.clicks`) and
+        photo views of ``cfg`` as the trainer reads them, built once per (views, max gap); None
+        when ``click_visual`` is off. Returns ``(ClickVisualInputs, ClickPairs)``."""
+        if not cfg.switches()["click_visual"]:
+            return None
+        key = (cfg.click_visual_views, cfg.click_visual_max_gap_s)
+        if key not in self._clicks:
+            from mmrank.pretrain.augment import VIEWS, build_augmented
+            from mmrank.pretrain.clicks import ClickVisualInputs, run_click_pairs, to_rows
+
+            pairs = run_click_pairs(run, cfg.click_visual_max_gap_s)
+            has_img = self.modality.item_img.numpy()
+            first, second = to_rows(pairs, self.catalog.item_ids, has_img)
+
+            def build():
+                return build_augmented(run, self.catalog, self.feats, cfg.image_encoder, cfg.text_encoder,
+                                       self.image_size, cfg.trainable_blocks, cfg.click_visual_views, 1)
+            if env.main:
+                aug = build()
+            env.barrier()
+            if not env.main:
+                aug = build()
+            self._clicks[key] = (ClickVisualInputs(first, second, aug.images, np.flatnonzero(has_img)),
+                                 pairs)
+            _say(env, f"click-visual: {len(pairs)} click pairs (a click, the same user's next click) "
+                      f"before the pre-training split ts {pairs.cutoff}, {len(first)} with both photos; "
+                      f"{cfg.click_visual_views} photo views per item (original, "
+                      f"{', '.join(VIEWS[v] for v in range(1, cfg.click_visual_views))})")
+        return self._clicks[key]
+
+    def inputs_of(self, run: Path, cfg: PretrainConfig) -> dict[str, str]:
+        """What an encoder of ``cfg`` is made from: the encoder's tables, and with ``click_visual``
+        the events and the digest of the click pairs read from them."""
+        if not cfg.switches()["click_visual"]:
+            return self.inputs
+        from mmrank.lineage import data_inputs
+        from mmrank.pretrain.clicks import run_click_pairs
+
+        key = (cfg.click_visual_views, cfg.click_visual_max_gap_s)
+        pairs = (self._clicks[key][1] if key in self._clicks
+                 else run_click_pairs(run, cfg.click_visual_max_gap_s))
+        return {**self.inputs, **data_inputs(run, "events"), "click_pairs": pairs.digest()}
+
+
 def _encoder_config(cfg: PretrainConfig, prep: _Prepared, model: torch.nn.Module) -> dict[str, Any]:
     off = isinstance(model, OffTheShelf)
     d_image = model.d_image if off else int(model.g_img.proj.in_features)
@@ -126,10 +172,12 @@ def run_variant(run: Path, cfg: PretrainConfig, out: Path, prep: _Prepared | Non
     else:
         # each variant fine-tunes its own copy of the pristine backbone tail
         tail = copy.deepcopy(prep.image_tail) if prep.image_tail is not None else None
+        cv = prep.click_visual(run, cfg, env)
         model = train(cfg, prep.feats, prep.pairs, prep.catalog.item_ids, env,
                       ckpt_dir=run / "pretrain" / "ckpt" / cfg.variant, image_tail=tail,
-                      log=lambda m: _say(env, m), data_digest=digest_inputs(prep.inputs),
-                      modality=prep.modality, aug=prep.augmented(run, cfg, env), report=report)
+                      log=lambda m: _say(env, m), data_digest=digest_inputs(prep.inputs_of(run, cfg)),
+                      modality=prep.modality, aug=prep.augmented(run, cfg, env), report=report,
+                      clicks=None if cv is None else cv[0])
     train_s = time.time() - t0
     metrics: dict[str, Any] = {}
     if env.main:
@@ -149,7 +197,7 @@ def run_variant(run: Path, cfg: PretrainConfig, out: Path, prep: _Prepared | Non
             own = CnnSmall(prep.image_size, 0, seed=0).own_state()
         extra = {f"image_backbone.{k}": v for k, v in own.items()}
         version = save_encoder(out, model, _encoder_config(cfg, prep, model), metrics, extra,
-                               inputs=prep.inputs)
+                               inputs=prep.inputs_of(run, cfg))
         metrics["version"] = version
         if "dropped" in report:  # the filter's dropped pairs, for evaluation code to score
             write_text(out / "dropped.json", json.dumps(_dropped(prep, cfg, report["dropped"]),
@@ -197,8 +245,8 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
     variant (and nothing else) to ``{"acc@1": {"image", "text"}, "acc@5": {...}}``;
     ``compare_detail.json`` adds nested dims, timings and the config; ``compare.md`` is the table.
     ``metrics.json`` holds each trained row's per-epoch training log (per seed). The MOON2.0 rows
-    (``moe``, ``align``, ``coaug``, ``filter``, ``moon2``: SCL with those switches) run when named in
-    ``variants``. The SCL encoder is also installed as ``R/encoder/`` (the one later stages use). ``off-the-shelf``
+    (``moe``, ``align``, ``coaug``, ``filter``, ``moon2``: SCL with those switches) and
+    ``click-visual`` (SCL with the ``click_visual`` switch, issue 22) run when named in ``variants``. The SCL encoder is also installed as ``R/encoder/`` (the one later stages use). ``off-the-shelf``
     is always EfficientNet-Lite0 + MiniLM with no training; ``popularity`` ranks every query's
     candidates by training purchases (a reference row, no encoder).
 
@@ -226,8 +274,8 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
         upd: dict[str, Any] = {"variant": v}
         if v == "off-the-shelf":
             upd.update(OFF_THE_SHELF, trainable_blocks=0)
-        elif v in MOON_ROWS:  # SCL with the row's MOON2.0 switches on
-            upd.update({k: True for k in MOON_ROWS[v]})
+        elif v in SWITCH_ROWS:  # SCL with the row's MOON2.0 (or click-visual) switches on
+            upd.update({k: True for k in SWITCH_ROWS[v]})
         c = base.model_copy(update=upd)
         key = (c.image_encoder, c.text_encoder, c.image_size, c.trainable_blocks)
         if key not in prepared:
@@ -237,7 +285,7 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
         for i in range(n):
             ci = c.model_copy(update={"seed": c.seed + i})
             out = run / "pretrain" / (v if i == 0 else f"{v}.seed{c.seed + i}")
-            done = finished(out, ci, prepared[key].inputs)
+            done = finished(out, ci, prepared[key].inputs_of(run, ci))
             if done is not None:
                 _say(env, f"{v} seed {ci.seed}: finished before with this config and data, kept ({out})")
             per_seed.append(done if done is not None else run_variant(run, ci, out, prepared[key], env))
@@ -353,3 +401,58 @@ def demo_stage(run: Path, size: str) -> dict[str, Any]:
                                     for v, r in res.items()}),
         "seconds": round(time.time() - t0, 1),
     }
+
+
+def variant_vectors(run: str | Path, variant: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """The items of ``R/data/items.parquet`` embedded by the encoder ``R/pretrain/<variant>`` (e.g. the
+    ``click-visual`` row, for the CTR strategy of that name): ``(ids (N,), vectors (N, D) unit rows,
+    "encoder:<version>")``, as :func:`mmrank.ctr.representations.item_vectors` gives the run's own.
+
+    Embedded once into ``R/pretrain/<variant>/items/`` (a table in the format of ``R/embeddings``,
+    with ``lineage.json``: the encoder version and the catalog's digest) and read from there while
+    both are unchanged; re-embedded when either changed. The encoder is refused
+    (:class:`mmrank.lineage.StaleArtifact`) when trained on other data than the run's now. Backbone
+    outputs are reused from the pre-training cache when they are exactly the encoder's.
+    """
+    from mmrank import lineage
+    from mmrank.data.io import read_items
+    from mmrank.errors import MMRankError
+    from mmrank.pretrain.item_encoder import load_item_encoder
+    from mmrank.store.backends import create_table, open_table
+    from mmrank.vectors import l2_normalise
+
+    run = Path(run)
+    d = run / "pretrain" / variant
+    if not (d / "version.txt").exists():
+        raise MMRankError(f"{d}: no {variant} encoder (run `mmrank pretrain compare --run {run} "
+                          f"--variants scl,{variant}`)")
+    enc = load_item_encoder(run, f"pretrain/{variant}")
+    root = d / "items"
+    inputs = {"encoder": enc.version, **lineage.data_inputs(run, "items")}
+    if not ((root / "CURRENT").exists() and lineage.matches(root, inputs)):
+        t0 = time.time()
+        cached = enc.cached_item_features(run)
+        if cached is not None:
+            ids, img, txt = cached
+            vecs = enc.encode_item_features(img, txt)
+        else:
+            t = read_items(run / "data" / "items.parquet", ["item_id", "title"])
+            ids = t.column("item_id").to_numpy().astype(np.int64)
+            vecs = enc.encode_items(t.column("title").to_pylist(), t.column("image").to_pylist())
+        if root.exists():
+            shutil.rmtree(root)
+        table = create_table(root, version=enc.version, dim=enc.dim, encoder_name=enc.name)
+        try:
+            table.put(np.asarray(ids, np.int64), vecs, version=enc.version)
+            table.publish()
+        finally:
+            table.close()
+        lineage.stamp(root, inputs, digest=enc.version)
+        print(f"[pretrain] embedded {len(ids)} items with {d} (encoder {enc.version}) into {root} "
+              f"in {time.time() - t0:.1f}s", flush=True)
+    table = open_table(root)
+    try:
+        ids = np.unique(np.asarray(table.ids(), np.int64))
+        return ids, l2_normalise(table.get(ids, missing="zero")), f"encoder:{table.version}"
+    finally:
+        table.close()

@@ -5,7 +5,9 @@ MOON2.0's switches (issue 20, :meth:`PretrainConfig.switches`): ``moe`` (the tow
 of experts), ``align`` (the item-level image-title term), ``coaug`` (item keys from augmented views and
 template titles, :mod:`mmrank.pretrain.augment`), ``filter`` (:mod:`mmrank.pretrain.filtering`). Each
 epoch's record (losses by name, the router's load per expert, the dropped share) goes to the log and
-to ``report["epochs"]``.
+to ``report["epochs"]``. The ``click_visual`` switch (issue 22) adds two image-tower terms,
+``click_visual_loss`` (click pairs, :mod:`mmrank.pretrain.clicks`) and ``view_ssl_loss`` (two augmented
+views of one photo), logged by name with the others.
 
 Determinism: batch ``s`` of epoch ``e`` is fixed by ``(seed, e)``, the torch RNG is re-seeded from
 ``(seed, step)`` each step, so a run resumed from a checkpoint replays the same batches, and a
@@ -31,11 +33,12 @@ from mmrank.errors import ConfigError, MMRankError
 from mmrank.pretrain.checkpoint import FILE, load_checkpoint, save_checkpoint
 from mmrank.pretrain.config import PretrainConfig
 from mmrank.pretrain.augment import AugmentedFeatures
+from mmrank.pretrain.clicks import ClickVisualInputs
 from mmrank.pretrain.data import BOTH, IMAGE, TEXT, Catalog, Features, PairTable
 from mmrank.pretrain.distributed import DistEnv
 from mmrank.pretrain.filtering import PairFilter
-from mmrank.pretrain.losses import (AlignmentLoss, InfoNCELoss, MomentumQueue, TripletLoss,
-                                    momentum_update)
+from mmrank.pretrain.losses import (AlignmentLoss, ClickVisualLoss, InfoNCELoss, MomentumQueue,
+                                    TripletLoss, momentum_update)
 from mmrank.pretrain.model import SCLModel
 
 
@@ -71,7 +74,8 @@ def modality_inputs(catalog: Catalog | None, pairs: PairTable, n_items: int) -> 
 
 
 class Objective(nn.Module):
-    """The variant's loss terms: query->item InfoNCE (+queue), item->query InfoNCE, triplet."""
+    """The variant's loss terms: query->item InfoNCE (+queue), item->query InfoNCE, triplet; the
+    switches' alignment and click-visual terms."""
 
     def __init__(self, cfg: PretrainConfig) -> None:
         super().__init__()
@@ -83,6 +87,9 @@ class Objective(nn.Module):
         self.triplet = TripletLoss(cfg.margin, cfg.triplet_weight, nd) if use["triplet"] else None
         self.align = (AlignmentLoss(cfg.align_weight, cfg.temperature)
                       if cfg.switches()["align"] and use["queries"] else None)
+        self.click_visual = (ClickVisualLoss(cfg.click_visual_weight, cfg.click_visual_view_weight,
+                                             cfg.temperature)
+                             if cfg.switches()["click_visual"] and use["queries"] else None)
 
 
 def config_digest(cfg: PretrainConfig) -> str:
@@ -111,7 +118,7 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
           image_tail: nn.Module | None = None,
           log: Callable[[str], None] = print, data_digest: str = "",
           modality: ModalityInputs | None = None, aug: AugmentedFeatures | None = None,
-          report: dict | None = None) -> SCLModel:
+          report: dict | None = None, clicks: ClickVisualInputs | None = None) -> SCLModel:
     """Train one variant (not ``off-the-shelf``) and return the online model.
 
     Args:
@@ -126,6 +133,8 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
             (:mod:`mmrank.lineage`): a checkpoint made from other data is not resumed.
         modality: the items' and queries' modality flags (:func:`modality_inputs`; None: all present).
         aug: the co-augmented item features (needed with ``coaug``).
+        clicks: the click pairs and photo views (needed with ``click_visual``,
+            :class:`mmrank.pretrain.clicks.ClickVisualInputs`).
         report: filled with ``epochs`` (one record per epoch) and ``dropped`` (filter: pair rows
             dropped, by epoch).
     """
@@ -139,6 +148,9 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
         raise ConfigError("coaug: the augmented item features were not built (see pretrain.augment)")
     if aug is not None and not sw["coaug"]:
         aug = None
+    if sw["click_visual"] and clicks is None:
+        raise ConfigError("click_visual: the click pairs and photo views were not built "
+                          "(see pretrain.clicks)")
     modality = modality or modality_inputs(None, pairs, len(item_ids))
     torch.manual_seed(cfg.seed)
     d_img = image_tail_dim(image_tail, feats)
@@ -219,6 +231,45 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
 
     def items(ir: np.ndarray, augmented: bool = True, net: nn.Module | None = None) -> torch.Tensor:
         return (net or model).item(*item_inputs(ir, augmented))
+
+    cv_per = cfg.click_visual_batch // env.world          # click-visual rows per rank and step
+    if objective.click_visual is not None and cv_per < 1:
+        raise ConfigError(f"click_visual_batch {cfg.click_visual_batch}: fewer than one row per rank")
+
+    def click_visual_terms(step: int) -> dict[str, torch.Tensor]:
+        """The two click-visual terms of ``step``: click pairs drawn uniformly from the pairs,
+        photos uniformly from the catalog, two distinct views each (seeded by ``(seed, step)``)."""
+        assert clicks is not None and objective.click_visual is not None
+        cv = objective.click_visual
+        rng = np.random.default_rng([cfg.seed, step, 22])
+        glob = cv_per * env.world
+        lo = env.rank * cv_per
+        pos = torch.arange(cv_per) + lo
+        out: dict[str, torch.Tensor] = {}
+        n = len(clicks.first)
+        if n:
+            pick = rng.choice(n, glob, replace=n < glob)[lo:lo + cv_per]
+            a_r, b_r = clicks.first[pick], clicks.second[pick]
+            za = model.image_query(feats.item_img[a_r])
+            zb = model.image_query(feats.item_img[b_r])
+            b_ids = torch.as_tensor(b_r, dtype=torch.long)
+            out.update(cv.click_term(za, env.gather_with_grad(zb), pos, torch.as_tensor(a_r, dtype=torch.long),
+                                     b_ids, env.gather(b_ids)))
+        else:
+            out[cv.CLICK] = torch.zeros(())
+        rows_p = clicks.photo_rows
+        n_views = int(clicks.views.shape[0])
+        if len(rows_p) and n_views >= 2:
+            it = rng.choice(rows_p, glob, replace=len(rows_p) < glob)[lo:lo + cv_per]
+            va = rng.integers(0, n_views, glob)[lo:lo + cv_per]
+            vb = (va + rng.integers(1, n_views, glob)[lo:lo + cv_per]) % n_views  # another view
+            it_t = torch.as_tensor(it, dtype=torch.long)
+            xa = model.image_query(clicks.views[torch.as_tensor(va), it_t])
+            xb = model.image_query(clicks.views[torch.as_tensor(vb), it_t])
+            out.update(cv.view_term(xa, env.gather_with_grad(xb), pos, it_t, env.gather(it_t)))
+        else:
+            out[cv.VIEW] = torch.zeros(())
+        return out
 
     pair_filter = PairFilter(cfg.filter_warmup_epochs, cfg.filter_share) if sw["filter"] else None
     kept_epoch: tuple[int, np.ndarray] | None = None
@@ -321,6 +372,8 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
             if objective.align is not None:  # MOON2.0's item level: each item's image vs its title
                 img_v, txt_v = model.item_image_title(k_in[0], k_in[1])
                 terms.update(objective.align(img_v, txt_v, ids, k_in[2] & k_in[3]))
+            if objective.click_visual is not None:  # issue 22: click pairs + two photo views
+                terms.update(click_visual_terms(step))
             loss = sum(terms.values())
             if not torch.isfinite(loss):
                 raise MMRankError(f"pretrain {cfg.variant}: loss is {float(loss)} at step {step} "
