@@ -142,6 +142,20 @@ MOON_RUNS: dict[str, dict[str, str]] = {
                     "--seeds 1 --threads 1\n"
                     "mmrank report docs --run moon-default=runs/moon-default",
     },
+    "moon-real": {
+        "title": "The real catalog, all 44,072 items, seed 7 (`runs/moon-real`)",
+        "commands": "mmrank market generate --run runs/moon-real --seed 7 --items 44072 "
+                    "--catalog ../shared/data/fashion-catalog/items.parquet\n"
+                    "mmrank pretrain compare --run runs/moon-real --config cfg.yaml --image-size 80 --seeds 3 "
+                    "--variants popularity,off-the-shelf,scl,moe,align,coaug,filter,moon2   # cfg: moon-default's\n"
+                    "cp -r runs/moon-real/pretrain/scl runs/moon-real/encoder   # what compare installs when it ends\n"
+                    "mmrank embed --run runs/moon-real\n"
+                    "mmrank sid build --run runs/moon-real\n"
+                    "mmrank posttrain --run runs/moon-real\n"
+                    "mmrank ctr compare --run runs/moon-real --seeds 3 --curve '' --threads 1 "
+                    "--strategies id,simtier+make,sid,sid+simtier+make,post,post+simtier+make\n"
+                    "mmrank report docs --run moon-real=runs/moon-real",
+    },
     "moon-noisy": {
         "title": "The sample filter on a small market with 20% noisy pairs (`runs/moon-noisy`)",
         "commands": "echo 'market: {noisy_pair_share: 0.2}' > noisy.yaml\n"
