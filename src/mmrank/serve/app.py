@@ -9,8 +9,10 @@ Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``):
 * ``POST /v1/rerank``: one candidate list (:class:`mmrank.rerank.serving.CandidateList`) -> the
   trained re-ranker's order and scores (``--rerank-model``; 409 when the run has none), batched like
   /v1/rank with its own queue.
-* ``POST /v1/creative``: an item, a region and the user's recent creative clicks -> the creative
-  selector's choice and its reason (:mod:`mmrank.serve.routes.creative`; 409 without a selector).
+* ``POST /v1/creative``: an item, a region and the user's recent creative clicks (or a logged
+  ``user_id``) -> the creative selector's choice and its reason (:mod:`mmrank.serve.routes.creative`;
+  409 without a selector). ``GET /v1/creatives`` (whether the run has creatives),
+  ``GET /v1/items/{id}/creatives`` and ``GET /v1/creatives/{id}/image``: what the page shows.
 * ``POST /v1/items`` (API key): a new item is encoded, written durably and indexed; the next
   /v1/rank and /v1/search see it (on every process sharing the table).
 * ``POST /v1/search``: text or a photo -> top-k items. ``GET /v1/items/{id}`` and ``.../image``.
