@@ -155,19 +155,10 @@ def test_cli_generate_and_compare_errors_name_the_file(market: Path, tmp_path: P
 
 
 def _client(run: Path):
-    from fastapi import FastAPI
-    from fastapi.testclient import TestClient
-
-    from mmrank.serve import errors
-    from mmrank.serve.config import Settings
     from mmrank.serve.routes import creative
-    from mmrank.serve.state import ServerState
+    from mmrank.testing.serving import route_client
 
-    app = FastAPI()
-    app.state.mmrank = ServerState(Settings(run=run))
-    errors.install(app)
-    app.include_router(creative.router)
-    return TestClient(app)
+    return route_client(run, creative.router)
 
 
 def test_v1_creative_returns_the_choice_and_its_reason(run: Path, tmp_path: Path) -> None:

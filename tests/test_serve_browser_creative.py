@@ -39,19 +39,10 @@ def micro_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _client(run: Path):
-    from fastapi import FastAPI
-    from fastapi.testclient import TestClient
-
-    from mmrank.serve import errors
-    from mmrank.serve.config import Settings
     from mmrank.serve.routes import creative
-    from mmrank.serve.state import ServerState
+    from mmrank.testing.serving import route_client
 
-    app = FastAPI()
-    app.state.mmrank = ServerState(Settings(run=run))
-    errors.install(app)
-    app.include_router(creative.router)
-    return TestClient(app)
+    return route_client(run, creative.router)
 
 
 def test_item_creatives_and_their_images(micro_run: Path) -> None:

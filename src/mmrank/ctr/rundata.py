@@ -53,7 +53,11 @@ class RunData:
         ``R/posttrain`` (own SimTier counts; the pre-trained ones stay with ``self``; no semantic IDs)."""
         from mmrank.posttrain.stage import posttrained_vectors
 
-        ids, vecs, source = posttrained_vectors(run)
+        return self.with_table(*posttrained_vectors(run))
+
+    def with_table(self, ids: np.ndarray, vecs: np.ndarray, source: str) -> RunData:
+        """The same samples, vocabularies and training rows with another item table (``ids``, ``vecs``,
+        named ``source``): own SimTier counts, no semantic IDs."""
         space = replace(self.space, vec_items=Vocab.of(ids))
         enc = replace(self.enc, extra={k: v for k, v in self.enc.extra.items() if k != "simtier"})
         if self.space.vec_items is None or not np.array_equal(ids, self.space.vec_items.ids):

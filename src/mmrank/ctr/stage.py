@@ -81,19 +81,9 @@ def with_click_visual(run: Path, data: RunData) -> RunData:
     """The same samples, vocabularies and training rows with the item table of the click-visual
     encoder ``R/pretrain/click-visual`` (embedded once, :func:`mmrank.pretrain.stage.variant_vectors`;
     own SimTier counts; no semantic IDs)."""
-    from dataclasses import replace
-
-    from mmrank.ctr.data import Vocab
-    from mmrank.ctr.representations import vector_table
     from mmrank.pretrain.stage import variant_vectors
 
-    ids, vecs, source = variant_vectors(run, "click-visual")
-    space = replace(data.space, vec_items=Vocab.of(ids))
-    enc = replace(data.enc, extra={k: v for k, v in data.enc.extra.items() if k != "simtier"})
-    if data.space.vec_items is None or not np.array_equal(ids, data.space.vec_items.ids):
-        enc = space.encode(data.samples)
-    return replace(data, space=space, enc=enc, vectors=vector_table(space, ids, vecs), vec_source=source,
-                   train_idx=None if data.train_idx is None else data.train_idx.copy(), codes=None, sid=None)
+    return data.with_table(*variant_vectors(run, "click-visual"))
 
 
 def ensure_codes(run: Path, data: RunData, strategies: tuple[str, ...]) -> None:

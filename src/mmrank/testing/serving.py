@@ -60,6 +60,24 @@ def bomb_png(width: int = 13_000, height: int = 13_000) -> bytes:
 
 
 # ---- real servers for tests and benchmarks ---------------------------------------------------------------
+def route_client(run: str | Path, *routers):
+    """An in-process FastAPI TestClient serving only ``routers`` over ``run`` (the server's state and
+    error handlers, no model loading beyond what the routes do)."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from mmrank.serve import errors
+    from mmrank.serve.config import Settings
+    from mmrank.serve.state import ServerState
+
+    app = FastAPI()
+    app.state.mmrank = ServerState(Settings(run=Path(run)))
+    errors.install(app)
+    for r in routers:
+        app.include_router(r)
+    return TestClient(app)
+
+
 def free_port() -> int:
     import socket
 
