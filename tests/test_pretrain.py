@@ -175,6 +175,12 @@ def test_compare_rerun_keeps_finished_seeds_and_retrains_a_changed_config(tmp_pa
     assert again["scl"]["acc@1"] == first["scl"]["acc@1"]
     assert again["scl"]["per_seed"] == first["scl"]["per_seed"]
     assert {d: (run / "pretrain" / d / "weights.safetensors").stat().st_mtime_ns for d in made} == made
+    # a seed recorded before a setting existed (here: without click_visual) counts as its default
+    rec = run / "pretrain" / "scl" / stage.CONFIG
+    old = json.loads(rec.read_text())
+    assert old["pretrain_config"].pop("click_visual") is False
+    rec.write_text(json.dumps(old))
+    assert stage.compare(run, cfg, variants=("scl",), seeds=2)["scl"]["per_seed"] == first["scl"]["per_seed"]
     with pytest.raises(AssertionError, match="trained a seed"):
         stage.compare(run, cfg.model_copy(update={"lr": cfg.lr * 2}), variants=("scl",), seeds=2)
 

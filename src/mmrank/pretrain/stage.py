@@ -322,13 +322,14 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
 def finished(out: Path, cfg: PretrainConfig, inputs: dict[str, str]) -> dict[str, Any] | None:
     """The metrics of a variant seed already trained into ``out`` with exactly ``cfg`` on the same data
     (``inputs``), or None. ``compare`` keeps such a seed instead of training it again, so a killed
-    comparison restarts from its finished seeds."""
+    comparison restarts from its finished seeds. A config recorded before a setting existed is read
+    with that setting's default (new switches are off by default, so it trained as it would now)."""
     try:
-        made = json.loads((out / CONFIG).read_text())["pretrain_config"]
+        made = PretrainConfig.model_validate(json.loads((out / CONFIG).read_text())["pretrain_config"])
         metrics = json.loads((out / METRICS).read_text())
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):   # pydantic's ValidationError is a ValueError
         return None
-    if made != cfg.model_dump(mode="json") or not matches(out, inputs):
+    if made != cfg or not matches(out, inputs):
         return None
     return metrics
 
