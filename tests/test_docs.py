@@ -330,3 +330,27 @@ def test_readme_moon_rows_put_each_market_in_its_own_columns(tmp_path):
     assert "| variant | default: Acc@1 image | default: Acc@1 text | real catalog: Acc@1 image |" in readme
     assert _rows(readme, "scl")[0] == ["0.3000 ± 0.0100", "0.1500 ± 0.0020", "0.2000 ± 0.0100", "0.1000 ± 0.0020"]
     assert _rows(readme, "moe")[0] == ["0.2800 ± 0.0100", "0.1400 ± 0.0020", "not run", "not run"]
+
+
+def test_readme_analyze_gives_each_rate_and_exponent_of_the_default_market(tmp_path):
+    """README's short form of MOON's analyses: every metric's slope and interval, the best metric, every
+    fitted exponent per axis (an unfitted curve says so), and the wall times, from the default market's JSON."""
+    root = _copy_docs(tmp_path / "repo", with_results=False)
+    run = tmp_path / "moon-default"
+    (run / "analysis").mkdir(parents=True)
+    (run / "analysis" / "exchange_rate.json").write_text(json.dumps({
+        "checkpoints": [{"checkpoint": c, "metrics": {}, "gain": 0.0} for c in "abcde"], "seeds": 1,
+        "exchange_rates": {"acc@1.image": {"slope": 0.02, "ci": [-0.1, 0.03], "spearman": 0.4}},
+        "best_metric": "acc@1.image", "rule": "weak evidence", "seconds": 965.2}))
+    law = {"power_law": {"exponent": 0.17, "ci": [0.1, 0.24]}}
+    (run / "analysis" / "scaling.json").write_text(json.dumps({"seconds": 1200, "axes": {
+        "pairs": {"label": "training pairs", "points": [{}] * 4,
+                  "curves": {"acc@1.image": law, "gain": {"power_law": {"reason": "a value <= 0"}}}},
+        "L": {"label": "behaviour length L", "points": [{}] * 4, "curves": {"gain": law}}}}))
+    _ok(["report", "docs", "--root", root, "--run", f"moon-default={run}"])
+    readme = (root / "README.md").read_text()
+    assert ("- Exchange rate (5 checkpoints, 1 CTR seed(s), wall 965 s): GAUC gain per unit of each metric, 95% "
+            "interval: `acc@1.image` +0.0200 [-0.1000, +0.0300]. Best: `acc@1.image` (weak evidence).") in readme
+    assert ("training pairs (4 points): `acc@1.image` +0.170 [+0.100, +0.240], `gain` not fitted; "
+            "behaviour length L (4 points): `gain` +0.170 [+0.100, +0.240].") in readme
+    assert "- Scaling (wall 1,200 s)" in readme

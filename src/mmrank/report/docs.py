@@ -140,6 +140,14 @@ MOON_RUNS: dict[str, dict[str, str]] = {
                     "--strategies id,simtier+make,sid,sid+simtier+make,post,post+simtier+make,debias\n"
                     "mmrank ctr follow --run runs/moon-default --source replay --strategies simtier --freshness "
                     "--seeds 1 --threads 1\n"
+                    "mmrank analyze exchange-rate --run runs/moon-default --points off-the-shelf,scl,moe,align,coaug,"
+                    "filter,scl@e1 --max-train-rows 200000 --make-epochs 2 --threads 1\n"
+                    "mmrank analyze scaling --run runs/moon-default --max-train-rows 100000 --make-epochs 2 "
+                    "--pretrain-epochs 3 --threads 1\n"
+                    "mmrank pretrain compare --run runs/moon-default --config cfg.yaml --seeds 3 --variants "
+                    "popularity,off-the-shelf,scl,moe,align,coaug,filter,moon2,click-visual   # adds click-visual\n"
+                    "mmrank ctr compare --run runs/moon-default --seeds 3 --curve '' --threads 1 "
+                    "--strategies click-visual --add\n"
                     "mmrank report docs --run moon-default=runs/moon-default",
     },
     "moon-real": {
@@ -154,6 +162,11 @@ MOON_RUNS: dict[str, dict[str, str]] = {
                     "mmrank posttrain --run runs/moon-real\n"
                     "mmrank ctr compare --run runs/moon-real --seeds 3 --curve '' --threads 1 "
                     "--strategies id,simtier+make,sid,sid+simtier+make,post,post+simtier+make\n"
+                    "mmrank pretrain compare --run runs/moon-real --config cfg.yaml --image-size 80 --seeds 3 "
+                    "--variants popularity,off-the-shelf,scl,moe,align,coaug,filter,moon2,click-visual   "
+                    "# adds click-visual\n"
+                    "mmrank ctr compare --run runs/moon-real --seeds 3 --curve '' --threads 1 "
+                    "--strategies click-visual,debias --add\n"
                     "mmrank report docs --run moon-real=runs/moon-real",
     },
     "moon-noisy": {
@@ -846,6 +859,33 @@ def scaling_rows(res: Results, label: str) -> list[str]:
         _source(label, "analysis/scaling.json", "mmrank analyze scaling"), ""]
 
 
+def readme_analyze_rows(res: Results) -> list[str]:
+    """MOON's analyses on the default market in short: each metric's exchange rate and the best one,
+    each scaling curve's exponent, the wall times; every point and the plots are in docs/analyze.md."""
+    label = "moon-default"
+    ex, sc = res.get(label, "analysis/exchange_rate.json"), res.get(label, "analysis/scaling.json")
+    if ex is None and sc is None:
+        return _absent(label, "MOON analysis")
+    out: list[str] = []
+    if ex is not None:
+        rates = "; ".join(f"`{m}` {r['slope']:+.4f} [{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}]"
+                          for m, r in ex.get("exchange_rates", {}).items())
+        out += [f"- Exchange rate ({len(ex.get('checkpoints', []))} checkpoints, {ex.get('seeds')} CTR seed(s), "
+                f"wall {ex.get('seconds', 0):,.0f} s): GAUC gain per unit of each metric, 95% interval: {rates}. "
+                f"Best: `{ex.get('best_metric')}` ({ex.get('rule')})."]
+    if sc is not None:
+        def exponent(c: dict | None) -> str:
+            law = (c or {}).get("power_law") or {}
+            b, ci = law.get("exponent"), law.get("ci") or [None, None]
+            return "not fitted" if b is None else f"{b:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+        axes = "; ".join(f"{a.get('label', axis)} ({len(a.get('points', []))} points): " + ", ".join(
+            f"`{c}` {exponent(curves[c])}" for c in ("acc@1.image", "acc@1.text", "gain") if c in curves)
+            for axis, a in sc.get("axes", {}).items() for curves in [a.get("curves") or {}])
+        out += [f"- Scaling (wall {sc.get('seconds', 0):,.0f} s): power-law exponent b of each curve, 95% interval "
+                f"(not fitted: a value <= 0; Acc@1 does not move with the behaviour length): {axes}."]
+    return out + [""]
+
+
 def freshness_rows(res: Results, label: str) -> list[str]:
     fr = res.get(label, "ctr/follow/freshness.json")
     rows = fr.get("rows", [])
@@ -923,6 +963,7 @@ BLOCKS: dict[str, Callable[[Results], list[str]]] = {
     "runs": runs_rows,
     "readme-offpolicy": readme_offpolicy_rows,
     "readme-table3": readme_table3_rows,
+    "readme-analyze": readme_analyze_rows,
     "offpolicy-estimators": offpolicy_estimator_rows,
     "offpolicy-learners": offpolicy_learner_rows,
 }
