@@ -22,7 +22,7 @@ from mmrank.pretrain.config import PretrainConfig
 from mmrank.pretrain.losses import ClickVisualLoss
 from mmrank.pretrain.model import SCLModel
 from mmrank.pretrain.train import train
-from mmrank.testing.audit import opens_under
+from mmrank.testing.audit import ctr_train_truth_opens, opens_under
 from mmrank.testing.markets import micro_market
 from mmrank.testing.pretrain import latent_pairs
 
@@ -209,12 +209,7 @@ def test_row_and_strategy_train_without_opening_the_truth(market, tmp_path) -> N
 
     cfg = tmp_path / "ctr.yaml"
     cfg.write_text("ctr:\n  model:\n    emb_dim: 8\n    mlp_hidden: [32, 16]\n  train:\n    batch_size: 512\n")
-    runner = CliRunner()
-    with opens_under(run / "truth") as opened:
-        res = runner.invoke(app, ["ctr", "train", "--run", str(run), "--strategy", "click-visual", "--make-epochs",
-                                  "1", "--threads", "1", "--config", str(cfg)])
-        assert res.exit_code == 0, (res.output, res.exception)
-    assert opened == []                        # the truth is there, and training never opened it
+    assert ctr_train_truth_opens(run, "click-visual", cfg) == []   # the truth is there; training never opens it
     table = run / "pretrain" / "click-visual" / "items"
     version = (run / "pretrain" / "click-visual" / "version.txt").read_text().strip()
     assert json.loads((table / "lineage.json").read_text())["inputs"]["encoder"] == version
@@ -225,9 +220,9 @@ def test_row_and_strategy_train_without_opening_the_truth(market, tmp_path) -> N
     assert model.vectors is not None and space.vec_items is not None
     assert (table / "lineage.json").stat().st_mtime_ns == stamp   # embedded once, then read
     # compare (evaluation reads the truth's appeal) prints the bias of all four
-    res = runner.invoke(app, ["ctr", "compare", "--run", str(run), "--seeds", "1", "--strategies",
-                              "id,simtier+make,click-visual,debias", "--make-epochs", "1", "--curve", "",
-                              "--threads", "1", "--config", str(cfg)])
+    res = CliRunner().invoke(app, ["ctr", "compare", "--run", str(run), "--seeds", "1", "--strategies",
+                                        "id,simtier+make,click-visual,debias", "--make-epochs", "1", "--curve", "",
+                                   "--threads", "1", "--config", str(cfg)])
     assert res.exit_code == 0, (res.output, res.exception)
     assert "Exposure bias" in res.output
     saved = json.loads((run / "ctr" / "compare.json").read_text())

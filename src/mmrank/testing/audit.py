@@ -35,3 +35,17 @@ def opens_under(root: str | Path) -> Iterator[list[str]]:
         yield entry[1]
     finally:
         _WATCHED.remove(entry)
+
+
+def ctr_train_truth_opens(run: str | Path, strategy: str, config: str | Path) -> list[str]:
+    """Train ``strategy`` on ``run`` through `mmrank ctr train` (MAKE 1 epoch, one thread, ``config``) and
+    return the files it opened under ``R/truth/`` (an empty list is what training must give)."""
+    from typer.testing import CliRunner
+
+    from mmrank.cli import app
+
+    with opens_under(Path(run) / "truth") as opened:
+        res = CliRunner().invoke(app, ["ctr", "train", "--run", str(run), "--strategy", strategy, "--make-epochs",
+                                       "1", "--threads", "1", "--config", str(config)])
+        assert res.exit_code == 0, (res.output, res.exception)
+    return list(opened)
