@@ -549,10 +549,9 @@ def readme_moon_rows(res: Results) -> list[str]:
                        for v in variants}
     head = ["variant", *(f"{STUDY_MARKETS[label]}: Acc@1 {m}" for label in have for m in ("image", "text"))]
     return [f"Acc@1, mean ± std over {' / '.join(map(str, sorted(seeds)))} training seeds (the reference rows "
-            "train nothing).", "", *_table(head, [[v, *(c for label in have for c in cols[label][v])]
-                                                   for v in variants]), "",
-            "Source: " + ", ".join(f"`docs/results/{label}/pretrain/compare.json`" for label in have)
-            + ", written by `mmrank pretrain compare`; std from `pretrain/compare_detail.json`.", ""]
+            "train nothing). Source: " + ", ".join(f"`docs/results/{label}/pretrain/compare.json`" for label in have)
+            + ", written by `mmrank pretrain compare`; std from `pretrain/compare_detail.json`.", "",
+            *_table(head, [[v, *(c for label in have for c in cols[label][v])] for v in variants]), ""]
 
 
 def readme_table3_rows(res: Results) -> list[str]:
@@ -575,9 +574,9 @@ def readme_table3_rows(res: Results) -> list[str]:
     n_seeds = " / ".join(str(n) for n in sorted(seeds))
     return [f"Mean ± std over {n_seeds} seed(s); changes are relative to `id`'s mean GAUC; exposure bias: "
             "partial Spearman of an item's mean score and its training impressions at equal true appeal "
-            "(`mmrank.report.bias`; 0 is unbiased).", "", *_table(head, rows), "",
-            "Source: " + ", ".join(f"`docs/results/{label}/ctr/compare.json`" for label in have)
-            + ", written by `mmrank ctr compare`.", ""]
+            "(`mmrank.report.bias`; 0 is unbiased). Source: "
+            + ", ".join(f"`docs/results/{label}/ctr/compare.json`" for label in have)
+            + ", written by `mmrank ctr compare`.", "", *_table(head, rows), ""]
 
 
 def readme_rerank(res: Results, label: str) -> list[str]:
