@@ -209,7 +209,7 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
                               **({"click_visual": cv_data.vec_source} if cv_data is not None else {}),
                               "n_train": int(len(data.train_rows())),
                               "n_test": int((~data.samples.is_train).sum()), "settings": settings}
-    kept, post_source = kept_rows(run / "ctr" / "compare.json", result, strategies) if add else ({}, None)
+    kept, tables = kept_rows(run / "ctr" / "compare.json", result, strategies) if add else ({}, {})
     for seed in range(seeds):
         snapshots: dict[int, Any] = {}
         if needs_make or (seed == 0 and curve):
@@ -261,10 +261,8 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
         rows = {s: result.pop(s) for s in strategies}
         result.update({"kept": list(kept), **kept, **rows})
         strategies = (*kept, *strategies)
-        if post_source and "posttrain" not in result:
-            result["posttrain"] = post_source
-        if "click_visual" not in result and any(k in CLICK_VISUAL_STRATEGIES for k in kept):
-            result["click_visual"] = json.loads((run / "ctr" / "compare.json").read_text()).get("click_visual")
+        for key, source in tables.items():
+            result.setdefault(key, source)
     if "id" in strategies:
         base = result["id"]
         for s in strategies:
@@ -303,14 +301,19 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
 SAME_COMPARISON = ("seeds", "make_epochs", "n_train", "n_test", "representations", "settings")
 
 
+# The tables some strategies read instead of the run's own: kept rows bring the name of theirs along.
+OWN_TABLES = {"posttrain": POST_STRATEGIES, "click_visual": CLICK_VISUAL_STRATEGIES}
+
+
 def kept_rows(path: Path, result: dict[str, Any],
-              strategies: tuple[str, ...]) -> tuple[dict[str, Any], str | None]:
+              strategies: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, str]]:
     """The rows of the comparison at ``path`` that ``strategies`` does not name, in their order, without
-    their ``relative`` block (it is recomputed against the merged ``id``), and that comparison's
-    post-trained table (or None). Raises when it was made otherwise (any of :data:`SAME_COMPARISON`
-    differs; a file older than ``settings`` is compared on the other keys). No file: nothing kept."""
+    their ``relative`` block (it is recomputed against the merged ``id``), and the names of the own
+    tables those rows read (:data:`OWN_TABLES`). Raises when it was made otherwise (any of
+    :data:`SAME_COMPARISON` differs; a file older than ``settings`` is compared on the other keys). No
+    file: nothing kept."""
     if not path.exists():
-        return {}, None
+        return {}, {}
     old = json.loads(path.read_text())
     diff = [k for k in SAME_COMPARISON if k in old and old[k] != result.get(k)]
     if diff:
@@ -318,7 +321,8 @@ def kept_rows(path: Path, result: dict[str, Any],
                           f"({'; '.join(f'{k}={old[k]!r}' for k in diff)}); rerun without --add")
     kept = {k: {f: v for f, v in old[k].items() if f != "relative"} for k in _strategy_rows(old)
             if k not in strategies}
-    return kept, old.get("posttrain") if any(k in POST_STRATEGIES for k in kept) else None
+    return kept, {key: old[key] for key, users in OWN_TABLES.items()
+                  if old.get(key) and any(k in users for k in kept)}
 
 
 def _strategy_rows(comp: dict[str, Any]) -> list[str]:
