@@ -19,26 +19,26 @@ from __future__ import annotations
 from typing import Any
 
 from mmrank.errors import ConfigError
-from mmrank.models import blocks as _b
+from mmrank.models import blocks
 
 # name -> (class, one-line description)
 _REGISTRY: dict[str, tuple[type, str]] = {
-    "id_features": (_b.IdFeatures, "ID embeddings: item, category, region, user, position"),
-    "interest": (_b.InterestEncoder, "DIN target attention over a (packed) behaviour sequence"),
-    "vector": (_b.VectorFeature, "Vector: a representation through a linear map"),
-    "simscore": (_b.SimScoreFeature, "SimScore: target-history similarity joins each history key"),
-    "simtier": (_b.SimTierFeature, "SimTier: similarity counts in N tiers (Eq. 2, Algorithm 1)"),
-    "make_knowledge": (_b.MakeKnowledge, "MAKE's knowledge (Sec. 4.3), standardised, frozen or trained"),
-    "concat": (_b.ConcatFusion, "fusion by concatenation of modality features"),
-    "cafu": (_b.CAFU, "ARMMT's context-aware fusion unit"),
-    "transformer": (_b.TransformerListEncoder, "transformer encoder over a list (PRM)"),
-    "mpsa": (_b.MultiPerspectiveSelfAttention, "ARMMT's multi-perspective self-attention over a list"),
-    "region_mask": (_b.RegionMask, "SEQ+MD's feature-generated mask over shared and regional parameters"),
-    "heads": (_b.TaskHeads, "independent towers, {task: logit}"),
-    "seq_heads": (_b.SequentialHeads, "SEQ(+MD): click -> cart -> purchase towers, {task: logit}"),
-    "mmoe": (_b.MMoEHeads, "MMoE: shared experts, per-task gates and towers, {task: logit}"),
-    "esmm": (_b.ESMMHeads, "ESMM: chained probabilities over the entire space, {task: logit}"),
-    "multitask_loss": (_b.MultiTaskLoss, "one named BCE term per label"),
+    "id_features": (blocks.IdFeatures, "ID embeddings: item, category, region, user, position"),
+    "interest": (blocks.InterestEncoder, "DIN target attention over a (packed) behaviour sequence"),
+    "vector": (blocks.VectorFeature, "Vector: a representation through a linear map"),
+    "simscore": (blocks.SimScoreFeature, "SimScore: target-history similarity joins each history key"),
+    "simtier": (blocks.SimTierFeature, "SimTier: similarity counts in N tiers (Eq. 2, Algorithm 1)"),
+    "make_knowledge": (blocks.MakeKnowledge, "MAKE's knowledge (Sec. 4.3), standardised, frozen or trained"),
+    "concat": (blocks.ConcatFusion, "fusion by concatenation of modality features"),
+    "cafu": (blocks.CAFU, "ARMMT's context-aware fusion unit"),
+    "transformer": (blocks.TransformerListEncoder, "transformer encoder over a list (PRM)"),
+    "mpsa": (blocks.MultiPerspectiveSelfAttention, "ARMMT's multi-perspective self-attention over a list"),
+    "region_mask": (blocks.RegionMask, "SEQ+MD's feature-generated mask over shared and regional parameters"),
+    "heads": (blocks.TaskHeads, "independent towers, {task: logit}"),
+    "seq_heads": (blocks.SequentialHeads, "SEQ(+MD): click -> cart -> purchase towers, {task: logit}"),
+    "mmoe": (blocks.MMoEHeads, "MMoE: shared experts, per-task gates and towers, {task: logit}"),
+    "esmm": (blocks.ESMMHeads, "ESMM: chained probabilities over the entire space, {task: logit}"),
+    "multitask_loss": (blocks.MultiTaskLoss, "one named BCE term per label"),
 }
 
 

@@ -36,6 +36,7 @@ class Metrics:
         self.bundle_info = Gauge("mmrank_bundle_info", "the loaded bundle (value 1)",
                                  ["encoder_version", "strategy", "model_version", "rerank"], registry=r)
         self.swaps = Counter("mmrank_bundle_swaps_total", "bundles swapped in", registry=r)
+        self.bundle_loaded = False   # a later set_bundle is a swap
         self.refused = Counter("mmrank_refused_total", "requests refused before they started (503: the "
                                "endpoint's queue is full or its deadline cannot be met; 429: over the "
                                "client's rate)", ["route", "reason"], registry=r)
@@ -55,8 +56,9 @@ class Metrics:
         self.rerank_forward.observe(seconds)
 
     def set_bundle(self, bundle) -> None:  # noqa: ANN001
-        if self.bundle_info._metrics:  # noqa: SLF001 - one series: the loaded bundle
+        if self.bundle_loaded:
             self.swaps.inc()
+        self.bundle_loaded = True
         self.bundle_info.clear()
         self.bundle_info.labels(bundle.encoder_version, bundle.strategy, bundle.model_version,
                                 "yes" if bundle.reranker is not None else "no").set(1)
