@@ -15,9 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from mmrank.data.io import read_clicks
 from mmrank.errors import ConfigError, DataError
 from mmrank.pretrain.clicks import (ClickPairs, ClickVisualInputs, check_point_in_time, click_pairs,
-                                    pretrain_cutoff, read_clicks, run_click_pairs, to_rows)
+                                    pretrain_cutoff, run_click_pairs, to_rows)
 from mmrank.pretrain.config import PretrainConfig
 from mmrank.pretrain.losses import ClickVisualLoss
 from mmrank.pretrain.model import SCLModel
@@ -104,7 +105,8 @@ def test_run_pairs_match_a_slow_obvious_builder_and_ignore_the_test_period(marke
     extra = pa.table({c: (late.column(c) if c in late.column_names else pa.nulls(500, full.schema.field(c).type))
                       for c in full.column_names})
     pq.write_table(pa.concat_tables([full, extra.cast(full.schema)]), copy / "data" / "events.parquet")
-    assert len(read_clicks(copy, 10**9)[0]) == len(read_clicks(market, 10**9)[0]) + 500
+    assert (len(read_clicks(copy, 10**9, 'test')[0])
+            == len(read_clicks(market, 10**9, 'test')[0]) + 500)
     assert run_click_pairs(copy).digest() == pairs.digest()
 
 

@@ -148,6 +148,24 @@ def read_table(path: str | Path, kind: str, columns: list[str] | None = None) ->
     return pa.Table.from_batches(batches)
 
 
+def read_clicks(run: str | Path, cutoff: int, reader: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(user, item, ts)`` (int64) of every ``click`` of ``R/data/events.parquet`` strictly before
+    ``cutoff``, in the file's order: what post-training and click-supervised pre-training learn from
+    (point-in-time by construction). ``reader`` names the stage in the error for a missing file."""
+    path = Path(run) / "data" / "events.parquet"
+    if not path.exists():
+        raise DataError(f"no such file ({reader} reads the clicks)", file=str(path))
+    names = pq.read_schema(path).names
+    for c in ("ts", "user_id", "item_id", "event"):
+        if c not in names:
+            raise DataError("missing column (expected ts, user_id, item_id, event)", file=str(path), column=c)
+    t = pq.read_table(path, columns=["ts", "user_id", "item_id", "event"],
+                      filters=[("ts", "<", int(cutoff)), ("event", "=", "click")])
+    t = t.filter(pc.and_(pc.less(t.column("ts"), int(cutoff)), pc.equal(t.column("event"), "click")))
+    user, item, ts = (t.column(c).to_numpy().astype(np.int64) for c in ("user_id", "item_id", "ts"))
+    return user, item, ts
+
+
 def decode_image(data: bytes) -> Image.Image:
     """Decode JPEG/PNG bytes into an RGB image; raises ``ValueError`` on anything undecodable."""
     try:

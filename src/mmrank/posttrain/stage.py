@@ -70,16 +70,9 @@ def cutoff_ts(run: str | Path) -> int:
 
 def clicks_before(run: str | Path, cutoff: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(user, item, ts)`` of every click strictly before ``cutoff``, in ``(ts, user, item)`` order."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+    from mmrank.data.io import read_clicks
 
-    path = Path(run) / "data" / "events.parquet"
-    if not path.exists():
-        raise DataError("no such file (post-training reads the clicks)", file=str(path))
-    t = pq.read_table(path, columns=["ts", "user_id", "item_id", "event"],
-                      filters=[("ts", "<", int(cutoff)), ("event", "=", "click")])
-    t = t.filter(pc.and_(pc.less(t.column("ts"), int(cutoff)), pc.equal(t.column("event"), "click")))
-    ts, user, item = (t.column(c).to_numpy().astype(np.int64) for c in ("ts", "user_id", "item_id"))
+    user, item, ts = read_clicks(run, cutoff, "post-training")
     order = np.lexsort((item, user, ts))
     return user[order], item[order], ts[order]
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmrank.data.io import read_clicks
 from mmrank.errors import DataError
 
 
@@ -81,26 +82,6 @@ def pretrain_cutoff(run: str | Path) -> int:
         raise DataError("no split_ts in data/manifest.json and no 'test' pair: the pre-training split "
                         "is unknown", file=str(ppath), column="split")
     return cut
-
-
-def read_clicks(run: str | Path, cutoff: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(user, item, ts)`` of every ``click`` of ``R/data/events.parquet`` strictly before
-    ``cutoff``, in the file's order."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    path = Path(run) / "data" / "events.parquet"
-    if not path.exists():
-        raise DataError("no such file (click-visual pre-training reads the clicks)", file=str(path))
-    names = pq.read_schema(path).names
-    for c in ("ts", "user_id", "item_id", "event"):
-        if c not in names:
-            raise DataError(f"missing column (expected ts, user_id, item_id, event)", file=str(path),
-                            column=c)
-    t = pq.read_table(path, columns=["ts", "user_id", "item_id", "event"],
-                      filters=[("ts", "<", int(cutoff)), ("event", "=", "click")])
-    t = t.filter(pc.and_(pc.less(t.column("ts"), int(cutoff)), pc.equal(t.column("event"), "click")))
-    return tuple(t.column(c).to_numpy().astype(np.int64) for c in ("user_id", "item_id", "ts"))
 
 
 def click_pairs(user: np.ndarray, item: np.ndarray, ts: np.ndarray, cutoff: int,
@@ -157,7 +138,7 @@ def check_point_in_time(pairs: ClickPairs, cutoff: int) -> None:
 def run_click_pairs(run: str | Path, max_gap: int | None = None) -> ClickPairs:
     """The run's click pairs: the clicks before :func:`pretrain_cutoff`, paired, checked."""
     cut = pretrain_cutoff(run)
-    pairs = click_pairs(*read_clicks(run, cut), cutoff=cut, max_gap=max_gap)
+    pairs = click_pairs(*read_clicks(run, cut, "click-visual pre-training"), cutoff=cut, max_gap=max_gap)
     check_point_in_time(pairs, cut)
     return pairs
 
