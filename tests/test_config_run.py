@@ -49,7 +49,7 @@ def test_show_prints_every_setting_of_every_stage() -> None:
     expected["market"]["behaviour"].update({k: getattr(beh, k) for k in type(beh).model_fields
                                             if k.startswith("policy_")})
     assert printed == expected  # every section, every setting, with its value
-    assert list(printed) == ["market", "data", "pretrain", "embed", "ctr", "rerank"]
+    assert list(printed) == ["market", "data", "pretrain", "embed", "ctr", "rerank", "hardware"]
     leaves = _leaves(expected)
     for key in ("ctr.model.make.knowledge", "ctr.model.make.after_pretrain", "ctr.train.batch_size",
                 "ctr.model.n_tiers", "pretrain.queue_size", "embed.exact_below", "market.n_items",
@@ -88,7 +88,7 @@ def test_file_then_flags_and_errors_name_the_key(tmp_path: Path) -> None:
         load_run_config(bad)
     with pytest.raises(ConfigError, match="unknown config section 'ranker'"):
         stage_config("ranker", p)
-    assert SECTIONS == ("market", "data", "pretrain", "embed", "ctr", "rerank")
+    assert SECTIONS == ("market", "data", "pretrain", "embed", "ctr", "rerank", "hardware")
 
 
 def test_market_generate_takes_the_market_section(tmp_path: Path) -> None:

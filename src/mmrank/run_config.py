@@ -20,6 +20,7 @@ from pydantic import Field
 from mmrank.config import StrictModel, build, read_mapping
 from mmrank.ctr.config import CtrStageConfig
 from mmrank.data.config import DataConfig, MarketConfig
+from mmrank.device import HardwareConfig
 from mmrank.errors import ConfigError
 from mmrank.pretrain.config import PretrainConfig
 from mmrank.rerank.config import RerankConfig
@@ -39,6 +40,7 @@ class RunConfig(StrictModel):
     embed: EmbedConfig = _section(EmbedConfig)
     ctr: CtrStageConfig = _section(CtrStageConfig)
     rerank: RerankConfig = _section(RerankConfig)
+    hardware: HardwareConfig = _section(HardwareConfig)
 
 
 SECTIONS: tuple[str, ...] = tuple(RunConfig.model_fields)
@@ -92,6 +94,13 @@ def stage_config(section: str, path: str | Path | None = None,
     model = _check_section(section)
     data = _deep_merge(file_section(path, section), flags or {})
     return build(model, data, f"{path}: section '{section}'" if path else f"{section} settings (flags)")
+
+
+def hardware_config(path: str | Path | None = None, device: str | None = None,
+                    bf16: bool | None = None) -> HardwareConfig:
+    """The ``hardware`` section (where every stage runs): defaults, the file's section, the flags."""
+    flags = {k: v for k, v in {"device": device, "bf16": bf16}.items() if v is not None}
+    return stage_config("hardware", path, flags)
 
 
 def load_run_config(path: str | Path | None = None, run: str | Path | None = None) -> RunConfig:
