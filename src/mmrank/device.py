@@ -30,6 +30,9 @@ from mmrank.config import StrictModel
 from mmrank.errors import ConfigError, MMRankError
 
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
+# The help of every stage command's --device flag.
+DEVICE_HELP = ("auto | cpu | cuda | cuda:N (default: the run config's hardware.device, auto: CUDA when "
+               "present)")
 
 
 class DeviceError(MMRankError):
