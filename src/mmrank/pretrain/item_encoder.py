@@ -2,7 +2,9 @@
 
 Files:
 
-* ``weights.safetensors``: the towers' heads (and a fine-tuned backbone tail or a from-scratch CNN);
+* ``weights.safetensors``: the towers' heads (and a fine-tuned backbone tail or a from-scratch CNN;
+  for ``scl-finetune`` the whole fine-tuned image network and text encoder, ``model.image_tail.*`` /
+  ``model.text_tail.*``);
 * ``config.json`` / ``config.yaml``: encoder names, image size, dims, the stage config;
 * ``version.txt``: the encoder version id, SHA-256 of the config JSON and the weights file (16 hex);
 * ``metrics.json``: Acc@1 / Acc@5 per query modality (and per nested dimension);
@@ -160,14 +162,15 @@ class ItemEncoder:
         return self._out(torch.cat(out)) if out else np.zeros((0, self.dim), np.float32)
 
 
-def build_model(config: dict[str, Any], image_tail: torch.nn.Module | None) -> torch.nn.Module:
-    """The (untrained) model a config describes."""
+def build_model(config: dict[str, Any], image_tail: torch.nn.Module | None,
+                text_tail: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The (untrained) model a config describes (``text_tail``: a fine-tuned text encoder's)."""
     from mmrank.pretrain.model import OffTheShelf, SCLModel
 
     if config["kind"] == "off-the-shelf":
         return OffTheShelf(config["d_image"], config["d_text"])
     return SCLModel(config["d_image"], config["d_text"], config["dim"], config["hidden"], image_tail,
-                    moe=bool(config.get("moe", False)))
+                    moe=bool(config.get("moe", False)), text_tail=text_tail)
 
 
 def load_item_encoder(run_dir: str | Path, subdir: str = "encoder") -> ItemEncoder:
@@ -191,8 +194,12 @@ def load_item_encoder(run_dir: str | Path, subdir: str = "encoder") -> ItemEncod
     if version_of(cfg_json, d / WEIGHTS) != version:
         raise MMRankError(f"{d}: version.txt does not match config.json + weights (edited by hand?)")
     img_kw: dict[str, Any] = {"image_size": cfg["image_size"], "trainable_blocks": cfg["trainable_blocks"]}
+    if cfg.get("image_finetune"):  # scl-finetune: the whole image network from pixels
+        img_kw["full"] = True
     image = encoders.create_tower(cfg["image_encoder"], "image", **img_kw)
-    text = encoders.create_tower(cfg["text_encoder"], "text")
+    text_kw = ({"trainable_blocks": int(cfg["text_finetune_layers"])}
+               if cfg.get("text_finetune_layers") else {})
+    text = encoders.create_tower(cfg["text_encoder"], "text", **text_kw)
     with safe_open(str(d / WEIGHTS), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     backbone = {k[len("image_backbone."):]: v for k, v in tensors.items()
@@ -201,7 +208,7 @@ def load_item_encoder(run_dir: str | Path, subdir: str = "encoder") -> ItemEncod
         missing, unexpected = image[0].load_state_dict(backbone, strict=False)
         if unexpected:
             raise MMRankError(f"{d / WEIGHTS}: unexpected image backbone keys {unexpected[:3]}")
-    model = build_model(cfg, image[0].tail)
+    model = build_model(cfg, image[0].tail, text[0].tail)
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -9,7 +9,9 @@ query with its title, through the same encoder):
 * item         -> ``normalize(a + b + fuse([a, b]))`` with ``a = normalize(g_img(h_img))``,
   ``b = normalize(g_txt(h_title))``; ``fuse`` is an MLP whose last layer starts at zero.
 
-``image_tail`` (optional) is the fine-tuned end of the image backbone (``trainable_blocks > 0``).
+``image_tail`` (optional) is the fine-tuned end of the image backbone (``trainable_blocks > 0``), or
+the whole image network from pixels, and ``text_tail`` the fine-tuned text encoder from tokens (the
+``scl-finetune`` row, :mod:`mmrank.pretrain.finetune`).
 
 Missing modalities (issue 20): ``has_img`` / ``has_txt`` (B,) bool zero the projected vector of an
 absent photo or title (None: present). With ``moe=True`` the fusion is a modality-driven mixture of
@@ -123,6 +125,7 @@ class SCLModel(nn.Module):
         dim: output size D (nested prefixes of it also retrieve, see ``InfoNCELoss.nested_dims``).
         hidden: projection-head hidden size.
         image_tail: the trainable end of the image backbone, or None (frozen).
+        text_tail: the trainable text encoder (tokens -> ``(B, d_text)``), or None (frozen).
         moe: fuse through a :class:`ModalityMoE` (items and queries) instead of the plain MLP.
 
     Example::
@@ -133,10 +136,12 @@ class SCLModel(nn.Module):
     """
 
     def __init__(self, d_image: int, d_text: int, dim: int = 256, hidden: int = 512,
-                 image_tail: nn.Module | None = None, moe: bool = False) -> None:
+                 image_tail: nn.Module | None = None, moe: bool = False,
+                 text_tail: nn.Module | None = None) -> None:
         super().__init__()
         self.dim = dim
         self.image_tail = image_tail
+        self.text_tail = text_tail
         self.g_img = ProjectionHead(d_image, dim, hidden)
         self.g_txt = ProjectionHead(d_text, dim, hidden)
         self.fuse = nn.Sequential(nn.Linear(2 * dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
@@ -166,6 +171,8 @@ class SCLModel(nn.Module):
         return F.normalize(self.g_img(h), dim=-1)
 
     def _txt(self, h: torch.Tensor) -> torch.Tensor:
+        if self.text_tail is not None:
+            h = self.text_tail(h)
         return F.normalize(self.g_txt(h), dim=-1)
 
     def _single(self, v: torch.Tensor, comp: int) -> torch.Tensor:

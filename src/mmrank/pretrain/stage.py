@@ -49,6 +49,8 @@ class _Prepared:
             self.image_size, how = native_image_size(self.catalog)
             _say(env, f"image size {how}")
         self.image_tail = None
+        self.text_tail = None
+        self.end_to_end = cfg.end_to_end()
         if env.main:  # rank 0 encodes and caches; the others then read the cache
             self.feats = self._features(run, cfg)
         env.barrier()
@@ -57,7 +59,7 @@ class _Prepared:
         self.modality = modality_inputs(self.catalog, self.pairs, len(self.catalog.item_ids))
         self._aug: dict[tuple[int, int], Any] = {}
         self._clicks: dict[tuple[int, int | None], Any] = {}
-        if cfg.trainable_blocks:
+        if cfg.trainable_blocks and not self.end_to_end:
             from mmrank import encoders
 
             enc, _ = encoders.create_tower(cfg.image_encoder, "image", image_size=self.image_size,
@@ -66,6 +68,13 @@ class _Prepared:
             self.image_tail = enc.tail
 
     def _features(self, run: Path, cfg: PretrainConfig):
+        if self.end_to_end:  # scl-finetune: pixels and tokens, and the encoders whose tails train
+            from mmrank.pretrain.finetune import prepare_inputs
+
+            got = prepare_inputs(run, self.catalog, self.pairs, cfg, self.image_size)
+            self.image_encoder, self.image_tail = got.image_encoder, got.image_encoder.tail
+            self.text_tail = None if got.text_encoder is None else got.text_encoder.tail
+            return got.feats
         return build_features(run, self.catalog, self.pairs, cfg.image_encoder, cfg.text_encoder,
                               self.image_size, cfg.trainable_blocks)
 
@@ -139,17 +148,21 @@ class _Prepared:
 
 
 def _encoder_config(cfg: PretrainConfig, prep: _Prepared, model: torch.nn.Module) -> dict[str, Any]:
+    from mmrank.pretrain.finetune import encoder_config
+
     off = isinstance(model, OffTheShelf)
     d_image = model.d_image if off else int(model.g_img.proj.in_features)
+    d_text = model.d_text if off else int(model.g_txt.proj.in_features)
     return {
         "kind": "off-the-shelf" if off else "scl-towers",
         "variant": cfg.variant, "image_encoder": cfg.image_encoder, "text_encoder": cfg.text_encoder,
         "image_size": prep.image_size, "trainable_blocks": cfg.trainable_blocks,
         "dim": int(model.dim), "hidden": cfg.hidden, "d_image": d_image,
         "moe": bool(getattr(model, "moe", None) is not None),
-        "d_text": int(prep.feats.item_txt.shape[1]),
+        "d_text": d_text,
         "nested_dims": [] if off else list(cfg.nested_dims),
         "pretrain_config": cfg.model_dump(mode="json"),
+        **encoder_config(cfg),
     }
 
 
@@ -170,14 +183,19 @@ def run_variant(run: Path, cfg: PretrainConfig, out: Path, prep: _Prepared | Non
         model: torch.nn.Module = OffTheShelf(int(np.prod(prep.feats.item_img.shape[1:])),
                                              int(prep.feats.item_txt.shape[1]))
     else:
-        # each variant fine-tunes its own copy of the pristine backbone tail
+        # each variant fine-tunes its own copy of the pristine backbone tail(s)
         tail = copy.deepcopy(prep.image_tail) if prep.image_tail is not None else None
+        text_tail = copy.deepcopy(prep.text_tail) if prep.text_tail is not None else None
+        if cfg.end_to_end():
+            from mmrank.pretrain.finetune import configure_tails
+
+            configure_tails(cfg, tail, text_tail)
         cv = prep.click_visual(run, cfg, env)
         model = train(cfg, prep.feats, prep.pairs, prep.catalog.item_ids, env,
                       ckpt_dir=run / "pretrain" / "ckpt" / cfg.variant, image_tail=tail,
                       log=lambda m: _say(env, m), data_digest=digest_inputs(prep.inputs_of(run, cfg)),
                       modality=prep.modality, aug=prep.augmented(run, cfg, env), report=report,
-                      clicks=None if cv is None else cv[0])
+                      clicks=None if cv is None else cv[0], text_tail=text_tail)
     train_s = time.time() - t0
     metrics: dict[str, Any] = {}
     if env.main:
@@ -277,7 +295,8 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
         elif v in SWITCH_ROWS:  # SCL with the row's MOON2.0 (or click-visual) switches on
             upd.update({k: True for k in SWITCH_ROWS[v]})
         c = base.model_copy(update=upd)
-        key = (c.image_encoder, c.text_encoder, c.image_size, c.trainable_blocks)
+        key = (c.image_encoder, c.text_encoder, c.image_size, c.trainable_blocks,
+               ("end-to-end", c.finetune_text_layers) if c.end_to_end() else None)
         if key not in prepared:
             prepared[key] = _Prepared(run, c, env)
         n = 1 if v == "off-the-shelf" else seeds

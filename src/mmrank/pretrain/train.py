@@ -31,12 +31,13 @@ from torch import nn
 
 from mmrank.errors import ConfigError, MMRankError
 from mmrank.pretrain.checkpoint import FILE, load_checkpoint, save_checkpoint
-from mmrank.pretrain.config import PretrainConfig
+from mmrank.pretrain.config import FINETUNE_FIELDS, PretrainConfig
 from mmrank.pretrain.augment import AugmentedFeatures
 from mmrank.pretrain.clicks import ClickVisualInputs
 from mmrank.pretrain.data import BOTH, IMAGE, TEXT, Catalog, Features, PairTable
 from mmrank.pretrain.distributed import DistEnv
 from mmrank.pretrain.filtering import PairFilter
+from mmrank.pretrain.finetune import feature_dim, param_groups
 from mmrank.pretrain.losses import (AlignmentLoss, ClickVisualLoss, InfoNCELoss, MomentumQueue,
                                     TripletLoss, momentum_update)
 from mmrank.pretrain.model import SCLModel
@@ -93,17 +94,23 @@ class Objective(nn.Module):
 
 
 def config_digest(cfg: PretrainConfig) -> str:
-    """Hash of everything that shapes the trajectory (not the checkpoint cadence or resume flag)."""
-    d = cfg.model_dump(mode="json", exclude={"checkpoint_every", "resume"})
+    """Hash of everything that shapes the trajectory (not the checkpoint cadence or resume flag; the
+    fine-tuning fields only for the row that reads them)."""
+    skip = {"checkpoint_every", "resume"} | (set() if cfg.end_to_end() else set(FINETUNE_FIELDS))
+    d = cfg.model_dump(mode="json", exclude=skip)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def lr_at(cfg: PretrainConfig, step: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to 10% of ``lr``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+def lr_at(cfg: PretrainConfig, step: int, total: int, lr: float | None = None,
+          warmup: int | None = None) -> float:
+    """Linear warm-up, then cosine decay to 10% of ``lr``; ``lr`` / ``warmup`` (default ``cfg.lr`` /
+    ``cfg.warmup_steps``): a parameter group's own (:func:`mmrank.pretrain.finetune.param_groups`)."""
+    lr = cfg.lr if lr is None else lr
+    warmup = cfg.warmup_steps if warmup is None else warmup
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
 def _check(cfg: PretrainConfig, env: DistEnv) -> None:
@@ -118,7 +125,8 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
           image_tail: nn.Module | None = None,
           log: Callable[[str], None] = print, data_digest: str = "",
           modality: ModalityInputs | None = None, aug: AugmentedFeatures | None = None,
-          report: dict | None = None, clicks: ClickVisualInputs | None = None) -> SCLModel:
+          report: dict | None = None, clicks: ClickVisualInputs | None = None,
+          text_tail: nn.Module | None = None) -> SCLModel:
     """Train one variant (not ``off-the-shelf``) and return the online model.
 
     Args:
@@ -128,7 +136,9 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
         item_ids: (N,) item ids by catalog row (inside, items are named by row: masks, queue, log_q).
         env: the process group (default: from torchrun's environment).
         ckpt_dir: where to checkpoint and resume from (None: no checkpoints).
-        image_tail: the fine-tuned end of the image backbone (``trainable_blocks > 0``).
+        image_tail: the fine-tuned end of the image backbone (``trainable_blocks > 0``), or the
+            whole network from pixels (``scl-finetune``, :mod:`mmrank.pretrain.finetune`).
+        text_tail: the fine-tuned text encoder from tokens (``scl-finetune``), or None.
         data_digest: the digest of the tables the features and pairs came from
             (:mod:`mmrank.lineage`): a checkpoint made from other data is not resumed.
         modality: the items' and queries' modality flags (:func:`modality_inputs`; None: all present).
@@ -154,15 +164,18 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
     modality = modality or modality_inputs(None, pairs, len(item_ids))
     torch.manual_seed(cfg.seed)
     d_img = image_tail_dim(image_tail, feats)
-    model = SCLModel(d_img, feats.item_txt.shape[1], cfg.dim, cfg.hidden, image_tail, moe=sw["moe"])
+    model = SCLModel(d_img, feature_dim(text_tail, feats.item_txt), cfg.dim, cfg.hidden, image_tail,
+                     moe=sw["moe"], text_tail=text_tail)
     objective = Objective(cfg)
     momentum = copy.deepcopy(model) if use["moco"] else None
     queue = MomentumQueue(cfg.dim, cfg.queue_size) if use["moco"] else None
     if momentum is not None:
         for p in momentum.parameters():
             p.requires_grad_(False)
-    params = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = param_groups(cfg, model, objective)  # one group; scl-finetune: heads, image, text
+    params = [p for g in groups for p in g.params]
+    opt = torch.optim.AdamW([{"params": g.params, "lr": g.lr} for g in groups], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
     modules: dict[str, nn.Module] = {"model": model, "objective": objective}
     if momentum is not None and queue is not None:
         modules.update(momentum=momentum, queue=queue)
@@ -336,8 +349,8 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
                 glob = rows[perm[j * batch:(j + 1) * batch]]
             local = glob[env.rank * per_rank:(env.rank + 1) * per_rank]
             torch.manual_seed(cfg.seed * 1_000_003 + step)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, step, total)
+            for g, group in zip(opt.param_groups, groups):
+                g["lr"] = lr_at(cfg, step, total, group.lr, group.warmup)
             offset = env.rank * per_rank
             pos_index = torch.arange(per_rank) + offset
             km = None

@@ -53,3 +53,18 @@ def tiny_clip(out: Path) -> Path:
     CLIPModel(cfg).save_pretrained(out)
     AutoTokenizer.from_pretrained(str(minilm_dir())).save_pretrained(out)
     return out
+
+
+def tiny_bert(out: Path, layers: int = 2) -> Path:
+    """A randomly initialised (seed 0) BERT (hidden 32, ``layers`` layers) with MiniLM's tokenizer,
+    saved in ``out`` for ``hf-bert:<out>``: the MiniLM code path (fine-tuning included) at test speed."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from mmrank.encoders.text import minilm_dir
+
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(minilm_dir())).save_pretrained(out)
+    return out
