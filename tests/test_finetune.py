@@ -308,3 +308,47 @@ def test_other_rows_keep_their_checkpoint_digest():
     assert config_digest(scl) == config_digest(scl.model_copy(update={"finetune_image_lr": 0.5}))
     ft = PretrainConfig(variant="scl-finetune")
     assert config_digest(ft) != config_digest(ft.model_copy(update={"finetune_image_lr": 0.5}))
+
+
+@pytest.mark.gpu
+def test_tails_on_cuda_in_bf16_match_the_cpu(bert_dir):
+    """The fine-tuned tails on CUDA under bf16 autocast (fp32 master weights) against the CPU in
+    float32, from the same weights and batch: outputs and gradients agree to a bf16 tolerance (all
+    gradients: 2e-2 relative; each tensor: 0.1), and the augmentation runs on the device."""
+    import copy
+
+    from mmrank.device import autocast, resolve_device
+    from mmrank.pretrain.finetune import PhotoAugment, tokens
+
+    dev = resolve_device("cuda")
+    img, txt, pre = _tails(bert_dir)
+    px = torch.randint(0, 256, (8, 3, SIZE, SIZE), dtype=torch.uint8,
+                       generator=torch.Generator().manual_seed(0))
+    tok = tokens(pre, ["red cotton shirt", "blue jeans slim fit", "a", "black leather shoes"])
+    for tail, x in ((img, px), (txt, tok)):
+        tail.eval()  # no dropout / batch statistics: the two devices see the same function
+        gpu = copy.deepcopy(tail).to(dev)
+        out = {}
+        for name, net, inp in (("cpu", tail, x), ("cuda", gpu, x.to(dev))):
+            net.zero_grad(set_to_none=True)
+            with autocast(inp.device, True):
+                y = net(inp)
+            w = torch.linspace(-1, 1, y.shape[1], device=y.device)
+            (y.float() * w).sum().backward()
+            out[name] = (y.detach().float().cpu(),
+                         {k: p.grad.detach().float().cpu() for k, p in net.named_parameters()
+                          if p.grad is not None})
+            assert all(p.dtype == torch.float32 for p in net.parameters())
+        (y_cpu, g_cpu), (y_gpu, g_gpu) = out["cpu"], out["cuda"]
+        assert torch.nn.functional.cosine_similarity(y_cpu, y_gpu, dim=1).min() > 0.99
+        assert g_cpu.keys() == g_gpu.keys() and g_cpu
+        flat_c = torch.cat([g_cpu[k].flatten() for k in g_cpu])
+        flat_g = torch.cat([g_gpu[k].flatten() for k in g_cpu])
+        assert (flat_g - flat_c).norm() / flat_c.norm() < 2e-2
+        for k in g_cpu:  # each tensor (a deep net in bf16: looser)
+            err = (g_gpu[k] - g_cpu[k]).norm() / g_cpu[k].norm().clamp_min(1e-12)
+            assert err < 0.1 or g_cpu[k].norm() < 1e-6, (k, float(err))
+    aug = PhotoAugment(0.5)
+    torch.manual_seed(0)
+    a = aug(torch.rand(4, 3, SIZE, SIZE, device=dev))
+    assert a.device.type == "cuda" and a.shape == (4, 3, SIZE, SIZE)

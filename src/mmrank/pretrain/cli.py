@@ -57,7 +57,8 @@ def pretrain_cmd(
     run: Optional[Path] = _RUN,
     variant: Optional[str] = typer.Option(None, "--variant",
                                           help="off-the-shelf | clip-e | scl | scl-no-triplet | "
-                                               "scl-no-triplet-no-moco (default scl)"),
+                                               "scl-no-triplet-no-moco | scl-finetune (end to end) "
+                                               "| ... (default scl)"),
     config: Optional[Path] = _CONFIG,
     image_encoder: Optional[str] = _IMG, text_encoder: Optional[str] = _TXT,
     image_size: Optional[int] = _SIZE, trainable_blocks: Optional[int] = _BLOCKS,
