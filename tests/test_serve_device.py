@@ -118,3 +118,37 @@ def test_one_request_scored_on_cuda_agrees_with_cpu(serving_run: Path) -> None:
     fp32, _, _ = _rank(serving_run, "simtier", device="cuda", bf16=False)
     c = np.array([i["logit"] for i in sorted(fp32["items"], key=lambda i: i["item_id"])])
     np.testing.assert_allclose(c, a, atol=1e-3, rtol=1e-3)
+
+
+def test_serve_latency_takes_device_and_concurrency(monkeypatch, capsys, serving_run: Path,
+                                                    tmp_path: Path) -> None:
+    """``benchmarks/serve_latency.py --device cpu --concurrency 1,4 --no-plain`` at toy size: the
+    p99 of each level, printed and in the JSON, on the device it names."""
+    import json
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    import serve_latency
+
+    out_json = tmp_path / "s.json"
+    threads = torch.get_num_threads()
+    try:
+        serve_latency.main(["--run", str(serving_run), "--strategy", "simtier", "--requests", "6",
+                            "--candidates", "20", "--history", "10", "--forward-repeats", "3",
+                            "--device", "cpu", "--concurrency", "4,1", "--no-plain", "--rerank-model", "",
+                            "--json", str(out_json)])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "mmrank p99 at concurrency 1 on cpu (" in out and "mmrank p99 at concurrency 4 on cpu (" in out
+    assert "mmrank / plain" not in out  # no plain peer measured, no ratio against it
+    doc = json.loads(out_json.read_text())
+    run = doc["runs"][0]
+    assert set(run["loads"]) == {"mmrank@1", "mmrank@4"} and doc["config"]["concurrency"] == [1, 4]
+    assert all(v["errors"] == 0 and v["n"] == 6 for v in run["loads"].values())
+    assert set(doc["summary"]) == {"overhead_c1_p99"} and run["raw"]["device"].startswith("cpu (")
+    if NO_CUDA:
+        from mmrank.device import DeviceError
+
+        with pytest.raises(DeviceError, match="no CUDA device"):
+            serve_latency.main(["--run", str(serving_run), "--device", "cuda"])
