@@ -141,3 +141,18 @@ def _no_bf16(run: Path) -> Path:
     p = run / "no_bf16.yaml"
     p.write_text("hardware:\n  bf16: false\n")
     return p
+
+
+def test_search_device_cpu_gives_the_default_results(serving_run: Path) -> None:
+    from mmrank.cli import app
+    from mmrank.device import DeviceError
+
+    args = ["search", "--run", str(serving_run), "--text", "red cotton shirt", "--k", "5", "--json"]
+    a = CliRunner().invoke(app, args, catch_exceptions=False)
+    b = CliRunner().invoke(app, [*args, "--device", "cpu"], catch_exceptions=False)
+    assert a.exit_code == b.exit_code == 0, (a.output, b.output)
+    ra, rb = json.loads(a.output)["results"], json.loads(b.output)["results"]
+    assert len(ra) == 5 and ra == rb  # same items, same scores
+    if NO_CUDA:
+        r = CliRunner().invoke(app, [*args, "--device", "cuda"])
+        assert isinstance(r.exception, DeviceError) and "no CUDA device" in str(r.exception)

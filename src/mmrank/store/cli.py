@@ -90,19 +90,23 @@ def search(
                                          "or D comma-separated numbers"),
     k: int = typer.Option(10, "--k", min=1, help="number of results"),
     as_json: bool = typer.Option(False, "--json", help="print the results as one JSON document"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP + "; where the query towers run"),
 ) -> None:
     """Top-k items by text, image, item id or vector: one line per result (item id, score, title).
 
     Text and image queries go through the run's encoder (its query towers); a table of imported
     vectors (`data import --item-vectors`) has none, so it answers --item and --vector only."""
+    from mmrank.device import resolve_device
+    from mmrank.run_config import hardware_config
     from mmrank.store.items import ItemStore
 
+    dev = resolve_device(hardware_config(None, device=device).device)  # one line, exit 2, if absent
     given = [name for name, v in (("--text", text), ("--image", image), ("--item", item), ("--vector", vector))
              if v is not None]
     if len(given) != 1:
         raise MMRankError(f"give exactly one of --text, --image, --item, --vector (got {len(given)}: "
                           f"{' '.join(given) or 'none'})")
-    store = ItemStore.open(run)
+    store = ItemStore.open(run, device=dev)
     try:
         if text is not None:
             hits, query = store.search_text(text, k), {"text": text}
