@@ -134,7 +134,8 @@ def test_embed_on_cuda_agrees_with_cpu(serving_run_copy: Path) -> None:
     assert cos.min() > 0.99, cos.min()
     fp32 = _embed(run, "--no-reuse-features", "--device", "cuda", "--config", str(_no_bf16(run)))
     assert fp32["device"].startswith("cuda:")
-    np.testing.assert_allclose(_table(run)[1], vec_a, atol=1e-4)
+    # fp32 on CUDA: cuDNN may run the convolutions in TF32 (torch's default), ~1e-3 relative
+    np.testing.assert_allclose(_table(run)[1], vec_a, atol=5e-3)
 
 
 def _no_bf16(run: Path) -> Path:

@@ -89,4 +89,6 @@ def test_selector_fitted_on_cuda_agrees_with_cpu() -> None:
     cfg = CreativeConfig(epochs=2)
     a = Selector.fit(*_selector_inputs(), cfg, seed=3, n_regions=3)
     b = Selector.fit(*_selector_inputs(), cfg, seed=3, n_regions=3, device=torch.device("cuda"))
-    np.testing.assert_allclose(b.W, a.W, atol=1e-4)  # fp32 on both (no autocast): the same draws
+    # fp32 on both (no autocast) from the same draws; only the order of the GPU's sums differs
+    np.testing.assert_allclose(b.W, a.W, atol=1e-3)
+    np.testing.assert_allclose(b.w, a.w, atol=1e-3)

@@ -109,7 +109,10 @@ def load_reranker(run: Path, encoder_version: str, model: str | None = None,
     if getattr(rr, "encoder_version", None) != encoder_version:
         raise ConfigError(f"{d}: re-ranker {getattr(rr, 'name', '?')!r} was trained on encoder version "
                           f"{getattr(rr, 'encoder_version', None)!r}, the bundle's is {encoder_version!r}")
-    return rr, f"loaded {rr.name} ({rr.version})"
+    where = ""
+    if device is not None and resolve_device(device).type != "cpu" and "device" not in kw:
+        where = " on the CPU (its loader takes no device)"
+    return rr, f"loaded {rr.name} ({rr.version}){where}"
 
 
 class UserHistories:
