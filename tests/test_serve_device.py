@@ -8,6 +8,9 @@ with the CPU's within bf16's tolerance.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +44,6 @@ def _rank(run: Path, strategy: str, **settings) -> tuple[dict, dict, str]:
 
 
 def _cli(*args: str) -> "subprocess.CompletedProcess[str]":
-    import os
-    import subprocess
-    import sys
-
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": src, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "mmrank.cli", *args], capture_output=True, text=True,
