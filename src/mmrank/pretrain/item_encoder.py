@@ -102,11 +102,11 @@ class ItemEncoder:
 
     def __init__(self, model: torch.nn.Module, config: dict[str, Any], version: str,
                  image: tuple[Any, Any], text: tuple[Any, Any], device: torch.device | str | None = None,
-                 bf16: bool = False) -> None:
+                 bf16: bool = False, pin_memory: bool = True) -> None:
         from mmrank.device import resolve_device
 
         self.device = resolve_device(device or "cpu")
-        self.bf16 = bool(bf16)
+        self.bf16, self.pin_memory = bool(bf16), bool(pin_memory)
         self.model = model.to(self.device).eval()
         self.config = config
         self.version = version
@@ -125,17 +125,19 @@ class ItemEncoder:
     def _img_h(self, images: list[Any]) -> torch.Tensor:
         from mmrank.encoders.base import frozen_on
 
-        return frozen_on(self.image_backbone, self.image_preprocess(list(images)), self.device)
+        return frozen_on(self.image_backbone, self.image_preprocess(list(images)), self.device,
+                         self.pin_memory)
 
     def _txt_h(self, texts: list[str]) -> torch.Tensor:
         from mmrank.encoders.base import frozen_on
 
-        return frozen_on(self.text_backbone, self.text_preprocess(list(texts)), self.device)
+        return frozen_on(self.text_backbone, self.text_preprocess(list(texts)), self.device, self.pin_memory)
 
     def _host(self, x: np.ndarray) -> torch.Tensor:
         from mmrank.device import to_device
 
-        return to_device(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), self.device)
+        return to_device(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), self.device,
+                         self.pin_memory)
 
     @staticmethod
     def _out(x: torch.Tensor) -> np.ndarray:
@@ -198,13 +200,15 @@ def build_model(config: dict[str, Any], image_tail: torch.nn.Module | None) -> t
 
 
 def load_item_encoder(run_dir: str | Path, subdir: str = "encoder", *,
-                      device: torch.device | str | None = None, bf16: bool = False) -> ItemEncoder:
+                      device: torch.device | str | None = None, bf16: bool = False,
+                      pin_memory: bool = True) -> ItemEncoder:
     """Load ``run_dir/encoder`` (or ``run_dir/<subdir>``); MMRankError naming what is missing, and
     :class:`mmrank.lineage.StaleArtifact` when it was trained on other data than the run's now.
 
     ``device`` (a torch device or auto | cpu | cuda | cuda:N; None: the CPU): where the weights are
     loaded and every batch runs (:class:`mmrank.device.DeviceError` at once for a device this machine
-    lacks). ``bf16``: bf16 autocast there when it is CUDA."""
+    lacks). ``bf16``: bf16 autocast there when it is CUDA; ``pin_memory``: batches copied to CUDA from
+    pinned host memory."""
     from mmrank import encoders
     from mmrank.device import resolve_device
 
@@ -241,4 +245,4 @@ def load_item_encoder(run_dir: str | Path, subdir: str = "encoder", *,
     if missing or unexpected:
         raise MMRankError(f"{d / WEIGHTS}: weights do not match config (missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]})")
-    return ItemEncoder(model, cfg, version, image, text, device=dev, bf16=bf16)
+    return ItemEncoder(model, cfg, version, image, text, device=dev, bf16=bf16, pin_memory=pin_memory)

@@ -150,9 +150,10 @@ def build(queries: list[RankQuery], bundle) -> Built:  # noqa: ANN001 (Bundle: a
         codes = torch.from_numpy(rows)
     device = getattr(bundle, "device", None)
     if device is not None and device.type != "cpu":
-        batch = {k: to_device(v, device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        vectors = to_device(vectors, device) if vectors is not None else None
-        codes = to_device(codes, device) if codes is not None else None
+        pin = getattr(bundle, "pin_memory", True)
+        batch = {k: to_device(v, device, pin) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        vectors = to_device(vectors, device, pin) if vectors is not None else None
+        codes = to_device(codes, device, pin) if codes is not None else None
     return Built(batch=batch, vectors=vectors, vec_ids=known_ids, vec_rows=vec_rows, queries=out_rows,
                  codes=codes)
 

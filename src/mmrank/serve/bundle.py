@@ -199,6 +199,7 @@ class Bundle:
     sid: Any = None                  # mmrank.sid.stage.SidCodes for a sid strategy (codebooks: new items)
     device: Any = None               # torch.device the models run on (None: the CPU)
     bf16: bool = False               # bf16 autocast there (CUDA only)
+    pin_memory: bool = True          # batches copied there from pinned host memory (CUDA only)
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
     _copies: dict = field(default_factory=dict, repr=False)  # forward thread -> its model copy
@@ -272,7 +273,8 @@ def load_bundle(run: str | Path, strategy: str | None = None, *, encoder: Any = 
     dev = resolve_device(hw.device)
     run = Path(run)
     strategy = pick_strategy(run, strategy)
-    encoder = encoder if encoder is not None else load_encoder(run, device=dev, bf16=hw.bf16)
+    encoder = encoder if encoder is not None else load_encoder(run, device=dev, bf16=hw.bf16,
+                                                               pin_memory=hw.pin_memory)
     version = encoder.version
     try:
         store = ItemStore.open(run, encoder, version=version)
@@ -304,7 +306,8 @@ def load_bundle(run: str | Path, strategy: str | None = None, *, encoder: Any = 
     return Bundle(run=run, encoder_version=version, encoder=encoder, store=store, strategy=strategy,
                   model=model, space=space, model_version=model_version, n_tiers=model.cfg.n_tiers,
                   history_len=model.cfg.history_len, users=users, reranker=reranker, rerank_status=status,
-                  lineage=made, sid=sid, device=dev, bf16=hw.bf16, load_seconds=time.perf_counter() - t0)
+                  lineage=made, sid=sid, device=dev, bf16=hw.bf16, pin_memory=hw.pin_memory,
+                  load_seconds=time.perf_counter() - t0)
 
 
 def bundle_lineage(run: Path, store: Any, ctr_dir: Path) -> dict:

@@ -90,7 +90,7 @@ def serve(
 
     settings = Settings(
         run=run.resolve(), strategy=strategy, rerank_model=rerank_model, threads=threads or 1,
-        device=hw.device, bf16=hw.bf16,
+        device=hw.device, bf16=hw.bf16, pin_memory=hw.pin_memory,
         forward_workers=forward_workers or max(1, cores() // workers), max_wait_ms=max_wait_ms,
         max_batch_rows=max_batch_rows, max_body_bytes=int(max_body_mb * (1 << 20)),
         max_image_bytes=int(max_image_mb * (1 << 20)), max_image_pixels=int(max_image_mpx * 1e6),

@@ -69,6 +69,7 @@ class Settings(StrictModel):
     threads: int | None = Field(None, ge=1)     # torch threads (default: unchanged)
     device: str = Field("auto", pattern=DEVICE_PATTERN)  # where the models run (mmrank.device)
     bf16: bool = True                           # bf16 autocast on CUDA (never on the CPU)
+    pin_memory: bool = True                     # batches copied to CUDA from pinned host memory
     forward_workers: int = Field(1, ge=1)       # forward threads, each with its own model copy
     batching: bool = True
     # hostile input: what an image may cost before a pixel is decoded
@@ -86,7 +87,7 @@ class Settings(StrictModel):
     @property
     def hardware(self) -> HardwareConfig:
         """The settings' device and bf16 switch as the run config's ``hardware`` section."""
-        return HardwareConfig(device=self.device, bf16=self.bf16)
+        return HardwareConfig(device=self.device, bf16=self.bf16, pin_memory=self.pin_memory)
 
     def limit(self, endpoint: str) -> EndpointLimit:
         return self.limits.get(endpoint) or _default_limits()[endpoint]

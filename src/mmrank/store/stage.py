@@ -88,7 +88,7 @@ def embed_catalog(run: str | Path, encoder: ItemEncoder | None = None, *, batch_
     dev = resolve_device("cpu" if ray_workers > 0 and hw.device == "auto" else hw.device)
     if ray_workers > 0 and dev.type != "cpu":
         raise ConfigError(f"--ray-workers encodes on CPU workers; with device {dev} use --ray-workers 0")
-    encoder = encoder or load_encoder(run, device=dev, bf16=hw.bf16)
+    encoder = encoder or load_encoder(run, device=dev, bf16=hw.bf16, pin_memory=hw.pin_memory)
     ran_on = getattr(encoder, "device", None)
     ran_on = resolve_device(ran_on) if ran_on is not None else resolve_device("cpu")
     root = embeddings_root(run)
