@@ -184,6 +184,31 @@ def test_cuda_bf16_steps_are_finite_and_the_queue_lives_on_cuda(variant, monkeyp
     assert {t.device.type for t in (*view.keys.values(), view.sorted_ids, view.order)} == {"cuda"}
 
 
+def _resume_across(first: torch.device, second: torch.device, ckpt: Path):
+    """Train 4 steps on ``first`` with checkpoints, then the same config on ``second``: it resumes
+    at the last step and returns the weights the file holds."""
+    feats, pairs, ids, aug, clicks = _data()
+    logs: list[str] = []
+    cfg = PretrainConfig(variant="scl", max_steps=4, **{**SMALL, "resume": True})
+    a = train(cfg, feats, pairs, ids, DistEnv(), ckpt_dir=ckpt, log=logs.append, device=first)
+    b = train(cfg, feats, pairs, ids, DistEnv(), ckpt_dir=ckpt, log=logs.append, device=second)
+    assert any(m.startswith("resumed scl") and "at step 4/4" in m for m in logs), logs
+    return a, b
+
+
+def test_checkpoint_resume_restores_the_weights(tmp_path):
+    a, b = _resume_across(torch.device("cpu"), torch.device("cpu"), tmp_path)
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k
+
+
+@pytest.mark.gpu
+def test_a_cuda_checkpoint_resumes_on_the_cpu(tmp_path):
+    a, b = _resume_across(torch.device("cuda"), torch.device("cpu"), tmp_path)
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert x.device.type == "cuda" and y.device.type == "cpu" and torch.equal(x.cpu(), y), k
+
+
 # bf16 tolerance of one SCL step, CUDA (bf16 autocast) against the CPU (fp32), from the same weights
 # and batch: the loss within 2% (relative), every gradient within 5% (relative L2 norm of the
 # difference) and a cosine of at least 0.99 with the CPU's. bf16 keeps 8 bits of mantissa (0.4% per
@@ -232,7 +257,8 @@ def test_one_scl_step_on_cuda_matches_the_cpu_within_bf16_tolerance():
     q_gpu = copy.deepcopy(queue).to(dev)
     cpu_loss, cpu_grads = _one_step(model, objective, queue, batch, torch.device("cpu"), False)
     gpu_loss, gpu_grads = _one_step(m_gpu, o_gpu, q_gpu, batch, dev, True)
-    assert np.isfinite(gpu_loss) and abs(gpu_loss - cpu_loss) <= LOSS_RTOL * abs(cpu_loss), (gpu_loss, cpu_loss)
+    assert np.isfinite(gpu_loss), gpu_loss
+    assert abs(gpu_loss - cpu_loss) <= LOSS_RTOL * abs(cpu_loss), (gpu_loss, cpu_loss)
     assert cpu_grads.keys() == gpu_grads.keys()
     for n, gc in cpu_grads.items():
         gg = gpu_grads[n]
