@@ -73,6 +73,31 @@ def test_explicit_cpu_device_gives_bit_identical_weights(variant):
     assert all(np.isfinite(v) for r in rep_d["epochs"] for v in r["loss"].values())
 
 
+def test_losses_compute_in_fp32_under_a_bf16_autocast():
+    """Under a bf16 autocast (the CPU's stands in for CUDA's here) the losses take bf16 tower outputs
+    and still compute their logits in fp32: the same values as fp32 math on those vectors."""
+    from mmrank.pretrain.losses import ClickVisualLoss, InfoNCELoss, TripletLoss
+
+    g = torch.Generator().manual_seed(3)
+    unit = lambda n: torch.nn.functional.normalize(torch.randn(n, 32, generator=g), dim=-1)  # noqa: E731
+    q, k, n = (unit(16).bfloat16() for _ in range(3))
+    ids = torch.arange(16)
+    queue = MomentumQueue(32, 64)
+    queue.enqueue(unit(64), torch.randint(0, 40, (64,), generator=g))
+    nce, trip, cv = InfoNCELoss(nested_dims=(8, 32)), TripletLoss(nested_dims=(8, 32)), ClickVisualLoss()
+
+    def terms() -> dict:
+        return {**nce(q, k, queue=queue, q_ids=ids, k_ids=ids), **trip(q, k, n), **cv(q, k, n, q)}
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = terms()
+    q, k, n = q.float(), k.float(), n.float()
+    exact = terms()
+    assert mixed.keys() == exact.keys()
+    for name, v in mixed.items():
+        assert v.dtype == torch.float32 and torch.equal(v, exact[name]), name
+
+
 def test_dist_env_picks_gloo_for_cpu_and_nccl_for_cuda(monkeypatch):
     import torch.distributed as dist
 

@@ -324,7 +324,9 @@ class InfoNCELoss(nn.Module):
                 k_ids: torch.Tensor | None = None, queue_ids: torch.Tensor | None = None,
                 queue_valid: torch.Tensor | None = None,
                 log_q: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        with full_precision(q):           # fp32 logits under a bf16 autocast (inputs cast below)
+        if isinstance(queue, torch.Tensor):
+            queue = queue.float()
+        with full_precision(q):           # fp32 logits under a bf16 autocast (inputs cast here)
             return self._forward(q.float(), k.float(), pos_index, queue, q_ids, k_ids, queue_ids,
                                  queue_valid, log_q)
 
