@@ -59,7 +59,7 @@ def train_strategy(run: Path, strategy: str, *, seed: int = 0, make_epochs: int 
     if post and data is None:
         from mmrank.posttrain.stage import ensure_posttrain
 
-        ensure_posttrain(run, progress=progress)
+        ensure_posttrain(run, progress=progress, hardware=hardware)
     if strategy in CLICK_VISUAL_STRATEGIES and data is None:   # the click-visual encoder's table
         from mmrank.pretrain.stage import variant_vectors
 
@@ -201,7 +201,7 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
     if any(s in POST_STRATEGIES for s in strategies):                  # on demand (issue 21)
         from mmrank.posttrain.stage import ensure_posttrain
 
-        ensure_posttrain(run, progress=progress)
+        ensure_posttrain(run, progress=progress, hardware=hardware)
         post_data = data.with_posttrained(run)
     cv_data = None
     if any(s in CLICK_VISUAL_STRATEGIES for s in strategies):           # issue 22
