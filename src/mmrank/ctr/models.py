@@ -126,9 +126,11 @@ class CtrConfig(StrictModel):
                                  "VisualDebias block (mmrank.ctr.debias)")
     # Speed with and without: benchmarks/ctr_throughput.py --full-history.
     compile_attention: bool = Field(False, description="run DIN's attention unit through torch.compile "
-                                    "(needs a C++ compiler; compiles on first use; same values)")
+                                    "(inductor's kernels for the device: C++ on a CPU, Triton on CUDA; needs a C++ compiler; "
+                                    "compiles on first use; same values)")
     attention_bf16: bool = Field(False, description="DIN's attention unit computes in bfloat16 "
-                                 "(torch.autocast; about 3 significant digits per attention score)")
+                                 "(torch.autocast on its inputs' device; about 3 significant digits per "
+                                 "attention score; on CUDA the trainer's bf16 autocast does so already)")
 
     @property
     def uses_vectors(self) -> bool:

@@ -178,8 +178,10 @@ class TargetAttention(nn.Module):
     first use in a few seconds): it fuses the per-pair elementwise work (the product with the query,
     the adds and the activations, forward and backward) into the matmuls' neighbours, so the
     ``(nnz, h)`` activations are not each written and read again. Without a C++ compiler it warns
-    once and runs eagerly. ``bf16 = True`` runs the unit's matmuls in bfloat16 (``torch.autocast``;
-    pooled output and scores returned in float32): about 3 significant digits per score instead of 7.
+    once and runs eagerly. ``bf16 = True`` runs the unit's matmuls in bfloat16 (``torch.autocast`` on
+    the inputs' device, CPU or CUDA; pooled output and scores returned in float32): about 3 significant
+    digits per score instead of 7. Under an outer CUDA autocast (the trainers' bf16 on CUDA) the unit
+    computes in bf16 whatever ``bf16`` says, and takes the bf16 path's layout (padding) too.
     """
 
     compiled = False
