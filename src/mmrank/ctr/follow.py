@@ -469,7 +469,8 @@ class StrategyState:
         state["ids.item_emb.weight"] = state["ids.item_emb.weight"][torch.from_numpy(np.r_[head, item_rows])]
         if "ids.user_emb.weight" in state:
             state["ids.user_emb.weight"] = state["ids.user_emb.weight"][torch.from_numpy(np.r_[head, user_rows])]
-        model = CtrModel(self.mcfg, sizes, self.vectors)
+        vectors = None if self.reps is None else ItemVectors(self.reps.table)   # a host copy (bundles)
+        model = CtrModel(self.mcfg, sizes, vectors)
         model.load_state_dict(state, strict=True)
         model.eval()
         return model, space
