@@ -166,6 +166,20 @@ def test_every_command_refuses_cuda_before_reading_data(tmp_path, args):
     assert "device cuda:1" in str(res.exception)
 
 
+@pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")
+def test_the_run_configs_hardware_section_is_honoured_and_the_flag_wins(tmp_path):
+    from mmrank.cli import app
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("hardware: {device: cuda}\n")
+    res = CliRunner().invoke(app, ["rerank", "train", "--run", str(tmp_path / "R"), "--config", str(cfg)])
+    assert isinstance(res.exception, DeviceError) and "device cuda:" in str(res.exception)
+    res = CliRunner().invoke(app, ["ctr", "predict", "--run", str(tmp_path / "R"), "--strategy", "id",
+                                   "--samples", "S", "--out", "O", "--config", str(cfg), "--device", "cpu"])
+    assert not isinstance(res.exception, DeviceError)   # --device cpu wins; it fails later, on the data
+    assert res.exit_code != 0
+
+
 def test_cli_ctr_train_device_cpu_equals_no_flag(tmp_path):
     from mmrank.cli import app
 
