@@ -268,14 +268,16 @@ def rerank_payloads(run: Path, n: int) -> list[dict]:
     return logged_list_bodies(lists, lists.test_rows()[:n])
 
 
-def rerank_raw_forward(run: Path, model: str, threads: int, bodies: list[dict], repeats: int = 200) -> dict:
-    """The re-ranker alone on one list at a time (prepared once: features + forward, ms), cycling
-    through ``bodies``."""
+def rerank_raw_forward(run: Path, model: str, threads: int, bodies: list[dict], repeats: int = 200,
+                       device: str = "cpu", bf16: bool = True) -> dict:
+    """The re-ranker alone on one list at a time (prepared once: features + forward, ms; on
+    ``device``, its scores back on the host), cycling through ``bodies``."""
     from mmrank import threads as thread_settings
+    from mmrank.device import HardwareConfig
     from mmrank.rerank.serving import load_reranker
 
     thread_settings.configure(threads)
-    rr = load_reranker(run, model)
+    rr = load_reranker(run, model, hardware=HardwareConfig(device=device, bf16=bf16))
     prepared = [rr.prepare(b) for b in bodies]
     rr.score(prepared[:1])  # warm-up (query encoding cached)
     times = []
@@ -293,7 +295,8 @@ def rerank_raw_forward(run: Path, model: str, threads: int, bodies: list[dict], 
 def measure_rerank(run: Path, args: argparse.Namespace, url: str, bodies: list[dict]) -> dict:
     """One repeat for /v1/rerank: the raw forward, then the server at concurrency 1 and 16; ratios
     against the raw forward of the same model in the same run."""
-    raw = rerank_raw_forward(run, args.rerank_model, args.threads, bodies, repeats=args.forward_repeats)
+    raw = rerank_raw_forward(run, args.rerank_model, args.threads, bodies, repeats=args.forward_repeats,
+                             device=args.device, bf16=args.bf16)
     loads = {f"mmrank@{c}": load({"mmrank": url}, bodies, args.requests, c, path="/v1/rerank")["mmrank"]
              for c in (1, 16)}
     m1, m16 = loads["mmrank@1"], loads["mmrank@16"]
@@ -324,10 +327,6 @@ def rerank_phase(run: Path, args: argparse.Namespace, built: bool) -> dict | Non
 
     if not args.rerank_model:
         return None
-    if args.device != "cpu":
-        print(f"\n/v1/rerank: skipped on --device {args.device} (its peer, the raw re-ranker forward of "
-              f"mmrank.rerank.serving, is timed on the CPU only here)")
-        return None
     have = (run / "rerank" / args.rerank_model / "model.safetensors").exists()
     if not have and built:
         from mmrank.rerank.stage import train_model
@@ -341,8 +340,9 @@ def rerank_phase(run: Path, args: argparse.Namespace, built: bool) -> dict | Non
         return None
     bodies = rerank_payloads(run, 64)
     extra = ("--rerank-model", args.rerank_model, "--rerank-concurrency", "1000", "--deadline-ms", "600000",
-             "--max-wait-ms", str(args.max_wait_ms), "--max-batch-rows", str(args.max_batch_rows)) + \
-        (("--strategy", args.strategy) if args.strategy else ())
+             "--max-wait-ms", str(args.max_wait_ms), "--max-batch-rows", str(args.max_batch_rows),
+             "--device", args.device) + (("--strategy", args.strategy) if args.strategy else ()) + \
+        (("--config", str(_no_bf16_config())) if not args.bf16 else ())
     runs = []
     with ServerProcess(run, extra_args=extra, threads=args.threads) as srv:
         for k in range(args.repeat):

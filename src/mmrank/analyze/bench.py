@@ -12,7 +12,7 @@ Training code only: nothing here reads ``R/truth/``; Acc@N is computed on the ru
 GAUC on the CTR test split, as the pretrain and ctr stages do.
 
 On a device (``hardware``: auto | cpu | cuda | cuda:N): the encoders and CTR models are trained there
-(the stage functions' ``device`` / ``hardware``, where they take one), item vectors are computed on
+(the CTR stage's ``hardware``; pre-training's ``device`` where it takes one), item vectors are computed on
 the model's device and come back to the host.
 """
 
@@ -241,9 +241,9 @@ class Bench:
         if history_len is not None:
             mcfg = CtrConfig.model_validate({**mcfg.model_dump(), "history_len": int(history_len)})
         t0 = time.time()
-        on = {"hardware": self.hardware} if takes(fit_strategy, "hardware") else {}
         model, _ = fit_strategy(self.data, strategy, seed=seed, make_epochs=self.make_epochs, cfg=mcfg,
-                                train_cfg=self.ctr.train, progress=True, **on)
-        m = evaluate(self.data, predict(model, self.data.enc))
+                                train_cfg=self.ctr.train, progress=True, hardware=self.hardware)
+        m = evaluate(self.data, predict(model, self.data.enc, bf16=self.hardware.bf16,
+                                         pin_memory=self.hardware.pin_memory))
         return {"gauc": float(m["gauc"]), "auc": float(m["auc"]), "logloss": float(m["logloss"]),
                 "seconds": round(time.time() - t0, 1)}

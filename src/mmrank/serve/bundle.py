@@ -13,13 +13,14 @@ encoder's config and weights), not only against the vector width:
 
 A bundle is immutable once loaded; a server swaps a whole new bundle in (:mod:`mmrank.serve.app`).
 
-On a device (``hardware``: auto | cpu | cuda | cuda:N): the item encoder and the CTR model are moved
-there once at load (the re-ranker too when its loader takes a ``device``); every batch is built on the
+On a device (``hardware``: auto | cpu | cuda | cuda:N): the item encoder, the CTR model and the
+re-ranker are moved there once at load; every batch is built on the
 host, moved there, scored there (bf16 autocast on CUDA when ``hardware.bf16``), and its scores come
 back to the host. ``Bundle.device`` says where (``describe()``, ``/v1/bundle``, ``/healthz``).
 
 The re-ranker seam: when ``R/rerank/`` exists, :func:`load_reranker` imports
-``mmrank.rerank.serving`` and calls its ``load(run, encoder_version=...[, model=...])``, which returns
+``mmrank.rerank.serving`` and calls its ``load(run, encoder_version=..., hardware=...[, model=...])``
+(``hardware``: the bundle's device), which returns
 a :class:`mmrank.rerank.serving.ListReranker` (the :class:`Reranker` interface, and the lists
 ``/v1/rerank`` scores) or None when no re-ranker is trained. Without one the bundle loads and says
 why (``Bundle.rerank_status``); the page shows the CTR order on both sides then, and ``/v1/rerank``
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import inspect
 import json
 import threading
 import time
@@ -83,11 +83,10 @@ class Reranker(Protocol):
 
 
 def load_reranker(run: Path, encoder_version: str, model: str | None = None,
-                  device: Any = None) -> tuple[Reranker | None, str]:
+                  hardware: HardwareConfig | None = None) -> tuple[Reranker | None, str]:
     """``(re-ranker or None, status)``: ``R/rerank/<model>`` (default: the preferred one trained);
     raises :class:`ConfigError` on an encoder-version mismatch, :class:`MMRankError` when ``model`` is
-    named but not trained. ``device`` goes to the re-ranker's loader when it takes one (else the
-    re-ranker runs where its loader puts it)."""
+    named but not trained. ``hardware``: where it scores (None: auto)."""
     d = Path(run) / "rerank"
     if not d.exists() and model is None:
         return None, ("absent: this run has no trained re-ranker (train one with "
@@ -100,19 +99,14 @@ def load_reranker(run: Path, encoder_version: str, model: str | None = None,
         return None, ("a re-ranker was trained for this run, but re-ranking is not installed in this "
                       "version of the server (upgrade mmrank to serve it)")
     kw: dict[str, Any] = {} if model is None else {"model": model}
-    if device is not None and "device" in inspect.signature(mod.load).parameters:
-        kw["device"] = device
-    rr = mod.load(Path(run), encoder_version=encoder_version, **kw)
+    rr = mod.load(Path(run), encoder_version=encoder_version, hardware=hardware, **kw)
     if rr is None:
         return None, ("absent: this run has no trained re-ranker (train one with "
                       "`mmrank rerank train --run R`, then reload)")
     if getattr(rr, "encoder_version", None) != encoder_version:
         raise ConfigError(f"{d}: re-ranker {getattr(rr, 'name', '?')!r} was trained on encoder version "
                           f"{getattr(rr, 'encoder_version', None)!r}, the bundle's is {encoder_version!r}")
-    where = ""
-    if device is not None and resolve_device(device).type != "cpu" and "device" not in kw:
-        where = " on the CPU (its loader takes no device)"
-    return rr, f"loaded {rr.name} ({rr.version}){where}"
+    return rr, f"loaded {rr.name} ({rr.version})"
 
 
 class UserHistories:
@@ -297,7 +291,7 @@ def load_bundle(run: str | Path, strategy: str | None = None, *, encoder: Any = 
         model_version = lineage.model_version(d / "model.safetensors", d / "vocab.safetensors",
                                               d / "config.json")
         store.catch_up()  # items acknowledged under an older encoder version, re-encoded with this one
-        reranker, status = load_reranker(run, version, rerank_model, device=dev)
+        reranker, status = load_reranker(run, version, rerank_model, hardware=hw)
         users = UserHistories.from_run(run, history_len=model.cfg.history_len)
         made = bundle_lineage(run, store, d)
     except BaseException:
