@@ -12,7 +12,7 @@ Training code only: nothing here reads ``R/truth/``; Acc@N is computed on the ru
 GAUC on the CTR test split, as the pretrain and ctr stages do.
 
 On a device (``hardware``: auto | cpu | cuda | cuda:N): the encoders and CTR models are trained there
-(the CTR stage's ``hardware``; pre-training's ``device`` where it takes one), item vectors are computed on
+(the CTR stage's ``hardware``, pre-training's ``device``), item vectors are computed on
 the model's device and come back to the host.
 """
 
@@ -22,9 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import inspect
-from collections.abc import Callable
-
 import numpy as np
 import torch
 
@@ -32,22 +29,9 @@ from mmrank.analyze.config import AnalyzeConfig
 from mmrank.device import HardwareConfig, resolve_device
 from mmrank.errors import ConfigError, MMRankError
 from mmrank.pretrain.config import MOON_ROWS, VARIANTS, PretrainConfig
+from mmrank.pretrain.evaluate import model_device
 
 MODS = {"e": "epochs", "d": "dim", "k": "queue_size", "f": "fraction"}
-
-
-def takes(fn: Callable[..., Any], name: str) -> bool:
-    """Whether ``fn`` has a parameter ``name`` (a stage function that takes ``device``/``hardware``)."""
-    return name in inspect.signature(fn).parameters
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """Where ``model``'s first parameter (or buffer) lives; the CPU for one without any."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
 
 
 def parse_point(spec: str) -> tuple[str, dict[str, Any]]:
@@ -165,9 +149,9 @@ class Bench:
             model: torch.nn.Module = OffTheShelf(int(np.prod(self.feats.item_img.shape[1:])),
                                                  int(self.feats.item_txt.shape[1]))
         else:
-            on = {"device": self.device, "bf16": self.hardware.bf16} if takes(train, "device") else {}
             model = train(cfg, self.feats, pairs, self.catalog.item_ids, DistEnv(), ckpt_dir=None,
-                          log=lambda m: None, data_digest=self.data_digest, modality=self.modality, **on)
+                          log=lambda m: None, data_digest=self.data_digest, modality=self.modality,
+                          device=self.device, bf16=self.hardware.bf16)
         metrics = evaluate(model, self.feats, self.pairs,
                            [] if isinstance(model, OffTheShelf) else cfg.nested_dims,
                            item_codes=self.item_codes)
