@@ -352,3 +352,27 @@ def test_tails_on_cuda_in_bf16_match_the_cpu(bert_dir):
     torch.manual_seed(0)
     a = aug(torch.rand(4, 3, SIZE, SIZE, device=dev))
     assert a.device.type == "cuda" and a.shape == (4, 3, SIZE, SIZE)
+
+
+def test_device_flag_cpu_trains_the_same_weights_and_cuda_is_one_line(finetuned, tiny_market,
+                                                                     bert_dir, tmp_path):
+    from mmrank.cli import app
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_market, run)
+    args = ["pretrain", "--run", str(run), "--variant", "scl-finetune", "--max-steps", "3",
+            "--config", str(finetuned / "ft.yaml"), "--image-size", str(SIZE),
+            "--image-encoder", "efficientnet-lite0", "--text-encoder", f"hf-bert:{bert_dir}"]
+    if not torch.cuda.is_available():  # refused before anything is read (the CLI's main() prints
+        from mmrank.device import DeviceError  # it as one line, exit 2: test_pretrain_device.py)
+
+        res = CliRunner().invoke(app, [*args, "--device", "cuda"])
+        assert isinstance(res.exception, DeviceError) and "device cuda" in str(res.exception)
+        assert not (run / "features").exists()
+    res = CliRunner().invoke(app, [*args, "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    a = load_file(str(finetuned / "encoder" / "weights.safetensors"))
+    b = load_file(str(run / "encoder" / "weights.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:  # the same trajectory, bit for bit
+        assert torch.equal(a[k], b[k]), k
