@@ -97,7 +97,7 @@ class PixelNet(nn.Module):
                 x = checkpointed(lambda h, j=j: self._block(j, h), x, self.blocks[j])
             else:
                 x = self._block(j, x)
-        return self.head(x).mean(dim=(2, 3))
+        return self.head(x).float().mean(dim=(2, 3))  # pooled in fp32 (a no-op without autocast)
 
 
 class EffNetPixels(PixelNet):

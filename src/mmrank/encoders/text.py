@@ -101,7 +101,8 @@ class BertTail(nn.Module):
             n = max(int(mask.sum(1).max()), 1)
             ids, mask = ids[:, :n], mask[:, :n]
         out = self.bert(input_ids=ids, attention_mask=mask)
-        return torch.nn.functional.normalize(mean_pool(out.last_hidden_state, mask), dim=-1)
+        # pooled in fp32 (a no-op on the CPU; under bf16 autocast the sum over tokens keeps its digits)
+        return torch.nn.functional.normalize(mean_pool(out.last_hidden_state.float(), mask), dim=-1)
 
 
 def pack_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
