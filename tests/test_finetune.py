@@ -376,3 +376,21 @@ def test_device_flag_cpu_trains_the_same_weights_and_cuda_is_one_line(finetuned,
     assert a.keys() == b.keys()
     for k in a:  # the same trajectory, bit for bit
         assert torch.equal(a[k], b[k]), k
+
+
+def test_throughput_benchmark_runs_small(bert_dir, monkeypatch, capsys):
+    """benchmarks/finetune_throughput.py (the GPU check's steps/s of the row) at toy sizes."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import finetune_throughput
+
+    threads = torch.get_num_threads()
+    try:
+        finetune_throughput.main(["--text-encoder", f"hf-bert:{bert_dir}", "--size", "32",
+                                  "--batch-size", "8", "--items", "24", "--steps", "2",
+                                  "--rows", "scl,finetune", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    rows = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.split()[:1] in (["scl"], ["finetune"])}
+    assert set(rows) == {"scl", "finetune"} and all(len(r) == 4 for r in rows.values())
+    assert "device: cpu" in out
