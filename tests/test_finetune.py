@@ -147,7 +147,8 @@ def test_param_groups_carry_their_own_lr_and_warmup(bert_dir):
     m = SCLModel(16, 8, 32, 64)
     (one,) = param_groups(scl, m, Objective(scl))
     assert (one.name, one.lr, one.warmup) == ("heads", scl.lr, scl.warmup_steps)
-    assert len(one.params) == sum(p.requires_grad for p in m.parameters()) + len(list(Objective(scl).parameters()))
+    n_objective = len(list(Objective(scl).parameters()))  # the temperatures
+    assert len(one.params) == sum(p.requires_grad for p in m.parameters()) + n_objective
 
 
 def test_trainer_steps_each_group_at_its_scheduled_lr(bert_dir, monkeypatch):
