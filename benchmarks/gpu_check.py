@@ -1,0 +1,492 @@
+"""The one prepared GPU check (issue 30, part 6): every GPU figure of mmrank, each against a peer or a
+limit measured in the same run on the same device, in at most ``--budget-s`` seconds.
+
+Steps, in order, each time-boxed (its commands get at most what is left of the budget, capped per step)
+and skipped with a printed reason when too little is left:
+
+1. ``machine``: torch, CUDA, the GPU's name, the date; the bf16 and fp32 matmul rates
+   (``benchmarks/roofline.py``) measured now: the limits later steps are compared against;
+2. ``pytest-gpu``: ``pytest -m gpu`` over the test files that hold ``gpu`` tests (on a CPU they skip:
+   the count is printed);
+3. ``din``: ``benchmarks/ctr_throughput.py --device D --full-history``: mmrank's DIN training and
+   inference samples/s against DeepCTR-Torch's DIN on the same rows (goal printed: training >= 3x);
+4. ``scl``: ``benchmarks/pretrain_throughput.py --device D --sizes 196800``: SCL pairs/s at the paper's
+   K = 196,800 and its share of the bf16 matmul rate of step 1 (goal printed: >= 40%);
+5. ``catalog``: ``mmrank market generate`` on the carried real-catalog subset (``.gpu/``), the carried
+   MiniLM features written into the run's feature cache, then ``mmrank pretrain`` off-the-shelf, scl and
+   scl-finetune (image / text Acc@1; goal printed: scl-finetune image Acc@1 >= 2x off-the-shelf) and
+   ``mmrank embed`` items/s;
+6. ``serve``: ``benchmarks/serve_latency.py --device D``: p99 at concurrency 1 and 16 (mmrank against
+   the raw forward and a plain FastAPI endpoint, same run).
+
+Every command and its whole output go to ``--out``/``gpu_check.log``; ``--out``/``gpu_check.json`` holds
+the summary (device, GPU name, date, each step's status, reason, figures and commands); a table is
+printed at the end. A step whose flag is not there yet fails with its error printed, and the check goes
+on. Goals are printed, not asserted. Nothing is installed here: on the GPU machine (docs/gpu.md)::
+
+    pip install --no-index --no-deps --target /tmp/site .whl/*.whl
+    PYTHONPATH=/tmp/site:src python benchmarks/gpu_check.py --device cuda --out $OUT/gpu-check
+
+``--device cpu --tiny`` shrinks every step (about a minute on a CPU) to test the script itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+GPU_DIR = ROOT / ".gpu"
+STUBS = ROOT / ".whl" / "stubs"
+STEPS = ("machine", "pytest-gpu", "din", "scl", "catalog", "serve")
+K_PAPER = 196_800
+
+# Seconds each step may take at most (full, tiny) and the least it needs to be worth starting.
+CAPS = {"machine": (30, 30), "pytest-gpu": (90, 60), "din": (110, 60), "scl": (70, 60),
+        "catalog": (210, 120), "serve": (90, 60)}
+NEEDS = {"machine": 5, "pytest-gpu": 10, "din": 20, "scl": 15, "catalog": 40, "serve": 20}
+
+
+class Check:
+    """The budget, the log and the summary of one run."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log = open(self.out / "gpu_check.log", "w", encoding="utf-8")
+        self.t0 = time.monotonic()
+        self.steps: dict[str, dict] = {}
+        self.summary: dict = {"device": args.device, "tiny": args.tiny, "budget_s": args.budget_s,
+                              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                              "steps": self.steps}
+
+    def left(self) -> float:
+        return self.args.budget_s - (time.monotonic() - self.t0)
+
+    def say(self, line: str) -> None:
+        print(line, flush=True)
+        self.log.write(line + "\n")
+        self.log.flush()
+
+    def env(self) -> dict[str, str]:
+        """Children: the source tree first, the carried stubs last (a real package wins), offline."""
+        env = dict(os.environ)
+        parts = [str(ROOT / "src"), str(BENCH)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        if STUBS.exists():
+            parts.append(str(STUBS))
+        env["PYTHONPATH"] = os.pathsep.join(parts)
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        weights = GPU_DIR / "efficientnet-lite0.pth"
+        if weights.exists():
+            env.setdefault("MMRANK_EFFNET_WEIGHTS", str(weights))
+        return env
+
+    def run(self, step: dict, cmd: list[str], cap: float) -> tuple[int, str]:
+        """Run ``cmd`` (logged) for at most ``min(cap, budget left)`` seconds; (exit code, output)."""
+        limit = max(1.0, min(cap, self.left()))
+        shown = " ".join(str(c) for c in cmd).replace(sys.executable, "python")
+        step["commands"].append(shown)
+        self.say(f"$ {shown}   (limit {limit:.0f} s)")
+        t = time.monotonic()
+        try:
+            p = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=self.env(), capture_output=True,
+                               text=True, timeout=limit)
+            rc, out = p.returncode, p.stdout + p.stderr
+        except subprocess.TimeoutExpired as e:
+            rc = 124
+            out = ((e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")) + \
+                  ((e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")) + \
+                  f"\n[timed out after {limit:.0f} s]"
+        self.log.write(out if out.endswith("\n") else out + "\n")
+        self.log.write(f"[exit {rc} after {time.monotonic() - t:.1f} s]\n")
+        self.log.flush()
+        return rc, out
+
+    def step(self, name: str, fn: Callable[[dict, float], None]) -> None:
+        cap = CAPS[name][1 if self.args.tiny else 0]
+        rec: dict = {"status": "ok", "reason": "", "seconds": 0.0, "figures": {}, "commands": []}
+        self.steps[name] = rec
+        self.say(f"\n== {name} ({self.left():.0f} s of the budget left)")
+        if name in self.args.skip:
+            rec.update(status="skipped", reason="--skip")
+        elif self.left() < NEEDS[name]:
+            rec.update(status="skipped", reason=f"budget: {self.left():.0f} s left, the step needs at least "
+                                                f"{NEEDS[name]} s")
+        else:
+            t = time.monotonic()
+            try:
+                fn(rec, cap)
+            except Exception as e:  # a step's failure is reported, and the check goes on
+                rec.update(status="failed", reason=f"{type(e).__name__}: {e}")
+            rec["seconds"] = round(time.monotonic() - t, 1)
+        if rec["status"] != "ok":
+            self.say(f"-- {name}: {rec['status']}: {rec['reason']}")
+        for k, v in rec["figures"].items():
+            self.say(f"   {k}: {v}")
+
+    def write(self) -> Path:
+        self.summary["seconds"] = round(time.monotonic() - self.t0, 1)
+        path = self.out / "gpu_check.json"
+        path.write_text(json.dumps(self.summary, indent=1))
+        return path
+
+
+def fail(rec: dict, rc: int, out: str, what: str) -> bool:
+    """Mark ``rec`` failed with the output's last lines when ``rc`` is not 0; True when it failed."""
+    if rc == 0:
+        return False
+    tail = " | ".join(line.strip() for line in out.strip().splitlines()[-3:])
+    rec.update(status="failed", reason=f"{what}: exit {rc}: {tail}")
+    return True
+
+
+def num(s: str) -> float:
+    return float(s.replace(",", ""))
+
+
+# ---- 1. machine ---------------------------------------------------------------------------------------
+
+def step_machine(chk: Check, rec: dict, cap: float) -> None:
+    import torch
+
+    from roofline import matmul_gflops
+
+    dev = torch.device(chk.args.device)
+    f = rec["figures"]
+    f["torch"] = torch.__version__
+    f["cuda"] = torch.version.cuda or "none"
+    f["python"] = platform.python_version()
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda, but torch.cuda.is_available() is False")
+        f["gpu"] = torch.cuda.get_device_name(dev)
+    else:
+        f["gpu"] = "none (cpu)"
+    chk.summary["gpu"] = f["gpu"]
+    n = 512 if chk.args.tiny else None
+    f["bf16_matmul_gflops"] = round(matmul_gflops(torch.bfloat16, n=n, device=dev), 1)
+    f["fp32_matmul_gflops"] = round(matmul_gflops(torch.float32, n=n, device=dev), 1)
+    chk.summary["bf16_gflops"] = f["bf16_matmul_gflops"]
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ---- 2. pytest -m gpu ---------------------------------------------------------------------------------
+
+def step_pytest(chk: Check, rec: dict, cap: float) -> None:
+    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
+                   if "mark.gpu" in p.read_text(encoding="utf-8"))
+    rec["figures"]["files"] = len(files)
+    if not files:
+        rec.update(status="skipped", reason="no test file holds a gpu-marked test")
+        return
+    rc, out = chk.run(rec, [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+                            "-rs", *files], cap)
+    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", out)}
+    rec["figures"].update({k: counts.get(k, 0) for k in ("passed", "failed", "skipped", "deselected")})
+    if rc not in (0, 5):  # 5: nothing collected
+        fail(rec, rc, out, "pytest -m gpu")
+
+
+# ---- 3. DIN against DeepCTR-Torch ---------------------------------------------------------------------
+
+RATIO = re.compile(r"ratio (.+?) / DeepCTR-Torch: train ([\d.]+)x\s+inference ([\d.]+)x")
+DIN = re.compile(r"^(.+?) DIN\s+train\s+([\d,]+) samples/s\s+inference\s+([\d,]+) samples/s", re.M)
+
+
+def have(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def step_din(chk: Check, rec: dict, cap: float) -> None:
+    a = chk.args
+    cmd = [sys.executable, str(BENCH / "ctr_throughput.py"), "--device", a.device, "--full-history",
+           "--rows", str(a.din_rows)]
+    if a.tiny:
+        cmd += ["--warmup", "500", "--chunks", "2", "--simtier-rows", "2000", "--no-compile",
+                "--items", "2000", "--users", "2000", "--cats", "50"]
+    if not have("deepctr_torch"):
+        cmd.append("--skip-deepctr")
+        rec["reason"] = "DeepCTR-Torch is not installed (.whl/ carries it): no peer, no ratio"
+    rc, out = chk.run(rec, cmd, cap)
+    if fail(rec, rc, out, "ctr_throughput.py"):
+        return
+    f = rec["figures"]
+    for name, tr, inf in DIN.findall(out):
+        f[f"{name.strip()} train samples/s"] = num(tr)
+        f[f"{name.strip()} inference samples/s"] = num(inf)
+    ratios = [(name, float(tr), float(inf)) for name, tr, inf in RATIO.findall(out)]
+    for name, tr, inf in ratios:
+        f[f"{name} / DeepCTR-Torch train"] = tr
+        f[f"{name} / DeepCTR-Torch inference"] = inf
+    if ratios:
+        best = max(ratios, key=lambda r: r[1])
+        f["goal: DIN training >= 3x DeepCTR-Torch"] = f"{best[1]:.2f}x ({best[0]}): " + \
+            ("met" if best[1] >= 3.0 else "not met")
+    elif not rec["reason"]:
+        rec["reason"] = "no ratio line in the output"
+
+
+# ---- 4. SCL at K = 196,800 ----------------------------------------------------------------------------
+
+ROOF = re.compile(r"roofline (?P<name>.+?): (?P<mflop>[\d,.]+) MFLOP per \w+ -> limit [\d,]+ \w+/s at the "
+                  r"(?P<prec>\w+) matmul roof; measured (?P<rate>[\d,]+) \w+/s = (?P<share>[\d.]+)% of it")
+
+
+def step_scl(chk: Check, rec: dict, cap: float) -> None:
+    a = chk.args
+    k = 4096 if a.tiny else K_PAPER
+    cmd = [sys.executable, str(BENCH / "pretrain_throughput.py"), "--device", a.device, "--sizes", str(k)]
+    if a.tiny:
+        cmd += ["--steps", "3", "--items", "2000", "--pairs", "4000", "--batch-size", "64", "--no-reference"]
+    rc, out = chk.run(rec, cmd, cap)
+    if fail(rec, rc, out, "pretrain_throughput.py"):
+        return
+    f = rec["figures"]
+    row = re.search(rf"^\s*{k}\s+([\d,.]+)\s+([\d.]+)", out, re.M)
+    if not row:
+        rec.update(status="failed", reason=f"no K={k} row in the output")
+        return
+    pairs_s = num(row.group(1))
+    f[f"K={k} pairs/s"] = pairs_s
+    f[f"K={k} ms/step"] = float(row.group(2))
+    for m in ROOF.finditer(out):
+        if m.group("name").strip() == f"K={k}":
+            f[f"K={k} {m.group('prec')} roof share (its own line)"] = f"{m.group('share')}%"
+            mflop = num(m.group("mflop"))
+            bf16 = chk.summary.get("bf16_gflops")
+            if bf16:
+                share = pairs_s * mflop * 1e6 / (bf16 * 1e9)
+                f[f"K={k} share of the bf16 matmul rate of step 1"] = f"{share:.1%}"
+                f["goal: SCL step >= 40% of bf16 matmul rate"] = "met" if share >= 0.4 else "not met"
+
+
+# ---- 5. the real catalog: market, pretrain, embed -----------------------------------------------------
+
+def mmrank(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mmrank.cli", *args]
+
+
+class CarriedText:
+    """all-MiniLM-L6-v2 as looked up from the carried features (``.gpu/minilm_fp16.npy``): it stands in
+    for the encoder when the run's MiniLM cache tables are written, so the cache holds the real MiniLM
+    features (rounded to float16) under the real encoder's name."""
+
+    name, modality, dim = "minilm", "text", 384
+
+    def __init__(self, gpu: Path) -> None:
+        import numpy as np
+
+        texts = json.loads((gpu / "minilm_texts.json").read_text())
+        self.row = {t: i for i, t in enumerate(texts)}
+        self.feats = np.load(gpu / "minilm_fp16.npy", allow_pickle=False)
+        self.missing: set[str] = set()
+
+    def frozen(self, texts: list[str]):
+        import numpy as np
+        import torch
+
+        rows = []
+        for t in texts:
+            if t not in self.row:
+                self.missing.add(t)
+            rows.append(self.row.get(t, 0))
+        return torch.from_numpy(self.feats[np.asarray(rows, np.int64)].astype(np.float32))
+
+
+def write_text_cache(run: Path, gpu: Path) -> tuple[int, int]:
+    """The run's ``features/minilm_t0/{items_title,queries_text}`` tables from the carried features,
+    keyed exactly as :func:`mmrank.pretrain.data.build_features` keys them. (rows, texts missing)."""
+    from mmrank.encoders.cache import cache_key, cached_features, source_fingerprint
+    from mmrank.pretrain.data import BOTH, TEXT, item_feature_keys, read_catalog, read_pairs
+
+    enc = CarriedText(gpu)
+    catalog = read_catalog(run)
+    pairs = read_pairs(run, catalog)
+    fp = source_fingerprint(catalog.path)
+    key = cache_key("minilm", "text", None, 0)
+    _, title_keys = item_feature_keys(catalog.item_ids, catalog.titles)
+    texts: dict[str, int] = {}
+    for m, q in zip(pairs.modality, pairs.query_text):
+        if m in (TEXT, BOTH):
+            texts.setdefault(q, len(texts))
+    text_list = list(texts)
+    if enc.missing or not all(t in enc.row for t in catalog.titles + text_list):
+        enc.missing |= {t for t in catalog.titles + text_list if t not in enc.row}
+        return 0, len(enc.missing)
+
+    def build():
+        return enc, list
+
+    cached_features(build, key, title_keys, lambda a, z: catalog.titles[a:z], run / "features", "items_title", fp)
+    cached_features(build, key, text_list, lambda a, z: text_list[a:z], run / "features", "queries_text", fp)
+    return len(title_keys) + len(text_list), 0
+
+
+def acc(run: Path, out: str) -> dict:
+    """Acc@1 image / text of the variant just trained: ``R/encoder/metrics.json`` (each
+    ``mmrank pretrain`` writes it), else the stage's printed line."""
+    p = run / "encoder" / "metrics.json"
+    if p.exists():
+        a1 = json.loads(p.read_text()).get("acc@1", {})
+        if a1:
+            return {k: round(float(v), 4) for k, v in a1.items() if v is not None}
+    m = re.search(r"acc@1 image=([\d.]+) text=([\d.]+)", out)
+    return {"image": float(m.group(1)), "text": float(m.group(2))} if m else {}
+
+
+def step_catalog(chk: Check, rec: dict, cap: float) -> None:
+    a = chk.args
+    f = rec["figures"]
+    catalog = GPU_DIR / "items.parquet"
+    if not (catalog.exists() and (GPU_DIR / "minilm_fp16.npy").exists()):
+        rec.update(status="skipped", reason="no .gpu/items.parquet + MiniLM features: run "
+                                            "benchmarks/gpu_prepare.py on a machine with ../shared and PyPI")
+        return
+    manifest = json.loads((GPU_DIR / "manifest.json").read_text()) if (GPU_DIR / "manifest.json").exists() else {}
+    t_end = time.monotonic() + min(cap, chk.left())
+    left = lambda: t_end - time.monotonic()  # noqa: E731
+    run = chk.out / "catalog-run"
+    items = a.catalog_items or manifest.get("items", 10_000)
+    size = "tiny" if a.tiny else manifest.get("size", "small")
+    seed = manifest.get("seed", 7)
+    if not (run / "data" / "manifest.json").exists():
+        t = time.monotonic()
+        rc, out = chk.run(rec, mmrank("market", "generate", "--run", str(run), "--seed", str(seed), "--items",
+                                      str(items), "--size", size, "--catalog", str(catalog)), left())
+        if fail(rec, rc, out, "market generate"):
+            return
+        f["market generate s"] = round(time.monotonic() - t, 1)
+    tables = json.loads((run / "data" / "lineage.json").read_text()).get("inputs", {})
+    if manifest.get("market_tables") and int(items) == manifest.get("items") and size == manifest.get("size"):
+        same = tables == manifest["market_tables"]
+        f["market tables as prepared"] = "identical" if same else "differ (queries may be missing below)"
+    rows, missing = write_text_cache(run, GPU_DIR)
+    text_encoder = "minilm"
+    if missing:
+        text_encoder = "hash-bow"
+        f["text encoder"] = f"hash-bow: {missing} texts are not in the carried MiniLM features"
+    else:
+        f["text encoder"] = f"minilm (carried features, {rows:,} cached rows written)"
+    common = ["--run", str(run), "--device", a.device, "--text-encoder", text_encoder,
+              "--image-size", str(a.image_size)]
+    if a.tiny:
+        common += ["--epochs", "1", "--max-steps", "3", "--batch-size", "64", "--queue-size", "256"]
+    accs = {}
+    for variant in ("off-the-shelf", "scl", "scl-finetune"):
+        if left() < 10:
+            f[f"{variant}"] = f"skipped: {left():.0f} s left of the step"
+            continue
+        t = time.monotonic()
+        extra = ["--variant", variant]
+        rc, out = chk.run(rec, mmrank("pretrain", *common, *extra), left())
+        if rc != 0:
+            tail = " | ".join(out.strip().splitlines()[-2:])
+            f[f"{variant}"] = f"failed (exit {rc}): {tail}"
+            continue
+        accs[variant] = acc(run, out)
+        f[f"{variant} s"] = round(time.monotonic() - t, 1)
+        f[f"{variant} Acc@1"] = accs[variant] or "not found in the metrics JSON"
+        if variant == "scl" and left() >= 10:  # embed with the scl encoder (the one R/encoder holds now)
+            t = time.monotonic()
+            rc, out = chk.run(rec, mmrank("embed", "--run", str(run), "--device", a.device), left())
+            if rc == 0:
+                secs = time.monotonic() - t
+                m = re.search(r"([\d,.]+)\s*items/s", out)
+                f["embed items/s"] = num(m.group(1)) if m else f"{int(items) / secs:,.0f} (items / wall s)"
+            else:
+                f["embed"] = f"failed (exit {rc}): {' | '.join(out.strip().splitlines()[-2:])}"
+    ots, ft = accs.get("off-the-shelf", {}).get("image"), accs.get("scl-finetune", {}).get("image")
+    if ots and ft:
+        f["scl-finetune / off-the-shelf image Acc@1"] = f"{ft / ots:.2f}x: " + \
+            ("met (goal >= 2x)" if ft / ots >= 2 else "not met (goal >= 2x)")
+    failed = [k for k, v in f.items() if isinstance(v, str) and v.startswith("failed")]
+    if failed:
+        rec.update(status="failed", reason="; ".join(f"{k} {f[k]}" for k in failed))
+
+
+# ---- 6. serve p99 -------------------------------------------------------------------------------------
+
+def step_serve(chk: Check, rec: dict, cap: float) -> None:
+    a = chk.args
+    js = chk.out / "serve_latency.json"
+    cmd = [sys.executable, str(BENCH / "serve_latency.py"), "--device", a.device, "--json", str(js)]
+    if a.tiny:
+        cmd += ["--requests", "40", "--forward-repeats", "20", "--also-candidates", "0"]
+    rc, out = chk.run(rec, cmd, cap)
+    if fail(rec, rc, out, "serve_latency.py"):
+        return
+    f = rec["figures"]
+    for name, conc, p99 in re.findall(r"^(mmrank|plain)\s+(\d+)\s+\d+\s+\d+\s+[\d.]+\s+([\d.]+)", out, re.M):
+        f[f"{name} p99 ms at concurrency {conc}"] = float(p99)
+    for line in out.splitlines():
+        if line.startswith(("concurrency 1:", "concurrency 16:")):
+            f[line.split(":")[0] + " (goal line)"] = line.split(":", 1)[1].strip()
+
+
+# ---- the table ------------------------------------------------------------------------------------------
+
+def table(chk: Check) -> str:
+    lines = [f"GPU check: {chk.summary.get('gpu', '?')}, device {chk.args.device}, {chk.summary['date']}, "
+             f"{chk.summary.get('seconds', 0):.0f} s of {chk.args.budget_s:.0f}",
+             f"{'step':<11} {'status':<8} {'s':>6}  figures / reason"]
+    for name in STEPS:
+        r = chk.steps.get(name, {})
+        figs = "; ".join(f"{k} {v}" for k, v in r.get("figures", {}).items())
+        text = " / ".join(x for x in (r.get("reason", ""), figs) if x)
+        lines.append(f"{name:<11} {r.get('status', '-'):<8} {r.get('seconds', 0):>6.1f}  {text}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda", help="cuda | cuda:N | cpu")
+    ap.add_argument("--tiny", action="store_true", help="shrink every step (a test of the script)")
+    ap.add_argument("--out", default="gpu-check", help="folder for gpu_check.log, gpu_check.json, runs")
+    ap.add_argument("--budget-s", type=float, default=480.0, help="the whole check's wall-clock budget")
+    ap.add_argument("--skip", default="", help=f"comma-separated steps to skip ({', '.join(STEPS)})")
+    ap.add_argument("--din-rows", type=int, default=None, help="rows of the DIN benchmark "
+                    "(default 300,000; tiny 4,000)")
+    ap.add_argument("--catalog-items", type=int, default=None, help="catalog subset of step 5 (default: "
+                    "all carried; tiny 300)")
+    ap.add_argument("--image-size", type=int, default=80, help="photo side in step 5 (the photos are 60x80)")
+    args = ap.parse_args(argv)
+    args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    unknown = args.skip - set(STEPS)
+    if unknown:
+        ap.error(f"--skip: unknown step(s) {', '.join(sorted(unknown))}; steps: {', '.join(STEPS)}")
+    args.din_rows = args.din_rows or (4_000 if args.tiny else 300_000)
+    if args.tiny:
+        args.catalog_items = args.catalog_items or 300
+        args.image_size = min(args.image_size, 32)
+    sys.path.insert(0, str(BENCH))
+    sys.path.insert(0, str(ROOT / "src"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    chk = Check(args)
+    chk.say(f"gpu_check: device {args.device}, budget {args.budget_s:.0f} s, out {chk.out}, "
+            f"{chk.summary['date']}" + (" (tiny)" if args.tiny else ""))
+    for name, fn in (("machine", step_machine), ("pytest-gpu", step_pytest), ("din", step_din),
+                     ("scl", step_scl), ("catalog", step_catalog), ("serve", step_serve)):
+        chk.step(name, lambda rec, cap, fn=fn: fn(chk, rec, cap))
+        chk.write()
+    path = chk.write()
+    chk.say("\n" + table(chk))
+    chk.say(f"summary: {path}; log: {chk.out / 'gpu_check.log'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
