@@ -27,7 +27,9 @@ on. Goals are printed, not asserted. Nothing is installed here: on the GPU machi
     pip install --no-index --no-deps --target /tmp/site .whl/*.whl
     PYTHONPATH=/tmp/site:src python benchmarks/gpu_check.py --device cuda --out $OUT/gpu-check
 
-``--device cpu --tiny`` shrinks every step (about a minute on a CPU) to test the script itself.
+``--tiny`` shrinks every step, to test the script on a CPU: ``--device cpu --tiny`` runs the machine
+step and the gpu tests (they skip) and skips the heavy steps with that reason (seconds);
+``--device cpu --tiny --heavy`` runs all six shrunk (several minutes on two cores).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ BENCH = ROOT / "benchmarks"
 GPU_DIR = ROOT / ".gpu"
 STUBS = ROOT / ".whl" / "stubs"
 STEPS = ("machine", "pytest-gpu", "din", "scl", "catalog", "serve")
+HEAVY = ("din", "scl", "catalog", "serve")  # skipped by --tiny unless --heavy
 K_PAPER = 196_800
 
 # Seconds each step may take at most (full, tiny) and the least it needs to be worth starting.
@@ -120,6 +123,9 @@ class Check:
         self.say(f"\n== {name} ({self.left():.0f} s of the budget left)")
         if name in self.args.skip:
             rec.update(status="skipped", reason="--skip")
+        elif self.args.tiny and not self.args.heavy and name in HEAVY:
+            rec.update(status="skipped", reason="--tiny: a heavy step (minutes on a small CPU); --heavy runs "
+                                                "it shrunk")
         elif self.left() < NEEDS[name]:
             rec.update(status="skipped", reason=f"budget: {self.left():.0f} s left, the step needs at least "
                                                 f"{NEEDS[name]} s")
@@ -224,7 +230,14 @@ def step_din(chk: Check, rec: dict, cap: float) -> None:
     rc, out = chk.run(rec, cmd, cap)
     if fail(rec, rc, out, "ctr_throughput.py"):
         return
-    f = rec["figures"]
+    rec["figures"].update(parse_din(out))
+    if not any(k.startswith("goal") for k in rec["figures"]) and not rec["reason"]:
+        rec["reason"] = "no ratio line in the output"
+
+
+def parse_din(out: str) -> dict:
+    """samples/s of each DIN runner, the ratios to DeepCTR-Torch and the goal line."""
+    f: dict = {}
     for name, tr, inf in DIN.findall(out):
         f[f"{name.strip()} train samples/s"] = num(tr)
         f[f"{name.strip()} inference samples/s"] = num(inf)
@@ -236,8 +249,7 @@ def step_din(chk: Check, rec: dict, cap: float) -> None:
         best = max(ratios, key=lambda r: r[1])
         f["goal: DIN training >= 3x DeepCTR-Torch"] = f"{best[1]:.2f}x ({best[0]}): " + \
             ("met" if best[1] >= 3.0 else "not met")
-    elif not rec["reason"]:
-        rec["reason"] = "no ratio line in the output"
+    return f
 
 
 # ---- 4. SCL at K = 196,800 ----------------------------------------------------------------------------
@@ -255,23 +267,31 @@ def step_scl(chk: Check, rec: dict, cap: float) -> None:
     rc, out = chk.run(rec, cmd, cap)
     if fail(rec, rc, out, "pretrain_throughput.py"):
         return
-    f = rec["figures"]
+    f = parse_scl(out, k, chk.summary.get("bf16_gflops"))
+    rec["figures"].update(f)
+    if not f:
+        rec.update(status="failed", reason=f"no K={k} row in the output")
+
+
+def parse_scl(out: str, k: int, bf16_gflops: float | None) -> dict:
+    """pairs/s and ms/step at queue size ``k``; the share of the bf16 matmul rate ``bf16_gflops``
+    (step 1) from the step's matmul FLOPs per pair (the benchmark's roofline line)."""
+    f: dict = {}
     row = re.search(rf"^\s*{k}\s+([\d,.]+)\s+([\d.]+)", out, re.M)
     if not row:
-        rec.update(status="failed", reason=f"no K={k} row in the output")
-        return
+        return f
     pairs_s = num(row.group(1))
     f[f"K={k} pairs/s"] = pairs_s
     f[f"K={k} ms/step"] = float(row.group(2))
     for m in ROOF.finditer(out):
-        if m.group("name").strip() == f"K={k}":
-            f[f"K={k} {m.group('prec')} roof share (its own line)"] = f"{m.group('share')}%"
-            mflop = num(m.group("mflop"))
-            bf16 = chk.summary.get("bf16_gflops")
-            if bf16:
-                share = pairs_s * mflop * 1e6 / (bf16 * 1e9)
-                f[f"K={k} share of the bf16 matmul rate of step 1"] = f"{share:.1%}"
-                f["goal: SCL step >= 40% of bf16 matmul rate"] = "met" if share >= 0.4 else "not met"
+        if m.group("name").strip() != f"K={k}":
+            continue
+        f[f"K={k} share of its {m.group('prec')} roof (its own line)"] = f"{m.group('share')}%"
+        if bf16_gflops:
+            share = pairs_s * num(m.group("mflop")) * 1e6 / (bf16_gflops * 1e9)
+            f[f"K={k} share of the bf16 matmul rate of step 1"] = f"{share:.1%}"
+            f["goal: SCL step >= 40% of the bf16 matmul rate"] = "met" if share >= 0.4 else "not met"
+    return f
 
 
 # ---- 5. the real catalog: market, pretrain, embed -----------------------------------------------------
@@ -423,18 +443,29 @@ def step_catalog(chk: Check, rec: dict, cap: float) -> None:
 def step_serve(chk: Check, rec: dict, cap: float) -> None:
     a = chk.args
     js = chk.out / "serve_latency.json"
-    cmd = [sys.executable, str(BENCH / "serve_latency.py"), "--device", a.device, "--json", str(js)]
-    if a.tiny:
-        cmd += ["--requests", "40", "--forward-repeats", "20", "--also-candidates", "0"]
+    cmd = [sys.executable, str(BENCH / "serve_latency.py"), "--device", a.device, "--concurrency", "1,16",
+           "--rerank-model", "", "--json", str(js)]
+    cmd += (["--requests", "40", "--forward-repeats", "20", "--also-candidates", "0"] if a.tiny
+            else ["--requests", "500"])
     rc, out = chk.run(rec, cmd, cap)
     if fail(rec, rc, out, "serve_latency.py"):
         return
-    f = rec["figures"]
-    for name, conc, p99 in re.findall(r"^(mmrank|plain)\s+(\d+)\s+\d+\s+\d+\s+[\d.]+\s+([\d.]+)", out, re.M):
+    rec["figures"].update(parse_serve(out))
+
+
+def parse_serve(out: str) -> dict:
+    """p99 of each server at each concurrency level, the raw forward's p99 and the goal lines."""
+    f: dict = {}
+    raw = re.search(r"^raw forward \(model only.*?p99 ([\d.]+) ms", out, re.M)
+    if raw:
+        f["raw forward p99 ms"] = float(raw.group(1))
+    for name, conc, p99 in re.findall(r"^(mmrank|plain)\s+(\d+)\s+\d+\s+\d+\s+[\d.]+\s+([\d.]+)\s+[\d.]+\s*$",
+                                      out, re.M):
         f[f"{name} p99 ms at concurrency {conc}"] = float(p99)
     for line in out.splitlines():
         if line.startswith(("concurrency 1:", "concurrency 16:")):
-            f[line.split(":")[0] + " (goal line)"] = line.split(":", 1)[1].strip()
+            f[line.split(":")[0] + " (goal)"] = line.split(":", 1)[1].strip()
+    return f
 
 
 # ---- the table ------------------------------------------------------------------------------------------
@@ -457,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiny", action="store_true", help="shrink every step (a test of the script)")
     ap.add_argument("--out", default="gpu-check", help="folder for gpu_check.log, gpu_check.json, runs")
     ap.add_argument("--budget-s", type=float, default=480.0, help="the whole check's wall-clock budget")
+    ap.add_argument("--heavy", action="store_true", help="with --tiny: run the heavy steps too (shrunk)")
     ap.add_argument("--skip", default="", help=f"comma-separated steps to skip ({', '.join(STEPS)})")
     ap.add_argument("--din-rows", type=int, default=None, help="rows of the DIN benchmark "
                     "(default 300,000; tiny 4,000)")
