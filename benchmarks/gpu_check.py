@@ -431,6 +431,9 @@ def step_catalog(chk: Check, rec: dict, cap: float) -> None:
                 secs = time.monotonic() - t
                 m = re.search(r"([\d,.]+)\s*items/s", out)
                 f["embed items/s"] = num(m.group(1)) if m else f"{int(items) / secs:,.0f} (items / wall s)"
+                line = next((x for x in out.splitlines() if "items/s" in x), "")
+                if line:  # what was encoded now and what came from the pre-training feature cache
+                    f["embed"] = line.strip().split(": ", 1)[-1]
             else:
                 f["embed"] = f"failed (exit {rc}): {' | '.join(out.strip().splitlines()[-2:])}"
     ots, ft = accs.get("off-the-shelf", {}).get("image"), accs.get("scl-finetune", {}).get("image")
