@@ -416,6 +416,11 @@ def step_catalog(chk: Check, rec: dict, cap: float) -> None:
             continue
         t = time.monotonic()
         extra = ["--variant", variant]
+        if variant == "scl-finetune":  # the image network end to end; the text tower stays frozen on its
+            cfg = chk.out / "finetune.yaml"  # cached features (MiniLM's weights are not carried)
+            cfg.write_text("pretrain:\n  finetune_text_layers: 0\n")
+            extra += ["--config", str(cfg)]
+            f["scl-finetune text"] = "frozen (finetune_text_layers: 0: the MiniLM weights are not carried)"
         rc, out = chk.run(rec, mmrank("pretrain", *common, *extra), left())
         if rc != 0:
             tail = " | ".join(out.strip().splitlines()[-2:])
