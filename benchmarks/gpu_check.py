@@ -385,7 +385,8 @@ def step_catalog(chk: Check, rec: dict, cap: float) -> None:
     left = lambda: t_end - time.monotonic()  # noqa: E731
     run = chk.out / "catalog-run"
     items = a.catalog_items or manifest.get("items", 10_000)
-    size = "tiny" if a.tiny else manifest.get("size", "small")
+    # the prepared market (its size preset) when the prepared subset is asked for, else a tiny one
+    size = manifest.get("size", "small") if (not a.tiny or int(items) == manifest.get("items")) else "tiny"
     seed = manifest.get("seed", 7)
     if not (run / "data" / "manifest.json").exists():
         t = time.monotonic()
