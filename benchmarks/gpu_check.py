@@ -198,12 +198,27 @@ def step_pytest(chk: Check, rec: dict, cap: float) -> None:
     if not files:
         rec.update(status="skipped", reason="no test file holds a gpu-marked test")
         return
-    rc, out = chk.run(rec, [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+    rc, out = chk.run(rec, [sys.executable, "-m", "pytest", "-m", "gpu", "-v", "-p", "no:cacheprovider",
                             "-rs", *files], cap)
-    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", out)}
-    rec["figures"].update({k: counts.get(k, 0) for k in ("passed", "failed", "skipped", "deselected")})
+    rec["figures"].update(pytest_counts(out))
     if rc not in (0, 5):  # 5: nothing collected
         fail(rec, rc, out, "pytest -m gpu")
+
+
+def pytest_counts(out: str) -> dict:
+    """passed / failed / skipped / deselected from pytest's last line, or (a run cut short) from its
+    per-test ``-v`` lines."""
+    summary = [ln for ln in out.splitlines() if re.match(r"^=+ .*\d+ (passed|failed|skipped|deselected|error)", ln)]
+    if summary:
+        counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|deselected)", summary[-1])}
+    else:
+        counts = {}
+        for word in re.findall(r"::\S+ (PASSED|FAILED|SKIPPED|ERROR)", out):
+            key = {"ERROR": "failed"}.get(word, word.lower())
+            counts[key] = counts.get(key, 0) + 1
+        counts["cut short"] = 1
+    return {k: counts.get(k, 0) for k in ("passed", "failed", "skipped", "deselected")} | \
+        ({"note": "cut short: counted from the per-test lines"} if "cut short" in counts else {})
 
 
 # ---- 3. DIN against DeepCTR-Torch ---------------------------------------------------------------------

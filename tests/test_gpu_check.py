@@ -164,3 +164,12 @@ def test_effnet_weights_from_the_carried_file(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("MMRANK_EFFNET_WEIGHTS", str(tmp_path / "missing.pth"))
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         EfficientNetLite0(image_size=32)
+
+
+def test_pytest_counts_from_the_summary_or_the_per_test_lines() -> None:
+    done = ("tests/test_a.py::test_x SKIPPED (needs a CUDA device)\n"
+            "==== 1 passed, 2 skipped, 62 deselected in 3.1s ====\n")
+    assert gpu_check.pytest_counts(done) == {"passed": 1, "failed": 0, "skipped": 2, "deselected": 62}
+    cut = "tests/test_a.py::test_x PASSED [ 10%]\ntests/test_a.py::test_y FAILED [ 20%]\n[timed out after 80 s]"
+    assert gpu_check.pytest_counts(cut) == {"passed": 1, "failed": 1, "skipped": 0, "deselected": 0,
+                                            "note": "cut short: counted from the per-test lines"}
