@@ -15,7 +15,7 @@ and skipped with a printed reason when too little is left:
 5. ``catalog``: ``mmrank market generate`` on the carried real-catalog subset (``.gpu/``), the carried
    MiniLM features written into the run's feature cache, then ``mmrank pretrain`` off-the-shelf, scl and
    scl-finetune (image / text Acc@1; goal printed: scl-finetune image Acc@1 >= 2x off-the-shelf) and
-   ``mmrank embed`` items/s;
+   ``mmrank embed`` items/s (photos encoded on the device; an scl encoder on the hash-bow text tower);
 6. ``serve``: ``benchmarks/serve_latency.py --device D``: p99 at concurrency 1 and 16 (mmrank against
    the raw forward and a plain FastAPI endpoint, same run).
 
@@ -71,7 +71,7 @@ class Check:
         self.log = open(self.out / "gpu_check.log", "w", encoding="utf-8")
         self.t0 = time.monotonic()
         self.steps: dict[str, dict] = {}
-        self.summary: dict = {"device": args.device, "tiny": args.tiny, "budget_s": args.budget_s,
+        self.summary: dict = {"device": args.device, "gpu": None, "tiny": args.tiny, "budget_s": args.budget_s,
                               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                               "steps": self.steps}
 
