@@ -109,9 +109,7 @@ class Check:
             rc, out = p.returncode, p.stdout + p.stderr
         except subprocess.TimeoutExpired as e:
             rc = 124
-            out = ((e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")) + \
-                  ((e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")) + \
-                  f"\n[timed out after {limit:.0f} s]"
+            out = text(e.stdout) + text(e.stderr) + f"\n[timed out after {limit:.0f} s]"
         self.log.write(out if out.endswith("\n") else out + "\n")
         self.log.write(f"[exit {rc} after {time.monotonic() - t:.1f} s]\n")
         self.log.flush()
@@ -147,6 +145,11 @@ class Check:
         path = self.out / "gpu_check.json"
         path.write_text(json.dumps(self.summary, indent=1))
         return path
+
+
+def text(x: str | bytes | None) -> str:
+    """A timed-out command's partial output (bytes or str, or None)."""
+    return x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
 
 
 def fail(rec: dict, rc: int, out: str, what: str) -> bool:
