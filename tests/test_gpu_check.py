@@ -173,3 +173,15 @@ def test_pytest_counts_from_the_summary_or_the_per_test_lines() -> None:
     cut = "tests/test_a.py::test_x PASSED [ 10%]\ntests/test_a.py::test_y FAILED [ 20%]\n[timed out after 80 s]"
     assert gpu_check.pytest_counts(cut) == {"passed": 1, "failed": 1, "skipped": 0, "deselected": 0,
                                             "note": "cut short: counted from the per-test lines"}
+
+
+def test_a_command_past_its_limit_is_cut_and_keeps_what_it_printed(tmp_path: Path) -> None:
+    import argparse
+
+    chk = gpu_check.Check(argparse.Namespace(out=str(tmp_path), device="cpu", tiny=True, budget_s=100.0))
+    rec: dict = {"commands": []}
+    rc, out = chk.run(rec, [sys.executable, "-c", "import time; print('half way', flush=True); time.sleep(60)"],
+                      cap=2.0)
+    assert rc == 124 and "half way" in out and "timed out after 2 s" in out
+    assert gpu_check.fail(rec, rc, out, "cmd") and rec["reason"].startswith("cmd: exit 124")
+    assert "half way" in (tmp_path / "gpu_check.log").read_text()
