@@ -40,6 +40,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -103,13 +104,17 @@ class Check:
         step["commands"].append(shown)
         self.say(f"$ {shown}   (limit {limit:.0f} s)")
         t = time.monotonic()
+        # its own process group: a timeout ends the servers and workers it started as well
+        p = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=self.env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
-            p = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=self.env(), capture_output=True,
-                               text=True, timeout=limit)
-            rc, out = p.returncode, p.stdout + p.stderr
-        except subprocess.TimeoutExpired as e:
+            so, se = p.communicate(timeout=limit)
+            rc, out = p.returncode, so + se
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            so, se = p.communicate()
             rc = 124
-            out = text(e.stdout) + text(e.stderr) + f"\n[timed out after {limit:.0f} s]"
+            out = text(so) + text(se) + f"\n[timed out after {limit:.0f} s]"
         self.log.write(out if out.endswith("\n") else out + "\n")
         self.log.write(f"[exit {rc} after {time.monotonic() - t:.1f} s]\n")
         self.log.flush()
