@@ -8,7 +8,7 @@ the same features (user, item, category; history of items and categories), the s
 (PReLU) and no L2 term. DeepCTR-Torch runs through its own ``fit``/``predict``.
 
     .venv/bin/python benchmarks/ctr_throughput.py [--rows 1000000] [--full-history] [--skip-deepctr]
-        [--no-compile]
+        [--no-compile] [--device cpu|cuda|cuda:N]
 
 Runners: mmrank's DIN as trained by default, the same with ``CtrConfig.compile_attention`` (the
 attention unit through torch.compile; its graph is built in the untimed warm-up, whose time is
@@ -20,6 +20,13 @@ the start of the run, the model's matmul FLOPs per sample (forward + backward fo
 share of the compute limit each throughput reaches. Below them, the model's own matmuls replayed alone
 at their shapes and dtypes: the share of the limit those reach bounds what any fusion of the work
 around them could reach.
+
+``--device cuda``: both models on the same GPU. mmrank's DIN trains and predicts under bf16 autocast
+(fp32 master weights; the output says so), batches copied from pinned memory without blocking;
+DeepCTR-Torch's DIN gets ``device=`` in its constructor and its ``fit``/``predict`` move the data
+themselves (fp32). Timings wait for the GPU (synchronised). The roofs are the GPU's
+(``roofline.machine(device=...)``), and mmrank's matmuls are held against the bf16 roof. The CPU run
+(the default) is as before.
 
 Needs the ``bench`` extra (deepctr-torch==0.3.0).
 """
@@ -35,14 +42,16 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from mmrank.ctr.data import FeatureSpace, iter_batches, load_samples, simtier_features
+from mmrank.ctr.data import FeatureSpace, iter_batches, load_samples, move_batch, simtier_features
 from mmrank.ctr.models import CtrConfig, CtrModel, ModelSizes
 from mmrank.ctr.trainer import TrainConfig, make_optimizer, optimizer_step, predict
 from mmrank.data.schemas import CTR_SAMPLES, HISTORY_LEN
+from mmrank.device import autocast, describe, resolve_device, synchronize
 from mmrank.models.layers import ItemVectors
 from roofline import count_flops, machine, machine_line, matmul_seconds, matmul_shapes, roofline_line
 
 L, EMB, BATCH = HISTORY_LEN, 16, 1024
+DEVICE = torch.device("cpu")   # where every runner runs (--device); bf16 autocast for mmrank on CUDA
 
 
 def make_rows(n: int, n_items: int, n_users: int, n_cats: int, full: bool, seed: int = 0) -> dict:
@@ -100,7 +109,7 @@ class MmrankRunner:
         torch.manual_seed(0)
         sizes = ModelSizes(len(space.items), len(space.users), space.n_categories, space.n_regions,
                            vec_dim=0 if vectors is None else vectors.dim)
-        self.enc, self.model = enc, CtrModel(cfg, sizes, vectors)
+        self.enc, self.model = enc, CtrModel(cfg, sizes, vectors).to(DEVICE)
         self.opt = make_optimizer(self.model, TrainConfig(batch_size=BATCH))
         self.train_s = self.infer_s = 0.0
 
@@ -108,12 +117,16 @@ class MmrankRunner:
         t0 = time.perf_counter()
         self.model.train()
         for batch in iter_batches(self.enc, rows, BATCH, shuffle=True):
-            optimizer_step(self.opt, F.binary_cross_entropy_with_logits(self.model(batch)["logit"], batch["label"]))
+            batch = move_batch(batch, DEVICE)
+            with autocast(DEVICE):                     # bf16 on CUDA; nothing on the CPU
+                loss = F.binary_cross_entropy_with_logits(self.model(batch)["logit"].float(), batch["label"])
+            optimizer_step(self.opt, loss)
+        synchronize(DEVICE)
         self.train_s += time.perf_counter() - t0
 
     def predict_rows(self, rows: np.ndarray) -> None:
         t0 = time.perf_counter()
-        predict(self.model, self.enc, rows, batch_size=BATCH)
+        predict(self.model, self.enc, rows, batch_size=BATCH, device=DEVICE)
         self.infer_s += time.perf_counter() - t0
 
 
@@ -138,7 +151,8 @@ class DeepCtrRunner:
         self.y = rows["label"]
         torch.manual_seed(0)
         self.model = DIN(fc, ["item_id", "cate_id"], dnn_hidden_units=(200, 80), att_hidden_size=(80, 40),
-                         att_activation=act, dnn_activation=act, l2_reg_embedding=0.0, device="cpu", seed=0)
+                         att_activation=act, dnn_activation=act, l2_reg_embedding=0.0, device=str(DEVICE),
+                         seed=0)
         self.model.compile("adam", "binary_crossentropy")
         self.train_s = self.infer_s = 0.0
 
@@ -149,6 +163,7 @@ class DeepCtrRunner:
         x, y = self._x(rows), self.y[rows]
         t0 = time.perf_counter()
         self.model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=True)
+        synchronize(DEVICE)
         self.train_s += time.perf_counter() - t0
 
     def predict_rows(self, rows: np.ndarray) -> None:
@@ -160,17 +175,19 @@ class DeepCtrRunner:
 
 def din_steps(runner: "MmrankRunner") -> tuple[object, object, int]:
     """A training step and an inference call of mmrank's DIN on the first batch, and its size."""
-    batch = next(iter(iter_batches(runner.enc, np.arange(min(BATCH, len(runner.enc))), BATCH,
-                                   shuffle=False)))
+    batch = move_batch(next(iter(iter_batches(runner.enc, np.arange(min(BATCH, len(runner.enc))), BATCH,
+                                              shuffle=False))), DEVICE)
 
     def train() -> None:
         runner.model.train()
-        F.binary_cross_entropy_with_logits(runner.model(batch)["logit"], batch["label"]).backward()
+        with autocast(DEVICE):
+            loss = F.binary_cross_entropy_with_logits(runner.model(batch)["logit"].float(), batch["label"])
+        loss.backward()
         runner.model.zero_grad(set_to_none=True)
 
     def infer() -> None:
         runner.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(DEVICE):
             runner.model(batch)
 
     return train, infer, len(batch["label"])
@@ -197,7 +214,8 @@ def matmuls_alone(runner: "MmrankRunner") -> tuple[float, float]:
     (train step, inference)."""
     with eager(runner.model.interest.attention):
         train, infer, n = din_steps(runner)
-        return n / matmul_seconds(matmul_shapes(train)), n / matmul_seconds(matmul_shapes(infer))
+        return (n / matmul_seconds(matmul_shapes(train), device=DEVICE),
+                n / matmul_seconds(matmul_shapes(infer), device=DEVICE))
 
 
 def attention_flops(runner: "MmrankRunner") -> tuple[tuple[float, float], tuple[float, float]]:
@@ -283,10 +301,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chunks", type=int, default=10, help="turns the models take (interleaved timing)")
     ap.add_argument("--simtier-rows", type=int, default=200_000)
     ap.add_argument("--vec-dim", type=int, default=128)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N: where both models run (default cpu)")
     args = ap.parse_args(argv)
+    global DEVICE
+    DEVICE = resolve_device(args.device)
+    gpu = DEVICE.type == "cuda"
     torch.set_num_threads(args.threads)
-    roofs = machine()
-    print(machine_line(roofs))
+    roofs = machine(device=DEVICE)
+    print(machine_line(roofs, DEVICE))
+    if gpu:
+        print(f"device {describe(DEVICE)}: mmrank's DIN under bf16 autocast (fp32 master weights, batches "
+              f"pinned, non-blocking copies); DeepCTR-Torch's DIN in fp32 on the same GPU (device= in its "
+              f"constructor, its fit/predict move the data); timings synchronised")
     rows = make_rows(args.rows, args.items, args.users, args.cats, args.full_history)
     data, space, enc = to_encoded(rows)
     print(f"rows {args.rows:,}  mean history length {rows['len'].mean():.1f}  threads {args.threads}  "
@@ -317,7 +343,9 @@ def main(argv: list[str] | None = None) -> None:
             continue
         mm_tr, mm_inf = n / runners[name].train_s, n / runners[name].infer_s
         print(f"{name} DIN  train {mm_tr:10,.0f} samples/s   inference {mm_inf:10,.0f} samples/s")
-        if name.endswith("bf16"):  # the attention's FLOPs at the bf16 roof, the rest at fp32
+        if gpu:  # bf16 autocast: every matmul of the model at the bf16 roof
+            (f_tr, f_inf), roof_tr, roof_inf, prec = din_flops(runners[name]), roofs["bf16"], roofs["bf16"], "bf16"
+        elif name.endswith("bf16"):  # the attention's FLOPs at the bf16 roof, the rest at fp32
             (f_tr, f_inf), (a_tr, a_inf) = attention_flops(runners[name])
             roof_tr, roof_inf, prec = mixed_roof(roofs, f_tr, a_tr), mixed_roof(roofs, f_inf, a_inf), "mixed fp32/bf16"
             print(f"  ({a_tr / f_tr:.0%} of the training FLOPs are the attention's, in bf16: the limit "

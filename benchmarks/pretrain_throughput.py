@@ -23,10 +23,15 @@ patched in for ``InfoNCELoss``; ``speed-up`` = t_dense / t_K. Skip it with ``--n
 Roofline (``benchmarks/roofline.py``): the fp32 matmul roof measured at the start of the run, the step's
 matmul FLOPs per pair (counted by ``torch.utils.flop_counter``) and the share of that limit reached.
 
+``--device cuda`` (issue 30): the same trainer on the GPU with bf16 autocast (``--no-bf16``: fp32);
+the machine line and the roofline are the GPU's, each K's share taken of the bf16 matmul roof
+measured at the start of the same run (``roofline.matmul_gflops(torch.bfloat16, device=dev)``; fp32
+with ``--no-bf16``). Timings synchronise the device. The CPU (the default) prints what it did.
+
 Usage::
 
     python benchmarks/pretrain_throughput.py [--steps 30] [--threads 2] [--no-reference]
-        [--sizes 4096,16384,65536,196800] [--items 20000] [--pairs 40000]
+        [--sizes 4096,16384,65536,196800] [--items 20000] [--pairs 40000] [--device cpu|cuda] [--no-bf16]
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import sys
 import time
 
 import numpy as np
@@ -41,10 +47,12 @@ import torch
 import torch.nn.functional as F
 
 import mmrank.pretrain.train as train_module
+from mmrank.device import describe, resolve_device, synchronize
+from mmrank.errors import MMRankError
 from mmrank.pretrain.config import PretrainConfig
 from mmrank.pretrain.data import Features, PairTable
 from mmrank.pretrain.distributed import DistEnv
-from mmrank.pretrain.losses import InfoNCELoss, MomentumQueue, nested_normalize
+from mmrank.pretrain.losses import InfoNCELoss, MomentumQueue, full_precision, nested_normalize
 from mmrank.pretrain.train import train
 from roofline import count_flops, machine, machine_line, roofline_line
 
@@ -56,6 +64,11 @@ class DenseInfoNCE(InfoNCELoss):
 
     def forward(self, q, k, pos_index=None, queue=None, q_ids=None, k_ids=None, queue_ids=None,
                 queue_valid=None, log_q=None):
+        with full_precision(q):  # fp32 logits under a bf16 autocast, as the new loss
+            return self._dense(q.float(), k.float(), pos_index, queue, q_ids, k_ids, queue_ids,
+                               queue_valid, log_q)
+
+    def _dense(self, q, k, pos_index, queue, q_ids, k_ids, queue_ids, queue_valid, log_q):
         if isinstance(queue, MomentumQueue):
             queue, queue_ids, queue_valid = queue.keys, queue.ids, queue.valid
         b = q.shape[0]
@@ -65,11 +78,11 @@ class DenseInfoNCE(InfoNCELoss):
             if queue is not None:
                 queue_bias = -log_q[queue_ids.clamp(min=0)]
         if pos_index is None:
-            pos_index = torch.arange(b)
+            pos_index = torch.arange(b, device=q.device)
         mask_k = None
         if q_ids is not None and k_ids is not None:
             mask_k = q_ids[:, None] == k_ids[None, :]
-            mask_k[torch.arange(b), pos_index] = False
+            mask_k[torch.arange(b, device=q.device), pos_index] = False
         mask_queue = None
         if queue is not None:
             if queue_valid is not None:
@@ -151,12 +164,15 @@ def synthetic(n_items: int = 20_000, n_pairs: int = 40_000, seed: int = 0) -> tu
     return feats, pairs, np.arange(n_items, dtype=np.int64) + 1
 
 
-def step_seconds(cfg: PretrainConfig, data: tuple, steps: int) -> float:
+def step_seconds(cfg: PretrainConfig, data: tuple, steps: int,
+                 device: torch.device = torch.device("cpu"), bf16: bool = True) -> float:
     feats, pairs, ids = data
 
     def timed(n: int) -> float:
         t = time.perf_counter()
-        train(cfg.model_copy(update={"max_steps": n}), feats, pairs, ids, DistEnv(), log=lambda m: None)
+        train(cfg.model_copy(update={"max_steps": n}), feats, pairs, ids, DistEnv(), log=lambda m: None,
+              device=device, bf16=bf16)
+        synchronize(device)
         return time.perf_counter() - t
 
     timed(2)  # warm-up (allocations, kernels)
@@ -164,12 +180,14 @@ def step_seconds(cfg: PretrainConfig, data: tuple, steps: int) -> float:
     return max(1e-9, (long - short) / steps)
 
 
-def step_flops(cfg: PretrainConfig, data: tuple) -> float:
+def step_flops(cfg: PretrainConfig, data: tuple, device: torch.device = torch.device("cpu"),
+               bf16: bool = True) -> float:
     """Matmul FLOPs of one training step: FLOPs of a 4-step run minus a 2-step run, halved."""
     feats, pairs, ids = data
 
     def run(n: int) -> None:
-        train(cfg.model_copy(update={"max_steps": n}), feats, pairs, ids, DistEnv(), log=lambda m: None)
+        train(cfg.model_copy(update={"max_steps": n}), feats, pairs, ids, DistEnv(), log=lambda m: None,
+              device=device, bf16=bf16)
 
     return (count_flops(lambda: run(4)) - count_flops(lambda: run(2))) / 2
 
@@ -184,23 +202,34 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pairs", type=int, default=40_000, help="synthetic <query, item> pairs")
     ap.add_argument("--no-reference", action="store_true",
                     help="skip timing the dense (previous) loss formulation beside the new one")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    ap.add_argument("--no-bf16", action="store_true", help="on CUDA: fp32, no bf16 autocast")
     args = ap.parse_args(argv)
+    try:
+        args.dev = resolve_device(args.device)
+    except MMRankError as err:  # cuda on a machine without it: one line, exit 2
+        sys.stderr.write(f"error: {err}\n")
+        sys.exit(2)
     torch.set_num_threads(args.threads)
     with full_queue(args.items):
         run(args)
 
 
 def run(args: argparse.Namespace) -> None:
-    roofs = machine()
-    print(machine_line(roofs))
+    dev = getattr(args, "dev", torch.device("cpu"))
+    bf16 = dev.type == "cuda" and not getattr(args, "no_bf16", False)
+    on_cpu = dev.type == "cpu"
+    roofs = machine() if on_cpu else machine(device=dev)
+    print(machine_line(roofs) if on_cpu else machine_line(roofs, dev))
     data = synthetic(args.items, args.pairs)
     base = PretrainConfig(batch_size=args.batch_size, epochs=1000, warmup_steps=0)
-    t_none = step_seconds(base.model_copy(update={"variant": "scl-no-triplet-no-moco"}), data,
-                          args.steps)
-    t_one = step_seconds(base.model_copy(update={"variant": "scl-no-triplet", "queue_size": 1}),
-                         data, args.steps)
+    timing = functools.partial(step_seconds, device=dev, bf16=bf16)
+    t_none = timing(base.model_copy(update={"variant": "scl-no-triplet-no-moco"}), data, args.steps)
+    t_one = timing(base.model_copy(update={"variant": "scl-no-triplet", "queue_size": 1}), data, args.steps)
     b = args.batch_size
-    print(f"batch {b}, dim 256, nested 64/128/256, {args.threads} threads, {args.steps} timed steps")
+    where = (f"{args.threads} threads" if on_cpu
+             else f"{describe(dev)}, {'bf16 autocast' if bf16 else 'fp32'}")
+    print(f"batch {b}, dim 256, nested 64/128/256, {where}, {args.steps} timed steps")
     print(f"{'queue K':>10} {'pairs/s':>10} {'ms/step':>9} {'vs no queue':>12} "
           f"{'queue share':>12} {'momentum share':>15} {'dense pairs/s':>14} {'speed-up':>9}")
     print(f"{'none':>10} {b / t_none:10.0f} {1000 * t_none:9.1f} {1.0:12.2f} {'-':>12} {'-':>15}")
@@ -209,17 +238,18 @@ def run(args: argparse.Namespace) -> None:
     rooflines = []
     for k in (int(x) for x in args.sizes.split(",")):
         cfg = base.model_copy(update={"variant": "scl-no-triplet", "queue_size": k})
-        t_k = step_seconds(cfg, data, args.steps)
+        t_k = timing(cfg, data, args.steps)
         ref = "-"
         if not args.no_reference:
             with dense_loss():
-                t_dense = step_seconds(cfg, data, args.steps)
+                t_dense = timing(cfg, data, args.steps)
             ref = f"{b / t_dense:14.0f} {t_dense / t_k:8.2f}x"
         print(f"{k:>10} {b / t_k:10.0f} {1000 * t_k:9.1f} {t_none / t_k:12.2f} "
               f"{max(0.0, t_k - t_one) / t_k:12.1%} {max(0.0, t_one - t_none) / t_k:15.1%} {ref:>24}",
               flush=True)
-        rooflines.append(roofline_line(f"K={k}", b / t_k, step_flops(cfg, data) / b, roofs["fp32"],
-                                       unit="pairs"))
+        precision = "bf16" if bf16 else "fp32"  # the CPU: fp32, as before
+        rooflines.append(roofline_line(f"K={k}", b / t_k, step_flops(cfg, data, dev, bf16) / b,
+                                       roofs[precision], precision=precision, unit="pairs"))
     print("\n".join(rooflines))
 
 

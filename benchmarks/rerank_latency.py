@@ -6,7 +6,7 @@ history of up to 50 clicks), the model's forward pass, and the order (argsort of
 Untrained weights (latency does not depend on their values). Reported: p50 / p99 / mean in ms for the
 whole request and for the forward pass alone, and ARMMT / DNN ratios.
 
-    .venv/bin/python benchmarks/rerank_latency.py [--run R] [--reps 2000] [--dim 256]
+    .venv/bin/python benchmarks/rerank_latency.py [--run R] [--reps 2000] [--dim 256] [--device cpu|cuda]
 
 Without ``--run``: a hand-made run (:func:`mmrank.testing.lists.write_tiny_lists`, 50 candidates, 15
 shown, up to 50 history clicks) with a ``--dim``-wide deterministic encoder. With ``--run``: the run's
@@ -16,6 +16,10 @@ Roofline (``benchmarks/roofline.py``): the fp32 matmul roof on one thread, measu
 the run, each model's FLOPs per request (its forward on the timed requests, counted by
 ``torch.utils.flop_counter``) and the share of that limit its p50 forward reaches. Requests this small
 are bound by per-operator overhead, not by arithmetic: the share is small by nature.
+
+``--device cuda``: the models on the GPU under bf16 autocast (the output says so), each request's batch
+copied from pinned memory, every timing synchronised with the GPU, the roof the GPU's bf16 matmul
+roof. The CPU run (the default) is as before.
 """
 
 from __future__ import annotations
@@ -30,17 +34,20 @@ import torch
 from roofline import count_flops, machine, machine_line, roofline_line
 
 from mmrank.data.schemas import HISTORY_LEN
+from mmrank.device import autocast, describe, resolve_device, synchronize
 from mmrank.rerank.models import model_config
 from mmrank.rerank.trainer import batch_for, build_model, load_data
 
 
-def _time(fn, reps: int, warmup: int = 50) -> np.ndarray:
+def _time(fn, reps: int, warmup: int = 50, device: torch.device = torch.device("cpu")) -> np.ndarray:
     for _ in range(warmup):
         fn()
+    synchronize(device)
     out = np.empty(reps)
     for i in range(reps):
         t = time.perf_counter()
         fn()
+        synchronize(device)
         out[i] = (time.perf_counter() - t) * 1e3
     return out
 
@@ -50,10 +57,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--run", type=Path, default=None)
     ap.add_argument("--reps", type=int, default=2000)
     ap.add_argument("--dim", type=int, default=256, help="representation width (hand-made run only)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     args = ap.parse_args(argv)
+    dev = resolve_device(args.device)
+    gpu = dev.type == "cuda"
     torch.set_num_threads(1)
-    roofs = machine(dtypes=(torch.float32,))
-    print(machine_line(roofs))
+    roofs = machine(dtypes=(torch.float32, torch.bfloat16) if gpu else (torch.float32,), device=dev)
+    print(machine_line(roofs, dev))
+    if gpu:
+        print(f"device {describe(dev)}: both models under bf16 autocast; timings synchronised")
+    roof, prec = (roofs["bf16"], "bf16") if gpu else (roofs["fp32"], "fp32")
     tmp = None
     if args.run is None:
         from mmrank.store.tiny_encoder import TinyItemEncoder
@@ -74,25 +87,29 @@ def main(argv: list[str] | None = None) -> None:
     res, flops = {}, {}
     for name in ("dnn", "armmt"):
         torch.manual_seed(0)
-        model = build_model(data, model_config(name)).eval()
-        batches = [batch_for(data, np.array([r]), "all") for r in pick]
+        model = build_model(data, model_config(name)).to(dev).eval()
+        batches = [batch_for(data, np.array([r]), "all", device=dev) for r in pick]
         i = {"k": 0}
 
         @torch.inference_mode()
         def request() -> None:
             r = pick[i["k"] % len(pick)]
             i["k"] += 1
-            b = batch_for(data, np.array([r]), "all")
-            np.argsort(-model.rank_scores(model(b))[0].numpy(), kind="stable")
+            b = batch_for(data, np.array([r]), "all", device=dev)
+            with autocast(dev):
+                s = model.rank_scores(model(b))[0]
+            np.argsort(-s.float().cpu().numpy(), kind="stable")
 
         @torch.inference_mode()
         def forward() -> None:
             b = batches[i["k"] % len(batches)]
             i["k"] += 1
-            model(b)
+            with autocast(dev):
+                model(b)
 
-        res[name] = {"request": _time(request, args.reps), "forward": _time(forward, args.reps)}
-        with torch.inference_mode():
+        res[name] = {"request": _time(request, args.reps, device=dev),
+                     "forward": _time(forward, args.reps, device=dev)}
+        with torch.inference_mode(), autocast(dev):
             flops[name] = sum(count_flops(lambda b=b: model(b)) for b in batches) / len(batches)
     print(f"{'':8} {'':8} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
     for name, r in res.items():
@@ -104,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
               f"p99 {np.percentile(a, 99) / np.percentile(d, 99):.2f}x")
     for name in res:
         print(roofline_line(f"{name} forward (p50)", 1e3 / np.percentile(res[name]["forward"], 50),
-                            flops[name], roofs["fp32"], unit="requests"))
+                            flops[name], roof, prec, unit="requests"))
     p99 = np.percentile(res["armmt"]["request"], 99)
     ratio = p99 / np.percentile(res["dnn"]["request"], 99)
     print(f"goal (ARMMT p99 < 5 ms and within 3x the DNN): {'met' if p99 < 5 and ratio <= 3 else 'not met'} "

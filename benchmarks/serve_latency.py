@@ -29,6 +29,15 @@ Roofline (``benchmarks/roofline.py``): the fp32 matmul roof on the servers' torc
 in this process at the start of the run, the model's FLOPs per request (one request's forward,
 counted by ``torch.utils.flop_counter``) and the share of that limit reached by the raw forward and
 by mmrank at concurrency 1.
+
+On a GPU (``--device cuda``): both servers score on it (``mmrank serve --device cuda``; the plain
+endpoint loads its bundle there too), the raw forward is timed there (synchronised), bf16 autocast
+as the run config's default (``--no-bf16``: fp32), and the roof is the GPU's bf16 matmul rate (fp32
+with ``--no-bf16``). ``--concurrency 1,16`` (the default) picks the levels; the goals are computed
+where levels 1 and 16 are both measured. ``--no-plain`` leaves the plain peer out (p99 against the raw
+forward only: quicker, for a short GPU check).
+
+    python benchmarks/serve_latency.py --device cuda --concurrency 1,16 --requests 500 --rerank-model ''
 """
 
 import argparse
@@ -48,13 +57,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 # ---- the peer: a plain FastAPI endpoint, one forward per request ------------------------------------------
-def plain_app(run: Path, strategy: str | None, threads: int):
+def plain_app(run: Path, strategy: str | None, threads: int, device: str = "cpu", bf16: bool = True):
     """FastAPI with one sync endpoint: parse, build the request's batch, one forward, answer. FastAPI
     runs sync endpoints on its thread pool; each thread gets its own copy of the model (the vector
     table is swapped per call), so requests run concurrently as a plain server would run them."""
     from fastapi import FastAPI
 
     from mmrank import threads as thread_settings
+    from mmrank.device import HardwareConfig
     from mmrank.serve import schemas as S
     from mmrank.serve.scoring import run_batch
     from mmrank.serve.builder import RankQuery
@@ -63,7 +73,7 @@ def plain_app(run: Path, strategy: str | None, threads: int):
     thread_settings.configure(threads)
     thread_settings.reuse_freed_memory()  # the same process settings as mmrank's server: only
     thread_settings.serving_switch_interval()  # the batching differs
-    bundle = load_bundle(run, strategy)
+    bundle = load_bundle(run, strategy, hardware=HardwareConfig(device=device, bf16=bf16))
     gc.freeze()  # as mmrank's server does after loading its bundle
     local = threading.local()
     app = FastAPI(title="plain")
@@ -93,18 +103,21 @@ def plain_app(run: Path, strategy: str | None, threads: int):
 def serve_plain(args: argparse.Namespace) -> None:
     import uvicorn
 
-    uvicorn.run(plain_app(Path(args.run), args.strategy, args.threads), host="127.0.0.1", port=args.port,
+    uvicorn.run(plain_app(Path(args.run), args.strategy, args.threads, args.device, args.bf16),
+                host="127.0.0.1", port=args.port,
                 log_level="warning", access_log=False)
 
 
 class PlainServer:
-    def __init__(self, run: Path, strategy: str | None, threads: int) -> None:
+    def __init__(self, run: Path, strategy: str | None, threads: int, device: str = "cpu",
+                 bf16: bool = True) -> None:
         from mmrank.testing.serving import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.cmd = [sys.executable, __file__, "--plain-server", "--run", str(run), "--port", str(self.port),
-                    "--threads", str(threads)] + (["--strategy", strategy] if strategy else [])
+                    "--threads", str(threads), "--device", device] + \
+            (["--strategy", strategy] if strategy else []) + ([] if bf16 else ["--no-bf16"])
 
     def __enter__(self) -> "PlainServer":
         import subprocess
@@ -189,22 +202,36 @@ def load(urls: dict[str, str], bodies: list[dict], total: int, concurrency: int,
     return out
 
 
-def raw_forward(run: Path, strategy: str | None, threads: int, body: dict, repeats: int = 200) -> dict:
-    """The model alone on one request's rows: build (+ vectors) and forward, and forward only (ms)."""
+def raw_forward(run: Path, strategy: str | None, threads: int, body: dict, repeats: int = 200,
+                device: str = "cpu", bf16: bool = True) -> dict:
+    """The model alone on one request's rows: build (+ vectors, moved to the device) and forward, and
+    forward only (ms; on CUDA each timing waits for the device, and the logits come back to the host
+    as the server's do)."""
     from mmrank import threads as thread_settings
-    from mmrank.ctr.scoring import score
+    from mmrank.ctr.scoring import score as ctr_score
+    from mmrank.device import HardwareConfig, autocast, synchronize
     from mmrank.serve.builder import RankQuery, build
     from mmrank.serve.bundle import load_bundle
 
     thread_settings.configure(threads)
     thread_settings.reuse_freed_memory()
-    bundle = load_bundle(run, strategy)
+    bundle = load_bundle(run, strategy, hardware=HardwareConfig(device=device, bf16=bf16))
+    dev = bundle.device
+
+    def score(model, batch, vectors):  # noqa: ANN001, ANN202 - as the server's forward: on its device
+        with autocast(dev, bundle.bf16):  # (bf16 on CUDA), the logits back in host memory
+            return ctr_score(model, batch, vectors).detach().float().cpu()
     q = RankQuery(user_id=body["user"]["user_id"], history=np.asarray(body["user"]["history"]),
                   region=0, query=None, candidates=np.asarray(body["candidates"]))
     fwd, both = [], []
+    for _ in range(3):  # warm-up (CUDA kernels, autocast caches)
+        built = build([q], bundle)
+        score(bundle.model, built.batch, built.vectors)
     for _ in range(repeats):
+        synchronize(dev)
         t0 = time.perf_counter()
         built = build([q], bundle)
+        synchronize(dev)
         t1 = time.perf_counter()
         score(bundle.model, built.batch, built.vectors)
         t2 = time.perf_counter()
@@ -213,6 +240,7 @@ def raw_forward(run: Path, strategy: str | None, threads: int, body: dict, repea
     from roofline import count_flops
 
     info = {"flops": count_flops(lambda: score(bundle.model, built.batch, built.vectors)),
+            "device": bundle.device_name,
             "strategy": bundle.strategy, "encoder_version": bundle.encoder_version,
             "forward_ms": float(np.median(fwd) * 1e3), "build_forward_ms": float(np.median(both) * 1e3),
             "forward_p99_ms": float(np.percentile(fwd, 99) * 1e3), "per_request_ms": {}}
@@ -240,14 +268,16 @@ def rerank_payloads(run: Path, n: int) -> list[dict]:
     return logged_list_bodies(lists, lists.test_rows()[:n])
 
 
-def rerank_raw_forward(run: Path, model: str, threads: int, bodies: list[dict], repeats: int = 200) -> dict:
-    """The re-ranker alone on one list at a time (prepared once: features + forward, ms), cycling
-    through ``bodies``."""
+def rerank_raw_forward(run: Path, model: str, threads: int, bodies: list[dict], repeats: int = 200,
+                       device: str = "cpu", bf16: bool = True) -> dict:
+    """The re-ranker alone on one list at a time (prepared once: features + forward, ms; on
+    ``device``, its scores back on the host), cycling through ``bodies``."""
     from mmrank import threads as thread_settings
+    from mmrank.device import HardwareConfig
     from mmrank.rerank.serving import load_reranker
 
     thread_settings.configure(threads)
-    rr = load_reranker(run, model)
+    rr = load_reranker(run, model, hardware=HardwareConfig(device=device, bf16=bf16))
     prepared = [rr.prepare(b) for b in bodies]
     rr.score(prepared[:1])  # warm-up (query encoding cached)
     times = []
@@ -265,7 +295,8 @@ def rerank_raw_forward(run: Path, model: str, threads: int, bodies: list[dict], 
 def measure_rerank(run: Path, args: argparse.Namespace, url: str, bodies: list[dict]) -> dict:
     """One repeat for /v1/rerank: the raw forward, then the server at concurrency 1 and 16; ratios
     against the raw forward of the same model in the same run."""
-    raw = rerank_raw_forward(run, args.rerank_model, args.threads, bodies, repeats=args.forward_repeats)
+    raw = rerank_raw_forward(run, args.rerank_model, args.threads, bodies, repeats=args.forward_repeats,
+                             device=args.device, bf16=args.bf16)
     loads = {f"mmrank@{c}": load({"mmrank": url}, bodies, args.requests, c, path="/v1/rerank")["mmrank"]
              for c in (1, 16)}
     m1, m16 = loads["mmrank@1"], loads["mmrank@16"]
@@ -309,8 +340,9 @@ def rerank_phase(run: Path, args: argparse.Namespace, built: bool) -> dict | Non
         return None
     bodies = rerank_payloads(run, 64)
     extra = ("--rerank-model", args.rerank_model, "--rerank-concurrency", "1000", "--deadline-ms", "600000",
-             "--max-wait-ms", str(args.max_wait_ms), "--max-batch-rows", str(args.max_batch_rows)) + \
-        (("--strategy", args.strategy) if args.strategy else ())
+             "--max-wait-ms", str(args.max_wait_ms), "--max-batch-rows", str(args.max_batch_rows),
+             "--device", args.device) + (("--strategy", args.strategy) if args.strategy else ()) + \
+        (("--config", str(_no_bf16_config())) if not args.bf16 else ())
     runs = []
     with ServerProcess(run, extra_args=extra, threads=args.threads) as srv:
         for k in range(args.repeat):
@@ -331,16 +363,20 @@ GOAL_SPEEDUP = 2.0    # concurrency 16: mmrank requests/s / the plain endpoint's
 
 def measure(run: Path, args: argparse.Namespace, urls: dict[str, str], bodies: list[dict],
             small: list[dict] | None) -> dict:
-    """One repeat: the raw forward, then both servers at concurrency 1 and 16 (and the small requests)."""
-    raw = raw_forward(run, args.strategy, args.threads, bodies[0], repeats=args.forward_repeats)
+    """One repeat: the raw forward, then the servers at each concurrency level (default 1 and 16) and
+    the small requests; the goals' ratios where their levels (and the plain peer) were measured."""
+    raw = raw_forward(run, args.strategy, args.threads, bodies[0], repeats=args.forward_repeats,
+                      device=args.device, bf16=args.bf16)
     loads = {}
-    for c in (1, 16):
+    for c in args.concurrency:
         for name, r in load(urls, bodies, args.requests, c).items():
             loads[f"{name}@{c}"] = r
-    small_res = load(urls, small, max(2, args.requests // 2), 16) if small else {}
-    m1, m16, p16 = loads["mmrank@1"], loads["mmrank@16"], loads["plain@16"]
-    ratios = {"overhead_c1_p99": (m1["p99_ms"] - raw["forward_p99_ms"]) / raw["forward_p99_ms"],
-              "speedup_c16": m16["req_per_s"] / p16["req_per_s"]}
+    small_res = load(urls, small, max(2, args.requests // 2), 16) if small and "plain" in urls else {}
+    ratios = {}
+    if "mmrank@1" in loads:
+        ratios["overhead_c1_p99"] = (loads["mmrank@1"]["p99_ms"] - raw["forward_p99_ms"]) / raw["forward_p99_ms"]
+    if "plain@16" in loads:
+        ratios["speedup_c16"] = loads["mmrank@16"]["req_per_s"] / loads["plain@16"]["req_per_s"]
     if small_res:
         ratios["speedup_c16_small"] = small_res["mmrank"]["req_per_s"] / small_res["plain"]["req_per_s"]
     return {"raw": raw, "loads": loads, "small": small_res, "ratios": ratios,
@@ -363,7 +399,7 @@ def print_repeat(k: int, m: dict, args: argparse.Namespace, roofs: dict) -> None
     print("one forward over k requests, ms per request: " +
           ", ".join(f"k={k_}: {v:.2f}" for k_, v in raw["per_request_ms"].items()))
     print(f"{'server':<8} {'conc':>4} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
-    for key in ("mmrank@1", "plain@1", "mmrank@16", "plain@16"):
+    for key in sorted(m["loads"], key=lambda k: (int(k.split("@")[1]), k.split("@")[0] != "mmrank")):
         name, c = key.split("@")
         r = m["loads"][key]
         print(f"{name:<8} {c:>4} {r['n']:>8} {r['errors']:>6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
@@ -371,10 +407,35 @@ def print_repeat(k: int, m: dict, args: argparse.Namespace, roofs: dict) -> None
     for name, r in m["small"].items():
         print(f"{name:<8} {16:>4} {r['n']:>8} {r['errors']:>6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
               f"{r['req_per_s']:>8.1f}   ({args.also_candidates} candidates)")
-    print(roofline_line("raw forward (median)", 1e3 / raw["forward_ms"], raw["flops"], roofs["fp32"],
-                        unit="requests"))
-    print(roofline_line("mmrank, concurrency 1", m["loads"]["mmrank@1"]["req_per_s"], raw["flops"],
-                        roofs["fp32"], unit="requests"))
+    prec = roof_precision(args)
+    print(roofline_line("raw forward (median)", 1e3 / raw["forward_ms"], raw["flops"], roofs[prec],
+                        precision=prec, unit="requests"))
+    first = min(args.concurrency)
+    print(roofline_line(f"mmrank, concurrency {first}", m["loads"][f"mmrank@{first}"]["req_per_s"],
+                        raw["flops"], roofs[prec], precision=prec, unit="requests"))
+
+
+def roof_precision(args: argparse.Namespace) -> str:
+    """The matmul roof the forward is held against: bf16 on CUDA with autocast, else fp32."""
+    return "bf16" if args.device.startswith("cuda") and args.bf16 else "fp32"
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        levels = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not levels or levels[0] < 1:
+        raise argparse.ArgumentTypeError(f"concurrency levels must be >= 1, got {text!r}")
+    return levels
+
+
+def _no_bf16_config() -> Path:
+    """A run config with ``hardware: {bf16: false}`` for the server (``--no-bf16``)."""
+    f = tempfile.NamedTemporaryFile("w", prefix="serve-bench-", suffix=".yaml", delete=False)
+    f.write("hardware:\n  bf16: false\n")
+    f.close()
+    return Path(f.name)
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -390,6 +451,14 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--also-candidates", type=int, default=20,
                    help="also measure requests this small at concurrency 16 (0: skip)")
     p.add_argument("--forward-repeats", type=int, default=200, help="raw forwards timed per run")
+    p.add_argument("--device", default="cpu", help="cpu (default) | cuda | cuda:N | auto: where both servers "
+                   "and the raw forward score")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false",
+                   help="on CUDA, score in fp32 (default: bf16 autocast, the run config's default)")
+    p.add_argument("--concurrency", default="1,16", type=_levels,
+                   help="comma-separated concurrency levels (default 1,16; the goals need 1 and 16)")
+    p.add_argument("--no-plain", dest="plain", action="store_false",
+                   help="leave the plain FastAPI peer out (p99 against the raw forward only)")
     p.add_argument("--repeat", type=int, default=1, help="measure this many times; print each ratio's "
                                                          "mean and spread")
     p.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
@@ -402,13 +471,17 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.plain_server:
         return serve_plain(args)
 
+    import contextlib
     import json
 
     import torch
     from roofline import machine, machine_line
 
+    from mmrank.device import resolve_device
     from mmrank.testing.serving import ServerProcess, build_serving_run
     from mmrank.threads import cores
+
+    dev = resolve_device(args.device)  # a device this machine lacks: fail before building anything
 
     tmp = None
     if args.run is None:
@@ -419,31 +492,44 @@ def main(argv: list[str] | None = None) -> dict | None:
     else:
         run = Path(args.run)
     bodies = payloads(run, 64, args.candidates, args.history)
-    roofs = machine(dtypes=(torch.float32,))
-    print(machine_line(roofs))
+    on_gpu = dev.type == "cuda"
+    roofs = machine(dtypes=(torch.float32, torch.bfloat16) if on_gpu else (torch.float32,), device=dev)
+    print(machine_line(roofs, dev))
+    if on_gpu:
+        print(f"device {args.device}: both servers and the raw forward score on {dev} "
+              f"({'bf16 autocast' if args.bf16 else 'fp32'}); the build of each batch runs on the host")
     print(f"run {run}; {args.candidates} candidates x {args.history} behaviour items per request; "
           f"1 uvicorn worker and {args.threads} torch thread(s) per forward thread per server "
           f"(mmrank: {cores()} forward threads; plain: FastAPI's thread pool); "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start; {args.repeat} run(s)")
     extra = ("--max-wait-ms", str(args.max_wait_ms), "--max-batch-rows", str(args.max_batch_rows),
-             "--rank-concurrency", "1000", "--deadline-ms", "600000") + \
-        (("--strategy", args.strategy) if args.strategy else ())  # no shedding: latency is measured here
+             "--rank-concurrency", "1000", "--deadline-ms", "600000", "--device", args.device) + \
+        (("--strategy", args.strategy) if args.strategy else ()) + \
+        (("--config", str(_no_bf16_config())) if not args.bf16 else ())  # no shedding: latency is measured here
     small = payloads(run, 64, args.also_candidates, args.history, seed=1) if args.also_candidates else None
     runs = []
     with ServerProcess(run, extra_args=extra, threads=args.threads) as srv, \
-            PlainServer(run, args.strategy, args.threads) as plain:
-        urls = {"mmrank": srv.url, "plain": plain.url}
+            (PlainServer(run, args.strategy, args.threads, args.device, args.bf16) if args.plain
+             else contextlib.nullcontext()) as plain:
+        urls = {"mmrank": srv.url, **({"plain": plain.url} if plain is not None else {})}
         for k in range(args.repeat):
             runs.append(measure(run, args, urls, bodies, small))
             print_repeat(k, runs[-1], args, roofs)
     summary = {name: spread([m["ratios"][name] for m in runs]) for name in runs[0]["ratios"]}
-    o, s = summary["overhead_c1_p99"], summary["speedup_c16"]
     print(f"\nover {args.repeat} run(s), mean (min - max, std):")
-    print(f"concurrency 1: (mmrank p99 - raw forward p99) / raw forward p99 = {o['mean']:.2f} "
-          f"({o['min']:.2f} - {o['max']:.2f}, std {o['std']:.2f}); goal <= {GOAL_OVERHEAD}: "
-          f"{'met' if o['mean'] <= GOAL_OVERHEAD else 'not met'}")
-    print(f"concurrency 16: mmrank / plain requests/s = {s['mean']:.2f}x ({s['min']:.2f} - {s['max']:.2f}, "
-          f"std {s['std']:.2f}); goal >= {GOAL_SPEEDUP}x: {'met' if s['mean'] >= GOAL_SPEEDUP else 'not met'}")
+    for c in args.concurrency:
+        p99 = spread([m["loads"][f"mmrank@{c}"]["p99_ms"] for m in runs])
+        print(f"mmrank p99 at concurrency {c} on {runs[0]['raw']['device']}: {p99['mean']:.2f} ms "
+              f"({p99['min']:.2f} - {p99['max']:.2f})")
+    if "overhead_c1_p99" in summary:
+        o = summary["overhead_c1_p99"]
+        print(f"concurrency 1: (mmrank p99 - raw forward p99) / raw forward p99 = {o['mean']:.2f} "
+              f"({o['min']:.2f} - {o['max']:.2f}, std {o['std']:.2f}); goal <= {GOAL_OVERHEAD}: "
+              f"{'met' if o['mean'] <= GOAL_OVERHEAD else 'not met'}")
+    if "speedup_c16" in summary:
+        s = summary["speedup_c16"]
+        print(f"concurrency 16: mmrank / plain requests/s = {s['mean']:.2f}x ({s['min']:.2f} - {s['max']:.2f}, "
+              f"std {s['std']:.2f}); goal >= {GOAL_SPEEDUP}x: {'met' if s['mean'] >= GOAL_SPEEDUP else 'not met'}")
     if "speedup_c16_small" in summary:
         t = summary["speedup_c16_small"]
         print(f"beside the goals, {args.also_candidates} candidates at concurrency 16: mmrank / plain "
@@ -452,7 +538,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                                                     "speedup_c16_min": GOAL_SPEEDUP},
            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                       if k not in ("plain_server", "port", "json")},
-           "machine": {"cores": os.cpu_count(), "fp32_gflops": roofs["fp32"]},
+           "machine": {"cores": os.cpu_count(), "fp32_gflops": roofs["fp32"], "device": str(dev),
+                       **({"bf16_gflops": roofs["bf16"]} if "bf16" in roofs else {})},
            "summary": summary, "runs": runs, "rerank": rerank_phase(run, args, built=tmp is not None)}
     if args.json is not None:
         args.json.write_text(json.dumps(doc, indent=1, default=str))

@@ -19,6 +19,9 @@ limit, not the server's.
 The rate starts at ``--start`` requests/s and grows by ``--step`` until p99 passes the deadline (or
 ``--max-rate``); each rate runs ``--seconds``. The client (asyncio + httpx) shares the machine with
 the servers: on a 2-core machine its own cost is part of every figure, alike for every endpoint.
+
+``--device cuda`` scores on the GPU in both servers (``mmrank serve --device``; bf16 autocast, the run
+config's default); the default is the CPU.
 """
 
 import argparse
@@ -140,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--endpoints", default="rank,search-text,search-photo,items,plain-rank",
                    help="also 'healthz': the client's own ceiling (a rate past it measures the client)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu (default) | cuda | cuda:N | auto: where both "
+                   "servers score")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
@@ -154,8 +159,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     from serve_latency import PlainServer
 
+    from mmrank.device import resolve_device
     from mmrank.testing.serving import ServerProcess, build_serving_run
 
+    dev = resolve_device(args.device)  # a device this machine lacks: fail before building anything
     tmp = tempfile.TemporaryDirectory(prefix="serve-load-")
     if args.run is None:
         print("building a small run (synthetic market, small encoder, simtier CTR model) ...", flush=True)
@@ -168,12 +175,14 @@ def main(argv: list[str] | None = None) -> dict:
     endpoints = [e for e in args.endpoints.split(",") if e]
     reqs = requests_for(run, 64, args.candidates, args.history)
     print(f"run {src} (copied to {run}); deadline {args.deadline_ms:g} ms; {args.seconds:g} s per rate; "
-          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}", flush=True)
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}"
+          + (f"; models on {dev}" if dev.type != "cpu" else ""), flush=True)
     extra = ("--rank-concurrency", "100000", "--search-concurrency", "100000", "--items-concurrency",
-             "100000", "--deadline-ms", "3600000") + (("--strategy", args.strategy) if args.strategy else ())
+             "100000", "--deadline-ms", "3600000", "--device", args.device) + \
+        (("--strategy", args.strategy) if args.strategy else ())
     runs, next_id = [], [7_000_000_000]
     with ServerProcess(run, api_key=KEY, extra_args=extra, threads=args.threads) as srv, \
-            PlainServer(run, args.strategy, args.threads) as plain:
+            PlainServer(run, args.strategy, args.threads, args.device) as plain:
         for k in range(args.repeat):
             print(f"\n-- run {k + 1} --")
             knees = {}

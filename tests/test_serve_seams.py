@@ -104,7 +104,7 @@ def test_bundle_refuses_a_reranker_of_another_encoder_version(serving_run_copy: 
         name, version, encoder_version = "armmt", "r1", "some-other-encoder"
 
     mod = types.ModuleType("mmrank.rerank.serving")
-    mod.load = lambda run, encoder_version: _Rr()
+    mod.load = lambda run, encoder_version, hardware=None: _Rr()
     monkeypatch.setitem(sys.modules, "mmrank.rerank", types.ModuleType("mmrank.rerank"))
     monkeypatch.setitem(sys.modules, "mmrank.rerank.serving", mod)
     with pytest.raises(ConfigError, match="some-other-encoder"):

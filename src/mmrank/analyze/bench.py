@@ -10,6 +10,10 @@ representations.
 
 Training code only: nothing here reads ``R/truth/``; Acc@N is computed on the run's test pairs and
 GAUC on the CTR test split, as the pretrain and ctr stages do.
+
+On a device (``hardware``: auto | cpu | cuda | cuda:N): the encoders and CTR models are trained there
+(the CTR stage's ``hardware``, pre-training's ``device``), item vectors are computed on
+the model's device and come back to the host.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ import numpy as np
 import torch
 
 from mmrank.analyze.config import AnalyzeConfig
+from mmrank.device import HardwareConfig, resolve_device
 from mmrank.errors import ConfigError, MMRankError
 from mmrank.pretrain.config import MOON_ROWS, VARIANTS, PretrainConfig
+from mmrank.pretrain.evaluate import model_device
 
 MODS = {"e": "epochs", "d": "dim", "k": "queue_size", "f": "fraction"}
 
@@ -52,9 +58,10 @@ class Bench:
     """One run's pre-training inputs (catalog, pairs, cached features) and CTR samples, in memory."""
 
     def __init__(self, run: Path, cfg: AnalyzeConfig, with_ctr: bool = True,
-                 settings_from: Path | None = None) -> None:
+                 settings_from: Path | None = None, hardware: HardwareConfig | None = None) -> None:
         """``settings_from``: take the pre-training and CTR settings from that run's config.yaml
-        instead of ``run``'s (a larger market measured with the main run's settings)."""
+        instead of ``run``'s (a larger market measured with the main run's settings). ``hardware``:
+        where the models train (None: auto; a device this machine lacks fails here, at once)."""
         from mmrank.encoders import native_input_size
         from mmrank.lineage import digest_inputs, encoder_inputs
         from mmrank.pretrain.data import build_features, native_image_size, read_catalog, read_pairs
@@ -62,6 +69,8 @@ class Bench:
         from mmrank.pretrain.train import modality_inputs
         from mmrank.run_config import load_run_config
 
+        self.hardware = hardware or HardwareConfig()
+        self.device = resolve_device(self.hardware.device)
         self.run = Path(run)
         self.cfg = cfg
         rc = load_run_config(run=Path(settings_from) if settings_from is not None else self.run)
@@ -141,7 +150,8 @@ class Bench:
                                                  int(self.feats.item_txt.shape[1]))
         else:
             model = train(cfg, self.feats, pairs, self.catalog.item_ids, DistEnv(), ckpt_dir=None,
-                          log=lambda m: None, data_digest=self.data_digest, modality=self.modality)
+                          log=lambda m: None, data_digest=self.data_digest, modality=self.modality,
+                          device=self.device, bf16=self.hardware.bf16)
         metrics = evaluate(model, self.feats, self.pairs,
                            [] if isinstance(model, OffTheShelf) else cfg.nested_dims,
                            item_codes=self.item_codes)
@@ -152,9 +162,13 @@ class Bench:
     def item_vectors(self, model: torch.nn.Module) -> np.ndarray:
         """``(N, D)`` item vectors by catalog row from the cached backbone outputs (what
         ``ItemEncoder.encode_item_features`` computes)."""
+        from mmrank.device import to_device
+
         was = model.training
         model.eval()
-        out = [model.item(self.feats.item_img[a:a + 1024], self.feats.item_txt[a:a + 1024])
+        dev = model_device(model)
+        out = [model.item(to_device(self.feats.item_img[a:a + 1024], dev),
+                          to_device(self.feats.item_txt[a:a + 1024], dev)).float().cpu()
                for a in range(0, len(self.catalog.item_ids), 1024)]
         model.train(was)
         return np.ascontiguousarray(torch.cat(out).numpy(), np.float32)
@@ -167,7 +181,7 @@ class Bench:
         from mmrank.pretrain.item_encoder import load_item_encoder
 
         t0 = time.time()
-        enc = load_item_encoder(self.run, subdir)
+        enc = load_item_encoder(self.run, subdir, device=self.device, bf16=self.hardware.bf16)
         c = enc.config
         mpath = self.run / subdir / "metrics.json"
         if not mpath.exists():
@@ -212,7 +226,8 @@ class Bench:
             mcfg = CtrConfig.model_validate({**mcfg.model_dump(), "history_len": int(history_len)})
         t0 = time.time()
         model, _ = fit_strategy(self.data, strategy, seed=seed, make_epochs=self.make_epochs, cfg=mcfg,
-                                train_cfg=self.ctr.train, progress=True)
-        m = evaluate(self.data, predict(model, self.data.enc))
+                                train_cfg=self.ctr.train, progress=True, hardware=self.hardware)
+        m = evaluate(self.data, predict(model, self.data.enc, bf16=self.hardware.bf16,
+                                         pin_memory=self.hardware.pin_memory))
         return {"gauc": float(m["gauc"]), "auc": float(m["auc"]), "logloss": float(m["logloss"]),
                 "seconds": round(time.time() - t0, 1)}

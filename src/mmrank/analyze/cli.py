@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import typer
 
+from mmrank.device import DEVICE_HELP
 from mmrank.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True, help="MOON's analyses: the exchange rate of the pre-training "
@@ -23,6 +24,18 @@ _EPOCHS = typer.Option(None, "--pretrain-epochs", min=1, help="epochs of the enc
                        "(default: the run's pretrain.epochs)")
 _THREADS = typer.Option(None, "--threads", min=1, help="torch threads (default: 1 when the machine is "
                         "busy, load average >= cores; else torch's default)")
+_DEVICE = typer.Option(None, "--device", help=DEVICE_HELP + "; the encoders and CTR models are trained there")
+
+
+def _hardware(device: Optional[str]):
+    """The run config's hardware section with ``--device``; the device resolved at once (one line and
+    exit 2 for one this machine lacks, before any work)."""
+    from mmrank.device import resolve_device
+    from mmrank.run_config import hardware_config
+
+    hw = hardware_config(None, device=device)
+    resolve_device(hw.device)
+    return hw
 
 
 def _list(text: Optional[str], name: str, kind: type) -> Optional[list[Any]]:
@@ -64,16 +77,18 @@ def exchange_rate_cmd(
                                          "@kN (queue size) @fX (share of pairs)"),
     make_epochs: Optional[int] = _MAKE, max_train_rows: Optional[int] = _ROWS,
     pretrain_epochs: Optional[int] = _EPOCHS, threads: Optional[int] = _THREADS,
+    device: Optional[str] = _DEVICE,
 ) -> None:
     """Intermediate metrics vs downstream gain over >= 5 encoder checkpoints: slope, bootstrap 95%
     interval and Spearman per metric, the best metric named -> R/analysis/exchange_rate.{json,png}."""
     from mmrank.analyze.exchange import exchange_rate_analysis
 
+    hw = _hardware(device)
     _threads(threads)
     pts = None if points is None else [p.strip() for p in points.split(",") if p.strip()]
     cfg = _config(seeds=seeds, points=pts, make_epochs=make_epochs, max_train_rows=max_train_rows,
                   pretrain_epochs=pretrain_epochs)
-    r = exchange_rate_analysis(run, cfg)
+    r = exchange_rate_analysis(run, cfg, hardware=hw)
     typer.echo(f"{len(r['checkpoints'])} checkpoints ({len(r['computed'])} computed, {len(r['reused'])} "
                f"read back), {r['seeds']} CTR seed(s); behaviour simulated")
     typer.echo("| checkpoint | acc@1 image | acc@1 text | acc@5 image | acc@5 text | GAUC gain vs id |")
@@ -107,18 +122,20 @@ def scaling_cmd(
                                                    "axis; repeatable"),
     make_epochs: Optional[int] = _MAKE, max_train_rows: Optional[int] = _ROWS,
     pretrain_epochs: Optional[int] = _EPOCHS, threads: Optional[int] = _THREADS,
+    device: Optional[str] = _DEVICE,
 ) -> None:
     """Acc@1 and downstream gain vs training pairs, queue size K and behaviour length L, with a power
     law per curve and its saturation point -> R/analysis/scaling.{json,png}."""
     from mmrank.analyze.scaling import scaling_analysis
 
+    hw = _hardware(device)
     _threads(threads)
     cfg = _config(seeds=seeds, fractions=_list(fractions, "--fractions", float),
                   queue_sizes=_list(queue_sizes, "--queue-sizes", int),
                   history_lens=_list(history_lens, "--history-lens", int), make_epochs=make_epochs,
                   extra_runs=[str(p) for p in extra_run] if extra_run else None,
                   max_train_rows=max_train_rows, pretrain_epochs=pretrain_epochs)
-    r = scaling_analysis(run, cfg)
+    r = scaling_analysis(run, cfg, hardware=hw)
     typer.echo("| axis | curve | points | exponent b | 95% interval | saturates at |")
     typer.echo("|---|---|---:|---:|---:|---:|")
     for axis, a in r["axes"].items():

@@ -63,8 +63,10 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def exchange_rate_analysis(run: str | Path, cfg: AnalyzeConfig | None = None) -> dict[str, Any]:
-    """Run (or resume) the exchange-rate analysis on ``run``; returns what ``exchange_rate.json`` holds."""
+def exchange_rate_analysis(run: str | Path, cfg: AnalyzeConfig | None = None, *,
+                           hardware: Any = None) -> dict[str, Any]:
+    """Run (or resume) the exchange-rate analysis on ``run``; returns what ``exchange_rate.json`` holds.
+    ``hardware`` (:class:`mmrank.device.HardwareConfig`; None: auto): where the models train."""
     from mmrank.analyze.bench import Bench, parse_point
 
     run = Path(run)
@@ -82,7 +84,7 @@ def exchange_rate_analysis(run: str | Path, cfg: AnalyzeConfig | None = None) ->
     if len(plan) < 2:
         raise ConfigError(f"exchange rate: {len(plan)} checkpoint(s) ({', '.join(names) or 'none'}); need "
                           f"at least 2 (5 or more for a meaningful slope): add --points")
-    bench = Bench(run, cfg)
+    bench = Bench(run, cfg, hardware=hardware)
     book = PointBook(run / "analysis" / "exchange_rate")
     common = {"make_epochs": bench.make_epochs, "max_train_rows": bench.max_train_rows,
               "ctr_model": bench.ctr.model.model_dump(mode="json"),
@@ -124,7 +126,9 @@ def exchange_rate_analysis(run: str | Path, cfg: AnalyzeConfig | None = None) ->
                           f"{points[-1]['gain']:+.4f} GAUC")
             bar.advance(task)
     result = summarise(points, ids, cfg)
-    result.update(run=str(run), seconds=round(time.time() - t0, 1),
+    from mmrank.device import describe
+
+    result.update(run=str(run), seconds=round(time.time() - t0, 1), device=describe(bench.device),
                   computed=book.computed, reused=book.reused, settings=common,
                   note="behaviour is simulated (synthetic market); gain = GAUC(simtier+make) - GAUC(id) "
                        "on the CTR test split, mean over the same seeds for every checkpoint")

@@ -50,15 +50,17 @@ def _check(cfg: AnalyzeConfig) -> None:
                           f"got {cfg.history_lens}")
 
 
-def scaling_analysis(run: str | Path, cfg: AnalyzeConfig | None = None) -> dict[str, Any]:
-    """Run (or resume) the scaling analysis on ``run``; returns what ``scaling.json`` holds."""
+def scaling_analysis(run: str | Path, cfg: AnalyzeConfig | None = None, *,
+                     hardware: Any = None) -> dict[str, Any]:
+    """Run (or resume) the scaling analysis on ``run``; returns what ``scaling.json`` holds.
+    ``hardware`` (:class:`mmrank.device.HardwareConfig`; None: auto): where the models train."""
     from mmrank.analyze.bench import Bench
 
     run = Path(run)
     cfg = cfg or AnalyzeConfig()
     _check(cfg)
     t0 = time.time()
-    bench = Bench(run, cfg)
+    bench = Bench(run, cfg, hardware=hardware)
     book = PointBook(run / "analysis" / "scaling")
     common = {"make_epochs": bench.make_epochs, "max_train_rows": bench.max_train_rows, "seeds": cfg.seeds,
               "ctr_model": bench.ctr.model.model_dump(mode="json"),
@@ -94,7 +96,8 @@ def scaling_analysis(run: str | Path, cfg: AnalyzeConfig | None = None) -> dict[
         task = bar.add_task("scaling", total=len(plan) + len(cfg.extra_runs))
         for i, other in enumerate(cfg.extra_runs):
             bar.update(task, description=f"scaling: pairs of {other}")
-            axes["pairs"].append(extra_run_point(run, Path(other), i, cfg, book, common))
+            axes["pairs"].append(extra_run_point(run, Path(other), i, cfg, book, common,
+                                                 hardware=bench.hardware))
             bar.advance(task)
         for axis, name, x, mods in plan:
             bar.update(task, description=f"scaling: {name}")
@@ -136,7 +139,10 @@ def scaling_analysis(run: str | Path, cfg: AnalyzeConfig | None = None) -> dict[
             curves[c] = {"power_law": try_power_law(x, y, n_boot=cfg.n_boot, seed=cfg.boot_seed),
                          "saturation": saturation(x, y, th)}
         result["axes"][axis] = {"label": AXES[axis], "points": pts, "curves": curves}
-    result.update(run=str(run), seconds=round(time.time() - t0, 1), computed=book.computed,
+    from mmrank.device import describe
+
+    result.update(run=str(run), seconds=round(time.time() - t0, 1), device=describe(bench.device),
+                  computed=book.computed,
                   reused=book.reused, settings=common,
                   note="behaviour is simulated (synthetic market); L axis: the run's scl encoder "
                        "settings, only the CTR history length changes")
@@ -144,7 +150,7 @@ def scaling_analysis(run: str | Path, cfg: AnalyzeConfig | None = None) -> dict[
 
 
 def extra_run_point(run: Path, other: Path, i: int, cfg: AnalyzeConfig, book: PointBook,
-                    common: dict[str, Any]) -> dict[str, Any]:
+                    common: dict[str, Any], hardware: Any = None) -> dict[str, Any]:
     """A pairs-axis point from another run (a larger market): SCL with ``run``'s settings on all of
     ``other``'s training pairs, Acc@1 on ``other``'s test pairs, the gain over an ID model trained on
     ``other``'s CTR samples with the same seeds (each market is measured on its own test splits)."""
@@ -161,7 +167,7 @@ def extra_run_point(run: Path, other: Path, i: int, cfg: AnalyzeConfig, book: Po
             "data": digest_inputs(encoder_inputs(other))}
 
     def compute() -> dict[str, Any]:
-        b = Bench(other, cfg, settings_from=run)
+        b = Bench(other, cfg, settings_from=run, hardware=hardware)
         enc = b.train_encoder("scl", {})
         ids = [b.downstream("id", s) for s in range(cfg.seeds)]
         per = [b.downstream("simtier+make", s, enc["vectors"], "analysis:scaling") for s in range(cfg.seeds)]

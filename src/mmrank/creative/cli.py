@@ -8,10 +8,23 @@ from typing import Any, Optional
 
 import typer
 
+from mmrank.device import DEVICE_HELP
+
 app = typer.Typer(no_args_is_help=True, help="Creatives: K renders per item with hidden appeal (simulated), "
                                              "a logged exploration policy, and an explained selector.")
 
 _RUN = typer.Option(..., "--run", help="a market run (`mmrank market generate`)")
+
+
+def _device(device: Optional[str]):
+    """The run config's hardware section with ``--device``, resolved at once (one line, exit 2, for a
+    device this machine lacks)."""
+    from mmrank.device import resolve_device
+    from mmrank.run_config import hardware_config
+
+    hw = hardware_config(None, device=device)
+    resolve_device(hw.device)
+    return hw
 
 
 def _config(**flags: Any):
@@ -31,9 +44,14 @@ def generate(run: Path = _RUN,
              seed: Optional[int] = typer.Option(None, "--seed", help="seed (default 0)"),
              max_impressions: Optional[int] = typer.Option(None, "--max-impressions",
                                                            help="impressions in the log (default 200000)"),
+             device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP + "; generating "
+                                                  "runs no torch model (rendering and sampling on the "
+                                                  "host): the device is only checked"),
              ) -> None:
     """Render K creatives per item, draw their hidden appeal (R/truth/) and a creative log (R/data/)."""
     from mmrank.creative.stage import generate as run_generate
+
+    _device(device)
 
     out = run_generate(_config(per_item=per_item, exploration=exploration, seed=seed,
                                max_impressions=max_impressions), run)
@@ -46,11 +64,14 @@ def generate(run: Path = _RUN,
 def compare(run: Path = _RUN,
             seeds: int = typer.Option(3, "--seeds", min=1, help="selector training seeds"),
             epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="selector epochs (default 8)"),
+            device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP + "; where the "
+                                                 "selectors are fitted"),
             ) -> None:
     """Expected CTR (and purchases) of default, logged, random, selector and oracle creatives over the
     log's test impressions (evaluated against the hidden truth); writes R/creative/compare.{json,md}."""
     from mmrank.creative.stage import compare as run_compare, render_md
 
-    out = run_compare(_config(epochs=epochs), run, seeds)
+    hw = _device(device)
+    out = run_compare(_config(epochs=epochs), run, seeds, hardware=hw)
     typer.echo(render_md(out), nl=False)
     typer.echo(f"wrote {run}/creative/compare.json, compare.md and selector.json")

@@ -133,10 +133,15 @@ class Selector:
     @staticmethod
     def fit(attrs: np.ndarray, regions: np.ndarray, alt: np.ndarray, n: np.ndarray, click: np.ndarray,
             propensity: np.ndarray, cfg: CreativeConfig, seed: int = 0,
-            n_regions: int | None = None) -> "Selector":
+            n_regions: int | None = None, device: torch.device | None = None) -> "Selector":
         """Fit on logged impressions: ``attrs`` (N, A) of the shown creative, ``regions`` (N,), the user
         context ``alt``/``n`` (:func:`user_context`), ``click`` (N,) and the shown creative's logged
-        ``propensity`` (N,). ``seed`` sets the initialisation and the minibatch order."""
+        ``propensity`` (N,). ``seed`` sets the initialisation and the minibatch order. ``device``
+        (None: the CPU): where it is fitted; the initial values and the minibatch order are drawn on
+        the host either way (the same seed, the same draws), the fitted weights come back there."""
+        from mmrank.device import to_device
+
+        dev = device if device is not None else torch.device("cpu")
         propensity = np.asarray(propensity, np.float64)
         if len(propensity) and (propensity <= 0).any():
             raise DataError(f"row {int(np.flatnonzero(propensity <= 0)[0])}: propensity must be > 0 for a "
@@ -144,23 +149,24 @@ class Selector:
         n_regions = int(n_regions if n_regions is not None else (regions.max() + 1 if len(regions) else 1))
         gen = torch.Generator().manual_seed(int(seed))
         a = attrs.shape[1]
-        x = torch.as_tensor(attrs, dtype=torch.float32)
-        r = torch.as_tensor(np.asarray(regions, np.int64))
-        p = torch.as_tensor(preference(alt, n), dtype=torch.float32)
-        y = torch.as_tensor(np.asarray(click, np.float32))
-        wt = torch.as_tensor(np.minimum(1.0 / np.maximum(propensity, 1e-12), cfg.weight_clip),
-                             dtype=torch.float32)
+        x = to_device(torch.as_tensor(attrs, dtype=torch.float32), dev)
+        r = to_device(torch.as_tensor(np.asarray(regions, np.int64)), dev)
+        p = to_device(torch.as_tensor(preference(alt, n), dtype=torch.float32), dev)
+        y = to_device(torch.as_tensor(np.asarray(click, np.float32)), dev)
+        wt = to_device(torch.as_tensor(np.minimum(1.0 / np.maximum(propensity, 1e-12), cfg.weight_clip),
+                                       dtype=torch.float32), dev)
         wt = wt / wt.mean() if len(wt) else wt
         params = {"b": torch.zeros(1), "w": 0.01 * torch.randn(a, generator=gen),
                   "W": 0.01 * torch.randn(n_regions, a, generator=gen),
                   "v": 0.01 * torch.randn(a, generator=gen)}
+        params = {k: to_device(t, dev) for k, t in params.items()}
         for t in params.values():
             t.requires_grad_(True)
         if len(y):
             params["b"].data.fill_(float(np.log((y.mean().item() + 1e-3) / (1 - y.mean().item() + 1e-3))))
         opt = torch.optim.Adam(params.values(), lr=cfg.lr)
         for _ in range(cfg.epochs):
-            perm = torch.randperm(len(y), generator=gen)
+            perm = to_device(torch.randperm(len(y), generator=gen), dev)
             for s in range(0, len(y), cfg.batch_size):
                 idx = perm[s:s + cfg.batch_size]
                 coef = params["w"] + params["W"][r[idx]] + params["v"] * p[idx]
@@ -170,7 +176,7 @@ class Selector:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-        out = {k: t.detach().numpy().astype(np.float64) for k, t in params.items()}
+        out = {k: t.detach().cpu().numpy().astype(np.float64) for k, t in params.items()}
         return Selector(out["b"][0], out["w"], out["W"], out["v"])
 
     def contributions(self, attrs: np.ndarray, regions: np.ndarray, alt: np.ndarray,

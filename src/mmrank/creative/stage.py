@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,16 +72,18 @@ def prepare(cfg: CreativeConfig, run: str | Path) -> Prepared:
 
 
 def train_selector(cfg: CreativeConfig, run: str | Path, seed: int = 0,
-                   prepared: Prepared | None = None, context: bool = True) -> Selector:
+                   prepared: Prepared | None = None, context: bool = True,
+                   device: Any = None) -> Selector:
     """Fit the selector on the log's ``train`` rows (IPW by the logged propensities). Reads only
-    ``R/data/``. ``context=False``: without the user context (an ablation: region and attributes only)."""
+    ``R/data/``. ``context=False``: without the user context (an ablation: region and attributes only).
+    ``device``: a torch device to fit on (None: the CPU)."""
     p = prepared or prepare(cfg, run)
     tr = (p.log["split"] == "train").to_numpy()
     shown = p.log["creative_id"].to_numpy()[tr]
     alt, n = (p.alt[tr], p.n[tr]) if context else (np.zeros_like(p.alt[tr]), np.zeros_like(p.n[tr]))
     return Selector.fit(p.creatives.attr_by_creative[shown], p.log["region"].to_numpy()[tr], alt, n,
                         p.log["click"].to_numpy()[tr], p.log["propensity"].to_numpy()[tr], cfg,
-                        seed=seed, n_regions=p.n_regions)
+                        seed=seed, n_regions=p.n_regions, device=device)
 
 
 def explain_row(sel: Selector, p: Prepared, i: int, k: int) -> str:
@@ -99,27 +102,31 @@ def explain_row(sel: Selector, p: Prepared, i: int, k: int) -> str:
                    {"clicks": clicks, "region": int(log["region"].iloc[i])}, gain)
 
 
-def compare(cfg: CreativeConfig, run: str | Path, seeds: int = 3) -> dict:
+def compare(cfg: CreativeConfig, run: str | Path, seeds: int = 3, *, hardware: Any = None) -> dict:
     """Expected CTR and purchases over the log's test impressions for the default creative, the logging
     policy, uniform random, the selector (mean and std over ``seeds`` training seeds) and the oracle
     (each impression's best creative by the hidden truth); writes ``R/creative/compare.{json,md}`` and
-    the seed-0 selector to ``R/creative/selector.json``."""
+    the seed-0 selector to ``R/creative/selector.json``. ``hardware``
+    (:class:`mmrank.device.HardwareConfig`; None: auto): where the selectors are fitted."""
     import json
 
     from mmrank.creative.evaluate import CreativeTruth
 
+    from mmrank.device import HardwareConfig, describe, resolve_device
+
+    dev = resolve_device((hardware or HardwareConfig()).device)
     run = Path(run)
     p = prepare(cfg, run)
     te = np.flatnonzero((p.log["split"] == "test").to_numpy())
     if not len(te):
         raise MMRankError(f"{run}/data/creative_log.parquet: no test impressions")
-    sels = [train_selector(cfg, run, seed=s, prepared=p) for s in range(seeds)]
+    sels = [train_selector(cfg, run, seed=s, prepared=p, device=dev) for s in range(seeds)]
     test = p.log.iloc[te]
     cids = p.creatives.creative_ids[p.rows[te]]                      # (T, K)
     attrs = p.creatives.attrs[p.rows[te]]
     reg, alt, n = test["region"].to_numpy(), p.alt[te], p.n[te]
     picks = [s.choose(attrs, reg, alt, n) for s in sels]
-    plain = [train_selector(cfg, run, seed=s, prepared=p, context=False) for s in range(seeds)]
+    plain = [train_selector(cfg, run, seed=s, prepared=p, context=False, device=dev) for s in range(seeds)]
     plain_picks = [s.choose(attrs, reg, np.zeros_like(alt), np.zeros_like(n)) for s in plain]
     # --- evaluation: the only part that reads R/truth/ ---
     truth = CreativeTruth(run)
@@ -150,7 +157,7 @@ def compare(cfg: CreativeConfig, run: str | Path, seeds: int = 3) -> dict:
                          "item_id": int(p.log["item_id"].iloc[i]),
                          "chosen": int(cids[j, chosen[j]]), "default": int(cids[j, 0]),
                          "reason": explain_row(sels[0], p, i, int(chosen[j]))})
-    out = {"run": str(run), "seeds": seeds, "test_impressions": int(len(te)),
+    out = {"run": str(run), "seeds": seeds, "device": describe(dev), "test_impressions": int(len(te)),
            "train_impressions": int(len(p.log) - len(te)), "per_item": int(k),
            "exploration": float(prop[0, 1:].sum()) if len(prop) else None,
            "policies": rows, "selector_per_seed": per_seed, "selector_share_of_oracle_gain": share,

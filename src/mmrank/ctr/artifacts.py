@@ -33,7 +33,7 @@ def save_model(model: CtrModel, space: FeatureSpace, out: Path, *, train_cfg: Tr
     """Write weights, vocabularies and config (safetensors + JSON) to ``out``; ``inputs`` (what it was
     trained on, :mod:`mmrank.lineage`) to ``out/lineage.json``."""
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # from any device
     save_torch(state, str(out / "model.safetensors"))
     arrays = {k: v for k, v in space.to_arrays().items() if k != "vocab.vec_items"}
     save_np(arrays, str(out / "vocab.safetensors"))
@@ -45,8 +45,8 @@ def save_model(model: CtrModel, space: FeatureSpace, out: Path, *, train_cfg: Tr
         lineage.stamp(out, inputs)
 
 
-def load_model(run: Path, strategy: str, *, attach_vectors: bool = True,
-               encoder_version: str | None = None) -> tuple[CtrModel, FeatureSpace, dict]:
+def load_model(run: Path, strategy: str, *, attach_vectors: bool = True, encoder_version: str | None = None,
+               device: torch.device | None = None) -> tuple[CtrModel, FeatureSpace, dict]:
     """Load ``R/ctr/<strategy>`` (in eval mode); :class:`mmrank.lineage.StaleArtifact` when it was
     trained on other data than the run's now.
 
@@ -54,7 +54,8 @@ def load_model(run: Path, strategy: str, *, attach_vectors: bool = True,
     covers them), after checking that they come from the encoder version the model was trained on.
     Without, the model gets an empty ``(2, D)`` table and ``space.vec_items`` is None: the caller
     passes the vectors of each batch to :func:`score` (serving), after checking ``encoder_version``
-    (the version of the table it will read) the same way.
+    (the version of the table it will read) the same way. ``device``: where the model is put (default
+    the CPU).
     """
     d = Path(run) / "ctr" / strategy
     if not (d / "model.safetensors").exists():
@@ -92,6 +93,8 @@ def load_model(run: Path, strategy: str, *, attach_vectors: bool = True,
             codes = torch.zeros(2, sizes.sid_levels, dtype=torch.int64)
     model = CtrModel(cfg, sizes, vecs, freeze_make=bool(conf.get("make_frozen")), codes=codes)
     model.load_state_dict(load_torch(str(d / "model.safetensors")), strict=True)
+    if device is not None:
+        model.to(device)
     model.eval()
     return model, space, conf
 

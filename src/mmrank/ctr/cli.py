@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import typer
 
+from mmrank.device import DEVICE_HELP
 from mmrank.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True, help="CTR models with multimodal representations (ID, Vector, "
@@ -21,6 +22,18 @@ app = typer.Typer(no_args_is_help=True, help="CTR models with multimodal represe
 
 _CONFIG = typer.Option(None, "--config", help="a run config YAML (its ctr section: strategies, seeds, "
                        "model incl. model.make, train); flags override it")
+_DEVICE = typer.Option(None, "--device", help=DEVICE_HELP)
+
+
+def _hardware(config: Optional[Path], device: Optional[str]):
+    """The hardware section (config file, then --device), its device checked now: ``--device cuda``
+    on a machine without CUDA is one line, exit 2, before any data is read."""
+    from mmrank.device import resolve_device
+    from mmrank.run_config import hardware_config
+
+    hw = hardware_config(config, device=device)
+    resolve_device(hw.device)
+    return hw
 
 
 def _threads(threads: Optional[int]) -> None:
@@ -76,6 +89,7 @@ def train_cmd(
                                               "default 4)"),
     threads: Optional[int] = typer.Option(None, help="torch threads"),
     config: Optional[Path] = _CONFIG,
+    device: Optional[str] = _DEVICE,
 ) -> None:
     """Train one strategy (ID parameters: one epoch); writes RUN/ctr/<strategy>/."""
     from mmrank.config import record
@@ -86,10 +100,11 @@ def train_cmd(
         raise ConfigError(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
     s = _settings(config, strategy=strategy, seed=seed, make_epochs=make_epochs, threads=threads)
     s = s.model_copy(update={"model": s.model.model_copy(update={"strategy": s.strategy})})
+    hw = _hardware(config, device)
     _threads(s.threads)
     _notes(run)
     m = train_strategy(run, s.strategy, seed=s.seed, make_epochs=s.make_epochs, cfg=s.model,
-                       train_cfg=s.train)
+                       train_cfg=s.train, hardware=hw)
     record(run, "ctr", s)
     typer.echo(f"{s.strategy}: auc {m['auc']:.4f} gauc {m['gauc']:.4f} logloss {m['logloss']:.4f} "
                f"-> {run}/ctr/{s.strategy}/")
@@ -114,6 +129,7 @@ def compare_cmd(
                              "does not name (same seeds, data and settings, else an error), instead of "
                              "replacing the comparison"),
     config: Optional[Path] = _CONFIG,
+    device: Optional[str] = _DEVICE,
 ) -> None:
     """Train every strategy over SEEDS seeds; write RUN/ctr/compare.json, compare.md and plots."""
     from mmrank.config import record
@@ -126,11 +142,12 @@ def compare_cmd(
                   strategies=strats, max_train_rows=max_train_rows, threads=threads,
                   epochs_curve=epochs_curve,
                   model={"make": {"knowledge": knowledge}} if knowledge is not None else None)
+    hw = _hardware(config, device)
     _threads(s.threads)
     _notes(run)
     compare(run, seeds=s.seeds, make_epochs=s.make_epochs, curve=tuple(s.curve),
             strategies=tuple(s.strategies), cfg=s.model, train_cfg=s.train, max_train_rows=s.max_train_rows,
-            epochs_curve=s.epochs_curve, add=add)
+            epochs_curve=s.epochs_curve, add=add, hardware=hw)
     record(run, "ctr", s)
     typer.echo((run / "ctr" / "compare.md").read_text())
 
@@ -143,13 +160,15 @@ def predict_cmd(
     out: Path = typer.Option(..., help="output Parquet: request_id, item_id, position, score"),
     threads: Optional[int] = typer.Option(None),
     config: Optional[Path] = _CONFIG,
+    device: Optional[str] = _DEVICE,
 ) -> None:
     """Score new impressions with a trained model; write scores by request_id and item_id."""
     from mmrank.ctr.stage import predict_file
 
     s = _settings(config, threads=threads)
+    hw = _hardware(config, device)
     _threads(s.threads)
-    n = predict_file(run, strategy, samples, out)
+    n = predict_file(run, strategy, samples, out, hardware=hw)
     typer.echo(json.dumps({"rows": n, "out": str(out)}))
 
 
@@ -176,6 +195,7 @@ def follow_cmd(
     seeds: int = typer.Option(3, min=1, help="--freshness: seeds"),
     threads: Optional[int] = typer.Option(None, help="torch threads"),
     config: Optional[Path] = _CONFIG,
+    device: Optional[str] = _DEVICE,
 ) -> None:
     """Near-line training: one pass over the sample stream in event time for every strategy, each batch
     scored by the last published model before it is trained on; bundles under RUN/ctr/follow/bundles/,
@@ -184,16 +204,20 @@ def follow_cmd(
 
     strats = _strategies(strategies)
     s = _settings(config, threads=threads)
+    hw = _hardware(config, device)
     _threads(s.threads)
     flags = {k: v for k, v in dict(strategies=strats, source=source, publish_every=publish_every,
                                    batch_size=batch_size, ingest_latency=ingest_latency, redis_url=redis,
                                    stream=stream, idle_stop_s=idle_stop_s, batch_events=batch_events,
                                    checkpoint_every=checkpoint_every).items() if v is not None}
     cfg = FollowConfig(model=s.model, train=s.train, **flags)
-    res = follow(run, cfg)
+    res = follow(run, cfg, hardware=hw)
+    from mmrank.device import describe, resolve_device
+
     typer.echo(json.dumps({"samples": int(res.trained.sum()), "publishes": res.publishes,
+                           "device": describe(resolve_device(hw.device)),
                            "samples_per_s": round(res.samples_per_s, 1),
                            "bundles": {x: str(run / "ctr" / f"follow-{x}") for x in cfg.strategies}}))
     if freshness:
-        freshness_table(run, seeds=seeds, model=s.model, train=s.train)
+        freshness_table(run, seeds=seeds, model=s.model, train=s.train, hardware=hw)
         typer.echo((run / "ctr" / "follow" / "freshness.md").read_text())

@@ -100,7 +100,7 @@ class VisualDebias(nn.Module):
         """The adversarial and contrastive terms over the distinct items of a batch."""
         uniq, first, inv = _first_of_each(items)
         v, a = v[first], a[first]           # one row per item (a is a function of v)
-        latest = torch.zeros(len(uniq), dtype=a.dtype).scatter_reduce(
+        latest = torch.zeros(len(uniq), dtype=a.dtype, device=a.device).scatter_reduce(
             0, inv, impressions.to(a.dtype).clamp_min(0), reduce="amax", include_self=False)
         imp = torch.log1p(latest)           # the item's latest count in the batch
         zero = a.sum() * 0.0
@@ -128,8 +128,8 @@ def _first_of_each(items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     """The distinct values of ``items``, the index of each one's first occurrence, and each row's value
     index."""
     uniq, inv = torch.unique(items, return_inverse=True)
-    first = torch.full((len(uniq),), len(items), dtype=torch.long)
-    first = first.scatter_reduce(0, inv, torch.arange(len(items)), reduce="amin")
+    first = torch.full((len(uniq),), len(items), dtype=torch.long, device=items.device)
+    first = first.scatter_reduce(0, inv, torch.arange(len(items), device=items.device), reduce="amin")
     return uniq, first, inv
 
 

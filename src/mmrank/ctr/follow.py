@@ -52,11 +52,12 @@ from safetensors.torch import load_file as load_torch, save_file as save_torch
 
 from mmrank.config import StrictModel
 from mmrank.ctr.data import (MAX_POSITION, OOV, CtrSamples, EncodedSamples, FeatureSpace, Vocab, concat_ranges,
-                             load_samples, make_batch, simtier_features)
+                             load_samples, make_batch, move_batch, simtier_features)
 from mmrank.ctr.dynamic_ids import DynamicIdTable
 from mmrank.ctr.models import PAPER_STRATEGIES, CtrConfig, CtrModel, ModelSizes, Strategy
-from mmrank.ctr.trainer import TrainConfig, make_optimizer, optimizer_step
+from mmrank.ctr.trainer import TrainConfig, make_optimizer, optimizer_step, placement
 from mmrank.data.schemas import HISTORY_LEN
+from mmrank.device import HardwareConfig, autocast
 from mmrank.errors import ConfigError, MMRankError
 from mmrank.models.layers import ItemVectors
 
@@ -346,7 +347,7 @@ def _opt_arrays(opt, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
             for k, v in st.items():
                 key = f"{prefix}.opt{i}.{j}.{k}"
                 if isinstance(v, torch.Tensor):
-                    tensors[key] = v.detach().clone().contiguous()
+                    tensors[key] = v.detach().cpu().clone().contiguous()
                 else:
                     tensors[key] = torch.tensor(float(v))
                     ints[key] = type(v).__name__
@@ -372,8 +373,12 @@ class StrategyState:
     """One strategy's model, optimiser, ID tables and last published model."""
 
     def __init__(self, strategy: str, cfg: FollowConfig, sizes: tuple[int, int],
-                 reps: Representations | None) -> None:
+                 reps: Representations | None, where: dict | None = None) -> None:
         self.strategy = strategy
+        # device, bf16, pin_memory (mmrank.ctr.trainer.placement): the model, its optimiser state and
+        # each batch live on the device; checkpoints and bundles are written from host copies
+        self.where = where or {"device": torch.device("cpu"), "bf16": True, "pin_memory": True}
+        self.device = self.where["device"]
         self.cfg = cfg
         mcfg = CtrConfig.model_validate({**cfg.model.model_dump(), "strategy": strategy})
         self.mcfg = mcfg
@@ -388,7 +393,7 @@ class StrategyState:
                                 n_categories=self.n_categories, n_regions=self.n_regions,
                                 vec_dim=0 if self.reps is None else int(self.reps.table.shape[1]))
         self.vectors = ItemVectors(self.reps.table) if self.reps is not None else None
-        self.model = CtrModel(mcfg, self.sizes, self.vectors)
+        self.model = CtrModel(mcfg, self.sizes, self.vectors).to(self.device)
         self.tcfg = cfg.train.model_copy(update={"seed": cfg.seed})
         self.opt = make_optimizer(self.model, self.tcfg)
         self.published: tuple[CtrModel, DynamicIdTable, DynamicIdTable] | None = None
@@ -400,9 +405,9 @@ class StrategyState:
         if not len(rows):
             return
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.assigned_total)
-        idx = torch.from_numpy(rows)
-        with torch.no_grad():
-            emb.weight[idx] = torch.randn(len(rows), emb.weight.shape[1], generator=g) * 0.01
+        idx = torch.from_numpy(rows).to(self.device)
+        with torch.no_grad():   # drawn on the host (the same rows on any device), then moved
+            emb.weight[idx] = (torch.randn(len(rows), emb.weight.shape[1], generator=g) * 0.01).to(self.device)
         for o in self.opt.opts:
             st = o.state.get(emb.weight)
             if st:
@@ -434,10 +439,12 @@ class StrategyState:
 
     def train_step(self, s: CtrSamples) -> float:
         enc = self.encode_train(s)
-        batch = make_batch(enc, np.arange(len(s)), self.mcfg.history_len)
+        batch = move_batch(make_batch(enc, np.arange(len(s)), self.mcfg.history_len), self.device,
+                           self.where["pin_memory"])
         self.model.train()
-        out = self.model(batch)
-        loss = self.model.loss(out, batch, self.tcfg.aux_weight)["total"]
+        with autocast(self.device, self.where["bf16"]):
+            out = self.model(batch)
+            loss = self.model.loss(out, batch, self.tcfg.aux_weight)["total"]
         return optimizer_step(self.opt, loss)
 
     # -- publishing
@@ -457,12 +464,13 @@ class StrategyState:
                              n_regions=self.n_regions)
         sizes = ModelSizes(n_items=len(item_ids) + 2, n_users=len(user_ids) + 2,
                            n_categories=self.n_categories, n_regions=self.n_regions, vec_dim=self.sizes.vec_dim)
-        state = dict(pub.state_dict())
+        state = {k: v.detach().cpu() for k, v in pub.state_dict().items()}   # bundles are host tensors
         head = np.r_[0, 1]
         state["ids.item_emb.weight"] = state["ids.item_emb.weight"][torch.from_numpy(np.r_[head, item_rows])]
         if "ids.user_emb.weight" in state:
             state["ids.user_emb.weight"] = state["ids.user_emb.weight"][torch.from_numpy(np.r_[head, user_rows])]
-        model = CtrModel(self.mcfg, sizes, self.vectors)
+        vectors = None if self.reps is None else ItemVectors(self.reps.table)   # a host copy (bundles)
+        model = CtrModel(self.mcfg, sizes, vectors)
         model.load_state_dict(state, strict=True)
         model.eval()
         return model, space
@@ -474,13 +482,16 @@ class StrategyState:
         model, items, users = self.published
         enc = encode_batch(s, items.lookup(s.item_id), users.lookup(s.user_id), items.lookup(s.hist_item_id),
                            self.n_categories, self.n_regions, self.reps)
-        batch = make_batch(self._with_simtier(enc), np.arange(len(s)), self.mcfg.history_len)
-        return torch.sigmoid(model(batch)["logit"]).double().numpy()
+        batch = move_batch(make_batch(self._with_simtier(enc), np.arange(len(s)), self.mcfg.history_len),
+                           self.device, self.where["pin_memory"])
+        with autocast(self.device, self.where["bf16"]):
+            logit = model(batch)["logit"]
+        return torch.sigmoid(logit.float()).double().cpu().numpy()
 
     # -- checkpoint state
     def arrays(self) -> tuple[dict[str, torch.Tensor], dict]:
         p = self.strategy
-        out = {f"{p}.model.{k}": v.detach().clone().contiguous() for k, v in self.model.state_dict().items()}
+        out = {f"{p}.model.{k}": v.detach().cpu().clone().contiguous() for k, v in self.model.state_dict().items()}
         opt, kinds = _opt_arrays(self.opt, p)
         out.update(opt)
         for name, table in (("items", self.items), ("users", self.users)):
@@ -521,9 +532,11 @@ class Follower:
 
     def __init__(self, run: Path, cfg: FollowConfig, *, write: bool = True,
                  source: ReplaySamples | RedisSamples | None = None,
-                 reps: Representations | None | str = "load") -> None:
+                 reps: Representations | None | str = "load", hardware: HardwareConfig | None = None) -> None:
         from mmrank.lineage import CTR_TABLES, data_inputs
 
+        where = placement(hardware)             # resolved first: a device this machine lacks fails at once
+        self.device = where["device"]
         self.run, self.cfg, self.write = Path(run), cfg, write
         for s in cfg.strategies:
             if s not in PAPER_STRATEGIES:  # the semantic-ID strategies are not followed (yet)
@@ -536,7 +549,7 @@ class Follower:
         if reps == "load":
             reps = Representations.load(self.run, cfg.ingest_latency) if needs else None
         self.reps = reps
-        self.states = {s: StrategyState(s, cfg, sizes, reps) for s in cfg.strategies}
+        self.states = {s: StrategyState(s, cfg, sizes, reps, where) for s in cfg.strategies}
         n = self.source.n_events or 0
         self.probs = {s: np.full(n, np.nan) for s in cfg.strategies}
         self.trained = np.zeros(n, np.uint8)
@@ -770,9 +783,11 @@ class Follower:
                             samples_per_s=n_done / max(secs, 1e-9), seconds=secs, event_ids=self.event_ids[:n])
 
 
-def follow(run: Path, cfg: FollowConfig | None = None, *, progress: bool = True) -> FollowResult:
-    """`mmrank ctr follow`: one pass (resuming from a checkpoint), bundles published, final checkpoint."""
-    return Follower(Path(run), cfg or FollowConfig()).run_pass(progress=progress)
+def follow(run: Path, cfg: FollowConfig | None = None, *, progress: bool = True,
+           hardware: HardwareConfig | None = None) -> FollowResult:
+    """`mmrank ctr follow`: one pass (resuming from a checkpoint), bundles published, final checkpoint;
+    on ``hardware``'s device (None: auto)."""
+    return Follower(Path(run), cfg or FollowConfig(), hardware=hardware).run_pass(progress=progress)
 
 
 # ------------------------------------------------------------------------------------- the freshness table
@@ -804,7 +819,7 @@ def freshness_table(run: Path, *, seeds: int = 3, strategy: str = "simtier",
                     delays: tuple[float | None, ...] = (0, 3600, DAY, None),
                     publish: tuple[int, ...] = (300, 3600, DAY), base_publish: int = 3600,
                     batch_size: int = 256, model: CtrConfig | None = None, train: TrainConfig | None = None,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, hardware: HardwareConfig | None = None) -> dict:
     """Monolith's protocol on the run's samples: every pass scores each window with the last published
     model, then trains on it; figures on the test split (the rows after the first days), overall and on
     items in their first day (``ts - created_at < 1 day``). Variants: (a) ``strategy`` with the
@@ -851,7 +866,7 @@ def freshness_table(run: Path, *, seeds: int = 3, strategy: str = "simtier",
                 reps = Representations(base.vocab, base.table, base.visible_from + d, base.source)
             cfg = FollowConfig(strategies=[strat], batch_size=batch_size, publish_every=p, seed=seed,
                                ingest_latency=d or 0.0, model=model, train=train)
-            f = Follower(run, cfg, write=False, source=src, reps=reps)
+            f = Follower(run, cfg, write=False, source=src, reps=reps, hardware=hardware)
             r = f.run_pass(progress=progress, resume=False)
             prob = r.probs[strat]
             m = {k: _metrics(y[v], prob[v], s.user_id[v]) for k, v in parts.items()}
@@ -859,10 +874,11 @@ def freshness_table(run: Path, *, seeds: int = 3, strategy: str = "simtier",
             rows.setdefault((group, label), []).append(m)
         data = load_run(run)
         mdl, _ = fit_strategy(data, strategy, seed=seed, make_epochs=0, cfg=model,
-                              train_cfg=train.model_copy(update={"batch_size": batch_size}), progress=False)
+                              train_cfg=train.model_copy(update={"batch_size": batch_size}), progress=False,
+                              hardware=hardware)
         rows_test = data.enc.test_rows()
         prob = np.full(len(s), np.nan)
-        prob[rows_test] = predict(mdl, data.enc, rows_test)
+        prob[rows_test] = predict(mdl, data.enc, rows_test, **placement(hardware))
         rows.setdefault(("batch", f"{strategy}, trained once on the training split"), []).append(
             {k: _metrics(y[v], prob[v], s.user_id[v]) if k in ("all", "first_day") else
              {"n": int(v.sum()), "auc": float("nan"), "gauc": float("nan"), "logloss": float("nan")}

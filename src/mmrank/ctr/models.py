@@ -48,6 +48,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -126,9 +127,11 @@ class CtrConfig(StrictModel):
                                  "VisualDebias block (mmrank.ctr.debias)")
     # Speed with and without: benchmarks/ctr_throughput.py --full-history.
     compile_attention: bool = Field(False, description="run DIN's attention unit through torch.compile "
-                                    "(needs a C++ compiler; compiles on first use; same values)")
+                                    "(inductor's kernels for the device: C++ on a CPU, Triton on CUDA; needs a C++ compiler; "
+                                    "compiles on first use; same values)")
     attention_bf16: bool = Field(False, description="DIN's attention unit computes in bfloat16 "
-                                 "(torch.autocast; about 3 significant digits per attention score)")
+                                 "(torch.autocast on its inputs' device; about 3 significant digits per "
+                                 "attention score; on CUDA the trainer's bf16 autocast does so already)")
 
     @property
     def uses_vectors(self) -> bool:
@@ -190,6 +193,14 @@ def lookup_vectors(vectors: ItemVectors, batch: dict[str, torch.Tensor], idx: to
                        "(encode the samples with a FeatureSpace that has vec_items)")
     hist = batch["hist_item_v"].reshape(-1).index_select(0, idx)
     return vectors(batch["item_v"]), (SharedRows.of(hist, vectors) if share else vectors(hist))
+
+
+def full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """A block computed in fp32 even inside a CUDA autocast (on ``x``'s device); a no-op on the CPU,
+    which never autocasts here."""
+    if x.device.type == "cpu":
+        return contextlib.nullcontext()
+    return torch.autocast(x.device.type, enabled=False)
 
 
 class ItemCodes(nn.Module):
@@ -432,7 +443,8 @@ class CtrModel(nn.Module):
             k = torch.cat([k, dense(row_map(v_h, self.vector))], dim=-1)
         sim = None
         if self.simscore is not None or (self.simtier is not None and counts is None):
-            sim = similarity(v_c, v_h, rows)                           # Eq. 2, (nnz,)
+            with full_precision(v_c):   # fp32 under a CUDA autocast: the same tiers as the pipeline's
+                sim = similarity(v_c, v_h, rows)                       # Eq. 2, (nnz,)
         if self.simscore is not None:                                  # SimScore
             q, k = self.simscore(q, k, sim)
         groups = None                                                  # serving: shared histories

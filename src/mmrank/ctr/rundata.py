@@ -16,7 +16,8 @@ from mmrank.ctr.data import CtrSamples, EncodedSamples, FeatureSpace, Vocab, loa
 from mmrank.ctr.debias import ensure_impressions
 from mmrank.ctr.models import STRATEGIES, CtrConfig, CtrModel, MakeModule, ModelSizes
 from mmrank.ctr.representations import item_vectors, vector_table
-from mmrank.ctr.trainer import TrainConfig, pretrain_make, train
+from mmrank.ctr.trainer import TrainConfig, placement, pretrain_make, train
+from mmrank.device import HardwareConfig
 from mmrank.errors import ConfigError
 from mmrank.models.layers import ItemVectors
 
@@ -163,10 +164,12 @@ def ensure_simtier(data: RunData, cfg: CtrConfig) -> None:
 
 def fit_strategy(data: RunData, strategy: str, *, seed: int = 0, make_epochs: int = 4,
                  make: MakeModule | None = None, cfg: CtrConfig | None = None,
-                 train_cfg: TrainConfig | None = None, progress: bool = True) -> tuple[CtrModel, dict]:
-    """Train one strategy (pre-training MAKE first when needed, unless ``make`` is given pre-trained).
+                 train_cfg: TrainConfig | None = None, progress: bool = True,
+                 hardware: HardwareConfig | None = None) -> tuple[CtrModel, dict]:
+    """Train one strategy (pre-training MAKE first when needed, unless ``make`` is given pre-trained)
+    on ``hardware``'s device (None: auto).
 
-    Returns ``(model, info)``; ``info`` holds training losses and times.
+    Returns ``(model, info)`` (the model on that device); ``info`` holds training losses and times.
     """
     if strategy not in STRATEGIES:
         raise ConfigError(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
@@ -177,12 +180,13 @@ def fit_strategy(data: RunData, strategy: str, *, seed: int = 0, make_epochs: in
                           f"representations, the data loaded has {data.vec_source or 'none'!r} "
                           f"(load_run(..., posttrained={cfg.uses_posttrained}))")
     tcfg = (train_cfg or TrainConfig()).model_copy(update={"seed": seed})
+    where = placement(hardware)
     info: dict[str, Any] = {"make_epochs": make_epochs if cfg.uses_make else None}
     if cfg.uses_make and make is None:
         make = new_make(data, cfg, seed)
         if make_epochs > 0:
             info["make_pretrain"] = pretrain_make(make, data.enc, data.train_rows(), epochs=make_epochs, cfg=tcfg,
-                                                  progress=progress)
+                                                  progress=progress, **where)
     if cfg.uses_simtier and cfg.simtier_in == "pipeline":
         ensure_simtier(data, cfg)
     if cfg.uses_debias:
@@ -190,5 +194,5 @@ def fit_strategy(data: RunData, strategy: str, *, seed: int = 0, make_epochs: in
     torch.manual_seed(seed)
     freeze = cfg.uses_make and make_epochs > 0 and cfg.make.after_pretrain == "freeze"
     model = build_model(data, cfg, make=make, freeze_make=freeze)
-    info["train"] = train(model, data.enc, data.train_rows(), id_epochs=1, cfg=tcfg, progress=progress)
+    info["train"] = train(model, data.enc, data.train_rows(), id_epochs=1, cfg=tcfg, progress=progress, **where)
     return model, info

@@ -7,9 +7,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mmrank.ctr.data import CtrSamples, EncodedSamples, FeatureSpace, Vocab, make_batch
+from mmrank.ctr.data import CtrSamples, EncodedSamples, FeatureSpace, Vocab, make_batch, move_batch
 from mmrank.ctr.models import CtrModel, ItemCodes
+from mmrank.ctr.trainer import model_device
 from mmrank.data.schemas import HISTORY_LEN
+from mmrank.device import autocast, to_device
 from mmrank.errors import DataError
 from mmrank.models.layers import ItemVectors
 
@@ -66,8 +68,11 @@ def batch_of(enc: EncodedSamples, history_len: int = HISTORY_LEN) -> dict[str, t
 
 @torch.inference_mode()
 def score(model: CtrModel, batch: dict[str, torch.Tensor],
-          vectors: torch.Tensor | None = None, codes: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits ``(B,)`` of one batch.
+          vectors: torch.Tensor | None = None, codes: torch.Tensor | None = None, *,
+          bf16: bool = True) -> torch.Tensor:
+    """Logits ``(B,)`` of one batch, as an fp32 host tensor, computed on the model's device: the batch
+    and any ``vectors``/``codes`` follow it there (pinned, non-blocking), under bf16 autocast on CUDA
+    when ``bf16``.
 
     ``vectors (V, D)`` (rows 0 and 1 zero) replaces the model's representation table for this call:
     rows indexed by ``batch["item_v"]``/``batch["hist_item_v"]`` (see :func:`encode_for_scoring`), so
@@ -76,6 +81,10 @@ def score(model: CtrModel, batch: dict[str, torch.Tensor],
     semantic-ID table of a sid model (same rows).
     """
     model.eval()
+    dev = model_device(model)
+    batch = move_batch(batch, dev)
+    vectors = None if vectors is None else to_device(vectors, dev)
+    codes = None if codes is None else to_device(codes, dev)
     tables = [m for m in model.modules() if isinstance(m, ItemVectors)] if vectors is not None else []
     code_tables = [m for m in model.modules() if isinstance(m, ItemCodes)] if codes is not None else []
     saved = [t.table for t in tables] + [t.table for t in code_tables]
@@ -84,7 +93,9 @@ def score(model: CtrModel, batch: dict[str, torch.Tensor],
             t.table = vectors
         for t in code_tables:
             t.table = codes
-        return model(batch)["logit"]
+        with autocast(dev, bf16):
+            logit = model(batch)["logit"]
+        return logit.float().cpu()
     finally:
         for t, old in zip(tables + code_tables, saved):
             t.table = old

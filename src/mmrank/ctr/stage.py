@@ -32,8 +32,9 @@ from mmrank.ctr.data import load_samples
 from mmrank.ctr.evaluate import N_GROUPS, evaluate, json_ready
 from mmrank.ctr.models import CLICK_VISUAL_STRATEGIES, PAPER_STRATEGIES, POST_STRATEGIES, CtrConfig
 from mmrank.ctr.rundata import RunData, build_model, fit_strategy, load_run, new_make
-from mmrank.ctr.trainer import TrainConfig, predict, pretrain_make
+from mmrank.ctr.trainer import TrainConfig, placement, predict, pretrain_make
 from mmrank.ctr.trainer import train as trainer_train
+from mmrank.device import HardwareConfig, describe
 from mmrank.errors import ConfigError
 
 console = Console(stderr=True)
@@ -47,15 +48,18 @@ DEMO = {"tiny": dict(make_epochs=2, curve=(0, 2), max_train_rows=None),
 
 def train_strategy(run: Path, strategy: str, *, seed: int = 0, make_epochs: int = 4,
                    cfg: CtrConfig | None = None, train_cfg: TrainConfig | None = None,
-                   data: RunData | None = None, progress: bool = True) -> dict:
-    """Train ``strategy`` on the run, evaluate on the test split, write ``R/ctr/<strategy>/``."""
+                   data: RunData | None = None, progress: bool = True,
+                   hardware: HardwareConfig | None = None) -> dict:
+    """Train ``strategy`` on the run, evaluate on the test split, write ``R/ctr/<strategy>/``; on
+    ``hardware``'s device (None: auto), recorded as ``metrics["device"]``."""
     run = Path(run)
+    where = placement(hardware)             # resolved first: a device this machine lacks fails at once
     cfg = cfg or CtrConfig()
     post = strategy in POST_STRATEGIES
     if post and data is None:
         from mmrank.posttrain.stage import ensure_posttrain
 
-        ensure_posttrain(run, progress=progress)
+        ensure_posttrain(run, progress=progress, hardware=hardware)
     if strategy in CLICK_VISUAL_STRATEGIES and data is None:   # the click-visual encoder's table
         from mmrank.pretrain.stage import variant_vectors
 
@@ -64,10 +68,11 @@ def train_strategy(run: Path, strategy: str, *, seed: int = 0, make_epochs: int 
     ensure_codes(run, data, (strategy,))
     tcfg = train_cfg or TrainConfig()
     model, info = fit_strategy(data, strategy, seed=seed, make_epochs=make_epochs, cfg=cfg,
-                               train_cfg=tcfg, progress=progress)
-    probs = predict(model, data.enc)
+                               train_cfg=tcfg, progress=progress, hardware=hardware)
+    probs = predict(model, data.enc, **where)
     metrics = evaluate(data, probs)
     metrics.update({"strategy": strategy, "seed": seed, "oracle_auc": data.manifest.get("oracle_auc"),
+                    "device": describe(where["device"]),
                     "train_seconds": info["train"]["seconds"],
                     "make_pretrain_seconds": info.get("make_pretrain", {}).get("seconds")})
     out = run / "ctr" / strategy
@@ -109,19 +114,22 @@ def lineage_of(data: RunData) -> dict[str, str]:
     return {**data.inputs, **({"representations": data.vec_source} if data.vec_source else {})}
 
 
-def predict_file(run: Path, strategy: str, samples: Path, out: Path) -> int:
-    """Score a CTR_SAMPLES file (``split`` may be anything) with ``R/ctr/<strategy>``; write Parquet
-    ``request_id, item_id, position, score``. Returns the number of rows."""
+def predict_file(run: Path, strategy: str, samples: Path, out: Path, *,
+                 hardware: HardwareConfig | None = None) -> int:
+    """Score a CTR_SAMPLES file (``split`` may be anything) with ``R/ctr/<strategy>`` on ``hardware``'s
+    device (None: auto); write Parquet ``request_id, item_id, position, score``. Returns the number of
+    rows."""
     import pyarrow as pa
 
     from mmrank.data.io import write_table
 
-    model, space, _ = load_model(run, strategy)
+    where = placement(hardware)
+    model, space, _ = load_model(run, strategy, device=where["device"])
     data = load_samples(samples, require_split=False)
     # load_model re-attached the run's current representations: items created after training (out
     # of the ID vocabulary) still get theirs, as the real-time embedding table intends (Sec. 5)
     enc = space.encode(data)
-    probs = predict(model, enc, np.arange(len(data)), progress=True)
+    probs = predict(model, enc, np.arange(len(data)), progress=True, **where)
     table = pa.table({"request_id": pa.array(data.request_id), "item_id": pa.array(data.item_id),
                       "position": pa.array(data.position), "score": pa.array(probs.astype(np.float64))})
     write_table(table, out)
@@ -163,7 +171,7 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
             curve: tuple[int, ...] = (0, 1, 2, 4, 8), cfg: CtrConfig | None = None,
             train_cfg: TrainConfig | None = None, data: RunData | None = None, plots: bool = True,
             progress: bool = True, max_train_rows: int | None = None, epochs_curve: int = 0,
-            add: bool = False) -> dict:
+            add: bool = False, hardware: HardwareConfig | None = None) -> dict:
     """Train every strategy for ``seeds`` seeds, evaluate on the test split, write the comparison.
 
     ``max_train_rows`` trains on the latest rows of the training split only (the demo's budget).
@@ -171,8 +179,10 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
     alone after each of that many epochs (seed 0; the ID model is let past the one-epoch rule here).
     ``add`` keeps the rows of the run's existing comparison that ``strategies`` does not name (it must
     have been made with the same seeds, MAKE epochs, training and test rows and representations: see
-    :func:`kept_rows`), so a new strategy joins a long comparison without training the others again."""
+    :func:`kept_rows`), so a new strategy joins a long comparison without training the others again.
+    Everything trains and predicts on ``hardware``'s device (None: auto), recorded as ``device``."""
     run = Path(run)
+    where = placement(hardware)             # resolved first: a device this machine lacks fails at once
     t0 = time.perf_counter()
     cfg = cfg or CtrConfig()
     tcfg = train_cfg or TrainConfig()
@@ -191,7 +201,7 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
     if any(s in POST_STRATEGIES for s in strategies):                  # on demand (issue 21)
         from mmrank.posttrain.stage import ensure_posttrain
 
-        ensure_posttrain(run, progress=progress)
+        ensure_posttrain(run, progress=progress, hardware=hardware)
         post_data = data.with_posttrained(run)
     cv_data = None
     if any(s in CLICK_VISUAL_STRATEGIES for s in strategies):           # issue 22
@@ -219,7 +229,7 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
             top = max(stops)
             if top > 0:
                 pretrain_make(make, data.enc, data.train_rows(), epochs=top, cfg=tcfg.model_copy(update={"seed": seed}),
-                              progress=progress,
+                              progress=progress, **where,
                               on_epoch_end=lambda e, m=make: snapshots.__setitem__(e, copy.deepcopy(m))
                               if e in stops else None)
         for s in strategies:
@@ -227,8 +237,8 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
             d = (post_data if s in POST_STRATEGIES else cv_data if s in CLICK_VISUAL_STRATEGIES
                  else data)   # post+simtier+make, click-visual: MAKE pre-trained on their own table
             model, info = fit_strategy(d, s, seed=seed, make_epochs=make_epochs, make=mk, cfg=cfg,
-                                       train_cfg=tcfg, progress=progress)
-            probs = predict(model, d.enc)
+                                       train_cfg=tcfg, progress=progress, hardware=hardware)
+            probs = predict(model, d.enc, **where)
             m = evaluate(d, probs)
             m.update({"seed": seed, "train_seconds": info["train"]["seconds"]})
             if exposure is not None:
@@ -250,8 +260,8 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
                     continue
                 model, info = fit_strategy(data, "make", seed=0, make_epochs=e,
                                            make=copy.deepcopy(snapshots[e]), cfg=cfg, train_cfg=tcfg,
-                                           progress=progress)
-                m = evaluate(data, predict(model, data.enc))
+                                           progress=progress, hardware=hardware)
+                m = evaluate(data, predict(model, data.enc, **where))
                 curve_res[e] = [m]
                 console.print(f"[ctr] MAKE E={e}: auc {m['auc']:.4f} gauc {m['gauc']:.4f}")
     for s in strategies:
@@ -283,8 +293,10 @@ def compare(run: Path, *, seeds: int = 3, strategies: tuple[str, ...] = PAPER_ST
                                         "gauc": curve_res[e][0]["gauc"],
                                         "logloss": curve_res[e][0]["logloss"]} for e in sorted(curve_res)]
     if epochs_curve > 0:
-        result["epochs_curve"] = id_vs_multimodal_epochs(data, cfg, tcfg, epochs_curve, progress)
+        result["epochs_curve"] = id_vs_multimodal_epochs(data, cfg, tcfg, epochs_curve, progress,
+                                                         hardware=hardware)
     result["seconds"] = round(time.perf_counter() - t0, 1)
+    result["device"] = describe(where["device"])
     out = run / "ctr"
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(json_ready(result), indent=2))
@@ -398,18 +410,20 @@ def markdown_table(result: dict, strategies: tuple[str, ...] = PAPER_STRATEGIES)
 
 
 def id_vs_multimodal_epochs(data: RunData, cfg: CtrConfig, tcfg: TrainConfig, epochs: int,
-                            progress: bool = True) -> list[dict]:
+                            progress: bool = True, *, hardware: HardwareConfig | None = None) -> list[dict]:
     """Figure 3: test AUC after each epoch of the ID model (past the one-epoch rule) and of the
     multimodal model (the MAKE module alone: representations only, no ID parameter)."""
+    where = placement(hardware)
     rows: dict[int, dict] = {e: {"epochs": e} for e in range(1, epochs + 1)}
     model = build_model(data, CtrConfig.model_validate({**cfg.model_dump(), "strategy": "id"}))
     trainer_train(model, data.enc, data.train_rows(), id_epochs=epochs, allow_id_multi_epoch=True,
-                  cfg=tcfg, progress=progress,
-                  on_epoch_end=lambda e: rows[e].__setitem__("id_auc", auc_of(data, predict(model, data.enc))))
+                  cfg=tcfg, progress=progress, **where,
+                  on_epoch_end=lambda e: rows[e].__setitem__("id_auc",
+                                                             auc_of(data, predict(model, data.enc, **where))))
     make = new_make(data, cfg, tcfg.seed)
-    pretrain_make(make, data.enc, data.train_rows(), epochs=epochs, cfg=tcfg, progress=progress,
+    pretrain_make(make, data.enc, data.train_rows(), epochs=epochs, cfg=tcfg, progress=progress, **where,
                   on_epoch_end=lambda e: rows[e].__setitem__("multimodal_auc",
-                                                             auc_of(data, predict(make, data.enc))))
+                                                             auc_of(data, predict(make, data.enc, **where))))
     for e, r in rows.items():
         console.print(f"[ctr] epoch {e}: id auc {r['id_auc']:.4f}  multimodal auc {r['multimodal_auc']:.4f}")
     return list(rows.values())

@@ -29,10 +29,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from mmrank.config import StrictModel
-from mmrank.ctr.data import EncodedSamples, iter_batches
+from mmrank.ctr.data import EncodedSamples, iter_batches, move_batch
 from mmrank.ctr.models import CtrModel, MakeModule
 from mmrank.ctr.optim import LazyAdam
 from mmrank.data.schemas import HISTORY_LEN
+from mmrank.device import HardwareConfig, autocast, resolve_device
 from mmrank.errors import ConfigError
 
 
@@ -50,6 +51,23 @@ class TrainConfig(StrictModel):
 def _progress(enabled: bool) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeRemainingColumn(), disable=not enabled, transient=True)
+
+
+def placement(hardware: HardwareConfig | None = None) -> dict:
+    """The keywords of :func:`train`, :func:`pretrain_make` and :func:`predict` for ``hardware``
+    (None: :class:`~mmrank.device.HardwareConfig`'s defaults, auto): ``device``, ``bf16``,
+    ``pin_memory``. Raises :class:`~mmrank.device.DeviceError` for a device this machine lacks."""
+    hw = hardware or HardwareConfig()
+    return {"device": resolve_device(hw.device), "bf16": hw.bf16, "pin_memory": hw.pin_memory}
+
+
+def model_device(module: nn.Module, device: torch.device | None = None) -> torch.device:
+    """``device``, or where ``module``'s parameters (else buffers) are; the CPU for an empty module."""
+    if device is not None:
+        return device
+    for t in (*module.parameters(), *module.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 def _has_embedding(module: nn.Module) -> bool:
@@ -92,12 +110,16 @@ def make_optimizer(model: CtrModel, cfg: TrainConfig) -> _Optimizers:
 
 def train(model: CtrModel, data: EncodedSamples, rows: np.ndarray | None = None, *, id_epochs: int = 1,
           allow_id_multi_epoch: bool = False, cfg: TrainConfig | None = None, progress: bool = True,
-          on_epoch_end: Callable[[int], None] | None = None) -> dict:
+          on_epoch_end: Callable[[int], None] | None = None, device: torch.device | None = None,
+          bf16: bool = True, pin_memory: bool = True) -> dict:
     """Train ``model`` on ``rows`` (default: the training split) for ``id_epochs`` passes.
 
     The one-epoch rule: a model with ID embeddings is trained for exactly one epoch;
     ``id_epochs > 1`` raises :class:`ConfigError` unless ``allow_id_multi_epoch=True``.
-    Returns ``{"loss": mean loss of each epoch, "samples_per_s": ..., "seconds": ...}``.
+    ``device``: where it trains (default: where the model is); the model (its embedding tables, MAKE
+    and the frozen representations) moves there, batches follow (pinned, non-blocking). On CUDA the
+    forward pass and the loss run under bf16 autocast when ``bf16`` (fp32 master weights); the CPU
+    never autocasts. Returns ``{"loss": mean loss of each epoch, "samples_per_s": ..., "seconds": ...}``.
     """
     cfg = cfg or TrainConfig()
     if id_epochs < 1:
@@ -107,6 +129,8 @@ def train(model: CtrModel, data: EncodedSamples, rows: np.ndarray | None = None,
                           "epoch (they overfit from the second on); pre-train multimodal parameters "
                           "for more epochs with pretrain_make(), or pass allow_id_multi_epoch=True")
     rows = data.train_rows() if rows is None else np.asarray(rows)
+    dev = model_device(model, device)
+    model.to(dev)
     torch.manual_seed(cfg.seed)
     opt = make_optimizer(model, cfg)
     n_batches = (len(rows) + cfg.batch_size - 1) // cfg.batch_size
@@ -118,8 +142,10 @@ def train(model: CtrModel, data: EncodedSamples, rows: np.ndarray | None = None,
             total, n = 0.0, 0
             for batch in iter_batches(data, rows, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch,
                                       history_len=model.cfg.history_len):
-                out = model(batch)
-                loss = model.loss(out, batch, cfg.aux_weight)["total"]   # click (+ MAKE's Eq. 5 when joint)
+                batch = move_batch(batch, dev, pin_memory)
+                with autocast(dev, bf16):
+                    out = model(batch)
+                    loss = model.loss(out, batch, cfg.aux_weight)["total"]   # click (+ MAKE's Eq. 5 if joint)
                 total += optimizer_step(opt, loss) * len(batch["label"])
                 n += len(batch["label"])
                 bar.advance(task)
@@ -132,20 +158,22 @@ def train(model: CtrModel, data: EncodedSamples, rows: np.ndarray | None = None,
 
 
 def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
-    """One optimiser step on ``loss``; returns its value."""
+    """One optimiser step on ``loss`` (outside autocast); returns its value (fp32)."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return float(loss.detach())
+    return float(loss.detach().float())
 
 
 def pretrain_make(module: MakeModule, data: EncodedSamples, rows: np.ndarray | None = None, *,
                   epochs: int, cfg: TrainConfig | None = None, progress: bool = True,
-                  on_epoch_end: Callable[[int], None] | None = None) -> dict:
+                  on_epoch_end: Callable[[int], None] | None = None, device: torch.device | None = None,
+                  bf16: bool = True, pin_memory: bool = True) -> dict:
     """Multi-epoch pre-training of MAKE on the CTR task (Eq. 5), ``epochs`` passes over ``rows``.
 
     ``epochs=0`` does nothing (MAKE is then trained jointly with the ID model). ``on_epoch_end(e)`` is
     called after each epoch (e.g. to snapshot the module for the epochs curve, Figure 6c).
+    ``device``, ``bf16``, ``pin_memory`` as :func:`train`.
     """
     cfg = cfg or TrainConfig()
     if not isinstance(module, MakeModule):
@@ -156,6 +184,8 @@ def pretrain_make(module: MakeModule, data: EncodedSamples, rows: np.ndarray | N
     if epochs < 0:
         raise ConfigError(f"epochs: must be >= 0, got {epochs}")
     rows = data.train_rows() if rows is None else np.asarray(rows)
+    dev = model_device(module, device)
+    module.to(dev)
     torch.manual_seed(cfg.seed + 7919)
     opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=cfg.make_lr, fused=True)
     n_batches = (len(rows) + cfg.batch_size - 1) // cfg.batch_size
@@ -166,8 +196,10 @@ def pretrain_make(module: MakeModule, data: EncodedSamples, rows: np.ndarray | N
             task = bar.add_task(f"pretrain MAKE epoch {epoch + 1}/{epochs}", total=n_batches)
             total, n = 0.0, 0
             for batch in iter_batches(data, rows, cfg.batch_size, shuffle=True, seed=cfg.seed + 1000 + epoch):
-                loss = F.binary_cross_entropy_with_logits(module.forward_batch(batch)["logit"],
-                                                          batch["label"])   # Eq. 5
+                batch = move_batch(batch, dev, pin_memory)
+                with autocast(dev, bf16):
+                    loss = F.binary_cross_entropy_with_logits(module.forward_batch(batch)["logit"].float(),
+                                                              batch["label"])   # Eq. 5
                 total += optimizer_step(opt, loss) * len(batch["label"])
                 n += len(batch["label"])
                 bar.advance(task)
@@ -179,16 +211,24 @@ def pretrain_make(module: MakeModule, data: EncodedSamples, rows: np.ndarray | N
 
 @torch.no_grad()
 def predict(model: nn.Module, data: EncodedSamples, rows: np.ndarray | None = None,
-            batch_size: int = 4096, progress: bool = False) -> np.ndarray:
-    """Click probabilities ``(len(rows),)`` float64 for ``rows`` (default: the test split)."""
+            batch_size: int = 4096, progress: bool = False, *, device: torch.device | None = None,
+            bf16: bool = True, pin_memory: bool = True) -> np.ndarray:
+    """Click probabilities ``(len(rows),)`` float64 for ``rows`` (default: the test split).
+
+    ``device`` (default: where the model is), ``bf16`` (autocast on CUDA), ``pin_memory`` as :func:`train`.
+    """
     rows = data.test_rows() if rows is None else np.asarray(rows)
+    dev = model_device(model, device)
+    model.to(dev)
     model.eval()
     out = []
     history_len = getattr(getattr(model, "cfg", None), "history_len", HISTORY_LEN)
     with _progress(progress) as bar:
         task = bar.add_task("predict", total=(len(rows) + batch_size - 1) // batch_size)
         for batch in iter_batches(data, rows, batch_size, history_len=history_len):
-            res = model(batch) if not isinstance(model, MakeModule) else model.forward_batch(batch)
-            out.append(torch.sigmoid(res["logit"]).double().numpy())
+            batch = move_batch(batch, dev, pin_memory)
+            with autocast(dev, bf16):
+                res = model(batch) if not isinstance(model, MakeModule) else model.forward_batch(batch)
+            out.append(torch.sigmoid(res["logit"].float()).double().cpu().numpy())
             bar.advance(task)
     return np.concatenate(out) if out else np.zeros(0)

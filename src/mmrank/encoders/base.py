@@ -3,6 +3,10 @@
 An encoder is split in two: ``frozen(batch) -> h`` (run once, its output cached on disk) and
 ``trainable(h) -> (B, dim)`` (the last blocks plus pooling, fine-tuned when ``trainable_blocks > 0``).
 With ``trainable_blocks == 0`` the trainable part has no parameters and ``h`` is the pooled feature.
+
+On a device: :func:`batch_to` moves what a preprocess returns (a tensor, a dict of tensors; a list of
+strings stays on the host) and :func:`frozen_on` runs the frozen part there, its output on the device
+whatever the encoder returns (the hashing text featuriser builds its counts on the host).
 """
 
 from __future__ import annotations
@@ -18,6 +22,28 @@ from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def batch_to(batch: Any, device: torch.device | None, pin: bool = True) -> Any:
+    """A preprocessed batch on ``device`` (from pinned memory when ``pin``, non-blocking, to CUDA:
+    :func:`mmrank.device.to_device`): a tensor, or each tensor of a dict; anything else (strings) is
+    returned as it is."""
+    if device is None:
+        return batch
+    from mmrank.device import to_device
+
+    if isinstance(batch, torch.Tensor):
+        return to_device(batch, device, pin)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, pin) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return batch
+
+
+def frozen_on(encoder: "Encoder", batch: Any, device: torch.device | None, pin: bool = True) -> torch.Tensor:
+    """``encoder.frozen(batch)`` with ``batch`` moved to ``device``; the output on ``device`` too (None:
+    where the encoder leaves it)."""
+    h = encoder.frozen(batch_to(batch, device, pin))
+    return h if device is None else h.to(device)
 
 
 class Encoder(nn.Module):

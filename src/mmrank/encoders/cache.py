@@ -5,6 +5,9 @@ Each cached table is ``<tag>.npy`` (float32; float16 for un-pooled activation ma
 refs) plus a source fingerprint (a run's table: its content digest, :mod:`mmrank.lineage`); a mismatch
 re-encodes. ``lineage.json`` in each directory records the source of every table cached there.
 Loading never unpickles (``allow_pickle=False``).
+
+The encoder runs on ``device`` (its batches moved there, :func:`mmrank.encoders.base.frozen_on`); the
+features come back to host memory as float32 NumPy, so the files are the same whatever the device.
 """
 
 from __future__ import annotations
@@ -41,11 +44,16 @@ def _digest(keys: Sequence[str], fingerprint: str) -> str:
 @torch.no_grad()
 def encode(encoder: Any, preprocess: Callable[[list[Any]], Any], n: int,
            inputs: Callable[[int, int], list[Any]], batch_size: int = 128,
-           progress: str | None = None) -> np.ndarray:
+           progress: str | None = None, device: torch.device | None = None) -> np.ndarray:
     """Run ``encoder.frozen`` over rows ``0..n`` in batches; ``inputs(a, z)`` gives raw rows ``a..z``.
 
-    Returns ``(n, ...)`` float32 features (the frozen part's output).
+    ``device`` (None: where the encoder is): the encoder is moved there and each batch with it.
+    Returns ``(n, ...)`` float32 features (the frozen part's output), in host memory.
     """
+    from mmrank.encoders.base import frozen_on
+
+    if device is not None and isinstance(encoder, torch.nn.Module):
+        encoder.to(device)
     chunks: list[np.ndarray] = []
     starts = range(0, n, batch_size)
     if progress and n > batch_size:
@@ -54,7 +62,7 @@ def encode(encoder: Any, preprocess: Callable[[list[Any]], Any], n: int,
         starts = track(starts, description=progress, total=len(starts), transient=True)
     for a in starts:
         z = min(a + batch_size, n)
-        chunks.append(encoder.frozen(preprocess(inputs(a, z))).float().numpy())
+        chunks.append(frozen_on(encoder, preprocess(inputs(a, z)), device).detach().float().cpu().numpy())
     if not chunks:
         shape = (0, encoder.dim)
         return np.zeros(shape, np.float32)
@@ -94,7 +102,7 @@ def _load_valid(d: Path, tag: str, n: int, digest: str) -> np.ndarray | None:
 def cached_features(build: Callable[[], tuple[Any, Callable[[list[Any]], Any]]], key: str,
                     keys: Sequence[str], inputs: Callable[[int, int], list[Any]],
                     cache_dir: Path | None, tag: str, fingerprint: str = "",
-                    batch_size: int = 128) -> np.ndarray:
+                    batch_size: int = 128, device: torch.device | None = None) -> np.ndarray:
     """Features of ``len(keys)`` rows, read from ``cache_dir/<key>/<tag>.npy`` when still valid.
 
     Args:
@@ -105,6 +113,8 @@ def cached_features(build: Callable[[], tuple[Any, Callable[[list[Any]], Any]]],
         cache_dir: ``R/features`` (None: no cache).
         tag: table name, e.g. ``items_image``.
         fingerprint: anything else the content depends on (the source file's size and mtime).
+        device: where the encoder runs on a miss (None: where ``build`` leaves it); the table
+            written is float32 (float16 for activation maps) in host memory either way.
 
     Returns:
         ``(len(keys), ...)`` float32: the encoder's frozen-part output per row.
@@ -116,7 +126,7 @@ def cached_features(build: Callable[[], tuple[Any, Callable[[list[Any]], Any]]],
         return hit.astype(np.float32, copy=False)
     encoder, preprocess = build()
     feats = encode(encoder, preprocess, len(keys), inputs, batch_size,
-                   progress=f"encoding {tag} ({encoder.name})")
+                   progress=f"encoding {tag} ({encoder.name})", device=device)
     # Activation maps are stored in float16; return exactly what a later cache hit will return.
     store = feats.astype(np.float16) if feats.ndim > 2 else feats
     feats = store.astype(np.float32, copy=False)

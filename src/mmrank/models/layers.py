@@ -178,8 +178,10 @@ class TargetAttention(nn.Module):
     first use in a few seconds): it fuses the per-pair elementwise work (the product with the query,
     the adds and the activations, forward and backward) into the matmuls' neighbours, so the
     ``(nnz, h)`` activations are not each written and read again. Without a C++ compiler it warns
-    once and runs eagerly. ``bf16 = True`` runs the unit's matmuls in bfloat16 (``torch.autocast``;
-    pooled output and scores returned in float32): about 3 significant digits per score instead of 7.
+    once and runs eagerly. ``bf16 = True`` runs the unit's matmuls in bfloat16 (``torch.autocast`` on
+    the inputs' device, CPU or CUDA; pooled output and scores returned in float32): about 3 significant
+    digits per score instead of 7. Under an outer CUDA autocast (the trainers' bf16 on CUDA) the unit
+    computes in bf16 whatever ``bf16`` says, and takes the bf16 path's layout (padding) too.
     """
 
     compiled = False
@@ -213,7 +215,7 @@ class TargetAttention(nn.Module):
         if length:  # every sample has `length` positions: the packed keys are a (B, L, D) block
             pooled, scores = self._run(TargetAttention._dense_body, query, keys.reshape(b, length, d))
             return pooled, scores.reshape(-1)
-        layout = padded_layout(rows, b, self.pad_fill[self.bf16])
+        layout = padded_layout(rows, b, self.pad_fill[self.bf16 or _autocasting(keys)])
         if layout is not None:  # most positions are valid: pad to (B, L_max, D), mask the rest
             flat, length = layout
             padded = keys.new_zeros(b * length, d).index_copy(0, flat, keys).view(b, length, d)
@@ -291,9 +293,15 @@ class TargetAttention(nn.Module):
         return self.forward_dense(query, keys, mask)[0]
 
 
+def _autocasting(x: torch.Tensor) -> bool:
+    """Whether an outer bf16/fp16 autocast (the trainer's on CUDA) is on for ``x``'s device: the unit
+    then computes in low precision whatever ``bf16`` says, and takes the layout of the bf16 path."""
+    return x.device.type != "cpu" and torch.is_autocast_enabled(x.device.type)
+
+
 def _autocast(body, module: TargetAttention, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if module.bf16:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+    if module.bf16:   # on the device the inputs are on (CPU or CUDA); nested in an outer CUDA autocast too
+        with torch.autocast(args[0].device.type, dtype=torch.bfloat16):
             pooled, scores = body(module, *args)
         return pooled.float(), scores.float()
     return body(module, *args)
@@ -302,7 +310,9 @@ def _autocast(body, module: TargetAttention, *args: torch.Tensor) -> tuple[torch
 @functools.cache
 def _compiled(body):
     """``_autocast(body, ...)`` through ``torch.compile`` (dynamic shapes: any batch, history length
-    and ``nnz``), or None when no C++ compiler is found (inductor needs one on a CPU)."""
+    and ``nnz``), or None when no C++ compiler is found (inductor needs one on a CPU, and Triton one to
+    build its launchers on CUDA). The default inductor backend picks the kernels of the inputs' device:
+    C++/OpenMP on a CPU, Triton on CUDA; nothing here names the CPU."""
     from torch._inductor import config
 
     if shutil.which(config.cpp.cxx[-1] or "g++") is None:
@@ -326,7 +336,7 @@ def padded_layout(rows: torch.Tensor, batch: int, min_fill: float) -> tuple[torc
     if n < min_fill * batch * length:
         return None
     starts = counts.cumsum(0) - counts
-    return rows * length + torch.arange(n) - starts.index_select(0, rows), length
+    return rows * length + torch.arange(n, device=rows.device) - starts.index_select(0, rows), length
 
 
 def uniform_length(rows: torch.Tensor, batch: int) -> int:
@@ -336,7 +346,8 @@ def uniform_length(rows: torch.Tensor, batch: int) -> int:
     if batch == 0 or n == 0 or n % batch:
         return 0
     length = n // batch
-    ok = torch.equal(rows.view(batch, length), torch.arange(batch).unsqueeze(1).expand(batch, length))
+    expect = torch.arange(batch, device=rows.device).unsqueeze(1).expand(batch, length)
+    ok = torch.equal(rows.view(batch, length), expect)
     return length if ok else 0
 
 
@@ -352,10 +363,11 @@ def history_groups(mask: torch.Tensor, *hists: torch.Tensor,
     same = (mask[1:] == mask[:-1]).all(1)
     for h in hists:
         same &= (h[1:] == h[:-1]).all(1)
-    starts = torch.cat([torch.zeros(1, dtype=torch.long), torch.nonzero(~same).flatten() + 1])
+    zero = torch.zeros(1, dtype=torch.long, device=mask.device)
+    starts = torch.cat([zero, torch.nonzero(~same).flatten() + 1])
     if starts.numel() > max_groups:
         return None
-    ptr = torch.cat([torch.zeros(1, dtype=torch.long), mask.sum(1).cumsum(0)]).tolist()
+    ptr = torch.cat([zero, mask.sum(1).cumsum(0)]).tolist()
     st = starts.tolist() + [b]
     return [(a, z, ptr[a], ptr[a + 1]) for a, z in zip(st[:-1], st[1:])]
 

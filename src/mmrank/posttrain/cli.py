@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from mmrank.device import DEVICE_HELP
+
 
 def posttrain(
     run: Path = typer.Option(..., "--run", help="run directory (reads R/data events before the CTR cutoff, "
@@ -23,10 +25,12 @@ def posttrain(
     seed: Optional[int] = typer.Option(None),
     threads: Optional[int] = typer.Option(None, help="torch threads"),
     config: Optional[Path] = typer.Option(None, "--config", help="a PosttrainConfig YAML; flags override it"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
 ) -> None:
     """Post-train the item representations (InfoNCE on session co-clicks and next clicks) into
     RUN/posttrain/, an embedding table the CTR strategies post and post+simtier+make read."""
     from mmrank.config import build, read_mapping
+    from mmrank.device import resolve_device
     from mmrank.posttrain.config import PosttrainConfig
     from mmrank.posttrain.stage import run_posttrain
     from mmrank.threads import configure
@@ -36,7 +40,11 @@ def posttrain(
                  max_pairs=max_pairs, seed=seed)
     cfg = build(PosttrainConfig, {**base, **{k: v for k, v in flags.items() if v is not None}},
                 str(config) if config else "posttrain flags")
+    from mmrank.run_config import hardware_config
+
+    hw = hardware_config(None, device=device)   # --config here is a flat PosttrainConfig, not a run config
+    resolve_device(hw.device)                   # --device cuda without CUDA: one line, exit 2, now
     configure(threads or None)
-    s = run_posttrain(run, cfg)
+    s = run_posttrain(run, cfg, hardware=hw)
     typer.echo(json.dumps({k: s[k] for k in ("version", "representations", "cutoff_ts", "items", "clicks",
-                                             "pairs", "before", "after", "seconds")}))
+                                             "pairs", "before", "after", "seconds", "device")}))

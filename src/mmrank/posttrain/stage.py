@@ -31,6 +31,7 @@ import numpy as np
 from rich.console import Console
 
 from mmrank import lineage
+from mmrank.device import HardwareConfig, describe, resolve_device
 from mmrank.errors import DataError, MMRankError
 from mmrank.posttrain.config import PosttrainConfig
 from mmrank.posttrain.train import behaviour_pairs, to_rows, train_adapter
@@ -112,8 +113,10 @@ def posttrain_inputs(run: str | Path, cfg: PosttrainConfig, source: str | None =
             "cutoff": str(cut), "clicks": clicks_digest(*clicks)}
 
 
-def run_posttrain(run: str | Path, cfg: PosttrainConfig | None = None, *, progress: bool = True) -> dict:
-    """Post-train the run's item representations; write ``R/posttrain/``. Returns the summary."""
+def run_posttrain(run: str | Path, cfg: PosttrainConfig | None = None, *, progress: bool = True,
+                  hardware: HardwareConfig | None = None) -> dict:
+    """Post-train the run's item representations on ``hardware``'s device (None: auto); write
+    ``R/posttrain/``. Returns the summary (``device`` says where it ran)."""
     import torch
     from safetensors.torch import save_file
 
@@ -121,6 +124,8 @@ def run_posttrain(run: str | Path, cfg: PosttrainConfig | None = None, *, progre
     from mmrank.store.backends import create_table
 
     run = Path(run)
+    hw = hardware or HardwareConfig()
+    dev = resolve_device(hw.device)        # first: a device this machine lacks fails at once
     cfg = cfg or PosttrainConfig()
     cut = cutoff_ts(run)
     clicks = clicks_before(run, cut)
@@ -130,8 +135,9 @@ def run_posttrain(run: str | Path, cfg: PosttrainConfig | None = None, *, progre
     pairs = to_rows(behaviour_pairs(*clicks, cfg), ids, cfg.max_pairs)
     _say(f"[posttrain] {len(clicks[0])} clicks before ts {cut}: {len(pairs['session'][1])} session "
                   f"pairs, {len(pairs['next'][1])} next-click pairs; {len(ids)} items, adapting {source}")
-    model, history = train_adapter(vecs, pairs, cfg, progress=progress, log=_say)
-    out = model.adapt(torch.from_numpy(vecs)).numpy().astype(np.float32)
+    model, history = train_adapter(vecs, pairs, cfg, progress=progress, log=_say, device=dev, bf16=hw.bf16,
+                                   pin_memory=hw.pin_memory)
+    out = model.adapt(torch.from_numpy(vecs)).numpy().astype(np.float32)   # fp32 on the device, back here
     zero = ~vecs.any(axis=1)                           # no representation before: none after either
     out[zero] = 0.0
 
@@ -145,16 +151,18 @@ def run_posttrain(run: str | Path, cfg: PosttrainConfig | None = None, *, progre
         table.publish()
     finally:
         table.close()
-    save_file({k: v.detach().contiguous() for k, v in model.adapter.state_dict().items()},
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.adapter.state_dict().items()},
               str(root / "adapter.safetensors"))
     summary = {"version": version, "representations": source, "cutoff_ts": cut, "items": int(len(ids)),
-               "clicks": int(len(clicks[0])), "config": cfg.model_dump(mode="json"), **history}
+               "clicks": int(len(clicks[0])), "config": cfg.model_dump(mode="json"), "device": describe(dev),
+               **history}
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
     lineage.stamp(root, inputs, digest=version)
     return summary
 
 
-def ensure_posttrain(run: str | Path, cfg: PosttrainConfig | None = None, *, progress: bool = True) -> bool:
+def ensure_posttrain(run: str | Path, cfg: PosttrainConfig | None = None, *, progress: bool = True,
+                     hardware: HardwareConfig | None = None) -> bool:
     """Post-train when ``R/posttrain`` is missing or was made from other representations, cutoff or clicks
     (or, when ``cfg`` is given, another config; without, the config it was made with stands). True when
     it ran."""
@@ -165,7 +173,7 @@ def ensure_posttrain(run: str | Path, cfg: PosttrainConfig | None = None, *, pro
     if (root / "CURRENT").exists() and lineage.matches(root, inputs):
         return False
     _say(f"[posttrain] {root} is missing or stale: post-training now")
-    run_posttrain(run, cfg, progress=progress)
+    run_posttrain(run, cfg, progress=progress, hardware=hardware)
     return True
 
 

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmrank.device import autocast, to_device
 from mmrank.posttrain.config import PosttrainConfig
 
 Pairs = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -185,41 +186,59 @@ class PostTrainer(nn.Module):
 
     @torch.no_grad()
     def adapt(self, vecs: torch.Tensor, batch: int = 8192) -> torch.Tensor:
-        """The post-trained vectors of ``vecs (N, D)``."""
-        return torch.cat([self.adapter(vecs[i:i + batch]) for i in range(0, len(vecs), batch)]) \
-            if len(vecs) else vecs.clone()
+        """The post-trained vectors of ``vecs (N, D)`` (computed in fp32 on the model's device; returned
+        where ``vecs`` is)."""
+        dev = self.base.device
+        return torch.cat([self.adapter(to_device(vecs[i:i + batch], dev)).to(vecs.device)
+                          for i in range(0, len(vecs), batch)]) if len(vecs) else vecs.clone()
 
 
-def _batches(pairs: Pairs, order: dict[str, np.ndarray], step: int, size: int) -> dict[str, tuple]:
+def _batches(pairs: Pairs, order: dict[str, np.ndarray], step: int, size: int,
+             device: torch.device | None = None, pin: bool = True) -> dict[str, tuple]:
     out = {}
     for name, (q, k) in pairs.items():
         sel = order[name][(step * size + np.arange(size)) % len(k)]
-        out[name] = (torch.from_numpy(q[sel]), torch.from_numpy(k[sel]))
+        out[name] = _moved(torch.from_numpy(q[sel]), torch.from_numpy(k[sel]), device, pin)
     return out
 
 
+def _moved(q: torch.Tensor, k: torch.Tensor, device: torch.device | None,
+           pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if device is None:
+        return q, k
+    return to_device(q, device, pin), to_device(k, device, pin)
+
+
 @torch.no_grad()
-def mean_loss(model: PostTrainer, pairs: Pairs, size: int) -> dict[str, float]:
-    """Each objective's loss averaged over the pairs in their stored order (fixed batches of ``size``)."""
+def mean_loss(model: PostTrainer, pairs: Pairs, size: int, *, bf16: bool = True,
+              pin_memory: bool = True) -> dict[str, float]:
+    """Each objective's loss averaged over the pairs in their stored order (fixed batches of ``size``),
+    on the model's device (bf16 autocast on CUDA when ``bf16``)."""
+    dev = model.base.device
     out = {}
     for name, (q, k) in pairs.items():
         vals, w = [], []
         for i in range(0, len(k), size):
-            sub = {name: (torch.from_numpy(q[i:i + size]), torch.from_numpy(k[i:i + size]))}
+            sub = {name: _moved(torch.from_numpy(q[i:i + size]), torch.from_numpy(k[i:i + size]), dev, pin_memory)}
             if len(sub[name][1]) > 1:
-                vals.append(float(model.terms(sub)[name])), w.append(len(sub[name][1]))
+                with autocast(dev, bf16):
+                    term = model.terms(sub)[name]
+                vals.append(float(term.float())), w.append(len(sub[name][1]))
         out[name] = float(np.average(vals, weights=w)) if vals else float("nan")
     return out
 
 
 def train_adapter(base: np.ndarray, pairs: Pairs, cfg: PosttrainConfig | None = None, *,
-                  progress: bool = True,
-                  log: Callable[[str], None] | None = None) -> tuple[PostTrainer, dict]:
+                  progress: bool = True, log: Callable[[str], None] | None = None,
+                  device: torch.device | None = None, bf16: bool = True,
+                  pin_memory: bool = True) -> tuple[PostTrainer, dict]:
     """Train the adapter on ``pairs`` (rows of ``base (N, D)``, as :func:`to_rows` gives them).
 
     Every step takes one batch of each objective (cycling through the smaller one); an epoch covers
     the larger. Returns ``(model, history)``, ``history`` holding the losses before training and the
     mean of each named loss per epoch, the learned temperatures, the pair counts and the seconds.
+    ``device`` (default the CPU): the frozen table, the adapter and each batch live there (batches
+    pinned, non-blocking); the losses run under bf16 autocast on CUDA when ``bf16`` (fp32 weights).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -233,12 +252,13 @@ def train_adapter(base: np.ndarray, pairs: Pairs, cfg: PosttrainConfig | None = 
                           f"clicks by one user before the CTR test period)")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = PostTrainer(torch.as_tensor(np.asarray(base, np.float32)), cfg, list(pairs))
+    dev = device or torch.device("cpu")
+    model = PostTrainer(torch.as_tensor(np.asarray(base, np.float32)), cfg, list(pairs)).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     size = cfg.batch_size
     steps = math.ceil(max(len(k) for _, k in pairs.values()) / size)
     history: dict = {"pairs": {o: int(len(k)) for o, (_, k) in pairs.items()},
-                     "before": mean_loss(model, pairs, size), "epochs": []}
+                     "before": mean_loss(model, pairs, size, bf16=bf16, pin_memory=pin_memory), "epochs": []}
     t0 = time.perf_counter()
     with Progress(TextColumn("[bold]posttrain[/] epoch {task.fields[epoch]}"), BarColumn(),
                   MofNCompleteColumn(), TextColumn("{task.fields[losses]}"), TimeRemainingColumn(),
@@ -248,12 +268,13 @@ def train_adapter(base: np.ndarray, pairs: Pairs, cfg: PosttrainConfig | None = 
             order = {o: rng.permutation(len(k)) for o, (_, k) in pairs.items()}
             sums = {o: 0.0 for o in pairs}
             for step in range(steps):
-                terms = model.terms(_batches(pairs, order, step, size))
+                with autocast(dev, bf16):
+                    terms = model.terms(_batches(pairs, order, step, size, dev, pin_memory))
                 opt.zero_grad(set_to_none=True)
                 terms["total"].backward()
                 opt.step()
                 for o in pairs:
-                    sums[o] += float(terms[o].detach())
+                    sums[o] += float(terms[o].detach().float())
                 bar.update(task, advance=1, epoch=epoch,
                            losses=" ".join(f"{o} {sums[o] / (step + 1):.3f}" for o in pairs))
             row = {"epoch": epoch, **{o: sums[o] / steps for o in pairs},
@@ -262,6 +283,6 @@ def train_adapter(base: np.ndarray, pairs: Pairs, cfg: PosttrainConfig | None = 
             if log is not None:
                 log(f"[posttrain] epoch {epoch}: " + ", ".join(f"{o} loss {row[o]:.4f}" for o in pairs)
                     + ", temperature " + ", ".join(f"{o} {t:.4f}" for o, t in row["temperature"].items()))
-    history["after"] = mean_loss(model, pairs, size)
+    history["after"] = mean_loss(model, pairs, size, bf16=bf16, pin_memory=pin_memory)
     history["seconds"] = round(time.perf_counter() - t0, 2)
     return model, history

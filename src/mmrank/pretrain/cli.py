@@ -5,6 +5,8 @@ Under torchrun (gloo on the CPU)::
     torchrun --standalone --nproc_per_node=2 -m mmrank.cli -- pretrain --run R
 
 (the ``--`` ends torchrun's options; without it torchrun reads ``--run`` as ``--run-path``).
+``--device cuda`` (or the run config's ``hardware.device``) trains on the GPU with bf16 autocast;
+under torchrun each rank takes the GPU of its ``LOCAL_RANK`` and the ranks talk over NCCL.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Optional
 
 import typer
 
+from mmrank.device import DEVICE_HELP
 from mmrank.errors import MMRankError
 
 app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
@@ -49,6 +52,21 @@ _STEPS = typer.Option(None, "--max-steps")
 _CKPT = typer.Option(None, "--checkpoint-every", help="steps between checkpoints")
 _RESUME = typer.Option(None, "--resume/--no-resume", help="resume from the last checkpoint")
 _SEED = typer.Option(None, "--seed")
+_DEVICE = typer.Option(None, "--device", help=DEVICE_HELP)
+
+
+def _hardware(config: Optional[Path], device: Optional[str]):
+    """The run config's ``hardware`` section with ``--device`` over it, resolved at once (``cuda``
+    on a machine without it: one line, exit 2, before anything is read)."""
+    from mmrank.config import read_mapping
+    from mmrank.device import resolve_device
+    from mmrank.run_config import SECTIONS, hardware_config
+
+    # a flat PretrainConfig file (no section names) has no hardware section: the defaults
+    flat = config is not None and not any(k in SECTIONS for k in read_mapping(config))
+    hw = hardware_config(None if flat else config, device=device)
+    resolve_device(hw.device)
+    return hw
 
 
 @app.callback()
@@ -64,11 +82,12 @@ def pretrain_cmd(
     epochs: Optional[int] = _EPOCHS, batch_size: Optional[int] = _BATCH,
     queue_size: Optional[int] = _QUEUE, max_steps: Optional[int] = _STEPS,
     checkpoint_every: Optional[int] = _CKPT, resume: Optional[bool] = _RESUME,
-    seed: Optional[int] = _SEED,
+    seed: Optional[int] = _SEED, device: Optional[str] = _DEVICE,
 ) -> None:
     """Train one variant on R's pairs; write R/encoder/ (weights, config, version, metrics.json)."""
     if ctx.invoked_subcommand is not None:
         return
+    hw = _hardware(config, device)
     if run is None:
         raise MMRankError("mmrank pretrain: --run R is required")
     from mmrank.pretrain.stage import pretrain
@@ -78,7 +97,7 @@ def pretrain_cmd(
                   batch_size=batch_size, queue_size=queue_size, max_steps=max_steps,
                   checkpoint_every=checkpoint_every, resume=resume, seed=seed)
     _notes(run)
-    pretrain(run, cfg)
+    pretrain(run, cfg, hardware=hw)
 
 
 @app.command("compare")
@@ -89,7 +108,7 @@ def compare_cmd(
     image_size: Optional[int] = _SIZE, trainable_blocks: Optional[int] = _BLOCKS,
     epochs: Optional[int] = _EPOCHS, batch_size: Optional[int] = _BATCH,
     queue_size: Optional[int] = _QUEUE, max_steps: Optional[int] = _STEPS,
-    seed: Optional[int] = _SEED,
+    seed: Optional[int] = _SEED, device: Optional[str] = _DEVICE,
     seeds: int = typer.Option(1, "--seeds", min=1, help="train each variant with this many seeds "
                               "(--seed, --seed+1, ...): mean ± std"),
     variants: Optional[str] = typer.Option(None, "--variants", help="comma-separated rows (default: "
@@ -101,17 +120,18 @@ def compare_cmd(
     R/pretrain/compare.json + compare.md (and the SCL encoder as R/encoder/)."""
     from mmrank.pretrain.stage import compare
 
+    hw = _hardware(config, device)
     cfg = _config(config, image_encoder=image_encoder, text_encoder=text_encoder,
                   image_size=image_size, trainable_blocks=trainable_blocks, epochs=epochs,
                   batch_size=batch_size, queue_size=queue_size, max_steps=max_steps, seed=seed)
     _notes(run)
     if variants is None:
-        compare(run, cfg, seeds=seeds)
+        compare(run, cfg, seeds=seeds, hardware=hw)
     else:
         rows = tuple(v.strip() for v in variants.split(",") if v.strip())
         if not rows:
             raise MMRankError("--variants: name at least one row")
-        compare(run, cfg, variants=rows, seeds=seeds)
+        compare(run, cfg, variants=rows, seeds=seeds, hardware=hw)
     md = run / "pretrain" / "compare.md"
     if md.exists():
         typer.echo(md.read_text())

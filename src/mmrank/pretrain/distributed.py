@@ -1,4 +1,6 @@
-"""torch.distributed on the CPU (gloo), set up from torchrun's environment; a no-op in one process.
+"""torch.distributed set up from torchrun's environment: NCCL on CUDA, gloo on the CPU
+(:func:`mmrank.device.dist_backend`); a no-op in one process. On CUDA each rank takes the GPU of
+its ``LOCAL_RANK``; the gathers and the gradient all-reduce work on the tensors where they are.
 
 In-batch negatives are gathered with ``torch.distributed.nn.functional.all_gather`` so gradients flow
 back to the rank that produced each key (as OpenCLIP does); gradients are then averaged over ranks.
@@ -13,30 +15,46 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from mmrank.device import dist_backend, local_rank
+
 
 @dataclass
 class DistEnv:
     rank: int = 0
     world: int = 1
+    backend: str = "gloo"     # the process group's (one process: none is made)
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls) -> DistEnv:
-        """Join the process group torchrun describes (``WORLD_SIZE`` > 1), else one process."""
+    def from_env(cls, device: torch.device | None = None) -> DistEnv:
+        """Join the process group torchrun describes (``WORLD_SIZE`` > 1), else one process.
+
+        ``device`` (None: the CPU) picks the backend, :func:`mmrank.device.dist_backend`: NCCL for
+        CUDA (after ``torch.cuda.set_device(LOCAL_RANK)``), gloo for the CPU.
+        """
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        backend = dist_backend(device)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
-            return cls()
+            return cls(backend=backend)
+        if device.type == "cuda":
+            torch.cuda.set_device(device if device.index is not None else local_rank())
         if not dist.is_initialized():
             # long timeout: rank 0 may spend a while encoding features the others then read
-            dist.init_process_group("gloo", timeout=timedelta(hours=3))
-        return cls(dist.get_rank(), dist.get_world_size())
+            dist.init_process_group(backend, timeout=timedelta(hours=3))
+        else:
+            backend = dist.get_backend()
+        return cls(dist.get_rank(), dist.get_world_size(), backend)
 
     def barrier(self) -> None:
         if self.world > 1:
-            dist.barrier()
+            if self.backend == "nccl":  # (NCCL's barrier names the rank's GPU)
+                dist.barrier(device_ids=[torch.cuda.current_device()])
+            else:
+                dist.barrier()
 
     def gather_with_grad(self, x: torch.Tensor) -> torch.Tensor:
         """``(b, ...)`` per rank -> ``(world * b, ...)`` in rank order; gradients reach every rank."""

@@ -9,6 +9,10 @@ Issue 20: ``by_item_modality`` splits each query modality's Acc@N by what its po
 (``both`` = photo and title, ``image_only``, ``text_only``; from ``items.parquet``'s ``has_image`` /
 ``has_title``, all ``both`` when the columns are absent). Each query still ranks all of S, so the
 groups' hits, weighted by their ``n_test``, add up to the query modality's Acc@N.
+
+Device: the towers run where the model's weights are (CUDA after a CUDA run), in fp32 (no autocast:
+the figures do not depend on bf16); the cached features move there a batch at a time and the
+vectors come back to the host for the scoring.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from mmrank.device import to_device
 from mmrank.eval.metrics import expected_hits
 from mmrank.pretrain.data import BOTH, IMAGE, TEXT, Features, PairTable
 from mmrank.vectors import l2_normalise
@@ -51,9 +56,21 @@ def item_modality(run, catalog_ids: np.ndarray) -> np.ndarray:
     return codes
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s weights are (its first parameter or buffer); the CPU for one without any."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 @torch.no_grad()
-def _batched(fn, x: torch.Tensor, bs: int = 1024) -> torch.Tensor:
-    return torch.cat([fn(x[a:a + bs]) for a in range(0, x.shape[0], bs)]) if x.shape[0] else x
+def _batched(fn, x: torch.Tensor, bs: int = 1024, device: torch.device | None = None) -> torch.Tensor:
+    """``fn`` over ``x`` in batches of ``bs`` rows, each moved to ``device`` (default: where ``x`` is);
+    the output on the host, in fp32."""
+    if not x.shape[0]:
+        return x
+    dev = device or x.device
+    return torch.cat([fn(to_device(x[a:a + bs], dev)).float().cpu() for a in range(0, x.shape[0], bs)])
 
 
 @torch.no_grad()
@@ -67,31 +84,34 @@ def test_vectors(model: torch.nn.Module, feats: Features, pairs: PairTable,
     photo or a title."""
     import inspect
 
+    dev = model_device(model)
     rows = np.flatnonzero(pairs.test & (pairs.modality == modality))
     if modality == TEXT:
-        q = _batched(model.text_query, feats.text_q[feats.qrow[rows]])
+        q = _batched(model.text_query, feats.text_q[feats.qrow[rows]], device=dev)
     elif modality == IMAGE:
-        q = _batched(model.image_query, feats.image_q[feats.qrow[rows]])
+        q = _batched(model.image_query, feats.image_q[feats.qrow[rows]], device=dev)
     else:
         t = feats.text_q[feats.qrow[rows]]
         i = feats.image_q[feats.qrow_image[rows]]
         query = getattr(model, "query", None)
         if query is not None:
-            q = query(i, t, torch.full((len(rows),), BOTH, dtype=torch.long))
+            q = query(to_device(i, dev), to_device(t, dev),
+                      torch.full((len(rows),), BOTH, dtype=torch.long, device=dev)).float().cpu()
         else:
             norm = torch.nn.functional.normalize
-            q = norm(norm(_batched(model.text_query, t), dim=-1) + norm(_batched(model.image_query, i), dim=-1),
+            q = norm(norm(_batched(model.text_query, t, device=dev), dim=-1)
+                     + norm(_batched(model.image_query, i, device=dev), dim=-1),
                      dim=-1) if len(rows) else t
     uniq, inv = np.unique(pairs.pos[rows], return_inverse=True)
     takes_flags = "has_img" in inspect.signature(model.item).parameters
     if item_codes is not None and takes_flags:
         codes = torch.from_numpy(np.asarray(item_codes, np.int64))
-        items = _batched(lambda r: model.item(feats.item_img[r], feats.item_txt[r],
-                                              codes[r] != ITEM_MODALITIES.index("text_only"),
-                                              codes[r] != ITEM_MODALITIES.index("image_only")),
-                         torch.from_numpy(uniq))
+        items = _batched(lambda r: model.item(*(to_device(x, dev) for x in (
+            feats.item_img[r], feats.item_txt[r], codes[r] != ITEM_MODALITIES.index("text_only"),
+            codes[r] != ITEM_MODALITIES.index("image_only")))), torch.from_numpy(uniq))
     else:
-        items = _batched(lambda r: model.item(feats.item_img[r], feats.item_txt[r]), torch.from_numpy(uniq))
+        items = _batched(lambda r: model.item(to_device(feats.item_img[r], dev),
+                                              to_device(feats.item_txt[r], dev)), torch.from_numpy(uniq))
     return q.numpy(), items.numpy()[inv.reshape(-1)]
 
 

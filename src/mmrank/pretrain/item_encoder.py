@@ -8,6 +8,10 @@ Files:
 * ``metrics.json``: Acc@1 / Acc@5 per query modality (and per nested dimension);
 * ``lineage.json``: the digests of the data it was trained on (:mod:`mmrank.lineage`); loading it
   from a run checks them against the run's data.
+
+:func:`load_item_encoder` puts the model and both backbones on a device (``device=``; default the CPU):
+every batch is moved there (pinned, non-blocking to CUDA), and the vectors come back as float32 NumPy
+in host memory. ``bf16=True`` runs the towers under bf16 autocast on CUDA (never on the CPU).
 """
 
 from __future__ import annotations
@@ -97,35 +101,57 @@ class ItemEncoder:
     """
 
     def __init__(self, model: torch.nn.Module, config: dict[str, Any], version: str,
-                 image: tuple[Any, Any], text: tuple[Any, Any]) -> None:
-        self.model = model.eval()
+                 image: tuple[Any, Any], text: tuple[Any, Any], device: torch.device | str | None = None,
+                 bf16: bool = False, pin_memory: bool = True) -> None:
+        from mmrank.device import resolve_device
+
+        self.device = resolve_device(device or "cpu")
+        self.bf16, self.pin_memory = bool(bf16), bool(pin_memory)
+        self.model = model.to(self.device).eval()
         self.config = config
         self.version = version
         self.dim = int(config["dim"])
         self.name = f"{config['variant']}:{config['image_encoder']}+{config['text_encoder']}"
         self.image_backbone, self.image_preprocess = image
         self.text_backbone, self.text_preprocess = text
-        self.image_backbone.eval()
-        self.text_backbone.eval()
+        self.image_backbone.to(self.device).eval()
+        self.text_backbone.to(self.device).eval()
+
+    def _autocast(self):  # noqa: ANN202
+        from mmrank.device import autocast
+
+        return autocast(self.device, self.bf16)
 
     def _img_h(self, images: list[Any]) -> torch.Tensor:
-        return self.image_backbone.frozen(self.image_preprocess(list(images)))
+        from mmrank.encoders.base import frozen_on
+
+        return frozen_on(self.image_backbone, self.image_preprocess(list(images)), self.device,
+                         self.pin_memory)
 
     def _txt_h(self, texts: list[str]) -> torch.Tensor:
-        return self.text_backbone.frozen(self.text_preprocess(list(texts)))
+        from mmrank.encoders.base import frozen_on
+
+        return frozen_on(self.text_backbone, self.text_preprocess(list(texts)), self.device, self.pin_memory)
+
+    def _host(self, x: np.ndarray) -> torch.Tensor:
+        from mmrank.device import to_device
+
+        return to_device(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), self.device,
+                         self.pin_memory)
 
     @staticmethod
     def _out(x: torch.Tensor) -> np.ndarray:
-        return np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)
+        return np.ascontiguousarray(x.detach().float().cpu().numpy(), dtype=np.float32)
 
     @torch.inference_mode()
     def encode_items(self, titles: list[str], images: list[Any], batch_size: int = 64) -> np.ndarray:
         """Item tower: titles + photos (JPEG/PNG bytes or PIL images) -> ``(N, dim)`` unit vectors."""
         if len(titles) != len(images):
             raise MMRankError(f"encode_items: {len(titles)} titles but {len(images)} images")
-        out = [self.model.item(self._img_h(images[a:a + batch_size]),
-                               self._txt_h(titles[a:a + batch_size]))
-               for a in range(0, len(titles), batch_size)]
+        with self._autocast():
+            out = [self.model.item(self._img_h(images[a:a + batch_size]),
+                                   self._txt_h(titles[a:a + batch_size]))
+                   for a in range(0, len(titles), batch_size)]
         return self._out(torch.cat(out)) if out else np.zeros((0, self.dim), np.float32)
 
     @torch.inference_mode()
@@ -133,9 +159,10 @@ class ItemEncoder:
                              batch_size: int = 1024) -> np.ndarray:
         """Item tower on backbone outputs already computed (``encode_items`` without the backbones):
         ``(N, d_image)``, ``(N, d_text)`` -> ``(N, dim)`` unit vectors."""
-        out = [self.model.item(torch.from_numpy(image_h[a:a + batch_size]),
-                               torch.from_numpy(text_h[a:a + batch_size]))
-               for a in range(0, len(image_h), batch_size)]
+        with self._autocast():
+            out = [self.model.item(self._host(image_h[a:a + batch_size]),
+                                   self._host(text_h[a:a + batch_size]))
+                   for a in range(0, len(image_h), batch_size)]
         return self._out(torch.cat(out)) if out else np.zeros((0, self.dim), np.float32)
 
     def cached_item_features(self, run: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -148,15 +175,17 @@ class ItemEncoder:
     @torch.inference_mode()
     def encode_text(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
         """Text-query tower: ``(N, dim)`` unit vectors."""
-        out = [self.model.text_query(self._txt_h(texts[a:a + batch_size]))
-               for a in range(0, len(texts), batch_size)]
+        with self._autocast():
+            out = [self.model.text_query(self._txt_h(texts[a:a + batch_size]))
+                   for a in range(0, len(texts), batch_size)]
         return self._out(torch.cat(out)) if out else np.zeros((0, self.dim), np.float32)
 
     @torch.inference_mode()
     def encode_images(self, images: list[Any], batch_size: int = 64) -> np.ndarray:
         """Image-query tower: photos (bytes or PIL) -> ``(N, dim)`` unit vectors."""
-        out = [self.model.image_query(self._img_h(images[a:a + batch_size]))
-               for a in range(0, len(images), batch_size)]
+        with self._autocast():
+            out = [self.model.image_query(self._img_h(images[a:a + batch_size]))
+                   for a in range(0, len(images), batch_size)]
         return self._out(torch.cat(out)) if out else np.zeros((0, self.dim), np.float32)
 
 
@@ -170,13 +199,22 @@ def build_model(config: dict[str, Any], image_tail: torch.nn.Module | None) -> t
                     moe=bool(config.get("moe", False)))
 
 
-def load_item_encoder(run_dir: str | Path, subdir: str = "encoder") -> ItemEncoder:
+def load_item_encoder(run_dir: str | Path, subdir: str = "encoder", *,
+                      device: torch.device | str | None = None, bf16: bool = False,
+                      pin_memory: bool = True) -> ItemEncoder:
     """Load ``run_dir/encoder`` (or ``run_dir/<subdir>``); MMRankError naming what is missing, and
-    :class:`mmrank.lineage.StaleArtifact` when it was trained on other data than the run's now."""
+    :class:`mmrank.lineage.StaleArtifact` when it was trained on other data than the run's now.
+
+    ``device`` (a torch device or auto | cpu | cuda | cuda:N; None: the CPU): where the weights are
+    loaded and every batch runs (:class:`mmrank.device.DeviceError` at once for a device this machine
+    lacks). ``bf16``: bf16 autocast there when it is CUDA; ``pin_memory``: batches copied to CUDA from
+    pinned host memory."""
     from mmrank import encoders
+    from mmrank.device import resolve_device
 
     from mmrank.lineage import check_encoder
 
+    dev = resolve_device(device or "cpu")
     d = Path(run_dir) / subdir
     for f in (CONFIG, WEIGHTS, VERSION):
         if not (d / f).exists():
@@ -193,7 +231,7 @@ def load_item_encoder(run_dir: str | Path, subdir: str = "encoder") -> ItemEncod
     img_kw: dict[str, Any] = {"image_size": cfg["image_size"], "trainable_blocks": cfg["trainable_blocks"]}
     image = encoders.create_tower(cfg["image_encoder"], "image", **img_kw)
     text = encoders.create_tower(cfg["text_encoder"], "text")
-    with safe_open(str(d / WEIGHTS), framework="pt") as f:
+    with safe_open(str(d / WEIGHTS), framework="pt", device=str(dev)) as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     backbone = {k[len("image_backbone."):]: v for k, v in tensors.items()
                 if k.startswith("image_backbone.")}
@@ -207,4 +245,4 @@ def load_item_encoder(run_dir: str | Path, subdir: str = "encoder") -> ItemEncod
     if missing or unexpected:
         raise MMRankError(f"{d / WEIGHTS}: weights do not match config (missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]})")
-    return ItemEncoder(model, cfg, version, image, text)
+    return ItemEncoder(model, cfg, version, image, text, device=dev, bf16=bf16, pin_memory=pin_memory)

@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -35,6 +36,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+
+def full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off on ``x``'s device while a loss computes its logits and log-sum-exps: under a bf16
+    autocast (CUDA) the towers run in bf16, the loss math in fp32 (cosine logits times a scale near
+    100 lose whole units in bf16). A no-op context when no autocast is on (the CPU path)."""
+    kind = x.device.type
+    if kind in ("cuda", "cpu") and torch.is_autocast_enabled(kind):
+        return torch.autocast(kind, enabled=False)
+    return contextlib.nullcontext()
 
 
 def nested_normalize(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -132,7 +143,8 @@ class _QueueLogSumExp(torch.autograd.Function):
         in_range = (z > _MIN_SUM) & torch.isfinite(z)
         if rows.numel():
             in_range |= torch.bincount(rows, minlength=b) >= n           # every key masked: z = 0
-        if not bool(in_range.all()) or (o is not None and not bool(torch.isfinite(o).all())):
+        ok = in_range.all() if o is None else in_range.all() & torch.isfinite(o).all()
+        if not bool(ok):                                                 # (one host sync)
             shift, z, o = _running_max_pass(x, y, bias, blocks, buf, want_o)
         lse = shift + z.log()
         p_y = torch.where(z[:, None] > 0, o / z[:, None], 0.0) if o is not None else None
@@ -176,7 +188,7 @@ def _exp_pass(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor | None, block
     o = x.new_zeros(b, x.shape[1]) if want_o else None
     for c0, w, r, k in blocks:
         s = _block_logits(x, y, bias, buf, c0, w, r, k)
-        if bool(shift.any()):
+        if s.device.type != "cpu" or bool(shift.any()):  # (no host sync per block on a GPU)
             s.sub_(shift[:, None])
         s.exp_()
         z.add_(s.sum(dim=1))
@@ -312,6 +324,16 @@ class InfoNCELoss(nn.Module):
                 k_ids: torch.Tensor | None = None, queue_ids: torch.Tensor | None = None,
                 queue_valid: torch.Tensor | None = None,
                 log_q: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if isinstance(queue, torch.Tensor):
+            queue = queue.float()
+        with full_precision(q):           # fp32 logits under a bf16 autocast (inputs cast here)
+            return self._forward(q.float(), k.float(), pos_index, queue, q_ids, k_ids, queue_ids,
+                                 queue_valid, log_q)
+
+    def _forward(self, q: torch.Tensor, k: torch.Tensor, pos_index: torch.Tensor | None,
+                 queue: torch.Tensor | MomentumQueue | None, q_ids: torch.Tensor | None,
+                 k_ids: torch.Tensor | None, queue_ids: torch.Tensor | None,
+                 queue_valid: torch.Tensor | None, log_q: torch.Tensor | None) -> dict[str, torch.Tensor]:
         b = q.shape[0]
         if log_q is not None and (q_ids is None or k_ids is None):
             raise ValueError("InfoNCELoss: log_q (the logQ correction) needs q_ids and k_ids")
@@ -320,7 +342,7 @@ class InfoNCELoss(nn.Module):
         mask_k = None
         if q_ids is not None and k_ids is not None:
             mask_k = q_ids[:, None] == k_ids[None, :]                    # (B, M) same item
-            mask_k[torch.arange(b), pos_index] = False                   # ... but not the positive
+            mask_k[torch.arange(b, device=q.device), pos_index] = False  # ... but not the positive
         dims: tuple[int | None, ...] = self.nested_dims or (None,)
         view = None
         if isinstance(queue, MomentumQueue):
@@ -376,6 +398,7 @@ class TripletLoss(nn.Module):
     def forward(self, q: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
                 valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         dims = self.nested_dims or (q.shape[-1],)
+        q, pos, neg = q.float(), pos.float(), neg.float()           # fp32 under a bf16 autocast
         total = q.new_zeros(())
         for d in dims:
             qd, pd, nd = nested_normalize(q, d), nested_normalize(pos, d), nested_normalize(neg, d)
@@ -384,7 +407,7 @@ class TripletLoss(nn.Module):
                 gap = gap * valid.to(gap.dtype)
                 denom = valid.sum().clamp_min(1).to(gap.dtype)
             else:
-                denom = torch.tensor(float(gap.shape[0]), dtype=gap.dtype)
+                denom = torch.tensor(float(gap.shape[0]), dtype=gap.dtype, device=gap.device)
             total = total + gap.sum() / denom
         return {"triplet_loss": self.weight * total / len(dims)}
 
@@ -489,8 +512,11 @@ class MomentumQueue(nn.Module):
 @torch.no_grad()
 def momentum_update(online: nn.Module, momentum: nn.Module, m: float) -> None:
     """MoCo's key encoder: ``theta_k <- m * theta_k + (1 - m) * theta_q`` (buffers copied)."""
-    for po, pm in zip(online.parameters(), momentum.parameters()):
-        pm.mul_(m).add_(po.detach(), alpha=1.0 - m)
+    pm = list(momentum.parameters())
+    if pm:  # one fused kernel per op on CUDA (the same per-tensor mul and add on the CPU)
+        po = [p.detach() for p in online.parameters()]
+        torch._foreach_mul_(pm, m)
+        torch._foreach_add_(pm, po, alpha=1.0 - m)
     for bo, bm in zip(online.buffers(), momentum.buffers()):
         bm.copy_(bo)
 
@@ -572,12 +598,13 @@ class ClickVisualLoss(nn.Module):
              not_negative: torch.Tensor | None, log_scale: torch.Tensor) -> torch.Tensor:
         """Eq. 1 over in-batch keys: ``q`` (B, D), ``k`` (M, D), ``pos_index`` (B,), ``not_negative``
         (B, M) bool keys masked out (the positive itself never is)."""
-        logits = (q @ k.t()) * log_scale.clamp(max=self.max_log_scale).exp()
-        if not_negative is not None:
-            drop = not_negative.clone()
-            drop[torch.arange(q.shape[0], device=q.device), pos_index] = False
-            logits = logits.masked_fill(drop, float("-inf"))
-        return F.cross_entropy(logits, pos_index)
+        with full_precision(q):                                     # fp32 logits under autocast
+            logits = (q.float() @ k.float().t()) * log_scale.clamp(max=self.max_log_scale).exp()
+            if not_negative is not None:
+                drop = not_negative.clone()
+                drop[torch.arange(q.shape[0], device=q.device), pos_index] = False
+                logits = logits.masked_fill(drop, float("-inf"))
+            return F.cross_entropy(logits, pos_index)
 
     def click_term(self, first: torch.Tensor, second: torch.Tensor, pos_index: torch.Tensor | None = None,
                    first_ids: torch.Tensor | None = None, second_ids: torch.Tensor | None = None,

@@ -55,7 +55,7 @@ IMAGE_ONLY, TEXT_ONLY, BOTH = 0, 1, 2
 def composition(has_img: torch.Tensor, has_txt: torch.Tensor) -> torch.Tensor:
     """(B,) long: ``IMAGE_ONLY`` | ``TEXT_ONLY`` | ``BOTH`` (a sample with neither counts as both:
     it has nothing to route by)."""
-    out = torch.full(has_img.shape, BOTH, dtype=torch.long)
+    out = torch.full(has_img.shape, BOTH, dtype=torch.long, device=has_img.device)
     out[has_img & ~has_txt] = IMAGE_ONLY
     out[~has_img & has_txt] = TEXT_ONLY
     return out
@@ -102,11 +102,11 @@ class ModalityMoE(nn.Module):
         x = torch.cat([a, b], dim=-1)
         g = self.gates(x, comp)
         self.last_load = g.detach().mean(0)
-        out = x.new_zeros(a.shape)
+        out = x.new_zeros(a.shape, dtype=torch.promote_types(x.dtype, torch.float32))  # fp32 sum
         for e, expert in enumerate(self.experts):
             rows = torch.nonzero(g[:, e] > 0).squeeze(1)  # each expert runs on its samples only
             if rows.numel():
-                out = out.index_add(0, rows, g[rows, e:e + 1] * expert(x[rows]))
+                out = out.index_add(0, rows, (g[rows, e:e + 1] * expert(x[rows])).to(out.dtype))
         return out
 
 
@@ -150,8 +150,9 @@ class SCLModel(nn.Module):
         assert self.moe is not None
         out = self.moe(a, b, comp)
         if self.tally is not None and self.moe.last_load is not None:
-            slot = self.tally.setdefault(role, [torch.zeros(len(EXPERTS)), 0])
-            slot[0] += self.moe.last_load * a.shape[0]
+            load = self.moe.last_load.float()
+            slot = self.tally.setdefault(role, [torch.zeros(len(EXPERTS), device=load.device), 0])
+            slot[0] += load * a.shape[0]
             slot[1] += a.shape[0]
         return out
 
@@ -174,7 +175,7 @@ class SCLModel(nn.Module):
             return v
         z = torch.zeros_like(v)
         a, b = (v, z) if comp == IMAGE_ONLY else (z, v)
-        c = torch.full((v.shape[0],), comp, dtype=torch.long)
+        c = torch.full((v.shape[0],), comp, dtype=torch.long, device=v.device)
         return F.normalize(v + self._route(a, b, c, "query"), dim=-1)
 
     def image_query(self, h_img: torch.Tensor) -> torch.Tensor:
@@ -193,7 +194,7 @@ class SCLModel(nn.Module):
         if self.moe is None:
             return F.normalize(a + b + self.fuse(torch.cat([a, b], dim=-1)), dim=-1)
         n = a.shape[0]
-        yes = torch.ones(n, dtype=torch.bool)
+        yes = torch.ones(n, dtype=torch.bool, device=a.device)
         comp = composition(yes if has_img is None else has_img.bool(),
                            yes if has_txt is None else has_txt.bool())
         return F.normalize(a + b + self._route(a, b, comp, role), dim=-1)

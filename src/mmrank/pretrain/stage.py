@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from mmrank.config import record
+from mmrank.device import HardwareConfig, describe, resolve_device
 from mmrank.durable import fsync_dir, temp_path, write_text
 from mmrank.errors import ConfigError
 from mmrank.lineage import digest_inputs, matches
@@ -21,7 +22,8 @@ from mmrank.pretrain.item_encoder import CONFIG, METRICS, save_encoder
 from mmrank.pretrain.config import REFERENCES, SWITCH_ROWS, TABLE2, VARIANTS, PretrainConfig
 from mmrank.pretrain.data import build_features, native_image_size, read_catalog, read_pairs
 from mmrank.pretrain.distributed import DistEnv
-from mmrank.pretrain.evaluate import evaluate, item_modality, mean_by_item_modality, popularity
+from mmrank.pretrain.evaluate import (evaluate, item_modality, mean_by_item_modality, model_device,
+                                      popularity)
 from mmrank.pretrain.model import OffTheShelf
 from mmrank.pretrain.train import modality_inputs, train
 
@@ -154,12 +156,16 @@ def _encoder_config(cfg: PretrainConfig, prep: _Prepared, model: torch.nn.Module
 
 
 def run_variant(run: Path, cfg: PretrainConfig, out: Path, prep: _Prepared | None = None,
-                env: DistEnv | None = None) -> dict[str, Any]:
+                env: DistEnv | None = None, hardware: HardwareConfig | None = None) -> dict[str, Any]:
     """Train (unless off-the-shelf) and evaluate one variant; rank 0 writes ``out`` (an encoder dir).
 
-    Returns the metrics (``acc@1``/``acc@5`` per modality, nested dims, timings, version).
+    ``hardware``: where to train and evaluate (None: ``HardwareConfig()``, auto); the encoder is
+    saved from a host copy. Returns the metrics (``acc@1``/``acc@5`` per modality, nested dims,
+    timings, version, ``device``: where it was evaluated).
     """
-    env = env or DistEnv.from_env()
+    hw = hardware or HardwareConfig()
+    dev = resolve_device(hw.device)
+    env = env or DistEnv.from_env(dev)
     run = Path(run)
     if cfg.variant == "off-the-shelf" and cfg.trainable_blocks:
         raise ConfigError("off-the-shelf uses frozen backbones: trainable_blocks must be 0")
@@ -177,7 +183,7 @@ def run_variant(run: Path, cfg: PretrainConfig, out: Path, prep: _Prepared | Non
                       ckpt_dir=run / "pretrain" / "ckpt" / cfg.variant, image_tail=tail,
                       log=lambda m: _say(env, m), data_digest=digest_inputs(prep.inputs_of(run, cfg)),
                       modality=prep.modality, aug=prep.augmented(run, cfg, env), report=report,
-                      clicks=None if cv is None else cv[0])
+                      clicks=None if cv is None else cv[0], device=dev, bf16=hw.bf16)
     train_s = time.time() - t0
     metrics: dict[str, Any] = {}
     if env.main:
@@ -185,7 +191,9 @@ def run_variant(run: Path, cfg: PretrainConfig, out: Path, prep: _Prepared | Non
                            [] if isinstance(model, OffTheShelf) else cfg.nested_dims,
                            item_codes=item_modality(run, prep.catalog.item_ids))
         metrics.update(variant=cfg.variant, train_seconds=round(train_s, 2),
-                       image_size=prep.image_size, world_size=env.world)
+                       image_size=prep.image_size, world_size=env.world,
+                       device=describe(model_device(model)))
+        model = model.cpu()  # the encoder is written from host copies
         if report.get("epochs"):
             metrics["epochs"] = report["epochs"]
         own: dict[str, torch.Tensor] = {}
@@ -226,19 +234,24 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
-def pretrain(run: str | Path, cfg: PretrainConfig | None = None) -> dict[str, Any]:
-    """`mmrank pretrain --run R`: one variant -> ``R/encoder/`` (+ ``metrics.json``)."""
+def pretrain(run: str | Path, cfg: PretrainConfig | None = None,
+             hardware: HardwareConfig | None = None) -> dict[str, Any]:
+    """`mmrank pretrain --run R`: one variant -> ``R/encoder/`` (+ ``metrics.json``, with the
+    ``device`` it ran on). ``hardware`` None: ``HardwareConfig()`` (auto)."""
+    hw = hardware or HardwareConfig()
+    dev = resolve_device(hw.device)  # first: a device this machine lacks fails before any work
     run = Path(run)
     cfg = cfg or PretrainConfig()
-    env = DistEnv.from_env()
-    metrics = run_variant(run, cfg, run / "encoder", env=env)
+    env = DistEnv.from_env(dev)
+    metrics = run_variant(run, cfg, run / "encoder", env=env, hardware=hw)
     if env.main:
         record(run, "pretrain", cfg.model_copy(update={"image_size": metrics["image_size"]}))
     return metrics
 
 
 def compare(run: str | Path, cfg: PretrainConfig | None = None,
-            variants: tuple[str, ...] = REFERENCES + TABLE2, seeds: int = 1) -> dict[str, Any]:
+            variants: tuple[str, ...] = REFERENCES + TABLE2, seeds: int = 1,
+            hardware: HardwareConfig | None = None) -> dict[str, Any]:
     """`mmrank pretrain compare --run R`: Table 2 on R's market.
 
     Every variant's encoder goes to ``R/pretrain/<variant>/``; ``R/pretrain/compare.json`` maps each
@@ -254,10 +267,15 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
     (the first in ``R/pretrain/<variant>/``, the others in ``R/pretrain/<variant>.seed<S>/``);
     ``compare.json`` holds the means, and each result its ``std`` and ``per_seed`` values. The two
     references train nothing and are measured once.
+
+    ``hardware`` (None: ``HardwareConfig()``, auto): where the variants train; ``compare_detail.json``
+    records the ``device``.
     """
+    hw = hardware or HardwareConfig()
+    dev = resolve_device(hw.device)  # first: a device this machine lacks fails before any work
     run = Path(run)
     base = cfg or PretrainConfig()
-    env = DistEnv.from_env()
+    env = DistEnv.from_env(dev)
     results: dict[str, Any] = {}
     prepared: dict[tuple, _Prepared] = {}
     for v in variants:  # every row checked before anything trains
@@ -288,13 +306,14 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
             done = finished(out, ci, prepared[key].inputs_of(run, ci))
             if done is not None:
                 _say(env, f"{v} seed {ci.seed}: finished before with this config and data, kept ({out})")
-            per_seed.append(done if done is not None else run_variant(run, ci, out, prepared[key], env))
+            per_seed.append(done if done is not None
+                            else run_variant(run, ci, out, prepared[key], env, hardware=hw))
         results[v] = per_seed[0] if n == 1 else _over_seeds(per_seed)
     if env.main:
         table = {v: {"acc@1": r["acc@1"], "acc@5": r["acc@5"]} for v, r in results.items()}
         shown = {v: {**table[v], **({"std": r["std"]} if "std" in r else {})}
                  for v, r in results.items()}
-        detail = {"variants": results, "config": base.model_dump(mode="json"),
+        detail = {"variants": results, "config": base.model_dump(mode="json"), "device": describe(dev),
                   "note": "Acc@N of Eq. 6: D = the test pairs of one query modality, S = the set "
                           "of their positives; behaviour is simulated"}
         out = run / "pretrain"

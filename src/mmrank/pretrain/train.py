@@ -12,6 +12,14 @@ views of one photo), logged by name with the others.
 Determinism: batch ``s`` of epoch ``e`` is fixed by ``(seed, e)``, the torch RNG is re-seeded from
 ``(seed, step)`` each step, so a run resumed from a checkpoint replays the same batches, and a
 2-rank run sees the same global batches as a 1-rank run (each rank takes its slice).
+
+Device (issue 30): ``train(..., device=, bf16=)`` puts the model, the objective, the momentum
+encoder and the queue on ``device`` (None: the CPU); the cached feature tables go there whole when
+they fit (on CUDA: half the free memory), else each batch's rows are gathered on the host and copied
+(pinned, non-blocking). Batches are drawn on the host exactly as on the CPU (numpy and the CPU torch
+generator), so a CUDA run sees the same batches. The towers' forward and the losses run under
+:func:`mmrank.device.autocast` (bf16 on CUDA, nothing on the CPU), the losses' logits in fp32; the
+weights and the optimiser stay fp32. The CPU path computes exactly what it did before.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmrank.device import autocast, synchronize, to_device
 from mmrank.errors import ConfigError, MMRankError
 from mmrank.pretrain.checkpoint import FILE, load_checkpoint, save_checkpoint
 from mmrank.pretrain.config import PretrainConfig
@@ -113,12 +122,32 @@ def _check(cfg: PretrainConfig, env: DistEnv) -> None:
         raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {env.world} ranks")
 
 
+def resident(tables: list[torch.Tensor], device: torch.device, share: float = 0.5) -> bool:
+    """Whether the cached tables stay on ``device`` whole: always on the CPU; on CUDA when together
+    they take at most ``share`` of its free memory (else each batch's rows are copied over)."""
+    if device.type != "cuda":
+        return True
+    need = sum(t.numel() * t.element_size() for t in tables)
+    free, _ = torch.cuda.mem_get_info(device)
+    return need <= share * free
+
+
+def take(table: torch.Tensor, device: torch.device, *index) -> torch.Tensor:
+    """``table[index]`` on ``device``: the rows are gathered where the table lives (the index arrays
+    or tensors moved there first), then moved (pinned, non-blocking) when that is not ``device``."""
+    at = table.device
+    ix = tuple(to_device(i if isinstance(i, torch.Tensor)
+                         else torch.as_tensor(np.asarray(i), dtype=torch.long), at) for i in index)
+    return to_device(table[ix[0] if len(ix) == 1 else ix], device)
+
+
 def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.ndarray,
           env: DistEnv | None = None, ckpt_dir: Path | None = None,
           image_tail: nn.Module | None = None,
           log: Callable[[str], None] = print, data_digest: str = "",
           modality: ModalityInputs | None = None, aug: AugmentedFeatures | None = None,
-          report: dict | None = None, clicks: ClickVisualInputs | None = None) -> SCLModel:
+          report: dict | None = None, clicks: ClickVisualInputs | None = None,
+          device: torch.device | None = None, bf16: bool = True) -> SCLModel:
     """Train one variant (not ``off-the-shelf``) and return the online model.
 
     Args:
@@ -137,8 +166,11 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
             :class:`mmrank.pretrain.clicks.ClickVisualInputs`).
         report: filled with ``epochs`` (one record per epoch) and ``dropped`` (filter: pair rows
             dropped, by epoch).
+        device: where to train (None: the CPU); the returned model is on it.
+        bf16: bf16 autocast of the forward on CUDA (fp32 master weights); ignored on the CPU.
     """
-    env = env or DistEnv.from_env()
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    env = env or DistEnv.from_env(dev)
     _check(cfg, env)
     use = cfg.uses()
     if not use["train"]:
@@ -154,10 +186,12 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
     modality = modality or modality_inputs(None, pairs, len(item_ids))
     torch.manual_seed(cfg.seed)
     d_img = image_tail_dim(image_tail, feats)
-    model = SCLModel(d_img, feats.item_txt.shape[1], cfg.dim, cfg.hidden, image_tail, moe=sw["moe"])
-    objective = Objective(cfg)
+    # initialised on the host (the same weights on every device), then moved
+    model = SCLModel(d_img, feats.item_txt.shape[1], cfg.dim, cfg.hidden, image_tail,
+                     moe=sw["moe"]).to(dev)
+    objective = Objective(cfg).to(dev)
     momentum = copy.deepcopy(model) if use["moco"] else None
-    queue = MomentumQueue(cfg.dim, cfg.queue_size) if use["moco"] else None
+    queue = MomentumQueue(cfg.dim, cfg.queue_size).to(dev) if use["moco"] else None
     if momentum is not None:
         for p in momentum.parameters():
             p.requires_grad_(False)
@@ -189,7 +223,7 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
         with safe_open(str(Path(ckpt_dir) / FILE), framework="pt") as f:
             same = (f.metadata() or {}).get("config") == digest
         if same:
-            step, _ = load_checkpoint(Path(ckpt_dir), modules, opt)
+            step, _ = load_checkpoint(Path(ckpt_dir), modules, opt, device=dev)
             log(f"resumed {cfg.variant} from {ckpt_dir} at step {step}/{total}")
         elif env.main:
             log(f"ignoring checkpoint in {ckpt_dir}: it was made with another config")
@@ -197,8 +231,22 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
     if use["logq"] and use["queries"]:
         # how often each item (by row) is drawn as a positive, add-one smoothed (training pairs only)
         counts = np.bincount(pairs.pos[rows], minlength=len(item_ids)).astype(np.float64) + 1.0
-        log_q = torch.from_numpy(np.log(counts / counts.sum())).float()
+        log_q = torch.from_numpy(np.log(counts / counts.sum())).float().to(dev)
     every = cfg.checkpoint_every or steps_per_epoch
+
+    # the cached tables: on the device whole when they fit, else rows copied per batch (take)
+    tables = {"item_img": feats.item_img, "item_txt": feats.item_txt, "text_q": feats.text_q,
+              "image_q": feats.image_q, "has_img": modality.item_img, "has_txt": modality.item_txt}
+    if aug is not None:
+        tables.update(aug_images=aug.images, aug_titles=aug.titles)
+    if clicks is not None:
+        tables["views"] = clicks.views
+    if resident(list(tables.values()), dev):
+        tables = {k: to_device(t, dev) for k, t in tables.items()}
+
+    def idx(a) -> torch.Tensor:
+        """A host index array as a long tensor on the device."""
+        return to_device(torch.as_tensor(np.asarray(a), dtype=torch.long), dev)
 
     def queries(r: np.ndarray) -> torch.Tensor:
         """Query vectors of pair rows ``r``, in order: ``(b, D)``."""
@@ -206,28 +254,32 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
         t_idx, i_idx = np.flatnonzero(mod == TEXT), np.flatnonzero(mod == IMAGE)
         b_idx = np.flatnonzero(mod == BOTH)
         parts = []
+        text_q, image_q = tables["text_q"], tables["image_q"]
         if len(t_idx):
-            parts.append(model.text_query(feats.text_q[feats.qrow[r[t_idx]]]))
+            parts.append(model.text_query(take(text_q, dev, feats.qrow[r[t_idx]])))
         if len(i_idx):
-            parts.append(model.image_query(feats.image_q[feats.qrow[r[i_idx]]]))
+            parts.append(model.image_query(take(image_q, dev, feats.qrow[r[i_idx]])))
         if len(b_idx):
             assert feats.qrow_image is not None
             rb = r[b_idx]
-            parts.append(model.query(feats.image_q[feats.qrow_image[rb]], feats.text_q[feats.qrow[rb]],
-                                     torch.full((len(rb),), BOTH)))
+            parts.append(model.query(take(image_q, dev, feats.qrow_image[rb]),
+                                     take(text_q, dev, feats.qrow[rb]),
+                                     torch.full((len(rb),), BOTH, device=dev)))
         inv = np.argsort(np.concatenate([t_idx, i_idx, b_idx]), kind="stable")
-        return torch.cat(parts)[torch.from_numpy(inv)]
+        return torch.cat(parts)[idx(inv)]
 
     def item_inputs(ir: np.ndarray, augmented: bool) -> tuple[torch.Tensor, ...]:
         """``(h_img, h_title, has_img, has_txt)`` of item rows ``ir``; with co-augmentation each
         item takes a random view and title (the step's seeded torch RNG)."""
-        hi, ht = modality.item_img[ir], modality.item_txt[ir]
+        hi, ht = take(tables["has_img"], dev, ir), take(tables["has_txt"], dev, ir)
         if not augmented or aug is None:
-            return feats.item_img[ir], feats.item_txt[ir], hi, ht
+            return take(tables["item_img"], dev, ir), take(tables["item_txt"], dev, ir), hi, ht
+        # drawn on the host (the step's seeded CPU generator): the same views on every device
         v = torch.randint(0, aug.images.shape[0], (len(ir),))
         t = torch.randint(0, aug.titles.shape[0], (len(ir),))
         ir_t = torch.as_tensor(np.asarray(ir), dtype=torch.long)
-        return aug.images[v, ir_t], aug.titles[t, ir_t], hi, ht
+        return (take(tables["aug_images"], dev, v, ir_t), take(tables["aug_titles"], dev, t, ir_t),
+                hi, ht)
 
     def items(ir: np.ndarray, augmented: bool = True, net: nn.Module | None = None) -> torch.Tensor:
         return (net or model).item(*item_inputs(ir, augmented))
@@ -244,19 +296,19 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
         rng = np.random.default_rng([cfg.seed, step, 22])
         glob = cv_per * env.world
         lo = env.rank * cv_per
-        pos = torch.arange(cv_per) + lo
+        pos = torch.arange(cv_per, device=dev) + lo
         out: dict[str, torch.Tensor] = {}
         n = len(clicks.first)
         if n:
             pick = rng.choice(n, glob, replace=n < glob)[lo:lo + cv_per]
             a_r, b_r = clicks.first[pick], clicks.second[pick]
-            za = model.image_query(feats.item_img[a_r])
-            zb = model.image_query(feats.item_img[b_r])
-            b_ids = torch.as_tensor(b_r, dtype=torch.long)
-            out.update(cv.click_term(za, env.gather_with_grad(zb), pos, torch.as_tensor(a_r, dtype=torch.long),
-                                     b_ids, env.gather(b_ids)))
+            za = model.image_query(take(tables["item_img"], dev, a_r))
+            zb = model.image_query(take(tables["item_img"], dev, b_r))
+            b_ids = idx(b_r)
+            out.update(cv.click_term(za, env.gather_with_grad(zb), pos, idx(a_r), b_ids,
+                                     env.gather(b_ids)))
         else:
-            out[cv.CLICK] = torch.zeros(())
+            out[cv.CLICK] = torch.zeros((), device=dev)
         rows_p = clicks.photo_rows
         n_views = int(clicks.views.shape[0])
         if len(rows_p) and n_views >= 2:
@@ -264,11 +316,12 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
             va = rng.integers(0, n_views, glob)[lo:lo + cv_per]
             vb = (va + rng.integers(1, n_views, glob)[lo:lo + cv_per]) % n_views  # another view
             it_t = torch.as_tensor(it, dtype=torch.long)
-            xa = model.image_query(clicks.views[torch.as_tensor(va), it_t])
-            xb = model.image_query(clicks.views[torch.as_tensor(vb), it_t])
-            out.update(cv.view_term(xa, env.gather_with_grad(xb), pos, it_t, env.gather(it_t)))
+            xa = model.image_query(take(tables["views"], dev, va, it_t))
+            xb = model.image_query(take(tables["views"], dev, vb, it_t))
+            it_d = to_device(it_t, dev)
+            out.update(cv.view_term(xa, env.gather_with_grad(xb), pos, it_d, env.gather(it_d)))
         else:
-            out[cv.VIEW] = torch.zeros(())
+            out[cv.VIEW] = torch.zeros((), device=dev)
         return out
 
     pair_filter = PairFilter(cfg.filter_warmup_epochs, cfg.filter_share) if sw["filter"] else None
@@ -281,22 +334,23 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
         model.eval()
         model.tally = None
         out = []
-        for a in range(0, len(r), 1024):
-            c = r[a:a + 1024]
-            out.append((queries(c) * items(pairs.pos[c], augmented=False)).sum(-1))
+        with autocast(dev, bf16):
+            for a in range(0, len(r), 1024):
+                c = r[a:a + 1024]
+                out.append((queries(c).float() * items(pairs.pos[c], augmented=False).float()).sum(-1))
         model.train(was)
         model.tally = tally
-        return torch.cat(out).numpy() if out else np.zeros(0)
+        return torch.cat(out).cpu().numpy() if out else np.zeros(0)
 
     epochs_log: list[dict] = []
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}     # float64 on the device: no host sync per step
     n_terms = 0
     model.tally = {} if sw["moe"] else None
 
     def close_epoch(epoch: int) -> None:
         nonlocal sums, n_terms
         rec: dict = {"epoch": epoch, "steps": n_terms,
-                     "loss": {k: v / max(n_terms, 1) for k, v in sums.items()}}
+                     "loss": {k: float(v) / max(n_terms, 1) for k, v in sums.items()}}
         if sw["moe"]:
             rec["router_load"] = model.router_load()
             model.tally = {}
@@ -339,42 +393,44 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step, total)
             offset = env.rank * per_rank
-            pos_index = torch.arange(per_rank) + offset
-            km = None
-            if use["queries"]:
-                item_rows = pairs.pos[local]
-                q = queries(local)
-                k_in = item_inputs(item_rows, True)
-                k = model.item(*k_in)
-                if momentum is not None and cfg.key_path == "momentum":
-                    with torch.no_grad():  # MoCo keys: the momentum encoder of this step
-                        momentum.train()
-                        km = momentum.item(*k_in)
-            else:  # CLIP-E: an item's image against its own title
-                item_rows = local
-                q = model.image_query(feats.item_img[item_rows])
-                k = model.text_query(feats.item_txt[item_rows])
-            # items are named by catalog row (one row per item id): masks, queue and log_q use rows
-            ids = torch.as_tensor(np.asarray(item_rows), dtype=torch.long)
-            key = km if (cfg.key_path == "momentum" and km is not None) else k
-            k_all, ids_all = env.gather_with_grad(key), env.gather(ids)
-            # the queue itself (not its tensors): its normalised prefixes and sorted ids are cached
-            terms = objective.q2i(q, k_all, pos_index, queue=queue, q_ids=ids, k_ids=ids_all, log_q=log_q)
-            if objective.i2q is not None:
-                terms.update(objective.i2q(k, env.gather_with_grad(q), pos_index, q_ids=ids,
-                                           k_ids=ids_all))
-            if objective.triplet is not None:
-                neg = pairs.neg[local]
-                valid = torch.from_numpy(neg >= 0)
-                nr = np.where(neg >= 0, neg, item_rows)
-                kn = items(nr)
-                terms.update(objective.triplet(q, k, kn, valid))
-            if objective.align is not None:  # MOON2.0's item level: each item's image vs its title
-                img_v, txt_v = model.item_image_title(k_in[0], k_in[1])
-                terms.update(objective.align(img_v, txt_v, ids, k_in[2] & k_in[3]))
-            if objective.click_visual is not None:  # issue 22: click pairs + two photo views
-                terms.update(click_visual_terms(step))
-            loss = sum(terms.values())
+            pos_index = torch.arange(per_rank, device=dev) + offset
+            with autocast(dev, bf16):  # bf16 forward on CUDA; the losses' logits in fp32
+                km = None
+                if use["queries"]:
+                    item_rows = pairs.pos[local]
+                    q = queries(local)
+                    k_in = item_inputs(item_rows, True)
+                    k = model.item(*k_in)
+                    if momentum is not None and cfg.key_path == "momentum":
+                        with torch.no_grad():  # MoCo keys: the momentum encoder of this step
+                            momentum.train()
+                            km = momentum.item(*k_in)
+                else:  # CLIP-E: an item's image against its own title
+                    item_rows = local
+                    q = model.image_query(take(tables["item_img"], dev, item_rows))
+                    k = model.text_query(take(tables["item_txt"], dev, item_rows))
+                # items are named by catalog row (one row per item id): masks, queue and log_q use rows
+                ids = idx(item_rows)
+                key = km if (cfg.key_path == "momentum" and km is not None) else k
+                k_all, ids_all = env.gather_with_grad(key), env.gather(ids)
+                # the queue itself (not its tensors): its normalised prefixes and sorted ids are cached
+                terms = objective.q2i(q, k_all, pos_index, queue=queue, q_ids=ids, k_ids=ids_all,
+                                      log_q=log_q)
+                if objective.i2q is not None:
+                    terms.update(objective.i2q(k, env.gather_with_grad(q), pos_index, q_ids=ids,
+                                               k_ids=ids_all))
+                if objective.triplet is not None:
+                    neg = pairs.neg[local]
+                    valid = to_device(torch.from_numpy(neg >= 0), dev)
+                    nr = np.where(neg >= 0, neg, item_rows)
+                    kn = items(nr)
+                    terms.update(objective.triplet(q, k, kn, valid))
+                if objective.align is not None:  # MOON2.0's item level: each item's image vs its title
+                    img_v, txt_v = model.item_image_title(k_in[0], k_in[1])
+                    terms.update(objective.align(img_v, txt_v, ids, k_in[2] & k_in[3]))
+                if objective.click_visual is not None:  # issue 22: click pairs + two photo views
+                    terms.update(click_visual_terms(step))
+                loss = sum(terms.values())
             if not torch.isfinite(loss):
                 raise MMRankError(f"pretrain {cfg.variant}: loss is {float(loss)} at step {step} "
                                   f"({', '.join(f'{k}={float(v):.3g}' for k, v in terms.items())})")
@@ -385,14 +441,14 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
             if momentum is not None and queue is not None:
                 if cfg.key_path == "online":  # keys of the updated momentum encoder
                     momentum_update(model, momentum, cfg.momentum)
-                    with torch.no_grad():
+                    with torch.no_grad(), autocast(dev, bf16):
                         momentum.train()
                         km = momentum.item(*k_in)
                 else:  # MoCo: enqueue this step's keys, then move the momentum encoder
                     momentum_update(model, momentum, cfg.momentum)
                 queue.enqueue(env.gather(km), ids_all)
             for name, v in terms.items():
-                sums[name] = sums.get(name, 0.0) + float(v.detach())
+                sums[name] = sums.get(name, 0.0) + v.detach().double()  # (float64 as float() was)
             n_terms += 1
             step += 1
             seen += batch
@@ -415,6 +471,7 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
         if pair_filter is not None:
             report["dropped"] = pair_filter.dropped
     if env.main and seen:
+        synchronize(dev)
         dt = time.time() - t0
         log(f"pretrain {cfg.variant}: {step} steps, {seen / max(dt, 1e-9):.0f} pairs/s, "
             f"tau={objective.q2i.temperature:.4f}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from safetensors.numpy import load_file as load_np, save_file as save_np
 from safetensors.torch import load_file as load_torch, save_file as save_torch
 
@@ -27,7 +28,8 @@ from mmrank.rerank.trainer import RerankData, RerankTrainConfig, build_model, lo
 def save_model(model: ListModel, data: RerankData, out: Path, train_cfg: RerankTrainConfig,
                extra: dict | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    save_torch({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    save_torch({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},   # from any device
+               str(out / "model.safetensors"))
     save_np(data.space.to_arrays(), str(out / "vocab.safetensors"))
     conf = {"model": model.cfg.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json"),
             "representations": data.feats.source if data.feats is not None else None, **(extra or {})}
@@ -47,9 +49,11 @@ def trained_config(run: Path, name: str, what: str = "trained model") -> tuple[P
     return d, json.loads((d / "config.json").read_text())
 
 
-def load_model(run: Path, name: str, data: RerankData | None = None) -> tuple[ListModel, RerankData]:
-    """Load ``R/rerank/<name>`` with the run's current representations re-attached;
-    :class:`mmrank.lineage.StaleArtifact` when it was trained on other data than the run's now."""
+def load_model(run: Path, name: str, data: RerankData | None = None,
+               device: torch.device | None = None) -> tuple[ListModel, RerankData]:
+    """Load ``R/rerank/<name>`` with the run's current representations re-attached, on ``device``
+    (default the CPU); :class:`mmrank.lineage.StaleArtifact` when it was trained on other data than the
+    run's now."""
     d, conf = trained_config(run, name)
     cfg = ListModelConfig.model_validate(conf["model"])
     data = data or load_data(run, with_features=cfg.backbone == "armmt")
@@ -58,4 +62,6 @@ def load_model(run: Path, name: str, data: RerankData | None = None) -> tuple[Li
     data.space = ListSpace.from_arrays(load_np(str(d / "vocab.safetensors")))
     model = build_model(data, cfg)
     model.load_state_dict(load_torch(str(d / "model.safetensors")), strict=True)
+    if device is not None:
+        model.to(device)
     return model.eval(), data

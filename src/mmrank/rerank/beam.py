@@ -23,19 +23,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mmrank.ctr.trainer import model_device
+from mmrank.device import autocast
 from mmrank.rerank.models import ListModel
 from mmrank.rerank.trainer import RerankData, batch_for, predict
 
 
 @torch.no_grad()
 def _evaluate(model: ListModel, data: RerankData, rows: np.ndarray, lists: list[np.ndarray], objective: str,
-              chunk: int = 512) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Value of each list and its per-candidate scores (probability, times price for 'gmv')."""
+              chunk: int = 512, bf16: bool = True) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Value of each list and its per-candidate scores (probability, times price for 'gmv'), on the
+    model's device."""
+    dev = model_device(model)
     values, per = np.zeros(len(lists)), []
     for a in range(0, len(lists), chunk):
         sub = lists[a:a + chunk]
-        out = model(batch_for(data, rows[a:a + chunk], cand=sub))
-        p = torch.sigmoid(model.rank_scores(out)).double().numpy()
+        with autocast(dev, bf16):
+            out = model(batch_for(data, rows[a:a + chunk], cand=sub, device=dev))
+        p = torch.sigmoid(model.rank_scores(out).float()).double().cpu().numpy()
         for k, c in enumerate(sub):
             s = p[k, :len(c)]
             if objective == "gmv":
@@ -47,15 +52,16 @@ def _evaluate(model: ListModel, data: RerankData, rows: np.ndarray, lists: list[
 
 @torch.no_grad()
 def beam_orders(model: ListModel, data: RerankData, rows: np.ndarray, *, width: int = 3, extra: int = 6,
-                objective: str = "purchases") -> list[np.ndarray]:
-    """One order (flat candidate indices, every retrieved candidate) per request of ``rows``."""
+                objective: str = "purchases", bf16: bool = True) -> list[np.ndarray]:
+    """One order (flat candidate indices, every retrieved candidate) per request of ``rows``; on the
+    model's device (bf16 autocast on CUDA when ``bf16``)."""
     if objective not in ("purchases", "gmv"):
         raise ValueError(f"objective: expected 'purchases' or 'gmv', got {objective!r}")
     if width < 1:
         raise ValueError(f"width must be >= 1, got {width}")
     model.eval()
     rows = np.asarray(rows)
-    cands, scores = predict(model, data, rows, "all")
+    cands, scores = predict(model, data, rows, "all", bf16=bf16)
     gen = scores["rank"]
     n_shown = [int((data.lists.position[c] >= 0).sum()) for c in cands]
     pools = [c[np.argsort(-g, kind="stable")[: n + extra]] for c, g, n in zip(cands, gen, n_shown)]
@@ -79,7 +85,7 @@ def beam_orders(model: ListModel, data: RerankData, rows: np.ndarray, *, width: 
                     owner.append(i)
         if not exp_lists:
             break
-        values, _ = _evaluate(model, data, np.array(exp_rows), exp_lists, objective)
+        values, _ = _evaluate(model, data, np.array(exp_rows), exp_lists, objective, bf16=bf16)
         grouped: dict[int, list[tuple[list[int], float]]] = {}
         for i, lst, v in zip(owner, exp_lists, values):
             grouped.setdefault(i, []).append((lst.tolist(), float(v)))
@@ -87,7 +93,7 @@ def beam_orders(model: ListModel, data: RerankData, rows: np.ndarray, *, width: 
             cand_beams.sort(key=lambda t: -t[1])
             beams[i] = cand_beams[:width]
     best = [b[0][0] for b in beams]
-    _, per = _evaluate(model, data, rows, [np.array(b, np.int64) for b in best], objective)
+    _, per = _evaluate(model, data, rows, [np.array(b, np.int64) for b in best], objective, bf16=bf16)
     orders = []
     for c, b, s, gs in zip(cands, best, per, gscore):
         shown = np.array(b, np.int64)[np.argsort(-s, kind="stable")]

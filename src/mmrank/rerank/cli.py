@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import typer
 
+from mmrank.device import DEVICE_HELP
 from mmrank.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True, help="Re-rank search lists: ARMMT, SEQ+MD and baselines (logged "
@@ -20,6 +21,18 @@ app = typer.Typer(no_args_is_help=True, help="Re-rank search lists: ARMMT, SEQ+M
 
 _CONFIG = typer.Option(None, "--config", help="a run config YAML (its rerank section: model, seeds, models, "
                        "beam, train); flags override it")
+_DEVICE = typer.Option(None, "--device", help=DEVICE_HELP)
+
+
+def _hardware(config: Optional[Path], device: Optional[str]):
+    """The hardware section (config file, then --device), its device checked now: ``--device cuda``
+    on a machine without CUDA is one line, exit 2, before any data is read."""
+    from mmrank.device import resolve_device
+    from mmrank.run_config import hardware_config
+
+    hw = hardware_config(config, device=device)
+    resolve_device(hw.device)
+    return hw
 
 
 def _settings(config: Optional[Path], train: dict[str, Any], **flags: Any):
@@ -49,6 +62,7 @@ def train_cmd(
     max_train_lists: Optional[int] = typer.Option(None, help="the latest N training lists only"),
     threads: Optional[int] = typer.Option(None, help="torch threads"),
     config: Optional[Path] = _CONFIG,
+    device: Optional[str] = _DEVICE,
 ) -> None:
     """Train one re-ranker; writes RUN/rerank/<model>/ (weights, vocabularies, config, metrics)."""
     from mmrank.config import record
@@ -59,8 +73,10 @@ def train_cmd(
                   model=model, seed=seed, threads=threads)
     if s.model not in MODELS:
         raise ConfigError(f"--model: expected one of {', '.join(MODELS)}, got {s.model!r}")
+    hw = _hardware(config, device)
     _threads(s.threads)
-    m = train_model(run, s.model, seed=s.seed, train_cfg=s.train, one_thread_if_busy=s.threads is None)
+    m = train_model(run, s.model, seed=s.seed, train_cfg=s.train, one_thread_if_busy=s.threads is None,
+                    hardware=hw)
     record(run, "rerank", s)
     a = m["auc"]
     typer.echo(f"{s.model}: auc click {a['click']:.4f} cart {a['cart']:.4f} purchase {a['purchase']:.4f} "
@@ -81,6 +97,7 @@ def compare_cmd(
                                        "beam width"),
     threads: Optional[int] = typer.Option(None),
     config: Optional[Path] = _CONFIG,
+    device: Optional[str] = _DEVICE,
 ) -> None:
     """Train every model over SEEDS seeds; write RUN/rerank/compare.json, compare.md and plots."""
     from mmrank.config import record
@@ -89,9 +106,10 @@ def compare_cmd(
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
     s = _settings(config, dict(epochs=epochs, batch_size=batch_size, max_train_lists=max_train_lists),
                   seeds=seeds, models=names, max_test_lists=max_test_lists, beam=beam, threads=threads)
+    hw = _hardware(config, device)
     _threads(s.threads)
     compare(run, seeds=s.seeds, models=s.models, train_cfg=s.train, max_test_lists=s.max_test_lists,
-            beam=s.beam, progress=True, one_thread_if_busy=s.threads is None)
+            beam=s.beam, progress=True, one_thread_if_busy=s.threads is None, hardware=hw)
     record(run, "rerank", s)
     typer.echo((run / "rerank" / "compare.md").read_text())
 
@@ -107,6 +125,7 @@ def apply_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="write the JSON lines here (default: print them)"),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="lists per forward"),
     threads: Optional[int] = typer.Option(None, help="torch threads"),
+    device: Optional[str] = _DEVICE,
 ) -> None:
     """Re-rank candidate lists offline, as `mmrank serve` answers /v1/rerank: one JSON line per list
     (request_id, model, version, items best first with item_id, rank, score)."""
@@ -115,9 +134,10 @@ def apply_cmd(
     from mmrank.errors import DataError
     from mmrank.rerank.serving import load_reranker, read_lists
 
+    hw = _hardware(None, device)
     _threads(threads)
     todo = read_lists(lists)
-    rr = load_reranker(run, model)
+    rr = load_reranker(run, model, hardware=hw)
     prepared = []
     for n, lst in todo:
         try:

@@ -169,14 +169,15 @@ def _task_scores(model, scores: dict[str, list]) -> dict[str, list]:
 
 
 def model_result(model, data: RerankData, rows: np.ndarray, evaluator: Any | None,
-                 offpolicy: Any | None = None) -> dict[str, Any]:
-    """All metrics of ``model``; with ``offpolicy`` (:class:`mmrank.rerank.offpolicy.OffPolicy` of
-    ``rows``) also ``offpolicy``: each estimator's estimate of its order among every candidate."""
-    cands, scores = predict(model, data, rows, "shown")
+                 offpolicy: Any | None = None, bf16: bool = True) -> dict[str, Any]:
+    """All metrics of ``model`` (scored on its device; bf16 autocast on CUDA when ``bf16``); with
+    ``offpolicy`` (:class:`mmrank.rerank.offpolicy.OffPolicy` of ``rows``) also ``offpolicy``: each
+    estimator's estimate of its order among every candidate."""
+    cands, scores = predict(model, data, rows, "shown", bf16=bf16)
     task_scores = _task_scores(model, scores)
     orders, flat = None, None
     if evaluator is not None or offpolicy is not None:
-        all_c, all_s = predict(model, data, rows, "all")
+        all_c, all_s = predict(model, data, rows, "all", bf16=bf16)
         flat = [c[np.argsort(-s, kind="stable")] for c, s in zip(all_c, all_s["rank"])]
         orders = [data.lists.item_id[f] for f in flat]
     out = evaluate_orders(data, rows, (cands, task_scores, scores["rank"]), orders if evaluator is not None else None,
@@ -186,13 +187,14 @@ def model_result(model, data: RerankData, rows: np.ndarray, evaluator: Any | Non
     return out
 
 
-def beam_result(model, data: RerankData, rows: np.ndarray, evaluator: Any, width: int) -> dict[str, Any]:
+def beam_result(model, data: RerankData, rows: np.ndarray, evaluator: Any, width: int,
+                bf16: bool = True) -> dict[str, Any]:
     """:func:`model_result` with the evaluator shown the generator-evaluator (beam search) orders."""
     from mmrank.rerank.beam import beam_orders
 
-    cands, scores = predict(model, data, rows, "shown")
+    cands, scores = predict(model, data, rows, "shown", bf16=bf16)
     task_scores = _task_scores(model, scores)
-    orders = [data.lists.item_id[o] for o in beam_orders(model, data, rows, width=width)]
+    orders = [data.lists.item_id[o] for o in beam_orders(model, data, rows, width=width, bf16=bf16)]
     return evaluate_orders(data, rows, (cands, task_scores, scores["rank"]), orders, evaluator)
 
 

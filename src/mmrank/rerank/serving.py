@@ -46,7 +46,9 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mmrank.ctr.data import move_batch
 from mmrank.data.schemas import HISTORY_LEN
+from mmrank.device import HardwareConfig, autocast, resolve_device
 from mmrank.errors import ConfigError, DataError, MMRankError
 from mmrank.rerank.data import ListSpace, Lists, make_batch
 from mmrank.rerank.models import MODELS, ListModel, ListModelConfig
@@ -209,12 +211,16 @@ class ListReranker:
 
     ``name`` (the model), ``version`` (a hash of its weights, vocabularies and config) and
     ``encoder_version`` (the encoder of its representations; the bundle's for a model without any)
-    identify it.
+    identify it. ``hardware``: where it scores (None: auto); the model moves there, each forward's
+    batch follows, under bf16 autocast on CUDA when ``hardware.bf16``.
     """
 
     def __init__(self, run: Path, name: str, model: ListModel, space: ListSpace, encoder: Any,
-                 encoder_version: str | None, version: str, history_len: int = HISTORY_LEN) -> None:
-        self.run, self.name, self.model, self.space = run, name, model.eval(), space
+                 encoder_version: str | None, version: str, history_len: int = HISTORY_LEN,
+                 hardware: HardwareConfig | None = None) -> None:
+        self.hardware = hardware or HardwareConfig()
+        self.device = resolve_device(self.hardware.device)
+        self.run, self.name, self.model, self.space = run, name, model.to(self.device).eval(), space
         self.encoder, self.encoder_version, self.version = encoder, encoder_version, version
         self.history_len = history_len
         self.catalog = Catalog(run)
@@ -322,8 +328,10 @@ class ListReranker:
         batch = make_batch(lists, self.space, rows, "all", history_len=self.history_len)
         if self.uses_query:
             batch["query_vec"] = torch.from_numpy(self._query_vectors([p.query for p in prepared]))
-        out = self.model(batch)
-        s = self.model.rank_scores(out).double().numpy()
+        batch = move_batch(batch, self.device, self.hardware.pin_memory)
+        with autocast(self.device, self.hardware.bf16):
+            out = self.model(batch)
+        s = self.model.rank_scores(out).double().cpu().numpy()
         res = []
         for k, p in enumerate(prepared):
             sc = s[k, :len(p.candidates)]
@@ -370,10 +378,11 @@ def trained_models(run: Path) -> list[str]:
     return [m for m in PREFERENCE if (d / m / "model.safetensors").exists()]
 
 
-def load_reranker(run: str | Path, model: str | None = None, *, encoder: Any | None = None) -> ListReranker:
+def load_reranker(run: str | Path, model: str | None = None, *, encoder: Any | None = None,
+                  hardware: HardwareConfig | None = None) -> ListReranker:
     """The re-ranker ``R/rerank/<model>/`` (default: the first of :data:`PREFERENCE` trained), checked
-    against the run's data (:mod:`mmrank.lineage`) and representations. :class:`MMRankError` (one line,
-    naming the command that trains it) when there is none."""
+    against the run's data (:mod:`mmrank.lineage`) and representations, on ``hardware``'s device (None:
+    auto). :class:`MMRankError` (one line, naming the command that trains it) when there is none."""
     from safetensors.numpy import load_file as load_np
     from safetensors.torch import load_file as load_torch
 
@@ -407,16 +416,17 @@ def load_reranker(run: str | Path, model: str | None = None, *, encoder: Any | N
                     n_regions=max(space.n_regions, 1), tables=tables, query_dim=qdim)
     net.load_state_dict(load_torch(str(d / "model.safetensors")), strict=True)
     version = lineage.model_version(d / "model.safetensors", d / "vocab.safetensors", d / "config.json")
-    return ListReranker(run, model, net, space, enc, enc_version, version)
+    return ListReranker(run, model, net, space, enc, enc_version, version, hardware=hardware)
 
 
-def load(run: Path, encoder_version: str, model: str | None = None) -> ListReranker | None:
+def load(run: Path, encoder_version: str, model: str | None = None, *,
+         hardware: HardwareConfig | None = None) -> ListReranker | None:
     """The serving bundle's seam: the re-ranker ``model`` (default: the preferred one trained), or None
     when the run has none. A model without representations serves with any encoder: it takes the
     bundle's ``encoder_version``."""
     if model is None and not trained_models(run):
         return None
-    rr = load_reranker(run, model)
+    rr = load_reranker(run, model, hardware=hardware)
     if rr.encoder_version is None:
         rr.encoder_version = encoder_version
     return rr

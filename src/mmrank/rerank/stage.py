@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from mmrank.ctr.evaluate import json_ready
+from mmrank.device import HardwareConfig, describe, resolve_device
 from mmrank.errors import ConfigError
 from mmrank.rerank.artifacts import save_model
 from mmrank.rerank.evaluate import (GAINS, aggregate, beam_result, evaluator_for, logged_result,
@@ -42,18 +43,23 @@ def one_thread_if_loaded() -> None:
 
 
 def train_model(run: str | Path, name: str, *, seed: int = 0, train_cfg: RerankTrainConfig | None = None,
-                encoder: Any | None = None, progress: bool = True, one_thread_if_busy: bool = True) -> dict:
+                encoder: Any | None = None, progress: bool = True, one_thread_if_busy: bool = True,
+                hardware: HardwareConfig | None = None) -> dict:
     """Train model ``name`` on the run's training lists, evaluate on the test lists, write
-    ``R/rerank/<name>/``; returns the metrics."""
+    ``R/rerank/<name>/``; returns the metrics. On ``hardware``'s device (None: auto), recorded as
+    ``device``."""
     run = Path(run)
+    hw = hardware or HardwareConfig()
+    dev = resolve_device(hw.device)         # first: a device this machine lacks fails at once
     if one_thread_if_busy:
         one_thread_if_loaded()
     data = load_data(run, encoder=encoder)
     tcfg = train_cfg or RerankTrainConfig()
-    model, info = fit(data, name, seed=seed, train_cfg=tcfg, progress=progress)
+    model, info = fit(data, name, seed=seed, train_cfg=tcfg, progress=progress, hardware=hw)
     evaluator, status = evaluator_for(run)
-    metrics = model_result(model, data, data.lists.test_rows(), evaluator)
-    metrics.update({"model": name, "seed": seed, "evaluator": status, "train_seconds": info["seconds"],
+    metrics = model_result(model, data, data.lists.test_rows(), evaluator, bf16=hw.bf16)
+    metrics.update({"model": name, "seed": seed, "evaluator": status, "device": describe(dev),
+                    "train_seconds": info["seconds"],
                     "train_loss": info["loss"], "test_requests": int(len(data.lists.test_rows()))})
     out = run / "rerank" / name
     save_model(model, data, out, tcfg, {"seed": seed})
@@ -118,13 +124,17 @@ def acceptance(res: dict[str, Any], smallest_region: str | None) -> dict[str, An
 def compare(run: str | Path, *, seeds: int = 3, models: list[str] | None = None,
             train_cfg: RerankTrainConfig | None = None, encoder: Any | None = None, progress: bool = True,
             max_test_lists: int | None = None, data: RerankData | None = None, plots: bool = True,
-            evaluator: Any | None = None, beam: int = 0, one_thread_if_busy: bool = True) -> dict[str, Any]:
+            evaluator: Any | None = None, beam: int = 0, one_thread_if_busy: bool = True,
+            hardware: HardwareConfig | None = None) -> dict[str, Any]:
     """Train and evaluate ``models`` (default: all, with the ablations) for ``seeds`` seeds; write
     ``R/rerank/compare.json``, ``compare.md`` and plots. Returns what compare.json holds. ``evaluator``
     overrides the run's (anything with ``expected(request_ids, orders)``). ``beam > 0`` adds
     ``armmt+beam``: each seed's ARMMT as generator and evaluator (:func:`mmrank.rerank.beam.beam_orders`,
-    beam width ``beam``); it changes the order the evaluator sees, not the logged-label metrics."""
+    beam width ``beam``); it changes the order the evaluator sees, not the logged-label metrics. Models
+    train and score on ``hardware``'s device (None: auto), recorded as ``meta.device``."""
     run = Path(run)
+    hw = hardware or HardwareConfig()
+    dev = resolve_device(hw.device)         # first: a device this machine lacks fails at once
     models = list(models or DEFAULT_MODELS)
     unknown = [m for m in models if m not in BASELINES and m not in MODELS]
     if unknown:
@@ -155,11 +165,11 @@ def compare(run: str | Path, *, seeds: int = 3, models: list[str] | None = None,
             continue
         per_seed, secs, beamed = [], [], []
         for seed in range(seeds):
-            model, info = fit(data, name, seed=seed, train_cfg=tcfg, progress=progress)
-            per_seed.append(model_result(model, data, rows, evaluator, opol))
+            model, info = fit(data, name, seed=seed, train_cfg=tcfg, progress=progress, hardware=hw)
+            per_seed.append(model_result(model, data, rows, evaluator, opol, bf16=hw.bf16))
             secs.append(info["seconds"])
             if beam and name == "armmt" and evaluator is not None:
-                beamed.append(beam_result(model, data, rows, evaluator, beam))
+                beamed.append(beam_result(model, data, rows, evaluator, beam, bf16=hw.bf16))
         if beamed:
             per_seed_all["armmt+beam"] = beamed
             res["armmt+beam"] = aggregate(beamed)
@@ -179,7 +189,7 @@ def compare(run: str | Path, *, seeds: int = 3, models: list[str] | None = None,
         "run": str(run), "seeds": seeds, "models": models, "ablations": {k: v for k, v in ABLATIONS.items() if k in models},
         "evaluator": ev_status, "test_requests": int(len(rows)), "train_requests": int(len(data.train_rows(tcfg.max_train_lists))),
         "region_requests": counts, "smallest_region": smallest, "representations": data.feats.source if data.feats else None,
-        "simulated": True, "train": tcfg.model_dump(mode="json"),
+        "simulated": True, "train": tcfg.model_dump(mode="json"), "device": describe(dev),
         "ndcg_gains": GAINS, "seconds": round(time.perf_counter() - t0, 1),
         "per_seed": {m: [{k: v for k, v in s.items() if k != "regions"} for s in ps] for m, ps in per_seed_all.items()},
     }

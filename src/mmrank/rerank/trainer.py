@@ -28,6 +28,9 @@ from pydantic import Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mmrank.config import StrictModel
+from mmrank.ctr.data import move_batch
+from mmrank.ctr.trainer import model_device, placement
+from mmrank.device import HardwareConfig, autocast
 from mmrank.rerank.data import ListSpace, Lists, candidate_index, load_lists, make_batch
 from mmrank.rerank.features import ModalFeatures, load_features
 from mmrank.rerank.models import ListModel, ListModelConfig, model_config
@@ -99,12 +102,14 @@ def load_data(run: str | Path, *, encoder: Any | None = None, with_features: boo
 
 
 def batch_for(data: RerankData, rows: np.ndarray, which: str = "shown",
-              cand: list[np.ndarray] | None = None) -> dict[str, torch.Tensor]:
-    """:func:`make_batch` plus the requests' query vectors (``query_vec``)."""
+              cand: list[np.ndarray] | None = None, device: torch.device | None = None,
+              pin_memory: bool = True) -> dict[str, torch.Tensor]:
+    """:func:`make_batch` plus the requests' query vectors (``query_vec``), on ``device`` (default: the
+    host; to CUDA from pinned memory, non-blocking)."""
     batch = make_batch(data.lists, data.space, rows, which, cand=cand)
     if data.feats is not None:
         batch["query_vec"] = data.feats.queries.index_select(0, torch.as_tensor(np.asarray(rows, np.int64)))
-    return batch
+    return move_batch(batch, device, pin_memory)
 
 
 def build_model(data: RerankData, cfg: ListModelConfig) -> ListModel:
@@ -120,9 +125,15 @@ def _progress(enabled: bool) -> Progress:
 
 
 def train(model: ListModel, data: RerankData, rows: np.ndarray, cfg: RerankTrainConfig | None = None,
-          progress: bool = True, label: str = "") -> dict:
-    """Train ``model`` on the shown candidates of requests ``rows``; returns losses per term and time."""
+          progress: bool = True, label: str = "", *, device: torch.device | None = None, bf16: bool = True,
+          pin_memory: bool = True) -> dict:
+    """Train ``model`` on the shown candidates of requests ``rows``; returns losses per term and time.
+
+    ``device`` (default: where the model is): the model and its frozen tables move there, batches
+    follow (pinned, non-blocking); forward and loss under bf16 autocast on CUDA when ``bf16``."""
     cfg = cfg or RerankTrainConfig()
+    dev = model_device(model, device)
+    model.to(dev)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
@@ -140,34 +151,42 @@ def train(model: ListModel, data: RerankData, rows: np.ndarray, cfg: RerankTrain
             sums: dict[str, float] = {}
             for a in range(0, len(order), cfg.batch_size):
                 if model.cfg.objective == "ips-listwise":
-                    terms = ips_listwise_loss(model, data, order[a:a + cfg.batch_size])
+                    terms = ips_listwise_loss(model, data, order[a:a + cfg.batch_size], device=dev, bf16=bf16,
+                                              pin_memory=pin_memory)
                 else:
-                    batch = batch_for(data, order[a:a + cfg.batch_size], "shown")
-                    out = model(batch)
-                    mask = ~batch["pad"].reshape(-1)
-                    terms = model.loss({t: v.reshape(-1) for t, v in out.items()},
-                                       {t: batch[t].reshape(-1) for t in model.cfg.tasks}, mask)
+                    batch = batch_for(data, order[a:a + cfg.batch_size], "shown", device=dev,
+                                      pin_memory=pin_memory)
+                    with autocast(dev, bf16):
+                        out = model(batch)
+                        mask = ~batch["pad"].reshape(-1)
+                        terms = model.loss({t: v.float().reshape(-1) for t, v in out.items()},
+                                           {t: batch[t].reshape(-1) for t in model.cfg.tasks}, mask)
                 opt.zero_grad(set_to_none=True)
                 terms["total"].backward()
                 opt.step()
                 for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                    sums[k] = sums.get(k, 0.0) + float(v.detach().float())
                 bar.advance(task)
             history.append({k: v / max(n_batches, 1) for k, v in sums.items()})
     secs = time.perf_counter() - t0
     return {"loss": history, "seconds": secs, "lists": int(len(rows)), "lists_per_s": len(rows) * cfg.epochs / max(secs, 1e-9)}
 
 
-def ips_listwise_loss(model: ListModel, data: RerankData, rows: np.ndarray) -> dict[str, torch.Tensor]:
+def ips_listwise_loss(model: ListModel, data: RerankData, rows: np.ndarray, *, device: torch.device | None = None,
+                      bf16: bool = True, pin_memory: bool = True) -> dict[str, torch.Tensor]:
     """Counterfactual listwise loss over **every** retrieved candidate of requests ``rows``:
     -1/B sum_b sum_i w_bi log softmax(s_b)_i, w = gain (purchase 4 > cart 2 > click 1, 0 if none or not
     shown) / max(exposure propensity, MIN_EXPOSURE). In expectation over the logging policy it is the
     loss with every candidate's gain observed at full examination (the propensities correct the
-    selection and position bias of the logs)."""
+    selection and position bias of the logs). ``device`` (default: where the model is) and ``bf16`` as
+    :func:`train`."""
+    dev = model_device(model, device)
     batch = batch_for(data, rows, "all")
-    out = model(batch)
-    s = model.rank_scores(out).masked_fill(batch["pad"], float("-inf"))
-    flat = batch["flat"].numpy()
+    flat = batch["flat"].numpy()                        # read on the host, before the batch moves
+    batch = move_batch(batch, dev, pin_memory)
+    with autocast(dev, bf16):
+        out = model(batch)
+    s = model.rank_scores(out).float().masked_fill(batch["pad"], float("-inf"))
     f0 = np.where(flat < 0, 0, flat)
     lists = data.lists
     gain = np.zeros(flat.shape)
@@ -176,36 +195,44 @@ def ips_listwise_loss(model: ListModel, data: RerankData, rows: np.ndarray) -> d
     shown = (flat >= 0) & (lists.position[f0] >= 0)
     w = np.where(shown, gain / np.maximum(data.exposure()[f0], MIN_EXPOSURE), 0.0)
     logp = torch.log_softmax(s, dim=1).masked_fill(batch["pad"], 0.0)
-    loss = -(torch.from_numpy(w).float() * logp).sum() / max(len(rows), 1)
+    loss = -(torch.from_numpy(w).float().to(dev) * logp).sum() / max(len(rows), 1)
     return {"ips_listwise": loss.detach(), "total": loss}
 
 
 @torch.no_grad()
 def predict(model: ListModel, data: RerankData, rows: np.ndarray, which: str = "shown",
-            batch_size: int = 256) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]]]:
+            batch_size: int = 256, *, device: torch.device | None = None, bf16: bool = True,
+            pin_memory: bool = True) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]]]:
     """Scores of the candidates of each request in ``rows``: ``(candidates, {task: scores})``, the
     candidates as flat indices into ``data.lists`` (``shown`` or ``all``), the scores logits per head
-    plus ``"rank"`` (the ranking head)."""
+    plus ``"rank"`` (the ranking head). On ``device`` (default: where the model is), bf16 autocast on
+    CUDA when ``bf16``; scores come back as float64 host arrays."""
+    dev = model_device(model, device)
+    model.to(dev)
     model.eval()
     cands = candidate_index(data.lists, np.asarray(rows), which)
     scores: dict[str, list[np.ndarray]] = {t: [] for t in [*model.cfg.tasks, "rank"]}
     for a in range(0, len(rows), batch_size):
         sub = np.asarray(rows[a:a + batch_size])
         cand = cands[a:a + batch_size]
-        out = model(batch_for(data, sub, which, cand=cand))
-        out["rank"] = model.rank_scores(out)
+        with autocast(dev, bf16):
+            out = model(batch_for(data, sub, which, cand=cand, device=dev, pin_memory=pin_memory))
+            out["rank"] = model.rank_scores(out)
         for t, v in out.items():
-            v = v.double().numpy()
+            v = v.double().cpu().numpy()
             scores[t] += [v[k, :len(c)] for k, c in enumerate(cand)]
     return cands, scores
 
 
 def fit(data: RerankData, name: str, *, seed: int = 0, train_cfg: RerankTrainConfig | None = None,
-        cfg: ListModelConfig | None = None, progress: bool = True) -> tuple[ListModel, dict]:
-    """Build model ``name`` (:data:`mmrank.rerank.models.MODELS`) and train it with ``seed``."""
+        cfg: ListModelConfig | None = None, progress: bool = True,
+        hardware: HardwareConfig | None = None) -> tuple[ListModel, dict]:
+    """Build model ``name`` (:data:`mmrank.rerank.models.MODELS`) and train it with ``seed`` on
+    ``hardware``'s device (None: auto); the model is returned there."""
     cfg = cfg or model_config(name)
     tcfg = (train_cfg or RerankTrainConfig()).model_copy(update={"seed": seed})
     torch.manual_seed(seed)
     model = build_model(data, cfg)
-    info = train(model, data, data.train_rows(tcfg.max_train_lists), tcfg, progress=progress, label=name)
+    info = train(model, data, data.train_rows(tcfg.max_train_lists), tcfg, progress=progress, label=name,
+                 **placement(hardware))
     return model, info

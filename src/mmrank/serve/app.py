@@ -62,7 +62,8 @@ async def _first_bundle(settings: Settings, loop: asyncio.AbstractEventLoop) -> 
     while True:
         try:
             return await loop.run_in_executor(None, functools.partial(load_bundle, settings.run, settings.strategy,
-                                                                      rerank_model=settings.rerank_model))
+                                                                      rerank_model=settings.rerank_model,
+                                                                      hardware=settings.hardware))
         except Exception as err:  # noqa: BLE001 - only the store being down is waited out
             if not errors.store_unavailable(err) or time.monotonic() > give_up:
                 raise

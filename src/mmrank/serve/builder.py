@@ -9,6 +9,10 @@ loaded once, each batch carries the vectors of its own items (candidates and his
 serving store at request time, so an item ingested a moment ago (on this process or another) is
 scored from its content even though the ID model has never seen it.
 
+On a device (``bundle.device``, CUDA): the batch, the vector table and the codes are assembled in
+host memory (NumPy) and moved there at the end (pinned, non-blocking: :func:`mmrank.device.to_device`);
+``Built.vec_rows`` (the explanations' copy) stays on the host.
+
 Example::
 
     >>> q = RankQuery(user_id=7, history=None, region=None, query=None,
@@ -26,6 +30,7 @@ import torch
 
 from mmrank.ctr.data import OOV
 from mmrank.ctr.scoring import batch_of, encode_for_scoring, samples_from_rows
+from mmrank.device import to_device
 from mmrank.vectors import l2_normalise
 
 SERVE_POSITION = 0  # the slot candidates are scored for (the top one), as logged positions start at 0
@@ -143,6 +148,12 @@ def build(queries: list[RankQuery], bundle) -> Built:  # noqa: ANN001 (Bundle: a
         if len(known_ids):
             rows[2:] = bundle.sid.codes_for(known_ids, vec_rows) + 1
         codes = torch.from_numpy(rows)
+    device = getattr(bundle, "device", None)
+    if device is not None and device.type != "cpu":
+        pin = getattr(bundle, "pin_memory", True)
+        batch = {k: to_device(v, device, pin) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        vectors = to_device(vectors, device, pin) if vectors is not None else None
+        codes = to_device(codes, device, pin) if codes is not None else None
     return Built(batch=batch, vectors=vectors, vec_ids=known_ids, vec_rows=vec_rows, queries=out_rows,
                  codes=codes)
 

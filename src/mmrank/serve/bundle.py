@@ -13,8 +13,14 @@ encoder's config and weights), not only against the vector width:
 
 A bundle is immutable once loaded; a server swaps a whole new bundle in (:mod:`mmrank.serve.app`).
 
+On a device (``hardware``: auto | cpu | cuda | cuda:N): the item encoder, the CTR model and the
+re-ranker are moved there once at load; every batch is built on the
+host, moved there, scored there (bf16 autocast on CUDA when ``hardware.bf16``), and its scores come
+back to the host. ``Bundle.device`` says where (``describe()``, ``/v1/bundle``, ``/healthz``).
+
 The re-ranker seam: when ``R/rerank/`` exists, :func:`load_reranker` imports
-``mmrank.rerank.serving`` and calls its ``load(run, encoder_version=...[, model=...])``, which returns
+``mmrank.rerank.serving`` and calls its ``load(run, encoder_version=..., hardware=...[, model=...])``
+(``hardware``: the bundle's device), which returns
 a :class:`mmrank.rerank.serving.ListReranker` (the :class:`Reranker` interface, and the lists
 ``/v1/rerank`` scores) or None when no re-ranker is trained. Without one the bundle loads and says
 why (``Bundle.rerank_status``); the page shows the CTR order on both sides then, and ``/v1/rerank``
@@ -36,6 +42,7 @@ import numpy as np
 
 from mmrank import lineage
 from mmrank.data.schemas import HISTORY_LEN
+from mmrank.device import HardwareConfig, describe, resolve_device
 from mmrank.errors import ConfigError, MMRankError
 
 # Strategies tried, in order, when none is asked for: the paper's best first.
@@ -75,10 +82,11 @@ class Reranker(Protocol):
     def rerank(self, inp: RerankInput) -> RerankOutput: ...
 
 
-def load_reranker(run: Path, encoder_version: str, model: str | None = None) -> tuple[Reranker | None, str]:
+def load_reranker(run: Path, encoder_version: str, model: str | None = None,
+                  hardware: HardwareConfig | None = None) -> tuple[Reranker | None, str]:
     """``(re-ranker or None, status)``: ``R/rerank/<model>`` (default: the preferred one trained);
     raises :class:`ConfigError` on an encoder-version mismatch, :class:`MMRankError` when ``model`` is
-    named but not trained."""
+    named but not trained. ``hardware``: where it scores (None: auto)."""
     d = Path(run) / "rerank"
     if not d.exists() and model is None:
         return None, ("absent: this run has no trained re-ranker (train one with "
@@ -90,8 +98,8 @@ def load_reranker(run: Path, encoder_version: str, model: str | None = None) -> 
             raise
         return None, ("a re-ranker was trained for this run, but re-ranking is not installed in this "
                       "version of the server (upgrade mmrank to serve it)")
-    rr = (mod.load(Path(run), encoder_version=encoder_version) if model is None
-          else mod.load(Path(run), encoder_version=encoder_version, model=model))
+    kw: dict[str, Any] = {} if model is None else {"model": model}
+    rr = mod.load(Path(run), encoder_version=encoder_version, hardware=hardware, **kw)
     if rr is None:
         return None, ("absent: this run has no trained re-ranker (train one with "
                       "`mmrank rerank train --run R`, then reload)")
@@ -183,6 +191,9 @@ class Bundle:
     rerank_status: str = "absent"
     lineage: dict = field(default_factory=dict)  # digests of the data and artifacts (mmrank.lineage)
     sid: Any = None                  # mmrank.sid.stage.SidCodes for a sid strategy (codebooks: new items)
+    device: Any = None               # torch.device the models run on (None: the CPU)
+    bf16: bool = False               # bf16 autocast there (CUDA only)
+    pin_memory: bool = True          # batches copied there from pinned host memory (CUDA only)
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
     _copies: dict = field(default_factory=dict, repr=False)  # forward thread -> its model copy
@@ -196,8 +207,13 @@ class Bundle:
             return self.model
         with self._copy_lock:
             if worker not in self._copies:
-                self._copies[worker] = copy.deepcopy(self.model)
+                self._copies[worker] = copy.deepcopy(self.model)  # on the model's device
             return self._copies[worker]
+
+    @property
+    def device_name(self) -> str:
+        """Where the models run, e.g. ``cpu (2 threads)`` or ``cuda:0 (NVIDIA H100 80GB HBM3)``."""
+        return describe(self.device if self.device is not None else resolve_device("cpu"))
 
     @property
     def id(self) -> str:
@@ -208,7 +224,10 @@ class Bundle:
                 "table_version": self.store.version, "strategy": self.strategy,
                 "sid": None if self.sid is None else self.sid.version,
                 "model_version": self.model_version, "rerank": self.rerank_status,
-                "items": len(self.store), "lineage": self.lineage, "loaded_at": self.loaded_at,
+                "items": len(self.store), "lineage": self.lineage,
+                "device": self.device_name,
+                "bf16": self.bf16 and self.device is not None and self.device.type == "cuda",
+                "loaded_at": self.loaded_at,
                 "load_seconds": round(self.load_seconds, 3)}
 
     def close(self) -> None:
@@ -230,21 +249,26 @@ def pick_strategy(run: Path, strategy: str | None) -> str:
 
 
 def load_bundle(run: str | Path, strategy: str | None = None, *, encoder: Any = None,
-                rerank_model: str | None = None) -> Bundle:
+                rerank_model: str | None = None, hardware: HardwareConfig | None = None) -> Bundle:
     """Load and cross-check a run's encoder, table, index, CTR model and re-ranker (module docstring).
 
     ``encoder`` (optional) replaces ``R/encoder`` (tests); it must have ``version`` and the
     ``mmrank.store.encoding.ItemEncoder`` methods. ``rerank_model``: the re-ranker under ``R/rerank/``
     (default: the preferred one trained, see :data:`mmrank.rerank.serving.PREFERENCE`).
+    ``hardware``: where the models run (default: auto, CUDA when present; a device this machine
+    lacks raises :class:`mmrank.device.DeviceError` before anything is loaded).
     """
     from mmrank.ctr.artifacts import load_model
     from mmrank.store.encoding import load_encoder
     from mmrank.store.items import ItemStore
 
     t0 = time.perf_counter()
+    hw = hardware or HardwareConfig()
+    dev = resolve_device(hw.device)
     run = Path(run)
     strategy = pick_strategy(run, strategy)
-    encoder = encoder if encoder is not None else load_encoder(run)
+    encoder = encoder if encoder is not None else load_encoder(run, device=dev, bf16=hw.bf16,
+                                                               pin_memory=hw.pin_memory)
     version = encoder.version
     try:
         store = ItemStore.open(run, encoder, version=version)
@@ -253,6 +277,7 @@ def load_bundle(run: str | Path, strategy: str | None = None, *, encoder: Any = 
                           f"(run `mmrank embed --run {run}`): {err}") from None
     try:
         model, space, conf = load_model(run, strategy, attach_vectors=False, encoder_version=version)
+        model.to(dev)
         d = run / "ctr" / strategy
         if model.cfg.uses_vectors and conf["sizes"]["vec_dim"] != store.dim:
             raise ConfigError(f"{d}: trained on {conf['sizes']['vec_dim']}-d vectors, the table of "
@@ -266,7 +291,7 @@ def load_bundle(run: str | Path, strategy: str | None = None, *, encoder: Any = 
         model_version = lineage.model_version(d / "model.safetensors", d / "vocab.safetensors",
                                               d / "config.json")
         store.catch_up()  # items acknowledged under an older encoder version, re-encoded with this one
-        reranker, status = load_reranker(run, version, rerank_model)
+        reranker, status = load_reranker(run, version, rerank_model, hardware=hw)
         users = UserHistories.from_run(run, history_len=model.cfg.history_len)
         made = bundle_lineage(run, store, d)
     except BaseException:
@@ -275,7 +300,8 @@ def load_bundle(run: str | Path, strategy: str | None = None, *, encoder: Any = 
     return Bundle(run=run, encoder_version=version, encoder=encoder, store=store, strategy=strategy,
                   model=model, space=space, model_version=model_version, n_tiers=model.cfg.n_tiers,
                   history_len=model.cfg.history_len, users=users, reranker=reranker, rerank_status=status,
-                  lineage=made, sid=sid, load_seconds=time.perf_counter() - t0)
+                  lineage=made, sid=sid, device=dev, bf16=hw.bf16, pin_memory=hw.pin_memory,
+                  load_seconds=time.perf_counter() - t0)
 
 
 def bundle_lineage(run: Path, store: Any, ctr_dir: Path) -> dict:

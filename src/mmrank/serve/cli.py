@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from mmrank.device import DEVICE_HELP
 from mmrank.errors import MMRankError
 
 
@@ -56,15 +57,23 @@ def serve(
                                               "(default: off on loopback, 100 elsewhere)"),
     rate_burst: int = typer.Option(200, "--rate-burst", min=1, help="the rate limit's burst"),
     log_level: str = typer.Option("warning", "--log-level"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP + "; the models are moved "
+                                         "there once at load, every batch is scored there"),
+    config: Optional[Path] = typer.Option(None, "--config", help="a run config YAML (its hardware "
+                                          "section); --device overrides it"),
 ) -> None:
     """Serve /v1/rank, /v1/rerank, /v1/items, /v1/search, /healthz, /metrics and the page at / over HTTP."""
     import uvicorn
 
+    from mmrank.device import resolve_device
+    from mmrank.run_config import hardware_config
     from mmrank.serve.bundle import pick_strategy
     from mmrank.serve.config import (ENV_KEY_FILE, ENV_READ_KEY_FILE, EndpointLimit, Settings,
                                      default_read_rate, read_key_file)
     from mmrank.threads import cores
 
+    hw = hardware_config(config, device=device)
+    resolve_device(hw.device)  # a device this machine lacks: one line, before anything starts
     if not (run / "encoder").exists() or not (run / "embeddings").exists():
         raise MMRankError(f"{run}: not a run with encoder/ and embeddings/ (make one with `mmrank demo`)")
     pick_strategy(run, strategy)  # fail here, with one line, rather than in every worker
@@ -81,6 +90,7 @@ def serve(
 
     settings = Settings(
         run=run.resolve(), strategy=strategy, rerank_model=rerank_model, threads=threads or 1,
+        device=hw.device, bf16=hw.bf16, pin_memory=hw.pin_memory,
         forward_workers=forward_workers or max(1, cores() // workers), max_wait_ms=max_wait_ms,
         max_batch_rows=max_batch_rows, max_body_bytes=int(max_body_mb * (1 << 20)),
         max_image_bytes=int(max_image_mb * (1 << 20)), max_image_pixels=int(max_image_mpx * 1e6),

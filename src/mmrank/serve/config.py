@@ -12,6 +12,10 @@ Limits a server keeps by default (each one a flag of ``mmrank serve``):
   waited before the app saw it, estimated from the event loop's lag, counts against its deadline);
 * reads take no key and have no rate limit on loopback; on any other address every client (its read
   key, or its IP without one) gets a token bucket of 100 requests/s (burst 200), over it 429.
+
+``device`` (``--device``, default auto: CUDA when present) is where the bundle's models run: the item
+encoder, the CTR model and the re-ranker are moved there once at load, each batch's tensors are moved
+there, and scores come back to the host for the JSON answer; ``bf16`` autocasts them on CUDA.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 from pydantic import Field
 
 from mmrank.config import StrictModel
+from mmrank.device import DEVICE_PATTERN, HardwareConfig
 from mmrank.errors import MMRankError
 
 ENV = "MMRANK_SERVE_SETTINGS"          # the settings (keys excluded) as JSON, for the workers
@@ -62,6 +67,9 @@ class Settings(StrictModel):
     # a batch stops near 512 rows: large requests run one or two per forward, small ones coalesce.
     max_batch_rows: int = Field(512, ge=1)
     threads: int | None = Field(None, ge=1)     # torch threads (default: unchanged)
+    device: str = Field("auto", pattern=DEVICE_PATTERN)  # where the models run (mmrank.device)
+    bf16: bool = True                           # bf16 autocast on CUDA (never on the CPU)
+    pin_memory: bool = True                     # batches copied to CUDA from pinned host memory
     forward_workers: int = Field(1, ge=1)       # forward threads, each with its own model copy
     batching: bool = True
     # hostile input: what an image may cost before a pixel is decoded
@@ -75,6 +83,11 @@ class Settings(StrictModel):
     # reads: a token bucket per client (read key, else IP); 0 = off
     rate_per_s: float = Field(0.0, ge=0)
     rate_burst: int = Field(200, ge=1)
+
+    @property
+    def hardware(self) -> HardwareConfig:
+        """The settings' device and bf16 switch as the run config's ``hardware`` section."""
+        return HardwareConfig(device=self.device, bf16=self.bf16, pin_memory=self.pin_memory)
 
     def limit(self, endpoint: str) -> EndpointLimit:
         return self.limits.get(endpoint) or _default_limits()[endpoint]

@@ -2,7 +2,8 @@
 
 Counters and histograms for requests (by route template, method, status), latencies, batch sizes
 (requests and rows per forward), forward time, ingested items; gauges for the table size and the
-loaded versions (``mmrank_bundle_info``, labelled with encoder, strategy and model versions).
+loaded versions (``mmrank_bundle_info``, labelled with encoder, strategy and model versions) and
+the device the models run on (``mmrank_device_info``, labelled with it, e.g. ``cuda:0 (NVIDIA H100 ...)``).
 With ``--workers N`` each worker keeps its own figures (a scrape sees the worker that answers it).
 """
 
@@ -35,6 +36,8 @@ class Metrics:
         self.table_items = Gauge("mmrank_table_items", "items in the embedding table", registry=r)
         self.bundle_info = Gauge("mmrank_bundle_info", "the loaded bundle (value 1)",
                                  ["encoder_version", "strategy", "model_version", "rerank"], registry=r)
+        self.device_info = Gauge("mmrank_device_info", "the device the bundle's models run on (value 1)",
+                                 ["device"], registry=r)
         self.swaps = Counter("mmrank_bundle_swaps_total", "bundles swapped in", registry=r)
         self.bundle_loaded = False   # a later set_bundle is a swap
         self.refused = Counter("mmrank_refused_total", "requests refused before they started (503: the "
@@ -63,6 +66,8 @@ class Metrics:
         self.bundle_info.labels(bundle.encoder_version, bundle.strategy, bundle.model_version,
                                 "yes" if bundle.reranker is not None else "no").set(1)
         self.table_items.set(len(bundle.store))
+        self.device_info.clear()
+        self.device_info.labels(bundle.device_name).set(1)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

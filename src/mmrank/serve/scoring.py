@@ -1,5 +1,8 @@
 """Scoring one batch of /v1/rank requests on a forward thread: build one CTR batch from every query,
-run one forward, split the results per query (and re-rank each when the bundle has a re-ranker)."""
+run one forward, split the results per query (and re-rank each when the bundle has a re-ranker).
+
+The forward runs on the bundle's device (its batch moved there by :func:`mmrank.serve.builder.build`),
+under bf16 autocast on CUDA when the bundle says so; the logits come back to the host as float32."""
 
 from __future__ import annotations
 
@@ -12,12 +15,9 @@ from mmrank.serve.bundle import Bundle, RerankInput
 def run_batch(bundle: Bundle, queries: list[RankQuery], explain: list[bool], worker: int = 0) -> list[dict]:
     """Build one batch from every query, run one forward (with forward thread ``worker``'s model),
     split the results per query."""
-    from mmrank.ctr.scoring import score
-
     built = build(queries, bundle)
     n_rows = sum(len(q.scored) for q in built.queries)
-    logits = (score(bundle.model_for(worker), built.batch, built.vectors, built.codes).numpy() if n_rows
-              else np.zeros(0, np.float32))
+    logits = forward(bundle, built, worker) if n_rows else np.zeros(0, np.float32)
     out = []
     for q, rows, ex in zip(queries, built.queries, explain):
         lg = logits[rows.start:rows.stop].astype(np.float64)
@@ -40,6 +40,20 @@ def run_batch(bundle: Bundle, queries: list[RankQuery], explain: list[bool], wor
             res["reranked"] = _rerank(bundle, built, q, rows, order, prob)
         out.append(res)
     return out
+
+
+def forward(bundle: Bundle, built, worker: int = 0) -> np.ndarray:  # noqa: ANN001 (Built)
+    """One forward of ``built`` with forward thread ``worker``'s model, on the bundle's device (bf16
+    autocast on CUDA when the bundle's ``bf16``): ``(rows,)`` float32 logits in host memory."""
+    from mmrank.ctr.scoring import score
+    from mmrank.device import autocast
+
+    device = bundle.device
+    if device is None or device.type == "cpu":
+        return score(bundle.model_for(worker), built.batch, built.vectors, built.codes).numpy()
+    with autocast(device, bundle.bf16):
+        out = score(bundle.model_for(worker), built.batch, built.vectors, built.codes)
+    return out.detach().float().cpu().numpy()
 
 
 def _rerank(bundle: Bundle, built, q: RankQuery, rows, order: np.ndarray, prob: np.ndarray) -> list[dict]:

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from mmrank.device import DEVICE_HELP
+
 app = typer.Typer(no_args_is_help=True, help="Semantic IDs: residual k-means codes of the item "
                                              "representations (issue 25).")
 
@@ -19,13 +21,19 @@ def build_cmd(
     niter: Optional[int] = typer.Option(None, help="k-means iterations per level (default 20)"),
     seed: Optional[int] = typer.Option(None, help="k-means seed (default 0)"),
     version: Optional[str] = typer.Option(None, help="encoder version of the table (default: CURRENT)"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP + "; the codes are FAISS "
+                                         "k-means on the host (no torch model): the device is only checked"),
 ) -> None:
     """Residual k-means over RUN's embedding table; writes RUN/embeddings/v-<version>/sid/ and prints
     codebook usage and reconstruction error per level."""
     from rich.console import Console
 
+    from mmrank.device import resolve_device
+    from mmrank.run_config import hardware_config
     from mmrank.sid.config import SidConfig
     from mmrank.sid.stage import build_sid, sid_dir, stats_table
+
+    resolve_device(hardware_config(None, device=device).device)  # one line, exit 2, for a device this machine lacks
 
     flags = {k: v for k, v in dict(levels=levels, codes=codes, niter=niter, seed=seed).items() if v is not None}
     cfg = SidConfig(**flags)

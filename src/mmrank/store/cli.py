@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import typer
 
+from mmrank.device import DEVICE_HELP
 from mmrank.errors import MMRankError
 
 
@@ -36,10 +37,14 @@ def embed(
              "encoder's (default); --no-reuse-features re-encodes every photo and title"),
     config: Optional[Path] = typer.Option(None, "--config", help="a run config YAML (its embed section); "
                                           "flags override it"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="print the figures (device, items/s, ...) as one "
+                                 "JSON document"),
 ) -> None:
     """Encode the whole catalog into R/embeddings/ (resumable), build the ANN index, switch to it."""
     from mmrank.config import record
-    from mmrank.run_config import stage_config
+    from mmrank.device import resolve_device
+    from mmrank.run_config import hardware_config, stage_config
     from mmrank.store.ann import AnnConfig
     from mmrank.store.stage import embed_catalog
 
@@ -49,6 +54,9 @@ def embed(
                  namespace=namespace, exact_below=exact_below, threads=threads,
                  reuse_features=reuse_features)
     cfg = stage_config("embed", config, {k: v for k, v in flags.items() if v is not None})
+    hw = hardware_config(config, device=device)
+    if not (cfg.ray_workers and hw.device == "auto"):
+        resolve_device(hw.device)  # a device this machine lacks: one line, before any work
     from mmrank.data.importer import substitutes_of
 
     for k, v in substitutes_of(run).items():
@@ -60,12 +68,16 @@ def embed(
     stats = embed_catalog(run, batch_size=cfg.batch_size, ray_workers=cfg.ray_workers,
                           ann=AnnConfig(exact_below=cfg.exact_below),
                           backend=None if cfg.backend == "local" and backend is None else cfg.backend,
-                          url=cfg.redis_url, namespace=cfg.namespace, reuse_features=cfg.reuse_features)
+                          url=cfg.redis_url, namespace=cfg.namespace, reuse_features=cfg.reuse_features,
+                          hardware=hw)
     record(run, "embed", cfg)
+    if as_json:
+        typer.echo(jsonlib.dumps(stats, default=str))
+        return
     idx = stats["index"]
     typer.echo(f"{run}/embeddings: version {stats['version']}, {stats['items']} items "
                f"({stats['encoded']} encoded now, {stats['already_present']} already there) in "
-               f"{stats['encode_seconds']} s ({stats['items_per_second']} items/s; "
+               f"{stats['encode_seconds']} s on {stats['device']} ({stats['items_per_second']} items/s; "
                f"{stats['from_cache']} from the pre-training feature cache); index {idx['kind']} recall@10={idx.get('recall_at_10')}")
 
 
@@ -78,19 +90,23 @@ def search(
                                          "or D comma-separated numbers"),
     k: int = typer.Option(10, "--k", min=1, help="number of results"),
     as_json: bool = typer.Option(False, "--json", help="print the results as one JSON document"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP + "; where the query towers run"),
 ) -> None:
     """Top-k items by text, image, item id or vector: one line per result (item id, score, title).
 
     Text and image queries go through the run's encoder (its query towers); a table of imported
     vectors (`data import --item-vectors`) has none, so it answers --item and --vector only."""
+    from mmrank.device import resolve_device
+    from mmrank.run_config import hardware_config
     from mmrank.store.items import ItemStore
 
+    dev = resolve_device(hardware_config(None, device=device).device)  # one line, exit 2, if absent
     given = [name for name, v in (("--text", text), ("--image", image), ("--item", item), ("--vector", vector))
              if v is not None]
     if len(given) != 1:
         raise MMRankError(f"give exactly one of --text, --image, --item, --vector (got {len(given)}: "
                           f"{' '.join(given) or 'none'})")
-    store = ItemStore.open(run)
+    store = ItemStore.open(run, device=dev)
     try:
         if text is not None:
             hits, query = store.search_text(text, k), {"text": text}

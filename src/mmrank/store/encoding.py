@@ -35,13 +35,15 @@ class ItemEncoder(Protocol):
     def encode_images(self, images: list[bytes]) -> np.ndarray: ...
 
 
-def load_encoder(run: Path) -> ItemEncoder:
-    """The run's item encoder (``R/encoder/``), via ``mmrank.pretrain.load_item_encoder``."""
+def load_encoder(run: Path, device: Any = None, bf16: bool = False, pin_memory: bool = True) -> ItemEncoder:
+    """The run's item encoder (``R/encoder/``), via ``mmrank.pretrain.load_item_encoder``, on
+    ``device`` (a torch device or auto | cpu | cuda | cuda:N; None: the CPU), with bf16 autocast there
+    when ``bf16`` and it is CUDA (batches from pinned host memory when ``pin_memory``)."""
     try:
         from mmrank.pretrain.item_encoder import load_item_encoder
     except ImportError as err:
         raise MMRankError(f"no item encoder available (mmrank.pretrain: {err})") from None
-    return load_item_encoder(run)
+    return load_item_encoder(run, device=device, bf16=bf16, pin_memory=pin_memory)
 
 
 def check_title(title: Any, where: str, row: int | None) -> str:

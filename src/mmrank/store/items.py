@@ -200,8 +200,9 @@ class ItemStore:
     """
 
     def __init__(self, run: Path, table: EmbeddingTable, index: AnnIndex,
-                 encoder: ItemEncoder | None) -> None:
+                 encoder: ItemEncoder | None, device: Any = None) -> None:
         self.run = Path(run)
+        self._device = device  # where the run's encoder is loaded on first use (None: the CPU)
         self.root = embeddings_root(run)
         self.table, self.index, self._encoder = table, index, encoder
         self.version, self.dim = table.version, table.dim
@@ -220,14 +221,15 @@ class ItemStore:
 
     @classmethod
     def open(cls, run: str | Path, encoder: ItemEncoder | None = None, *, version: str | None = None,
-             hold_writer: bool = False) -> "ItemStore":
+             hold_writer: bool = False, device: Any = None) -> "ItemStore":
         """Open the table of ``version`` (default: the encoder's, else CURRENT) and its index, brought
         up to date with the table. Refuses an encoder of another version, and a table made from
         another catalog (or with an encoder trained on other data) than the run's now
         (:class:`mmrank.lineage.StaleArtifact`, naming the command that rebuilds it).
 
         ``hold_writer``: open the table for writing and keep it (module docstring); the index is then
-        saved when built here and on :meth:`close`.
+        saved when built here and on :meth:`close`. ``device``: where the run's encoder is loaded
+        when no ``encoder`` is given (a torch device or auto | cpu | cuda | cuda:N; None: the CPU).
         """
         run, root = Path(run), embeddings_root(run)
         if encoder is not None and version is not None and encoder.version != version:
@@ -243,7 +245,7 @@ class ItemStore:
             from mmrank.lineage import check_embeddings
 
             check_embeddings(run, table.version)  # made from the run's catalog as it is now
-            return cls(run, table, index_for(table, save=hold_writer), encoder)
+            return cls(run, table, index_for(table, save=hold_writer), encoder, device=device)
         except BaseException:
             table.close()
             raise
@@ -260,7 +262,7 @@ class ItemStore:
                                 f"holds vectors imported from {imported.get('file')} (version "
                                 f"{self.version!r}, `mmrank data import --item-vectors`), which come with "
                                 "none: search by item (--item) or by vector (--vector)", file=str(self.root))
-            enc = load_encoder(self.run)
+            enc = load_encoder(self.run, device=self._device)
             if enc.version != self.version:
                 raise DataError(f"the run's encoder is version {enc.version!r}, the table "
                                 f"{self.version!r}; run `mmrank embed`", file=str(self.run / "encoder"))

@@ -6,6 +6,8 @@
   never writes an item twice. The table records what it was made from (``v-<version>/lineage.json``:
   the encoder version and the catalog's digest, :mod:`mmrank.lineage`); a table made from another
   catalog is dropped and rebuilt, and a log of items ingested into another catalog is set aside.
+  The encoder runs on the run config's device (``hardware``: auto | cpu | cuda | cuda:N, bf16 autocast
+  on CUDA); the figures record it (``device``) beside ``items_per_second``.
 * :func:`demo_stage` (the store's part of ``mmrank demo``) embeds the catalog with the newest few items
   held out, then ingests those one at a time, as they would arrive in production (Section 5,
   Figure 4): the figure is the time from arrival to being visible in search. Image-search recall@10
@@ -27,6 +29,7 @@ import pyarrow.parquet as pq
 
 from mmrank import lineage, threads as thread_settings
 from mmrank.data.io import read_items
+from mmrank.device import HardwareConfig, describe, resolve_device
 from mmrank.errors import ConfigError, DataError, MMRankError
 from mmrank.store.ann import AnnConfig, AnnIndex
 from mmrank.store.backends import create_table, open_table
@@ -64,7 +67,8 @@ def embed_catalog(run: str | Path, encoder: ItemEncoder | None = None, *, batch_
                   exclude_ids: np.ndarray | None = None,
                   on_batch: Callable[[np.ndarray], None] | None = None,
                   backend: str | None = None, url: str | None = None,
-                  namespace: str | None = None, reuse_features: bool = True) -> dict:
+                  namespace: str | None = None, reuse_features: bool = True,
+                  hardware: HardwareConfig | None = None) -> dict:
     """Encode every item of ``R/data/items.parquet`` (and ``new_items.jsonl``) not yet in the table of
     ``encoder.version``, build the ANN index, make the version CURRENT. Returns figures.
 
@@ -75,9 +79,18 @@ def embed_catalog(run: str | Path, encoder: ItemEncoder | None = None, *, batch_
         backend, url, namespace: record the table backend in ``R/embeddings/STORE.json`` (redis).
         reuse_features: when the encoder offers ``cached_item_features(run)`` (the pre-training
             cache of exactly its backbone outputs for the items file), run only its heads on them.
+        hardware: where the run's encoder is loaded and runs (default: auto, CUDA when present; a
+            device this machine lacks fails here, before any work). An ``encoder`` given runs where it
+            is; the figures' ``device`` says where that was.
     """
     run = Path(run)
-    encoder = encoder or load_encoder(run)
+    hw = hardware or HardwareConfig()
+    dev = resolve_device("cpu" if ray_workers > 0 and hw.device == "auto" else hw.device)
+    if ray_workers > 0 and dev.type != "cpu":
+        raise ConfigError(f"--ray-workers encodes on CPU workers; with device {dev} use --ray-workers 0")
+    encoder = encoder or load_encoder(run, device=dev, bf16=hw.bf16, pin_memory=hw.pin_memory)
+    ran_on = getattr(encoder, "device", None)
+    ran_on = resolve_device(ran_on) if ran_on is not None else resolve_device("cpu")
     root = embeddings_root(run)
     if backend is not None:
         set_store_config(root, backend, url, namespace)
@@ -150,7 +163,7 @@ def embed_catalog(run: str | Path, encoder: ItemEncoder | None = None, *, batch_
         return {"version": table.version, "dim": table.dim, "items": len(ids),
                 "already_present": n_before, "encoded": n_new,
                 "from_cache": int(np.isin(cached[0], done, invert=True).sum()) if cached is not None else 0,
-                "encode_seconds": round(encode_s, 2),
+                "encode_seconds": round(encode_s, 2), "device": describe(ran_on),
                 "items_per_second": round(n_new / encode_s, 1) if n_new else None,
                 "index": index.stats, "index_seconds": round(index_s, 2)}
     finally:

@@ -9,10 +9,24 @@ from typing import Any, Optional
 
 import typer
 
+from mmrank.device import DEVICE_HELP
 from mmrank.errors import MMRankError
 
 app = typer.Typer(no_args_is_help=True, help="The event stream (replay or Redis Streams) and the online "
                                              "joiner that turns it into CTR samples.")
+
+
+_DEVICE = typer.Option(None, "--device", help=DEVICE_HELP + "; the stream runs no torch model (a "
+                       "host-side join): the device is only checked")
+
+
+def _check_device(device: Optional[str]) -> None:
+    """Resolve ``--device`` (with the run config's default) at once: one line, exit 2, for a device
+    this machine lacks."""
+    from mmrank.device import resolve_device
+    from mmrank.run_config import hardware_config
+
+    resolve_device(hardware_config(None, device=device).device)
 
 
 def _event_time(ts: int | None) -> str:
@@ -34,9 +48,12 @@ def produce_cmd(
     stream: Optional[str] = typer.Option(None, "--stream", help="stream key (default mmrank:events:<run name>)"),
     arrivals: bool = typer.Option(True, "--arrivals/--no-arrivals", help="add item_arrival events"),
     limit: Optional[int] = typer.Option(None, "--limit", min=0, help="put at most this many events"),
+    device: Optional[str] = _DEVICE,
 ) -> None:
     """Put a run's events (and item arrivals) on a Redis stream, in timestamp order (XADD)."""
     from mmrank.stream.sources import produce
+
+    _check_device(device)
 
     out = produce(run, redis, stream, arrivals=arrivals, limit=limit)
     typer.echo(f"produced {out['events']} events to {out['stream']} in {out['seconds']} s "
@@ -57,12 +74,14 @@ def join_cmd(
     idle_stop_s: Optional[float] = typer.Option(None, "--idle-stop-s", min=0.0,
                                                 help="redis: stop when no entry came for this long (default 2)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress line"),
+    device: Optional[str] = _DEVICE,
 ) -> None:
     """Join the run's event stream into CTR samples (the batch samples' columns plus event_id), with a
     progress line (event time, lag, events/s); prints the counts, bad input included, as JSON."""
     from mmrank.stream.config import StreamConfig
     from mmrank.stream.stage import join_run
 
+    _check_device(device)
     if source not in ("replay", "redis"):
         raise MMRankError(f"--source: expected replay or redis, got {source!r}")
     flags = dict(source=source, redis_url=redis, stream=stream, group=group, consumer=consumer,

@@ -24,7 +24,7 @@ router = APIRouter()
 async def healthz(state: ServerState = Depends(get_state)) -> dict:
     b = state.bundle
     return {"status": "ok" if b is not None else "loading", "bundle": b.id if b else None,
-            "swaps": state.swaps}
+            "swaps": state.swaps, "device": b.device_name if b else None}
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -50,7 +50,8 @@ async def reload(body: S.ReloadIn | None = None, state: ServerState = Depends(ge
         old = state.bundle
         try:
             new = await loop.run_in_executor(None, functools.partial(load_bundle, settings.run, strategy,
-                                                                     rerank_model=settings.rerank_model))
+                                                                     rerank_model=settings.rerank_model,
+                                                                     hardware=settings.hardware))
         except MMRankError as err:
             return JSONResponse({"error": f"the new bundle was not loaded, still serving "
                                           f"{old.id if old else None}: {' '.join(str(err).split())}",
