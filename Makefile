@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.mmrank-installed
 EXTRAS  := encoders,redis,serve,ray,export,test
 
-.PHONY: demo test install bench docs clean
+.PHONY: demo test install bench docs clean gpu-check
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -33,7 +33,12 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(VPY) -m pip install -q -e ".[bench]"
-	for b in $(filter-out benchmarks/cold_start.py,$(wildcard benchmarks/*.py)); do HF_HUB_OFFLINE=1 $(VPY) $$b || exit 1; done
+	for b in $(filter-out benchmarks/cold_start.py benchmarks/gpu_check.py benchmarks/gpu_prepare.py,$(wildcard benchmarks/*.py)); do HF_HUB_OFFLINE=1 $(VPY) $$b || exit 1; done
+
+# The prepared GPU check (docs/gpu.md): installs nothing; on the GPU machine install .whl/ first.
+GPU_CHECK_ARGS ?= --device cuda
+gpu-check:
+	HF_HUB_OFFLINE=1 $(if $(wildcard $(VPY)),$(VPY),$(PY)) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf runs/ .pytest_cache build

