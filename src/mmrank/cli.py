@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from mmrank.data.schemas import HISTORY_LEN
+from mmrank.device import DEVICE_HELP
 from mmrank.errors import MMRankError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -82,11 +83,13 @@ def config_init(out: Optional[Path] = typer.Option(None, "--out", help="file to 
 
 @app.command("demo")
 def demo(run: Path = typer.Option(Path("runs/demo"), "--run", help="run directory"),
-         size: str = typer.Option("small", help="tiny | small | default")) -> None:
+         size: str = typer.Option("small", help="tiny | small | default"),
+         device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP)) -> None:
     """Run every stage on the embedded default; writes RUN/report/results.json, results.md, report.html."""
     from mmrank.demo import run_demo
+    from mmrank.run_config import hardware_config
 
-    run_demo(run, size)
+    run_demo(run, size, hardware=hardware_config(None, device=device))
 
 
 # Stage commands, registered statically: each lives beside its stage as a thin shell.

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from mmrank.ctr import stage as ctr_stage
 from mmrank.data.market import generate_market, market_config
+from mmrank.device import HardwareConfig, describe, resolve_device
 from mmrank.pretrain import stage as pretrain_stage
 from mmrank.report.html import write_html_report
 from mmrank.report.tables import flatten, key_value_table
@@ -39,12 +40,18 @@ def _market_summary(man: dict[str, Any]) -> dict[str, Any]:
             "surfaces": {name: {k: s[k] for k in keep} for name, s in man.get("surfaces", {}).items()}}
 
 
-def run_demo(run: str | Path, size: str = "small", seed: int = 0) -> dict[str, Any]:
-    """Run the whole pipeline into the run directory ``run``; returns what results.json holds."""
+def run_demo(run: str | Path, size: str = "small", seed: int = 0,
+             hardware: HardwareConfig | None = None) -> dict[str, Any]:
+    """Run the whole pipeline into the run directory ``run``; returns what results.json holds.
+
+    ``hardware``: where every stage trains and scores (None: ``HardwareConfig()``, auto)."""
+    hw = hardware or HardwareConfig()
+    device = resolve_device(hw.device)  # a device this machine lacks fails here, before any work
     console = Console()
     run = Path(run)
     results: dict[str, Any] = {"size": size, "seed": seed, "simulated": True,
                                "machine": f"{platform.machine()}, {platform.python_version()}",
+                               "device": describe(device),
                                "stages": {}}
     started = time.perf_counter()
     console.rule(f"mmrank demo: synthetic market ({size})")
@@ -57,7 +64,7 @@ def run_demo(run: str | Path, size: str = "small", seed: int = 0) -> dict[str, A
     for name, demo_stage, title in STAGES:
         console.rule(title)
         t0 = time.perf_counter()
-        res = demo_stage(run, size)
+        res = demo_stage(run, size, hardware=hw)
         res["seconds"] = round(time.perf_counter() - t0, 1)
         results["stages"][name] = res
         console.print(f"{name}: done in {res['seconds']} s")

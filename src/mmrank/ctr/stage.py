@@ -435,7 +435,7 @@ def auc_of(data: RunData, probs: np.ndarray) -> float:
     return float(auc(data.samples.label[data.enc.test_rows()].astype(np.int64), probs))
 
 
-def demo_stage(run: Path, size: str) -> dict:
+def demo_stage(run: Path, size: str, hardware: HardwareConfig | None = None) -> dict:
     """The CTR stage of ``mmrank demo``: a one-seed comparison of the six strategies on the run.
 
     Returns the headline figures: GAUC/AUC of each strategy, relative GAUC change against ``id``
@@ -446,7 +446,7 @@ def demo_stage(run: Path, size: str) -> dict:
     if size not in DEMO:
         raise ConfigError(f"size: expected one of {', '.join(DEMO)}, got {size!r}")
     threads.configure(min(2, threads.get()))
-    r = compare(Path(run), seeds=1, progress=False, **DEMO[size])
+    r = compare(Path(run), seeds=1, progress=False, hardware=hardware, **DEMO[size])
     out = {"oracle_auc": r.get("oracle_auc"), "representations": r.get("representations"),
            "seconds": r.get("seconds"), "plots": r.get("plots", [])}
     for s in PAPER_STRATEGIES:

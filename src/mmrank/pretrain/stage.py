@@ -420,7 +420,7 @@ DEMO = {
 }
 
 
-def demo_stage(run: Path, size: str) -> dict[str, Any]:
+def demo_stage(run: Path, size: str, hardware: HardwareConfig | None = None) -> dict[str, Any]:
     """The demo's pre-training step: Table 2 on the run's market (frozen cached features).
 
     Returns ``{"acc@1": {variant: {"image", "text"}}, "acc@5": {...}, "encoder_version",
@@ -429,7 +429,7 @@ def demo_stage(run: Path, size: str) -> dict[str, Any]:
     if size not in DEMO:
         raise ConfigError(f"size: expected one of {', '.join(DEMO)}, got {size!r}")
     t0 = time.time()
-    res = compare(run, PretrainConfig(**DEMO[size]))
+    res = compare(run, PretrainConfig(**DEMO[size]), hardware=hardware)
     return {
         "acc@1": {v: r["acc@1"] for v, r in res.items()},
         "acc@5": {v: r["acc@5"] for v, r in res.items()},

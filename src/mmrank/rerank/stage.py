@@ -348,7 +348,7 @@ def write_plots(out: dict[str, Any], d: Path) -> list[str]:
 
 
 
-def demo_stage(run: Path, size: str) -> dict:
+def demo_stage(run: Path, size: str, hardware: HardwareConfig | None = None) -> dict:
     """The re-ranking stage of ``mmrank demo``: a one-seed comparison on the run's lists.
 
     Returns per model: purchase (CVR) AUC, NDCG@10 and the evaluator's expected purchases and GMV, and
@@ -368,7 +368,7 @@ def demo_stage(run: Path, size: str) -> dict:
 
     configure(min(2, torch.get_num_threads()), faiss=False)
     cfg = DEMO[size]
-    r = compare(Path(run), seeds=1, models=cfg["models"], progress=False,
+    r = compare(Path(run), seeds=1, models=cfg["models"], progress=False, hardware=hardware,
                 train_cfg=RerankTrainConfig(max_train_lists=cfg["max_train_lists"]))
     meta = r["meta"]
     out = {"evaluator": meta["evaluator"], "test_requests": meta["test_requests"], "plots": meta.get("plots", []),

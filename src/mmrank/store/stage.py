@@ -213,14 +213,15 @@ def _image_search_recall(store: ItemStore, items: dict, n: int, seed: int = 0) -
     return float(np.mean([i in f for i, f in zip(ids, found)]))
 
 
-def demo_stage(run: Path, size: str = "small") -> dict:
+def demo_stage(run: Path, size: str = "small", hardware: HardwareConfig | None = None) -> dict:
     """Embed ``R/data/items.parquet`` with ``R/encoder/``, build the ANN index, ingest the newest
     items one by one. Returns JSON-able headline figures."""
     if size not in N_NEW:
         raise ConfigError(f"size: expected one of {', '.join(N_NEW)}, got {size!r}")
     run = Path(run)
     t0 = time.perf_counter()
-    enc = load_encoder(run)
+    hw = hardware or HardwareConfig()
+    enc = load_encoder(run, device=resolve_device(hw.device), bf16=hw.bf16, pin_memory=hw.pin_memory)
     t = read_items(run / "data" / "items.parquet", ["item_id", "title", "created_at"])
     items = {c: t.column(c).to_pylist() for c in t.column_names}
     items["item_id"] = np.array(items["item_id"], np.int64)
