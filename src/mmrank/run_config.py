@@ -20,7 +20,7 @@ from pydantic import Field
 from mmrank.config import StrictModel, build, read_mapping
 from mmrank.ctr.config import CtrStageConfig
 from mmrank.data.config import DataConfig, MarketConfig
-from mmrank.device import HardwareConfig
+from mmrank.device import HardwareConfig, resolve_device
 from mmrank.errors import ConfigError
 from mmrank.pretrain.config import PretrainConfig
 from mmrank.rerank.config import RerankConfig
@@ -98,9 +98,13 @@ def stage_config(section: str, path: str | Path | None = None,
 
 def hardware_config(path: str | Path | None = None, device: str | None = None,
                     bf16: bool | None = None) -> HardwareConfig:
-    """The ``hardware`` section (where every stage runs): defaults, the file's section, the flags."""
+    """The ``hardware`` section (where every stage runs): defaults, the file's section, the flags; its
+    device checked now, so ``--device cuda`` on a machine without CUDA stops before any work with one
+    line (:class:`mmrank.device.DeviceError`)."""
     flags = {k: v for k, v in {"device": device, "bf16": bf16}.items() if v is not None}
-    return stage_config("hardware", path, flags)
+    hw = stage_config("hardware", path, flags)
+    resolve_device(hw.device)
+    return hw
 
 
 def load_run_config(path: str | Path | None = None, run: str | Path | None = None) -> RunConfig:

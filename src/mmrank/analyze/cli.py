@@ -28,14 +28,10 @@ _DEVICE = typer.Option(None, "--device", help=DEVICE_HELP + "; the encoders and 
 
 
 def _hardware(device: Optional[str]):
-    """The run config's hardware section with ``--device``; the device resolved at once (one line and
-    exit 2 for one this machine lacks, before any work)."""
-    from mmrank.device import resolve_device
+    """The run config's hardware section with ``--device``, checked before any work."""
     from mmrank.run_config import hardware_config
 
-    hw = hardware_config(None, device=device)
-    resolve_device(hw.device)
-    return hw
+    return hardware_config(None, device=device)
 
 
 def _list(text: Optional[str], name: str, kind: type) -> Optional[list[Any]]:

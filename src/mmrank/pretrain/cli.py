@@ -59,14 +59,11 @@ def _hardware(config: Optional[Path], device: Optional[str]):
     """The run config's ``hardware`` section with ``--device`` over it, resolved at once (``cuda``
     on a machine without it: one line, exit 2, before anything is read)."""
     from mmrank.config import read_mapping
-    from mmrank.device import resolve_device
     from mmrank.run_config import SECTIONS, hardware_config
 
     # a flat PretrainConfig file (no section names) has no hardware section: the defaults
     flat = config is not None and not any(k in SECTIONS for k in read_mapping(config))
-    hw = hardware_config(None if flat else config, device=device)
-    resolve_device(hw.device)
-    return hw
+    return hardware_config(None if flat else config, device=device)
 
 
 @app.callback()

@@ -25,14 +25,10 @@ _DEVICE = typer.Option(None, "--device", help=DEVICE_HELP)
 
 
 def _hardware(config: Optional[Path], device: Optional[str]):
-    """The hardware section (config file, then --device), its device checked now: ``--device cuda``
-    on a machine without CUDA is one line, exit 2, before any data is read."""
-    from mmrank.device import resolve_device
+    """The hardware section (config file, then --device), checked before any data is read."""
     from mmrank.run_config import hardware_config
 
-    hw = hardware_config(config, device=device)
-    resolve_device(hw.device)
-    return hw
+    return hardware_config(config, device=device)
 
 
 def _settings(config: Optional[Path], train: dict[str, Any], **flags: Any):

@@ -28,12 +28,11 @@ def build_cmd(
     codebook usage and reconstruction error per level."""
     from rich.console import Console
 
-    from mmrank.device import resolve_device
     from mmrank.run_config import hardware_config
     from mmrank.sid.config import SidConfig
     from mmrank.sid.stage import build_sid, sid_dir, stats_table
 
-    resolve_device(hardware_config(None, device=device).device)  # one line, exit 2, for a device this machine lacks
+    hardware_config(None, device=device)  # one line, exit 2, for a device this machine lacks
 
     flags = {k: v for k, v in dict(levels=levels, codes=codes, niter=niter, seed=seed).items() if v is not None}
     cfg = SidConfig(**flags)

@@ -23,10 +23,9 @@ _DEVICE = typer.Option(None, "--device", help=DEVICE_HELP + "; the stream runs n
 def _check_device(device: Optional[str]) -> None:
     """Resolve ``--device`` (with the run config's default) at once: one line, exit 2, for a device
     this machine lacks."""
-    from mmrank.device import resolve_device
     from mmrank.run_config import hardware_config
 
-    resolve_device(hardware_config(None, device=device).device)
+    hardware_config(None, device=device)
 
 
 def _event_time(ts: int | None) -> str:
