@@ -88,7 +88,7 @@ class Bench:
             size, _ = native_image_size(self.catalog)
         self.image_size = int(size)
         self.feats = build_features(self.run, self.catalog, self.pairs, base.image_encoder,
-                                    base.text_encoder, self.image_size, 0)
+                                    base.text_encoder, self.image_size, 0, device=self.device)
         self.modality = modality_inputs(self.catalog, self.pairs, len(self.catalog.item_ids))
         self.item_codes = item_modality(self.run, self.catalog.item_ids)
         self.make_epochs = self.ctr.make_epochs if cfg.make_epochs is None else cfg.make_epochs

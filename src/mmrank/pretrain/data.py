@@ -187,8 +187,9 @@ def query_index(pairs: PairTable) -> tuple[np.ndarray, np.ndarray, list[str], li
 
 def build_features(run: Path, catalog: Catalog, pairs: PairTable, image_encoder: str,
                    text_encoder: str, image_size: int, trainable_blocks: int,
-                   cache: bool = True) -> Features:
-    """Encode (or read from ``R/features/``) every input the trainer and the evaluation need."""
+                   cache: bool = True, device: torch.device | None = None) -> Features:
+    """Encode (or read from ``R/features/``) every input the trainer and the evaluation need; the
+    encoders run on ``device`` (None: the CPU) and the features come back to host memory."""
     from mmrank import encoders
 
     cache_dir = Path(run) / "features" if cache else None
@@ -210,9 +211,11 @@ def build_features(run: Path, catalog: Catalog, pairs: PairTable, image_encoder:
     tkey = cache_key(text_encoder, "text", None, 0)
     item_keys, title_keys = item_feature_keys(catalog.item_ids, catalog.titles)
     item_img = cached_features(build_img, ikey, item_keys,
-                               lambda a, z: catalog.images[a:z], cache_dir, "items_image", fp)
+                               lambda a, z: catalog.images[a:z], cache_dir, "items_image", fp,
+                               device=device)
     item_txt = cached_features(build_txt, tkey, title_keys,
-                               lambda a, z: catalog.titles[a:z], cache_dir, "items_title", fp)
+                               lambda a, z: catalog.titles[a:z], cache_dir, "items_title", fp,
+                               device=device)
 
     qrow, qrow_image, text_list, ref_list = query_index(pairs)
     photos = read_query_images(run, set(ref_list))
@@ -221,10 +224,10 @@ def build_features(run: Path, catalog: Catalog, pairs: PairTable, image_encoder:
         return [photos[ref] for ref in ref_list[a:z]]
 
     text_q = cached_features(build_txt, tkey, text_list, lambda a, z: text_list[a:z], cache_dir,
-                             "queries_text", fp)
+                             "queries_text", fp, device=device)
     qpath = Path(run) / "data" / "query_images.parquet"
     image_q = cached_features(build_img, ikey, ref_list, render, cache_dir, "queries_image",
-                              source_fingerprint(qpath) if qpath.exists() else fp)
+                              source_fingerprint(qpath) if qpath.exists() else fp, device=device)
     as_t = torch.from_numpy
     d_img_shape = item_img.shape[1:]
     if len(ref_list) == 0:

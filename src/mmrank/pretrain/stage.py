@@ -38,9 +38,11 @@ def _say(env: DistEnv, msg: str) -> None:
 class _Prepared:
     """Catalog, pairs and cached features for one (image encoder, text encoder, size) triple."""
 
-    def __init__(self, run: Path, cfg: PretrainConfig, env: DistEnv) -> None:
+    def __init__(self, run: Path, cfg: PretrainConfig, env: DistEnv,
+                 device: torch.device | None = None) -> None:
         from mmrank.lineage import encoder_inputs
 
+        self.device = device  # where the frozen backbones encode the photos and titles (None: CPU)
         self.inputs = encoder_inputs(run)  # the digests of the tables read next (lineage.json)
         self.catalog = read_catalog(run)
         self.pairs = read_pairs(run, self.catalog, cfg.seed)
@@ -78,7 +80,7 @@ class _Prepared:
             self.text_tail = None if got.text_encoder is None else got.text_encoder.tail
             return got.feats
         return build_features(run, self.catalog, self.pairs, cfg.image_encoder, cfg.text_encoder,
-                              self.image_size, cfg.trainable_blocks)
+                              self.image_size, cfg.trainable_blocks, device=self.device)
 
     def augmented(self, run: Path, cfg: PretrainConfig, env: DistEnv):
         """The co-augmented item features of ``cfg`` (built once per (views, titles), cached on disk
@@ -182,7 +184,7 @@ def run_variant(run: Path, cfg: PretrainConfig, out: Path, prep: _Prepared | Non
     run = Path(run)
     if cfg.variant == "off-the-shelf" and cfg.trainable_blocks:
         raise ConfigError("off-the-shelf uses frozen backbones: trainable_blocks must be 0")
-    prep = prep or _Prepared(run, cfg, env)
+    prep = prep or _Prepared(run, cfg, env, dev)
     t0 = time.time()
     report: dict[str, Any] = {}
     if cfg.variant == "off-the-shelf":
@@ -317,7 +319,7 @@ def compare(run: str | Path, cfg: PretrainConfig | None = None,
         key = (c.image_encoder, c.text_encoder, c.image_size, c.trainable_blocks,
                ("end-to-end", c.finetune_text_layers) if c.end_to_end() else None)
         if key not in prepared:
-            prepared[key] = _Prepared(run, c, env)
+            prepared[key] = _Prepared(run, c, env, dev)
         n = 1 if v == "off-the-shelf" else seeds
         per_seed = []
         for i in range(n):
