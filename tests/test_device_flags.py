@@ -1,5 +1,6 @@
 """Every command that runs a torch model takes --device, and --device cuda on a machine without CUDA
-fails at once with one line (exit 2) before any work."""
+fails at once with one line (exit 2, through the entry point ``mmrank.cli.main``) before any work
+(tests/test_embed_device.py checks the same in a separate process)."""
 
 from __future__ import annotations
 
@@ -41,8 +42,8 @@ def test_every_model_command_takes_device() -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-@pytest.mark.parametrize("argv", [["demo"], ["pretrain"], ["embed"], ["ctr", "train"], ["rerank", "train"],
-                                  ["serve"]], ids=lambda a: " ".join(a))
+@pytest.mark.parametrize("argv", [["demo"], ["pretrain"], ["pretrain", "compare"], ["embed"], ["ctr", "train"],
+                                  ["rerank", "train"], ["serve"]], ids=lambda a: " ".join(a))
 def test_device_cuda_without_one_is_one_line_exit_2(argv: list[str], tmp_path, monkeypatch,
                                                     capsys) -> None:
     from mmrank.cli import main

@@ -1,6 +1,6 @@
 """`--device` on the smaller stages' commands (sid build, analyze, creative, stream): each takes it and
 resolves it before any work, so ``--device cuda`` on this (CPU) machine fails at once with the one-line
-DeviceError (exit 2 through ``mmrank.cli.main``, checked by subprocess in test_serve_device /
+DeviceError (exit 2 through ``mmrank.cli.main``: tests/test_device_flags.py and, in a separate process,
 test_embed_device); with ``--device cpu`` they run as before (the creative selector: the same weights).
 """
 
