@@ -114,7 +114,8 @@ def run_soak(args: argparse.Namespace) -> dict:
         (Path(tmp) / "redis").mkdir()
         print(f"soak of {args.soak:g} s on a copy of {src}: rank, search, ingest on 2 workers; Redis restarts at "
               f"20%, the bundle is swapped at 40%, a worker is killed at 60%", flush=True)
-        r = soak(run, Path(tmp) / "redis", seconds=args.soak, strategy=args.strategy or "simtier")
+        r = soak(run, Path(tmp) / "redis", seconds=args.soak, strategy=args.strategy or "simtier",
+                 swap_strategy=args.swap_strategy)
     five = {k: {s: n for s, n in v.items() if s >= 500 and s != 503} for k, v in r["statuses"].items()}
     growth = (r["rss_end_kb"] / r["rss_warm_kb"] - 1) if r.get("rss_end_kb") else float("nan")
     print(f"answers: {r['statuses']}; bundle swap answered {r['swap_status']}; a worker died on its own: "
@@ -150,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
                    help="instead of the sweep: a soak with faults this long (Redis restart, bundle swap, "
                         "a worker killed; needs redis-server), e.g. 600")
+    p.add_argument("--swap-strategy", default=None, help="--soak: the strategy the bundle swap loads "
+                   "(default: the served one, reloaded)")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.soak:

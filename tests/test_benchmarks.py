@@ -165,15 +165,3 @@ def test_serve_load_sweeps_every_endpoint_to_its_knee(monkeypatch, capsys, servi
     page = _rendered(tmp_path, "serve_load", out_json)
     assert "| rank (requests/s) | 8.0 | 8.0 - 8.0 | 0.0 | 8.0 |" in page
     assert "| ratio_rank_to_plain | 1.00 | 1.00 - 1.00 | 0.00 | 1.00 |" in page
-
-
-def test_serve_load_soak_mode_runs_short(monkeypatch, capsys, serving_run):
-    """``--soak`` at a few seconds: the report's verdict lines (the real soak is test_serve_soak)."""
-    import shutil
-
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server not installed (apt-get install redis-server; .ci/run does)")
-    _run_script(monkeypatch, "serve_load", ["--run", str(serving_run), "--strategy", "simtier", "--soak", "12"])
-    out = capsys.readouterr().out
-    assert "missing after the faults: 0" in out and "bundle swap answered 200" in out
-    assert "resident memory of a surviving worker:" in out
