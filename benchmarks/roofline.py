@@ -23,10 +23,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from mmrank.device import synchronize
 
 
 def matmul_gflops(dtype: torch.dtype = torch.float32, n: int | None = None, repeats: int = 5,
@@ -39,12 +36,12 @@ def matmul_gflops(dtype: torch.dtype = torch.float32, n: int | None = None, repe
     a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     torch.mm(a, b)  # warm-up
-    _sync(device)
+    synchronize(device)
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
         torch.mm(a, b)
-        _sync(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best / 1e9
 
@@ -55,12 +52,12 @@ def memory_gbps(mb: int = 512, repeats: int = 5, device: torch.device | str = "c
     src = torch.ones(mb * 2 ** 20 // 4, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    _sync(device)
+    synchronize(device)
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
         dst.copy_(src)
-        _sync(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - t)
     return 2 * src.numel() * 4 / best / 1e9
 
@@ -106,13 +103,13 @@ def matmul_seconds(shapes: list[tuple[str, tuple, torch.dtype]], repeats: int = 
              for name, dims, dtype in shapes]
     for op, xs in calls:
         op(*xs)
-    _sync(device)
+    synchronize(device)
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
         for op, xs in calls:
             op(*xs)
-        _sync(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - t)
     return best
 
