@@ -209,7 +209,7 @@ def raw_forward(run: Path, strategy: str | None, threads: int, body: dict, repea
     as the server's do)."""
     from mmrank import threads as thread_settings
     from mmrank.ctr.scoring import score as ctr_score
-    from mmrank.device import HardwareConfig, autocast, synchronize
+    from mmrank.device import HardwareConfig, synchronize
     from mmrank.serve.builder import RankQuery, build
     from mmrank.serve.bundle import load_bundle
 
@@ -219,8 +219,7 @@ def raw_forward(run: Path, strategy: str | None, threads: int, body: dict, repea
     dev = bundle.device
 
     def score(model, batch, vectors):  # noqa: ANN001, ANN202 - as the server's forward: on its device
-        with autocast(dev, bundle.bf16):  # (bf16 on CUDA), the logits back in host memory
-            return ctr_score(model, batch, vectors).detach().float().cpu()
+        return ctr_score(model, batch, vectors, bf16=bundle.bf16)  # (bf16 on CUDA), fp32 host logits
     q = RankQuery(user_id=body["user"]["user_id"], history=np.asarray(body["user"]["history"]),
                   region=0, query=None, candidates=np.asarray(body["candidates"]))
     fwd, both = [], []

@@ -46,14 +46,9 @@ def forward(bundle: Bundle, built, worker: int = 0) -> np.ndarray:  # noqa: ANN0
     """One forward of ``built`` with forward thread ``worker``'s model, on the bundle's device (bf16
     autocast on CUDA when the bundle's ``bf16``): ``(rows,)`` float32 logits in host memory."""
     from mmrank.ctr.scoring import score
-    from mmrank.device import autocast
 
-    device = bundle.device
-    if device is None or device.type == "cpu":
-        return score(bundle.model_for(worker), built.batch, built.vectors, built.codes).numpy()
-    with autocast(device, bundle.bf16):
-        out = score(bundle.model_for(worker), built.batch, built.vectors, built.codes)
-    return out.detach().float().cpu().numpy()
+    return score(bundle.model_for(worker), built.batch, built.vectors, built.codes,
+                 bf16=bundle.bf16).numpy()
 
 
 def _rerank(bundle: Bundle, built, q: RankQuery, rows, order: np.ndarray, prob: np.ndarray) -> list[dict]:
