@@ -42,11 +42,11 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from mmrank.ctr.data import FeatureSpace, iter_batches, load_samples, move_batch, simtier_features
+from mmrank.ctr.data import FeatureSpace, iter_batches, load_samples, simtier_features
 from mmrank.ctr.models import CtrConfig, CtrModel, ModelSizes
 from mmrank.ctr.trainer import TrainConfig, make_optimizer, optimizer_step, predict
 from mmrank.data.schemas import CTR_SAMPLES, HISTORY_LEN
-from mmrank.device import autocast, describe, resolve_device, synchronize
+from mmrank.device import autocast, batch_to, describe, resolve_device, synchronize
 from mmrank.models.layers import ItemVectors
 from roofline import count_flops, machine, machine_line, matmul_seconds, matmul_shapes, roofline_line
 
@@ -117,7 +117,7 @@ class MmrankRunner:
         t0 = time.perf_counter()
         self.model.train()
         for batch in iter_batches(self.enc, rows, BATCH, shuffle=True):
-            batch = move_batch(batch, DEVICE)
+            batch = batch_to(batch, DEVICE)
             with autocast(DEVICE):                     # bf16 on CUDA; nothing on the CPU
                 loss = F.binary_cross_entropy_with_logits(self.model(batch)["logit"].float(), batch["label"])
             optimizer_step(self.opt, loss)
@@ -175,7 +175,7 @@ class DeepCtrRunner:
 
 def din_steps(runner: "MmrankRunner") -> tuple[object, object, int]:
     """A training step and an inference call of mmrank's DIN on the first batch, and its size."""
-    batch = move_batch(next(iter(iter_batches(runner.enc, np.arange(min(BATCH, len(runner.enc))), BATCH,
+    batch = batch_to(next(iter(iter_batches(runner.enc, np.arange(min(BATCH, len(runner.enc))), BATCH,
                                               shuffle=False))), DEVICE)
 
     def train() -> None:

@@ -52,7 +52,8 @@ from mmrank.errors import MMRankError
 from mmrank.pretrain.config import PretrainConfig
 from mmrank.pretrain.data import Features, PairTable
 from mmrank.pretrain.distributed import DistEnv
-from mmrank.pretrain.losses import InfoNCELoss, MomentumQueue, full_precision, nested_normalize
+from mmrank.device import full_precision
+from mmrank.pretrain.losses import InfoNCELoss, MomentumQueue, nested_normalize
 from mmrank.pretrain.train import train
 from roofline import count_flops, machine, machine_line, roofline_line
 

@@ -19,10 +19,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mmrank.ctr.data import iter_batches, move_batch
+from mmrank.ctr.data import iter_batches
 from mmrank.ctr.models import CtrConfig, CtrModel, MakeConfig
 from mmrank.ctr.trainer import TrainConfig, make_optimizer, predict, train
-from mmrank.device import DeviceError, HardwareConfig, autocast
+from mmrank.device import DeviceError, HardwareConfig, autocast, batch_to
 from mmrank.testing.ctr import planted_batches, synthetic_run
 
 torch.set_num_threads(2)
@@ -210,7 +210,7 @@ def test_din_step_on_cuda_matches_the_cpu_within_bf16(planted, strategy):
     out = {}
     for name, model, d in (("cpu", cpu_model, torch.device("cpu")), ("cuda", gpu_model, dev)):
         model.train()
-        b = move_batch(batch, d)
+        b = batch_to(batch, d)
         with autocast(d, bf16=True):
             loss = model.loss(model(b), b)["total"]
         loss.backward()

@@ -113,6 +113,46 @@ def to_device(x: torch.Tensor, device: torch.device, pin: bool = True) -> torch.
     return x.to(device)
 
 
+def batch_to(batch: Any, device: torch.device | None, pin: bool = True) -> Any:
+    """A batch on ``device`` (:func:`to_device`: pinned, non-blocking to CUDA): a tensor, or each tensor
+    of a dict; anything else (strings) as it is. ``device`` None, or a dict already there: ``batch``
+    itself."""
+    import torch
+
+    if device is None:
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return to_device(batch, device, pin)
+    if isinstance(batch, dict):
+        if all(not isinstance(v, torch.Tensor) or v.device == device for v in batch.values()):
+            return batch
+        return {k: to_device(v, device, pin) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return batch
+
+
+def model_device(module: torch.nn.Module, device: torch.device | None = None) -> torch.device:
+    """``device``, or where ``module``'s weights are (its first parameter, else buffer); the CPU for a
+    module without any."""
+    import torch
+
+    if device is not None:
+        return device
+    for t in (*module.parameters(), *module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager[Any]:
+    """Autocast off on ``x``'s device for a block that must compute in fp32 (logits, log-sum-exps,
+    similarities) inside a bf16 autocast (CUDA); a no-op context when no autocast is on (the CPU path)."""
+    import torch
+
+    kind = x.device.type
+    if kind in ("cuda", "cpu") and torch.is_autocast_enabled(kind):
+        return torch.autocast(kind, enabled=False)
+    return contextlib.nullcontext()
+
+
 def describe(device: torch.device) -> str:
     """``cpu (2 threads)`` or ``cuda:0 (NVIDIA H100 80GB HBM3)``: for logs and reports."""
     import torch

@@ -29,7 +29,7 @@ from mmrank.analyze.config import AnalyzeConfig
 from mmrank.device import HardwareConfig, resolve_device
 from mmrank.errors import ConfigError, MMRankError
 from mmrank.pretrain.config import MOON_ROWS, VARIANTS, PretrainConfig
-from mmrank.pretrain.evaluate import model_device
+from mmrank.device import model_device
 
 MODS = {"e": "epochs", "d": "dim", "k": "queue_size", "f": "fraction"}
 

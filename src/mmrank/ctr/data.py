@@ -33,7 +33,6 @@ import torch
 
 from mmrank.data.io import iter_batches as iter_table_batches
 from mmrank.data.schemas import HISTORY_LEN
-from mmrank.device import to_device
 from mmrank.errors import DataError
 
 PAD, OOV = 0, 1
@@ -346,13 +345,6 @@ def simtier_features(enc: EncodedSamples, vectors: torch.Tensor, n_tiers: int, h
     return out
 
 
-def move_batch(batch: dict[str, torch.Tensor], device: torch.device | None,
-               pin: bool = True) -> dict[str, torch.Tensor]:
-    """``batch``'s tensors on ``device`` (:func:`mmrank.device.to_device`: pinned host memory and
-    non-blocking copies to CUDA; the same dict, untouched, on the CPU or when ``device`` is None)."""
-    if device is None or device.type == "cpu":
-        return batch
-    return {k: to_device(v, device, pin) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def iter_batches(enc: EncodedSamples, rows: np.ndarray, batch_size: int, shuffle: bool = False,

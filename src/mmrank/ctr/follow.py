@@ -52,12 +52,12 @@ from safetensors.torch import load_file as load_torch, save_file as save_torch
 
 from mmrank.config import StrictModel
 from mmrank.ctr.data import (MAX_POSITION, OOV, CtrSamples, EncodedSamples, FeatureSpace, Vocab, concat_ranges,
-                             load_samples, make_batch, move_batch, simtier_features)
+                             load_samples, make_batch, simtier_features)
 from mmrank.ctr.dynamic_ids import DynamicIdTable
 from mmrank.ctr.models import PAPER_STRATEGIES, CtrConfig, CtrModel, ModelSizes, Strategy
 from mmrank.ctr.trainer import TrainConfig, make_optimizer, optimizer_step, placement
 from mmrank.data.schemas import HISTORY_LEN
-from mmrank.device import HardwareConfig, autocast
+from mmrank.device import HardwareConfig, autocast, batch_to
 from mmrank.errors import ConfigError, MMRankError
 from mmrank.models.layers import ItemVectors
 
@@ -439,7 +439,7 @@ class StrategyState:
 
     def train_step(self, s: CtrSamples) -> float:
         enc = self.encode_train(s)
-        batch = move_batch(make_batch(enc, np.arange(len(s)), self.mcfg.history_len), self.device,
+        batch = batch_to(make_batch(enc, np.arange(len(s)), self.mcfg.history_len), self.device,
                            self.where["pin_memory"])
         self.model.train()
         with autocast(self.device, self.where["bf16"]):
@@ -482,7 +482,7 @@ class StrategyState:
         model, items, users = self.published
         enc = encode_batch(s, items.lookup(s.item_id), users.lookup(s.user_id), items.lookup(s.hist_item_id),
                            self.n_categories, self.n_regions, self.reps)
-        batch = move_batch(make_batch(self._with_simtier(enc), np.arange(len(s)), self.mcfg.history_len),
+        batch = batch_to(make_batch(self._with_simtier(enc), np.arange(len(s)), self.mcfg.history_len),
                            self.device, self.where["pin_memory"])
         with autocast(self.device, self.where["bf16"]):
             logit = model(batch)["logit"]

@@ -48,7 +48,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -60,6 +59,7 @@ from mmrank.config import StrictModel
 from mmrank.ctr.data import MAX_POSITION
 from mmrank.ctr.debias import DebiasConfig, VisualDebias
 from mmrank.data.schemas import HISTORY_LEN
+from mmrank.device import full_precision
 from mmrank.models.blocks import (IdFeatures, InterestEncoder, MakeKnowledge, MultiTaskLoss, SimScoreFeature,
                                   SimTierFeature, TaskHeads, VectorFeature)
 from mmrank.models.layers import (MLP, ItemVectors, SharedRows, TargetAttention, dense, history_groups, pack,
@@ -195,12 +195,6 @@ def lookup_vectors(vectors: ItemVectors, batch: dict[str, torch.Tensor], idx: to
     return vectors(batch["item_v"]), (SharedRows.of(hist, vectors) if share else vectors(hist))
 
 
-def full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager:
-    """A block computed in fp32 even inside a CUDA autocast (on ``x``'s device); a no-op on the CPU,
-    which never autocasts here."""
-    if x.device.type == "cpu":
-        return contextlib.nullcontext()
-    return torch.autocast(x.device.type, enabled=False)
 
 
 class ItemCodes(nn.Module):

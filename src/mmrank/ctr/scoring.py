@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mmrank.ctr.data import CtrSamples, EncodedSamples, FeatureSpace, Vocab, make_batch, move_batch
+from mmrank.ctr.data import CtrSamples, EncodedSamples, FeatureSpace, Vocab, make_batch
 from mmrank.ctr.models import CtrModel, ItemCodes
-from mmrank.ctr.trainer import model_device
+from mmrank.device import batch_to, model_device
 from mmrank.data.schemas import HISTORY_LEN
 from mmrank.device import autocast, to_device
 from mmrank.errors import DataError
@@ -82,7 +82,7 @@ def score(model: CtrModel, batch: dict[str, torch.Tensor],
     """
     model.eval()
     dev = model_device(model)
-    batch = move_batch(batch, dev)
+    batch = batch_to(batch, dev)
     vectors = None if vectors is None else to_device(vectors, dev)
     codes = None if codes is None else to_device(codes, dev)
     tables = [m for m in model.modules() if isinstance(m, ItemVectors)] if vectors is not None else []

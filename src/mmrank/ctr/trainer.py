@@ -29,11 +29,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from mmrank.config import StrictModel
-from mmrank.ctr.data import EncodedSamples, iter_batches, move_batch
+from mmrank.ctr.data import EncodedSamples, iter_batches
 from mmrank.ctr.models import CtrModel, MakeModule
 from mmrank.ctr.optim import LazyAdam
 from mmrank.data.schemas import HISTORY_LEN
-from mmrank.device import HardwareConfig, autocast, resolve_device
+from mmrank.device import HardwareConfig, autocast, batch_to, model_device, resolve_device
 from mmrank.errors import ConfigError
 
 
@@ -61,13 +61,6 @@ def placement(hardware: HardwareConfig | None = None) -> dict:
     return {"device": resolve_device(hw.device), "bf16": hw.bf16, "pin_memory": hw.pin_memory}
 
 
-def model_device(module: nn.Module, device: torch.device | None = None) -> torch.device:
-    """``device``, or where ``module``'s parameters (else buffers) are; the CPU for an empty module."""
-    if device is not None:
-        return device
-    for t in (*module.parameters(), *module.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 def _has_embedding(module: nn.Module) -> bool:
@@ -142,7 +135,7 @@ def train(model: CtrModel, data: EncodedSamples, rows: np.ndarray | None = None,
             total, n = 0.0, 0
             for batch in iter_batches(data, rows, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch,
                                       history_len=model.cfg.history_len):
-                batch = move_batch(batch, dev, pin_memory)
+                batch = batch_to(batch, dev, pin_memory)
                 with autocast(dev, bf16):
                     out = model(batch)
                     loss = model.loss(out, batch, cfg.aux_weight)["total"]   # click (+ MAKE's Eq. 5 if joint)
@@ -196,7 +189,7 @@ def pretrain_make(module: MakeModule, data: EncodedSamples, rows: np.ndarray | N
             task = bar.add_task(f"pretrain MAKE epoch {epoch + 1}/{epochs}", total=n_batches)
             total, n = 0.0, 0
             for batch in iter_batches(data, rows, cfg.batch_size, shuffle=True, seed=cfg.seed + 1000 + epoch):
-                batch = move_batch(batch, dev, pin_memory)
+                batch = batch_to(batch, dev, pin_memory)
                 with autocast(dev, bf16):
                     loss = F.binary_cross_entropy_with_logits(module.forward_batch(batch)["logit"].float(),
                                                               batch["label"])   # Eq. 5
@@ -226,7 +219,7 @@ def predict(model: nn.Module, data: EncodedSamples, rows: np.ndarray | None = No
     with _progress(progress) as bar:
         task = bar.add_task("predict", total=(len(rows) + batch_size - 1) // batch_size)
         for batch in iter_batches(data, rows, batch_size, history_len=history_len):
-            batch = move_batch(batch, dev, pin_memory)
+            batch = batch_to(batch, dev, pin_memory)
             with autocast(dev, bf16):
                 res = model(batch) if not isinstance(model, MakeModule) else model.forward_batch(batch)
             out.append(torch.sigmoid(res["logit"].float()).double().cpu().numpy())

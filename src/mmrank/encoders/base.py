@@ -20,23 +20,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from mmrank.device import batch_to
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def batch_to(batch: Any, device: torch.device | None, pin: bool = True) -> Any:
-    """A preprocessed batch on ``device`` (from pinned memory when ``pin``, non-blocking, to CUDA:
-    :func:`mmrank.device.to_device`): a tensor, or each tensor of a dict; anything else (strings) is
-    returned as it is."""
-    if device is None:
-        return batch
-    from mmrank.device import to_device
-
-    if isinstance(batch, torch.Tensor):
-        return to_device(batch, device, pin)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device, pin) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    return batch
 
 
 def frozen_on(encoder: "Encoder", batch: Any, device: torch.device | None, pin: bool = True) -> torch.Tensor:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from mmrank.device import to_device
+from mmrank.device import model_device, to_device
 from mmrank.eval.metrics import expected_hits
 from mmrank.pretrain.data import BOTH, IMAGE, TEXT, Features, PairTable
 from mmrank.vectors import l2_normalise
@@ -56,11 +56,6 @@ def item_modality(run, catalog_ids: np.ndarray) -> np.ndarray:
     return codes
 
 
-def model_device(model: torch.nn.Module) -> torch.device:
-    """Where ``model``'s weights are (its first parameter or buffer); the CPU for one without any."""
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 @torch.no_grad()

@@ -27,7 +27,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -37,15 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from mmrank.device import full_precision
 
-def full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Autocast off on ``x``'s device while a loss computes its logits and log-sum-exps: under a bf16
-    autocast (CUDA) the towers run in bf16, the loss math in fp32 (cosine logits times a scale near
-    100 lose whole units in bf16). A no-op context when no autocast is on (the CPU path)."""
-    kind = x.device.type
-    if kind in ("cuda", "cpu") and torch.is_autocast_enabled(kind):
-        return torch.autocast(kind, enabled=False)
-    return contextlib.nullcontext()
 
 
 def nested_normalize(x: torch.Tensor, dim: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from mmrank.config import record
-from mmrank.device import HardwareConfig, describe, resolve_device
+from mmrank.device import HardwareConfig, describe, model_device, resolve_device
 from mmrank.durable import fsync_dir, temp_path, write_text
 from mmrank.errors import ConfigError
 from mmrank.lineage import digest_inputs, matches
@@ -22,8 +22,7 @@ from mmrank.pretrain.item_encoder import CONFIG, METRICS, save_encoder
 from mmrank.pretrain.config import REFERENCES, SWITCH_ROWS, TABLE2, VARIANTS, PretrainConfig
 from mmrank.pretrain.data import build_features, native_image_size, read_catalog, read_pairs
 from mmrank.pretrain.distributed import DistEnv
-from mmrank.pretrain.evaluate import (evaluate, item_modality, mean_by_item_modality, model_device,
-                                      popularity)
+from mmrank.pretrain.evaluate import evaluate, item_modality, mean_by_item_modality, popularity
 from mmrank.pretrain.model import OffTheShelf
 from mmrank.pretrain.train import modality_inputs, train
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mmrank.ctr.trainer import model_device
+from mmrank.device import model_device
 from mmrank.device import autocast
 from mmrank.rerank.models import ListModel
 from mmrank.rerank.trainer import RerankData, batch_for, predict

@@ -46,9 +46,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mmrank.ctr.data import move_batch
 from mmrank.data.schemas import HISTORY_LEN
-from mmrank.device import HardwareConfig, autocast, resolve_device
+from mmrank.device import HardwareConfig, autocast, batch_to, resolve_device
 from mmrank.errors import ConfigError, DataError, MMRankError
 from mmrank.rerank.data import ListSpace, Lists, make_batch
 from mmrank.rerank.models import MODELS, ListModel, ListModelConfig
@@ -328,7 +327,7 @@ class ListReranker:
         batch = make_batch(lists, self.space, rows, "all", history_len=self.history_len)
         if self.uses_query:
             batch["query_vec"] = torch.from_numpy(self._query_vectors([p.query for p in prepared]))
-        batch = move_batch(batch, self.device, self.hardware.pin_memory)
+        batch = batch_to(batch, self.device, self.hardware.pin_memory)
         with autocast(self.device, self.hardware.bf16):
             out = self.model(batch)
         s = self.model.rank_scores(out).double().cpu().numpy()

@@ -28,9 +28,8 @@ from pydantic import Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mmrank.config import StrictModel
-from mmrank.ctr.data import move_batch
-from mmrank.ctr.trainer import model_device, placement
-from mmrank.device import HardwareConfig, autocast
+from mmrank.ctr.trainer import placement
+from mmrank.device import HardwareConfig, autocast, batch_to, model_device
 from mmrank.rerank.data import ListSpace, Lists, candidate_index, load_lists, make_batch
 from mmrank.rerank.features import ModalFeatures, load_features
 from mmrank.rerank.models import ListModel, ListModelConfig, model_config
@@ -109,7 +108,7 @@ def batch_for(data: RerankData, rows: np.ndarray, which: str = "shown",
     batch = make_batch(data.lists, data.space, rows, which, cand=cand)
     if data.feats is not None:
         batch["query_vec"] = data.feats.queries.index_select(0, torch.as_tensor(np.asarray(rows, np.int64)))
-    return move_batch(batch, device, pin_memory)
+    return batch_to(batch, device, pin_memory)
 
 
 def build_model(data: RerankData, cfg: ListModelConfig) -> ListModel:
@@ -183,7 +182,7 @@ def ips_listwise_loss(model: ListModel, data: RerankData, rows: np.ndarray, *, d
     dev = model_device(model, device)
     batch = batch_for(data, rows, "all")
     flat = batch["flat"].numpy()                        # read on the host, before the batch moves
-    batch = move_batch(batch, dev, pin_memory)
+    batch = batch_to(batch, dev, pin_memory)
     with autocast(dev, bf16):
         out = model(batch)
     s = model.rank_scores(out).float().masked_fill(batch["pad"], float("-inf"))
