@@ -19,12 +19,9 @@ _RUN = typer.Option(..., "--run", help="a market run (`mmrank market generate`)"
 def _device(device: Optional[str]):
     """The run config's hardware section with ``--device``, resolved at once (one line, exit 2, for a
     device this machine lacks)."""
-    from mmrank.device import resolve_device
     from mmrank.run_config import hardware_config
 
-    hw = hardware_config(None, device=device)
-    resolve_device(hw.device)
-    return hw
+    return hardware_config(None, device=device)
 
 
 def _config(**flags: Any):

@@ -10,7 +10,7 @@ serving store at request time, so an item ingested a moment ago (on this process
 scored from its content even though the ID model has never seen it.
 
 On a device (``bundle.device``, CUDA): the batch, the vector table and the codes are assembled in
-host memory (NumPy) and moved there at the end (pinned, non-blocking: :func:`mmrank.device.to_device`);
+host memory (NumPy) and moved there at the end (pinned, non-blocking: :func:`mmrank.device.batch_to`);
 ``Built.vec_rows`` (the explanations' copy) stays on the host.
 
 Example::
@@ -30,7 +30,7 @@ import torch
 
 from mmrank.ctr.data import OOV
 from mmrank.ctr.scoring import batch_of, encode_for_scoring, samples_from_rows
-from mmrank.device import to_device
+from mmrank.device import batch_to
 from mmrank.vectors import l2_normalise
 
 SERVE_POSITION = 0  # the slot candidates are scored for (the top one), as logged positions start at 0
@@ -151,9 +151,7 @@ def build(queries: list[RankQuery], bundle) -> Built:  # noqa: ANN001 (Bundle: a
     device = getattr(bundle, "device", None)
     if device is not None and device.type != "cpu":
         pin = getattr(bundle, "pin_memory", True)
-        batch = {k: to_device(v, device, pin) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        vectors = to_device(vectors, device, pin) if vectors is not None else None
-        codes = to_device(codes, device, pin) if codes is not None else None
+        batch, vectors, codes = (batch_to(x, device, pin) for x in (batch, vectors, codes))
     return Built(batch=batch, vectors=vectors, vec_ids=known_ids, vec_rows=vec_rows, queries=out_rows,
                  codes=codes)
 

@@ -65,15 +65,13 @@ def serve(
     """Serve /v1/rank, /v1/rerank, /v1/items, /v1/search, /healthz, /metrics and the page at / over HTTP."""
     import uvicorn
 
-    from mmrank.device import resolve_device
     from mmrank.run_config import hardware_config
     from mmrank.serve.bundle import pick_strategy
     from mmrank.serve.config import (ENV_KEY_FILE, ENV_READ_KEY_FILE, EndpointLimit, Settings,
                                      default_read_rate, read_key_file)
     from mmrank.threads import cores
 
-    hw = hardware_config(config, device=device)
-    resolve_device(hw.device)  # a device this machine lacks: one line, before anything starts
+    hw = hardware_config(config, device=device)  # a device this machine lacks: one line, before anything starts
     if not (run / "encoder").exists() or not (run / "embeddings").exists():
         raise MMRankError(f"{run}: not a run with encoder/ and embeddings/ (make one with `mmrank demo`)")
     pick_strategy(run, strategy)  # fail here, with one line, rather than in every worker

@@ -43,7 +43,6 @@ def embed(
 ) -> None:
     """Encode the whole catalog into R/embeddings/ (resumable), build the ANN index, switch to it."""
     from mmrank.config import record
-    from mmrank.device import resolve_device
     from mmrank.run_config import hardware_config, stage_config
     from mmrank.store.ann import AnnConfig
     from mmrank.store.stage import embed_catalog
@@ -54,9 +53,7 @@ def embed(
                  namespace=namespace, exact_below=exact_below, threads=threads,
                  reuse_features=reuse_features)
     cfg = stage_config("embed", config, {k: v for k, v in flags.items() if v is not None})
-    hw = hardware_config(config, device=device)
-    if not (cfg.ray_workers and hw.device == "auto"):
-        resolve_device(hw.device)  # a device this machine lacks: one line, before any work
+    hw = hardware_config(config, device=device)  # a device this machine lacks: one line, before any work
     from mmrank.data.importer import substitutes_of
 
     for k, v in substitutes_of(run).items():
