@@ -197,12 +197,8 @@ class EfficientNetLite0(Encoder):
         self.trainable_blocks = int(trainable_blocks)
         self._split = n_blocks - self.trainable_blocks
         self.full = bool(full)
-        if self.trainable_blocks:
-            self.tail = EffNetTail(net, self._split)
-            for p in self.tail.parameters():
-                p.requires_grad_(True)
-        elif self.full:
-            self.tail = EffNetPixels(net)
+        if self.trainable_blocks or self.full:
+            self.tail = EffNetTail(net, self._split) if self.trainable_blocks else EffNetPixels(net)
             for p in self.tail.parameters():
                 p.requires_grad_(True)
 
