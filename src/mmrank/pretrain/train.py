@@ -195,7 +195,7 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
                           "(see pretrain.clicks)")
     modality = modality or modality_inputs(None, pairs, len(item_ids))
     torch.manual_seed(cfg.seed)
-    d_img = image_tail_dim(image_tail, feats)
+    d_img = feature_dim(image_tail, feats.item_img)
     # initialised on the host (the same weights on every device), then moved
     model = SCLModel(d_img, feature_dim(text_tail, feats.item_txt), cfg.dim, cfg.hidden, image_tail,
                      moe=sw["moe"], text_tail=text_tail).to(dev)
@@ -489,15 +489,3 @@ def train(cfg: PretrainConfig, feats: Features, pairs: PairTable, item_ids: np.n
             f"tau={objective.q2i.temperature:.4f}")
     model.eval()
     return model
-
-
-def image_tail_dim(image_tail: nn.Module | None, feats: Features) -> int:
-    """Image feature size after the (optional) tail."""
-    if image_tail is None:
-        return int(feats.item_img.shape[1])
-    with torch.no_grad():
-        was = image_tail.training
-        image_tail.eval()
-        d = int(image_tail(feats.item_img[:1]).shape[1])
-        image_tail.train(was)
-    return d
