@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrank.device import autocast, to_device
+from mmrank.device import autocast, batch_to, to_device
 from mmrank.posttrain.config import PosttrainConfig
 
 Pairs = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -198,15 +198,8 @@ def _batches(pairs: Pairs, order: dict[str, np.ndarray], step: int, size: int,
     out = {}
     for name, (q, k) in pairs.items():
         sel = order[name][(step * size + np.arange(size)) % len(k)]
-        out[name] = _moved(torch.from_numpy(q[sel]), torch.from_numpy(k[sel]), device, pin)
+        out[name] = (batch_to(torch.from_numpy(q[sel]), device, pin), batch_to(torch.from_numpy(k[sel]), device, pin))
     return out
-
-
-def _moved(q: torch.Tensor, k: torch.Tensor, device: torch.device | None,
-           pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    if device is None:
-        return q, k
-    return to_device(q, device, pin), to_device(k, device, pin)
 
 
 @torch.no_grad()
@@ -219,7 +212,8 @@ def mean_loss(model: PostTrainer, pairs: Pairs, size: int, *, bf16: bool = True,
     for name, (q, k) in pairs.items():
         vals, w = [], []
         for i in range(0, len(k), size):
-            sub = {name: _moved(torch.from_numpy(q[i:i + size]), torch.from_numpy(k[i:i + size]), dev, pin_memory)}
+            sub = {name: (batch_to(torch.from_numpy(q[i:i + size]), dev, pin_memory),
+                          batch_to(torch.from_numpy(k[i:i + size]), dev, pin_memory))}
             if len(sub[name][1]) > 1:
                 with autocast(dev, bf16):
                     term = model.terms(sub)[name]
